@@ -1,0 +1,195 @@
+//! Single-flight: at most one load per key per process at a time.
+//!
+//! Owns the in-process coalescing of concurrent loads and nothing else (it
+//! does not know about stores or leases). The first caller for a key becomes
+//! the leader and runs the work in its own task; later callers subscribe to
+//! a `watch` channel and are woken the moment the leader publishes, with no
+//! polling. Why `watch`: it holds the last value, so a waiter that subscribes
+//! just before the leader publishes still sees it, and its sender's drop
+//! tells waiters that a leader was cancelled; one of them then takes over.
+//!
+//! The map is behind a `std::sync::Mutex`: it is held only to look up or
+//! insert a channel, never across an `.await`.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::Mutex;
+
+use tokio::sync::watch;
+
+/// Coalesces concurrent work on the same key.
+#[derive(Debug)]
+pub struct SingleFlight<T> {
+    in_flight: Mutex<HashMap<String, watch::Receiver<Option<T>>>>,
+}
+
+impl<T> Default for SingleFlight<T> {
+    fn default() -> Self {
+        SingleFlight {
+            in_flight: Mutex::new(HashMap::new()),
+        }
+    }
+}
+
+/// Whether a call ran the work itself or received a leader's result.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// This call ran the work.
+    Leader,
+    /// This call waited for another's result.
+    Waiter,
+}
+
+struct LeaderGuard<'a, T> {
+    flight: &'a SingleFlight<T>,
+    key: &'a str,
+    rx: watch::Receiver<Option<T>>,
+}
+
+impl<T> Drop for LeaderGuard<'_, T> {
+    fn drop(&mut self) {
+        let mut map = self
+            .flight
+            .in_flight
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if map
+            .get(self.key)
+            .is_some_and(|rx| rx.same_channel(&self.rx))
+        {
+            map.remove(self.key);
+        }
+    }
+}
+
+impl<T: Clone> SingleFlight<T> {
+    /// Runs `work` for `key` unless another call is already running it, in
+    /// which case waits for that call's result.
+    ///
+    /// # Concurrent calls
+    /// Calls with the same key while one is running all receive a clone of
+    /// its result. If the leader's future is dropped before it finishes, one
+    /// waiter becomes the new leader and runs its own `work`.
+    pub async fn run<F, Fut>(&self, key: &str, work: F) -> (T, Role)
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = T>,
+    {
+        let mut work = Some(work);
+        loop {
+            let joined = {
+                let mut map = self.in_flight.lock().unwrap_or_else(|e| e.into_inner());
+                match map.get(key) {
+                    Some(rx) => Err(rx.clone()),
+                    None => {
+                        let (tx, rx) = watch::channel(None);
+                        map.insert(key.to_owned(), rx.clone());
+                        Ok((tx, rx))
+                    }
+                }
+            };
+            match joined {
+                Ok((tx, rx)) => {
+                    let guard = LeaderGuard {
+                        flight: self,
+                        key,
+                        rx,
+                    };
+                    let work = work.take().expect("a call leads at most once");
+                    let out = work().await;
+                    tx.send_replace(Some(out.clone()));
+                    drop(guard);
+                    return (out, Role::Leader);
+                }
+                Err(mut rx) => {
+                    if let Ok(out) = rx.wait_for(Option::is_some).await {
+                        return (out.clone().expect("checked by wait_for"), Role::Waiter);
+                    }
+                    // The leader was dropped without publishing: try to lead.
+                }
+            }
+        }
+    }
+
+    /// Number of keys being worked on now.
+    pub fn len(&self) -> usize {
+        self.in_flight
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .len()
+    }
+
+    /// True when nothing is in flight.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use tokio::sync::Notify;
+
+    #[tokio::test]
+    async fn concurrent_callers_share_one_run() {
+        let flight = Arc::new(SingleFlight::<u32>::default());
+        let runs = Arc::new(AtomicUsize::new(0));
+        let release = Arc::new(tokio::sync::Semaphore::new(0));
+        let mut tasks = Vec::new();
+        for _ in 0..50 {
+            let (flight, runs, release) = (flight.clone(), runs.clone(), release.clone());
+            tasks.push(tokio::spawn(async move {
+                flight
+                    .run("k", || async {
+                        runs.fetch_add(1, Ordering::SeqCst);
+                        release.acquire().await.unwrap().forget();
+                        42
+                    })
+                    .await
+            }));
+        }
+        // On the current-thread test runtime, a few yields let every task run
+        // until it blocks: one leader on the semaphore, the rest on the channel.
+        for _ in 0..20 {
+            tokio::task::yield_now().await;
+        }
+        release.add_permits(50);
+        let mut leaders = 0;
+        for t in tasks {
+            let (v, role) = t.await.unwrap();
+            assert_eq!(v, 42);
+            leaders += usize::from(role == Role::Leader);
+        }
+        assert_eq!(runs.load(Ordering::SeqCst), 1);
+        assert_eq!(leaders, 1);
+        assert!(flight.is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_cancelled_leader_hands_over_to_a_waiter() {
+        let flight = Arc::new(SingleFlight::<u32>::default());
+        let started = Arc::new(Notify::new());
+        let leader = {
+            let (flight, started) = (flight.clone(), started.clone());
+            tokio::spawn(async move {
+                flight
+                    .run("k", || async move {
+                        started.notify_one();
+                        std::future::pending::<u32>().await
+                    })
+                    .await
+            })
+        };
+        started.notified().await;
+        let waiter = {
+            let flight = flight.clone();
+            tokio::spawn(async move { flight.run("k", || async { 7 }).await })
+        };
+        tokio::task::yield_now().await;
+        leader.abort();
+        let (v, role) = waiter.await.unwrap();
+        assert_eq!((v, role), (7, Role::Leader));
+    }
+}

@@ -1,0 +1,100 @@
+//! The write path: invalidations per strategy, and write-through `set`.
+//!
+//! Owns what happens to the cache after the database changed. A write the
+//! store does not take is returned to the caller AND queued for replay, so
+//! an outage never leaves an old value behind for good.
+
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use crate::error::{Error, ErrorKind, Result};
+use crate::namespace::NsInner;
+use crate::policy::{Strategy, jittered};
+
+use super::retry::PendingOp;
+
+impl<V: Clone + Send + Sync + 'static> NsInner<V> {
+    pub(crate) async fn invalidate(&self, full: &str) -> Result<()> {
+        let store = &self.core.store;
+        let (key, op, result) = match self.strategy {
+            Strategy::Lease => {
+                let op = PendingOp::Invalidate {
+                    keep_stale: self.keep_stale,
+                };
+                let result = self
+                    .core
+                    .call_for(&self.metrics, store.invalidate(full, self.keep_stale))
+                    .await;
+                (full.to_owned(), op, result)
+            }
+            Strategy::Delete => {
+                let result = self.core.call_for(&self.metrics, store.delete(full)).await;
+                (full.to_owned(), PendingOp::Delete, result)
+            }
+            Strategy::DoubleDelete { delay } => {
+                let result = self.core.call_for(&self.metrics, store.delete(full)).await;
+                self.core
+                    .delayed
+                    .schedule(&self.core, Instant::now() + delay, full.to_owned());
+                (full.to_owned(), PendingOp::Delete, result)
+            }
+            Strategy::Versioned => {
+                let key = Self::version_key(full);
+                let op = PendingOp::Incr {
+                    ttl: self.version_ttl(),
+                };
+                let result = self
+                    .core
+                    .call_for(&self.metrics, store.incr(&key, self.version_ttl()))
+                    .await;
+                (key, op, result.map(drop))
+            }
+        };
+        if let Err(e) = &result {
+            tracing::warn!(key, error = %e, "invalidation failed: queued for replay");
+            self.core.queue_invalidation(&key, op);
+        }
+        result
+    }
+
+    pub(crate) async fn write(&self, full: &str, value: &V) -> Result<()> {
+        let bytes = self.encode(value, Duration::ZERO)?.ok_or_else(|| {
+            Error::new(
+                ErrorKind::Codec,
+                format!("value over the {} byte limit", self.max_value_bytes),
+            )
+        })?;
+        let ttl = jittered(self.ttl, self.jitter);
+        let store = &self.core.store;
+        let result = match self.strategy {
+            Strategy::Lease => {
+                self.core
+                    .call_for(&self.metrics, store.put_entry(full, bytes, ttl))
+                    .await
+            }
+            Strategy::Versioned => {
+                let version = self.read_version(full).await;
+                match version {
+                    Ok(v) => {
+                        let key = Self::versioned_key(full, v);
+                        self.core
+                            .call_for(&self.metrics, store.set(&key, bytes, ttl))
+                            .await
+                    }
+                    Err(e) => Err(e),
+                }
+            }
+            _ => {
+                self.core
+                    .call_for(&self.metrics, store.set(full, bytes, ttl))
+                    .await
+            }
+        };
+        if result.is_err() {
+            // The old value may still be cached: make sure it goes.
+            let _ = self.invalidate(full).await;
+        }
+        result
+    }
+}

@@ -1,0 +1,96 @@
+//! Cache keys: `{prefix}{namespace}:{key}`, checked before they reach a store.
+//!
+//! Owns key formatting and validation only. A key with a control character
+//! or whitespace is refused with a clear error (it could otherwise smuggle a
+//! command into a text protocol such as memcached's); a key longer than the
+//! bound is replaced by a digest, so any length is accepted.
+
+use std::fmt::{Display, Write};
+
+use crate::error::{Error, ErrorKind};
+
+/// Default bound on a full key's length, in bytes: memcached's limit.
+pub const DEFAULT_MAX_KEY_LEN: usize = 250;
+
+/// Builds the full key of `key` in a namespace whose keys start with `prefix_ns`
+/// (`{prefix}{namespace}:`).
+///
+/// # Errors
+/// [`ErrorKind::InvalidKey`] when the key's `Display` form is empty or holds a
+/// control character or whitespace.
+pub fn full_key<K: Display + ?Sized>(
+    prefix_ns: &str,
+    key: &K,
+    max_len: usize,
+) -> Result<String, Error> {
+    let mut full = String::with_capacity(prefix_ns.len() + 24);
+    full.push_str(prefix_ns);
+    write!(full, "{key}").expect("writing to a String cannot fail");
+    let part = &full[prefix_ns.len()..];
+    if part.is_empty() {
+        return Err(Error::new(ErrorKind::InvalidKey, "empty key"));
+    }
+    if let Some(bad) = part.chars().find(|c| c.is_control() || c.is_whitespace()) {
+        return Err(Error::new(
+            ErrorKind::InvalidKey,
+            format!(
+                "key {part:?} holds {bad:?}: control characters and whitespace are not allowed"
+            ),
+        ));
+    }
+    if full.len() > max_len {
+        let digest = sha1_smol::Sha1::from(part.as_bytes()).digest().to_string();
+        full.truncate(prefix_ns.len());
+        full.push('#');
+        full.push_str(&digest);
+    }
+    Ok(full)
+}
+
+/// Checks a namespace name or prefix: printable, no whitespace, no braces
+/// (braces are Redis Cluster hash-tag syntax and are reserved for `aside`).
+///
+/// # Errors
+/// [`ErrorKind::Config`] naming the offending character.
+pub fn check_namespace(name: &str) -> Result<(), Error> {
+    if let Some(bad) = name
+        .chars()
+        .find(|c| c.is_control() || c.is_whitespace() || *c == '{' || *c == '}')
+    {
+        return Err(Error::new(
+            ErrorKind::Config,
+            format!("namespace or prefix {name:?} holds {bad:?}"),
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn formats_like_the_article() {
+        assert_eq!(
+            full_key("user:profile:", &1001, 250).unwrap(),
+            "user:profile:1001"
+        );
+    }
+
+    #[test]
+    fn rejects_control_characters_and_spaces() {
+        for bad in ["a b", "a\r\nSET x 1", "\u{7f}", ""] {
+            let err = full_key("ns:", bad, 250).unwrap_err();
+            assert_eq!(err.kind(), ErrorKind::InvalidKey, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn hashes_long_keys_stably_within_the_bound() {
+        let long = "x".repeat(400);
+        let a = full_key("ns:", &long, 250).unwrap();
+        assert!(a.len() <= 250 && a.starts_with("ns:#"));
+        assert_eq!(a, full_key("ns:", &long, 250).unwrap());
+        assert_ne!(a, full_key("ns:", &"y".repeat(400), 250).unwrap());
+    }
+}

@@ -1,0 +1,206 @@
+//! # aside
+//!
+//! The cache-aside (lazy-loading) pattern, done right: typed namespaces over
+//! an in-process store ([moka]) or Redis, with the failure modes of the naive
+//! version removed.
+//!
+//! - **Fenced fills (leases).** A miss takes a lease; the loaded value is
+//!   written only if no invalidation happened since, so the read-write race
+//!   of the naive pattern cannot leave a stale entry behind.
+//! - **Single-flight.** Concurrent misses on one key run the loader once per
+//!   process, and once in total across processes with leases.
+//! - **Fail-open.** A store error or timeout is a miss, counted; a circuit
+//!   breaker skips a sick store so it costs no latency; an invalidation the
+//!   store did not take is queued and replayed when it answers again.
+//! - **Every strategy of the article**, selectable per namespace:
+//!   [`Strategy::Delete`], [`Strategy::DoubleDelete`], [`Strategy::Versioned`]
+//!   and [`Strategy::Lease`] (the default).
+//!
+//! ## Example
+//!
+//! ```
+//! use std::time::Duration;
+//! use aside::Aside;
+//!
+//! #[derive(Clone, serde::Serialize, serde::Deserialize)]
+//! struct User { id: u64, name: String }
+//!
+//! # #[tokio::main(flavor = "current_thread")] async fn main() -> aside::Result<()> {
+//! let cache = Aside::builder().build(); // in-process store; `.store(RedisStore::connect(..).await?)` for Redis
+//! let users = cache
+//!     .namespace::<u64, User>("user:profile") // keys: "user:profile:{id}"
+//!     .ttl(Duration::from_secs(600))
+//!     .jitter(0.10)
+//!     .build()?;
+//!
+//! let user = users
+//!     .get_or_load(&1001, || async { Ok::<_, std::io::Error>(Some(User { id: 1001, name: "Ada".into() })) })
+//!     .await?;
+//! assert_eq!(user.map(|u| u.name).as_deref(), Some("Ada"));
+//!
+//! // After the database write:
+//! users.invalidate(&1001).await?;
+//! # Ok(()) }
+//! ```
+//!
+//! ## Features
+//!
+//! - `redis` (default): [`store::redis::RedisStore`] on redis-rs.
+//!
+//! [moka]: https://docs.rs/moka
+#![forbid(unsafe_code)]
+
+use std::fmt::Display;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+pub mod breaker;
+pub mod codec;
+mod engine;
+pub mod envelope;
+mod error;
+pub mod key;
+pub mod metrics;
+mod namespace;
+pub mod policy;
+pub mod store;
+
+pub use breaker::{BreakerConfig, BreakerState};
+pub use codec::{Codec, Json, MessagePack};
+pub use engine::single_flight;
+pub use error::{Error, ErrorKind, Result};
+pub use metrics::Stats;
+pub use namespace::{Fetched, Namespace, NamespaceBuilder, Source};
+pub use policy::Strategy;
+pub use store::Store;
+pub use store::memory::MemoryStore;
+
+use engine::Core;
+
+/// The entry point: one store, one breaker, one set of counters, shared by
+/// every namespace built from it. Cloning is cheap (an `Arc`).
+#[derive(Clone)]
+pub struct Aside {
+    core: Arc<Core>,
+}
+
+impl std::fmt::Debug for Aside {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Aside")
+            .field("store", &self.core.store.name())
+            .field("prefix", &self.core.prefix)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Aside {
+    /// Starts configuring an `Aside`.
+    pub fn builder() -> AsideBuilder {
+        AsideBuilder::default()
+    }
+
+    /// Starts configuring a namespace: keys `"{prefix}{name}:{key}"`.
+    pub fn namespace<K, V>(&self, name: &str) -> NamespaceBuilder<K, V>
+    where
+        K: Display + ?Sized,
+        V: Serialize + DeserializeOwned + Clone + Send + Sync + 'static,
+    {
+        NamespaceBuilder::new(self.core.clone(), name)
+    }
+
+    /// A snapshot of the counters of every namespace of this `Aside`.
+    pub fn stats(&self) -> Stats {
+        self.core.stats()
+    }
+
+    /// The store, for operations outside the cache-aside API.
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.core.store
+    }
+
+    /// The breaker's state now.
+    pub fn breaker_state(&self) -> BreakerState {
+        self.core.breaker.state()
+    }
+}
+
+/// Configures an [`Aside`].
+#[derive(Default)]
+#[must_use = "call .build() to get the Aside"]
+pub struct AsideBuilder {
+    store: Option<Arc<dyn Store>>,
+    prefix: String,
+    op_timeout: Option<Duration>,
+    breaker: BreakerConfig,
+    retry_capacity: Option<usize>,
+    max_key_len: Option<usize>,
+}
+
+/// Default bound on one store operation.
+pub const DEFAULT_OP_TIMEOUT: Duration = Duration::from_millis(250);
+/// Default capacity of the invalidation retry queue.
+pub const DEFAULT_RETRY_CAPACITY: usize = 10_000;
+
+impl AsideBuilder {
+    /// The store (default: a [`MemoryStore`] of 256 MiB).
+    pub fn store(mut self, store: impl Store) -> Self {
+        self.store = Some(Arc::new(store));
+        self
+    }
+
+    /// A store already behind an `Arc`, shared with other `Aside`s.
+    pub fn shared_store(mut self, store: Arc<dyn Store>) -> Self {
+        self.store = Some(store);
+        self
+    }
+
+    /// A prefix before every namespace, such as `"myapp:"` (default none).
+    pub fn prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.prefix = prefix.into();
+        self
+    }
+
+    /// Bound on each store operation (default 250 ms). Past it the operation
+    /// counts as failed and a read goes to the loader.
+    pub fn op_timeout(mut self, timeout: Duration) -> Self {
+        self.op_timeout = Some(timeout);
+        self
+    }
+
+    /// Circuit-breaker thresholds.
+    pub fn breaker(mut self, config: BreakerConfig) -> Self {
+        self.breaker = config;
+        self
+    }
+
+    /// Capacity of the queue of invalidations awaiting replay (default 10,000).
+    pub fn retry_capacity(mut self, capacity: usize) -> Self {
+        self.retry_capacity = Some(capacity);
+        self
+    }
+
+    /// Keys longer than this are hashed (default 250 bytes).
+    pub fn max_key_len(mut self, len: usize) -> Self {
+        self.max_key_len = Some(len);
+        self
+    }
+
+    /// Builds the `Aside`. Needs no runtime; background tasks start on first use.
+    pub fn build(self) -> Aside {
+        let store = self.store.unwrap_or_else(|| Arc::new(MemoryStore::new()));
+        let core = Core::new(
+            store,
+            breaker::Breaker::new(self.breaker),
+            self.op_timeout.unwrap_or(DEFAULT_OP_TIMEOUT),
+            self.retry_capacity.unwrap_or(DEFAULT_RETRY_CAPACITY),
+            self.prefix,
+            self.max_key_len.unwrap_or(key::DEFAULT_MAX_KEY_LEN).max(64),
+        );
+        Aside {
+            core: Arc::new(core),
+        }
+    }
+}

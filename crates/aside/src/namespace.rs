@@ -1,0 +1,390 @@
+//! [`Namespace`]: a typed view of one kind of cached value, and its builder.
+//!
+//! Owns the per-namespace configuration (key format, TTL and jitter, codec,
+//! strategy, lease timings, size limit) and the public typed API. The read
+//! and write paths themselves are in `engine::read` and `engine::write`.
+
+use std::fmt::Display;
+use std::future::Future;
+use std::marker::PhantomData;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::codec::{Codec, Json};
+use crate::engine::Core;
+use crate::engine::single_flight::SingleFlight;
+use crate::error::{Error, ErrorKind, Result};
+use crate::key;
+use crate::metrics::NamespaceMetrics;
+use crate::policy::Strategy;
+
+/// Where a value returned by [`Namespace::fetch`] came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+#[non_exhaustive]
+pub enum Source {
+    /// The cache had a current value.
+    Hit,
+    /// This call ran the loader.
+    Loaded,
+    /// Another caller's load (in this process, or in another through a lease) served it.
+    Coalesced,
+    /// An invalidated (stale) value was served while another caller loads.
+    Stale,
+}
+
+/// A value with where it came from.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub struct Fetched<V> {
+    /// The value, `None` when the loader found nothing.
+    pub value: Option<V>,
+    /// Where it came from.
+    pub source: Source,
+}
+
+pub(crate) type Shared<V> = Result<(Option<V>, Source)>;
+
+pub(crate) struct NsInner<V> {
+    pub(crate) core: Arc<Core>,
+    pub(crate) name: String,
+    pub(crate) key_prefix: String,
+    pub(crate) ttl: Duration,
+    pub(crate) jitter: f64,
+    pub(crate) codec: Arc<dyn Codec<V>>,
+    pub(crate) raw: bool,
+    pub(crate) strategy: Strategy,
+    pub(crate) lease_ttl: Duration,
+    pub(crate) lease_wait: Duration,
+    pub(crate) keep_stale: Option<Duration>,
+    pub(crate) max_value_bytes: usize,
+    pub(crate) flight: SingleFlight<Shared<V>>,
+    pub(crate) metrics: NamespaceMetrics,
+}
+
+/// A typed view of one kind of cached value: `Namespace<u64, User>` holds
+/// users under `"{prefix}user:profile:{id}"`.
+///
+/// Cloning is cheap (an `Arc`); clones share single-flight state.
+pub struct Namespace<K: ?Sized, V> {
+    pub(crate) inner: Arc<NsInner<V>>,
+    _key: PhantomData<fn(&K)>,
+}
+
+impl<K: ?Sized, V> Clone for Namespace<K, V> {
+    fn clone(&self) -> Self {
+        Namespace {
+            inner: self.inner.clone(),
+            _key: PhantomData,
+        }
+    }
+}
+
+impl<K: ?Sized, V> std::fmt::Debug for Namespace<K, V> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Namespace")
+            .field("name", &self.inner.name)
+            .field("strategy", &self.inner.strategy)
+            .field("ttl", &self.inner.ttl)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<K, V> Namespace<K, V>
+where
+    K: Display + ?Sized,
+    V: Clone + Send + Sync + 'static,
+{
+    /// The namespace's name.
+    pub fn name(&self) -> &str {
+        &self.inner.name
+    }
+
+    /// The invalidation strategy.
+    pub fn strategy(&self) -> Strategy {
+        self.inner.strategy
+    }
+
+    /// The full store key of `key`: `{prefix}{namespace}:{key}`, hashed when too long.
+    ///
+    /// # Errors
+    /// [`ErrorKind::InvalidKey`] for an empty key or one with control characters or whitespace.
+    pub fn store_key(&self, key: &K) -> Result<String> {
+        key::full_key(&self.inner.key_prefix, key, self.inner.core.max_key_len)
+    }
+
+    /// Returns the cached value of `key`, or runs `loader`, caches what it
+    /// returns and returns that.
+    ///
+    /// A store that fails or times out is never the caller's problem: the
+    /// call goes to the loader, and the failure is counted.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> aside::Result<()> {
+    /// use aside::Aside;
+    /// let cache = Aside::builder().build();
+    /// let names = cache.namespace::<u64, String>("name").build()?;
+    /// let name = names
+    ///     .get_or_load(&7, || async { Ok::<_, std::io::Error>(Some("Ada".to_string())) })
+    ///     .await?;
+    /// assert_eq!(name.as_deref(), Some("Ada"));
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    /// [`ErrorKind::InvalidKey`] for a bad key; [`ErrorKind::Loader`] when the
+    /// loader fails (the loader's error is reachable with [`Error::loader_error`]).
+    ///
+    /// # Concurrent calls
+    /// Concurrent calls for the same key in one process run `loader` once;
+    /// the others wait for its result (or its error) and are woken when it
+    /// lands. With [`Strategy::Lease`], processes sharing the store also load
+    /// once in total: the others wait for the fill, up to the lease-wait
+    /// bound, then load themselves.
+    pub async fn get_or_load<F, Fut, E>(&self, key: &K, loader: F) -> Result<Option<V>>
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = std::result::Result<Option<V>, E>>,
+        E: std::error::Error + Send + Sync + 'static,
+    {
+        Ok(self.fetch(key, loader).await?.value)
+    }
+
+    /// As [`Namespace::get_or_load`], and also says where the value came from.
+    ///
+    /// # Errors
+    /// As [`Namespace::get_or_load`].
+    ///
+    /// # Concurrent calls
+    /// As [`Namespace::get_or_load`]; coalesced callers see [`Source::Coalesced`].
+    pub async fn fetch<F, Fut, E>(&self, key: &K, loader: F) -> Result<Fetched<V>>
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = std::result::Result<Option<V>, E>>,
+        E: std::error::Error + Send + Sync + 'static,
+    {
+        let full = self.store_key(key)?;
+        self.inner.fetch(&full, loader).await
+    }
+
+    /// Returns the cached value of `key` without loading. A store failure
+    /// reads as `None` (and is counted).
+    ///
+    /// # Errors
+    /// [`ErrorKind::InvalidKey`] for a bad key.
+    pub async fn get(&self, key: &K) -> Result<Option<V>> {
+        let full = self.store_key(key)?;
+        Ok(self.inner.read_cached(&full).await.map(|(v, _)| v))
+    }
+
+    /// Writes `value` to the cache (write-through), revoking any lease in
+    /// flight so an older load cannot overwrite it.
+    ///
+    /// # Errors
+    /// [`ErrorKind::Store`] or [`ErrorKind::Timeout`] when the store did not
+    /// take the write; an invalidation of the key is then queued for replay,
+    /// so the old cached value cannot outlive the outage. [`ErrorKind::Codec`]
+    /// when the value cannot be encoded or exceeds the size limit.
+    pub async fn set(&self, key: &K, value: &V) -> Result<()> {
+        let full = self.store_key(key)?;
+        self.inner.write(&full, value).await
+    }
+
+    /// Invalidates `key` after a database write, with the namespace's strategy.
+    ///
+    /// # Errors
+    /// [`ErrorKind::Store`] or [`ErrorKind::Timeout`] when the store could not
+    /// be reached. The invalidation is not lost: it is queued and replayed
+    /// when the store answers again, and until then reads of the key bypass
+    /// the cache.
+    pub async fn invalidate(&self, key: &K) -> Result<()> {
+        let full = self.store_key(key)?;
+        self.inner.invalidate(&full).await
+    }
+
+    /// Invalidates every key, attempting all of them even if some fail.
+    ///
+    /// # Errors
+    /// The first error met; as [`Namespace::invalidate`].
+    pub async fn invalidate_many<'a, I>(&self, keys: I) -> Result<()>
+    where
+        I: IntoIterator<Item = &'a K>,
+        K: 'a,
+    {
+        let mut first_error = None;
+        for key in keys {
+            if let Err(e) = self.invalidate(key).await {
+                first_error.get_or_insert(e);
+            }
+        }
+        first_error.map_or(Ok(()), Err)
+    }
+}
+
+/// Configures a [`Namespace`]; from [`crate::Aside::namespace`].
+#[must_use = "call .build() to get the namespace"]
+pub struct NamespaceBuilder<K: ?Sized, V> {
+    core: Arc<Core>,
+    name: String,
+    ttl: Duration,
+    jitter: f64,
+    codec: Arc<dyn Codec<V>>,
+    raw: bool,
+    strategy: Option<Strategy>,
+    lease_ttl: Duration,
+    lease_wait: Option<Duration>,
+    keep_stale: Option<Duration>,
+    max_value_bytes: usize,
+    _key: PhantomData<fn(&K)>,
+}
+
+/// Default entry TTL: the article's 10 minutes.
+pub const DEFAULT_TTL: Duration = Duration::from_secs(600);
+/// Default lease TTL: how long a crashed loader can block a key.
+pub const DEFAULT_LEASE_TTL: Duration = Duration::from_secs(3);
+/// Default bound on a cached value's encoded size: 1 MiB, memcached's item limit.
+pub const DEFAULT_MAX_VALUE_BYTES: usize = 1024 * 1024;
+
+impl<K, V> NamespaceBuilder<K, V>
+where
+    K: Display + ?Sized,
+    V: Serialize + DeserializeOwned + Clone + Send + Sync + 'static,
+{
+    pub(crate) fn new(core: Arc<Core>, name: &str) -> Self {
+        NamespaceBuilder {
+            core,
+            name: name.to_owned(),
+            ttl: DEFAULT_TTL,
+            jitter: 0.0,
+            codec: Arc::new(Json),
+            raw: false,
+            strategy: None,
+            lease_ttl: DEFAULT_LEASE_TTL,
+            lease_wait: None,
+            keep_stale: None,
+            max_value_bytes: DEFAULT_MAX_VALUE_BYTES,
+            _key: PhantomData,
+        }
+    }
+}
+
+impl<K: Display + ?Sized, V: Clone + Send + Sync + 'static> NamespaceBuilder<K, V> {
+    /// Entry TTL (default 600 s).
+    pub fn ttl(mut self, ttl: Duration) -> Self {
+        self.ttl = ttl;
+        self
+    }
+
+    /// Spreads TTLs over `ttl * (1 ± jitter)` (default 0; 0.1 is common).
+    pub fn jitter(mut self, jitter: f64) -> Self {
+        self.jitter = jitter;
+        self
+    }
+
+    /// The codec (default [`Json`]).
+    pub fn codec(mut self, codec: impl Codec<V>) -> Self {
+        self.codec = Arc::new(codec);
+        self
+    }
+
+    /// Stores the codec's bytes as they are, without the envelope, so the
+    /// cache can be shared with programs that write plain values (the
+    /// article's `SETEX user:profile:1 600 '{"id":1,...}'`). Leases need the
+    /// entry layout, so a raw namespace uses [`Strategy::Delete`] unless
+    /// another non-lease strategy is chosen.
+    pub fn raw(mut self) -> Self {
+        self.raw = true;
+        self
+    }
+
+    /// The invalidation strategy (default [`Strategy::Lease`]).
+    pub fn strategy(mut self, strategy: Strategy) -> Self {
+        self.strategy = Some(strategy);
+        self
+    }
+
+    /// Lease TTL (default 3 s): the longest a crashed loader blocks a key.
+    pub fn lease_ttl(mut self, ttl: Duration) -> Self {
+        self.lease_ttl = ttl;
+        self
+    }
+
+    /// How long a caller waits for another process's load before loading
+    /// itself (default: the lease TTL).
+    pub fn lease_wait(mut self, wait: Duration) -> Self {
+        self.lease_wait = Some(wait);
+        self
+    }
+
+    /// Keep an invalidated value for `for_how_long`, flagged stale, and serve
+    /// it to callers that would otherwise wait for another's load.
+    pub fn serve_stale_while_loading(mut self, for_how_long: Duration) -> Self {
+        self.keep_stale = Some(for_how_long);
+        self
+    }
+
+    /// Values whose encoded size exceeds this are returned but not cached
+    /// (default 1 MiB).
+    pub fn max_value_bytes(mut self, bytes: usize) -> Self {
+        self.max_value_bytes = bytes;
+        self
+    }
+
+    /// Builds the namespace.
+    ///
+    /// # Errors
+    /// [`ErrorKind::Config`] for a name with whitespace, control characters
+    /// or braces, a zero TTL, or a raw namespace with the lease strategy.
+    pub fn build(self) -> Result<Namespace<K, V>> {
+        key::check_namespace(&self.name)?;
+        key::check_namespace(&self.core.prefix)?;
+        if self.ttl.is_zero() {
+            return Err(Error::new(
+                ErrorKind::Config,
+                "ttl must be greater than zero",
+            ));
+        }
+        let strategy = match (self.raw, self.strategy) {
+            (true, Some(Strategy::Lease)) => {
+                return Err(Error::new(
+                    ErrorKind::Config,
+                    "a raw namespace cannot use leases (they need aside's entry layout): choose delete, double-delete or versioned",
+                ));
+            }
+            (true, None) => Strategy::Delete,
+            (_, chosen) => chosen.unwrap_or_default(),
+        };
+        if strategy != Strategy::Lease && self.keep_stale.is_some() {
+            return Err(Error::new(
+                ErrorKind::Config,
+                "stale serving needs the lease strategy",
+            ));
+        }
+        let key_prefix = format!("{}{}:", self.core.prefix, self.name);
+        let inner = NsInner {
+            metrics: NamespaceMetrics::register(&self.name),
+            core: self.core,
+            name: self.name,
+            key_prefix,
+            ttl: self.ttl,
+            jitter: self.jitter,
+            codec: self.codec,
+            raw: self.raw,
+            strategy,
+            lease_ttl: self.lease_ttl,
+            lease_wait: self.lease_wait.unwrap_or(self.lease_ttl),
+            keep_stale: self.keep_stale,
+            max_value_bytes: self.max_value_bytes,
+            flight: SingleFlight::default(),
+        };
+        Ok(Namespace {
+            inner: Arc::new(inner),
+            _key: PhantomData,
+        })
+    }
+}

@@ -1,0 +1,159 @@
+//! The [`Store`] trait: what a cache backend must do, and the lease state machine.
+//!
+//! Owns the contract every backend implements and the types it speaks in.
+//! It knows nothing of codecs, envelopes or policies: a store moves bytes.
+//!
+//! Two families of operations live here:
+//!
+//! - **Plain** operations (`get`, `set`, `delete`, `incr`) on plain values,
+//!   used by the `Delete`, `DoubleDelete` and `Versioned` strategies and by
+//!   the raw mode that shares keys with other programs.
+//! - **Entry** operations (`lookup_or_lease`, `fill`, `put_entry`,
+//!   `invalidate`, `get_entry`) on leased entries, used by the `Lease`
+//!   strategy. An entry is one store key holding the value, an optional
+//!   lease, and a stale flag, so one atomic step (a Lua script, a key lock)
+//!   covers all of them and Redis Cluster never sees two slots.
+//!
+//! The lease state machine of an entry, which every store implements:
+//!
+//! | state       | lookup_or_lease           | fill(token)                     | invalidate            |
+//! |-------------|---------------------------|---------------------------------|-----------------------|
+//! | Empty       | grant t: Leased(t)        | refused                         | Empty                 |
+//! | Value(v)    | hit v                     | refused                         | Empty, or Stale(v)    |
+//! | Leased(t)   | busy                      | token == t: Value(new), else refused | Empty / Stale   |
+//! | Stale(v)    | grant t: Stale(v)+Leased(t), then busy (stale v offered) | as Leased | Stale(v), lease revoked |
+//!
+//! A lease runs out after its TTL (a crashed loader cannot block a key); an
+//! expired lease is replaced by the next lookup. Safety: a fill with token t
+//! is applied only if no invalidation happened since t was granted, because
+//! every invalidation removes t.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+
+pub mod memory;
+#[cfg(feature = "redis")]
+pub mod redis;
+
+/// An error from a store. The engine counts it and treats it as a miss on
+/// reads; it is only ever returned to callers from writes.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// The server could not be reached or the connection broke.
+    #[error("connection: {0}")]
+    Connection(String),
+    /// The server answered with an error or something unexpected.
+    #[error("server: {0}")]
+    Server(String),
+    /// The store refused the operation (value too large, key invalid for it).
+    #[error("refused: {0}")]
+    Refused(String),
+}
+
+/// Result of a store operation.
+pub type StoreResult<T> = Result<T, StoreError>;
+
+/// A unique lease token. Stores mint them (random 64-bit), so tokens from
+/// different processes never collide in practice.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct LeaseToken(pub u64);
+
+impl LeaseToken {
+    /// A fresh random token.
+    pub fn random() -> Self {
+        LeaseToken(rand::random::<u64>() | 1)
+    }
+}
+
+/// What [`Store::lookup_or_lease`] found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum LeaseOutcome {
+    /// A current value.
+    Hit(Bytes),
+    /// No current value, and this caller now holds the lease: it should load
+    /// and [`Store::fill`] with the token. `stale` is the invalidated value,
+    /// if the namespace keeps one.
+    Granted {
+        /// The token to fill with.
+        token: LeaseToken,
+        /// The previous value, marked stale by an invalidation.
+        stale: Option<Bytes>,
+    },
+    /// Another caller holds the lease and is loading. `stale` as above.
+    Busy {
+        /// The previous value, marked stale by an invalidation.
+        stale: Option<Bytes>,
+    },
+}
+
+/// What [`Store::fill`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum FillOutcome {
+    /// The value was written.
+    Stored,
+    /// The lease was revoked or replaced; nothing was written.
+    Refused,
+}
+
+/// A cache backend.
+///
+/// Every method must be cancel-safe in the sense that dropping its future
+/// leaves the store in one of the states of the table above, and must never
+/// panic on data read from the network.
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// A short name for metrics and messages, such as `"redis"`.
+    fn name(&self) -> &'static str;
+
+    /// Reads a plain value.
+    async fn get(&self, key: &str) -> StoreResult<Option<Bytes>>;
+
+    /// Writes a plain value with a TTL.
+    async fn set(&self, key: &str, value: Bytes, ttl: Duration) -> StoreResult<()>;
+
+    /// Deletes a key of either family.
+    async fn delete(&self, key: &str) -> StoreResult<()>;
+
+    /// Increments a counter (created at 0), refreshing its TTL; returns the new value.
+    async fn incr(&self, key: &str, ttl: Duration) -> StoreResult<u64>;
+
+    /// Reads an entry's value without taking a lease: `(value, stale)`.
+    async fn get_entry(&self, key: &str) -> StoreResult<Option<(Bytes, bool)>>;
+
+    /// Looks an entry up and, when it has no current value and no live
+    /// lease, grants `token` for `lease_ttl`, atomically.
+    async fn lookup_or_lease(
+        &self,
+        key: &str,
+        token: LeaseToken,
+        lease_ttl: Duration,
+    ) -> StoreResult<LeaseOutcome>;
+
+    /// Writes `value` only if `token` is still the entry's lease.
+    async fn fill(
+        &self,
+        key: &str,
+        token: LeaseToken,
+        value: Bytes,
+        ttl: Duration,
+    ) -> StoreResult<FillOutcome>;
+
+    /// Gives a lease back without filling (the loader failed or found
+    /// nothing), if `token` still holds it; a stale value stays.
+    async fn release(&self, key: &str, token: LeaseToken) -> StoreResult<()>;
+
+    /// Writes an entry unconditionally, revoking any lease in flight.
+    async fn put_entry(&self, key: &str, value: Bytes, ttl: Duration) -> StoreResult<()>;
+
+    /// Removes an entry's value and revokes its lease. With `keep_stale`,
+    /// the old value stays for that long, flagged stale.
+    async fn invalidate(&self, key: &str, keep_stale: Option<Duration>) -> StoreResult<()>;
+
+    /// Checks that the store answers.
+    async fn ping(&self) -> StoreResult<()>;
+}

@@ -1,0 +1,10 @@
+-- Writes a loaded value only if the caller's lease is still the entry's.
+-- KEYS[1]: the entry. ARGV[1]: token. ARGV[2]: value. ARGV[3]: TTL in ms.
+-- Returns 1 stored, 0 refused (revoked by an invalidation, or replaced).
+if redis.call('HGET', KEYS[1], 't') ~= ARGV[1] then
+  return 0
+end
+redis.call('DEL', KEYS[1])
+redis.call('HSET', KEYS[1], 'v', ARGV[2])
+redis.call('PEXPIRE', KEYS[1], ARGV[3])
+return 1

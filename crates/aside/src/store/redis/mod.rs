@@ -1,0 +1,298 @@
+//! [`RedisStore`]: Redis and Valkey through redis-rs's `ConnectionManager`.
+//!
+//! Owns the Redis mapping of the [`Store`] contract. Plain values are
+//! strings (`GET`/`SET PX`/`DEL`/`INCR`), readable by any other client;
+//! leased entries are one hash per key (`v` value, `s` stale flag, `t` lease
+//! token, `e` lease deadline) changed only by the Lua scripts beside this
+//! file. Each script touches exactly one key, so it is valid in Redis
+//! Cluster as is.
+//!
+//! Why `ConnectionManager`: it multiplexes every caller over one connection
+//! and reconnects in the background. The command that meets a broken
+//! connection still fails; the engine counts that and treats it as a miss.
+//! Both timeouts are set explicitly (see [`RedisConfig`]) because a cache
+//! that waits on a dead server is worse than no cache.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::{RedisError, Script};
+
+use super::{FillOutcome, LeaseOutcome, LeaseToken, Store, StoreError, StoreResult};
+
+/// Connection settings of a [`RedisStore`].
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct RedisConfig {
+    /// Bound on establishing a connection. Default 500 ms.
+    pub connect_timeout: Duration,
+    /// Bound on one command's answer. Default 250 ms.
+    pub response_timeout: Duration,
+    /// Reconnect attempts per broken connection before commands fail. Default 2.
+    pub reconnect_retries: usize,
+    /// First delay between reconnect attempts (exponential after). Default 50 ms.
+    pub reconnect_min_delay: Duration,
+}
+
+impl Default for RedisConfig {
+    fn default() -> Self {
+        RedisConfig {
+            connect_timeout: Duration::from_millis(500),
+            response_timeout: Duration::from_millis(250),
+            reconnect_retries: 2,
+            reconnect_min_delay: Duration::from_millis(50),
+        }
+    }
+}
+
+struct Scripts {
+    lookup_or_lease: Script,
+    fill: Script,
+    put_entry: Script,
+    release: Script,
+    invalidate_keep_stale: Script,
+}
+
+impl Scripts {
+    fn new() -> Self {
+        Scripts {
+            lookup_or_lease: Script::new(include_str!("lookup_or_lease.lua")),
+            fill: Script::new(include_str!("fill.lua")),
+            put_entry: Script::new(include_str!("put_entry.lua")),
+            release: Script::new(include_str!("release.lua")),
+            invalidate_keep_stale: Script::new(include_str!("invalidate_keep_stale.lua")),
+        }
+    }
+}
+
+/// A store on a Redis or Valkey server.
+///
+/// Cloning is cheap; clones share one multiplexed connection.
+///
+/// # Examples
+///
+/// Needs the `redis` feature (on by default) and a server:
+///
+/// ```no_run
+/// # async fn run() -> Result<(), aside::store::StoreError> {
+/// use aside::store::redis::RedisStore;
+/// let store = RedisStore::connect("redis://127.0.0.1:6379").await?;
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct RedisStore {
+    conn: ConnectionManager,
+    scripts: std::sync::Arc<Scripts>,
+}
+
+impl std::fmt::Debug for RedisStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisStore").finish_non_exhaustive()
+    }
+}
+
+fn store_error(e: RedisError) -> StoreError {
+    if e.is_io_error() || e.is_connection_dropped() || e.is_connection_refusal() || e.is_timeout() {
+        StoreError::Connection(e.to_string())
+    } else {
+        StoreError::Server(e.to_string())
+    }
+}
+
+fn ttl_ms(ttl: Duration) -> u64 {
+    u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1)
+}
+
+impl RedisStore {
+    /// Connects with the default [`RedisConfig`].
+    ///
+    /// # Errors
+    /// [`StoreError::Connection`] when the URL is invalid or the server cannot be reached.
+    pub async fn connect(url: &str) -> StoreResult<Self> {
+        Self::connect_with(url, RedisConfig::default()).await
+    }
+
+    /// Connects with explicit settings.
+    ///
+    /// # Errors
+    /// [`StoreError::Connection`] when the URL is invalid or the server cannot be reached.
+    pub async fn connect_with(url: &str, config: RedisConfig) -> StoreResult<Self> {
+        let client = redis::Client::open(url).map_err(|e| StoreError::Connection(e.to_string()))?;
+        let manager_config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(config.connect_timeout))
+            .set_response_timeout(Some(config.response_timeout))
+            .set_number_of_retries(config.reconnect_retries)
+            .set_min_delay(config.reconnect_min_delay)
+            .set_max_delay(Duration::from_secs(1));
+        let conn = ConnectionManager::new_with_config(client, manager_config)
+            .await
+            .map_err(store_error)?;
+        Ok(RedisStore {
+            conn,
+            scripts: std::sync::Arc::new(Scripts::new()),
+        })
+    }
+
+    /// A clone of the underlying connection, for callers that need commands
+    /// the [`Store`] trait does not have (tests, `aside inspect`).
+    pub fn connection(&self) -> ConnectionManager {
+        self.conn.clone()
+    }
+}
+
+#[async_trait]
+impl Store for RedisStore {
+    fn name(&self) -> &'static str {
+        "redis"
+    }
+
+    async fn get(&self, key: &str) -> StoreResult<Option<Bytes>> {
+        let value: Option<Vec<u8>> = redis::cmd("GET")
+            .arg(key)
+            .query_async(&mut self.conn.clone())
+            .await
+            .map_err(store_error)?;
+        Ok(value.map(Bytes::from))
+    }
+
+    async fn set(&self, key: &str, value: Bytes, ttl: Duration) -> StoreResult<()> {
+        redis::cmd("SET")
+            .arg(key)
+            .arg(value.as_ref())
+            .arg("PX")
+            .arg(ttl_ms(ttl))
+            .exec_async(&mut self.conn.clone())
+            .await
+            .map_err(store_error)
+    }
+
+    async fn delete(&self, key: &str) -> StoreResult<()> {
+        redis::cmd("DEL")
+            .arg(key)
+            .exec_async(&mut self.conn.clone())
+            .await
+            .map_err(store_error)
+    }
+
+    async fn incr(&self, key: &str, ttl: Duration) -> StoreResult<u64> {
+        let (n,): (u64,) = redis::pipe()
+            .atomic()
+            .cmd("INCR")
+            .arg(key)
+            .cmd("PEXPIRE")
+            .arg(key)
+            .arg(ttl_ms(ttl))
+            .ignore()
+            .query_async(&mut self.conn.clone())
+            .await
+            .map_err(store_error)?;
+        Ok(n)
+    }
+
+    async fn get_entry(&self, key: &str) -> StoreResult<Option<(Bytes, bool)>> {
+        let (value, stale): (Option<Vec<u8>>, Option<Vec<u8>>) = redis::cmd("HMGET")
+            .arg(key)
+            .arg("v")
+            .arg("s")
+            .query_async(&mut self.conn.clone())
+            .await
+            .map_err(store_error)?;
+        Ok(value.map(|v| (Bytes::from(v), stale.is_some())))
+    }
+
+    async fn lookup_or_lease(
+        &self,
+        key: &str,
+        token: LeaseToken,
+        lease_ttl: Duration,
+    ) -> StoreResult<LeaseOutcome> {
+        let (code, value): (i64, Option<Vec<u8>>) = self
+            .scripts
+            .lookup_or_lease
+            .key(key)
+            .arg(token.0)
+            .arg(ttl_ms(lease_ttl))
+            .invoke_async(&mut self.conn.clone())
+            .await
+            .map_err(store_error)?;
+        let value = value.map(Bytes::from);
+        match (code, value) {
+            (1, Some(v)) => Ok(LeaseOutcome::Hit(v)),
+            (2, stale) => Ok(LeaseOutcome::Busy { stale }),
+            (3, stale) => Ok(LeaseOutcome::Granted { token, stale }),
+            (code, _) => Err(StoreError::Server(format!(
+                "lookup_or_lease returned code {code}"
+            ))),
+        }
+    }
+
+    async fn fill(
+        &self,
+        key: &str,
+        token: LeaseToken,
+        value: Bytes,
+        ttl: Duration,
+    ) -> StoreResult<FillOutcome> {
+        let stored: i64 = self
+            .scripts
+            .fill
+            .key(key)
+            .arg(token.0)
+            .arg(value.as_ref())
+            .arg(ttl_ms(ttl))
+            .invoke_async(&mut self.conn.clone())
+            .await
+            .map_err(store_error)?;
+        Ok(if stored == 1 {
+            FillOutcome::Stored
+        } else {
+            FillOutcome::Refused
+        })
+    }
+
+    async fn release(&self, key: &str, token: LeaseToken) -> StoreResult<()> {
+        self.scripts
+            .release
+            .key(key)
+            .arg(token.0)
+            .invoke_async::<i64>(&mut self.conn.clone())
+            .await
+            .map_err(store_error)?;
+        Ok(())
+    }
+
+    async fn put_entry(&self, key: &str, value: Bytes, ttl: Duration) -> StoreResult<()> {
+        self.scripts
+            .put_entry
+            .key(key)
+            .arg(value.as_ref())
+            .arg(ttl_ms(ttl))
+            .invoke_async::<i64>(&mut self.conn.clone())
+            .await
+            .map_err(store_error)?;
+        Ok(())
+    }
+
+    async fn invalidate(&self, key: &str, keep_stale: Option<Duration>) -> StoreResult<()> {
+        let Some(stale_ttl) = keep_stale else {
+            return self.delete(key).await;
+        };
+        self.scripts
+            .invalidate_keep_stale
+            .key(key)
+            .arg(ttl_ms(stale_ttl))
+            .invoke_async::<i64>(&mut self.conn.clone())
+            .await
+            .map_err(store_error)?;
+        Ok(())
+    }
+
+    async fn ping(&self) -> StoreResult<()> {
+        redis::cmd("PING")
+            .exec_async(&mut self.conn.clone())
+            .await
+            .map_err(store_error)
+    }
+}
