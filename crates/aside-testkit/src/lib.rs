@@ -1,2 +1,159 @@
-//! t
-pub fn y() {}
+//! Real servers for tests: starts `redis-server` on a free loopback port,
+//! and can kill, restart, freeze and thaw it for fault tests.
+//!
+//! Owns process management for tests and nothing else. Each server gets its
+//! own temporary directory and port, so tests never touch a server they did
+//! not start (and may flush their own). Readiness is awaited by reading the
+//! server's own "ready" log line, not by sleeping. A missing binary fails
+//! the test with the command that installs it.
+
+use std::io::{BufRead, BufReader};
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+/// How long a server may take to say it is ready.
+const READY_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// A free TCP port on 127.0.0.1 (bound, then released).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("no free loopback port")
+}
+
+fn require_binary(name: &str, install: &str) -> PathBuf {
+    let found = std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .chain([PathBuf::from("/usr/sbin"), PathBuf::from("/usr/bin")])
+            .map(|dir| dir.join(name))
+            .find(|p| p.is_file())
+    });
+    found.unwrap_or_else(|| panic!("`{name}` is not installed; install it with `{install}` (scripts/test does this)"))
+}
+
+/// Spawns `cmd` with stdout piped and waits until a line contains `ready`.
+/// The rest of the output is drained on a thread so the server never blocks.
+fn spawn_until_ready(mut cmd: Command, ready: &'static str, what: &str) -> Child {
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {what}: {e}"));
+    let stdout = child.stdout.take().expect("stdout is piped");
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let mut announced = false;
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if !announced && line.contains(ready) {
+                announced = true;
+                let _ = tx.send(());
+            }
+        }
+    });
+    if rx.recv_timeout(READY_TIMEOUT).is_err() {
+        let _ = child.kill();
+        panic!("{what} did not become ready within {READY_TIMEOUT:?}");
+    }
+    child
+}
+
+fn signal(pid: u32, sig: &str) {
+    let status = Command::new("kill")
+        .args([sig, &pid.to_string()])
+        .status()
+        .expect("run kill");
+    assert!(status.success(), "kill {sig} {pid} failed");
+}
+
+/// A `redis-server` of the test's own, with append-only persistence
+/// (`appendfsync always`) so that data survives [`RedisServer::kill`] and
+/// [`RedisServer::restart`], as a production Redis with AOF would.
+pub struct RedisServer {
+    port: u16,
+    dir: tempfile::TempDir,
+    child: Option<Child>,
+}
+
+impl RedisServer {
+    /// Starts a server on a free port.
+    ///
+    /// # Panics
+    /// When `redis-server` is not installed or does not start.
+    pub fn start() -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut server = RedisServer {
+            port: free_port(),
+            dir,
+            child: None,
+        };
+        server.spawn();
+        server
+    }
+
+    fn spawn(&mut self) {
+        let bin = require_binary("redis-server", "apt-get install -y redis-server");
+        let mut cmd = Command::new(bin);
+        cmd.args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "yes", "--appendfsync", "always"])
+            .args(["--logfile", "", "--daemonize", "no", "--protected-mode", "no"])
+            .arg("--dir")
+            .arg(self.dir.path());
+        self.child = Some(spawn_until_ready(cmd, "Ready to accept connections", "redis-server"));
+    }
+
+    /// The server's port.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// `redis://127.0.0.1:{port}`.
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// True while the server process runs.
+    pub fn is_running(&self) -> bool {
+        self.child.is_some()
+    }
+
+    /// Kills the server with SIGKILL, as a crash would, and waits for it to exit.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts the server again on the same port and data directory.
+    pub fn restart(&mut self) {
+        self.kill();
+        self.spawn();
+    }
+
+    /// Stops the process (SIGSTOP): connections stay open but nothing
+    /// answers, as with a hung server or a network partition.
+    pub fn freeze(&self) {
+        if let Some(child) = &self.child {
+            signal(child.id(), "-STOP");
+        }
+    }
+
+    /// Resumes a frozen server (SIGCONT).
+    pub fn thaw(&self) {
+        if let Some(child) = &self.child {
+            signal(child.id(), "-CONT");
+        }
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.thaw();
+        self.kill();
+    }
+}

@@ -41,12 +41,10 @@ impl<V: Serialize + DeserializeOwned> Codec<V> for Json {
         1
     }
     fn encode(&self, value: &V) -> Result<Vec<u8>, Error> {
-        serde_json::to_vec(value)
-            .map_err(|e| Error::with_source(ErrorKind::Codec, "JSON encode failed", e))
+        serde_json::to_vec(value).map_err(|e| Error::with_source(ErrorKind::Codec, "JSON encode failed", e))
     }
     fn decode(&self, bytes: &[u8]) -> Result<V, Error> {
-        serde_json::from_slice(bytes)
-            .map_err(|e| Error::with_source(ErrorKind::Codec, "JSON decode failed", e))
+        serde_json::from_slice(bytes).map_err(|e| Error::with_source(ErrorKind::Codec, "JSON decode failed", e))
     }
 }
 
@@ -55,12 +53,10 @@ impl<V: Serialize + DeserializeOwned> Codec<V> for MessagePack {
         2
     }
     fn encode(&self, value: &V) -> Result<Vec<u8>, Error> {
-        rmp_serde::to_vec_named(value)
-            .map_err(|e| Error::with_source(ErrorKind::Codec, "MessagePack encode failed", e))
+        rmp_serde::to_vec_named(value).map_err(|e| Error::with_source(ErrorKind::Codec, "MessagePack encode failed", e))
     }
     fn decode(&self, bytes: &[u8]) -> Result<V, Error> {
-        rmp_serde::from_slice(bytes)
-            .map_err(|e| Error::with_source(ErrorKind::Codec, "MessagePack decode failed", e))
+        rmp_serde::from_slice(bytes).map_err(|e| Error::with_source(ErrorKind::Codec, "MessagePack decode failed", e))
     }
 }
 

@@ -119,11 +119,7 @@ mod tests {
 
     #[test]
     fn seal_then_open_round_trips() {
-        let mut header = Header::new(
-            1,
-            Some(Duration::from_secs(60)),
-            Duration::from_micros(1234),
-        );
+        let mut header = Header::new(1, Some(Duration::from_secs(60)), Duration::from_micros(1234));
         header.flags = FLAG_NEGATIVE;
         let bytes = seal(&header, b"{\"a\":1}");
         let (back, payload) = open(&bytes, 1).unwrap();

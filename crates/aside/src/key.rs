@@ -18,11 +18,7 @@ pub const DEFAULT_MAX_KEY_LEN: usize = 250;
 /// # Errors
 /// [`ErrorKind::InvalidKey`] when the key's `Display` form is empty or holds a
 /// control character or whitespace.
-pub fn full_key<K: Display + ?Sized>(
-    prefix_ns: &str,
-    key: &K,
-    max_len: usize,
-) -> Result<String, Error> {
+pub fn full_key<K: Display + ?Sized>(prefix_ns: &str, key: &K, max_len: usize) -> Result<String, Error> {
     let mut full = String::with_capacity(prefix_ns.len() + 24);
     full.push_str(prefix_ns);
     write!(full, "{key}").expect("writing to a String cannot fail");
@@ -33,9 +29,7 @@ pub fn full_key<K: Display + ?Sized>(
     if let Some(bad) = part.chars().find(|c| c.is_control() || c.is_whitespace()) {
         return Err(Error::new(
             ErrorKind::InvalidKey,
-            format!(
-                "key {part:?} holds {bad:?}: control characters and whitespace are not allowed"
-            ),
+            format!("key {part:?} holds {bad:?}: control characters and whitespace are not allowed"),
         ));
     }
     if full.len() > max_len {
@@ -71,10 +65,7 @@ mod tests {
 
     #[test]
     fn formats_like_the_article() {
-        assert_eq!(
-            full_key("user:profile:", &1001, 250).unwrap(),
-            "user:profile:1001"
-        );
+        assert_eq!(full_key("user:profile:", &1001, 250).unwrap(), "user:profile:1001");
     }
 
     #[test]

@@ -199,8 +199,6 @@ impl AsideBuilder {
             self.prefix,
             self.max_key_len.unwrap_or(key::DEFAULT_MAX_KEY_LEN).max(64),
         );
-        Aside {
-            core: Arc::new(core),
-        }
+        Aside { core: Arc::new(core) }
     }
 }

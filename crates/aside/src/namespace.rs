@@ -344,10 +344,7 @@ impl<K: Display + ?Sized, V: Clone + Send + Sync + 'static> NamespaceBuilder<K, 
         key::check_namespace(&self.name)?;
         key::check_namespace(&self.core.prefix)?;
         if self.ttl.is_zero() {
-            return Err(Error::new(
-                ErrorKind::Config,
-                "ttl must be greater than zero",
-            ));
+            return Err(Error::new(ErrorKind::Config, "ttl must be greater than zero"));
         }
         let strategy = match (self.raw, self.strategy) {
             (true, Some(Strategy::Lease)) => {
@@ -360,10 +357,7 @@ impl<K: Display + ?Sized, V: Clone + Send + Sync + 'static> NamespaceBuilder<K, 
             (_, chosen) => chosen.unwrap_or_default(),
         };
         if strategy != Strategy::Lease && self.keep_stale.is_some() {
-            return Err(Error::new(
-                ErrorKind::Config,
-                "stale serving needs the lease strategy",
-            ));
+            return Err(Error::new(ErrorKind::Config, "stale serving needs the lease strategy"));
         }
         let key_prefix = format!("{}{}:", self.core.prefix, self.name);
         let inner = NsInner {

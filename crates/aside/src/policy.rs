@@ -81,9 +81,7 @@ impl FromStr for Strategy {
             .ok_or_else(|| {
                 Error::new(
                     ErrorKind::Config,
-                    format!(
-                        "unknown strategy {s:?}: expected delete, double-delete, versioned or lease"
-                    ),
+                    format!("unknown strategy {s:?}: expected delete, double-delete, versioned or lease"),
                 )
             })
     }

@@ -79,10 +79,7 @@ impl Core {
     /// # Errors
     /// [`ErrorKind::Store`] when the breaker is open or the store failed,
     /// [`ErrorKind::Timeout`] when it did not answer within `op_timeout`.
-    pub(crate) async fn call<T>(
-        &self,
-        fut: impl Future<Output = StoreResult<T>>,
-    ) -> Result<T, Error> {
+    pub(crate) async fn call<T>(&self, fut: impl Future<Output = StoreResult<T>>) -> Result<T, Error> {
         self.call_for(&self.metrics, fut).await
     }
 
@@ -94,10 +91,7 @@ impl Core {
     ) -> Result<T, Error> {
         if !self.breaker.allow() {
             self.record(ns, Event::StoreSkipped);
-            return Err(Error::new(
-                ErrorKind::Store,
-                "circuit breaker open: store skipped",
-            ));
+            return Err(Error::new(ErrorKind::Store, "circuit breaker open: store skipped"));
         }
         let before = self.breaker.state();
         let result = self.call_unguarded(fut).await;
@@ -111,20 +105,13 @@ impl Core {
         let after = self.breaker.state();
         if before != after {
             metrics::record_breaker_state(after);
-            tracing::warn!(
-                store = self.store.name(),
-                ?after,
-                "cache store breaker changed state"
-            );
+            tracing::warn!(store = self.store.name(), ?after, "cache store breaker changed state");
         }
         result
     }
 
     /// One store operation bounded by the timeout, ignoring the breaker.
-    pub(crate) async fn call_unguarded<T>(
-        &self,
-        fut: impl Future<Output = StoreResult<T>>,
-    ) -> Result<T, Error> {
+    pub(crate) async fn call_unguarded<T>(&self, fut: impl Future<Output = StoreResult<T>>) -> Result<T, Error> {
         match tokio::time::timeout(self.op_timeout, fut).await {
             Ok(Ok(value)) => Ok(value),
             Ok(Err(e)) => Err(Error::with_source(
@@ -158,11 +145,7 @@ impl Core {
     }
 
     pub(crate) fn stats(&self) -> Stats {
-        Stats::from_counters(
-            &self.counters,
-            self.retry.len() as u64,
-            self.breaker_state(),
-        )
+        Stats::from_counters(&self.counters, self.retry.len() as u64, self.breaker_state())
     }
 
     fn breaker_state(&self) -> BreakerState {

@@ -103,9 +103,7 @@ impl<V: Clone + Send + Sync + 'static> NsInner<V> {
                 let version = self.read_version(full).await.ok()?;
                 let data_key = Self::versioned_key(full, version);
                 let bytes = self.call(store.get(&data_key)).await.ok()??;
-                self.decode_hit(&data_key, &bytes)
-                    .await
-                    .map(|v| (v, version))
+                self.decode_hit(&data_key, &bytes).await.map(|v| (v, version))
             }
             _ => {
                 let bytes = self.call(store.get(full)).await.ok()??;
@@ -115,9 +113,7 @@ impl<V: Clone + Send + Sync + 'static> NsInner<V> {
     }
 
     pub(crate) async fn read_version(&self, full: &str) -> Result<u64> {
-        let raw = self
-            .call(self.core.store.get(&Self::version_key(full)))
-            .await?;
+        let raw = self.call(self.core.store.get(&Self::version_key(full))).await?;
         Ok(raw
             .and_then(|b| std::str::from_utf8(&b).ok().and_then(|s| s.parse().ok()))
             .unwrap_or(0))
@@ -137,10 +133,7 @@ impl<V: Clone + Send + Sync + 'static> NsInner<V> {
             });
         }
         self.record(Event::Miss);
-        let (shared, role) = self
-            .flight
-            .run(full, || self.load_missing(full, loader))
-            .await;
+        let (shared, role) = self.flight.run(full, || self.load_missing(full, loader)).await;
         let (value, source) = shared?;
         let source = match (role, source) {
             (Role::Waiter, Source::Loaded) => {
@@ -189,8 +182,7 @@ impl<V: Clone + Send + Sync + 'static> NsInner<V> {
                 let version = self.read_version(full).await;
                 let (value, took) = self.run_loader(loader).await?;
                 if let (Ok(version), Some(v)) = (version, &value) {
-                    self.fill_plain(&Self::versioned_key(full, version), v, took)
-                        .await;
+                    self.fill_plain(&Self::versioned_key(full, version), v, took).await;
                 }
                 Ok((value, Source::Loaded))
             }
@@ -208,11 +200,7 @@ impl<V: Clone + Send + Sync + 'static> NsInner<V> {
     async fn fill_plain(&self, key: &str, value: &V, took: Duration) {
         if let Ok(Some(bytes)) = self.encode(value, took) {
             let _ = self
-                .call(
-                    self.core
-                        .store
-                        .set(key, bytes, jittered(self.ttl, self.jitter)),
-                )
+                .call(self.core.store.set(key, bytes, jittered(self.ttl, self.jitter)))
                 .await;
         }
     }
@@ -228,9 +216,7 @@ impl<V: Clone + Send + Sync + 'static> NsInner<V> {
         let started = Instant::now();
         let mut pause = LEASE_POLL_FIRST;
         loop {
-            let outcome = self
-                .call(store.lookup_or_lease(full, token, self.lease_ttl))
-                .await;
+            let outcome = self.call(store.lookup_or_lease(full, token, self.lease_ttl)).await;
             match outcome {
                 Ok(LeaseOutcome::Hit(bytes)) => {
                     if let Some(v) = self.decode_hit(full, &bytes).await {
@@ -254,8 +240,7 @@ impl<V: Clone + Send + Sync + 'static> NsInner<V> {
                     }
                     // No fill notification to wait on: back off with jitter.
                     let nap = pause.mul_f64(0.5 + rand::random::<f64>());
-                    tokio::time::sleep(nap.min(self.lease_wait.saturating_sub(started.elapsed())))
-                        .await;
+                    tokio::time::sleep(nap.min(self.lease_wait.saturating_sub(started.elapsed()))).await;
                     pause = (pause * 2).min(LEASE_POLL_MAX);
                 }
                 Err(_) => {
@@ -289,9 +274,7 @@ impl<V: Clone + Send + Sync + 'static> NsInner<V> {
         match bytes {
             Some(bytes) => {
                 let ttl = jittered(self.ttl, self.jitter);
-                if let Ok(FillOutcome::Refused) =
-                    self.call(store.fill(full, token, bytes, ttl)).await
-                {
+                if let Ok(FillOutcome::Refused) = self.call(store.fill(full, token, bytes, ttl)).await {
                     // An invalidation revoked the lease while we loaded: what
                     // we read may predate the write, so it must not be cached.
                     self.record(Event::FillRefused);

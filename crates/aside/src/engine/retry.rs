@@ -76,12 +76,7 @@ impl RetryQueue {
     }
 
     /// Queues `op` for `key`; returns a dropped key if the queue overflowed.
-    pub(crate) fn push(
-        self: &Arc<Self>,
-        core: &Arc<Core>,
-        key: &str,
-        op: PendingOp,
-    ) -> Option<String> {
+    pub(crate) fn push(self: &Arc<Self>, core: &Arc<Core>, key: &str, op: PendingOp) -> Option<String> {
         let dropped = {
             let mut pending = self.lock();
             if pending.ops.insert(key.to_owned(), op).is_none() {
@@ -159,10 +154,7 @@ async fn replay_once(core: &Core, queue: &RetryQueue) -> bool {
     for (key, op) in queue.snapshot() {
         let store = &core.store;
         let applied = match op {
-            PendingOp::Invalidate { keep_stale } => {
-                core.call_unguarded(store.invalidate(&key, keep_stale))
-                    .await
-            }
+            PendingOp::Invalidate { keep_stale } => core.call_unguarded(store.invalidate(&key, keep_stale)).await,
             PendingOp::Delete => core.call_unguarded(store.delete(&key)).await,
             PendingOp::Incr { ttl } => core.call_unguarded(store.incr(&key, ttl)).await.map(drop),
         };

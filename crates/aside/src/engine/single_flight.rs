@@ -48,15 +48,8 @@ struct LeaderGuard<'a, T> {
 
 impl<T> Drop for LeaderGuard<'_, T> {
     fn drop(&mut self) {
-        let mut map = self
-            .flight
-            .in_flight
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
-        if map
-            .get(self.key)
-            .is_some_and(|rx| rx.same_channel(&self.rx))
-        {
+        let mut map = self.flight.in_flight.lock().unwrap_or_else(|e| e.into_inner());
+        if map.get(self.key).is_some_and(|rx| rx.same_channel(&self.rx)) {
             map.remove(self.key);
         }
     }
@@ -90,11 +83,7 @@ impl<T: Clone> SingleFlight<T> {
             };
             match joined {
                 Ok((tx, rx)) => {
-                    let guard = LeaderGuard {
-                        flight: self,
-                        key,
-                        rx,
-                    };
+                    let guard = LeaderGuard { flight: self, key, rx };
                     let work = work.take().expect("a call leads at most once");
                     let out = work().await;
                     tx.send_replace(Some(out.clone()));
@@ -113,10 +102,7 @@ impl<T: Clone> SingleFlight<T> {
 
     /// Number of keys being worked on now.
     pub fn len(&self) -> usize {
-        self.in_flight
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .len()
+        self.in_flight.lock().unwrap_or_else(|e| e.into_inner()).len()
     }
 
     /// True when nothing is in flight.

@@ -78,18 +78,12 @@ impl<V: Clone + Send + Sync + 'static> NsInner<V> {
                 match version {
                     Ok(v) => {
                         let key = Self::versioned_key(full, v);
-                        self.core
-                            .call_for(&self.metrics, store.set(&key, bytes, ttl))
-                            .await
+                        self.core.call_for(&self.metrics, store.set(&key, bytes, ttl)).await
                     }
                     Err(e) => Err(e),
                 }
             }
-            _ => {
-                self.core
-                    .call_for(&self.metrics, store.set(full, bytes, ttl))
-                    .await
-            }
+            _ => self.core.call_for(&self.metrics, store.set(full, bytes, ttl)).await,
         };
         if result.is_err() {
             // The old value may still be cached: make sure it goes.

@@ -44,12 +44,7 @@ struct Timed {
 struct SlotExpiry;
 
 impl moka::Expiry<Arc<str>, Timed> for SlotExpiry {
-    fn expire_after_create(
-        &self,
-        _: &Arc<str>,
-        v: &Timed,
-        _: std::time::Instant,
-    ) -> Option<Duration> {
+    fn expire_after_create(&self, _: &Arc<str>, v: &Timed, _: std::time::Instant) -> Option<Duration> {
         v.ttl
     }
     fn expire_after_update(
@@ -139,18 +134,9 @@ impl MemoryStore {
     }
 }
 
-fn entry(
-    value: Option<Bytes>,
-    stale: bool,
-    lease: Option<(LeaseToken, Instant)>,
-    ttl: Option<Duration>,
-) -> Op<Timed> {
+fn entry(value: Option<Bytes>, stale: bool, lease: Option<(LeaseToken, Instant)>, ttl: Option<Duration>) -> Op<Timed> {
     Op::Put(Timed {
-        slot: Slot::Entry {
-            value,
-            stale,
-            lease,
-        },
+        slot: Slot::Entry { value, stale, lease },
         ttl,
     })
 }
@@ -164,8 +150,7 @@ impl Store for MemoryStore {
     async fn get(&self, key: &str) -> StoreResult<Option<Bytes>> {
         Ok(match self.cache.get(key).await {
             Some(Timed {
-                slot: Slot::Plain(b),
-                ..
+                slot: Slot::Plain(b), ..
             }) => Some(b),
             _ => None,
         })
@@ -188,27 +173,16 @@ impl Store for MemoryStore {
     async fn incr(&self, key: &str, ttl: Duration) -> StoreResult<u64> {
         self.compute(key, |current| {
             let previous = match current {
-                Some(Slot::Plain(b)) => std::str::from_utf8(&b)
-                    .ok()
-                    .and_then(|s| s.parse::<u64>().ok()),
+                Some(Slot::Plain(b)) => std::str::from_utf8(&b).ok().and_then(|s| s.parse::<u64>().ok()),
                 _ => Some(0),
             };
             match previous {
                 Some(n) => {
                     let next = n.saturating_add(1);
                     let slot = Slot::Plain(Bytes::from(next.to_string()));
-                    (
-                        Op::Put(Timed {
-                            slot,
-                            ttl: Some(ttl),
-                        }),
-                        Ok(next),
-                    )
+                    (Op::Put(Timed { slot, ttl: Some(ttl) }), Ok(next))
                 }
-                None => (
-                    Op::Nop,
-                    Err(StoreError::Server("value is not an integer".into())),
-                ),
+                None => (Op::Nop, Err(StoreError::Server("value is not an integer".into()))),
             }
         })
         .await
@@ -217,24 +191,16 @@ impl Store for MemoryStore {
     async fn get_entry(&self, key: &str) -> StoreResult<Option<(Bytes, bool)>> {
         Ok(match self.cache.get(key).await {
             Some(Timed {
-                slot:
-                    Slot::Entry {
-                        value: Some(v),
-                        stale,
-                        ..
-                    },
+                slot: Slot::Entry {
+                    value: Some(v), stale, ..
+                },
                 ..
             }) => Some((v, stale)),
             _ => None,
         })
     }
 
-    async fn lookup_or_lease(
-        &self,
-        key: &str,
-        token: LeaseToken,
-        lease_ttl: Duration,
-    ) -> StoreResult<LeaseOutcome> {
+    async fn lookup_or_lease(&self, key: &str, token: LeaseToken, lease_ttl: Duration) -> StoreResult<LeaseOutcome> {
         // The hit path reads without the key lock; only misses take it.
         if let Some((value, false)) = self.get_entry(key).await? {
             return Ok(LeaseOutcome::Hit(value));
@@ -264,10 +230,7 @@ impl Store for MemoryStore {
                     ..
                 }) => (
                     entry(Some(v.clone()), true, granted, None),
-                    LeaseOutcome::Granted {
-                        token,
-                        stale: Some(v),
-                    },
+                    LeaseOutcome::Granted { token, stale: Some(v) },
                 ),
                 _ => (
                     entry(None, false, granted, Some(lease_ttl)),
@@ -277,22 +240,12 @@ impl Store for MemoryStore {
             .await)
     }
 
-    async fn fill(
-        &self,
-        key: &str,
-        token: LeaseToken,
-        value: Bytes,
-        ttl: Duration,
-    ) -> StoreResult<FillOutcome> {
+    async fn fill(&self, key: &str, token: LeaseToken, value: Bytes, ttl: Duration) -> StoreResult<FillOutcome> {
         Ok(self
             .compute(key, |current| match current {
                 Some(Slot::Entry {
-                    lease: Some((held, _)),
-                    ..
-                }) if held == token => (
-                    entry(Some(value), false, None, Some(ttl)),
-                    FillOutcome::Stored,
-                ),
+                    lease: Some((held, _)), ..
+                }) if held == token => (entry(Some(value), false, None, Some(ttl)), FillOutcome::Stored),
                 _ => (Op::Nop, FillOutcome::Refused),
             })
             .await)
@@ -320,15 +273,7 @@ impl Store for MemoryStore {
             stale: false,
             lease: None,
         };
-        self.cache
-            .insert(
-                Arc::from(key),
-                Timed {
-                    slot,
-                    ttl: Some(ttl),
-                },
-            )
-            .await;
+        self.cache.insert(Arc::from(key), Timed { slot, ttl: Some(ttl) }).await;
         Ok(())
     }
 
@@ -337,9 +282,7 @@ impl Store for MemoryStore {
             return self.delete(key).await;
         };
         self.compute(key, |current| match current {
-            Some(Slot::Entry { value: Some(v), .. }) => {
-                (entry(Some(v), true, None, Some(stale_ttl)), ())
-            }
+            Some(Slot::Entry { value: Some(v), .. }) => (entry(Some(v), true, None, Some(stale_ttl)), ()),
             None => (Op::Nop, ()),
             _ => (Op::Remove, ()),
         })

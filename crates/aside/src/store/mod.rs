@@ -127,21 +127,10 @@ pub trait Store: Send + Sync + 'static {
 
     /// Looks an entry up and, when it has no current value and no live
     /// lease, grants `token` for `lease_ttl`, atomically.
-    async fn lookup_or_lease(
-        &self,
-        key: &str,
-        token: LeaseToken,
-        lease_ttl: Duration,
-    ) -> StoreResult<LeaseOutcome>;
+    async fn lookup_or_lease(&self, key: &str, token: LeaseToken, lease_ttl: Duration) -> StoreResult<LeaseOutcome>;
 
     /// Writes `value` only if `token` is still the entry's lease.
-    async fn fill(
-        &self,
-        key: &str,
-        token: LeaseToken,
-        value: Bytes,
-        ttl: Duration,
-    ) -> StoreResult<FillOutcome>;
+    async fn fill(&self, key: &str, token: LeaseToken, value: Bytes, ttl: Duration) -> StoreResult<FillOutcome>;
 
     /// Gives a lease back without filling (the loader failed or found
     /// nothing), if `token` still holds it; a stale value stays.

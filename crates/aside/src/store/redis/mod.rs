@@ -202,12 +202,7 @@ impl Store for RedisStore {
         Ok(value.map(|v| (Bytes::from(v), stale.is_some())))
     }
 
-    async fn lookup_or_lease(
-        &self,
-        key: &str,
-        token: LeaseToken,
-        lease_ttl: Duration,
-    ) -> StoreResult<LeaseOutcome> {
+    async fn lookup_or_lease(&self, key: &str, token: LeaseToken, lease_ttl: Duration) -> StoreResult<LeaseOutcome> {
         let (code, value): (i64, Option<Vec<u8>>) = self
             .scripts
             .lookup_or_lease
@@ -222,19 +217,11 @@ impl Store for RedisStore {
             (1, Some(v)) => Ok(LeaseOutcome::Hit(v)),
             (2, stale) => Ok(LeaseOutcome::Busy { stale }),
             (3, stale) => Ok(LeaseOutcome::Granted { token, stale }),
-            (code, _) => Err(StoreError::Server(format!(
-                "lookup_or_lease returned code {code}"
-            ))),
+            (code, _) => Err(StoreError::Server(format!("lookup_or_lease returned code {code}"))),
         }
     }
 
-    async fn fill(
-        &self,
-        key: &str,
-        token: LeaseToken,
-        value: Bytes,
-        ttl: Duration,
-    ) -> StoreResult<FillOutcome> {
+    async fn fill(&self, key: &str, token: LeaseToken, value: Bytes, ttl: Duration) -> StoreResult<FillOutcome> {
         let stored: i64 = self
             .scripts
             .fill

@@ -1,0 +1,352 @@
+//! The engine against a real redis-server of the test's own: hits, misses,
+//! TTL expiry, invalidation, raw-JSON interop, corrupt bytes, and the
+//! server killed, frozen and restarted mid-run.
+
+mod common;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use aside::store::redis::RedisStore;
+use aside::{Aside, BreakerConfig, BreakerState, Namespace, Source, Strategy};
+use aside_testkit::RedisServer;
+use common::{Db, User, eventually};
+
+async fn aside_on(server: &RedisServer) -> Aside {
+    Aside::builder()
+        .store(RedisStore::connect(&server.url()).await.unwrap())
+        .breaker(
+            BreakerConfig::default()
+                .failure_threshold(3)
+                .open_for(Duration::from_millis(200)),
+        )
+        .op_timeout(Duration::from_millis(200))
+        .build()
+}
+
+fn users(aside: &Aside, strategy: Strategy) -> Namespace<u64, User> {
+    aside
+        .namespace::<u64, User>("user:profile")
+        .strategy(strategy)
+        .build()
+        .unwrap()
+}
+
+async fn read(ns: &Namespace<u64, User>, db: &Db, id: u64) -> (Option<User>, Source) {
+    let f = ns.fetch(&id, || db.get(id)).await.unwrap();
+    (f.value, f.source)
+}
+
+#[tokio::test]
+async fn miss_then_hit_then_invalidate_for_every_strategy() {
+    let server = RedisServer::start();
+    let aside = aside_on(&server).await;
+    for strategy in Strategy::all() {
+        let ns = aside
+            .namespace::<u64, User>(&format!("s-{strategy}"))
+            .strategy(strategy)
+            .build()
+            .unwrap();
+        let db = Db::with_users(3);
+        assert_eq!(
+            read(&ns, &db, 1).await,
+            (Some(User::new(1, 0)), Source::Loaded),
+            "{strategy}"
+        );
+        assert_eq!(
+            read(&ns, &db, 1).await,
+            (Some(User::new(1, 0)), Source::Hit),
+            "{strategy}"
+        );
+        assert_eq!(db.queries(), 1);
+        db.put(User::new(1, 1));
+        ns.invalidate(&1).await.unwrap();
+        assert_eq!(
+            read(&ns, &db, 1).await,
+            (Some(User::new(1, 1)), Source::Loaded),
+            "{strategy}"
+        );
+        assert_eq!(read(&ns, &db, 1).await.1, Source::Hit, "{strategy}");
+        assert_eq!(ns.get(&1).await.unwrap(), Some(User::new(1, 1)));
+        // A missing row is not cached (negative caching is opt-in) and not an error.
+        assert_eq!(read(&ns, &db, 99).await, (None, Source::Loaded));
+    }
+    assert_eq!(aside.stats().store_errors, 0);
+}
+
+#[tokio::test]
+async fn entries_expire_after_their_ttl() {
+    let server = RedisServer::start();
+    let aside = aside_on(&server).await;
+    let ns = aside
+        .namespace::<u64, User>("short")
+        .ttl(Duration::from_millis(100))
+        .build()
+        .unwrap();
+    let db = Db::with_users(1);
+    read(&ns, &db, 1).await;
+    assert_eq!(read(&ns, &db, 1).await.1, Source::Hit);
+    eventually("the entry expires", Duration::from_secs(5), || async {
+        ns.get(&1).await.unwrap().is_none()
+    })
+    .await;
+    assert_eq!(read(&ns, &db, 1).await.1, Source::Loaded);
+    assert_eq!(db.queries(), 2);
+}
+
+#[tokio::test]
+async fn raw_mode_shares_keys_with_the_articles_python_code() {
+    let server = RedisServer::start();
+    let mut conn = common::redis_conn(&server.url()).await;
+    // What `cache.setex("user:profile:1001", 600, json.dumps(profile))` leaves behind:
+    let python = r#"{"id": 1001, "name": "Ada", "email": "ada@example.com", "avatar": "a.png"}"#;
+    let _: () = redis::cmd("SETEX")
+        .arg("user:profile:1001")
+        .arg(600)
+        .arg(python)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let aside = aside_on(&server).await;
+    let ns = aside.namespace::<u64, User>("user:profile").raw().build().unwrap();
+    let db = Db::default();
+    let (user, source) = read(&ns, &db, 1001).await;
+    assert_eq!(source, Source::Hit);
+    assert_eq!(user.unwrap().name, "Ada");
+    assert_eq!(db.queries(), 0);
+
+    // And what aside writes, Python's json.loads reads: plain JSON under the same key format.
+    db.put(User::new(7, 0));
+    read(&ns, &db, 7).await;
+    let stored: String = redis::cmd("GET")
+        .arg("user:profile:7")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let parsed: serde_json::Value = serde_json::from_str(&stored).unwrap();
+    assert_eq!(parsed["name"], "user 7 v0");
+    let ttl: i64 = redis::cmd("TTL")
+        .arg("user:profile:7")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert!(ttl > 500 && ttl <= 600, "ttl {ttl}");
+
+    assert!(
+        aside
+            .namespace::<u64, User>("x")
+            .raw()
+            .strategy(Strategy::Lease)
+            .build()
+            .is_err(),
+        "leases need the envelope"
+    );
+}
+
+#[tokio::test]
+async fn corrupt_bytes_are_a_clean_miss_and_are_replaced() {
+    let server = RedisServer::start();
+    let mut conn = common::redis_conn(&server.url()).await;
+    let aside = aside_on(&server).await;
+    let db = Db::with_users(2);
+    let lease_ns = users(&aside, Strategy::Lease);
+    let delete_ns = aside
+        .namespace::<u64, User>("plain")
+        .strategy(Strategy::Delete)
+        .build()
+        .unwrap();
+    let garbage: &[u8] = &[0xA5, 0x01, 0x01, 0x00, 0xff, 0xfe, 0x00];
+    let _: () = redis::cmd("HSET")
+        .arg("user:profile:1")
+        .arg("v")
+        .arg(garbage)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let _: () = redis::cmd("SET")
+        .arg("plain:1")
+        .arg(b"\x00\x01not json".as_slice())
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+
+    for ns in [&lease_ns, &delete_ns] {
+        assert_eq!(read(ns, &db, 1).await, (Some(User::new(1, 0)), Source::Loaded));
+        assert_eq!(read(ns, &db, 1).await, (Some(User::new(1, 0)), Source::Hit));
+    }
+    let stats = aside.stats();
+    assert_eq!(stats.decode_errors, 2);
+    assert_eq!(stats.load_errors, 0);
+}
+
+#[tokio::test]
+async fn oversized_values_are_returned_but_not_cached() {
+    let server = RedisServer::start();
+    let aside = aside_on(&server).await;
+    let ns = aside
+        .namespace::<u64, User>("small")
+        .max_value_bytes(64)
+        .build()
+        .unwrap();
+    let db = Db::with_users(1);
+    assert_eq!(read(&ns, &db, 1).await, (Some(User::new(1, 0)), Source::Loaded));
+    assert_eq!(read(&ns, &db, 1).await.1, Source::Loaded);
+    assert_eq!(aside.stats().oversized, 2);
+}
+
+#[tokio::test]
+async fn bad_keys_are_refused_and_long_keys_hashed() {
+    let server = RedisServer::start();
+    let aside = aside_on(&server).await;
+    let ns = aside.namespace::<str, String>("k").build().unwrap();
+    let err = ns
+        .get_or_load("a\r\nFLUSHALL", || async { Ok::<_, common::DbDown>(Some("x".into())) })
+        .await;
+    assert_eq!(err.unwrap_err().kind(), aside::ErrorKind::InvalidKey);
+    let long = "x".repeat(1000);
+    let v = ns
+        .get_or_load(&long, || async { Ok::<_, common::DbDown>(Some("long".into())) })
+        .await
+        .unwrap();
+    assert_eq!(v.as_deref(), Some("long"));
+    assert_eq!(ns.get(&long).await.unwrap().as_deref(), Some("long"));
+    assert!(ns.store_key(&long).unwrap().len() <= 250);
+}
+
+/// Readers keep answering from the database, with zero errors, while the
+/// server is dead; once it is back, hits resume on the same `Aside`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_store_killed_mid_run_costs_no_errors_and_hits_resume() {
+    let mut server = RedisServer::start();
+    let aside = aside_on(&server).await;
+    let ns = users(&aside, Strategy::Lease);
+    let db = Db::with_users(20);
+    for id in 1..=20 {
+        read(&ns, &db, id).await;
+    }
+    let reads = Arc::new(AtomicU64::new(0));
+    let stop = Arc::new(tokio::sync::Notify::new());
+    let mut readers = Vec::new();
+    for r in 0..4u64 {
+        let (ns, db, reads, stop) = (ns.clone(), db.clone(), reads.clone(), stop.clone());
+        readers.push(tokio::spawn(async move {
+            let mut i = r;
+            loop {
+                let id = i % 20 + 1;
+                let got = ns.get_or_load(&id, || db.get(id)).await.expect("reads never fail");
+                assert_eq!(got, db.get_now(id), "every read returns the database's answer");
+                reads.fetch_add(1, Ordering::Relaxed);
+                i += 1;
+                tokio::select! { () = stop.notified() => return, () = tokio::task::yield_now() => {} }
+            }
+        }));
+    }
+    let before = reads.load(Ordering::Relaxed);
+    server.kill();
+    eventually(
+        "reads continue while the store is dead",
+        Duration::from_secs(10),
+        || {
+            let reads = reads.clone();
+            async move { reads.load(Ordering::Relaxed) > before + 500 }
+        },
+    )
+    .await;
+    eventually("the breaker opens", Duration::from_secs(10), || async {
+        aside.stats().store_skipped > 0
+    })
+    .await;
+
+    server.restart();
+    let ns2 = ns.clone();
+    let db2 = db.clone();
+    eventually("hits resume after the restart", Duration::from_secs(15), || {
+        let (ns, db) = (ns2.clone(), db2.clone());
+        async move { ns.fetch(&1, || db.get(1)).await.unwrap().source == Source::Hit }
+    })
+    .await;
+    stop.notify_waiters();
+    for r in readers {
+        r.abort();
+        let _ = r.await;
+    }
+    assert_eq!(aside.breaker_state(), BreakerState::Closed);
+    let stats = aside.stats();
+    assert!(stats.store_errors > 0, "the outage was seen: {stats:?}");
+    assert_eq!(stats.load_errors, 0);
+}
+
+/// An invalidation made while the server is down is returned as an error,
+/// kept, honoured by reads meanwhile, and applied once the server is back.
+#[tokio::test]
+async fn an_invalidation_made_during_an_outage_is_applied_after_it() {
+    let mut server = RedisServer::start();
+    let aside = aside_on(&server).await;
+    let ns = users(&aside, Strategy::Lease);
+    let db = Db::with_users(1);
+    read(&ns, &db, 1).await;
+    assert_eq!(read(&ns, &db, 1).await.1, Source::Hit);
+
+    server.kill();
+    db.put(User::new(1, 1));
+    let err = ns.invalidate(&1).await.unwrap_err();
+    assert!(err.is_store() || err.is_timeout(), "{err:?}");
+    assert_eq!(aside.stats().invalidations_pending, 1);
+    // Meanwhile the key bypasses the cache: the database's answer, not the old entry.
+    assert_eq!(read(&ns, &db, 1).await.0, Some(User::new(1, 1)));
+
+    // Redis comes back with its data (AOF): the old entry is still there until the replay.
+    server.restart();
+    eventually(
+        "the queued invalidation is replayed",
+        Duration::from_secs(15),
+        || async { aside.stats().invalidations_pending == 0 },
+    )
+    .await;
+    assert_eq!(aside.stats().invalidations_replayed, 1);
+    let mut conn = common::redis_conn(&server.url()).await;
+    let exists: bool = redis::cmd("EXISTS")
+        .arg("user:profile:1")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert!(!exists, "the stale entry was deleted by the replay");
+    assert_eq!(read(&ns, &db, 1).await, (Some(User::new(1, 1)), Source::Loaded));
+    assert_eq!(read(&ns, &db, 1).await, (Some(User::new(1, 1)), Source::Hit));
+}
+
+/// A hung server (SIGSTOP) trips the breaker; while open, reads skip the
+/// store entirely; after the server thaws, a probe closes it again.
+#[tokio::test]
+async fn a_hung_store_is_skipped_by_the_breaker_then_probed_back() {
+    let server = RedisServer::start();
+    let aside = aside_on(&server).await;
+    let ns = users(&aside, Strategy::Delete);
+    let db = Db::with_users(5);
+    read(&ns, &db, 1).await;
+
+    server.freeze();
+    for id in 1..=5 {
+        assert_eq!(read(&ns, &db, id).await.0, Some(User::new(id, 0)));
+    }
+    assert_eq!(aside.breaker_state(), BreakerState::Open);
+    let errors = aside.stats().store_errors;
+    for id in 1..=5 {
+        assert_eq!(read(&ns, &db, id).await.0, Some(User::new(id, 0)));
+    }
+    let stats = aside.stats();
+    assert_eq!(stats.store_errors, errors, "an open breaker does not touch the store");
+    assert!(stats.store_skipped >= 5);
+
+    server.thaw();
+    eventually("the breaker closes after a probe", Duration::from_secs(10), || async {
+        read(&ns, &db, 1).await;
+        aside.breaker_state() == BreakerState::Closed
+    })
+    .await;
+    eventually("hits resume", Duration::from_secs(5), || async {
+        read(&ns, &db, 1).await.1 == Source::Hit
+    })
+    .await;
+}

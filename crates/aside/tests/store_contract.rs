@@ -1,0 +1,209 @@
+//! The store contract, run against every store: plain operations and the
+//! lease state machine of DESIGN section 4, with forced interleavings.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use aside::MemoryStore;
+use aside::store::redis::RedisStore;
+use aside::store::{FillOutcome, LeaseOutcome, LeaseToken, Store};
+use aside_testkit::RedisServer;
+use bytes::Bytes;
+
+const TTL: Duration = Duration::from_secs(60);
+const LEASE: Duration = Duration::from_secs(10);
+
+fn b(s: &str) -> Bytes {
+    Bytes::copy_from_slice(s.as_bytes())
+}
+
+async fn granted(store: &dyn Store, key: &str) -> LeaseToken {
+    match store.lookup_or_lease(key, LeaseToken::random(), LEASE).await.unwrap() {
+        LeaseOutcome::Granted { token, .. } => token,
+        other => panic!("expected a lease, got {other:?}"),
+    }
+}
+
+async fn plain_operations(store: &dyn Store) {
+    assert_eq!(store.get("p:a").await.unwrap(), None);
+    store.set("p:a", b("1"), TTL).await.unwrap();
+    assert_eq!(store.get("p:a").await.unwrap(), Some(b("1")));
+    store.delete("p:a").await.unwrap();
+    assert_eq!(store.get("p:a").await.unwrap(), None);
+    assert_eq!(store.incr("p:n", TTL).await.unwrap(), 1);
+    assert_eq!(store.incr("p:n", TTL).await.unwrap(), 2);
+    assert_eq!(store.get("p:n").await.unwrap(), Some(b("2")));
+}
+
+async fn lease_then_fill_is_a_hit(store: &dyn Store) {
+    let t = granted(store, "e:1").await;
+    assert_eq!(store.fill("e:1", t, b("v1"), TTL).await.unwrap(), FillOutcome::Stored);
+    assert_eq!(
+        store.lookup_or_lease("e:1", LeaseToken::random(), LEASE).await.unwrap(),
+        LeaseOutcome::Hit(b("v1"))
+    );
+    assert_eq!(store.get_entry("e:1").await.unwrap(), Some((b("v1"), false)));
+}
+
+async fn second_lookup_while_leased_is_busy(store: &dyn Store) {
+    let _t = granted(store, "e:2").await;
+    assert_eq!(
+        store.lookup_or_lease("e:2", LeaseToken::random(), LEASE).await.unwrap(),
+        LeaseOutcome::Busy { stale: None }
+    );
+}
+
+async fn lease_then_invalidate_then_fill_is_refused(store: &dyn Store) {
+    let t = granted(store, "e:3").await;
+    store.invalidate("e:3", None).await.unwrap();
+    assert_eq!(store.fill("e:3", t, b("old"), TTL).await.unwrap(), FillOutcome::Refused);
+    assert_eq!(store.get_entry("e:3").await.unwrap(), None);
+}
+
+async fn invalidate_then_lease_then_fill_is_stored(store: &dyn Store) {
+    store.invalidate("e:4", None).await.unwrap();
+    let t = granted(store, "e:4").await;
+    assert_eq!(store.fill("e:4", t, b("new"), TTL).await.unwrap(), FillOutcome::Stored);
+    assert_eq!(store.get_entry("e:4").await.unwrap(), Some((b("new"), false)));
+}
+
+async fn a_fill_with_another_token_is_refused(store: &dyn Store) {
+    let _t = granted(store, "e:5").await;
+    assert_eq!(
+        store.fill("e:5", LeaseToken::random(), b("x"), TTL).await.unwrap(),
+        FillOutcome::Refused
+    );
+    assert_eq!(
+        store.fill("e:6", LeaseToken::random(), b("x"), TTL).await.unwrap(),
+        FillOutcome::Refused
+    );
+}
+
+async fn put_entry_revokes_a_lease_in_flight(store: &dyn Store) {
+    let t = granted(store, "e:7").await;
+    store.put_entry("e:7", b("written"), TTL).await.unwrap();
+    assert_eq!(
+        store.fill("e:7", t, b("loaded-before"), TTL).await.unwrap(),
+        FillOutcome::Refused
+    );
+    assert_eq!(store.get_entry("e:7").await.unwrap(), Some((b("written"), false)));
+}
+
+async fn an_expired_lease_is_replaced(store: &dyn Store) {
+    let short = Duration::from_millis(30);
+    let first = match store.lookup_or_lease("e:8", LeaseToken::random(), short).await.unwrap() {
+        LeaseOutcome::Granted { token, .. } => token,
+        other => panic!("{other:?}"),
+    };
+    let second = LeaseToken::random();
+    common::eventually("the first lease expires", Duration::from_secs(5), || async {
+        matches!(
+            store.lookup_or_lease("e:8", second, LEASE).await.unwrap(),
+            LeaseOutcome::Granted { .. }
+        )
+    })
+    .await;
+    assert_eq!(
+        store.fill("e:8", first, b("late"), TTL).await.unwrap(),
+        FillOutcome::Refused
+    );
+    assert_eq!(
+        store.fill("e:8", second, b("fresh"), TTL).await.unwrap(),
+        FillOutcome::Stored
+    );
+}
+
+async fn release_frees_the_key_for_the_next_loader(store: &dyn Store) {
+    let t = granted(store, "e:9").await;
+    store.release("e:9", t).await.unwrap();
+    let _again = granted(store, "e:9").await;
+}
+
+async fn stale_values_are_offered_while_loading(store: &dyn Store) {
+    let t = granted(store, "e:10").await;
+    store.fill("e:10", t, b("v1"), TTL).await.unwrap();
+    let leased_before = granted(store, "e:11").await;
+    store.invalidate("e:10", Some(TTL)).await.unwrap();
+    assert_eq!(store.get_entry("e:10").await.unwrap(), Some((b("v1"), true)));
+    let t2 = match store
+        .lookup_or_lease("e:10", LeaseToken::random(), LEASE)
+        .await
+        .unwrap()
+    {
+        LeaseOutcome::Granted { token, stale } => {
+            assert_eq!(stale, Some(b("v1")));
+            token
+        }
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(
+        store
+            .lookup_or_lease("e:10", LeaseToken::random(), LEASE)
+            .await
+            .unwrap(),
+        LeaseOutcome::Busy { stale: Some(b("v1")) }
+    );
+    // Invalidating a stale entry revokes the lease granted on it.
+    store.invalidate("e:10", Some(TTL)).await.unwrap();
+    assert_eq!(
+        store.fill("e:10", t2, b("v2-old"), TTL).await.unwrap(),
+        FillOutcome::Refused
+    );
+    // Releasing keeps the stale value.
+    store.release("e:11", leased_before).await.unwrap();
+    assert_eq!(store.get_entry("e:11").await.unwrap(), None);
+}
+
+async fn ttl_expires_values(store: &dyn Store) {
+    store.set("t:plain", b("x"), Duration::from_millis(50)).await.unwrap();
+    store
+        .put_entry("t:entry", b("x"), Duration::from_millis(50))
+        .await
+        .unwrap();
+    common::eventually("both keys expire", Duration::from_secs(5), || async {
+        store.get("t:plain").await.unwrap().is_none() && store.get_entry("t:entry").await.unwrap().is_none()
+    })
+    .await;
+}
+
+macro_rules! contract {
+    ($($case:ident),* $(,)?) => {
+        mod memory {
+            use super::*;
+            $(
+                #[tokio::test]
+                async fn $case() {
+                    let store = MemoryStore::new();
+                    super::$case(&store).await;
+                }
+            )*
+        }
+        mod redis_server {
+            use super::*;
+            $(
+                #[tokio::test]
+                async fn $case() {
+                    let server = RedisServer::start();
+                    let store: Arc<dyn Store> = Arc::new(RedisStore::connect(&server.url()).await.unwrap());
+                    super::$case(store.as_ref()).await;
+                }
+            )*
+        }
+    };
+}
+
+contract!(
+    plain_operations,
+    lease_then_fill_is_a_hit,
+    second_lookup_while_leased_is_busy,
+    lease_then_invalidate_then_fill_is_refused,
+    invalidate_then_lease_then_fill_is_stored,
+    a_fill_with_another_token_is_refused,
+    put_entry_revokes_a_lease_in_flight,
+    an_expired_lease_is_replaced,
+    release_frees_the_key_for_the_next_loader,
+    stale_values_are_offered_while_loading,
+    ttl_expires_values,
+);
