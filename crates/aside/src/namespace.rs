@@ -46,7 +46,33 @@ pub struct Fetched<V> {
     pub source: Source,
 }
 
-pub(crate) type Shared<V> = Result<(Option<V>, Source)>;
+/// What a single-flight leader hands its waiters.
+#[derive(Clone)]
+pub(crate) struct Settled<V> {
+    pub(crate) value: Option<V>,
+    pub(crate) source: Source,
+    /// The namespace's read sequence just before the store operation or
+    /// load that settled the value. A caller whose read began later may have
+    /// begun after an invalidation the value predates, so it must not take it.
+    pub(crate) settled_at: u64,
+}
+
+pub(crate) type Shared<V> = Result<Settled<V>>;
+
+/// How concurrent misses of one key are kept from all reaching the database.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum Stampede {
+    /// No protection: every miss runs the loader (the naive pattern; a baseline).
+    None,
+    /// The article's lock: `SET lock NX EX 5`; the others sleep 100 ms and
+    /// retry. A baseline to compare against, not a recommendation.
+    LockSleep,
+    /// Single-flight in the process, plus the lease across processes with
+    /// [`Strategy::Lease`] (the default).
+    #[default]
+    Coalesce,
+}
 
 pub(crate) struct NsInner<V> {
     pub(crate) core: Arc<Core>,
@@ -61,6 +87,9 @@ pub(crate) struct NsInner<V> {
     pub(crate) lease_wait: Duration,
     pub(crate) keep_stale: Option<Duration>,
     pub(crate) max_value_bytes: usize,
+    pub(crate) stampede: Stampede,
+    pub(crate) max_fill_attempts: u32,
+    pub(crate) read_seq: std::sync::atomic::AtomicU64,
     pub(crate) flight: SingleFlight<Shared<V>>,
     pub(crate) metrics: NamespaceMetrics,
 }
@@ -146,9 +175,14 @@ where
     /// lands. With [`Strategy::Lease`], processes sharing the store also load
     /// once in total: the others wait for the fill, up to the lease-wait
     /// bound, then load themselves.
+    ///
+    /// The loader may run more than once in one call: when an invalidation
+    /// revokes the lease while it loads, what it read may predate the write,
+    /// so it is run again under a new lease (up to
+    /// [`NamespaceBuilder::max_fill_attempts`]).
     pub async fn get_or_load<F, Fut, E>(&self, key: &K, loader: F) -> Result<Option<V>>
     where
-        F: FnOnce() -> Fut,
+        F: FnMut() -> Fut,
         Fut: Future<Output = std::result::Result<Option<V>, E>>,
         E: std::error::Error + Send + Sync + 'static,
     {
@@ -164,7 +198,7 @@ where
     /// As [`Namespace::get_or_load`]; coalesced callers see [`Source::Coalesced`].
     pub async fn fetch<F, Fut, E>(&self, key: &K, loader: F) -> Result<Fetched<V>>
     where
-        F: FnOnce() -> Fut,
+        F: FnMut() -> Fut,
         Fut: Future<Output = std::result::Result<Option<V>, E>>,
         E: std::error::Error + Send + Sync + 'static,
     {
@@ -179,7 +213,7 @@ where
     /// [`ErrorKind::InvalidKey`] for a bad key.
     pub async fn get(&self, key: &K) -> Result<Option<V>> {
         let full = self.store_key(key)?;
-        Ok(self.inner.read_cached(&full).await.map(|(v, _)| v))
+        Ok(self.inner.read_cached(&full).await.hit())
     }
 
     /// Writes `value` to the cache (write-through), revoking any lease in
@@ -240,6 +274,8 @@ pub struct NamespaceBuilder<K: ?Sized, V> {
     lease_wait: Option<Duration>,
     keep_stale: Option<Duration>,
     max_value_bytes: usize,
+    stampede: Stampede,
+    max_fill_attempts: u32,
     _key: PhantomData<fn(&K)>,
 }
 
@@ -268,6 +304,8 @@ where
             lease_wait: None,
             keep_stale: None,
             max_value_bytes: DEFAULT_MAX_VALUE_BYTES,
+            stampede: Stampede::default(),
+            max_fill_attempts: 3,
             _key: PhantomData,
         }
     }
@@ -335,6 +373,21 @@ impl<K: Display + ?Sized, V: Clone + Send + Sync + 'static> NamespaceBuilder<K, 
         self
     }
 
+    /// Stampede protection (default [`Stampede::Coalesce`]).
+    pub fn stampede(mut self, stampede: Stampede) -> Self {
+        self.stampede = stampede;
+        self
+    }
+
+    /// How many times a leader loads when invalidations keep revoking its
+    /// lease (default 3). A refused fill means the load may predate a write,
+    /// so the leader takes a new lease and loads again rather than leave the
+    /// key empty for the next reader.
+    pub fn max_fill_attempts(mut self, attempts: u32) -> Self {
+        self.max_fill_attempts = attempts.max(1);
+        self
+    }
+
     /// Builds the namespace.
     ///
     /// # Errors
@@ -374,6 +427,9 @@ impl<K: Display + ?Sized, V: Clone + Send + Sync + 'static> NamespaceBuilder<K, 
             lease_wait: self.lease_wait.unwrap_or(self.lease_ttl),
             keep_stale: self.keep_stale,
             max_value_bytes: self.max_value_bytes,
+            stampede: self.stampede,
+            max_fill_attempts: self.max_fill_attempts,
+            read_seq: std::sync::atomic::AtomicU64::new(1),
             flight: SingleFlight::default(),
         };
         Ok(Namespace {

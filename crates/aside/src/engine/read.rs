@@ -4,8 +4,16 @@
 //! reaches the store only through `Core::call_for`, so every store failure
 //! here is already counted and fed to the breaker; this module only decides
 //! what a failure means (always: a miss).
+//!
+//! Waiters and invalidations: a single-flight waiter takes the leader's
+//! value only if its own read began before the store operation (or load)
+//! that settled that value (`Settled::settled_at`). Otherwise an
+//! invalidation could have returned between the settling and its read, and
+//! the value could predate it; such a waiter reads again instead. Together
+//! with fenced fills this is what keeps reads from ever going backwards.
 
 use std::future::Future;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -14,7 +22,7 @@ use tokio::time::Instant;
 use crate::envelope::{self, Header};
 use crate::error::{Error, Result};
 use crate::metrics::Event;
-use crate::namespace::{Fetched, NsInner, Shared, Source};
+use crate::namespace::{Fetched, NsInner, Settled, Shared, Source, Stampede};
 use crate::policy::{Strategy, jittered};
 use crate::store::{FillOutcome, LeaseOutcome, LeaseToken};
 
@@ -23,6 +31,28 @@ use super::single_flight::Role;
 /// First and largest pause between looks while another process holds the lease.
 const LEASE_POLL_FIRST: Duration = Duration::from_millis(2);
 const LEASE_POLL_MAX: Duration = Duration::from_millis(50);
+/// The article's stampede lock: held 5 s, others retry every 100 ms.
+const LOCK_TTL: Duration = Duration::from_secs(5);
+const LOCK_RETRY: Duration = Duration::from_millis(100);
+
+/// What the fast path found.
+pub(crate) enum Cached<V> {
+    Hit(V),
+    /// Not cached. For `Versioned`, the version the data must live under
+    /// (`None` when the version could not be read).
+    Miss {
+        version: Option<u64>,
+    },
+}
+
+impl<V> Cached<V> {
+    pub(crate) fn hit(self) -> Option<V> {
+        match self {
+            Cached::Hit(v) => Some(v),
+            Cached::Miss { .. } => None,
+        }
+    }
+}
 
 impl<V: Clone + Send + Sync + 'static> NsInner<V> {
     pub(crate) fn record(&self, event: Event) {
@@ -31,6 +61,10 @@ impl<V: Clone + Send + Sync + 'static> NsInner<V> {
 
     async fn call<T>(&self, fut: impl Future<Output = crate::store::StoreResult<T>>) -> Result<T> {
         self.core.call_for(&self.metrics, fut).await
+    }
+
+    fn next_seq(&self) -> u64 {
+        self.read_seq.fetch_add(1, Ordering::SeqCst)
     }
 
     pub(crate) fn version_key(full: &str) -> String {
@@ -87,29 +121,34 @@ impl<V: Clone + Send + Sync + 'static> NsInner<V> {
         }
     }
 
-    /// The current value in the store, if any, and the version it was read
-    /// under (`Versioned` only). Store failures read as `None`.
-    pub(crate) async fn read_cached(&self, full: &str) -> Option<(V, u64)> {
+    /// The current value in the store, if any. Store failures read as a miss.
+    pub(crate) async fn read_cached(&self, full: &str) -> Cached<V> {
         if self.core.retry.is_pending(full) {
-            return None;
+            return Cached::Miss { version: None };
         }
         let store = &self.core.store;
-        match self.strategy {
+        let hit = match self.strategy {
             Strategy::Lease => match self.call(store.get_entry(full)).await {
-                Ok(Some((bytes, false))) => self.decode_hit(full, &bytes).await.map(|v| (v, 0)),
+                Ok(Some((bytes, false))) => self.decode_hit(full, &bytes).await,
                 _ => None,
             },
             Strategy::Versioned => {
-                let version = self.read_version(full).await.ok()?;
+                let Ok(version) = self.read_version(full).await else {
+                    return Cached::Miss { version: None };
+                };
                 let data_key = Self::versioned_key(full, version);
-                let bytes = self.call(store.get(&data_key)).await.ok()??;
-                self.decode_hit(&data_key, &bytes).await.map(|v| (v, version))
+                let hit = match self.call(store.get(&data_key)).await {
+                    Ok(Some(bytes)) => self.decode_hit(&data_key, &bytes).await,
+                    _ => None,
+                };
+                return hit.map_or(Cached::Miss { version: Some(version) }, Cached::Hit);
             }
-            _ => {
-                let bytes = self.call(store.get(full)).await.ok()??;
-                self.decode_hit(full, &bytes).await.map(|v| (v, 0))
-            }
-        }
+            _ => match self.call(store.get(full)).await {
+                Ok(Some(bytes)) => self.decode_hit(full, &bytes).await,
+                _ => None,
+            },
+        };
+        hit.map_or(Cached::Miss { version: None }, Cached::Hit)
     }
 
     pub(crate) async fn read_version(&self, full: &str) -> Result<u64> {
@@ -119,36 +158,72 @@ impl<V: Clone + Send + Sync + 'static> NsInner<V> {
             .unwrap_or(0))
     }
 
-    pub(crate) async fn fetch<F, Fut, E>(&self, full: &str, loader: F) -> Result<Fetched<V>>
+    pub(crate) async fn fetch<F, Fut, E>(&self, full: &str, mut loader: F) -> Result<Fetched<V>>
     where
-        F: FnOnce() -> Fut,
+        F: FnMut() -> Fut,
         Fut: Future<Output = std::result::Result<Option<V>, E>>,
         E: std::error::Error + Send + Sync + 'static,
     {
-        if let Some((value, _)) = self.read_cached(full).await {
-            self.record(Event::Hit);
+        let mut first_look = true;
+        loop {
+            let began = self.next_seq();
+            let version = match self.read_cached(full).await {
+                Cached::Hit(value) => {
+                    self.record(Event::Hit);
+                    return Ok(Fetched {
+                        value: Some(value),
+                        source: Source::Hit,
+                    });
+                }
+                Cached::Miss { version } => version,
+            };
+            if first_look {
+                self.record(Event::Miss);
+                first_look = false;
+            }
+            let settled = match self.stampede {
+                Stampede::None => self.load_missing(full, version, &mut loader).await?,
+                Stampede::LockSleep => self.load_under_lock(full, &mut loader).await?,
+                Stampede::Coalesce => {
+                    // Versioned data is coalesced per version: a reader that
+                    // saw a newer version never joins a load of an older one.
+                    let flight_key = match version {
+                        Some(v) => Self::versioned_key(full, v),
+                        None => full.to_owned(),
+                    };
+                    let (shared, role) = self
+                        .flight
+                        .run(&flight_key, || self.load_missing(full, version, &mut loader))
+                        .await;
+                    let settled = shared?;
+                    if role == Role::Waiter {
+                        if settled.settled_at <= began {
+                            // Settled before this read began: it may predate an
+                            // invalidation this read must observe. Look again.
+                            continue;
+                        }
+                        self.record(Event::Coalesced);
+                        if settled.source == Source::Loaded {
+                            return Ok(Fetched {
+                                value: settled.value,
+                                source: Source::Coalesced,
+                            });
+                        }
+                    }
+                    settled
+                }
+            };
             return Ok(Fetched {
-                value: Some(value),
-                source: Source::Hit,
+                value: settled.value,
+                source: settled.source,
             });
         }
-        self.record(Event::Miss);
-        let (shared, role) = self.flight.run(full, || self.load_missing(full, loader)).await;
-        let (value, source) = shared?;
-        let source = match (role, source) {
-            (Role::Waiter, Source::Loaded) => {
-                self.record(Event::Coalesced);
-                Source::Coalesced
-            }
-            (_, source) => source,
-        };
-        Ok(Fetched { value, source })
     }
 
     /// Runs the loader, timing it; its error becomes an `aside::Error`.
-    async fn run_loader<F, Fut, E>(&self, loader: F) -> Result<(Option<V>, Duration)>
+    async fn run_loader<F, Fut, E>(&self, loader: &mut F) -> Result<(Option<V>, Duration)>
     where
-        F: FnOnce() -> Fut,
+        F: FnMut() -> Fut,
         Fut: Future<Output = std::result::Result<Option<V>, E>>,
         E: std::error::Error + Send + Sync + 'static,
     {
@@ -163,80 +238,149 @@ impl<V: Clone + Send + Sync + 'static> NsInner<V> {
         }
     }
 
-    /// The single-flight leader's work for a missing key.
-    async fn load_missing<F, Fut, E>(&self, full: &str, loader: F) -> Shared<V>
+    /// Loads without touching the cache.
+    async fn load_uncached<F, Fut, E>(&self, loader: &mut F) -> Shared<V>
     where
-        F: FnOnce() -> Fut,
+        F: FnMut() -> Fut,
+        Fut: Future<Output = std::result::Result<Option<V>, E>>,
+        E: std::error::Error + Send + Sync + 'static,
+    {
+        let settled_at = self.next_seq();
+        let (value, _) = self.run_loader(loader).await?;
+        Ok(Settled {
+            value,
+            source: Source::Loaded,
+            settled_at,
+        })
+    }
+
+    /// The work of a missing key (the single-flight leader's, under `Coalesce`).
+    async fn load_missing<F, Fut, E>(&self, full: &str, version: Option<u64>, loader: &mut F) -> Shared<V>
+    where
+        F: FnMut() -> Fut,
         Fut: Future<Output = std::result::Result<Option<V>, E>>,
         E: std::error::Error + Send + Sync + 'static,
     {
         if self.core.retry.is_pending(full) {
             // An invalidation of this key has not reached the store: neither
             // trust nor refill it until it has.
-            let (value, _) = self.run_loader(loader).await?;
-            return Ok((value, Source::Loaded));
+            return self.load_uncached(loader).await;
         }
         match self.strategy {
             Strategy::Lease => self.load_with_lease(full, loader).await,
-            Strategy::Versioned => {
-                let version = self.read_version(full).await;
-                let (value, took) = self.run_loader(loader).await?;
-                if let (Ok(version), Some(v)) = (version, &value) {
-                    self.fill_plain(&Self::versioned_key(full, version), v, took).await;
-                }
-                Ok((value, Source::Loaded))
-            }
-            _ => {
-                let (value, took) = self.run_loader(loader).await?;
-                if let Some(v) = &value {
-                    self.fill_plain(full, v, took).await;
-                }
-                Ok((value, Source::Loaded))
-            }
+            Strategy::Versioned => match version {
+                Some(version) => self.load_and_set(&Self::versioned_key(full, version), loader).await,
+                None => self.load_uncached(loader).await,
+            },
+            Strategy::Delete | Strategy::DoubleDelete { .. } => self.load_and_set(full, loader).await,
         }
     }
 
-    /// Unconditional fill of the non-lease strategies; failures are counted only.
-    async fn fill_plain(&self, key: &str, value: &V, took: Duration) {
-        if let Ok(Some(bytes)) = self.encode(value, took) {
+    /// Load, then an unconditional fill (the non-lease strategies).
+    async fn load_and_set<F, Fut, E>(&self, key: &str, loader: &mut F) -> Shared<V>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = std::result::Result<Option<V>, E>>,
+        E: std::error::Error + Send + Sync + 'static,
+    {
+        let settled_at = self.next_seq();
+        let (value, took) = self.run_loader(loader).await?;
+        if let Some(v) = &value
+            && let Ok(Some(bytes)) = self.encode(v, took)
+        {
             let _ = self
                 .call(self.core.store.set(key, bytes, jittered(self.ttl, self.jitter)))
                 .await;
         }
+        Ok(Settled {
+            value,
+            source: Source::Loaded,
+            settled_at,
+        })
     }
 
-    async fn load_with_lease<F, Fut, E>(&self, full: &str, loader: F) -> Shared<V>
+    /// The article's stampede lock, kept as a baseline: whoever sets the lock
+    /// loads; the others sleep a fixed 100 ms and look again.
+    async fn load_under_lock<F, Fut, E>(&self, full: &str, loader: &mut F) -> Shared<V>
     where
-        F: FnOnce() -> Fut,
+        F: FnMut() -> Fut,
+        Fut: Future<Output = std::result::Result<Option<V>, E>>,
+        E: std::error::Error + Send + Sync + 'static,
+    {
+        let lock_key = format!("lock:{full}");
+        loop {
+            let settled_at = self.next_seq();
+            if let Cached::Hit(value) = self.read_cached(full).await {
+                return Ok(Settled {
+                    value: Some(value),
+                    source: Source::Coalesced,
+                    settled_at,
+                });
+            }
+            match self
+                .call(self.core.store.add(&lock_key, Bytes::from_static(b"1"), LOCK_TTL))
+                .await
+            {
+                Ok(false) => tokio::time::sleep(LOCK_RETRY).await,
+                Ok(true) => {
+                    let settled = self.load_missing(full, None, loader).await;
+                    let _ = self.call(self.core.store.delete(&lock_key)).await;
+                    return settled;
+                }
+                Err(_) => return self.load_uncached(loader).await,
+            }
+        }
+    }
+
+    async fn load_with_lease<F, Fut, E>(&self, full: &str, loader: &mut F) -> Shared<V>
+    where
+        F: FnMut() -> Fut,
         Fut: Future<Output = std::result::Result<Option<V>, E>>,
         E: std::error::Error + Send + Sync + 'static,
     {
         let store = &self.core.store;
-        let token = LeaseToken::random();
         let started = Instant::now();
         let mut pause = LEASE_POLL_FIRST;
+        let mut attempts = 0;
         loop {
-            let outcome = self.call(store.lookup_or_lease(full, token, self.lease_ttl)).await;
+            let settled_at = self.next_seq();
+            let outcome = self
+                .call(store.lookup_or_lease(full, LeaseToken::random(), self.lease_ttl))
+                .await;
             match outcome {
                 Ok(LeaseOutcome::Hit(bytes)) => {
                     if let Some(v) = self.decode_hit(full, &bytes).await {
-                        // Filled by another process while we looked.
-                        return Ok((Some(v), Source::Coalesced));
+                        // Filled by another caller (a fenced fill) while we looked.
+                        return Ok(Settled {
+                            value: Some(v),
+                            source: Source::Coalesced,
+                            settled_at,
+                        });
                     }
                 }
                 Ok(LeaseOutcome::Granted { token, .. }) => {
-                    return self.load_and_fill(full, token, loader).await;
+                    attempts += 1;
+                    let last_attempt = attempts >= self.max_fill_attempts;
+                    if let Some(settled) = self.load_and_fill(full, token, loader, last_attempt).await? {
+                        return Ok(settled);
+                    }
+                    // Refused: an invalidation landed during the load. Load
+                    // again under a new lease so the next reader finds a value.
+                    pause = LEASE_POLL_FIRST;
                 }
                 Ok(LeaseOutcome::Busy { stale }) => {
                     if let Some(v) = self.usable_stale(full, stale).await {
                         self.record(Event::StaleServed);
-                        return Ok((Some(v), Source::Stale));
+                        return Ok(Settled {
+                            value: Some(v),
+                            source: Source::Stale,
+                            settled_at,
+                        });
                     }
                     if started.elapsed() >= self.lease_wait {
                         // The holder is slow or gone: answer from the loader
                         // rather than hang, and leave the fill to the holder.
-                        let (value, _) = self.run_loader(loader).await?;
-                        return Ok((value, Source::Loaded));
+                        return self.load_uncached(loader).await;
                     }
                     // No fill notification to wait on: back off with jitter.
                     let nap = pause.mul_f64(0.5 + rand::random::<f64>());
@@ -245,8 +389,7 @@ impl<V: Clone + Send + Sync + 'static> NsInner<V> {
                 }
                 Err(_) => {
                     // The store is down or skipped: the database answers.
-                    let (value, _) = self.run_loader(loader).await?;
-                    return Ok((value, Source::Loaded));
+                    return self.load_uncached(loader).await;
                 }
             }
         }
@@ -259,32 +402,61 @@ impl<V: Clone + Send + Sync + 'static> NsInner<V> {
         }
     }
 
-    async fn load_and_fill<F, Fut, E>(&self, full: &str, token: LeaseToken, loader: F) -> Shared<V>
+    /// Loads under `token` and fills. `None` when the fill was refused and
+    /// this was not the last attempt.
+    async fn load_and_fill<F, Fut, E>(
+        &self,
+        full: &str,
+        token: LeaseToken,
+        loader: &mut F,
+        last_attempt: bool,
+    ) -> Result<Option<Settled<V>>>
     where
-        F: FnOnce() -> Fut,
+        F: FnMut() -> Fut,
         Fut: Future<Output = std::result::Result<Option<V>, E>>,
         E: std::error::Error + Send + Sync + 'static,
     {
         let store = &self.core.store;
+        let load_began = self.next_seq();
         let loaded = self.run_loader(loader).await;
         let bytes = match &loaded {
             Ok((Some(v), took)) => self.encode(v, *took).ok().flatten(),
             _ => None,
         };
-        match bytes {
-            Some(bytes) => {
-                let ttl = jittered(self.ttl, self.jitter);
-                if let Ok(FillOutcome::Refused) = self.call(store.fill(full, token, bytes, ttl)).await {
-                    // An invalidation revoked the lease while we loaded: what
-                    // we read may predate the write, so it must not be cached.
-                    self.record(Event::FillRefused);
-                }
-            }
-            None => {
-                let _ = self.call(store.release(full, token)).await;
-            }
-        }
+        let Some(bytes) = bytes else {
+            let _ = self.call(store.release(full, token)).await;
+            let (value, _) = loaded?;
+            return Ok(Some(Settled {
+                value,
+                source: Source::Loaded,
+                settled_at: load_began,
+            }));
+        };
         let (value, _) = loaded?;
-        Ok((value, Source::Loaded))
+        let fill_began = self.next_seq();
+        let ttl = jittered(self.ttl, self.jitter);
+        match self.call(store.fill(full, token, bytes, ttl)).await {
+            Ok(FillOutcome::Stored) => Ok(Some(Settled {
+                value,
+                source: Source::Loaded,
+                settled_at: fill_began,
+            })),
+            Ok(FillOutcome::Refused) => {
+                // What we read may predate the write that revoked the lease:
+                // it must not be cached, nor handed to readers that began
+                // after the load did.
+                self.record(Event::FillRefused);
+                Ok(last_attempt.then_some(Settled {
+                    value,
+                    source: Source::Loaded,
+                    settled_at: load_began,
+                }))
+            }
+            Err(_) => Ok(Some(Settled {
+                value,
+                source: Source::Loaded,
+                settled_at: load_began,
+            })),
+        }
     }
 }

@@ -165,6 +165,21 @@ impl Store for MemoryStore {
         Ok(())
     }
 
+    async fn add(&self, key: &str, value: Bytes, ttl: Duration) -> StoreResult<bool> {
+        Ok(self
+            .compute(key, |current| match current {
+                Some(_) => (Op::Nop, false),
+                None => (
+                    Op::Put(Timed {
+                        slot: Slot::Plain(value),
+                        ttl: Some(ttl),
+                    }),
+                    true,
+                ),
+            })
+            .await)
+    }
+
     async fn delete(&self, key: &str) -> StoreResult<()> {
         self.cache.invalidate(key).await;
         Ok(())

@@ -116,6 +116,9 @@ pub trait Store: Send + Sync + 'static {
     /// Writes a plain value with a TTL.
     async fn set(&self, key: &str, value: Bytes, ttl: Duration) -> StoreResult<()>;
 
+    /// Writes a plain value only if the key is absent (`SET NX`); true if written.
+    async fn add(&self, key: &str, value: Bytes, ttl: Duration) -> StoreResult<bool>;
+
     /// Deletes a key of either family.
     async fn delete(&self, key: &str) -> StoreResult<()>;
 

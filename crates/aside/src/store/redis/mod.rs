@@ -168,6 +168,19 @@ impl Store for RedisStore {
             .map_err(store_error)
     }
 
+    async fn add(&self, key: &str, value: Bytes, ttl: Duration) -> StoreResult<bool> {
+        let written: Option<String> = redis::cmd("SET")
+            .arg(key)
+            .arg(value.as_ref())
+            .arg("NX")
+            .arg("PX")
+            .arg(ttl_ms(ttl))
+            .query_async(&mut self.conn.clone())
+            .await
+            .map_err(store_error)?;
+        Ok(written.is_some())
+    }
+
     async fn delete(&self, key: &str) -> StoreResult<()> {
         redis::cmd("DEL")
             .arg(key)
