@@ -35,6 +35,9 @@ async fn plain_operations(store: &dyn Store) {
     assert_eq!(store.incr("p:n", TTL).await.unwrap(), 1);
     assert_eq!(store.incr("p:n", TTL).await.unwrap(), 2);
     assert_eq!(store.get("p:n").await.unwrap(), Some(b("2")));
+    assert!(store.add("p:lock", b("1"), TTL).await.unwrap());
+    assert!(!store.add("p:lock", b("2"), TTL).await.unwrap());
+    assert_eq!(store.get("p:lock").await.unwrap(), Some(b("1")));
 }
 
 async fn lease_then_fill_is_a_hit(store: &dyn Store) {

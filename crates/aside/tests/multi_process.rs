@@ -1,0 +1,115 @@
+//! Leases across OS processes: four processes, fifty readers each, one
+//! missing hot key in one Redis, and exactly one load in total.
+//!
+//! The parent test re-runs this test binary as its children (selected with
+//! `--exact` and marked by an environment variable). Start and readiness
+//! are signalled through Redis lists (`BLPOP`), so nobody sleeps to wait.
+
+mod common;
+
+use std::process::Command;
+use std::time::Duration;
+
+use aside::store::redis::RedisStore;
+use aside::{Aside, Strategy};
+use aside_testkit::RedisServer;
+
+const PROCESSES: usize = 4;
+const READERS_PER_PROCESS: usize = 50;
+const CHILD_ENV: &str = "ASIDE_MULTI_PROCESS_CHILD_URL";
+const TEST_NAME: &str = "four_processes_load_a_missing_hot_key_once";
+
+async fn child(url: &str) {
+    let aside = Aside::builder().store(RedisStore::connect(url).await.unwrap()).build();
+    let hot = aside
+        .namespace::<str, String>("hot")
+        .strategy(Strategy::Lease)
+        .build()
+        .unwrap();
+    let mut conn = common::redis_conn(url).await;
+    let _: () = redis::cmd("RPUSH")
+        .arg("ready")
+        .arg(std::process::id())
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let _: Option<(String, String)> = redis::cmd("BLPOP")
+        .arg("go")
+        .arg(30)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+
+    let mut readers = Vec::new();
+    for _ in 0..READERS_PER_PROCESS {
+        let (hot, url) = (hot.clone(), url.to_owned());
+        readers.push(tokio::spawn(async move {
+            hot.get_or_load("key", || {
+                let url = url.clone();
+                async move {
+                    let mut conn = common::redis_conn(&url).await;
+                    let _: i64 = redis::cmd("INCR").arg("loads").query_async(&mut conn).await?;
+                    // The slow database query every process is waiting on.
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    Ok::<_, redis::RedisError>(Some("value".to_string()))
+                }
+            })
+            .await
+        }));
+    }
+    for r in readers {
+        assert_eq!(r.await.unwrap().unwrap().as_deref(), Some("value"));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn four_processes_load_a_missing_hot_key_once() {
+    if let Ok(url) = std::env::var(CHILD_ENV) {
+        child(&url).await;
+        return;
+    }
+    let server = RedisServer::start();
+    let exe = std::env::current_exe().unwrap();
+    let children: Vec<_> = (0..PROCESSES)
+        .map(|_| {
+            Command::new(&exe)
+                .args(["--exact", TEST_NAME, "--nocapture", "--test-threads", "1"])
+                .env(CHILD_ENV, server.url())
+                .stdout(std::process::Stdio::null())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    let mut conn = common::redis_conn(&server.url()).await;
+    for _ in 0..PROCESSES {
+        let ready: Option<(String, String)> = redis::cmd("BLPOP")
+            .arg("ready")
+            .arg(30)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        assert!(ready.is_some(), "a child process did not get ready");
+    }
+    for _ in 0..PROCESSES {
+        let _: () = redis::cmd("RPUSH")
+            .arg("go")
+            .arg(1)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+    }
+    for mut child in children {
+        let status = tokio::task::spawn_blocking(move || child.wait())
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(status.success(), "a child process failed");
+    }
+    let loads: i64 = redis::cmd("GET").arg("loads").query_async(&mut conn).await.unwrap();
+    assert_eq!(
+        loads,
+        1,
+        "{} readers in {PROCESSES} processes, one load",
+        PROCESSES * READERS_PER_PROCESS
+    );
+}
