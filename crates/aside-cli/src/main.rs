@@ -1,1 +1,69 @@
-fn main() {}
+//! `aside`: the command-line tool of the aside cache-aside library.
+//!
+//! Owns argument parsing, logging set-up, the runtime, and turning a
+//! failure into one `error: ...` line on stderr and a non-zero exit. Each
+//! subcommand lives in its own module (`demo`); the workload runner, the
+//! database, the key sampler and the report are shared modules so later
+//! scenarios can reuse them.
+#![forbid(unsafe_code)]
+
+mod db;
+mod demo;
+mod error;
+mod report;
+mod scenario;
+mod workload;
+mod zipf;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use tracing_subscriber::EnvFilter;
+
+/// The aside command-line tool.
+#[derive(Debug, Parser)]
+#[command(name = "aside", version, about = "The aside cache-aside library's command-line tool")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Runs a read-heavy workload of user profiles through aside in front of
+    /// SQLite, and reports hit ratio, database load and latencies.
+    Demo(demo::DemoArgs),
+}
+
+/// Logs to stderr, `warn` and above unless `RUST_LOG` says otherwise.
+fn init_logging() {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Demo(args) => demo::run(args).await,
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

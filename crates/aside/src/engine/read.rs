@@ -13,7 +13,7 @@
 //! with fenced fills this is what keeps reads from ever going backwards.
 
 use std::future::Future;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -24,7 +24,7 @@ use crate::error::{Error, Result};
 use crate::metrics::Event;
 use crate::namespace::{Fetched, NsInner, Settled, Shared, Source, Stampede};
 use crate::policy::{Strategy, jittered};
-use crate::store::{FillOutcome, LeaseOutcome, LeaseToken};
+use crate::store::{EntryView, FillOutcome, LeaseOutcome, LeaseToken};
 
 use super::single_flight::Role;
 
@@ -35,13 +35,18 @@ const LEASE_POLL_MAX: Duration = Duration::from_millis(50);
 const LOCK_TTL: Duration = Duration::from_secs(5);
 const LOCK_RETRY: Duration = Duration::from_millis(100);
 
+/// Tag of a flight whose leader holds no lease yet.
+const NO_LEASE_YET: u64 = 0;
+
 /// What the fast path found.
 pub(crate) enum Cached<V> {
     Hit(V),
     /// Not cached. For `Versioned`, the version the data must live under
-    /// (`None` when the version could not be read).
+    /// (`None` when the version could not be read); for `Lease`, the lease
+    /// held on the entry, if any.
     Miss {
         version: Option<u64>,
+        lease: Option<LeaseToken>,
     },
 }
 
@@ -124,31 +129,59 @@ impl<V: Clone + Send + Sync + 'static> NsInner<V> {
     /// The current value in the store, if any. Store failures read as a miss.
     pub(crate) async fn read_cached(&self, full: &str) -> Cached<V> {
         if self.core.retry.is_pending(full) {
-            return Cached::Miss { version: None };
+            return Cached::Miss {
+                version: None,
+                lease: None,
+            };
         }
         let store = &self.core.store;
         let hit = match self.strategy {
-            Strategy::Lease => match self.call(store.get_entry(full)).await {
-                Ok(Some((bytes, false))) => self.decode_hit(full, &bytes).await,
-                _ => None,
+            Strategy::Lease => match self.call(store.peek_entry(full)).await {
+                Ok(EntryView {
+                    value: Some(bytes),
+                    stale: false,
+                    ..
+                }) => self.decode_hit(full, &bytes).await,
+                Ok(view) => {
+                    return Cached::Miss {
+                        version: None,
+                        lease: view.lease,
+                    };
+                }
+                Err(_) => None,
             },
             Strategy::Versioned => {
                 let Ok(version) = self.read_version(full).await else {
-                    return Cached::Miss { version: None };
+                    return Cached::Miss {
+                        version: None,
+                        lease: None,
+                    };
                 };
                 let data_key = Self::versioned_key(full, version);
                 let hit = match self.call(store.get(&data_key)).await {
                     Ok(Some(bytes)) => self.decode_hit(&data_key, &bytes).await,
                     _ => None,
                 };
-                return hit.map_or(Cached::Miss { version: Some(version) }, Cached::Hit);
+                return hit.map_or(
+                    Cached::Miss {
+                        version: Some(version),
+                        lease: None,
+                    },
+                    Cached::Hit,
+                );
             }
             _ => match self.call(store.get(full)).await {
                 Ok(Some(bytes)) => self.decode_hit(full, &bytes).await,
                 _ => None,
             },
         };
-        hit.map_or(Cached::Miss { version: None }, Cached::Hit)
+        hit.map_or(
+            Cached::Miss {
+                version: None,
+                lease: None,
+            },
+            Cached::Hit,
+        )
     }
 
     pub(crate) async fn read_version(&self, full: &str) -> Result<u64> {
@@ -167,22 +200,34 @@ impl<V: Clone + Send + Sync + 'static> NsInner<V> {
         let mut first_look = true;
         loop {
             let began = self.next_seq();
-            let version = match self.read_cached(full).await {
-                Cached::Hit(value) => {
+            let (version, lease) = match self.read_cached(full).await {
+                Cached::Hit(value) if first_look => {
                     self.record(Event::Hit);
                     return Ok(Fetched {
                         value: Some(value),
                         source: Source::Hit,
                     });
                 }
-                Cached::Miss { version } => version,
+                Cached::Hit(value) => {
+                    // Found on a second look, after waiting for another
+                    // caller's load: served by that load, not a plain hit.
+                    self.record(Event::Coalesced);
+                    return Ok(Fetched {
+                        value: Some(value),
+                        source: Source::Coalesced,
+                    });
+                }
+                Cached::Miss { version, lease } => (version, lease),
             };
             if first_look {
                 self.record(Event::Miss);
                 first_look = false;
             }
             let settled = match self.stampede {
-                Stampede::None => self.load_missing(full, version, &mut loader).await?,
+                Stampede::None => {
+                    self.load_missing(full, version, &mut loader, &AtomicU64::new(0))
+                        .await?
+                }
                 Stampede::LockSleep => self.load_under_lock(full, &mut loader).await?,
                 Stampede::Coalesce => {
                     // Versioned data is coalesced per version: a reader that
@@ -191,9 +236,16 @@ impl<V: Clone + Send + Sync + 'static> NsInner<V> {
                         Some(v) => Self::versioned_key(full, v),
                         None => full.to_owned(),
                     };
+                    // Join the in-process load unless its lease is no longer
+                    // the entry's: an invalidation revoked it, so its result
+                    // cannot be cached and a fresh load should start now.
+                    let join = |held: u64| held == NO_LEASE_YET || lease.is_some_and(|t| t.0 == held);
+                    let loader = &mut loader;
                     let (shared, role) = self
                         .flight
-                        .run(&flight_key, || self.load_missing(full, version, &mut loader))
+                        .run_tagged(&flight_key, join, |held| async move {
+                            self.load_missing(full, version, loader, &held).await
+                        })
                         .await;
                     let settled = shared?;
                     if role == Role::Waiter {
@@ -255,7 +307,13 @@ impl<V: Clone + Send + Sync + 'static> NsInner<V> {
     }
 
     /// The work of a missing key (the single-flight leader's, under `Coalesce`).
-    async fn load_missing<F, Fut, E>(&self, full: &str, version: Option<u64>, loader: &mut F) -> Shared<V>
+    async fn load_missing<F, Fut, E>(
+        &self,
+        full: &str,
+        version: Option<u64>,
+        loader: &mut F,
+        held: &AtomicU64,
+    ) -> Shared<V>
     where
         F: FnMut() -> Fut,
         Fut: Future<Output = std::result::Result<Option<V>, E>>,
@@ -267,7 +325,7 @@ impl<V: Clone + Send + Sync + 'static> NsInner<V> {
             return self.load_uncached(loader).await;
         }
         match self.strategy {
-            Strategy::Lease => self.load_with_lease(full, loader).await,
+            Strategy::Lease => self.load_with_lease(full, loader, held).await,
             Strategy::Versioned => match version {
                 Some(version) => self.load_and_set(&Self::versioned_key(full, version), loader).await,
                 None => self.load_uncached(loader).await,
@@ -323,7 +381,7 @@ impl<V: Clone + Send + Sync + 'static> NsInner<V> {
             {
                 Ok(false) => tokio::time::sleep(LOCK_RETRY).await,
                 Ok(true) => {
-                    let settled = self.load_missing(full, None, loader).await;
+                    let settled = self.load_missing(full, None, loader, &AtomicU64::new(0)).await;
                     let _ = self.call(self.core.store.delete(&lock_key)).await;
                     return settled;
                 }
@@ -332,7 +390,9 @@ impl<V: Clone + Send + Sync + 'static> NsInner<V> {
         }
     }
 
-    async fn load_with_lease<F, Fut, E>(&self, full: &str, loader: &mut F) -> Shared<V>
+    /// `held` publishes the lease this load holds to callers deciding
+    /// whether to wait for it.
+    async fn load_with_lease<F, Fut, E>(&self, full: &str, loader: &mut F, held: &AtomicU64) -> Shared<V>
     where
         F: FnMut() -> Fut,
         Fut: Future<Output = std::result::Result<Option<V>, E>>,
@@ -359,6 +419,7 @@ impl<V: Clone + Send + Sync + 'static> NsInner<V> {
                     }
                 }
                 Ok(LeaseOutcome::Granted { token, .. }) => {
+                    held.store(token.0, Ordering::Release);
                     attempts += 1;
                     let last_attempt = attempts >= self.max_fill_attempts;
                     if let Some(settled) = self.load_and_fill(full, token, loader, last_attempt).await? {

@@ -1,26 +1,45 @@
-//! Single-flight: at most one load per key per process at a time.
+//! Single-flight: one load per key per process at a time.
 //!
 //! Owns the in-process coalescing of concurrent loads and nothing else (it
 //! does not know about stores or leases). The first caller for a key becomes
-//! the leader and runs the work in its own task; later callers subscribe to
-//! a `watch` channel and are woken the moment the leader publishes, with no
+//! the leader and runs the work in its own task (not a spawned one); later
+//! callers subscribe to a `watch` channel and are woken the moment the leader publishes, with no
 //! polling. Why `watch`: it holds the last value, so a waiter that subscribes
 //! just before the leader publishes still sees it, and its sender's drop
 //! tells waiters that a leader was cancelled; one of them then takes over.
 //!
-//! The map is behind a `std::sync::Mutex`: it is held only to look up or
-//! insert a channel, never across an `.await`.
+//! Each flight carries a tag (a `u64` the leader may set, such as the lease
+//! it holds) so that a caller can decline to join a flight it knows is
+//! doomed (its lease was revoked) and start a new one; later callers join
+//! the new one. The map is behind a `std::sync::Mutex`: it is held only to
+//! look up or insert a channel, never across an `.await`.
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::sync::Mutex;
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex};
 
 use tokio::sync::watch;
 
 /// Coalesces concurrent work on the same key.
 #[derive(Debug)]
 pub struct SingleFlight<T> {
-    in_flight: Mutex<HashMap<String, watch::Receiver<Option<T>>>>,
+    in_flight: Mutex<HashMap<String, Flight<T>>>,
+}
+
+#[derive(Debug)]
+struct Flight<T> {
+    rx: watch::Receiver<Option<T>>,
+    tag: Arc<AtomicU64>,
+}
+
+impl<T> Clone for Flight<T> {
+    fn clone(&self) -> Self {
+        Flight {
+            rx: self.rx.clone(),
+            tag: self.tag.clone(),
+        }
+    }
 }
 
 impl<T> Default for SingleFlight<T> {
@@ -49,7 +68,7 @@ struct LeaderGuard<'a, T> {
 impl<T> Drop for LeaderGuard<'_, T> {
     fn drop(&mut self) {
         let mut map = self.flight.in_flight.lock().unwrap_or_else(|e| e.into_inner());
-        if map.get(self.key).is_some_and(|rx| rx.same_channel(&self.rx)) {
+        if map.get(self.key).is_some_and(|f| f.rx.same_channel(&self.rx)) {
             map.remove(self.key);
         }
     }
@@ -68,24 +87,48 @@ impl<T: Clone> SingleFlight<T> {
         F: FnOnce() -> Fut,
         Fut: Future<Output = T>,
     {
+        self.run_tagged(key, |_| true, |_| work()).await
+    }
+
+    /// As [`SingleFlight::run`], but joins a running flight only if
+    /// `join(tag)` holds for its tag; otherwise this call starts a new
+    /// flight that replaces it for later callers. The leader's `work`
+    /// receives its flight's tag (initially 0) to set.
+    ///
+    /// # Concurrent calls
+    /// As [`SingleFlight::run`]. A replaced flight still delivers its result
+    /// to the callers that joined it.
+    pub async fn run_tagged<J, F, Fut>(&self, key: &str, join: J, work: F) -> (T, Role)
+    where
+        J: Fn(u64) -> bool,
+        F: FnOnce(Arc<AtomicU64>) -> Fut,
+        Fut: Future<Output = T>,
+    {
         let mut work = Some(work);
         loop {
             let joined = {
                 let mut map = self.in_flight.lock().unwrap_or_else(|e| e.into_inner());
                 match map.get(key) {
-                    Some(rx) => Err(rx.clone()),
-                    None => {
+                    Some(f) if join(f.tag.load(std::sync::atomic::Ordering::Acquire)) => Err(f.rx.clone()),
+                    _ => {
                         let (tx, rx) = watch::channel(None);
-                        map.insert(key.to_owned(), rx.clone());
-                        Ok((tx, rx))
+                        let tag = Arc::new(AtomicU64::new(0));
+                        map.insert(
+                            key.to_owned(),
+                            Flight {
+                                rx: rx.clone(),
+                                tag: tag.clone(),
+                            },
+                        );
+                        Ok((tx, rx, tag))
                     }
                 }
             };
             match joined {
-                Ok((tx, rx)) => {
+                Ok((tx, rx, tag)) => {
                     let guard = LeaderGuard { flight: self, key, rx };
                     let work = work.take().expect("a call leads at most once");
-                    let out = work().await;
+                    let out = work(tag).await;
                     tx.send_replace(Some(out.clone()));
                     drop(guard);
                     return (out, Role::Leader);

@@ -18,7 +18,7 @@ use moka::future::Cache;
 use moka::ops::compute::Op;
 use tokio::time::Instant;
 
-use super::{FillOutcome, LeaseOutcome, LeaseToken, Store, StoreError, StoreResult};
+use super::{EntryView, FillOutcome, LeaseOutcome, LeaseToken, Store, StoreError, StoreResult};
 
 /// Default capacity: 256 MiB of keys and values.
 pub const DEFAULT_CAPACITY_BYTES: u64 = 256 * 1024 * 1024;
@@ -203,15 +203,17 @@ impl Store for MemoryStore {
         .await
     }
 
-    async fn get_entry(&self, key: &str) -> StoreResult<Option<(Bytes, bool)>> {
+    async fn peek_entry(&self, key: &str) -> StoreResult<EntryView> {
         Ok(match self.cache.get(key).await {
             Some(Timed {
-                slot: Slot::Entry {
-                    value: Some(v), stale, ..
-                },
+                slot: Slot::Entry { value, stale, lease },
                 ..
-            }) => Some((v, stale)),
-            _ => None,
+            }) => EntryView {
+                value,
+                stale,
+                lease: lease.filter(|(_, deadline)| *deadline > Instant::now()).map(|(t, _)| t),
+            },
+            _ => EntryView::default(),
         })
     }
 

@@ -68,6 +68,20 @@ impl LeaseToken {
     }
 }
 
+/// An entry as [`Store::peek_entry`] sees it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct EntryView {
+    /// The value, current or stale.
+    pub value: Option<Bytes>,
+    /// True when an invalidation marked the value stale.
+    pub stale: bool,
+    /// The lease held on the entry, if any. The engine compares it with the
+    /// lease its own in-process load holds: when they differ, that load was
+    /// revoked and new readers must not wait for it.
+    pub lease: Option<LeaseToken>,
+}
+
 /// What [`Store::lookup_or_lease`] found.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
@@ -125,8 +139,14 @@ pub trait Store: Send + Sync + 'static {
     /// Increments a counter (created at 0), refreshing its TTL; returns the new value.
     async fn incr(&self, key: &str, ttl: Duration) -> StoreResult<u64>;
 
+    /// Reads an entry without taking a lease: its value, stale flag and lease.
+    async fn peek_entry(&self, key: &str) -> StoreResult<EntryView>;
+
     /// Reads an entry's value without taking a lease: `(value, stale)`.
-    async fn get_entry(&self, key: &str) -> StoreResult<Option<(Bytes, bool)>>;
+    async fn get_entry(&self, key: &str) -> StoreResult<Option<(Bytes, bool)>> {
+        let view = self.peek_entry(key).await?;
+        Ok(view.value.map(|v| (v, view.stale)))
+    }
 
     /// Looks an entry up and, when it has no current value and no live
     /// lease, grants `token` for `lease_ttl`, atomically.

@@ -20,7 +20,7 @@ use bytes::Bytes;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{RedisError, Script};
 
-use super::{FillOutcome, LeaseOutcome, LeaseToken, Store, StoreError, StoreResult};
+use super::{EntryView, FillOutcome, LeaseOutcome, LeaseToken, Store, StoreError, StoreResult};
 
 /// Connection settings of a [`RedisStore`].
 #[derive(Debug, Clone)]
@@ -204,15 +204,20 @@ impl Store for RedisStore {
         Ok(n)
     }
 
-    async fn get_entry(&self, key: &str) -> StoreResult<Option<(Bytes, bool)>> {
-        let (value, stale): (Option<Vec<u8>>, Option<Vec<u8>>) = redis::cmd("HMGET")
+    async fn peek_entry(&self, key: &str) -> StoreResult<EntryView> {
+        let (value, stale, lease): (Option<Vec<u8>>, Option<Vec<u8>>, Option<u64>) = redis::cmd("HMGET")
             .arg(key)
             .arg("v")
             .arg("s")
+            .arg("t")
             .query_async(&mut self.conn.clone())
             .await
             .map_err(store_error)?;
-        Ok(value.map(|v| (Bytes::from(v), stale.is_some())))
+        Ok(EntryView {
+            value: value.map(Bytes::from),
+            stale: stale.is_some(),
+            lease: lease.map(LeaseToken),
+        })
     }
 
     async fn lookup_or_lease(&self, key: &str, token: LeaseToken, lease_ttl: Duration) -> StoreResult<LeaseOutcome> {

@@ -1,0 +1,225 @@
+//! `aside demo`: a read-heavy workload of user profiles, cached by aside in
+//! front of SQLite, with a report of what the cache saved.
+//!
+//! Owns the demo's flags and its set-up and tear-down: the database file
+//! (temporary unless `--db`), the store (in-process unless `--redis`), a
+//! namespace under a key prefix unique to the run (so runs sharing a Redis
+//! never collide and nothing needs flushing), then the run itself through
+//! [`crate::workload::run_workload`] and the output through [`crate::report`].
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::time::{Duration, Instant};
+
+use aside::store::redis::RedisStore;
+use aside::{Aside, Strategy};
+use clap::Args;
+
+use crate::db::Db;
+use crate::error::{Context, Result};
+use crate::report;
+use crate::workload::{Summary, Target, Workload, run_workload};
+
+/// Largest `--users`: the key sampler holds one `f64` per user.
+const MAX_USERS: u64 = 10_000_000;
+/// Upper bound on the database's read connections, whatever the concurrency
+/// (each is a thread; more do not help on a small machine).
+const MAX_DB_READERS: u32 = 8;
+
+/// Flags of `aside demo`.
+#[derive(Debug, Clone, Args)]
+pub struct DemoArgs {
+    /// What to run: `main` (the user-profile workload), `race` (the
+    /// read-write race, once per strategy) or `stampede` (many readers of
+    /// one missing hot key, per protection mode).
+    #[arg(long, default_value = "main", value_parser = ["main", "race", "stampede"])]
+    pub scenario: String,
+
+    /// Seconds to run the workload (default 10; for `race`, 3 per strategy).
+    #[arg(long, value_parser = parse_seconds)]
+    pub duration: Option<f64>,
+
+    /// User profiles in the database.
+    #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..=MAX_USERS))]
+    pub users: u64,
+
+    /// Zipf exponent of key popularity (0 is uniform; larger is more skewed).
+    #[arg(long, default_value_t = 0.99, value_parser = parse_exponent)]
+    pub zipf: f64,
+
+    /// Fraction of operations that are writes (0.1667 is reads:writes 5:1).
+    #[arg(long, default_value_t = 0.1667, value_parser = parse_fraction)]
+    pub write_ratio: f64,
+
+    /// Concurrent tasks issuing operations.
+    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub concurrency: u32,
+
+    /// Use the Redis server at this URL instead of the in-process store.
+    #[arg(long, value_name = "URL")]
+    pub redis: Option<String>,
+
+    /// Invalidation strategy: delete, double-delete, versioned or lease.
+    #[arg(long, default_value = "lease", value_parser = parse_strategy)]
+    pub strategy: Strategy,
+
+    /// Cache entry TTL in seconds.
+    #[arg(long, default_value_t = 600.0, value_parser = parse_seconds)]
+    pub ttl: f64,
+
+    /// SQLite file to use (created and seeded if needed, kept afterwards);
+    /// by default a temporary file deleted at the end.
+    #[arg(long, value_name = "PATH")]
+    pub db: Option<PathBuf>,
+
+    /// Print the summary as one JSON object on stdout (and no progress bar).
+    #[arg(long)]
+    pub json: bool,
+
+    #[command(flatten)]
+    pub scenario_args: crate::scenario::ScenarioArgs,
+}
+
+fn parse_seconds(s: &str) -> Result<f64, String> {
+    let seconds: f64 = s.parse().map_err(|_| format!("{s:?} is not a number of seconds"))?;
+    if seconds.is_finite() && seconds > 0.0 && seconds <= 1e9 {
+        Ok(seconds)
+    } else {
+        Err("expected a number of seconds greater than 0".to_owned())
+    }
+}
+
+fn parse_exponent(s: &str) -> Result<f64, String> {
+    let exponent: f64 = s.parse().map_err(|_| format!("{s:?} is not a number"))?;
+    if exponent.is_finite() && exponent >= 0.0 {
+        Ok(exponent)
+    } else {
+        Err("expected a number >= 0".to_owned())
+    }
+}
+
+fn parse_fraction(s: &str) -> Result<f64, String> {
+    let fraction: f64 = s.parse().map_err(|_| format!("{s:?} is not a number"))?;
+    if (0.0..=1.0).contains(&fraction) {
+        Ok(fraction)
+    } else {
+        Err("expected a number between 0 and 1".to_owned())
+    }
+}
+
+fn parse_strategy(s: &str) -> Result<Strategy, String> {
+    Strategy::from_str(s).map_err(|_| "expected delete, double-delete, versioned or lease".to_owned())
+}
+
+/// Runs the demo and prints its summary (a table, or JSON with `--json`).
+///
+/// # Errors
+/// Redis unreachable, the database cannot be created or seeded, or a
+/// database error during the run.
+pub async fn run(args: DemoArgs) -> Result<()> {
+    if args.scenario != "main" {
+        return crate::scenario::run(&args).await;
+    }
+    let duration = args.duration.unwrap_or(10.0);
+    let chatty = !args.json;
+    let say = |line: String| {
+        if chatty {
+            eprintln!("{line}");
+        }
+    };
+
+    let cache = build_cache(&args).await?;
+    let users = cache
+        .namespace::<u64, crate::db::User>("user:profile")
+        .ttl(Duration::from_secs_f64(args.ttl))
+        .jitter(0.10)
+        .strategy(args.strategy)
+        .build()
+        .context("cannot configure the cache namespace")?;
+
+    // The temporary directory (database, WAL and shared-memory files) is
+    // removed when `_scratch` drops, after the pool is closed.
+    let (path, _scratch) = match &args.db {
+        Some(path) => (path.clone(), None),
+        None => {
+            let dir = tempfile::Builder::new()
+                .prefix("aside-demo-")
+                .tempdir()
+                .context("cannot create a temporary directory for the database")?;
+            (dir.path().join("users.db"), Some(dir))
+        }
+    };
+    let readers = args.concurrency.min(MAX_DB_READERS);
+    let db = Db::open(&path, readers)
+        .await
+        .context(format!("cannot open the SQLite database {}", path.display()))?;
+
+    let seeding = Instant::now();
+    let inserted = db
+        .seed(args.users)
+        .await
+        .context(format!("cannot seed the users table in {}", path.display()));
+    let inserted = match inserted {
+        Ok(n) => n,
+        Err(e) => {
+            db.close().await;
+            return Err(e);
+        }
+    };
+    say(format!(
+        "database {}: {} profiles ready ({} inserted in {} ms)",
+        path.display(),
+        args.users,
+        inserted,
+        seeding.elapsed().as_millis()
+    ));
+    say(format!(
+        "running for {} s on the {} store, strategy {}...",
+        duration,
+        cache.store().name(),
+        args.strategy
+    ));
+
+    let workload = Workload {
+        duration: Duration::from_secs_f64(duration),
+        concurrency: args.concurrency as usize,
+        write_ratio: args.write_ratio,
+        zipf_exponent: args.zipf,
+        users: args.users,
+        progress: chatty && std::io::stderr().is_terminal(),
+    };
+    let target = Target {
+        cache,
+        users,
+        db: db.clone(),
+    };
+    let summary = run_workload(&workload, &target).await;
+    db.close().await;
+    print_summary(&summary?, args.json)
+}
+
+/// The `Aside` of this run: the chosen store, under a prefix unique to the run.
+async fn build_cache(args: &DemoArgs) -> Result<Aside> {
+    let prefix = format!("aside-demo:{:016x}:", rand::random::<u64>());
+    let builder = Aside::builder().prefix(prefix);
+    let builder = match &args.redis {
+        Some(url) => {
+            let store = RedisStore::connect(url)
+                .await
+                .context(format!("cannot connect to Redis at {url}"))?;
+            builder.store(store)
+        }
+        None => builder.store(aside::MemoryStore::new()),
+    };
+    Ok(builder.build())
+}
+
+fn print_summary(summary: &Summary, json: bool) -> Result<()> {
+    if json {
+        println!("{}", report::json(summary)?);
+    } else {
+        print!("{}", report::table("aside demo", summary));
+    }
+    Ok(())
+}

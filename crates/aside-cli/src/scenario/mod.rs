@@ -1,0 +1,360 @@
+//! The demo's scenarios beyond the main workload: `race` and `stampede`.
+//!
+//! Owns what the scenarios share: a table of versioned rows in an SQLite
+//! file (each write bumps a row's version, so a read can tell how old its
+//! answer is), the slow read of the article's race ("the row is read, the
+//! answer comes later"), and building caches on either store. Each scenario
+//! lives in its own module and only reports; nothing here prints.
+
+pub mod race;
+pub mod stampede;
+
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use aside::store::redis::RedisStore;
+use aside::{Aside, MemoryStore, Store, Strategy};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
+
+use crate::demo::DemoArgs;
+use crate::error::{CliError, Context, Result};
+
+/// Where the scenarios keep their cache.
+#[derive(Clone)]
+pub enum StoreChoice {
+    /// One in-process store, shared by the scenario's `Aside`s as one Redis would be.
+    Memory(Arc<dyn Store>),
+    /// A Redis server; every `Aside` gets its own connection, as another service would.
+    Redis(String),
+}
+
+impl StoreChoice {
+    /// In-process, or Redis at `url`.
+    pub fn new(redis: Option<&str>) -> Self {
+        match redis {
+            Some(url) => StoreChoice::Redis(url.to_owned()),
+            None => StoreChoice::Memory(Arc::new(MemoryStore::new())),
+        }
+    }
+
+    /// The store's name for reports.
+    pub fn name(&self) -> &'static str {
+        match self {
+            StoreChoice::Memory(_) => "memory",
+            StoreChoice::Redis(_) => "redis",
+        }
+    }
+
+    /// A new `Aside` on this store, with its own connection for Redis.
+    ///
+    /// # Errors
+    /// When Redis cannot be reached.
+    pub async fn aside(&self, prefix: &str) -> Result<Aside> {
+        let builder = Aside::builder().prefix(prefix);
+        Ok(match self {
+            StoreChoice::Memory(store) => builder.shared_store(store.clone()).build(),
+            StoreChoice::Redis(url) => builder
+                .store(
+                    RedisStore::connect(url)
+                        .await
+                        .context(format_args!("cannot connect to Redis at {url}"))?,
+                )
+                .build(),
+        })
+    }
+}
+
+/// A unique key prefix, so runs never meet each other's keys (and nothing is flushed).
+pub fn run_prefix(scenario: &str) -> String {
+    format!("aside-{scenario}:{:08x}:", rand::random::<u32>())
+}
+
+/// Rows `1..=n` of `(id, version)` in an SQLite file, with a read delay.
+#[derive(Debug, Clone)]
+pub struct Rows {
+    pool: SqlitePool,
+    read_delay: Duration,
+    queries: Arc<AtomicU64>,
+}
+
+impl Rows {
+    /// Creates the table in the file at `path` with `n` rows at version 0.
+    ///
+    /// # Errors
+    /// The SQLite error, with what was being done.
+    pub async fn create(path: &Path, n: u64, read_delay: Duration) -> Result<Rows> {
+        let options = SqliteConnectOptions::new()
+            .filename(path)
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Normal)
+            .busy_timeout(Duration::from_secs(10));
+        let pool = SqlitePoolOptions::new()
+            .max_connections(8)
+            .connect_with(options)
+            .await
+            .context(format_args!("cannot open the database {}", path.display()))?;
+        sqlx::query("CREATE TABLE IF NOT EXISTS items (id INTEGER PRIMARY KEY, version INTEGER NOT NULL)")
+            .execute(&pool)
+            .await
+            .context("cannot create the items table")?;
+        sqlx::query("DELETE FROM items")
+            .execute(&pool)
+            .await
+            .context("cannot clear items")?;
+        for id in 1..=n {
+            sqlx::query("INSERT INTO items (id, version) VALUES (?, 0)")
+                .bind(id as i64)
+                .execute(&pool)
+                .await
+                .context("cannot seed items")?;
+        }
+        Ok(Rows {
+            pool,
+            read_delay,
+            queries: Arc::new(AtomicU64::new(0)),
+        })
+    }
+
+    /// The loader: reads the row now, answers after the read delay (the
+    /// article's slow read, which is what opens the race).
+    ///
+    /// # Errors
+    /// The SQLite error.
+    pub async fn read(&self, id: u64) -> Result<Option<u64>, sqlx::Error> {
+        self.queries.fetch_add(1, Ordering::Relaxed);
+        let version: Option<(i64,)> = sqlx::query_as("SELECT version FROM items WHERE id = ?")
+            .bind(id as i64)
+            .fetch_optional(&self.pool)
+            .await?;
+        if !self.read_delay.is_zero() {
+            tokio::time::sleep(self.read_delay).await;
+        }
+        Ok(version.map(|(v,)| v as u64))
+    }
+
+    /// The version in the database now, uncounted (for the final check).
+    ///
+    /// # Errors
+    /// The SQLite error.
+    pub async fn current(&self, id: u64) -> Result<u64> {
+        let (v,): (i64,) = sqlx::query_as("SELECT version FROM items WHERE id = ?")
+            .bind(id as i64)
+            .fetch_one(&self.pool)
+            .await
+            .context("cannot read an item")?;
+        Ok(v as u64)
+    }
+
+    /// Bumps the row's version; returns the new one.
+    ///
+    /// # Errors
+    /// The SQLite error.
+    pub async fn write(&self, id: u64) -> Result<u64> {
+        let (v,): (i64,) = sqlx::query_as("UPDATE items SET version = version + 1 WHERE id = ? RETURNING version")
+            .bind(id as i64)
+            .fetch_one(&self.pool)
+            .await
+            .context("cannot update an item")?;
+        Ok(v as u64)
+    }
+
+    /// Loader calls so far.
+    pub fn queries(&self) -> u64 {
+        self.queries.load(Ordering::Relaxed)
+    }
+
+    /// Resets the query count.
+    pub fn reset_queries(&self) {
+        self.queries.store(0, Ordering::Relaxed);
+    }
+}
+
+/// Percentile of sorted samples, 0 for none.
+pub fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let rank = ((p / 100.0) * (sorted.len() - 1) as f64).round() as usize;
+    sorted[rank.min(sorted.len() - 1)]
+}
+
+/// Flags of the `race` and `stampede` scenarios.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ScenarioArgs {
+    /// Hot keys of the race.
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=100_000))]
+    pub keys: u64,
+
+    /// Delay between reading a row and answering, in ms (default 20 for
+    /// `race`, 50 for `stampede`).
+    #[arg(long, value_parser = clap::value_parser!(u64).range(0..=60_000))]
+    pub db_read_delay_ms: Option<u64>,
+
+    /// Concurrent readers of the stampede's hot key.
+    #[arg(long, default_value_t = 200, value_parser = clap::value_parser!(u64).range(1..=100_000))]
+    pub clients: u64,
+
+    /// Writer tasks of the race.
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u64).range(1..=1_000))]
+    pub writers: u64,
+
+    /// Pause between one race writer's writes, in ms.
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(0..=60_000))]
+    pub write_interval_ms: u64,
+
+    /// How many times to run the whole scenario.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=1_000))]
+    pub runs: u32,
+
+    /// Race strategies to run, comma-separated (default: all four).
+    #[arg(long, value_delimiter = ',', value_parser = parse_strategy)]
+    pub strategies: Vec<Strategy>,
+}
+
+fn parse_strategy(s: &str) -> std::result::Result<Strategy, String> {
+    s.parse::<Strategy>().map_err(|e| e.to_string())
+}
+
+#[derive(Debug, serde::Serialize)]
+struct Report<T> {
+    scenario: &'static str,
+    store: &'static str,
+    results: Vec<T>,
+}
+
+/// Runs `--scenario race` or `--scenario stampede` and prints its table
+/// (or its JSON with `--json`).
+///
+/// # Errors
+/// Redis unreachable, database failures, or failed reads.
+pub async fn run(args: &DemoArgs) -> Result<()> {
+    let store = StoreChoice::new(args.redis.as_deref());
+    let dir = tempfile::Builder::new()
+        .prefix("aside-scenario-")
+        .tempdir()
+        .context("cannot create a temporary directory for the database")?;
+    let path = args.db.clone().unwrap_or_else(|| dir.path().join("items.db"));
+    let opts = &args.scenario_args;
+    let chatty = !args.json;
+    match args.scenario.as_str() {
+        "race" => {
+            let delay = Duration::from_millis(opts.db_read_delay_ms.unwrap_or(20));
+            let rows = Rows::create(&path, opts.keys, delay).await?;
+            let race = race::RaceOptions {
+                keys: opts.keys,
+                readers: args.concurrency as usize,
+                writers: opts.writers as usize,
+                write_interval: Duration::from_millis(opts.write_interval_ms),
+                duration: Duration::from_secs_f64(args.duration.unwrap_or(3.0)),
+            };
+            let strategies = if opts.strategies.is_empty() {
+                Strategy::all().to_vec()
+            } else {
+                opts.strategies.clone()
+            };
+            let mut results = Vec::new();
+            for run in 1..=opts.runs {
+                for &strategy in &strategies {
+                    if chatty {
+                        eprintln!("race run {run}/{}: {strategy} on {} ...", opts.runs, store.name());
+                    }
+                    results.push(race::run_strategy(&store, &rows, strategy, run, &race).await?);
+                }
+            }
+            print_report(
+                Report {
+                    scenario: "race",
+                    store: store.name(),
+                    results,
+                },
+                args.json,
+                race_table,
+            )
+        }
+        "stampede" => {
+            let delay = Duration::from_millis(opts.db_read_delay_ms.unwrap_or(50));
+            let rows = Rows::create(&path, 1, delay).await?;
+            let mut results = Vec::new();
+            for _ in 1..=opts.runs {
+                for mode in stampede::MODES {
+                    if chatty {
+                        eprintln!("stampede: {mode}, {} readers on {} ...", opts.clients, store.name());
+                    }
+                    results.push(stampede::run_mode(&store, &rows, mode, opts.clients as usize).await?);
+                }
+            }
+            print_report(
+                Report {
+                    scenario: "stampede",
+                    store: store.name(),
+                    results,
+                },
+                args.json,
+                stampede_table,
+            )
+        }
+        other => Err(CliError::new(format!("unknown scenario {other:?}"))),
+    }
+}
+
+fn print_report<T: serde::Serialize>(report: Report<T>, json: bool, table: fn(&[T]) -> String) -> Result<()> {
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string(&report).context("cannot encode the report")?
+        );
+    } else {
+        println!("scenario {} on the {} store", report.scenario, report.store);
+        print!("{}", table(&report.results));
+    }
+    Ok(())
+}
+
+fn race_table(results: &[race::RaceResult]) -> String {
+    let mut out = format!(
+        "{:>4}  {:<14} {:>13} {:>11} {:>9} {:>15} {:>10} {:>7} {:>6} {:>13}\n",
+        "run",
+        "strategy",
+        "stale_entries",
+        "stale_reads",
+        "hit_ratio",
+        "fresh_hit_ratio",
+        "db_queries",
+        "reads",
+        "writes",
+        "fills_refused"
+    );
+    for r in results {
+        out.push_str(&format!(
+            "{:>4}  {:<14} {:>13} {:>11} {:>9.3} {:>15.3} {:>10} {:>7} {:>6} {:>13}\n",
+            r.run,
+            r.strategy,
+            r.stale_entries,
+            r.stale_reads,
+            r.hit_ratio,
+            r.fresh_hit_ratio,
+            r.db_queries,
+            r.reads,
+            r.writes,
+            r.fills_refused
+        ));
+    }
+    out
+}
+
+fn stampede_table(results: &[stampede::StampedeResult]) -> String {
+    let mut out = format!(
+        "{:<11} {:>8} {:>10} {:>9} {:>9} {:>9}\n",
+        "mode", "clients", "db_queries", "p50_ms", "p99_ms", "max_ms"
+    );
+    for r in results {
+        out.push_str(&format!(
+            "{:<11} {:>8} {:>10} {:>9.1} {:>9.1} {:>9.1}\n",
+            r.mode, r.clients, r.db_queries, r.p50_ms, r.p99_ms, r.max_ms
+        ));
+    }
+    out
+}

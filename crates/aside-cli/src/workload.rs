@@ -1,0 +1,419 @@
+//! The workload runner: concurrent reads and writes of user profiles
+//! through a cache namespace, measured.
+//!
+//! Owns the shape of a run ([`Workload`]), the loop each task runs, the
+//! live progress bar, and what a run measured ([`Summary`]). It knows
+//! nothing of command-line flags or output formats, so every scenario
+//! (`demo`, and later others) builds a [`Workload`] and a [`Target`], calls
+//! [`run_workload`] and renders the [`Summary`] as it likes.
+//!
+//! A read is `users.fetch(&id, || db.load_user(id))`: it is a hit when the
+//! cache answered (`Source::Hit`) and a miss otherwise (loaded, coalesced
+//! with another caller's load, or served stale). A write is the database
+//! `UPDATE` followed by `users.invalidate(&id)`, the cache-aside order.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use aside::{Aside, Namespace, Source};
+use hdrhistogram::Histogram;
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
+use serde::Serialize;
+use tokio::sync::Mutex;
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+
+use crate::db::{Db, User};
+use crate::error::{CliError, Context, Result};
+use crate::zipf::Zipf;
+
+/// Highest latency the histograms hold: one minute, in nanoseconds.
+const MAX_LATENCY_NS: u64 = 60_000_000_000;
+/// How often the progress bar is redrawn.
+const PROGRESS_TICK: Duration = Duration::from_millis(100);
+
+/// The shape of a run: how long, how parallel, how skewed, how write-heavy.
+#[derive(Debug, Clone)]
+pub struct Workload {
+    /// How long the tasks issue operations.
+    pub duration: Duration,
+    /// Concurrent tasks, each issuing one operation at a time.
+    pub concurrency: usize,
+    /// Fraction of operations that are writes, in `[0, 1]`.
+    pub write_ratio: f64,
+    /// Zipf exponent of the key popularity (0 is uniform).
+    pub zipf_exponent: f64,
+    /// Keys are user ids `1..=users`; rank 1 (the hottest) is id 1.
+    pub users: u64,
+    /// Draw a progress bar on stderr.
+    pub progress: bool,
+}
+
+/// What a workload runs against: the cache, the namespace of user profiles
+/// and the database behind it.
+#[derive(Debug, Clone)]
+pub struct Target {
+    /// The cache (for its store name and counters).
+    pub cache: Aside,
+    /// The namespace the reads and invalidations go through.
+    pub users: Namespace<u64, User>,
+    /// The database the loader and the writes hit.
+    pub db: Db,
+}
+
+/// What a run measured. Rates and ratios are computed, so renderers only format.
+#[derive(Debug, Clone, Serialize)]
+pub struct Summary {
+    /// Store name (`memory`, `redis`).
+    pub store: String,
+    /// Invalidation strategy of the namespace.
+    pub strategy: String,
+    /// Number of distinct keys (user profiles).
+    pub users: u64,
+    /// Concurrent tasks.
+    pub concurrency: usize,
+    /// Zipf exponent of key popularity.
+    pub zipf_exponent: f64,
+    /// Configured fraction of operations that are writes.
+    pub write_ratio: f64,
+    /// Measured length of the run, seconds.
+    pub duration_s: f64,
+    /// The run was cut short by Ctrl-C.
+    pub interrupted: bool,
+    /// Reads (cache requests).
+    pub requests: u64,
+    /// Writes (database update, then invalidation).
+    pub writes: u64,
+    /// Reads the cache answered.
+    pub hits: u64,
+    /// Reads it did not (`requests - hits`).
+    pub misses: u64,
+    /// `hits / requests`.
+    pub hit_ratio: f64,
+    /// Misses that ran the loader in this call.
+    pub loaded: u64,
+    /// Misses served by another caller's load.
+    pub coalesced: u64,
+    /// Misses served a stale value.
+    pub stale: u64,
+    /// Reads whose user did not exist.
+    pub not_found: u64,
+    /// Loader `SELECT`s that reached the database.
+    pub db_queries: u64,
+    /// `db_queries / requests`.
+    pub db_query_ratio: f64,
+    /// Reads per second.
+    pub throughput_rps: f64,
+    /// Median latency of a hit, microseconds.
+    pub hit_p50_us: f64,
+    /// 99th percentile latency of a hit, microseconds.
+    pub hit_p99_us: f64,
+    /// Median latency of a miss, microseconds.
+    pub miss_p50_us: f64,
+    /// 99th percentile latency of a miss, microseconds.
+    pub miss_p99_us: f64,
+    /// Store calls that failed or timed out (read as misses).
+    pub store_errors: u64,
+    /// Store calls skipped by the open circuit breaker.
+    pub store_skipped: u64,
+    /// Fills refused because a write revoked the lease while loading.
+    pub fills_refused: u64,
+    /// Invalidations the store did not take (queued for replay by aside).
+    pub invalidation_errors: u64,
+}
+
+/// Live counters shared by the tasks, read by the progress bar.
+#[derive(Default)]
+struct Live {
+    requests: AtomicU64,
+    hits: AtomicU64,
+    stop: AtomicBool,
+}
+
+/// One task's measurements, merged at the end (no contention on the hot path).
+struct Tally {
+    hit_latency: Histogram<u64>,
+    miss_latency: Histogram<u64>,
+    writes: u64,
+    loaded: u64,
+    coalesced: u64,
+    stale: u64,
+    not_found: u64,
+    invalidation_errors: u64,
+}
+
+impl Tally {
+    fn new() -> Result<Self> {
+        let histogram =
+            || Histogram::new_with_bounds(1, MAX_LATENCY_NS, 3).context("cannot create a latency histogram");
+        Ok(Tally {
+            hit_latency: histogram()?,
+            miss_latency: histogram()?,
+            writes: 0,
+            loaded: 0,
+            coalesced: 0,
+            stale: 0,
+            not_found: 0,
+            invalidation_errors: 0,
+        })
+    }
+
+    fn merge(&mut self, other: &Tally) -> Result<()> {
+        self.hit_latency
+            .add(&other.hit_latency)
+            .context("cannot merge latency histograms")?;
+        self.miss_latency
+            .add(&other.miss_latency)
+            .context("cannot merge latency histograms")?;
+        self.writes += other.writes;
+        self.loaded += other.loaded;
+        self.coalesced += other.coalesced;
+        self.stale += other.stale;
+        self.not_found += other.not_found;
+        self.invalidation_errors += other.invalidation_errors;
+        Ok(())
+    }
+}
+
+/// Checks a workload before anything runs.
+fn validate(workload: &Workload) -> Result<Zipf> {
+    if workload.concurrency == 0 {
+        return Err(CliError::new("concurrency must be at least 1"));
+    }
+    if workload.duration.is_zero() {
+        return Err(CliError::new("duration must be greater than zero"));
+    }
+    if !(0.0..=1.0).contains(&workload.write_ratio) {
+        return Err(CliError::new(format!(
+            "write ratio must be between 0 and 1, not {}",
+            workload.write_ratio
+        )));
+    }
+    Zipf::new(workload.users, workload.zipf_exponent).context("invalid key distribution")
+}
+
+/// Runs `workload` against `target` and returns what it measured.
+///
+/// Stops at the end of the duration or on Ctrl-C (the summary then covers
+/// the time actually run).
+///
+/// # Errors
+/// An invalid workload, or the first database error of any task (the run
+/// stops there). Store errors are not errors here: aside reads them as
+/// misses and they are counted in the summary.
+pub async fn run_workload(workload: &Workload, target: &Target) -> Result<Summary> {
+    let zipf = Arc::new(validate(workload)?);
+    let live = Arc::new(Live::default());
+    let failure = Arc::new(Mutex::new(None::<CliError>));
+    let stats_before = target.cache.stats();
+    let queries_before = target.db.queries();
+    let started = Instant::now();
+    let deadline = started + workload.duration;
+
+    let mut tasks = JoinSet::new();
+    for _ in 0..workload.concurrency {
+        let ctx = TaskContext {
+            target: target.clone(),
+            zipf: zipf.clone(),
+            live: live.clone(),
+            failure: failure.clone(),
+            write_ratio: workload.write_ratio,
+            deadline,
+        };
+        tasks.spawn(run_task(ctx));
+    }
+
+    let bar = progress_bar(workload);
+    let mut ticker = tokio::time::interval(PROGRESS_TICK);
+    let ctrl_c = tokio::signal::ctrl_c();
+    tokio::pin!(ctrl_c);
+    let mut listening = true;
+    let mut interrupted = false;
+    let mut total = Tally::new()?;
+    let outcome: Result<()> = loop {
+        tokio::select! {
+            joined = tasks.join_next() => match joined {
+                Some(Ok(Ok(tally))) => {
+                    if let Err(e) = total.merge(&tally) {
+                        break Err(e);
+                    }
+                }
+                Some(Ok(Err(e))) => break Err(e),
+                Some(Err(e)) => break Err(CliError::new(format!("a workload task failed: {e}"))),
+                None => break Ok(()),
+            },
+            _ = ticker.tick() => update_progress(&bar, &live, started, workload.duration),
+            signal = &mut ctrl_c, if listening => {
+                listening = false;
+                // An error means no Ctrl-C handler could be installed: run on.
+                if signal.is_ok() {
+                    interrupted = true;
+                    live.stop.store(true, Ordering::Relaxed);
+                    bar.println("interrupted: stopping");
+                }
+            }
+        }
+    };
+    let elapsed = started.elapsed();
+    bar.finish_and_clear();
+    // Returning early drops the JoinSet, which aborts any task still running.
+    outcome?;
+    if let Some(e) = failure.lock().await.take() {
+        return Err(e);
+    }
+
+    let stats = target.cache.stats();
+    let requests = live.requests.load(Ordering::Relaxed);
+    let hits = live.hits.load(Ordering::Relaxed);
+    let db_queries = target.db.queries() - queries_before;
+    let seconds = elapsed.as_secs_f64();
+    Ok(Summary {
+        store: target.cache.store().name().to_owned(),
+        strategy: target.users.strategy().name().to_owned(),
+        users: zipf.ranks(),
+        concurrency: workload.concurrency,
+        zipf_exponent: workload.zipf_exponent,
+        write_ratio: workload.write_ratio,
+        duration_s: seconds,
+        interrupted,
+        requests,
+        writes: total.writes,
+        hits,
+        misses: requests - hits,
+        hit_ratio: ratio(hits, requests),
+        loaded: total.loaded,
+        coalesced: total.coalesced,
+        stale: total.stale,
+        not_found: total.not_found,
+        db_queries,
+        db_query_ratio: ratio(db_queries, requests),
+        throughput_rps: if seconds > 0.0 { requests as f64 / seconds } else { 0.0 },
+        hit_p50_us: quantile_us(&total.hit_latency, 0.50),
+        hit_p99_us: quantile_us(&total.hit_latency, 0.99),
+        miss_p50_us: quantile_us(&total.miss_latency, 0.50),
+        miss_p99_us: quantile_us(&total.miss_latency, 0.99),
+        store_errors: stats.store_errors - stats_before.store_errors,
+        store_skipped: stats.store_skipped - stats_before.store_skipped,
+        fills_refused: stats.fills_refused - stats_before.fills_refused,
+        invalidation_errors: total.invalidation_errors,
+    })
+}
+
+/// `part / whole`, 0 when `whole` is 0.
+fn ratio(part: u64, whole: u64) -> f64 {
+    if whole == 0 { 0.0 } else { part as f64 / whole as f64 }
+}
+
+/// A quantile of a nanosecond histogram, in microseconds (0 when empty).
+fn quantile_us(histogram: &Histogram<u64>, quantile: f64) -> f64 {
+    if histogram.is_empty() {
+        return 0.0;
+    }
+    let ns = histogram.value_at_quantile(quantile);
+    // Whole nanoseconds: avoids printing float noise such as 2.0469999.
+    (ns as f64).round() / 1_000.0
+}
+
+/// What one task needs; owned, so the task is `'static`.
+struct TaskContext {
+    target: Target,
+    zipf: Arc<Zipf>,
+    live: Arc<Live>,
+    failure: Arc<Mutex<Option<CliError>>>,
+    write_ratio: f64,
+    deadline: Instant,
+}
+
+impl TaskContext {
+    /// Records the first failure of the run and stops every task.
+    async fn fail(&self, error: CliError) {
+        self.live.stop.store(true, Ordering::Relaxed);
+        self.failure.lock().await.get_or_insert(error);
+    }
+}
+
+/// One task: operations back to back until the deadline or a stop.
+async fn run_task(ctx: TaskContext) -> Result<Tally> {
+    let mut tally = Tally::new()?;
+    let mut rng = SmallRng::from_rng(&mut rand::rng());
+    let Target { users, db, .. } = &ctx.target;
+    while !ctx.live.stop.load(Ordering::Relaxed) && Instant::now() < ctx.deadline {
+        let id = ctx.zipf.sample(&mut rng);
+        if rng.random_bool(ctx.write_ratio) {
+            if let Err(e) = db.update_user(id, rng.random()).await {
+                ctx.fail(CliError::new(format!("database update of user {id} failed: {e}")))
+                    .await;
+                break;
+            }
+            // Fail-open: an invalidation the store did not take is queued
+            // and replayed by aside; the run goes on and counts it.
+            if users.invalidate(&id).await.is_err() {
+                tally.invalidation_errors += 1;
+            }
+            tally.writes += 1;
+            continue;
+        }
+
+        let started = Instant::now();
+        let fetched = users.fetch(&id, || db.load_user(id)).await;
+        let latency = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        let fetched = match fetched {
+            Ok(fetched) => fetched,
+            Err(e) => {
+                ctx.fail(CliError::new(format!("read of user {id} failed: {e}"))).await;
+                break;
+            }
+        };
+        ctx.live.requests.fetch_add(1, Ordering::Relaxed);
+        if fetched.value.is_none() {
+            tally.not_found += 1;
+        }
+        if fetched.source == Source::Hit {
+            ctx.live.hits.fetch_add(1, Ordering::Relaxed);
+            tally.hit_latency.saturating_record(latency);
+        } else {
+            tally.miss_latency.saturating_record(latency);
+            match fetched.source {
+                Source::Coalesced => tally.coalesced += 1,
+                Source::Stale => tally.stale += 1,
+                _ => tally.loaded += 1,
+            }
+        }
+    }
+    Ok(tally)
+}
+
+/// A bar on stderr measuring elapsed time against the duration, or a hidden
+/// one when progress is off.
+fn progress_bar(workload: &Workload) -> ProgressBar {
+    if !workload.progress {
+        return ProgressBar::hidden();
+    }
+    let length = u64::try_from(workload.duration.as_millis()).unwrap_or(u64::MAX);
+    let bar = ProgressBar::with_draw_target(Some(length), ProgressDrawTarget::stderr());
+    let style = ProgressStyle::with_template("{spinner:.green} [{bar:30.cyan/blue}] {msg}")
+        .unwrap_or_else(|_| ProgressStyle::default_bar())
+        .progress_chars("=> ");
+    bar.set_style(style);
+    bar
+}
+
+fn update_progress(bar: &ProgressBar, live: &Live, started: Instant, duration: Duration) {
+    if bar.is_hidden() {
+        return;
+    }
+    let elapsed = started.elapsed().min(duration);
+    let requests = live.requests.load(Ordering::Relaxed);
+    let hits = live.hits.load(Ordering::Relaxed);
+    bar.set_position(u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX));
+    bar.set_message(format!(
+        "{:.1}s / {}s  {} requests  hit ratio {:.1}%",
+        elapsed.as_secs_f64(),
+        duration.as_secs_f64(),
+        crate::report::count(requests),
+        ratio(hits, requests) * 100.0
+    ));
+}
