@@ -1,0 +1,87 @@
+//! End-to-end tests of `aside demo --scenario race|stampede`, on the
+//! in-process store and on a redis-server of the test's own.
+
+use std::process::Command;
+
+use aside_testkit::RedisServer;
+
+fn scenario_json(args: &[&str]) -> serde_json::Value {
+    let out = Command::new(env!("CARGO_BIN_EXE_aside"))
+        .args(["demo", "--json"])
+        .args(args)
+        .output()
+        .expect("the aside binary runs");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "demo failed: {stderr}");
+    serde_json::from_slice(&out.stdout).expect("stdout is one JSON object")
+}
+
+fn results(report: &serde_json::Value) -> &Vec<serde_json::Value> {
+    report["results"].as_array().expect("results is an array")
+}
+
+fn check_race(report: &serde_json::Value) {
+    assert_eq!(report["scenario"], "race");
+    let rows = results(report);
+    let names: Vec<_> = rows.iter().map(|r| r["strategy"].as_str().unwrap()).collect();
+    assert_eq!(names, ["delete", "double-delete", "versioned", "lease"]);
+    for row in rows {
+        for field in ["stale_entries", "stale_reads", "hit_ratio", "db_queries"] {
+            assert!(row[field].is_number(), "{field} missing in {row}");
+        }
+        assert!(row["reads"].as_u64().unwrap() > 0, "{row}");
+        assert!(row["writes"].as_u64().unwrap() > 0, "{row}");
+    }
+    let lease = &rows[3];
+    assert_eq!(lease["stale_entries"], 0, "lease leaves no stale entry: {lease}");
+    assert_eq!(lease["stale_reads"], 0, "lease serves no stale read: {lease}");
+}
+
+fn check_stampede(report: &serde_json::Value, clients: u64) {
+    assert_eq!(report["scenario"], "stampede");
+    let rows = results(report);
+    let queries = |mode: &str| {
+        rows.iter()
+            .find(|r| r["mode"] == mode)
+            .and_then(|r| r["db_queries"].as_u64())
+            .unwrap_or_else(|| panic!("mode {mode} missing in {report}"))
+    };
+    // Every reader that looks before the first fill lands loads: nearly all.
+    assert!(queries("none") >= clients / 2, "no protection: readers load in parallel");
+    assert_eq!(queries("aside"), 1, "single-flight and a lease: one load");
+    assert!(queries("lock-sleep") >= 1);
+    for row in rows {
+        assert!(
+            row["p50_ms"].as_f64().unwrap() <= row["p99_ms"].as_f64().unwrap(),
+            "{row}"
+        );
+    }
+}
+
+#[test]
+fn race_on_memory_lease_stays_fresh() {
+    check_race(&scenario_json(&["--scenario", "race", "--duration", "1"]));
+}
+
+#[test]
+fn race_on_redis_lease_stays_fresh() {
+    let server = RedisServer::start();
+    check_race(&scenario_json(&[
+        "--scenario",
+        "race",
+        "--duration",
+        "1",
+        "--redis",
+        &server.url(),
+    ]));
+}
+
+#[test]
+fn stampede_on_memory_and_redis_loads_once_with_aside() {
+    check_stampede(&scenario_json(&["--scenario", "stampede", "--clients", "100"]), 100);
+    let server = RedisServer::start();
+    check_stampede(
+        &scenario_json(&["--scenario", "stampede", "--clients", "100", "--redis", &server.url()]),
+        100,
+    );
+}
