@@ -47,7 +47,10 @@ fn check_stampede(report: &serde_json::Value, clients: u64) {
             .unwrap_or_else(|| panic!("mode {mode} missing in {report}"))
     };
     // Every reader that looks before the first fill lands loads: nearly all.
-    assert!(queries("none") >= clients / 2, "no protection: readers load in parallel");
+    assert!(
+        queries("none") >= clients / 2,
+        "no protection: readers load in parallel"
+    );
     assert_eq!(queries("aside"), 1, "single-flight and a lease: one load");
     assert!(queries("lock-sleep") >= 1);
     for row in rows {
