@@ -171,6 +171,51 @@ async fn ttl_expires_values(store: &dyn Store) {
     .await;
 }
 
+async fn batch_operations_match_single_ones(store: &dyn Store) {
+    let keys: Vec<String> = (0..5).map(|i| format!("b:{i}")).collect();
+    store
+        .set_many(keys[..3].iter().map(|k| (k.clone(), b(k), TTL)).collect())
+        .await
+        .unwrap();
+    let got = store.get_many(&keys).await.unwrap();
+    assert_eq!(got, vec![Some(b("b:0")), Some(b("b:1")), Some(b("b:2")), None, None]);
+
+    let entries: Vec<(String, LeaseToken)> = (0..4).map(|i| (format!("be:{i}"), LeaseToken::random())).collect();
+    store.put_entry("be:0", b("cached"), TTL).await.unwrap();
+    let outcomes = store.lookup_or_lease_many(&entries, LEASE).await.unwrap();
+    assert_eq!(outcomes[0], LeaseOutcome::Hit(b("cached")));
+    for (outcome, (_, token)) in outcomes[1..].iter().zip(&entries[1..]) {
+        assert_eq!(
+            outcome,
+            &LeaseOutcome::Granted {
+                token: *token,
+                stale: None
+            }
+        );
+    }
+    let views = store
+        .peek_many(&entries.iter().map(|(k, _)| k.clone()).collect::<Vec<_>>())
+        .await
+        .unwrap();
+    assert_eq!(views[0].value, Some(b("cached")));
+    assert_eq!(views[1].lease, Some(entries[1].1));
+    store.invalidate("be:2", None).await.unwrap();
+    let fills = entries[1..]
+        .iter()
+        .map(|(key, token)| aside::store::Fill {
+            key: key.clone(),
+            token: *token,
+            value: b("loaded"),
+            ttl: TTL,
+        })
+        .collect();
+    assert_eq!(
+        store.fill_many(fills).await.unwrap(),
+        vec![FillOutcome::Stored, FillOutcome::Refused, FillOutcome::Stored],
+        "the fill of the invalidated key is refused, the others stored"
+    );
+}
+
 macro_rules! contract {
     ($($case:ident),* $(,)?) => {
         mod memory {
@@ -209,4 +254,5 @@ contract!(
     release_frees_the_key_for_the_next_loader,
     stale_values_are_offered_while_loading,
     ttl_expires_values,
+    batch_operations_match_single_ones,
 );

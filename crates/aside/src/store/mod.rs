@@ -104,6 +104,19 @@ pub enum LeaseOutcome {
     },
 }
 
+/// One fill of [`Store::fill_many`].
+#[derive(Debug, Clone)]
+pub struct Fill {
+    /// The entry's key.
+    pub key: String,
+    /// The lease the value was loaded under.
+    pub token: LeaseToken,
+    /// The encoded value.
+    pub value: Bytes,
+    /// Its TTL.
+    pub ttl: Duration,
+}
+
 /// What [`Store::fill`] did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
@@ -168,4 +181,54 @@ pub trait Store: Send + Sync + 'static {
 
     /// Checks that the store answers.
     async fn ping(&self) -> StoreResult<()>;
+
+    /// [`Store::get`] for many keys, in one round trip where the store can.
+    /// The default runs them one by one.
+    async fn get_many(&self, keys: &[String]) -> StoreResult<Vec<Option<Bytes>>> {
+        let mut out = Vec::with_capacity(keys.len());
+        for key in keys {
+            out.push(self.get(key).await?);
+        }
+        Ok(out)
+    }
+
+    /// [`Store::peek_entry`] for many keys, in one round trip where the store can.
+    async fn peek_many(&self, keys: &[String]) -> StoreResult<Vec<EntryView>> {
+        let mut out = Vec::with_capacity(keys.len());
+        for key in keys {
+            out.push(self.peek_entry(key).await?);
+        }
+        Ok(out)
+    }
+
+    /// [`Store::lookup_or_lease`] for many keys (one token each), in one
+    /// round trip where the store can. Each key is still atomic on its own.
+    async fn lookup_or_lease_many(
+        &self,
+        keys: &[(String, LeaseToken)],
+        lease_ttl: Duration,
+    ) -> StoreResult<Vec<LeaseOutcome>> {
+        let mut out = Vec::with_capacity(keys.len());
+        for (key, token) in keys {
+            out.push(self.lookup_or_lease(key, *token, lease_ttl).await?);
+        }
+        Ok(out)
+    }
+
+    /// [`Store::fill`] for many entries, in one round trip where the store can.
+    async fn fill_many(&self, fills: Vec<Fill>) -> StoreResult<Vec<FillOutcome>> {
+        let mut out = Vec::with_capacity(fills.len());
+        for fill in fills {
+            out.push(self.fill(&fill.key, fill.token, fill.value, fill.ttl).await?);
+        }
+        Ok(out)
+    }
+
+    /// [`Store::set`] for many keys, in one round trip where the store can.
+    async fn set_many(&self, items: Vec<(String, Bytes, Duration)>) -> StoreResult<()> {
+        for (key, value, ttl) in items {
+            self.set(&key, value, ttl).await?;
+        }
+        Ok(())
+    }
 }

@@ -20,7 +20,7 @@ use bytes::Bytes;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{RedisError, Script};
 
-use super::{EntryView, FillOutcome, LeaseOutcome, LeaseToken, Store, StoreError, StoreResult};
+use super::{EntryView, Fill, FillOutcome, LeaseOutcome, LeaseToken, Store, StoreError, StoreResult};
 
 /// Connection settings of a [`RedisStore`].
 #[derive(Debug, Clone)]
@@ -101,6 +101,15 @@ fn store_error(e: RedisError) -> StoreError {
     }
 }
 
+fn lease_outcome(code: i64, value: Option<Bytes>, token: LeaseToken) -> StoreResult<LeaseOutcome> {
+    match (code, value) {
+        (1, Some(v)) => Ok(LeaseOutcome::Hit(v)),
+        (2, stale) => Ok(LeaseOutcome::Busy { stale }),
+        (3, stale) => Ok(LeaseOutcome::Granted { token, stale }),
+        (code, _) => Err(StoreError::Server(format!("lookup_or_lease returned code {code}"))),
+    }
+}
+
 fn ttl_ms(ttl: Duration) -> u64 {
     u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1)
 }
@@ -133,6 +142,25 @@ impl RedisStore {
             conn,
             scripts: std::sync::Arc::new(Scripts::new()),
         })
+    }
+
+    /// Runs a pipeline of `EVALSHA`s of `source`; if the server does not
+    /// know the script (first use, or after a restart), loads it and runs
+    /// the pipeline again. `Script` does this for single calls; pipelines
+    /// need it by hand.
+    async fn query_scripted<T: redis::FromRedisValue>(&self, pipe: &redis::Pipeline, source: &str) -> StoreResult<T> {
+        match pipe.query_async(&mut self.conn.clone()).await {
+            Err(e) if e.code() == Some("NOSCRIPT") => {
+                redis::cmd("SCRIPT")
+                    .arg("LOAD")
+                    .arg(source)
+                    .exec_async(&mut self.conn.clone())
+                    .await
+                    .map_err(store_error)?;
+                pipe.query_async(&mut self.conn.clone()).await.map_err(store_error)
+            }
+            other => other.map_err(store_error),
+        }
     }
 
     /// A clone of the underlying connection, for callers that need commands
@@ -230,13 +258,7 @@ impl Store for RedisStore {
             .invoke_async(&mut self.conn.clone())
             .await
             .map_err(store_error)?;
-        let value = value.map(Bytes::from);
-        match (code, value) {
-            (1, Some(v)) => Ok(LeaseOutcome::Hit(v)),
-            (2, stale) => Ok(LeaseOutcome::Busy { stale }),
-            (3, stale) => Ok(LeaseOutcome::Granted { token, stale }),
-            (code, _) => Err(StoreError::Server(format!("lookup_or_lease returned code {code}"))),
-        }
+        lease_outcome(code, value.map(Bytes::from), token)
     }
 
     async fn fill(&self, key: &str, token: LeaseToken, value: Bytes, ttl: Duration) -> StoreResult<FillOutcome> {
@@ -292,6 +314,93 @@ impl Store for RedisStore {
             .await
             .map_err(store_error)?;
         Ok(())
+    }
+
+    async fn get_many(&self, keys: &[String]) -> StoreResult<Vec<Option<Bytes>>> {
+        // A pipeline of GETs, not MGET: one round trip either way, and it
+        // stays valid in Redis Cluster when the keys live in different slots.
+        let mut pipe = redis::pipe();
+        for key in keys {
+            pipe.cmd("GET").arg(key);
+        }
+        let values: Vec<Option<Vec<u8>>> = pipe.query_async(&mut self.conn.clone()).await.map_err(store_error)?;
+        Ok(values.into_iter().map(|v| v.map(Bytes::from)).collect())
+    }
+
+    async fn peek_many(&self, keys: &[String]) -> StoreResult<Vec<EntryView>> {
+        let mut pipe = redis::pipe();
+        for key in keys {
+            pipe.cmd("HMGET").arg(key).arg("v").arg("s").arg("t");
+        }
+        type Row = (Option<Vec<u8>>, Option<Vec<u8>>, Option<u64>);
+        let rows: Vec<Row> = pipe.query_async(&mut self.conn.clone()).await.map_err(store_error)?;
+        Ok(rows
+            .into_iter()
+            .map(|(value, stale, lease)| EntryView {
+                value: value.map(Bytes::from),
+                stale: stale.is_some(),
+                lease: lease.map(LeaseToken),
+            })
+            .collect())
+    }
+
+    async fn lookup_or_lease_many(
+        &self,
+        keys: &[(String, LeaseToken)],
+        lease_ttl: Duration,
+    ) -> StoreResult<Vec<LeaseOutcome>> {
+        let script = &self.scripts.lookup_or_lease;
+        let mut pipe = redis::pipe();
+        for (key, token) in keys {
+            pipe.cmd("EVALSHA")
+                .arg(script.get_hash())
+                .arg(1)
+                .arg(key)
+                .arg(token.0)
+                .arg(ttl_ms(lease_ttl));
+        }
+        let rows: Vec<(i64, Option<Vec<u8>>)> = self.query_scripted(&pipe, include_str!("lookup_or_lease.lua")).await?;
+        rows.into_iter()
+            .zip(keys)
+            .map(|((code, value), (_, token))| lease_outcome(code, value.map(Bytes::from), *token))
+            .collect()
+    }
+
+    async fn fill_many(&self, fills: Vec<Fill>) -> StoreResult<Vec<FillOutcome>> {
+        let mut pipe = redis::pipe();
+        for fill in &fills {
+            pipe.cmd("EVALSHA")
+                .arg(self.scripts.fill.get_hash())
+                .arg(1)
+                .arg(&fill.key)
+                .arg(fill.token.0)
+                .arg(fill.value.as_ref())
+                .arg(ttl_ms(fill.ttl));
+        }
+        let stored: Vec<i64> = self.query_scripted(&pipe, include_str!("fill.lua")).await?;
+        Ok(stored
+            .into_iter()
+            .map(|s| {
+                if s == 1 {
+                    FillOutcome::Stored
+                } else {
+                    FillOutcome::Refused
+                }
+            })
+            .collect())
+    }
+
+    async fn set_many(&self, items: Vec<(String, Bytes, Duration)>) -> StoreResult<()> {
+        let mut pipe = redis::pipe();
+        for (key, value, ttl) in &items {
+            pipe.cmd("SET")
+                .arg(key)
+                .arg(value.as_ref())
+                .arg("PX")
+                .arg(ttl_ms(*ttl))
+                .ignore();
+        }
+        pipe.exec_async(&mut self.conn.clone()).await.map_err(store_error)
     }
 
     async fn ping(&self) -> StoreResult<()> {
