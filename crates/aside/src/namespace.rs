@@ -206,6 +206,56 @@ where
         self.inner.fetch(&full, loader).await
     }
 
+    /// Returns the values of `keys`: cached ones from one store round trip,
+    /// missing ones from ONE call of `loader`, which gets the missing keys
+    /// and returns what it found; the found values are filled in one more
+    /// round trip. A key the loader does not return is absent from the result
+    /// (and not cached).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> aside::Result<()> {
+    /// use std::collections::HashMap;
+    /// let cache = aside::Aside::builder().build();
+    /// let names = cache.namespace::<u64, String>("name").build()?;
+    /// let found = names
+    ///     .get_many_or_load(&[1, 2, 3], |missing| async move {
+    ///         // One query for all of them: SELECT ... WHERE id IN (...)
+    ///         Ok::<_, std::io::Error>(missing.into_iter().filter(|id| *id != 2).map(|id| (id, format!("user {id}"))).collect::<HashMap<_, _>>())
+    ///     })
+    ///     .await?;
+    /// assert_eq!(found.len(), 2);
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    /// [`ErrorKind::InvalidKey`] for a bad key; [`ErrorKind::Loader`] when the loader fails.
+    ///
+    /// # Concurrent calls
+    /// Keys another caller in this process is already loading are awaited,
+    /// not loaded again; with [`Strategy::Lease`] each key takes its own
+    /// lease and fill, as in [`Namespace::get_or_load`]. The loader may be
+    /// called again for keys whose awaited load settled before this call
+    /// began (they are looked up again first).
+    pub async fn get_many_or_load<F, Fut, E>(&self, keys: &[K], loader: F) -> Result<std::collections::HashMap<K, V>>
+    where
+        K: std::hash::Hash + Eq + Clone + Sized,
+        F: FnMut(Vec<K>) -> Fut,
+        Fut: Future<Output = std::result::Result<std::collections::HashMap<K, V>, E>>,
+        E: std::error::Error + Send + Sync + 'static,
+    {
+        let mut seen = std::collections::HashSet::with_capacity(keys.len());
+        let mut pairs = Vec::with_capacity(keys.len());
+        for key in keys {
+            let full = self.store_key(key)?;
+            if seen.insert(full.clone()) {
+                pairs.push((key.clone(), full));
+            }
+        }
+        self.inner.fetch_many(pairs, loader).await
+    }
+
     /// Returns the cached value of `key` without loading. A store failure
     /// reads as `None` (and is counted).
     ///

@@ -64,8 +64,21 @@ impl<V: Clone + Send + Sync + 'static> NsInner<V> {
         self.core.record(&self.metrics, event);
     }
 
-    async fn call<T>(&self, fut: impl Future<Output = crate::store::StoreResult<T>>) -> Result<T> {
+    pub(crate) async fn call<T>(&self, fut: impl Future<Output = crate::store::StoreResult<T>>) -> Result<T> {
         self.core.call_for(&self.metrics, fut).await
+    }
+
+    /// The key an invalidation of `full` is queued under while the store is away.
+    pub(crate) fn pending_key<'a>(&self, full: &'a str) -> std::borrow::Cow<'a, str> {
+        match self.strategy {
+            Strategy::Versioned => std::borrow::Cow::Owned(Self::version_key(full)),
+            _ => std::borrow::Cow::Borrowed(full),
+        }
+    }
+
+    pub(crate) fn parse_version(raw: Option<Bytes>) -> u64 {
+        raw.and_then(|b| std::str::from_utf8(&b).ok().and_then(|s| s.parse().ok()))
+            .unwrap_or(0)
     }
 
     fn next_seq(&self) -> u64 {
@@ -114,7 +127,7 @@ impl<V: Clone + Send + Sync + 'static> NsInner<V> {
     }
 
     /// Decodes a hit; corrupt bytes are counted, deleted and read as a miss.
-    async fn decode_hit(&self, key: &str, bytes: &[u8]) -> Option<V> {
+    pub(crate) async fn decode_hit(&self, key: &str, bytes: &[u8]) -> Option<V> {
         match self.decode(bytes) {
             Ok(v) => Some(v),
             Err(e) => {
@@ -128,7 +141,7 @@ impl<V: Clone + Send + Sync + 'static> NsInner<V> {
 
     /// The current value in the store, if any. Store failures read as a miss.
     pub(crate) async fn read_cached(&self, full: &str) -> Cached<V> {
-        if self.core.retry.is_pending(full) {
+        if self.core.retry.is_pending(&self.pending_key(full)) {
             return Cached::Miss {
                 version: None,
                 lease: None,
@@ -186,9 +199,7 @@ impl<V: Clone + Send + Sync + 'static> NsInner<V> {
 
     pub(crate) async fn read_version(&self, full: &str) -> Result<u64> {
         let raw = self.call(self.core.store.get(&Self::version_key(full))).await?;
-        Ok(raw
-            .and_then(|b| std::str::from_utf8(&b).ok().and_then(|s| s.parse().ok()))
-            .unwrap_or(0))
+        Ok(Self::parse_version(raw))
     }
 
     pub(crate) async fn fetch<F, Fut, E>(&self, full: &str, mut loader: F) -> Result<Fetched<V>>
@@ -319,7 +330,7 @@ impl<V: Clone + Send + Sync + 'static> NsInner<V> {
         Fut: Future<Output = std::result::Result<Option<V>, E>>,
         E: std::error::Error + Send + Sync + 'static,
     {
-        if self.core.retry.is_pending(full) {
+        if self.core.retry.is_pending(&self.pending_key(full)) {
             // An invalidation of this key has not reached the store: neither
             // trust nor refill it until it has.
             return self.load_uncached(loader).await;

@@ -61,16 +61,57 @@ pub enum Role {
 
 struct LeaderGuard<'a, T> {
     flight: &'a SingleFlight<T>,
-    key: &'a str,
+    key: String,
     rx: watch::Receiver<Option<T>>,
 }
 
 impl<T> Drop for LeaderGuard<'_, T> {
     fn drop(&mut self) {
         let mut map = self.flight.in_flight.lock().unwrap_or_else(|e| e.into_inner());
-        if map.get(self.key).is_some_and(|f| f.rx.same_channel(&self.rx)) {
-            map.remove(self.key);
+        if map.get(&self.key).is_some_and(|f| f.rx.same_channel(&self.rx)) {
+            map.remove(&self.key);
         }
+    }
+}
+
+/// What [`SingleFlight::begin`] made of a caller.
+pub enum Begin<'a, T> {
+    /// This caller runs the work and must [`Leader::publish`] its result.
+    Lead(Leader<'a, T>),
+    /// Another caller runs it; wait with [`Waiter::wait`].
+    Wait(Waiter<T>),
+}
+
+/// The leader of one flight. Dropping it unpublished wakes the waiters,
+/// who then retry (one becomes the new leader).
+pub struct Leader<'a, T> {
+    guard: LeaderGuard<'a, T>,
+    tx: watch::Sender<Option<T>>,
+    tag: Arc<AtomicU64>,
+}
+
+impl<T> Leader<'_, T> {
+    /// The flight's tag, for callers deciding whether to join.
+    pub fn tag(&self) -> &AtomicU64 {
+        &self.tag
+    }
+
+    /// Hands `value` to every waiter and ends the flight.
+    pub fn publish(self, value: T) {
+        self.tx.send_replace(Some(value));
+        drop(self.guard);
+    }
+}
+
+/// A caller waiting for another's flight.
+pub struct Waiter<T> {
+    rx: watch::Receiver<Option<T>>,
+}
+
+impl<T: Clone> Waiter<T> {
+    /// The leader's result, or `None` if the leader was dropped without one.
+    pub async fn wait(mut self) -> Option<T> {
+        self.rx.wait_for(Option::is_some).await.ok().and_then(|v| v.clone())
     }
 }
 
@@ -106,39 +147,51 @@ impl<T: Clone> SingleFlight<T> {
     {
         let mut work = Some(work);
         loop {
-            let joined = {
-                let mut map = self.in_flight.lock().unwrap_or_else(|e| e.into_inner());
-                match map.get(key) {
-                    Some(f) if join(f.tag.load(std::sync::atomic::Ordering::Acquire)) => Err(f.rx.clone()),
-                    _ => {
-                        let (tx, rx) = watch::channel(None);
-                        let tag = Arc::new(AtomicU64::new(0));
-                        map.insert(
-                            key.to_owned(),
-                            Flight {
-                                rx: rx.clone(),
-                                tag: tag.clone(),
-                            },
-                        );
-                        Ok((tx, rx, tag))
-                    }
-                }
-            };
-            match joined {
-                Ok((tx, rx, tag)) => {
-                    let guard = LeaderGuard { flight: self, key, rx };
+            match self.begin(key, &join) {
+                Begin::Lead(leader) => {
                     let work = work.take().expect("a call leads at most once");
-                    let out = work(tag).await;
-                    tx.send_replace(Some(out.clone()));
-                    drop(guard);
+                    let out = work(leader.tag.clone()).await;
+                    leader.publish(out.clone());
                     return (out, Role::Leader);
                 }
-                Err(mut rx) => {
-                    if let Ok(out) = rx.wait_for(Option::is_some).await {
-                        return (out.clone().expect("checked by wait_for"), Role::Waiter);
+                Begin::Wait(waiter) => {
+                    if let Some(out) = waiter.wait().await {
+                        return (out, Role::Waiter);
                     }
                     // The leader was dropped without publishing: try to lead.
                 }
+            }
+        }
+    }
+
+    /// Joins the flight of `key` if there is one and `join(tag)` holds, or
+    /// starts one (replacing a declined one for later callers). For callers
+    /// that lead several keys at once, such as a batch load.
+    pub fn begin(&self, key: &str, join: impl Fn(u64) -> bool) -> Begin<'_, T> {
+        let mut map = self.in_flight.lock().unwrap_or_else(|e| e.into_inner());
+        match map.get(key) {
+            Some(f) if join(f.tag.load(std::sync::atomic::Ordering::Acquire)) => {
+                Begin::Wait(Waiter { rx: f.rx.clone() })
+            }
+            _ => {
+                let (tx, rx) = watch::channel(None);
+                let tag = Arc::new(AtomicU64::new(0));
+                map.insert(
+                    key.to_owned(),
+                    Flight {
+                        rx: rx.clone(),
+                        tag: tag.clone(),
+                    },
+                );
+                Begin::Lead(Leader {
+                    guard: LeaderGuard {
+                        flight: self,
+                        key: key.to_owned(),
+                        rx,
+                    },
+                    tx,
+                    tag,
+                })
             }
         }
     }

@@ -1,0 +1,311 @@
+//! Batch reads: `get_many_or_load` without N+1.
+//!
+//! Owns the batch read path: one store round trip to look up every key,
+//! ONE loader call for all the keys this call leads, one round trip to fill
+//! them. Per-key guarantees are those of the single-key path: keys another
+//! caller in this process is loading are awaited through single-flight, not
+//! loaded twice; with `Lease`, a lease per key, fenced fills, and a waiter
+//! takes a leader's value only if its read began before the value settled.
+//! Keys whose value it may not take are looked up again in a next round.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::hash::Hash;
+use std::sync::atomic::Ordering;
+
+use bytes::Bytes;
+use tokio::time::Instant;
+
+use super::single_flight::{Begin, Leader};
+use crate::error::{Error, Result};
+use crate::metrics::Event;
+use crate::namespace::{NsInner, Settled, Shared, Source};
+use crate::policy::{Strategy, jittered};
+use crate::store::{Fill, FillOutcome, LeaseOutcome, LeaseToken};
+
+/// Rounds before the remaining keys are loaded without the cache.
+const MAX_ROUNDS: usize = 3;
+
+impl<V: Clone + Send + Sync + 'static> NsInner<V> {
+    /// Looks `keys` up (`(key, full store key)`, deduplicated by the caller)
+    /// and loads the missing ones with one call of `loader` per round.
+    pub(crate) async fn fetch_many<K, F, Fut, E>(&self, keys: Vec<(K, String)>, mut loader: F) -> Result<HashMap<K, V>>
+    where
+        K: Hash + Eq + Clone,
+        F: FnMut(Vec<K>) -> Fut,
+        Fut: Future<Output = std::result::Result<HashMap<K, V>, E>>,
+        E: std::error::Error + Send + Sync + 'static,
+    {
+        let mut found = HashMap::with_capacity(keys.len());
+        let mut remaining = keys;
+        for round in 0..MAX_ROUNDS {
+            if remaining.is_empty() {
+                break;
+            }
+            let began = self.read_seq.fetch_add(1, Ordering::SeqCst);
+            let misses = self
+                .lookup_many(&std::mem::take(&mut remaining), round == 0, &mut found)
+                .await;
+            if misses.is_empty() {
+                break;
+            }
+            // Lead the keys nobody in this process is loading; wait for the rest.
+            let mut led = Vec::new();
+            let mut waiting = Vec::new();
+            for (key, full, flight_key, lease) in misses {
+                match self
+                    .flight
+                    .begin(&flight_key, |held| held == 0 || lease.is_some_and(|t| t.0 == held))
+                {
+                    Begin::Lead(leader) => led.push((key, flight_key, leader)),
+                    Begin::Wait(waiter) => waiting.push((key, full, waiter)),
+                }
+            }
+            if !led.is_empty() {
+                self.load_led(led, &mut loader, &mut found).await?;
+            }
+            for (key, full, waiter) in waiting {
+                match waiter.wait().await {
+                    Some(Ok(settled)) if settled.settled_at > began => {
+                        self.record(Event::Coalesced);
+                        if let Some(v) = settled.value {
+                            found.insert(key, v);
+                        }
+                    }
+                    Some(Err(e)) => return Err(e),
+                    // Settled before this read began, or the leader gave up: look again.
+                    _ => remaining.push((key, full)),
+                }
+            }
+        }
+        if !remaining.is_empty() {
+            self.record(Event::Load);
+            let keys: Vec<K> = remaining.into_iter().map(|(k, _)| k).collect();
+            found.extend(loader(keys).await.map_err(|e| {
+                self.record(Event::LoadError);
+                Error::loader(e)
+            })?);
+        }
+        Ok(found)
+    }
+
+    /// One round trip to the store (two for `Versioned`); hits go into
+    /// `found`, misses come back as `(key, full key, key to load and fill
+    /// under, lease seen)`.
+    async fn lookup_many<K: Hash + Eq + Clone>(
+        &self,
+        keys: &[(K, String)],
+        count: bool,
+        found: &mut HashMap<K, V>,
+    ) -> Vec<(K, String, String, Option<LeaseToken>)> {
+        let fulls: Vec<String> = keys.iter().map(|(_, f)| f.clone()).collect();
+        let store = &self.core.store;
+        let looked: Vec<(Option<Bytes>, Option<LeaseToken>)> = match self.strategy {
+            Strategy::Lease => match self.call(store.peek_many(&fulls)).await {
+                Ok(views) => views
+                    .into_iter()
+                    .map(|v| (v.value.filter(|_| !v.stale), v.lease))
+                    .collect(),
+                Err(_) => vec![(None, None); keys.len()],
+            },
+            Strategy::Versioned => {
+                // Two round trips: the versions, then the data under them.
+                let version_keys: Vec<String> = fulls.iter().map(|f| Self::version_key(f)).collect();
+                let Ok(versions) = self.call(store.get_many(&version_keys)).await else {
+                    return keys
+                        .iter()
+                        .map(|(k, f)| (k.clone(), f.clone(), f.clone(), None))
+                        .collect();
+                };
+                let data_keys: Vec<String> = fulls
+                    .iter()
+                    .zip(versions)
+                    .map(|(f, v)| Self::versioned_key(f, Self::parse_version(v)))
+                    .collect();
+                let values = self.call(store.get_many(&data_keys)).await.unwrap_or_default();
+                let mut misses = Vec::new();
+                for (i, (key, full)) in keys.iter().enumerate() {
+                    let hit = match values.get(i).cloned().flatten() {
+                        Some(bytes) => self.decode_hit(&data_keys[i], &bytes).await,
+                        None => None,
+                    };
+                    self.count_lookup(count, hit.is_some());
+                    match hit {
+                        Some(v) => drop(found.insert(key.clone(), v)),
+                        None => misses.push((key.clone(), full.clone(), data_keys[i].clone(), None)),
+                    }
+                }
+                return misses;
+            }
+            _ => match self.call(store.get_many(&fulls)).await {
+                Ok(values) => values.into_iter().map(|v| (v, None)).collect(),
+                Err(_) => vec![(None, None); keys.len()],
+            },
+        };
+        let mut misses = Vec::new();
+        for (i, (key, full)) in keys.iter().enumerate() {
+            let (bytes, lease) = looked.get(i).cloned().unwrap_or((None, None));
+            let pending = self.core.retry.is_pending(&self.pending_key(full));
+            let hit = match bytes {
+                Some(bytes) if !pending => self.decode_hit(full, &bytes).await,
+                _ => None,
+            };
+            self.count_lookup(count, hit.is_some());
+            match hit {
+                Some(v) => drop(found.insert(key.clone(), v)),
+                None => misses.push((key.clone(), full.clone(), full.clone(), lease)),
+            }
+        }
+        misses
+    }
+
+    fn count_lookup(&self, count: bool, hit: bool) {
+        if count {
+            self.record(if hit { Event::Hit } else { Event::Miss });
+        }
+    }
+
+    /// Loads the keys this call leads with one loader call, fills them in
+    /// one round trip, and publishes each to its waiters.
+    async fn load_led<K, F, Fut, E>(
+        &self,
+        led: Vec<(K, String, Leader<'_, Shared<V>>)>,
+        loader: &mut F,
+        found: &mut HashMap<K, V>,
+    ) -> Result<()>
+    where
+        K: Hash + Eq + Clone,
+        F: FnMut(Vec<K>) -> Fut,
+        Fut: Future<Output = std::result::Result<HashMap<K, V>, E>>,
+        E: std::error::Error + Send + Sync + 'static,
+    {
+        let store = &self.core.store;
+        let lease_mode = self.strategy == Strategy::Lease;
+        let mut tokens: Vec<Option<LeaseToken>> = vec![None; led.len()];
+        // Before the lease round trip: a value another process filled is
+        // settled no earlier than this.
+        let looked_at = self.read_seq.fetch_add(1, Ordering::SeqCst);
+        let mut to_load = vec![true; led.len()];
+        if lease_mode {
+            let asks: Vec<(String, LeaseToken)> =
+                led.iter().map(|(_, f, _)| (f.clone(), LeaseToken::random())).collect();
+            if let Ok(outcomes) = self.call(store.lookup_or_lease_many(&asks, self.lease_ttl)).await {
+                for (i, outcome) in outcomes.into_iter().enumerate() {
+                    match outcome {
+                        LeaseOutcome::Granted { token, .. } => {
+                            led[i].2.tag().store(token.0, Ordering::Release);
+                            tokens[i] = Some(token);
+                        }
+                        LeaseOutcome::Hit(bytes) => {
+                            if let Some(v) = self.decode_hit(&led[i].1, &bytes).await {
+                                found.insert(led[i].0.clone(), v.clone());
+                                to_load[i] = false;
+                            }
+                        }
+                        // Another process is loading it; rather than wait on
+                        // each, load it with the others, unfilled.
+                        _ => {}
+                    }
+                }
+            }
+        }
+        let keys: Vec<K> = led
+            .iter()
+            .zip(&to_load)
+            .filter(|(_, load)| **load)
+            .map(|((k, _, _), _)| k.clone())
+            .collect();
+        let load_began = self.read_seq.fetch_add(1, Ordering::SeqCst);
+        let started = Instant::now();
+        self.record(Event::Load);
+        let loaded = if keys.is_empty() {
+            Ok(HashMap::new())
+        } else {
+            loader(keys).await
+        };
+        let mut loaded = match loaded {
+            Ok(map) => map,
+            Err(e) => {
+                self.record(Event::LoadError);
+                let error = Error::loader(e);
+                for ((_, full, leader), token) in led.into_iter().zip(tokens) {
+                    if let Some(token) = token {
+                        let _ = self.call(store.release(&full, token)).await;
+                    }
+                    leader.publish(Err(error.clone()));
+                }
+                return Err(error);
+            }
+        };
+        let took = started.elapsed() / u32::try_from(loaded.len().max(1)).unwrap_or(u32::MAX);
+        let fill_began = self.read_seq.fetch_add(1, Ordering::SeqCst);
+        let mut fills = Vec::new();
+        let mut sets = Vec::new();
+        let mut fill_index = Vec::new();
+        let mut outcome = vec![FillOutcome::Refused; led.len()];
+        for (i, (key, full, _)) in led.iter().enumerate() {
+            if !to_load[i] || self.core.retry.is_pending(&self.pending_key(full)) {
+                continue;
+            }
+            let bytes = loaded.get(key).and_then(|v| self.encode(v, took).ok().flatten());
+            match (bytes, tokens[i], lease_mode) {
+                (Some(value), Some(token), true) => {
+                    fills.push(Fill {
+                        key: full.clone(),
+                        token,
+                        value,
+                        ttl: jittered(self.ttl, self.jitter),
+                    });
+                    fill_index.push(i);
+                }
+                (None, Some(token), true) => {
+                    let _ = self.call(store.release(full, token)).await;
+                }
+                (Some(value), _, false) => {
+                    sets.push((full.clone(), value, jittered(self.ttl, self.jitter)));
+                    outcome[i] = FillOutcome::Stored;
+                }
+                _ => {}
+            }
+        }
+        if !fills.is_empty()
+            && let Ok(results) = self.call(store.fill_many(fills)).await
+        {
+            for (i, result) in fill_index.into_iter().zip(results) {
+                if result == FillOutcome::Refused {
+                    self.record(Event::FillRefused);
+                }
+                outcome[i] = result;
+            }
+        }
+        if !sets.is_empty() {
+            let _ = self.call(store.set_many(sets)).await;
+        }
+        for (i, (key, _, leader)) in led.into_iter().enumerate() {
+            if !to_load[i] {
+                let value = found.get(&key).cloned();
+                leader.publish(Ok(Settled {
+                    value,
+                    source: Source::Coalesced,
+                    settled_at: looked_at,
+                }));
+                continue;
+            }
+            let value = loaded.remove(&key);
+            let settled_at = if outcome[i] == FillOutcome::Stored {
+                fill_began
+            } else {
+                load_began
+            };
+            leader.publish(Ok(Settled {
+                value: value.clone(),
+                source: Source::Loaded,
+                settled_at,
+            }));
+            if let Some(v) = value {
+                found.insert(key, v);
+            }
+        }
+        Ok(())
+    }
+}
