@@ -52,6 +52,17 @@ fn sql_id(id: u64) -> i64 {
     i64::try_from(id).unwrap_or(i64::MAX)
 }
 
+/// How every demo database file is opened: created if missing, WAL (readers
+/// never wait for a writer), `synchronous = NORMAL`, 5 s busy timeout.
+pub fn connect_options(path: &Path) -> SqliteConnectOptions {
+    SqliteConnectOptions::new()
+        .filename(path)
+        .create_if_missing(true)
+        .journal_mode(SqliteJournalMode::Wal)
+        .synchronous(SqliteSynchronous::Normal)
+        .busy_timeout(Duration::from_secs(5))
+}
+
 impl Db {
     /// Opens (creating if needed) the database file at `path` in WAL mode,
     /// with up to `readers` connections for reads and one for writes.
@@ -59,12 +70,7 @@ impl Db {
     /// # Errors
     /// The SQLite error when the file cannot be opened or created.
     pub async fn open(path: &Path, readers: u32) -> Result<Db, sqlx::Error> {
-        let options = SqliteConnectOptions::new()
-            .filename(path)
-            .create_if_missing(true)
-            .journal_mode(SqliteJournalMode::Wal)
-            .synchronous(SqliteSynchronous::Normal)
-            .busy_timeout(Duration::from_secs(5));
+        let options = connect_options(path);
         // The writer first: it creates the file and switches it to WAL.
         let writer = SqlitePoolOptions::new()
             .max_connections(1)

@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use aside::store::redis::RedisStore;
 use aside::{Aside, MemoryStore, Store, Strategy};
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::sqlite::{SqlitePool, SqlitePoolOptions};
 
 use crate::demo::DemoArgs;
 use crate::error::{CliError, Context, Result};
@@ -85,12 +85,7 @@ impl Rows {
     /// # Errors
     /// The SQLite error, with what was being done.
     pub async fn create(path: &Path, n: u64, read_delay: Duration) -> Result<Rows> {
-        let options = SqliteConnectOptions::new()
-            .filename(path)
-            .create_if_missing(true)
-            .journal_mode(SqliteJournalMode::Wal)
-            .synchronous(SqliteSynchronous::Normal)
-            .busy_timeout(Duration::from_secs(10));
+        let options = crate::db::connect_options(path);
         let pool = SqlitePoolOptions::new()
             .max_connections(8)
             .connect_with(options)

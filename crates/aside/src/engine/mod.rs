@@ -38,6 +38,8 @@ pub(crate) struct Core {
     pub(crate) delayed: DelayedDeletes,
     pub(crate) prefix: String,
     pub(crate) max_key_len: usize,
+    /// The store is in this process: calls skip the breaker and the timeout.
+    local: bool,
     /// Facade handles for work no namespace owns (replays, delayed deletes).
     pub(crate) metrics: NamespaceMetrics,
 }
@@ -58,6 +60,7 @@ impl Core {
         max_key_len: usize,
     ) -> Self {
         Core {
+            local: store.is_local(),
             store,
             breaker,
             op_timeout,
@@ -90,6 +93,10 @@ impl Core {
         ns: &NamespaceMetrics,
         fut: impl Future<Output = StoreResult<T>>,
     ) -> Result<T, Error> {
+        if self.local {
+            // The hot path of the embedded store: no timer, no breaker.
+            return fut.await.map_err(|e| self.store_error(e));
+        }
         if !self.breaker.allow() {
             self.record(ns, Event::StoreSkipped);
             return Err(Error::new(ErrorKind::Store, "circuit breaker open: store skipped"));
@@ -129,6 +136,10 @@ impl Core {
                 ),
             )),
         }
+    }
+
+    fn store_error(&self, e: crate::store::StoreError) -> Error {
+        Error::with_source(ErrorKind::Store, format!("{} store failed", self.store.name()), e)
     }
 
     /// Remembers an invalidation the store did not take, for replay.

@@ -210,7 +210,6 @@ impl<V: Clone + Send + Sync + 'static> NsInner<V> {
     {
         let mut first_look = true;
         loop {
-            let began = self.next_seq();
             let (version, lease) = match self.read_cached(full).await {
                 Cached::Hit(value) if first_look => {
                     self.record(Event::Hit);
@@ -230,6 +229,9 @@ impl<V: Clone + Send + Sync + 'static> NsInner<V> {
                 }
                 Cached::Miss { version, lease } => (version, lease),
             };
+            // Taken after the lookup, so hits pay no shared atomic; a later
+            // `began` only makes a waiter more careful about what it takes.
+            let began = self.next_seq();
             if first_look {
                 self.record(Event::Miss);
                 first_look = false;

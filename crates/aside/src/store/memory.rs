@@ -147,6 +147,10 @@ impl Store for MemoryStore {
         "memory"
     }
 
+    fn is_local(&self) -> bool {
+        true
+    }
+
     async fn get(&self, key: &str) -> StoreResult<Option<Bytes>> {
         Ok(match self.cache.get(key).await {
             Some(Timed {

@@ -137,6 +137,12 @@ pub trait Store: Send + Sync + 'static {
     /// A short name for metrics and messages, such as `"redis"`.
     fn name(&self) -> &'static str;
 
+    /// True for a store in this process, which can neither hang nor fail
+    /// over a network: the engine then skips the breaker and the timeout.
+    fn is_local(&self) -> bool {
+        false
+    }
+
     /// Reads a plain value.
     async fn get(&self, key: &str) -> StoreResult<Option<Bytes>>;
 
