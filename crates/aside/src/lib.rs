@@ -74,7 +74,7 @@ pub use engine::single_flight;
 pub use error::{Error, ErrorKind, Result};
 pub use metrics::Stats;
 pub use namespace::{Fetched, Namespace, NamespaceBuilder, Source, Stampede};
-pub use policy::Strategy;
+pub use policy::{EarlyRefresh, Strategy};
 pub use store::Store;
 pub use store::memory::MemoryStore;
 

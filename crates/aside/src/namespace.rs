@@ -19,7 +19,7 @@ use crate::engine::single_flight::SingleFlight;
 use crate::error::{Error, ErrorKind, Result};
 use crate::key;
 use crate::metrics::NamespaceMetrics;
-use crate::policy::Strategy;
+use crate::policy::{EarlyRefresh, Strategy};
 
 /// Where a value returned by [`Namespace::fetch`] came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -89,6 +89,10 @@ pub(crate) struct NsInner<V> {
     pub(crate) max_value_bytes: usize,
     pub(crate) stampede: Stampede,
     pub(crate) max_fill_attempts: u32,
+    pub(crate) negative_ttl: Option<Duration>,
+    pub(crate) early_refresh: Option<EarlyRefresh>,
+    pub(crate) fail_safe: Option<FailSafe>,
+    pub(crate) load_timeout: Option<Duration>,
     pub(crate) read_seq: std::sync::atomic::AtomicU64,
     pub(crate) flight: SingleFlight<Shared<V>>,
     pub(crate) metrics: NamespaceMetrics,
@@ -326,7 +330,21 @@ pub struct NamespaceBuilder<K: ?Sized, V> {
     max_value_bytes: usize,
     stampede: Stampede,
     max_fill_attempts: u32,
+    negative_ttl: Option<Duration>,
+    early_refresh: Option<EarlyRefresh>,
+    fail_safe: Option<FailSafe>,
+    load_timeout: Option<Duration>,
     _key: PhantomData<fn(&K)>,
+}
+
+/// Fail-safe (stale-if-error) settings; see [`NamespaceBuilder::fail_safe`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct FailSafe {
+    /// How long past its logical expiry a value is kept for emergencies.
+    pub(crate) max_stale: Duration,
+    /// After a failed load, how long the stale value is served before the
+    /// loader is tried again.
+    pub(crate) throttle: Duration,
 }
 
 /// Default entry TTL: the article's 10 minutes.
@@ -356,6 +374,10 @@ where
             max_value_bytes: DEFAULT_MAX_VALUE_BYTES,
             stampede: Stampede::default(),
             max_fill_attempts: 3,
+            negative_ttl: None,
+            early_refresh: None,
+            fail_safe: None,
+            load_timeout: None,
             _key: PhantomData,
         }
     }
@@ -438,6 +460,40 @@ impl<K: Display + ?Sized, V: Clone + Send + Sync + 'static> NamespaceBuilder<K, 
         self
     }
 
+    /// Caches "not found" (a loader's `None`) as a tombstone for `ttl`, so a
+    /// key that does not exist stops reaching the database (cache
+    /// penetration). Off by default.
+    pub fn negative_ttl(mut self, ttl: Duration) -> Self {
+        self.negative_ttl = Some(ttl);
+        self
+    }
+
+    /// Reloads a value before it expires ([`EarlyRefresh::XFetch`] or a
+    /// fixed fraction of the TTL), so a hot key does not stampede when it
+    /// expires. The caller that draws the refresh loads (under single-flight
+    /// and a refresh lease, so once in total); every other caller keeps
+    /// getting the current value at once. Off by default.
+    pub fn early_refresh(mut self, policy: EarlyRefresh) -> Self {
+        self.early_refresh = Some(policy);
+        self
+    }
+
+    /// Fail-safe (stale-if-error): entries are kept `max_stale` past their
+    /// TTL; when the loader then fails or times out, the expired value is
+    /// served instead of the error ([`Source::Stale`], counted), and the
+    /// loader is not retried for `throttle`. Off by default.
+    pub fn fail_safe(mut self, max_stale: Duration, throttle: Duration) -> Self {
+        self.fail_safe = Some(FailSafe { max_stale, throttle });
+        self
+    }
+
+    /// A loader slower than this fails with [`ErrorKind::Timeout`] (or,
+    /// with fail-safe, serves the expired value). Off by default.
+    pub fn load_timeout(mut self, timeout: Duration) -> Self {
+        self.load_timeout = Some(timeout);
+        self
+    }
+
     /// Builds the namespace.
     ///
     /// # Errors
@@ -462,6 +518,12 @@ impl<K: Display + ?Sized, V: Clone + Send + Sync + 'static> NamespaceBuilder<K, 
         if strategy != Strategy::Lease && self.keep_stale.is_some() {
             return Err(Error::new(ErrorKind::Config, "stale serving needs the lease strategy"));
         }
+        if self.raw && (self.negative_ttl.is_some() || self.early_refresh.is_some() || self.fail_safe.is_some()) {
+            return Err(Error::new(
+                ErrorKind::Config,
+                "negative caching, early refresh and fail-safe need the envelope: not available in raw mode",
+            ));
+        }
         let key_prefix = format!("{}{}:", self.core.prefix, self.name);
         let inner = NsInner {
             metrics: NamespaceMetrics::register(&self.name),
@@ -479,6 +541,10 @@ impl<K: Display + ?Sized, V: Clone + Send + Sync + 'static> NamespaceBuilder<K, 
             max_value_bytes: self.max_value_bytes,
             stampede: self.stampede,
             max_fill_attempts: self.max_fill_attempts,
+            negative_ttl: self.negative_ttl,
+            early_refresh: self.early_refresh,
+            fail_safe: self.fail_safe,
+            load_timeout: self.load_timeout,
             read_seq: std::sync::atomic::AtomicU64::new(1),
             flight: SingleFlight::default(),
         };

@@ -61,6 +61,42 @@ impl Strategy {
     }
 }
 
+/// When a value is reloaded before it expires, so a hot key never expires
+/// under load (the stampede on expiry).
+#[derive(Debug, Clone, Copy, PartialEq)]
+#[non_exhaustive]
+pub enum EarlyRefresh {
+    /// Probabilistic early expiration (Vattani et al., VLDB 2015): refresh
+    /// when `now - delta * beta * ln(rand) >= expiry`, with `delta` the
+    /// measured load time stored in the entry. `beta = 1` is the paper's
+    /// default; larger refreshes earlier.
+    XFetch {
+        /// The paper's beta (> 0).
+        beta: f64,
+    },
+    /// Refresh once this fraction of the TTL has passed (0 < f < 1).
+    AfterFraction(f64),
+}
+
+impl EarlyRefresh {
+    /// True when a value expiring at `expires_at_ms` whose load took
+    /// `load_time` should be refreshed at `now_ms`, for entries of `ttl`.
+    pub fn due(&self, now_ms: u64, expires_at_ms: u64, load_time: Duration, ttl: Duration) -> bool {
+        match *self {
+            EarlyRefresh::XFetch { beta } => {
+                // -ln(U) for U in (0, 1]: an exponential draw, mean 1.
+                let draw = -(1.0 - rand::random::<f64>()).ln();
+                let gap_ms = load_time.as_secs_f64() * 1000.0 * beta * draw;
+                now_ms as f64 + gap_ms >= expires_at_ms as f64
+            }
+            EarlyRefresh::AfterFraction(fraction) => {
+                let remaining = ttl.mul_f64((1.0 - fraction).clamp(0.0, 1.0)).as_millis() as u64;
+                now_ms >= expires_at_ms.saturating_sub(remaining)
+            }
+        }
+    }
+}
+
 /// The article's double-delete delay.
 pub const DEFAULT_DOUBLE_DELETE_DELAY: Duration = Duration::from_millis(500);
 
@@ -108,6 +144,34 @@ mod tests {
             assert_eq!(s.name().parse::<Strategy>().unwrap().name(), s.name());
         }
         assert!("nope".parse::<Strategy>().is_err());
+    }
+
+    #[test]
+    fn xfetch_refreshes_more_often_near_expiry_and_with_slower_loads() {
+        let policy = EarlyRefresh::XFetch { beta: 1.0 };
+        let ttl = Duration::from_secs(60);
+        let share = |now: u64, load_ms: u64| {
+            (0..10_000)
+                .filter(|_| policy.due(now, 100_000, Duration::from_millis(load_ms), ttl))
+                .count()
+        };
+        assert_eq!(share(40_000, 100), 0, "far from expiry: never");
+        assert_eq!(share(100_000, 100), 10_000, "at expiry: always");
+        let near = share(99_900, 100);
+        assert!(
+            near > 3_000 && near < 4_400,
+            "100 ms before expiry with a 100 ms load: P = 1/e, got {near}"
+        );
+        assert!(share(99_900, 1_000) > near, "slower loads refresh earlier");
+    }
+
+    #[test]
+    fn fraction_refreshes_after_its_share_of_the_ttl() {
+        let policy = EarlyRefresh::AfterFraction(0.8);
+        let ttl = Duration::from_secs(100);
+        // Expires at 100 s: due from 80 s on.
+        assert!(!policy.due(79_000, 100_000, Duration::ZERO, ttl));
+        assert!(policy.due(80_000, 100_000, Duration::ZERO, ttl));
     }
 
     #[test]

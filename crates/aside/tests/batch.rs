@@ -61,6 +61,10 @@ impl<S: Store> Store for Counting<S> {
         self.tick();
         self.inner.lookup_or_lease(key, token, ttl).await
     }
+    async fn lease_for_refresh(&self, key: &str, token: LeaseToken, ttl: Duration) -> StoreResult<bool> {
+        self.tick();
+        self.inner.lease_for_refresh(key, token, ttl).await
+    }
     async fn fill(&self, key: &str, token: LeaseToken, value: Bytes, ttl: Duration) -> StoreResult<FillOutcome> {
         self.tick();
         self.inner.fill(key, token, value, ttl).await

@@ -216,6 +216,45 @@ async fn batch_operations_match_single_ones(store: &dyn Store) {
     );
 }
 
+async fn a_refresh_lease_keeps_the_value_readable_and_is_fenced(store: &dyn Store) {
+    assert!(
+        !store
+            .lease_for_refresh("r:1", LeaseToken::random(), LEASE)
+            .await
+            .unwrap(),
+        "nothing to refresh"
+    );
+    let t = granted(store, "r:1").await;
+    store.fill("r:1", t, b("v1"), TTL).await.unwrap();
+    let refresh = LeaseToken::random();
+    assert!(store.lease_for_refresh("r:1", refresh, LEASE).await.unwrap());
+    assert!(
+        !store
+            .lease_for_refresh("r:1", LeaseToken::random(), LEASE)
+            .await
+            .unwrap(),
+        "one refresher"
+    );
+    assert_eq!(
+        store.lookup_or_lease("r:1", LeaseToken::random(), LEASE).await.unwrap(),
+        LeaseOutcome::Hit(b("v1")),
+        "readers still hit during the refresh"
+    );
+    assert_eq!(
+        store.fill("r:1", refresh, b("v2"), TTL).await.unwrap(),
+        FillOutcome::Stored
+    );
+    assert_eq!(store.get_entry("r:1").await.unwrap(), Some((b("v2"), false)));
+    // An invalidation revokes a refresh lease like any other.
+    let again = LeaseToken::random();
+    assert!(store.lease_for_refresh("r:1", again, LEASE).await.unwrap());
+    store.invalidate("r:1", None).await.unwrap();
+    assert_eq!(
+        store.fill("r:1", again, b("old"), TTL).await.unwrap(),
+        FillOutcome::Refused
+    );
+}
+
 macro_rules! contract {
     ($($case:ident),* $(,)?) => {
         mod memory {
@@ -255,4 +294,5 @@ contract!(
     stale_values_are_offered_while_loading,
     ttl_expires_values,
     batch_operations_match_single_ones,
+    a_refresh_lease_keeps_the_value_readable_and_is_fenced,
 );

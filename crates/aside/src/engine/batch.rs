@@ -16,11 +16,12 @@ use std::sync::atomic::Ordering;
 use bytes::Bytes;
 use tokio::time::Instant;
 
+use super::entry::Freshness;
 use super::single_flight::{Begin, Leader};
 use crate::error::{Error, Result};
 use crate::metrics::Event;
 use crate::namespace::{NsInner, Settled, Shared, Source};
-use crate::policy::{Strategy, jittered};
+use crate::policy::Strategy;
 use crate::store::{Fill, FillOutcome, LeaseOutcome, LeaseToken};
 
 /// Rounds before the remaining keys are loaded without the cache.
@@ -126,12 +127,12 @@ impl<V: Clone + Send + Sync + 'static> NsInner<V> {
                 let mut misses = Vec::new();
                 for (i, (key, full)) in keys.iter().enumerate() {
                     let hit = match values.get(i).cloned().flatten() {
-                        Some(bytes) => self.decode_hit(&data_keys[i], &bytes).await,
+                        Some(bytes) => self.batch_hit(&data_keys[i], &bytes).await,
                         None => None,
                     };
                     self.count_lookup(count, hit.is_some());
                     match hit {
-                        Some(v) => drop(found.insert(key.clone(), v)),
+                        Some(value) => found.extend(value.map(|v| (key.clone(), v))),
                         None => misses.push((key.clone(), full.clone(), data_keys[i].clone(), None)),
                     }
                 }
@@ -147,16 +148,25 @@ impl<V: Clone + Send + Sync + 'static> NsInner<V> {
             let (bytes, lease) = looked.get(i).cloned().unwrap_or((None, None));
             let pending = self.core.retry.is_pending(&self.pending_key(full));
             let hit = match bytes {
-                Some(bytes) if !pending => self.decode_hit(full, &bytes).await,
+                Some(bytes) if !pending => self.batch_hit(full, &bytes).await,
                 _ => None,
             };
             self.count_lookup(count, hit.is_some());
             match hit {
-                Some(v) => drop(found.insert(key.clone(), v)),
+                Some(value) => found.extend(value.map(|v| (key.clone(), v))),
                 None => misses.push((key.clone(), full.clone(), full.clone(), lease)),
             }
         }
         misses
+    }
+
+    /// A batch hit: `Some(value)` (`Some(None)` for a cached "not found"),
+    /// or `None` when the entry is missing, corrupt or past its logical
+    /// expiry. Early refresh and fail-safe are single-key policies; a batch
+    /// serves a value due for refresh as it is and reloads expired ones.
+    async fn batch_hit(&self, key: &str, bytes: &[u8]) -> Option<Option<V>> {
+        let entry = self.decode_hit(key, bytes).await?;
+        (self.freshness(&entry) != Freshness::Expired).then_some(entry.value)
     }
 
     fn count_lookup(&self, count: bool, hit: bool) {
@@ -197,8 +207,8 @@ impl<V: Clone + Send + Sync + 'static> NsInner<V> {
                             tokens[i] = Some(token);
                         }
                         LeaseOutcome::Hit(bytes) => {
-                            if let Some(v) = self.decode_hit(&led[i].1, &bytes).await {
-                                found.insert(led[i].0.clone(), v.clone());
+                            if let Some(entry) = self.decode_hit(&led[i].1, &bytes).await {
+                                found.extend(entry.value.map(|v| (led[i].0.clone(), v)));
                                 to_load[i] = false;
                             }
                         }
@@ -247,22 +257,24 @@ impl<V: Clone + Send + Sync + 'static> NsInner<V> {
             if !to_load[i] || self.core.retry.is_pending(&self.pending_key(full)) {
                 continue;
             }
-            let bytes = loaded.get(key).and_then(|v| self.encode(v, took).ok().flatten());
+            // A key the loader did not return is "not found": a tombstone
+            // with negative caching, nothing otherwise.
+            let bytes = self.encode(loaded.get(key), took).ok().flatten();
             match (bytes, tokens[i], lease_mode) {
-                (Some(value), Some(token), true) => {
+                (Some((value, ttl)), Some(token), true) => {
                     fills.push(Fill {
                         key: full.clone(),
                         token,
                         value,
-                        ttl: jittered(self.ttl, self.jitter),
+                        ttl,
                     });
                     fill_index.push(i);
                 }
                 (None, Some(token), true) => {
                     let _ = self.call(store.release(full, token)).await;
                 }
-                (Some(value), _, false) => {
-                    sets.push((full.clone(), value, jittered(self.ttl, self.jitter)));
+                (Some((value, ttl)), _, false) => {
+                    sets.push((full.clone(), value, ttl));
                     outcome[i] = FillOutcome::Stored;
                 }
                 _ => {}

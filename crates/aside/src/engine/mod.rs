@@ -19,6 +19,7 @@ use crate::metrics::{self, Counters, Event, NamespaceMetrics, Stats};
 use crate::store::{Store, StoreResult};
 
 pub(crate) mod batch;
+pub(crate) mod entry;
 pub(crate) mod read;
 pub(crate) mod retry;
 pub mod single_flight;

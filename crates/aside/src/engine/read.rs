@@ -1,9 +1,10 @@
 //! The read path: store, then single-flight, then lease, then loader, then fill.
 //!
-//! Owns `get`/`fetch` semantics of DESIGN section 4 for every strategy. It
-//! reaches the store only through `Core::call_for`, so every store failure
-//! here is already counted and fed to the breaker; this module only decides
-//! what a failure means (always: a miss).
+//! Owns `get`/`fetch` semantics of DESIGN section 4 for every strategy, and
+//! the read-path policies that hang off it: early refresh, fail-safe, the
+//! loader timeout. It reaches the store only through `Core::call_for`, so
+//! every store failure here is already counted and fed to the breaker; this
+//! module only decides what a failure means (always: a miss).
 //!
 //! Waiters and invalidations: a single-flight waiter takes the leader's
 //! value only if its own read began before the store operation (or load)
@@ -19,14 +20,13 @@ use std::time::Duration;
 use bytes::Bytes;
 use tokio::time::Instant;
 
-use crate::envelope::{self, Header};
-use crate::error::{Error, Result};
+use super::entry::{Entry, Freshness};
+use super::single_flight::Role;
+use crate::error::{Error, ErrorKind, Result};
 use crate::metrics::Event;
 use crate::namespace::{Fetched, NsInner, Settled, Shared, Source, Stampede};
-use crate::policy::{Strategy, jittered};
+use crate::policy::Strategy;
 use crate::store::{EntryView, FillOutcome, LeaseOutcome, LeaseToken};
-
-use super::single_flight::Role;
 
 /// First and largest pause between looks while another process holds the lease.
 const LEASE_POLL_FIRST: Duration = Duration::from_millis(2);
@@ -38,26 +38,54 @@ const LOCK_RETRY: Duration = Duration::from_millis(100);
 /// Tag of a flight whose leader holds no lease yet.
 const NO_LEASE_YET: u64 = 0;
 
+/// A value still in the store that a load is about to replace: due for an
+/// early refresh (still valid) or past its logical expiry (fail-safe only).
+#[derive(Clone)]
+pub(crate) struct Current<V> {
+    pub(crate) value: Option<V>,
+    pub(crate) expired: bool,
+}
+
 /// What the fast path found.
 pub(crate) enum Cached<V> {
-    Hit(V),
-    /// Not cached. For `Versioned`, the version the data must live under
-    /// (`None` when the version could not be read); for `Lease`, the lease
-    /// held on the entry, if any.
+    /// A fresh value; `None` is a cached "not found".
+    Hit(Option<V>),
+    /// Not cached, or to be reloaded. For `Versioned`, the version the data
+    /// must live under (`None` when it could not be read); for `Lease`, the
+    /// lease held on the entry, if any; `current`, a value that is still
+    /// there but due for refresh or expired.
     Miss {
         version: Option<u64>,
         lease: Option<LeaseToken>,
+        current: Option<Current<V>>,
     },
 }
 
+const fn plain_miss<V>() -> Cached<V> {
+    Cached::Miss {
+        version: None,
+        lease: None,
+        current: None,
+    }
+}
+
 impl<V> Cached<V> {
+    /// The value a cache-only read returns: a fresh one, or one due for
+    /// refresh (still valid); not an expired one.
     pub(crate) fn hit(self) -> Option<V> {
         match self {
-            Cached::Hit(v) => Some(v),
+            Cached::Hit(v) => v,
+            Cached::Miss {
+                current: Some(Current { value, expired: false }),
+                ..
+            } => value,
             Cached::Miss { .. } => None,
         }
     }
 }
+
+/// What the loader produced, or the error it failed with.
+type Loaded<V> = Result<(Option<V>, Duration)>;
 
 impl<V: Clone + Send + Sync + 'static> NsInner<V> {
     pub(crate) fn record(&self, event: Event) {
@@ -98,103 +126,70 @@ impl<V: Clone + Send + Sync + 'static> NsInner<V> {
         self.ttl.mul_f64(3.0) + Duration::from_secs(60)
     }
 
-    pub(crate) fn decode(&self, bytes: &[u8]) -> Result<V> {
-        if self.raw {
-            return self.codec.decode(bytes);
-        }
-        let (_header, payload) = envelope::open(bytes, self.codec.id())?;
-        self.codec.decode(payload)
-    }
-
-    /// Encodes for the store; `None` (counted) when over the size limit.
-    pub(crate) fn encode(&self, value: &V, load_time: Duration) -> Result<Option<Bytes>> {
-        let payload = self.codec.encode(value)?;
-        let bytes = if self.raw {
-            payload
-        } else {
-            envelope::seal(&Header::new(self.codec.id(), None, load_time), &payload)
-        };
-        if bytes.len() > self.max_value_bytes {
-            self.record(Event::Oversized);
-            tracing::debug!(
-                namespace = self.name,
-                size = bytes.len(),
-                "value over the size limit not cached"
-            );
-            return Ok(None);
-        }
-        Ok(Some(Bytes::from(bytes)))
-    }
-
-    /// Decodes a hit; corrupt bytes are counted, deleted and read as a miss.
-    pub(crate) async fn decode_hit(&self, key: &str, bytes: &[u8]) -> Option<V> {
-        match self.decode(bytes) {
-            Ok(v) => Some(v),
-            Err(e) => {
-                self.record(Event::DecodeError);
-                tracing::warn!(key, error = %e, "undecodable cache entry deleted");
-                let _ = self.call(self.core.store.delete(key)).await;
-                None
-            }
+    /// Classifies a decoded entry found by the fast path.
+    fn judge(&self, entry: Entry<V>, version: Option<u64>, lease: Option<LeaseToken>) -> Cached<V> {
+        match self.freshness(&entry) {
+            Freshness::Fresh => Cached::Hit(entry.value),
+            freshness => Cached::Miss {
+                version,
+                lease,
+                current: Some(Current {
+                    value: entry.value,
+                    expired: freshness == Freshness::Expired,
+                }),
+            },
         }
     }
 
     /// The current value in the store, if any. Store failures read as a miss.
     pub(crate) async fn read_cached(&self, full: &str) -> Cached<V> {
         if self.core.retry.is_pending(&self.pending_key(full)) {
-            return Cached::Miss {
-                version: None,
-                lease: None,
-            };
+            return plain_miss();
         }
         let store = &self.core.store;
-        let hit = match self.strategy {
+        match self.strategy {
             Strategy::Lease => match self.call(store.peek_entry(full)).await {
                 Ok(EntryView {
                     value: Some(bytes),
                     stale: false,
-                    ..
-                }) => self.decode_hit(full, &bytes).await,
-                Ok(view) => {
-                    return Cached::Miss {
-                        version: None,
-                        lease: view.lease,
-                    };
-                }
-                Err(_) => None,
+                    lease,
+                }) => match self.decode_hit(full, &bytes).await {
+                    Some(entry) => self.judge(entry, None, lease),
+                    None => plain_miss(),
+                },
+                Ok(view) => Cached::Miss {
+                    version: None,
+                    lease: view.lease,
+                    current: None,
+                },
+                Err(_) => plain_miss(),
             },
             Strategy::Versioned => {
                 let Ok(version) = self.read_version(full).await else {
-                    return Cached::Miss {
-                        version: None,
-                        lease: None,
-                    };
+                    return plain_miss();
                 };
                 let data_key = Self::versioned_key(full, version);
-                let hit = match self.call(store.get(&data_key)).await {
+                let entry = match self.call(store.get(&data_key)).await {
                     Ok(Some(bytes)) => self.decode_hit(&data_key, &bytes).await,
                     _ => None,
                 };
-                return hit.map_or(
-                    Cached::Miss {
+                match entry {
+                    Some(entry) => self.judge(entry, Some(version), None),
+                    None => Cached::Miss {
                         version: Some(version),
                         lease: None,
+                        current: None,
                     },
-                    Cached::Hit,
-                );
+                }
             }
-            _ => match self.call(store.get(full)).await {
-                Ok(Some(bytes)) => self.decode_hit(full, &bytes).await,
-                _ => None,
-            },
-        };
-        hit.map_or(
-            Cached::Miss {
-                version: None,
-                lease: None,
-            },
-            Cached::Hit,
-        )
+            Strategy::Delete | Strategy::DoubleDelete { .. } => {
+                let entry = match self.call(store.get(full)).await {
+                    Ok(Some(bytes)) => self.decode_hit(full, &bytes).await,
+                    _ => None,
+                };
+                entry.map_or_else(plain_miss, |e| self.judge(e, None, None))
+            }
+        }
     }
 
     pub(crate) async fn read_version(&self, full: &str) -> Result<u64> {
@@ -210,11 +205,11 @@ impl<V: Clone + Send + Sync + 'static> NsInner<V> {
     {
         let mut first_look = true;
         loop {
-            let (version, lease) = match self.read_cached(full).await {
+            let (version, lease, current) = match self.read_cached(full).await {
                 Cached::Hit(value) if first_look => {
                     self.record(Event::Hit);
                     return Ok(Fetched {
-                        value: Some(value),
+                        value,
                         source: Source::Hit,
                     });
                 }
@@ -223,22 +218,27 @@ impl<V: Clone + Send + Sync + 'static> NsInner<V> {
                     // caller's load: served by that load, not a plain hit.
                     self.record(Event::Coalesced);
                     return Ok(Fetched {
-                        value: Some(value),
+                        value,
                         source: Source::Coalesced,
                     });
                 }
-                Cached::Miss { version, lease } => (version, lease),
+                Cached::Miss {
+                    version,
+                    lease,
+                    current,
+                } => (version, lease, current),
             };
             // Taken after the lookup, so hits pay no shared atomic; a later
             // `began` only makes a waiter more careful about what it takes.
             let began = self.next_seq();
             if first_look {
-                self.record(Event::Miss);
+                let refresh_only = current.as_ref().is_some_and(|c| !c.expired);
+                self.record(if refresh_only { Event::Hit } else { Event::Miss });
                 first_look = false;
             }
             let settled = match self.stampede {
                 Stampede::None => {
-                    self.load_missing(full, version, &mut loader, &AtomicU64::new(0))
+                    self.load_missing(full, version, &mut loader, &AtomicU64::new(0), current)
                         .await?
                 }
                 Stampede::LockSleep => self.load_under_lock(full, &mut loader).await?,
@@ -252,12 +252,23 @@ impl<V: Clone + Send + Sync + 'static> NsInner<V> {
                     // Join the in-process load unless its lease is no longer
                     // the entry's: an invalidation revoked it, so its result
                     // cannot be cached and a fresh load should start now.
+                    if let Some(current) = &current
+                        && !current.expired
+                        && self.flight.contains(&flight_key)
+                    {
+                        // A refresh is already running here: keep the value
+                        // we have rather than wait for it.
+                        return Ok(Fetched {
+                            value: current.value.clone(),
+                            source: Source::Hit,
+                        });
+                    }
                     let join = |held: u64| held == NO_LEASE_YET || lease.is_some_and(|t| t.0 == held);
                     let loader = &mut loader;
                     let (shared, role) = self
                         .flight
                         .run_tagged(&flight_key, join, |held| async move {
-                            self.load_missing(full, version, loader, &held).await
+                            self.load_missing(full, version, loader, &held, current).await
                         })
                         .await;
                     let settled = shared?;
@@ -285,8 +296,9 @@ impl<V: Clone + Send + Sync + 'static> NsInner<V> {
         }
     }
 
-    /// Runs the loader, timing it; its error becomes an `aside::Error`.
-    async fn run_loader<F, Fut, E>(&self, loader: &mut F) -> Result<(Option<V>, Duration)>
+    /// Runs the loader, timing it and bounding it by the load timeout; its
+    /// error becomes an `aside::Error`.
+    async fn run_loader<F, Fut, E>(&self, loader: &mut F) -> Loaded<V>
     where
         F: FnMut() -> Fut,
         Fut: Future<Output = std::result::Result<Option<V>, E>>,
@@ -294,29 +306,74 @@ impl<V: Clone + Send + Sync + 'static> NsInner<V> {
     {
         self.record(Event::Load);
         let started = Instant::now();
-        match loader().await {
+        let outcome = match self.load_timeout {
+            Some(limit) => match tokio::time::timeout(limit, loader()).await {
+                Ok(outcome) => outcome.map_err(Error::loader),
+                Err(_) => Err(Error::new(
+                    ErrorKind::Timeout,
+                    format!("loader did not answer within {limit:?}"),
+                )),
+            },
+            None => loader().await.map_err(Error::loader),
+        };
+        match outcome {
             Ok(value) => Ok((value, started.elapsed())),
             Err(e) => {
                 self.record(Event::LoadError);
-                Err(Error::loader(e))
+                Err(e)
             }
         }
     }
 
+    /// When a load failed and a value is still there: a value due for early
+    /// refresh is simply still valid; an expired one is served by fail-safe.
+    /// `None` when the error must reach the caller.
+    fn fall_back(&self, current: &Option<Current<V>>, settled_at: u64) -> Option<Settled<V>> {
+        let current = current.as_ref()?;
+        if current.expired {
+            self.fail_safe?;
+            self.record(Event::StaleServed);
+            return Some(Settled {
+                value: current.value.clone(),
+                source: Source::Stale,
+                settled_at,
+            });
+        }
+        Some(Settled {
+            value: current.value.clone(),
+            source: Source::Hit,
+            settled_at,
+        })
+    }
+
+    /// After fail-safe served an expired value, keep serving it for the
+    /// throttle period instead of retrying the failing loader on every read.
+    fn throttled(&self, current: &Current<V>) -> Option<(Bytes, Duration)> {
+        let fail_safe = self.fail_safe?;
+        if !current.expired {
+            return None;
+        }
+        self.encode_for(current.value.as_ref(), Duration::ZERO, fail_safe.throttle)
+            .ok()
+            .flatten()
+    }
+
     /// Loads without touching the cache.
-    async fn load_uncached<F, Fut, E>(&self, loader: &mut F) -> Shared<V>
+    async fn load_uncached<F, Fut, E>(&self, loader: &mut F, current: &Option<Current<V>>) -> Shared<V>
     where
         F: FnMut() -> Fut,
         Fut: Future<Output = std::result::Result<Option<V>, E>>,
         E: std::error::Error + Send + Sync + 'static,
     {
         let settled_at = self.next_seq();
-        let (value, _) = self.run_loader(loader).await?;
-        Ok(Settled {
-            value,
-            source: Source::Loaded,
-            settled_at,
-        })
+        match self.run_loader(loader).await {
+            Ok((value, _)) => Ok(Settled {
+                value,
+                source: Source::Loaded,
+                settled_at,
+            }),
+            Err(e) => self.fall_back(current, settled_at).ok_or(e),
+        }
     }
 
     /// The work of a missing key (the single-flight leader's, under `Coalesce`).
@@ -326,6 +383,7 @@ impl<V: Clone + Send + Sync + 'static> NsInner<V> {
         version: Option<u64>,
         loader: &mut F,
         held: &AtomicU64,
+        current: Option<Current<V>>,
     ) -> Shared<V>
     where
         F: FnMut() -> Fut,
@@ -335,33 +393,44 @@ impl<V: Clone + Send + Sync + 'static> NsInner<V> {
         if self.core.retry.is_pending(&self.pending_key(full)) {
             // An invalidation of this key has not reached the store: neither
             // trust nor refill it until it has.
-            return self.load_uncached(loader).await;
+            return self.load_uncached(loader, &None).await;
         }
         match self.strategy {
-            Strategy::Lease => self.load_with_lease(full, loader, held).await,
-            Strategy::Versioned => match version {
-                Some(version) => self.load_and_set(&Self::versioned_key(full, version), loader).await,
-                None => self.load_uncached(loader).await,
+            Strategy::Lease => match current {
+                Some(current) => self.refresh_with_lease(full, loader, held, current).await,
+                None => self.load_with_lease(full, loader, held).await,
             },
-            Strategy::Delete | Strategy::DoubleDelete { .. } => self.load_and_set(full, loader).await,
+            Strategy::Versioned => match version {
+                Some(version) => {
+                    self.load_and_set(&Self::versioned_key(full, version), loader, current)
+                        .await
+                }
+                None => self.load_uncached(loader, &current).await,
+            },
+            Strategy::Delete | Strategy::DoubleDelete { .. } => self.load_and_set(full, loader, current).await,
         }
     }
 
     /// Load, then an unconditional fill (the non-lease strategies).
-    async fn load_and_set<F, Fut, E>(&self, key: &str, loader: &mut F) -> Shared<V>
+    async fn load_and_set<F, Fut, E>(&self, key: &str, loader: &mut F, current: Option<Current<V>>) -> Shared<V>
     where
         F: FnMut() -> Fut,
         Fut: Future<Output = std::result::Result<Option<V>, E>>,
         E: std::error::Error + Send + Sync + 'static,
     {
         let settled_at = self.next_seq();
-        let (value, took) = self.run_loader(loader).await?;
-        if let Some(v) = &value
-            && let Ok(Some(bytes)) = self.encode(v, took)
-        {
-            let _ = self
-                .call(self.core.store.set(key, bytes, jittered(self.ttl, self.jitter)))
-                .await;
+        let (value, took) = match self.run_loader(loader).await {
+            Ok(loaded) => loaded,
+            Err(e) => {
+                let served = self.fall_back(&current, settled_at).ok_or(e)?;
+                if let Some((bytes, ttl)) = current.as_ref().and_then(|c| self.throttled(c)) {
+                    let _ = self.call(self.core.store.set(key, bytes, ttl)).await;
+                }
+                return Ok(served);
+            }
+        };
+        if let Ok(Some((bytes, ttl))) = self.encode(value.as_ref(), took) {
+            let _ = self.call(self.core.store.set(key, bytes, ttl)).await;
         }
         Ok(Settled {
             value,
@@ -383,7 +452,7 @@ impl<V: Clone + Send + Sync + 'static> NsInner<V> {
             let settled_at = self.next_seq();
             if let Cached::Hit(value) = self.read_cached(full).await {
                 return Ok(Settled {
-                    value: Some(value),
+                    value,
                     source: Source::Coalesced,
                     settled_at,
                 });
@@ -394,12 +463,57 @@ impl<V: Clone + Send + Sync + 'static> NsInner<V> {
             {
                 Ok(false) => tokio::time::sleep(LOCK_RETRY).await,
                 Ok(true) => {
-                    let settled = self.load_missing(full, None, loader, &AtomicU64::new(0)).await;
+                    let settled = self.load_missing(full, None, loader, &AtomicU64::new(0), None).await;
                     let _ = self.call(self.core.store.delete(&lock_key)).await;
                     return settled;
                 }
-                Err(_) => return self.load_uncached(loader).await,
+                Err(_) => return self.load_uncached(loader, &None).await,
             }
+        }
+    }
+
+    /// Reloads a value that is still in the store (due for early refresh,
+    /// or expired under fail-safe) under a refresh lease, so that one caller
+    /// in total reloads while the others keep the value they have.
+    async fn refresh_with_lease<F, Fut, E>(
+        &self,
+        full: &str,
+        loader: &mut F,
+        held: &AtomicU64,
+        current: Current<V>,
+    ) -> Shared<V>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = std::result::Result<Option<V>, E>>,
+        E: std::error::Error + Send + Sync + 'static,
+    {
+        let store = &self.core.store;
+        let token = LeaseToken::random();
+        let settled_at = self.next_seq();
+        let granted = self.call(store.lease_for_refresh(full, token, self.lease_ttl)).await;
+        let current = Some(current);
+        match granted {
+            Ok(true) => {
+                held.store(token.0, Ordering::Release);
+                let load_began = self.next_seq();
+                match self.run_loader(loader).await {
+                    Ok(loaded) => Ok(self.fill_loaded(full, token, loaded, load_began).await.0),
+                    Err(e) => {
+                        let served = self.fall_back(&current, load_began);
+                        match current.as_ref().and_then(|c| self.throttled(c)) {
+                            Some((bytes, ttl)) => drop(self.call(store.fill(full, token, bytes, ttl)).await),
+                            None => drop(self.call(store.release(full, token)).await),
+                        }
+                        served.ok_or(e)
+                    }
+                }
+            }
+            // Someone else is refreshing, or the store is away: the value we
+            // have is what there is (still valid, or served by fail-safe).
+            Ok(false) | Err(_) => match self.fall_back(&current, settled_at) {
+                Some(settled) => Ok(settled),
+                None => self.load_with_lease(full, loader, held).await,
+            },
         }
     }
 
@@ -422,10 +536,10 @@ impl<V: Clone + Send + Sync + 'static> NsInner<V> {
                 .await;
             match outcome {
                 Ok(LeaseOutcome::Hit(bytes)) => {
-                    if let Some(v) = self.decode_hit(full, &bytes).await {
+                    if let Some(entry) = self.decode_hit(full, &bytes).await {
                         // Filled by another caller (a fenced fill) while we looked.
                         return Ok(Settled {
-                            value: Some(v),
+                            value: entry.value,
                             source: Source::Coalesced,
                             settled_at,
                         });
@@ -434,8 +548,14 @@ impl<V: Clone + Send + Sync + 'static> NsInner<V> {
                 Ok(LeaseOutcome::Granted { token, .. }) => {
                     held.store(token.0, Ordering::Release);
                     attempts += 1;
-                    let last_attempt = attempts >= self.max_fill_attempts;
-                    if let Some(settled) = self.load_and_fill(full, token, loader, last_attempt).await? {
+                    let load_began = self.next_seq();
+                    let loaded = self.run_loader(loader).await;
+                    let Ok(loaded) = loaded else {
+                        let _ = self.call(store.release(full, token)).await;
+                        return Err(loaded.err().expect("checked"));
+                    };
+                    let (settled, refused) = self.fill_loaded(full, token, loaded, load_began).await;
+                    if !refused || attempts >= self.max_fill_attempts {
                         return Ok(settled);
                     }
                     // Refused: an invalidation landed during the load. Load
@@ -446,7 +566,7 @@ impl<V: Clone + Send + Sync + 'static> NsInner<V> {
                     if let Some(v) = self.usable_stale(full, stale).await {
                         self.record(Event::StaleServed);
                         return Ok(Settled {
-                            value: Some(v),
+                            value: v,
                             source: Source::Stale,
                             settled_at,
                         });
@@ -454,7 +574,7 @@ impl<V: Clone + Send + Sync + 'static> NsInner<V> {
                     if started.elapsed() >= self.lease_wait {
                         // The holder is slow or gone: answer from the loader
                         // rather than hang, and leave the fill to the holder.
-                        return self.load_uncached(loader).await;
+                        return self.load_uncached(loader, &None).await;
                     }
                     // No fill notification to wait on: back off with jitter.
                     let nap = pause.mul_f64(0.5 + rand::random::<f64>());
@@ -463,74 +583,49 @@ impl<V: Clone + Send + Sync + 'static> NsInner<V> {
                 }
                 Err(_) => {
                     // The store is down or skipped: the database answers.
-                    return self.load_uncached(loader).await;
+                    return self.load_uncached(loader, &None).await;
                 }
             }
         }
     }
 
-    async fn usable_stale(&self, full: &str, stale: Option<Bytes>) -> Option<V> {
+    async fn usable_stale(&self, full: &str, stale: Option<Bytes>) -> Option<Option<V>> {
         match (self.keep_stale, stale) {
-            (Some(_), Some(bytes)) => self.decode_hit(full, &bytes).await,
+            (Some(_), Some(bytes)) => self.decode_hit(full, &bytes).await.map(|e| e.value),
             _ => None,
         }
     }
 
-    /// Loads under `token` and fills. `None` when the fill was refused and
-    /// this was not the last attempt.
-    async fn load_and_fill<F, Fut, E>(
+    /// Fills what the loader returned under `token`; true when an
+    /// invalidation refused the fill. Then what was read may predate that
+    /// write, so it is not cached, and its `settled_at` (the load's start)
+    /// keeps it from readers that began after the load did.
+    async fn fill_loaded(
         &self,
         full: &str,
         token: LeaseToken,
-        loader: &mut F,
-        last_attempt: bool,
-    ) -> Result<Option<Settled<V>>>
-    where
-        F: FnMut() -> Fut,
-        Fut: Future<Output = std::result::Result<Option<V>, E>>,
-        E: std::error::Error + Send + Sync + 'static,
-    {
+        (value, took): (Option<V>, Duration),
+        load_began: u64,
+    ) -> (Settled<V>, bool) {
         let store = &self.core.store;
-        let load_began = self.next_seq();
-        let loaded = self.run_loader(loader).await;
-        let bytes = match &loaded {
-            Ok((Some(v), took)) => self.encode(v, *took).ok().flatten(),
-            _ => None,
+        let encoded = self.encode(value.as_ref(), took).ok().flatten();
+        let loaded = |settled_at| Settled {
+            value,
+            source: Source::Loaded,
+            settled_at,
         };
-        let Some(bytes) = bytes else {
+        let Some((bytes, ttl)) = encoded else {
             let _ = self.call(store.release(full, token)).await;
-            let (value, _) = loaded?;
-            return Ok(Some(Settled {
-                value,
-                source: Source::Loaded,
-                settled_at: load_began,
-            }));
+            return (loaded(load_began), false);
         };
-        let (value, _) = loaded?;
         let fill_began = self.next_seq();
-        let ttl = jittered(self.ttl, self.jitter);
         match self.call(store.fill(full, token, bytes, ttl)).await {
-            Ok(FillOutcome::Stored) => Ok(Some(Settled {
-                value,
-                source: Source::Loaded,
-                settled_at: fill_began,
-            })),
+            Ok(FillOutcome::Stored) => (loaded(fill_began), false),
             Ok(FillOutcome::Refused) => {
-                // What we read may predate the write that revoked the lease:
-                // it must not be cached, nor handed to readers that began
-                // after the load did.
                 self.record(Event::FillRefused);
-                Ok(last_attempt.then_some(Settled {
-                    value,
-                    source: Source::Loaded,
-                    settled_at: load_began,
-                }))
+                (loaded(load_began), true)
             }
-            Err(_) => Ok(Some(Settled {
-                value,
-                source: Source::Loaded,
-                settled_at: load_began,
-            })),
+            Err(_) => (loaded(load_began), false),
         }
     }
 }

@@ -196,6 +196,14 @@ impl<T: Clone> SingleFlight<T> {
         }
     }
 
+    /// True when a flight for `key` is running now.
+    pub fn contains(&self, key: &str) -> bool {
+        self.in_flight
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains_key(key)
+    }
+
     /// Number of keys being worked on now.
     pub fn len(&self) -> usize {
         self.in_flight.lock().unwrap_or_else(|e| e.into_inner()).len()

@@ -10,7 +10,7 @@ use tokio::time::Instant;
 
 use crate::error::{Error, ErrorKind, Result};
 use crate::namespace::NsInner;
-use crate::policy::{Strategy, jittered};
+use crate::policy::Strategy;
 
 use super::retry::PendingOp;
 
@@ -59,13 +59,12 @@ impl<V: Clone + Send + Sync + 'static> NsInner<V> {
     }
 
     pub(crate) async fn write(&self, full: &str, value: &V) -> Result<()> {
-        let bytes = self.encode(value, Duration::ZERO)?.ok_or_else(|| {
+        let (bytes, ttl) = self.encode(Some(value), Duration::ZERO)?.ok_or_else(|| {
             Error::new(
                 ErrorKind::Codec,
                 format!("value over the {} byte limit", self.max_value_bytes),
             )
         })?;
-        let ttl = jittered(self.ttl, self.jitter);
         let store = &self.core.store;
         let result = match self.strategy {
             Strategy::Lease => {

@@ -261,6 +261,22 @@ impl Store for MemoryStore {
             .await)
     }
 
+    async fn lease_for_refresh(&self, key: &str, token: LeaseToken, lease_ttl: Duration) -> StoreResult<bool> {
+        let now = Instant::now();
+        Ok(self
+            .compute(key, |current| match current {
+                Some(Slot::Entry {
+                    value: Some(v),
+                    stale: false,
+                    lease,
+                }) if lease.is_none_or(|(_, deadline)| deadline <= now) => {
+                    (entry(Some(v), false, Some((token, now + lease_ttl)), None), true)
+                }
+                _ => (Op::Nop, false),
+            })
+            .await)
+    }
+
     async fn fill(&self, key: &str, token: LeaseToken, value: Bytes, ttl: Duration) -> StoreResult<FillOutcome> {
         Ok(self
             .compute(key, |current| match current {

@@ -171,6 +171,11 @@ pub trait Store: Send + Sync + 'static {
     /// lease, grants `token` for `lease_ttl`, atomically.
     async fn lookup_or_lease(&self, key: &str, token: LeaseToken, lease_ttl: Duration) -> StoreResult<LeaseOutcome>;
 
+    /// Grants `token` on an entry that still holds a current value and no
+    /// live lease (Value(v) -> Value(v)+Leased(t)), for a caller that refreshes
+    /// before expiry. True if granted. The value stays readable meanwhile.
+    async fn lease_for_refresh(&self, key: &str, token: LeaseToken, lease_ttl: Duration) -> StoreResult<bool>;
+
     /// Writes `value` only if `token` is still the entry's lease.
     async fn fill(&self, key: &str, token: LeaseToken, value: Bytes, ttl: Duration) -> StoreResult<FillOutcome>;
 

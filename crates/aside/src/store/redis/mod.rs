@@ -50,6 +50,7 @@ impl Default for RedisConfig {
 struct Scripts {
     lookup_or_lease: Script,
     fill: Script,
+    lease_for_refresh: Script,
     put_entry: Script,
     release: Script,
     invalidate_keep_stale: Script,
@@ -60,6 +61,7 @@ impl Scripts {
         Scripts {
             lookup_or_lease: Script::new(include_str!("lookup_or_lease.lua")),
             fill: Script::new(include_str!("fill.lua")),
+            lease_for_refresh: Script::new(include_str!("lease_for_refresh.lua")),
             put_entry: Script::new(include_str!("put_entry.lua")),
             release: Script::new(include_str!("release.lua")),
             invalidate_keep_stale: Script::new(include_str!("invalidate_keep_stale.lua")),
@@ -259,6 +261,19 @@ impl Store for RedisStore {
             .await
             .map_err(store_error)?;
         lease_outcome(code, value.map(Bytes::from), token)
+    }
+
+    async fn lease_for_refresh(&self, key: &str, token: LeaseToken, lease_ttl: Duration) -> StoreResult<bool> {
+        let granted: i64 = self
+            .scripts
+            .lease_for_refresh
+            .key(key)
+            .arg(token.0)
+            .arg(ttl_ms(lease_ttl))
+            .invoke_async(&mut self.conn.clone())
+            .await
+            .map_err(store_error)?;
+        Ok(granted == 1)
     }
 
     async fn fill(&self, key: &str, token: LeaseToken, value: Bytes, ttl: Duration) -> StoreResult<FillOutcome> {

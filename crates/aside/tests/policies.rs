@@ -1,0 +1,228 @@
+//! Read-path policies: negative caching, fail-safe (stale-if-error) with
+//! throttled retries, the loader timeout, and early refresh that loads once
+//! while every other caller keeps the current value.
+
+mod common;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use aside::store::redis::RedisStore;
+use aside::{Aside, EarlyRefresh, ErrorKind, MemoryStore, Namespace, Source, Store, Strategy};
+use aside_testkit::RedisServer;
+use common::{DbDown, eventually};
+
+fn counting_loader(
+    calls: &Arc<AtomicUsize>,
+    answer: Result<Option<&'static str>, ()>,
+) -> impl FnMut() -> std::future::Ready<Result<Option<String>, DbDown>> {
+    let calls = calls.clone();
+    move || {
+        calls.fetch_add(1, Ordering::SeqCst);
+        std::future::ready(answer.map(|v| v.map(str::to_owned)).map_err(|()| DbDown))
+    }
+}
+
+async fn negative_caching(store: impl Store, strategy: Strategy) {
+    let aside = Aside::builder().store(store).build();
+    let cached = aside
+        .namespace::<u64, String>("neg")
+        .strategy(strategy)
+        .negative_ttl(Duration::from_millis(300))
+        .build()
+        .unwrap();
+    let plain = aside
+        .namespace::<u64, String>("plain")
+        .strategy(strategy)
+        .build()
+        .unwrap();
+    let calls = Arc::new(AtomicUsize::new(0));
+    for _ in 0..3 {
+        assert_eq!(
+            cached
+                .get_or_load(&404, counting_loader(&calls, Ok(None)))
+                .await
+                .unwrap(),
+            None
+        );
+    }
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        1,
+        "{strategy}: the tombstone absorbs repeated misses"
+    );
+    let f = cached.fetch(&404, counting_loader(&calls, Ok(None))).await.unwrap();
+    assert_eq!((f.value, f.source), (None, Source::Hit));
+    eventually("the tombstone expires", Duration::from_secs(5), || async {
+        cached
+            .fetch(&404, counting_loader(&calls, Ok(None)))
+            .await
+            .unwrap()
+            .source
+            == Source::Loaded
+    })
+    .await;
+
+    let plain_calls = Arc::new(AtomicUsize::new(0));
+    for _ in 0..3 {
+        plain
+            .get_or_load(&404, counting_loader(&plain_calls, Ok(None)))
+            .await
+            .unwrap();
+    }
+    assert_eq!(plain_calls.load(Ordering::SeqCst), 3, "{strategy}: off by default");
+}
+
+#[tokio::test]
+async fn negative_caching_on_memory_and_redis() {
+    let server = RedisServer::start();
+    for strategy in [Strategy::Lease, Strategy::Delete] {
+        negative_caching(MemoryStore::new(), strategy).await;
+        negative_caching(RedisStore::connect(&server.url()).await.unwrap(), strategy).await;
+    }
+}
+
+async fn fail_safe(store: impl Store, strategy: Strategy) {
+    let aside = Aside::builder().store(store).build();
+    let build = |name: &str, fail_safe: bool| {
+        let b = aside
+            .namespace::<u64, String>(name)
+            .strategy(strategy)
+            .ttl(Duration::from_millis(150));
+        let b = if fail_safe {
+            b.fail_safe(Duration::from_secs(30), Duration::from_secs(30))
+        } else {
+            b
+        };
+        b.build().unwrap()
+    };
+    let safe: Namespace<u64, String> = build("safe", true);
+    let unsafe_ns: Namespace<u64, String> = build("unsafe", false);
+    let calls = Arc::new(AtomicUsize::new(0));
+    for ns in [&safe, &unsafe_ns] {
+        ns.get_or_load(&1, counting_loader(&calls, Ok(Some("v1"))))
+            .await
+            .unwrap();
+        eventually("the value expires", Duration::from_secs(5), || async {
+            ns.get(&1).await.unwrap().is_none()
+        })
+        .await;
+    }
+    let before = aside.stats().stale_served;
+    let failing = Arc::new(AtomicUsize::new(0));
+    let f = safe.fetch(&1, counting_loader(&failing, Err(()))).await.unwrap();
+    assert_eq!(
+        (f.value.as_deref(), f.source),
+        (Some("v1"), Source::Stale),
+        "{strategy}"
+    );
+    assert_eq!(aside.stats().stale_served, before + 1);
+    // Throttled: the failing loader is not called again for a while; the
+    // expired value is served as a plain hit meanwhile.
+    for _ in 0..5 {
+        let f = safe.fetch(&1, counting_loader(&failing, Err(()))).await.unwrap();
+        assert_eq!(f.value.as_deref(), Some("v1"));
+    }
+    assert_eq!(failing.load(Ordering::SeqCst), 1, "{strategy}: retries are throttled");
+
+    let err = unsafe_ns
+        .fetch(&1, counting_loader(&failing, Err(())))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err.kind(),
+        ErrorKind::Loader,
+        "{strategy}: without fail-safe the error reaches the caller"
+    );
+}
+
+#[tokio::test]
+async fn fail_safe_serves_the_expired_value_when_the_loader_fails() {
+    let server = RedisServer::start();
+    for strategy in [Strategy::Lease, Strategy::Delete] {
+        fail_safe(MemoryStore::new(), strategy).await;
+        fail_safe(RedisStore::connect(&server.url()).await.unwrap(), strategy).await;
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_slow_loader_times_out() {
+    let aside = Aside::builder().build();
+    let ns = aside
+        .namespace::<u64, String>("slow")
+        .load_timeout(Duration::from_millis(50))
+        .build()
+        .unwrap();
+    let err = ns
+        .get_or_load(&1, std::future::pending::<Result<Option<String>, DbDown>>)
+        .await
+        .unwrap_err();
+    assert!(err.is_timeout(), "{err:?}");
+    assert_eq!(aside.stats().load_errors, 1);
+}
+
+async fn early_refresh(store: impl Store) {
+    let aside = Aside::builder().store(store).build();
+    // Due from the start (after 0 % of the TTL): every read draws a refresh.
+    let ns = aside
+        .namespace::<u64, String>("early")
+        .ttl(Duration::from_secs(60))
+        .early_refresh(EarlyRefresh::AfterFraction(0.0))
+        .build()
+        .unwrap();
+    let calls = Arc::new(AtomicUsize::new(0));
+    ns.get_or_load(&1, counting_loader(&calls, Ok(Some("v1"))))
+        .await
+        .unwrap();
+
+    // Twenty readers at once while the refresh loads: one loads, the others
+    // get the current value at once.
+    let release = Arc::new(tokio::sync::Semaphore::new(0));
+    let refreshes = Arc::new(AtomicUsize::new(0));
+    let mut readers = Vec::new();
+    for _ in 0..20 {
+        let (ns, release, refreshes) = (ns.clone(), release.clone(), refreshes.clone());
+        readers.push(tokio::spawn(async move {
+            ns.fetch(&1, || {
+                let (release, refreshes) = (release.clone(), refreshes.clone());
+                async move {
+                    refreshes.fetch_add(1, Ordering::SeqCst);
+                    release.acquire().await.unwrap().forget();
+                    Ok::<_, DbDown>(Some("v2".to_string()))
+                }
+            })
+            .await
+            .unwrap()
+        }));
+    }
+    let mut served_current = 0;
+    while served_current < 19 {
+        served_current = readers.iter().filter(|r| r.is_finished()).count();
+        tokio::task::yield_now().await;
+    }
+    release.add_permits(20);
+    let mut sources = Vec::new();
+    for r in readers {
+        let f = r.await.unwrap();
+        sources.push((f.value.unwrap(), f.source));
+    }
+    assert_eq!(refreshes.load(Ordering::SeqCst), 1, "one refresh for twenty readers");
+    assert_eq!(
+        sources.iter().filter(|(v, s)| v == "v1" && *s == Source::Hit).count(),
+        19
+    );
+    assert!(sources.contains(&("v2".to_string(), Source::Loaded)));
+    assert_eq!(
+        ns.get(&1).await.unwrap().as_deref(),
+        Some("v2"),
+        "the refresh was filled"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn early_refresh_loads_once_and_nobody_waits() {
+    early_refresh(MemoryStore::new()).await;
+    let server = RedisServer::start();
+    early_refresh(RedisStore::connect(&server.url()).await.unwrap()).await;
+}
