@@ -73,7 +73,7 @@ pub use codec::{Codec, Json, MessagePack};
 pub use engine::single_flight;
 pub use error::{Error, ErrorKind, Result};
 pub use metrics::Stats;
-pub use namespace::{Fetched, Namespace, NamespaceBuilder, Source, Stampede};
+pub use namespace::{FetchOptions, Fetched, Namespace, NamespaceBuilder, Source, Stampede, WarmOptions};
 pub use policy::{EarlyRefresh, Strategy};
 pub use store::Store;
 pub use store::memory::MemoryStore;

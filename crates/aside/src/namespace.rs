@@ -36,6 +36,67 @@ pub enum Source {
     Stale,
 }
 
+/// Per-call options of [`Namespace::fetch_with`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct FetchOptions {
+    /// Neither read nor fill the cache: ask the loader.
+    pub skip_cache: bool,
+    /// Do not read the cache; load and replace the cached value.
+    pub force_refresh: bool,
+}
+
+impl FetchOptions {
+    /// Neither read nor fill the cache.
+    pub fn skip_cache() -> Self {
+        FetchOptions {
+            skip_cache: true,
+            ..Self::default()
+        }
+    }
+
+    /// Reload and replace the cached value.
+    pub fn force_refresh() -> Self {
+        FetchOptions {
+            force_refresh: true,
+            ..Self::default()
+        }
+    }
+}
+
+/// Settings of [`Namespace::warm`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct WarmOptions {
+    /// Keys per loader call. Default 100.
+    pub batch_size: usize,
+    /// Batches in flight at once. Default 4.
+    pub concurrency: usize,
+}
+
+impl Default for WarmOptions {
+    fn default() -> Self {
+        WarmOptions {
+            batch_size: 100,
+            concurrency: 4,
+        }
+    }
+}
+
+impl WarmOptions {
+    /// Keys per loader call.
+    pub fn batch_size(mut self, n: usize) -> Self {
+        self.batch_size = n;
+        self
+    }
+
+    /// Batches in flight at once.
+    pub fn concurrency(mut self, n: usize) -> Self {
+        self.concurrency = n;
+        self
+    }
+}
+
 /// A value with where it came from.
 #[derive(Debug, Clone, PartialEq)]
 #[non_exhaustive]
@@ -208,6 +269,65 @@ where
     {
         let full = self.store_key(key)?;
         self.inner.fetch(&full, loader).await
+    }
+
+    /// As [`Namespace::fetch`], with per-call [`FetchOptions`]: skip the
+    /// cache entirely, or force a reload that replaces the cached value.
+    ///
+    /// # Errors
+    /// As [`Namespace::get_or_load`].
+    ///
+    /// # Concurrent calls
+    /// A forced refresh is fenced like any fill: with [`Strategy::Lease`] it
+    /// takes a refresh lease; if another caller holds the key's lease, it
+    /// gets that caller's result instead of loading too.
+    pub async fn fetch_with<F, Fut, E>(&self, key: &K, options: FetchOptions, loader: F) -> Result<Fetched<V>>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = std::result::Result<Option<V>, E>>,
+        E: std::error::Error + Send + Sync + 'static,
+    {
+        let full = self.store_key(key)?;
+        if options.skip_cache {
+            return self.inner.fetch_uncached(loader).await;
+        }
+        if options.force_refresh {
+            return self.inner.fetch_refreshed(&full, loader).await;
+        }
+        self.inner.fetch(&full, loader).await
+    }
+
+    /// Warms the cache with `keys` (after a deploy or a flush): batches of
+    /// `options.batch_size` through [`Namespace::get_many_or_load`], at most
+    /// `options.concurrency` batches at a time, calling `progress` with the
+    /// number of keys done after each batch. Returns how many keys were found.
+    ///
+    /// # Errors
+    /// The first error of a batch; batches already done stay cached.
+    pub async fn warm<F, Fut, E>(
+        &self,
+        keys: &[K],
+        options: WarmOptions,
+        loader: F,
+        progress: impl Fn(usize),
+    ) -> Result<usize>
+    where
+        K: std::hash::Hash + Eq + Clone + Sized,
+        F: Fn(Vec<K>) -> Fut,
+        Fut: Future<Output = std::result::Result<std::collections::HashMap<K, V>, E>>,
+        E: std::error::Error + Send + Sync + 'static,
+    {
+        use futures::stream::{self, StreamExt};
+        let mut batches = stream::iter(keys.chunks(options.batch_size.max(1)))
+            .map(|chunk| async { (chunk.len(), self.get_many_or_load(chunk, &loader).await) })
+            .buffer_unordered(options.concurrency.max(1));
+        let (mut done, mut found) = (0, 0);
+        while let Some((len, result)) = batches.next().await {
+            found += result?.len();
+            done += len;
+            progress(done);
+        }
+        Ok(found)
     }
 
     /// Returns the values of `keys`: cached ones from one store round trip,

@@ -226,3 +226,103 @@ async fn early_refresh_loads_once_and_nobody_waits() {
     let server = RedisServer::start();
     early_refresh(RedisStore::connect(&server.url()).await.unwrap()).await;
 }
+
+#[tokio::test]
+async fn per_call_options_skip_or_refresh_the_cache() {
+    let server = RedisServer::start();
+    for strategy in Strategy::all() {
+        let aside = Aside::builder()
+            .store(RedisStore::connect(&server.url()).await.unwrap())
+            .build();
+        let ns = aside
+            .namespace::<u64, String>(&format!("opt-{strategy}"))
+            .strategy(strategy)
+            .build()
+            .unwrap();
+        let calls = Arc::new(AtomicUsize::new(0));
+        ns.get_or_load(&1, counting_loader(&calls, Ok(Some("v1"))))
+            .await
+            .unwrap();
+
+        let skipped = ns
+            .fetch_with(
+                &1,
+                aside::FetchOptions::skip_cache(),
+                counting_loader(&calls, Ok(Some("direct"))),
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            (skipped.value.as_deref(), skipped.source),
+            (Some("direct"), Source::Loaded)
+        );
+        assert_eq!(
+            ns.get(&1).await.unwrap().as_deref(),
+            Some("v1"),
+            "{strategy}: skip_cache does not fill"
+        );
+
+        let refreshed = ns
+            .fetch_with(
+                &1,
+                aside::FetchOptions::force_refresh(),
+                counting_loader(&calls, Ok(Some("v2"))),
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            (refreshed.value.as_deref(), refreshed.source),
+            (Some("v2"), Source::Loaded)
+        );
+        assert_eq!(
+            ns.get(&1).await.unwrap().as_deref(),
+            Some("v2"),
+            "{strategy}: force_refresh replaces"
+        );
+        assert_eq!(calls.load(Ordering::SeqCst), 3);
+    }
+}
+
+#[tokio::test]
+async fn warm_loads_in_batches_with_bounded_concurrency() {
+    let aside = Aside::builder().build();
+    let ns = aside.namespace::<u64, String>("warm").build().unwrap();
+    let keys: Vec<u64> = (1..=1_000).collect();
+    let batches = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let in_flight = Arc::new(AtomicUsize::new(0));
+    let max_in_flight = Arc::new(AtomicUsize::new(0));
+    let progress = std::sync::Mutex::new(Vec::new());
+    let found = ns
+        .warm(
+            &keys,
+            aside::WarmOptions::default().batch_size(100).concurrency(3),
+            |batch: Vec<u64>| {
+                let (batches, in_flight, max_in_flight) = (batches.clone(), in_flight.clone(), max_in_flight.clone());
+                async move {
+                    let now = in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+                    max_in_flight.fetch_max(now, Ordering::SeqCst);
+                    tokio::task::yield_now().await;
+                    batches.lock().unwrap().push(batch.len());
+                    in_flight.fetch_sub(1, Ordering::SeqCst);
+                    Ok::<_, DbDown>(
+                        batch
+                            .into_iter()
+                            .filter(|k| k % 10 != 0)
+                            .map(|k| (k, format!("v{k}")))
+                            .collect(),
+                    )
+                }
+            },
+            |done| progress.lock().unwrap().push(done),
+        )
+        .await
+        .unwrap();
+    assert_eq!(found, 900);
+    assert_eq!(*batches.lock().unwrap(), vec![100; 10]);
+    assert!(max_in_flight.load(Ordering::SeqCst) <= 3);
+    assert_eq!(progress.lock().unwrap().last(), Some(&1_000));
+    assert_eq!(ns.get(&7).await.unwrap().as_deref(), Some("v7"));
+    let stats = aside.stats();
+    assert_eq!(stats.hits, 0);
+    assert_eq!(stats.misses, 1_000);
+}

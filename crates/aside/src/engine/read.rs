@@ -296,6 +296,66 @@ impl<V: Clone + Send + Sync + 'static> NsInner<V> {
         }
     }
 
+    /// Answers from the loader alone (per-call `skip_cache`).
+    pub(crate) async fn fetch_uncached<F, Fut, E>(&self, mut loader: F) -> Result<Fetched<V>>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = std::result::Result<Option<V>, E>>,
+        E: std::error::Error + Send + Sync + 'static,
+    {
+        let (value, _) = self.run_loader(&mut loader).await?;
+        Ok(Fetched {
+            value,
+            source: Source::Loaded,
+        })
+    }
+
+    /// Reloads and replaces the cached value (per-call `force_refresh`),
+    /// fenced like every fill.
+    pub(crate) async fn fetch_refreshed<F, Fut, E>(&self, full: &str, mut loader: F) -> Result<Fetched<V>>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = std::result::Result<Option<V>, E>>,
+        E: std::error::Error + Send + Sync + 'static,
+    {
+        let loader = &mut loader;
+        let settled = match self.strategy {
+            Strategy::Lease => {
+                let token = LeaseToken::random();
+                match self
+                    .call(self.core.store.lease_for_refresh(full, token, self.lease_ttl))
+                    .await
+                {
+                    Ok(true) => {
+                        let load_began = self.next_seq();
+                        match self.run_loader(loader).await {
+                            Ok(loaded) => self.fill_loaded(full, token, loaded, load_began).await.0,
+                            Err(e) => {
+                                let _ = self.call(self.core.store.release(full, token)).await;
+                                return Err(e);
+                            }
+                        }
+                    }
+                    // No value to replace, or someone holds the lease: the
+                    // ordinary leased load (which may hand us their result).
+                    _ => self.load_with_lease(full, loader, &AtomicU64::new(0)).await?,
+                }
+            }
+            Strategy::Versioned => match self.read_version(full).await {
+                Ok(version) => {
+                    self.load_and_set(&Self::versioned_key(full, version), loader, None)
+                        .await?
+                }
+                Err(_) => self.load_uncached(loader, &None).await?,
+            },
+            Strategy::Delete | Strategy::DoubleDelete { .. } => self.load_and_set(full, loader, None).await?,
+        };
+        Ok(Fetched {
+            value: settled.value,
+            source: settled.source,
+        })
+    }
+
     /// Runs the loader, timing it and bounding it by the load timeout; its
     /// error becomes an `aside::Error`.
     async fn run_loader<F, Fut, E>(&self, loader: &mut F) -> Loaded<V>
