@@ -21,6 +21,7 @@ use crate::store::{Store, StoreResult};
 pub(crate) mod batch;
 pub(crate) mod entry;
 pub(crate) mod read;
+pub(crate) mod refresh;
 pub(crate) mod retry;
 pub mod single_flight;
 pub(crate) mod timer;

@@ -1,0 +1,160 @@
+//! Refreshing values that are still cached, and what to serve when loading fails.
+//!
+//! Owns the read-path policies that act on a value already in the store:
+//! early refresh under a refresh lease (one caller reloads, the others keep
+//! the current value), fail-safe serving of an expired value when the loader
+//! fails or times out (with throttled retries), and the per-call options
+//! that skip or force-refresh the cache. The plain miss path is `read`.
+
+use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+
+use super::read::Current;
+use crate::error::Result;
+use crate::metrics::Event;
+use crate::namespace::{Fetched, NsInner, Settled, Shared, Source};
+use crate::policy::Strategy;
+use crate::store::LeaseToken;
+
+impl<V: Clone + Send + Sync + 'static> NsInner<V> {
+    /// Answers from the loader alone (per-call `skip_cache`).
+    pub(crate) async fn fetch_uncached<F, Fut, E>(&self, mut loader: F) -> Result<Fetched<V>>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = std::result::Result<Option<V>, E>>,
+        E: std::error::Error + Send + Sync + 'static,
+    {
+        let (value, _) = self.run_loader(&mut loader).await?;
+        Ok(Fetched {
+            value,
+            source: Source::Loaded,
+        })
+    }
+
+    /// Reloads and replaces the cached value (per-call `force_refresh`),
+    /// fenced like every fill.
+    pub(crate) async fn fetch_refreshed<F, Fut, E>(&self, full: &str, mut loader: F) -> Result<Fetched<V>>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = std::result::Result<Option<V>, E>>,
+        E: std::error::Error + Send + Sync + 'static,
+    {
+        let loader = &mut loader;
+        let settled = match self.strategy {
+            Strategy::Lease => {
+                let token = LeaseToken::random();
+                match self
+                    .call(self.core.store.lease_for_refresh(full, token, self.lease_ttl))
+                    .await
+                {
+                    Ok(true) => {
+                        let load_began = self.next_seq();
+                        match self.run_loader(loader).await {
+                            Ok(loaded) => self.fill_loaded(full, token, loaded, load_began).await.0,
+                            Err(e) => {
+                                let _ = self.call(self.core.store.release(full, token)).await;
+                                return Err(e);
+                            }
+                        }
+                    }
+                    // No value to replace, or someone holds the lease: the
+                    // ordinary leased load (which may hand us their result).
+                    _ => self.load_with_lease(full, loader, &AtomicU64::new(0)).await?,
+                }
+            }
+            Strategy::Versioned => match self.read_version(full).await {
+                Ok(version) => {
+                    self.load_and_set(&Self::versioned_key(full, version), loader, None)
+                        .await?
+                }
+                Err(_) => self.load_uncached(loader, &None).await?,
+            },
+            Strategy::Delete | Strategy::DoubleDelete { .. } => self.load_and_set(full, loader, None).await?,
+        };
+        Ok(Fetched {
+            value: settled.value,
+            source: settled.source,
+        })
+    }
+
+    /// When a load failed and a value is still there: a value due for early
+    /// refresh is simply still valid; an expired one is served by fail-safe.
+    /// `None` when the error must reach the caller.
+    pub(crate) fn fall_back(&self, current: &Option<Current<V>>, settled_at: u64) -> Option<Settled<V>> {
+        let current = current.as_ref()?;
+        if current.expired {
+            self.fail_safe?;
+            self.record(Event::StaleServed);
+            return Some(Settled {
+                value: current.value.clone(),
+                source: Source::Stale,
+                settled_at,
+            });
+        }
+        Some(Settled {
+            value: current.value.clone(),
+            source: Source::Hit,
+            settled_at,
+        })
+    }
+
+    /// After fail-safe served an expired value, keep serving it for the
+    /// throttle period instead of retrying the failing loader on every read.
+    pub(crate) fn throttled(&self, current: &Current<V>) -> Option<(Bytes, Duration)> {
+        let fail_safe = self.fail_safe?;
+        if !current.expired {
+            return None;
+        }
+        self.encode_for(current.value.as_ref(), Duration::ZERO, fail_safe.throttle)
+            .ok()
+            .flatten()
+    }
+
+    /// Reloads a value that is still in the store (due for early refresh,
+    /// or expired under fail-safe) under a refresh lease, so that one caller
+    /// in total reloads while the others keep the value they have.
+    pub(crate) async fn refresh_with_lease<F, Fut, E>(
+        &self,
+        full: &str,
+        loader: &mut F,
+        held: &AtomicU64,
+        current: Current<V>,
+    ) -> Shared<V>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = std::result::Result<Option<V>, E>>,
+        E: std::error::Error + Send + Sync + 'static,
+    {
+        let store = &self.core.store;
+        let token = LeaseToken::random();
+        let settled_at = self.next_seq();
+        let granted = self.call(store.lease_for_refresh(full, token, self.lease_ttl)).await;
+        let current = Some(current);
+        match granted {
+            Ok(true) => {
+                held.store(token.0, Ordering::Release);
+                let load_began = self.next_seq();
+                match self.run_loader(loader).await {
+                    Ok(loaded) => Ok(self.fill_loaded(full, token, loaded, load_began).await.0),
+                    Err(e) => {
+                        let served = self.fall_back(&current, load_began);
+                        match current.as_ref().and_then(|c| self.throttled(c)) {
+                            Some((bytes, ttl)) => drop(self.call(store.fill(full, token, bytes, ttl)).await),
+                            None => drop(self.call(store.release(full, token)).await),
+                        }
+                        served.ok_or(e)
+                    }
+                }
+            }
+            // Someone else is refreshing, or the store is away: the value we
+            // have is what there is (still valid, or served by fail-safe).
+            Ok(false) | Err(_) => match self.fall_back(&current, settled_at) {
+                Some(settled) => Ok(settled),
+                None => self.load_with_lease(full, loader, held).await,
+            },
+        }
+    }
+}
