@@ -7,13 +7,17 @@
 //! (a pool over `sqlite::memory:` would give each connection its own empty
 //! database).
 
-use std::path::Path;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{AssertSqlSafe, FromRow};
+use tempfile::TempDir;
+
+use crate::error::Context;
 
 /// Rows per `INSERT` while seeding: 4 parameters each stays under SQLite's
 /// oldest bound of 999 parameters per statement.
@@ -63,7 +67,45 @@ pub fn connect_options(path: &Path) -> SqliteConnectOptions {
         .busy_timeout(Duration::from_secs(5))
 }
 
+/// The database file of a run: `given` (kept afterwards), or `users.db` in
+/// a new temporary directory, removed with its WAL and shared-memory files
+/// when the returned guard drops (after the pools are closed).
+///
+/// # Errors
+/// When the temporary directory cannot be created.
+pub fn database_path(given: Option<&Path>) -> crate::error::Result<(PathBuf, Option<TempDir>)> {
+    match given {
+        Some(path) => Ok((path.to_path_buf(), None)),
+        None => {
+            let dir = tempfile::Builder::new()
+                .prefix("aside-demo-")
+                .tempdir()
+                .context("cannot create a temporary directory for the database")?;
+            Ok((dir.path().join("users.db"), Some(dir)))
+        }
+    }
+}
+
 impl Db {
+    /// Opens the database file at `path` (see [`Db::open`]) and seeds it with
+    /// profiles `1..=users` (see [`Db::seed`]). Returns the database and how
+    /// many rows were inserted.
+    ///
+    /// # Errors
+    /// The SQLite error, saying which file and what was being done.
+    pub async fn open_seeded(path: &Path, readers: u32, users: u64) -> crate::error::Result<(Db, u64)> {
+        let db = Db::open(path, readers)
+            .await
+            .context(format!("cannot open the SQLite database {}", path.display()))?;
+        match db.seed(users).await {
+            Ok(inserted) => Ok((db, inserted)),
+            Err(e) => {
+                db.close().await;
+                Err(e).context(format!("cannot seed the users table in {}", path.display()))
+            }
+        }
+    }
+
     /// Opens (creating if needed) the database file at `path` in WAL mode,
     /// with up to `readers` connections for reads and one for writes.
     ///
@@ -146,6 +188,35 @@ impl Db {
             .bind(sql_id(id))
             .fetch_optional(&self.reader)
             .await
+    }
+
+    /// The batch loader: reads the profiles of `ids` in one
+    /// `SELECT ... WHERE id IN (...)`, counted as one query. Ids that are
+    /// not in the table are absent from the result.
+    ///
+    /// # Errors
+    /// The SQLite error.
+    pub async fn load_users(&self, ids: &[u64]) -> Result<HashMap<u64, User>, sqlx::Error> {
+        if ids.is_empty() {
+            return Ok(HashMap::new());
+        }
+        self.queries.fetch_add(1, Ordering::Relaxed);
+        // Only integers are spliced in (formatted from `i64`s), so the
+        // statement cannot carry anything but ids; one statement, however
+        // many ids, with no bound-parameter limit to split on.
+        let list = ids
+            .iter()
+            .map(|&id| sql_id(id).to_string())
+            .collect::<Vec<_>>()
+            .join(",");
+        let sql = format!("SELECT id, name, email, avatar FROM users WHERE id IN ({list})");
+        let users = sqlx::query_as::<_, User>(AssertSqlSafe(sql))
+            .fetch_all(&self.reader)
+            .await?;
+        Ok(users
+            .into_iter()
+            .filter_map(|user| u64::try_from(user.id).ok().map(|id| (id, user)))
+            .collect())
     }
 
     /// A write: renames user `id` (version `version` of its name and e-mail).

@@ -22,21 +22,25 @@ use crate::report;
 use crate::workload::{Summary, Target, Workload, run_workload};
 
 /// Largest `--users`: the key sampler holds one `f64` per user.
-const MAX_USERS: u64 = 10_000_000;
+pub const MAX_USERS: u64 = 10_000_000;
 /// Upper bound on the database's read connections, whatever the concurrency
 /// (each is a thread; more do not help on a small machine).
-const MAX_DB_READERS: u32 = 8;
+pub const MAX_DB_READERS: u32 = 8;
 
 /// Flags of `aside demo`.
 #[derive(Debug, Clone, Args)]
 pub struct DemoArgs {
     /// What to run: `main` (the user-profile workload), `race` (the
-    /// read-write race, once per strategy) or `stampede` (many readers of
-    /// one missing hot key, per protection mode).
-    #[arg(long, default_value = "main", value_parser = ["main", "race", "stampede"])]
+    /// read-write race, once per strategy), `stampede` (many readers of
+    /// one missing hot key, per protection mode), `expiry` (a hot set whose
+    /// TTL runs out under load, without and with early refresh) or
+    /// `db-outage` (the database fails for part of the run, without and
+    /// with fail-safe).
+    #[arg(long, default_value = "main", value_parser = ["main", "race", "stampede", "expiry", "db-outage"])]
     pub scenario: String,
 
-    /// Seconds to run the workload (default 10; for `race`, 3 per strategy).
+    /// Seconds to run the workload (default 10; for `race`, 3 per
+    /// strategy; for `expiry` and `db-outage`, 10 per mode).
     #[arg(long, value_parser = parse_seconds)]
     pub duration: Option<f64>,
 
@@ -64,9 +68,9 @@ pub struct DemoArgs {
     #[arg(long, default_value = "lease", value_parser = parse_strategy)]
     pub strategy: Strategy,
 
-    /// Cache entry TTL in seconds.
-    #[arg(long, default_value_t = 600.0, value_parser = parse_seconds)]
-    pub ttl: f64,
+    /// Cache entry TTL in seconds (default 600; 2 for `expiry`, 1 for `db-outage`).
+    #[arg(long, value_parser = parse_seconds)]
+    pub ttl: Option<f64>,
 
     /// SQLite file to use (created and seeded if needed, kept afterwards);
     /// by default a temporary file deleted at the end.
@@ -132,7 +136,7 @@ pub async fn run(args: DemoArgs) -> Result<()> {
     let cache = build_cache(&args).await?;
     let users = cache
         .namespace::<u64, crate::db::User>("user:profile")
-        .ttl(Duration::from_secs_f64(args.ttl))
+        .ttl(Duration::from_secs_f64(args.ttl.unwrap_or(600.0)))
         .jitter(0.10)
         .strategy(args.strategy)
         .build()
@@ -140,33 +144,10 @@ pub async fn run(args: DemoArgs) -> Result<()> {
 
     // The temporary directory (database, WAL and shared-memory files) is
     // removed when `_scratch` drops, after the pool is closed.
-    let (path, _scratch) = match &args.db {
-        Some(path) => (path.clone(), None),
-        None => {
-            let dir = tempfile::Builder::new()
-                .prefix("aside-demo-")
-                .tempdir()
-                .context("cannot create a temporary directory for the database")?;
-            (dir.path().join("users.db"), Some(dir))
-        }
-    };
+    let (path, _scratch) = crate::db::database_path(args.db.as_deref())?;
     let readers = args.concurrency.min(MAX_DB_READERS);
-    let db = Db::open(&path, readers)
-        .await
-        .context(format!("cannot open the SQLite database {}", path.display()))?;
-
     let seeding = Instant::now();
-    let inserted = db
-        .seed(args.users)
-        .await
-        .context(format!("cannot seed the users table in {}", path.display()));
-    let inserted = match inserted {
-        Ok(n) => n,
-        Err(e) => {
-            db.close().await;
-            return Err(e);
-        }
-    };
+    let (db, inserted) = Db::open_seeded(&path, readers, args.users).await?;
     say(format!(
         "database {}: {} profiles ready ({} inserted in {} ms)",
         path.display(),

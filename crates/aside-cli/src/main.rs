@@ -2,7 +2,7 @@
 //!
 //! Owns argument parsing, logging set-up, the runtime, and turning a
 //! failure into one `error: ...` line on stderr and a non-zero exit. Each
-//! subcommand lives in its own module (`demo`); the workload runner, the
+//! subcommand lives in its own module (`demo`, `warm`); the workload runner, the
 //! database, the key sampler and the report are shared modules so later
 //! scenarios can reuse them.
 #![forbid(unsafe_code)]
@@ -12,6 +12,7 @@ mod demo;
 mod error;
 mod report;
 mod scenario;
+mod warm;
 mod workload;
 mod zipf;
 
@@ -33,6 +34,9 @@ enum Command {
     /// Runs a read-heavy workload of user profiles through aside in front of
     /// SQLite, and reports hit ratio, database load and latencies.
     Demo(demo::DemoArgs),
+    /// Warms the cache with the user profiles a key list or an access log
+    /// asks for most, in batches, from the demo's SQLite database.
+    Warm(warm::WarmArgs),
 }
 
 /// Logs to stderr, `warn` and above unless `RUST_LOG` says otherwise.
@@ -57,6 +61,7 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async {
         match cli.command {
             Command::Demo(args) => demo::run(args).await,
+            Command::Warm(args) => warm::run(args).await,
         }
     });
     match result {

@@ -1,11 +1,15 @@
-//! The demo's scenarios beyond the main workload: `race` and `stampede`.
+//! The demo's scenarios beyond the main workload: `race`, `stampede`,
+//! `expiry` and `db-outage`.
 //!
 //! Owns what the scenarios share: a table of versioned rows in an SQLite
 //! file (each write bumps a row's version, so a read can tell how old its
 //! answer is), the slow read of the article's race ("the row is read, the
-//! answer comes later"), and building caches on either store. Each scenario
-//! lives in its own module and only reports; nothing here prints.
+//! answer comes later"), building caches on either store, the scenarios'
+//! flags and their tables. Each scenario lives in its own module and only
+//! reports; only [`run`] prints.
 
+pub mod db_outage;
+pub mod expiry;
 pub mod race;
 pub mod stampede;
 
@@ -15,7 +19,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use aside::store::redis::RedisStore;
-use aside::{Aside, MemoryStore, Store, Strategy};
+use aside::{Aside, MemoryStore, Namespace, Store, Strategy};
 use sqlx::sqlite::{SqlitePool, SqlitePoolOptions};
 
 use crate::demo::DemoArgs;
@@ -167,6 +171,25 @@ impl Rows {
     }
 }
 
+/// Fills keys `1..=keys` of `ns` from `rows`, all loads at once, before a
+/// run starts (so the run begins warm).
+///
+/// # Errors
+/// The first failed read.
+pub async fn fill_all(ns: &Namespace<u64, u64>, rows: &Rows, keys: u64) -> Result<()> {
+    let mut fills = tokio::task::JoinSet::new();
+    for k in 1..=keys {
+        let (ns, rows) = (ns.clone(), rows.clone());
+        fills.spawn(async move { ns.fetch(&k, || rows.read(k)).await.map(|_| ()) });
+    }
+    while let Some(filled) = fills.join_next().await {
+        filled
+            .map_err(|e| CliError::new(format!("a warm-up task failed: {e}")))?
+            .map_err(|e| CliError::new(format!("a warm-up read failed: {e}")))?;
+    }
+    Ok(())
+}
+
 /// Percentile of sorted samples, 0 for none.
 pub fn percentile(sorted: &[f64], p: f64) -> f64 {
     if sorted.is_empty() {
@@ -179,14 +202,25 @@ pub fn percentile(sorted: &[f64], p: f64) -> f64 {
 /// Flags of the `race` and `stampede` scenarios.
 #[derive(Debug, Clone, clap::Args)]
 pub struct ScenarioArgs {
-    /// Hot keys of the race.
-    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=100_000))]
-    pub keys: u64,
+    /// Keys the readers work on (default 10 hot keys for `race` and
+    /// `expiry`, 100 for `db-outage`).
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=100_000))]
+    pub keys: Option<u64>,
 
     /// Delay between reading a row and answering, in ms (default 20 for
-    /// `race`, 50 for `stampede`).
+    /// `race`, 50 for `stampede` and `expiry`, 10 for `db-outage`).
     #[arg(long, value_parser = clap::value_parser!(u64).range(0..=60_000))]
     pub db_read_delay_ms: Option<u64>,
+
+    /// When the database of `db-outage` starts failing, in seconds from the
+    /// start of the run.
+    #[arg(long, default_value_t = 3.0, value_parser = parse_offset)]
+    pub outage_start_s: f64,
+
+    /// When the database of `db-outage` answers again, in seconds from the
+    /// start of the run.
+    #[arg(long, default_value_t = 7.0, value_parser = parse_offset)]
+    pub outage_end_s: f64,
 
     /// Concurrent readers of the stampede's hot key.
     #[arg(long, default_value_t = 200, value_parser = clap::value_parser!(u64).range(1..=100_000))]
@@ -213,6 +247,15 @@ fn parse_strategy(s: &str) -> std::result::Result<Strategy, String> {
     s.parse::<Strategy>().map_err(|e| e.to_string())
 }
 
+fn parse_offset(s: &str) -> std::result::Result<f64, String> {
+    let seconds: f64 = s.parse().map_err(|_| format!("{s:?} is not a number of seconds"))?;
+    if seconds.is_finite() && (0.0..=1e9).contains(&seconds) {
+        Ok(seconds)
+    } else {
+        Err("expected a number of seconds, 0 or more".to_owned())
+    }
+}
+
 #[derive(Debug, serde::Serialize)]
 struct Report<T> {
     scenario: &'static str,
@@ -220,8 +263,8 @@ struct Report<T> {
     results: Vec<T>,
 }
 
-/// Runs `--scenario race` or `--scenario stampede` and prints its table
-/// (or its JSON with `--json`).
+/// Runs `--scenario race`, `stampede`, `expiry` or `db-outage` and prints
+/// its table (or its JSON with `--json`).
 ///
 /// # Errors
 /// Redis unreachable, database failures, or failed reads.
@@ -237,9 +280,10 @@ pub async fn run(args: &DemoArgs) -> Result<()> {
     match args.scenario.as_str() {
         "race" => {
             let delay = Duration::from_millis(opts.db_read_delay_ms.unwrap_or(20));
-            let rows = Rows::create(&path, opts.keys, delay).await?;
+            let keys = opts.keys.unwrap_or(10);
+            let rows = Rows::create(&path, keys, delay).await?;
             let race = race::RaceOptions {
-                keys: opts.keys,
+                keys,
                 readers: args.concurrency as usize,
                 writers: opts.writers as usize,
                 write_interval: Duration::from_millis(opts.write_interval_ms),
@@ -289,6 +333,83 @@ pub async fn run(args: &DemoArgs) -> Result<()> {
                 },
                 args.json,
                 stampede_table,
+            )
+        }
+        "expiry" => {
+            let opts = expiry::ExpiryOptions {
+                keys: opts.keys.unwrap_or(10),
+                readers: args.concurrency as usize,
+                ttl: Duration::from_secs_f64(args.ttl.unwrap_or(2.0)),
+                read_delay: Duration::from_millis(opts.db_read_delay_ms.unwrap_or(50)),
+                duration: Duration::from_secs_f64(args.duration.unwrap_or(10.0)),
+            };
+            let rows = Rows::create(&path, opts.keys, opts.read_delay).await?;
+            let mut results = Vec::new();
+            for mode in expiry::MODES {
+                if chatty {
+                    eprintln!(
+                        "expiry: early refresh {mode}, {} readers of {} keys, ttl {:?}, {:?} on {} ...",
+                        opts.readers,
+                        opts.keys,
+                        opts.ttl,
+                        opts.duration,
+                        store.name()
+                    );
+                }
+                results.push(expiry::run_mode(&store, &rows, mode, &opts).await?);
+            }
+            print_report(
+                Report {
+                    scenario: "expiry",
+                    store: store.name(),
+                    results,
+                },
+                args.json,
+                expiry_table,
+            )
+        }
+        "db-outage" => {
+            let start = Duration::from_secs_f64(opts.outage_start_s);
+            let end = Duration::from_secs_f64(opts.outage_end_s);
+            if end <= start {
+                return Err(CliError::new(format!(
+                    "--outage-end-s ({}) must be after --outage-start-s ({})",
+                    opts.outage_end_s, opts.outage_start_s
+                )));
+            }
+            let opts = db_outage::OutageOptions {
+                keys: opts.keys.unwrap_or(100),
+                readers: args.concurrency as usize,
+                ttl: Duration::from_secs_f64(args.ttl.unwrap_or(1.0)),
+                duration: Duration::from_secs_f64(args.duration.unwrap_or(10.0)),
+                outage: start..end,
+            };
+            let delay = Duration::from_millis(args.scenario_args.db_read_delay_ms.unwrap_or(10));
+            let rows = Rows::create(&path, opts.keys, delay).await?;
+            let mut results = Vec::new();
+            for mode in db_outage::MODES {
+                if chatty {
+                    eprintln!(
+                        "db-outage: {mode}, {} readers of {} keys, ttl {:?}, database down from {:?} to {:?} of {:?} on {} ...",
+                        opts.readers,
+                        opts.keys,
+                        opts.ttl,
+                        opts.outage.start,
+                        opts.outage.end,
+                        opts.duration,
+                        store.name()
+                    );
+                }
+                results.push(db_outage::run_mode(&store, &rows, mode, &opts).await?);
+            }
+            print_report(
+                Report {
+                    scenario: "db-outage",
+                    store: store.name(),
+                    results,
+                },
+                args.json,
+                outage_table,
             )
         }
         other => Err(CliError::new(format!("unknown scenario {other:?}"))),
@@ -351,5 +472,75 @@ fn stampede_table(results: &[stampede::StampedeResult]) -> String {
             r.mode, r.clients, r.db_queries, r.p50_ms, r.p99_ms, r.max_ms
         ));
     }
+    out
+}
+
+fn expiry_table(results: &[expiry::ExpiryResult]) -> String {
+    let mut out = format!(
+        "{:<9} {:>10} {:>8} {:>7} {:>10} {:>9} {:>8} {:>9} {:>9} {:>9} {:>9}\n",
+        "mode",
+        "db_queries",
+        "per_ttl",
+        "refused",
+        "reads",
+        "hit_ratio",
+        "waited",
+        "p50_ms",
+        "p99_ms",
+        "p999_ms",
+        "max_ms"
+    );
+    for r in results {
+        out.push_str(&format!(
+            "{:<9} {:>10} {:>8.2} {:>7} {:>10} {:>9.5} {:>8} {:>9.3} {:>9.3} {:>9.3} {:>9.1}\n",
+            r.mode,
+            r.db_queries,
+            r.queries_per_key_per_ttl,
+            r.fills_refused,
+            r.reads,
+            r.hit_ratio,
+            r.waited,
+            r.p50_ms,
+            r.p99_ms,
+            r.p999_ms,
+            r.max_ms
+        ));
+    }
+    out.push_str(
+        "per_ttl: database queries per key per TTL; refused: fills refused (lease lost); waited: reads that were not hits\n",
+    );
+    out
+}
+
+fn outage_table(results: &[db_outage::OutageResult]) -> String {
+    let mut out = format!(
+        "{:<10} {:>10} {:>10} {:>9} {:>8} {:>9} {:>10} {:>9} {:>11} {:>13}\n",
+        "mode",
+        "requests",
+        "answered",
+        "answered%",
+        "stale",
+        "errors",
+        "db_queries",
+        "db_errors",
+        "outage_reqs",
+        "outage_answ%"
+    );
+    for r in results {
+        out.push_str(&format!(
+            "{:<10} {:>10} {:>10} {:>9.2} {:>8} {:>9} {:>10} {:>9} {:>11} {:>13.2}\n",
+            r.mode,
+            r.requests,
+            r.answered,
+            r.answered_ratio * 100.0,
+            r.stale_served,
+            r.errors,
+            r.db_queries,
+            r.db_errors,
+            r.outage_requests,
+            r.outage_answered_ratio * 100.0
+        ));
+    }
+    out.push_str("stale: reads answered with an expired value (Source::Stale); outage: reads begun while the database was down\n");
     out
 }

@@ -130,6 +130,13 @@ impl<V: Clone + Send + Sync + 'static> NsInner<V> {
     fn judge(&self, entry: Entry<V>, version: Option<u64>, lease: Option<LeaseToken>) -> Cached<V> {
         match self.freshness(&entry) {
             Freshness::Fresh => Cached::Hit(entry.value),
+            // Without fail-safe the store is about to drop it anyway: an
+            // ordinary miss, not a refresh of a value on its way out.
+            Freshness::Expired if self.fail_safe.is_none() => Cached::Miss {
+                version,
+                lease,
+                current: None,
+            },
             freshness => Cached::Miss {
                 version,
                 lease,

@@ -12,4 +12,8 @@ if h[3] and tonumber(h[4]) and tonumber(h[4]) > now_ms then
   return 0
 end
 redis.call('HSET', KEYS[1], 't', ARGV[1], 'e', now_ms + tonumber(ARGV[2]))
+-- The entry must outlive its lease, or the refresh would be refused.
+if redis.call('PTTL', KEYS[1]) < tonumber(ARGV[2]) then
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+end
 return 1
