@@ -429,11 +429,42 @@ fn print_report<T: serde::Serialize>(report: Report<T>, json: bool, table: fn(&[
     Ok(())
 }
 
+/// Renders rows under headers, each column as wide as its widest cell:
+/// the first column left-aligned, the others right-aligned.
+fn render(headers: &[&str], rows: Vec<Vec<String>>, footnote: Option<&str>) -> String {
+    let mut widths: Vec<usize> = headers.iter().map(|h| h.len()).collect();
+    for row in &rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.len());
+        }
+    }
+    let line = |cells: Vec<&str>| {
+        let mut out = String::new();
+        for (i, (cell, w)) in cells.iter().zip(&widths).enumerate() {
+            if i == 0 {
+                out.push_str(&format!("{cell:<w$}"));
+            } else {
+                out.push_str(&format!("  {cell:>w$}"));
+            }
+        }
+        out.push('\n');
+        out
+    };
+    let mut out = line(headers.to_vec());
+    for row in &rows {
+        out.push_str(&line(row.iter().map(String::as_str).collect()));
+    }
+    if let Some(note) = footnote {
+        out.push_str(note);
+        out.push('\n');
+    }
+    out
+}
+
 fn race_table(results: &[race::RaceResult]) -> String {
-    let mut out = format!(
-        "{:>4}  {:<14} {:>13} {:>11} {:>9} {:>15} {:>10} {:>7} {:>6} {:>13}\n",
-        "run",
+    let headers = [
         "strategy",
+        "run",
         "stale_entries",
         "stale_reads",
         "hit_ratio",
@@ -441,43 +472,48 @@ fn race_table(results: &[race::RaceResult]) -> String {
         "db_queries",
         "reads",
         "writes",
-        "fills_refused"
-    );
-    for r in results {
-        out.push_str(&format!(
-            "{:>4}  {:<14} {:>13} {:>11} {:>9.3} {:>15.3} {:>10} {:>7} {:>6} {:>13}\n",
-            r.run,
-            r.strategy,
-            r.stale_entries,
-            r.stale_reads,
-            r.hit_ratio,
-            r.fresh_hit_ratio,
-            r.db_queries,
-            r.reads,
-            r.writes,
-            r.fills_refused
-        ));
-    }
-    out
+        "fills_refused",
+    ];
+    let rows = results
+        .iter()
+        .map(|r| {
+            vec![
+                r.strategy.clone(),
+                r.run.to_string(),
+                r.stale_entries.to_string(),
+                r.stale_reads.to_string(),
+                format!("{:.3}", r.hit_ratio),
+                format!("{:.3}", r.fresh_hit_ratio),
+                r.db_queries.to_string(),
+                r.reads.to_string(),
+                r.writes.to_string(),
+                r.fills_refused.to_string(),
+            ]
+        })
+        .collect();
+    render(&headers, rows, None)
 }
 
 fn stampede_table(results: &[stampede::StampedeResult]) -> String {
-    let mut out = format!(
-        "{:<11} {:>8} {:>10} {:>9} {:>9} {:>9}\n",
-        "mode", "clients", "db_queries", "p50_ms", "p99_ms", "max_ms"
-    );
-    for r in results {
-        out.push_str(&format!(
-            "{:<11} {:>8} {:>10} {:>9.1} {:>9.1} {:>9.1}\n",
-            r.mode, r.clients, r.db_queries, r.p50_ms, r.p99_ms, r.max_ms
-        ));
-    }
-    out
+    let headers = ["mode", "clients", "db_queries", "p50_ms", "p99_ms", "max_ms"];
+    let rows = results
+        .iter()
+        .map(|r| {
+            vec![
+                r.mode.clone(),
+                r.clients.to_string(),
+                r.db_queries.to_string(),
+                format!("{:.1}", r.p50_ms),
+                format!("{:.1}", r.p99_ms),
+                format!("{:.1}", r.max_ms),
+            ]
+        })
+        .collect();
+    render(&headers, rows, None)
 }
 
 fn expiry_table(results: &[expiry::ExpiryResult]) -> String {
-    let mut out = format!(
-        "{:<9} {:>10} {:>8} {:>7} {:>10} {:>9} {:>8} {:>9} {:>9} {:>9} {:>9}\n",
+    let headers = [
         "mode",
         "db_queries",
         "per_ttl",
@@ -488,33 +524,37 @@ fn expiry_table(results: &[expiry::ExpiryResult]) -> String {
         "p50_ms",
         "p99_ms",
         "p999_ms",
-        "max_ms"
-    );
-    for r in results {
-        out.push_str(&format!(
-            "{:<9} {:>10} {:>8.2} {:>7} {:>10} {:>9.5} {:>8} {:>9.3} {:>9.3} {:>9.3} {:>9.1}\n",
-            r.mode,
-            r.db_queries,
-            r.queries_per_key_per_ttl,
-            r.fills_refused,
-            r.reads,
-            r.hit_ratio,
-            r.waited,
-            r.p50_ms,
-            r.p99_ms,
-            r.p999_ms,
-            r.max_ms
-        ));
-    }
-    out.push_str(
-        "per_ttl: database queries per key per TTL; refused: fills refused (lease lost); waited: reads that were not hits\n",
-    );
-    out
+        "max_ms",
+    ];
+    let rows = results
+        .iter()
+        .map(|r| {
+            vec![
+                r.mode.clone(),
+                r.db_queries.to_string(),
+                format!("{:.2}", r.queries_per_key_per_ttl),
+                r.fills_refused.to_string(),
+                r.reads.to_string(),
+                format!("{:.5}", r.hit_ratio),
+                r.waited.to_string(),
+                format!("{:.3}", r.p50_ms),
+                format!("{:.3}", r.p99_ms),
+                format!("{:.3}", r.p999_ms),
+                format!("{:.1}", r.max_ms),
+            ]
+        })
+        .collect();
+    render(
+        &headers,
+        rows,
+        Some(
+            "per_ttl: database queries per key per TTL; refused: fills refused (lease lost); waited: reads that were not hits",
+        ),
+    )
 }
 
 fn outage_table(results: &[db_outage::OutageResult]) -> String {
-    let mut out = format!(
-        "{:<10} {:>10} {:>10} {:>9} {:>8} {:>9} {:>10} {:>9} {:>11} {:>13}\n",
+    let headers = [
         "mode",
         "requests",
         "answered",
@@ -524,23 +564,30 @@ fn outage_table(results: &[db_outage::OutageResult]) -> String {
         "db_queries",
         "db_errors",
         "outage_reqs",
-        "outage_answ%"
-    );
-    for r in results {
-        out.push_str(&format!(
-            "{:<10} {:>10} {:>10} {:>9.2} {:>8} {:>9} {:>10} {:>9} {:>11} {:>13.2}\n",
-            r.mode,
-            r.requests,
-            r.answered,
-            r.answered_ratio * 100.0,
-            r.stale_served,
-            r.errors,
-            r.db_queries,
-            r.db_errors,
-            r.outage_requests,
-            r.outage_answered_ratio * 100.0
-        ));
-    }
-    out.push_str("stale: reads answered with an expired value (Source::Stale); outage: reads begun while the database was down\n");
-    out
+        "outage_answ%",
+    ];
+    let rows = results
+        .iter()
+        .map(|r| {
+            vec![
+                r.mode.clone(),
+                r.requests.to_string(),
+                r.answered.to_string(),
+                format!("{:.2}", r.answered_ratio * 100.0),
+                r.stale_served.to_string(),
+                r.errors.to_string(),
+                r.db_queries.to_string(),
+                r.db_errors.to_string(),
+                r.outage_requests.to_string(),
+                format!("{:.2}", r.outage_answered_ratio * 100.0),
+            ]
+        })
+        .collect();
+    render(
+        &headers,
+        rows,
+        Some(
+            "stale: reads answered with an expired value (Source::Stale); outage: reads begun while the database was down",
+        ),
+    )
 }
