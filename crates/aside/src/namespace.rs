@@ -154,6 +154,10 @@ pub(crate) struct NsInner<V> {
     pub(crate) early_refresh: Option<EarlyRefresh>,
     pub(crate) fail_safe: Option<FailSafe>,
     pub(crate) load_timeout: Option<Duration>,
+    pub(crate) soft_load_timeout: Option<Duration>,
+    /// Keys with a background refresh running (`fetch_owned`), so that one
+    /// is spawned per key however many callers draw it.
+    pub(crate) refreshing: std::sync::Mutex<std::collections::HashSet<String>>,
     pub(crate) read_seq: std::sync::atomic::AtomicU64,
     pub(crate) flight: SingleFlight<Shared<V>>,
     pub(crate) metrics: NamespaceMetrics,
@@ -269,6 +273,30 @@ where
     {
         let full = self.store_key(key)?;
         self.inner.fetch(&full, loader).await
+    }
+
+    /// As [`Namespace::fetch`], for a loader that owns what it uses (a
+    /// `'static` future), which lets `aside` finish work in the background:
+    /// an early refresh is spawned and every caller, the one that drew it
+    /// included, gets the current value at once; and with a
+    /// [`NamespaceBuilder::soft_load_timeout`], a slow load of an expired
+    /// value answers with that value while the load completes and fills the
+    /// cache. Needs a Tokio runtime.
+    ///
+    /// # Errors
+    /// As [`Namespace::get_or_load`].
+    ///
+    /// # Concurrent calls
+    /// As [`Namespace::get_or_load`]; a background refresh is single-flight
+    /// in the process and leased across processes.
+    pub async fn fetch_owned<F, Fut, E>(&self, key: &K, loader: F) -> Result<Fetched<V>>
+    where
+        F: FnMut() -> Fut + Send + 'static,
+        Fut: Future<Output = std::result::Result<Option<V>, E>> + Send + 'static,
+        E: std::error::Error + Send + Sync + 'static,
+    {
+        let full = self.store_key(key)?;
+        NsInner::fetch_owned(&self.inner, full, loader).await
     }
 
     /// As [`Namespace::fetch`], with per-call [`FetchOptions`]: skip the
@@ -454,6 +482,7 @@ pub struct NamespaceBuilder<K: ?Sized, V> {
     early_refresh: Option<EarlyRefresh>,
     fail_safe: Option<FailSafe>,
     load_timeout: Option<Duration>,
+    soft_load_timeout: Option<Duration>,
     _key: PhantomData<fn(&K)>,
 }
 
@@ -498,6 +527,7 @@ where
             early_refresh: None,
             fail_safe: None,
             load_timeout: None,
+            soft_load_timeout: None,
             _key: PhantomData,
         }
     }
@@ -614,6 +644,15 @@ impl<K: Display + ?Sized, V: Clone + Send + Sync + 'static> NamespaceBuilder<K, 
         self
     }
 
+    /// With [`Namespace::fetch_owned`] and fail-safe: when a load of an
+    /// expired value takes longer than this, the caller gets the expired
+    /// value ([`Source::Stale`]) and the load goes on in the background to
+    /// fill the cache. Off by default.
+    pub fn soft_load_timeout(mut self, timeout: Duration) -> Self {
+        self.soft_load_timeout = Some(timeout);
+        self
+    }
+
     /// Builds the namespace.
     ///
     /// # Errors
@@ -665,6 +704,8 @@ impl<K: Display + ?Sized, V: Clone + Send + Sync + 'static> NamespaceBuilder<K, 
             early_refresh: self.early_refresh,
             fail_safe: self.fail_safe,
             load_timeout: self.load_timeout,
+            soft_load_timeout: self.soft_load_timeout,
+            refreshing: std::sync::Mutex::default(),
             read_seq: std::sync::atomic::AtomicU64::new(1),
             flight: SingleFlight::default(),
         };

@@ -326,3 +326,98 @@ async fn warm_loads_in_batches_with_bounded_concurrency() {
     assert_eq!(stats.hits, 0);
     assert_eq!(stats.misses, 1_000);
 }
+
+/// With an owned loader, the caller that draws an early refresh does not
+/// wait either: the refresh runs in a spawned task.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn owned_loaders_refresh_in_the_background() {
+    let server = RedisServer::start();
+    for aside in [
+        Aside::builder().build(),
+        Aside::builder()
+            .store(RedisStore::connect(&server.url()).await.unwrap())
+            .build(),
+    ] {
+        let ns = aside
+            .namespace::<u64, String>("owned")
+            .ttl(Duration::from_secs(60))
+            .early_refresh(EarlyRefresh::AfterFraction(0.0))
+            .build()
+            .unwrap();
+        let calls = Arc::new(AtomicUsize::new(0));
+        ns.get_or_load(&1, counting_loader(&calls, Ok(Some("v1"))))
+            .await
+            .unwrap();
+        let release = Arc::new(tokio::sync::Semaphore::new(0));
+        let refreshes = Arc::new(AtomicUsize::new(0));
+        for _ in 0..20 {
+            let (release, refreshes) = (release.clone(), refreshes.clone());
+            let f = ns
+                .fetch_owned(&1, move || {
+                    let (release, refreshes) = (release.clone(), refreshes.clone());
+                    async move {
+                        refreshes.fetch_add(1, Ordering::SeqCst);
+                        release.acquire().await.unwrap().forget();
+                        Ok::<_, DbDown>(Some("v2".to_string()))
+                    }
+                })
+                .await
+                .unwrap();
+            assert_eq!(
+                (f.value.as_deref(), f.source),
+                (Some("v1"), Source::Hit),
+                "nobody waits"
+            );
+        }
+        release.add_permits(1);
+        eventually("the background refresh lands", Duration::from_secs(5), || async {
+            ns.get(&1).await.unwrap().as_deref() == Some("v2")
+        })
+        .await;
+        assert_eq!(
+            refreshes.load(Ordering::SeqCst),
+            1,
+            "one background refresh on {aside:?}"
+        );
+    }
+}
+
+/// With an owned loader and fail-safe, a load slower than the soft timeout
+/// answers with the expired value and still fills the cache when it ends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_soft_timeout_serves_the_expired_value_and_the_load_still_fills() {
+    let aside = Aside::builder().build();
+    let ns = aside
+        .namespace::<u64, String>("soft")
+        .ttl(Duration::from_millis(100))
+        .fail_safe(Duration::from_secs(30), Duration::from_secs(30))
+        .soft_load_timeout(Duration::from_millis(20))
+        .build()
+        .unwrap();
+    let calls = Arc::new(AtomicUsize::new(0));
+    ns.get_or_load(&1, counting_loader(&calls, Ok(Some("v1"))))
+        .await
+        .unwrap();
+    eventually("the value expires", Duration::from_secs(5), || async {
+        ns.get(&1).await.unwrap().is_none()
+    })
+    .await;
+    let release = Arc::new(tokio::sync::Semaphore::new(0));
+    let gate = release.clone();
+    let f = ns
+        .fetch_owned(&1, move || {
+            let gate = gate.clone();
+            async move {
+                gate.acquire().await.unwrap().forget();
+                Ok::<_, DbDown>(Some("v2".to_string()))
+            }
+        })
+        .await
+        .unwrap();
+    assert_eq!((f.value.as_deref(), f.source), (Some("v1"), Source::Stale));
+    release.add_permits(1);
+    eventually("the slow load fills the cache", Duration::from_secs(5), || async {
+        ns.get(&1).await.unwrap().as_deref() == Some("v2")
+    })
+    .await;
+}

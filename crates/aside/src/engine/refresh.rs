@@ -12,7 +12,9 @@ use std::time::Duration;
 
 use bytes::Bytes;
 
-use super::read::Current;
+use std::sync::Arc;
+
+use super::read::{Cached, Current};
 use crate::error::Result;
 use crate::metrics::Event;
 use crate::namespace::{Fetched, NsInner, Settled, Shared, Source};
@@ -156,5 +158,123 @@ impl<V: Clone + Send + Sync + 'static> NsInner<V> {
                 None => self.load_with_lease(full, loader, held).await,
             },
         }
+    }
+
+    /// Reloads a value still in the store, whatever the strategy.
+    async fn refresh_now<F, Fut, E>(
+        &self,
+        full: &str,
+        loader: &mut F,
+        held: &AtomicU64,
+        current: Current<V>,
+    ) -> Shared<V>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = std::result::Result<Option<V>, E>>,
+        E: std::error::Error + Send + Sync + 'static,
+    {
+        match self.strategy {
+            Strategy::Lease => self.refresh_with_lease(full, loader, held, current).await,
+            Strategy::Versioned => match self.read_version(full).await {
+                Ok(version) => {
+                    self.load_and_set(&Self::versioned_key(full, version), loader, Some(current))
+                        .await
+                }
+                Err(_) => self.load_uncached(loader, &Some(current)).await,
+            },
+            Strategy::Delete | Strategy::DoubleDelete { .. } => self.load_and_set(full, loader, Some(current)).await,
+        }
+    }
+
+    /// `Namespace::fetch_owned`: `fetch`, with the work that may outlive the
+    /// caller (early refresh, a load past the soft timeout) spawned.
+    pub(crate) async fn fetch_owned<F, Fut, E>(this: &Arc<Self>, full: String, mut loader: F) -> Result<Fetched<V>>
+    where
+        F: FnMut() -> Fut + Send + 'static,
+        Fut: Future<Output = std::result::Result<Option<V>, E>> + Send + 'static,
+        E: std::error::Error + Send + Sync + 'static,
+    {
+        match this.read_cached(&full).await {
+            Cached::Hit(value) => {
+                this.record(Event::Hit);
+                Ok(Fetched {
+                    value,
+                    source: Source::Hit,
+                })
+            }
+            Cached::Miss {
+                current: Some(current), ..
+            } if !current.expired => {
+                // Due for early refresh: answer now, refresh in the background
+                // unless a refresh of this key already runs here. The key is
+                // claimed before spawning, so a spawn that runs late cannot
+                // refresh a second time.
+                this.record(Event::Hit);
+                let claimed = this
+                    .refreshing
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(full.clone());
+                if claimed {
+                    let inner = this.clone();
+                    let current_value = current.value.clone();
+                    tokio::spawn(async move {
+                        // Released on drop: a failed or cancelled refresh frees the key too.
+                        let claim = Claim {
+                            inner: &inner,
+                            key: &full,
+                        };
+                        let held = AtomicU64::new(0);
+                        let _ = inner.refresh_now(&full, &mut loader, &held, current).await;
+                        drop(claim);
+                    });
+                    return Ok(Fetched {
+                        value: current_value,
+                        source: Source::Hit,
+                    });
+                }
+                Ok(Fetched {
+                    value: current.value,
+                    source: Source::Hit,
+                })
+            }
+            Cached::Miss {
+                current: Some(current), ..
+            } if this.soft_load_timeout.is_some() && this.fail_safe.is_some() => {
+                let soft = this.soft_load_timeout.expect("checked");
+                let inner = this.clone();
+                let mut load = tokio::spawn(async move { inner.fetch(&full, loader).await });
+                match tokio::time::timeout(soft, &mut load).await {
+                    Ok(joined) => joined.map_err(|e| {
+                        crate::error::Error::new(crate::error::ErrorKind::Loader, format!("load task failed: {e}"))
+                    })?,
+                    Err(_) => {
+                        // The spawned load goes on and fills the cache.
+                        this.record(Event::StaleServed);
+                        Ok(Fetched {
+                            value: current.value,
+                            source: Source::Stale,
+                        })
+                    }
+                }
+            }
+            _ => this.fetch(&full, loader).await,
+        }
+    }
+}
+
+/// A key claimed for a background refresh; dropping it releases the claim.
+struct Claim<'a, V> {
+    inner: &'a NsInner<V>,
+    key: &'a str,
+}
+
+impl<V> Drop for Claim<'_, V> {
+    fn drop(&mut self) {
+        self.inner
+            .refreshing
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(self.key);
     }
 }
