@@ -52,7 +52,7 @@ fn expiry_early_refresh_costs_few_queries_and_none_waits_on_expiry() {
         .iter()
         .map(|r| r["mode"].as_str().unwrap())
         .collect();
-    assert_eq!(modes, ["none", "xfetch", "fraction"]);
+    assert_eq!(modes, ["none", "xfetch", "fraction", "xfetch-background"]);
     for mode in modes {
         let r = row(&report, mode);
         for field in ["db_queries", "reads", "hit_ratio", "p50_ms", "p99_ms", "max_ms"] {
@@ -69,7 +69,14 @@ fn expiry_early_refresh_costs_few_queries_and_none_waits_on_expiry() {
     // waited for a reload (at least one database read).
     assert!(number(none, "db_queries") >= 10.0, "{none}");
     assert!(number(none, "max_ms") >= delay_ms, "nobody waited on an expiry: {none}");
-    for mode in ["xfetch", "fraction"] {
+    // With the refresh in the background, reads (almost) never wait for a
+    // load; without early refresh, every expiry makes readers wait.
+    let background = row(&report, "xfetch-background");
+    assert!(
+        number(background, "waited") < number(none, "waited"),
+        "{background} vs {none}"
+    );
+    for mode in ["xfetch", "fraction", "xfetch-background"] {
         let early = row(&report, mode);
         assert!(number(early, "db_queries") >= 10.0, "{early}");
         assert!(
