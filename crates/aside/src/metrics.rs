@@ -41,6 +41,8 @@ pub const INVALIDATIONS_QUEUED: &str = "aside_invalidations_queued_total";
 pub const INVALIDATIONS_REPLAYED: &str = "aside_invalidations_replayed_total";
 /// Queued invalidations dropped because the queue was full.
 pub const INVALIDATIONS_DROPPED: &str = "aside_invalidations_dropped_total";
+/// Reads answered by the in-process first tier (also counted as hits).
+pub const L1_HITS: &str = "aside_l1_hits_total";
 /// Breaker state gauge: 0 closed, 1 open, 2 half-open.
 pub const BREAKER_STATE: &str = "aside_breaker_state";
 
@@ -62,9 +64,10 @@ pub enum Event {
     InvalidationQueued,
     InvalidationReplayed,
     InvalidationDropped,
+    L1Hit,
 }
 
-const EVENTS: usize = 14;
+const EVENTS: usize = 15;
 
 impl Event {
     const ALL: [(Event, &'static str); EVENTS] = [
@@ -82,6 +85,7 @@ impl Event {
         (Event::InvalidationQueued, INVALIDATIONS_QUEUED),
         (Event::InvalidationReplayed, INVALIDATIONS_REPLAYED),
         (Event::InvalidationDropped, INVALIDATIONS_DROPPED),
+        (Event::L1Hit, L1_HITS),
     ];
 }
 
@@ -159,6 +163,8 @@ pub struct Stats {
     pub invalidations_replayed: u64,
     /// Queued invalidations dropped (queue full).
     pub invalidations_dropped: u64,
+    /// Reads answered by an L1 (included in `hits`).
+    pub l1_hits: u64,
     /// Invalidations waiting in the queue now.
     pub invalidations_pending: u64,
     /// The breaker's state now.
@@ -192,6 +198,7 @@ impl Stats {
             invalidations_queued: c.get(Event::InvalidationQueued),
             invalidations_replayed: c.get(Event::InvalidationReplayed),
             invalidations_dropped: c.get(Event::InvalidationDropped),
+            l1_hits: c.get(Event::L1Hit),
             invalidations_pending: pending,
             breaker,
         }

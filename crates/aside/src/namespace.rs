@@ -155,6 +155,7 @@ pub(crate) struct NsInner<V> {
     pub(crate) fail_safe: Option<FailSafe>,
     pub(crate) load_timeout: Option<Duration>,
     pub(crate) soft_load_timeout: Option<Duration>,
+    pub(crate) l1: Option<crate::engine::l1::L1<V>>,
     /// Keys with a background refresh running (`fetch_owned`), so that one
     /// is spawned per key however many callers draw it.
     pub(crate) refreshing: std::sync::Mutex<std::collections::HashSet<String>>,
@@ -272,7 +273,7 @@ where
         E: std::error::Error + Send + Sync + 'static,
     {
         let full = self.store_key(key)?;
-        self.inner.fetch(&full, loader).await
+        self.inner.fetch_tiered(&full, loader).await
     }
 
     /// As [`Namespace::fetch`], for a loader that owns what it uses (a
@@ -322,7 +323,7 @@ where
         if options.force_refresh {
             return self.inner.fetch_refreshed(&full, loader).await;
         }
-        self.inner.fetch(&full, loader).await
+        self.inner.fetch_tiered(&full, loader).await
     }
 
     /// Warms the cache with `keys` (after a deploy or a flush): batches of
@@ -415,6 +416,9 @@ where
     /// [`ErrorKind::InvalidKey`] for a bad key.
     pub async fn get(&self, key: &K) -> Result<Option<V>> {
         let full = self.store_key(key)?;
+        if let Some(value) = self.inner.l1_get(&full) {
+            return Ok(value);
+        }
         Ok(self.inner.read_cached(&full).await.hit())
     }
 
@@ -483,6 +487,7 @@ pub struct NamespaceBuilder<K: ?Sized, V> {
     fail_safe: Option<FailSafe>,
     load_timeout: Option<Duration>,
     soft_load_timeout: Option<Duration>,
+    l1: Option<crate::engine::l1::L1Config>,
     _key: PhantomData<fn(&K)>,
 }
 
@@ -528,6 +533,7 @@ where
             fail_safe: None,
             load_timeout: None,
             soft_load_timeout: None,
+            l1: None,
             _key: PhantomData,
         }
     }
@@ -653,6 +659,16 @@ impl<K: Display + ?Sized, V: Clone + Send + Sync + 'static> NamespaceBuilder<K, 
         self
     }
 
+    /// An in-process first tier (L1, moka) of up to `max_entries` values
+    /// kept at most `ttl` (never longer than the namespace TTL). L1 hits
+    /// never touch the network. Invalidations made through this namespace
+    /// evict locally; those of other processes arrive over an invalidation
+    /// bus, and the L1 TTL bounds staleness if all else fails. Off by default.
+    pub fn l1(mut self, max_entries: u64, ttl: Duration) -> Self {
+        self.l1 = Some(crate::engine::l1::L1Config { max_entries, ttl });
+        self
+    }
+
     /// Builds the namespace.
     ///
     /// # Errors
@@ -705,6 +721,11 @@ impl<K: Display + ?Sized, V: Clone + Send + Sync + 'static> NamespaceBuilder<K, 
             fail_safe: self.fail_safe,
             load_timeout: self.load_timeout,
             soft_load_timeout: self.soft_load_timeout,
+            l1: self.l1.map(|mut config| {
+                // A local copy never outlives the store's.
+                config.ttl = config.ttl.min(self.ttl);
+                crate::engine::l1::L1::new(config)
+            }),
             refreshing: std::sync::Mutex::default(),
             read_seq: std::sync::atomic::AtomicU64::new(1),
             flight: SingleFlight::default(),

@@ -6,119 +6,16 @@ mod common;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
+use aside::store::Store;
 use aside::store::redis::RedisStore;
-use aside::store::{EntryView, Fill, FillOutcome, LeaseOutcome, LeaseToken, Store, StoreResult};
 use aside::{Aside, MemoryStore, Namespace, Strategy};
 use aside_testkit::RedisServer;
-use async_trait::async_trait;
-use bytes::Bytes;
-use common::DbDown;
-
-/// Counts calls to the store, one per round trip.
-struct Counting<S> {
-    inner: S,
-    calls: Arc<AtomicUsize>,
-}
-
-impl<S> Counting<S> {
-    fn tick(&self) {
-        self.calls.fetch_add(1, Ordering::SeqCst);
-    }
-}
-
-#[async_trait]
-impl<S: Store> Store for Counting<S> {
-    fn name(&self) -> &'static str {
-        self.inner.name()
-    }
-    async fn get(&self, key: &str) -> StoreResult<Option<Bytes>> {
-        self.tick();
-        self.inner.get(key).await
-    }
-    async fn set(&self, key: &str, value: Bytes, ttl: Duration) -> StoreResult<()> {
-        self.tick();
-        self.inner.set(key, value, ttl).await
-    }
-    async fn add(&self, key: &str, value: Bytes, ttl: Duration) -> StoreResult<bool> {
-        self.tick();
-        self.inner.add(key, value, ttl).await
-    }
-    async fn delete(&self, key: &str) -> StoreResult<()> {
-        self.tick();
-        self.inner.delete(key).await
-    }
-    async fn incr(&self, key: &str, ttl: Duration) -> StoreResult<u64> {
-        self.tick();
-        self.inner.incr(key, ttl).await
-    }
-    async fn peek_entry(&self, key: &str) -> StoreResult<EntryView> {
-        self.tick();
-        self.inner.peek_entry(key).await
-    }
-    async fn lookup_or_lease(&self, key: &str, token: LeaseToken, ttl: Duration) -> StoreResult<LeaseOutcome> {
-        self.tick();
-        self.inner.lookup_or_lease(key, token, ttl).await
-    }
-    async fn lease_for_refresh(&self, key: &str, token: LeaseToken, ttl: Duration) -> StoreResult<bool> {
-        self.tick();
-        self.inner.lease_for_refresh(key, token, ttl).await
-    }
-    async fn fill(&self, key: &str, token: LeaseToken, value: Bytes, ttl: Duration) -> StoreResult<FillOutcome> {
-        self.tick();
-        self.inner.fill(key, token, value, ttl).await
-    }
-    async fn release(&self, key: &str, token: LeaseToken) -> StoreResult<()> {
-        self.tick();
-        self.inner.release(key, token).await
-    }
-    async fn put_entry(&self, key: &str, value: Bytes, ttl: Duration) -> StoreResult<()> {
-        self.tick();
-        self.inner.put_entry(key, value, ttl).await
-    }
-    async fn invalidate(&self, key: &str, keep_stale: Option<Duration>) -> StoreResult<()> {
-        self.tick();
-        self.inner.invalidate(key, keep_stale).await
-    }
-    async fn ping(&self) -> StoreResult<()> {
-        self.tick();
-        self.inner.ping().await
-    }
-    async fn get_many(&self, keys: &[String]) -> StoreResult<Vec<Option<Bytes>>> {
-        self.tick();
-        self.inner.get_many(keys).await
-    }
-    async fn peek_many(&self, keys: &[String]) -> StoreResult<Vec<EntryView>> {
-        self.tick();
-        self.inner.peek_many(keys).await
-    }
-    async fn lookup_or_lease_many(
-        &self,
-        keys: &[(String, LeaseToken)],
-        ttl: Duration,
-    ) -> StoreResult<Vec<LeaseOutcome>> {
-        self.tick();
-        self.inner.lookup_or_lease_many(keys, ttl).await
-    }
-    async fn fill_many(&self, fills: Vec<Fill>) -> StoreResult<Vec<FillOutcome>> {
-        self.tick();
-        self.inner.fill_many(fills).await
-    }
-    async fn set_many(&self, items: Vec<(String, Bytes, Duration)>) -> StoreResult<()> {
-        self.tick();
-        self.inner.set_many(items).await
-    }
-}
+use common::{DbDown, Instrumented};
 
 fn counted(store: impl Store, strategy: Strategy) -> (Namespace<u64, String>, Arc<AtomicUsize>) {
     let calls = Arc::new(AtomicUsize::new(0));
-    let aside = Aside::builder()
-        .store(Counting {
-            inner: store,
-            calls: calls.clone(),
-        })
-        .build();
+    let aside = Aside::builder().store(Instrumented::new(store, calls.clone())).build();
     (
         aside.namespace::<u64, String>("n").strategy(strategy).build().unwrap(),
         calls,

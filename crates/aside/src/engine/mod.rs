@@ -20,6 +20,7 @@ use crate::store::{Store, StoreResult};
 
 pub(crate) mod batch;
 pub(crate) mod entry;
+pub(crate) mod l1;
 pub(crate) mod read;
 pub(crate) mod refresh;
 pub(crate) mod retry;

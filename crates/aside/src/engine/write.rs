@@ -16,6 +16,7 @@ use super::retry::PendingOp;
 
 impl<V: Clone + Send + Sync + 'static> NsInner<V> {
     pub(crate) async fn invalidate(&self, full: &str) -> Result<()> {
+        self.l1_evict(full);
         let store = &self.core.store;
         let (key, op, result) = match self.strategy {
             Strategy::Lease => {
@@ -59,6 +60,7 @@ impl<V: Clone + Send + Sync + 'static> NsInner<V> {
     }
 
     pub(crate) async fn write(&self, full: &str, value: &V) -> Result<()> {
+        self.l1_evict(full);
         let (bytes, ttl) = self.encode(Some(value), Duration::ZERO)?.ok_or_else(|| {
             Error::new(
                 ErrorKind::Codec,

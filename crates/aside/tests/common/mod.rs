@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::sync::Arc;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -84,4 +84,120 @@ pub async fn redis_conn(url: &str) -> redis::aio::MultiplexedConnection {
         .get_multiplexed_async_connection()
         .await
         .unwrap()
+}
+
+use aside::store::{EntryView, Fill, FillOutcome, LeaseOutcome, LeaseToken, Store, StoreResult};
+use async_trait::async_trait;
+use bytes::Bytes;
+
+/// A store wrapper for tests: counts calls (one per round trip) and can
+/// hold `peek_entry` answers until a test releases them.
+pub struct Instrumented<S> {
+    inner: S,
+    calls: Arc<AtomicUsize>,
+    /// When set, `peek_entry` reads, then waits for a permit before answering.
+    pub peek_gate: Option<Arc<tokio::sync::Semaphore>>,
+}
+
+impl<S> Instrumented<S> {
+    pub fn new(inner: S, calls: Arc<AtomicUsize>) -> Self {
+        Instrumented {
+            inner,
+            calls,
+            peek_gate: None,
+        }
+    }
+}
+
+impl<S> Instrumented<S> {
+    fn tick(&self) {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+#[async_trait]
+impl<S: Store> Store for Instrumented<S> {
+    fn name(&self) -> &'static str {
+        self.inner.name()
+    }
+    async fn get(&self, key: &str) -> StoreResult<Option<Bytes>> {
+        self.tick();
+        self.inner.get(key).await
+    }
+    async fn set(&self, key: &str, value: Bytes, ttl: Duration) -> StoreResult<()> {
+        self.tick();
+        self.inner.set(key, value, ttl).await
+    }
+    async fn add(&self, key: &str, value: Bytes, ttl: Duration) -> StoreResult<bool> {
+        self.tick();
+        self.inner.add(key, value, ttl).await
+    }
+    async fn delete(&self, key: &str) -> StoreResult<()> {
+        self.tick();
+        self.inner.delete(key).await
+    }
+    async fn incr(&self, key: &str, ttl: Duration) -> StoreResult<u64> {
+        self.tick();
+        self.inner.incr(key, ttl).await
+    }
+    async fn peek_entry(&self, key: &str) -> StoreResult<EntryView> {
+        self.tick();
+        let view = self.inner.peek_entry(key).await;
+        if let Some(gate) = &self.peek_gate {
+            gate.acquire().await.expect("gate open").forget();
+        }
+        view
+    }
+    async fn lookup_or_lease(&self, key: &str, token: LeaseToken, ttl: Duration) -> StoreResult<LeaseOutcome> {
+        self.tick();
+        self.inner.lookup_or_lease(key, token, ttl).await
+    }
+    async fn lease_for_refresh(&self, key: &str, token: LeaseToken, ttl: Duration) -> StoreResult<bool> {
+        self.tick();
+        self.inner.lease_for_refresh(key, token, ttl).await
+    }
+    async fn fill(&self, key: &str, token: LeaseToken, value: Bytes, ttl: Duration) -> StoreResult<FillOutcome> {
+        self.tick();
+        self.inner.fill(key, token, value, ttl).await
+    }
+    async fn release(&self, key: &str, token: LeaseToken) -> StoreResult<()> {
+        self.tick();
+        self.inner.release(key, token).await
+    }
+    async fn put_entry(&self, key: &str, value: Bytes, ttl: Duration) -> StoreResult<()> {
+        self.tick();
+        self.inner.put_entry(key, value, ttl).await
+    }
+    async fn invalidate(&self, key: &str, keep_stale: Option<Duration>) -> StoreResult<()> {
+        self.tick();
+        self.inner.invalidate(key, keep_stale).await
+    }
+    async fn ping(&self) -> StoreResult<()> {
+        self.tick();
+        self.inner.ping().await
+    }
+    async fn get_many(&self, keys: &[String]) -> StoreResult<Vec<Option<Bytes>>> {
+        self.tick();
+        self.inner.get_many(keys).await
+    }
+    async fn peek_many(&self, keys: &[String]) -> StoreResult<Vec<EntryView>> {
+        self.tick();
+        self.inner.peek_many(keys).await
+    }
+    async fn lookup_or_lease_many(
+        &self,
+        keys: &[(String, LeaseToken)],
+        ttl: Duration,
+    ) -> StoreResult<Vec<LeaseOutcome>> {
+        self.tick();
+        self.inner.lookup_or_lease_many(keys, ttl).await
+    }
+    async fn fill_many(&self, fills: Vec<Fill>) -> StoreResult<Vec<FillOutcome>> {
+        self.tick();
+        self.inner.fill_many(fills).await
+    }
+    async fn set_many(&self, items: Vec<(String, Bytes, Duration)>) -> StoreResult<()> {
+        self.tick();
+        self.inner.set_many(items).await
+    }
 }

@@ -1,0 +1,123 @@
+//! The optional in-process first tier (L1) of a namespace, in front of its store.
+//!
+//! Owns the local copy of values and its coherence with invalidations. An L1
+//! hit never touches the network. The hazard is a fill racing an
+//! invalidation: a reader reads the store (old value), an invalidation
+//! arrives, then the reader installs the old value locally, where no later
+//! invalidation would remove it. An epoch counter closes it: every
+//! invalidation bumps the epoch *before* evicting, and a filler installs
+//! only if the epoch it saw before reading the store is unchanged *after*
+//! installing (removing its entry otherwise). Whatever the interleaving,
+//! either the filler sees the bump or the invalidation's eviction comes
+//! after the install.
+//!
+//! One epoch per namespace, not per key: an invalidation of any key makes
+//! concurrent fills of every key skip the L1 once, which costs a few L1
+//! misses and needs no map of epochs.
+
+use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use moka::sync::Cache;
+
+use crate::error::Result;
+use crate::metrics::Event;
+use crate::namespace::{Fetched, NsInner, Source};
+
+/// Settings of a namespace's L1.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct L1Config {
+    pub(crate) max_entries: u64,
+    pub(crate) ttl: Duration,
+}
+
+pub(crate) struct L1<V> {
+    cache: Cache<String, Option<V>>,
+    epoch: AtomicU64,
+}
+
+impl<V: Clone + Send + Sync + 'static> L1<V> {
+    pub(crate) fn new(config: L1Config) -> Self {
+        L1 {
+            cache: Cache::builder()
+                .max_capacity(config.max_entries)
+                .time_to_live(config.ttl)
+                .build(),
+            epoch: AtomicU64::new(0),
+        }
+    }
+
+    /// The local value: `Some(None)` is a cached "not found".
+    pub(crate) fn get(&self, key: &str) -> Option<Option<V>> {
+        self.cache.get(key)
+    }
+
+    /// The epoch to hand to [`L1::install`] after reading the store.
+    pub(crate) fn epoch(&self) -> u64 {
+        self.epoch.load(Ordering::SeqCst)
+    }
+
+    /// Installs a value read from the store after `epoch` was taken, unless
+    /// an invalidation happened since.
+    pub(crate) fn install(&self, key: &str, value: Option<V>, epoch: u64) {
+        if self.epoch() != epoch {
+            return;
+        }
+        self.cache.insert(key.to_owned(), value);
+        if self.epoch() != epoch {
+            self.cache.invalidate(key);
+        }
+    }
+
+    /// Evicts `key` (an invalidation, local or from another process).
+    pub(crate) fn evict(&self, key: &str) {
+        self.epoch.fetch_add(1, Ordering::SeqCst);
+        self.cache.invalidate(key);
+    }
+}
+
+impl<V: Clone + Send + Sync + 'static> NsInner<V> {
+    /// `fetch` behind the L1: a local hit answers at once; anything the
+    /// lower tiers answer (but a stale value) is installed for next time.
+    pub(crate) async fn fetch_tiered<F, Fut, E>(&self, full: &str, loader: F) -> Result<Fetched<V>>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = std::result::Result<Option<V>, E>>,
+        E: std::error::Error + Send + Sync + 'static,
+    {
+        let Some(l1) = &self.l1 else {
+            return self.fetch(full, loader).await;
+        };
+        if let Some(value) = l1.get(full) {
+            self.record(Event::Hit);
+            self.record(Event::L1Hit);
+            return Ok(Fetched {
+                value,
+                source: Source::Hit,
+            });
+        }
+        let epoch = l1.epoch();
+        let fetched = self.fetch(full, loader).await?;
+        // "Not found" is kept locally only where it is cached below too.
+        let cacheable = fetched.value.is_some() || self.negative_ttl.is_some();
+        if fetched.source != Source::Stale && cacheable {
+            l1.install(full, fetched.value.clone(), epoch);
+        }
+        Ok(fetched)
+    }
+
+    /// The L1 value of `full` for a cache-only read, counted as an L1 hit.
+    pub(crate) fn l1_get(&self, full: &str) -> Option<Option<V>> {
+        let value = self.l1.as_ref()?.get(full)?;
+        self.record(Event::L1Hit);
+        Some(value)
+    }
+
+    /// Evicts `full` locally; every write and invalidation starts here.
+    pub(crate) fn l1_evict(&self, full: &str) {
+        if let Some(l1) = &self.l1 {
+            l1.evict(full);
+        }
+    }
+}
