@@ -58,6 +58,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 pub mod breaker;
+pub mod bus;
 pub mod codec;
 mod engine;
 pub mod envelope;
@@ -121,6 +122,17 @@ impl Aside {
         &self.core.store
     }
 
+    /// Every invalidation published on this `Aside`'s bus, from any process,
+    /// for services that keep their own derived data (search indexes, other
+    /// caches) and want to follow a namespace's changes without using aside's
+    /// cache. `None` without a bus. A receiver that lags loses the oldest
+    /// messages (`RecvError::Lagged`).
+    ///
+    /// Needs a Tokio runtime (the listener is spawned on first use).
+    pub fn invalidations(&self) -> Option<tokio::sync::broadcast::Receiver<bus::Invalidation>> {
+        Some(self.core.router.as_ref()?.events(&self.core))
+    }
+
     /// The breaker's state now.
     pub fn breaker_state(&self) -> BreakerState {
         self.core.breaker.state()
@@ -137,6 +149,7 @@ pub struct AsideBuilder {
     breaker: BreakerConfig,
     retry_capacity: Option<usize>,
     max_key_len: Option<usize>,
+    bus: Option<Arc<dyn bus::Bus>>,
 }
 
 /// Default bound on one store operation.
@@ -182,6 +195,13 @@ impl AsideBuilder {
         self
     }
 
+    /// An invalidation bus: every invalidation is published on it, and the
+    /// L1 tiers of every `Aside` on the same bus evict what others invalidate.
+    pub fn bus(mut self, bus: impl bus::Bus) -> Self {
+        self.bus = Some(Arc::new(bus));
+        self
+    }
+
     /// Keys longer than this are hashed (default 250 bytes).
     pub fn max_key_len(mut self, len: usize) -> Self {
         self.max_key_len = Some(len);
@@ -199,6 +219,8 @@ impl AsideBuilder {
             self.prefix,
             self.max_key_len.unwrap_or(key::DEFAULT_MAX_KEY_LEN).max(64),
         );
+        let mut core = core;
+        core.router = self.bus.map(bus::route::Router::new);
         Aside { core: Arc::new(core) }
     }
 }

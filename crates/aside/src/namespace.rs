@@ -444,7 +444,7 @@ where
     /// the cache.
     pub async fn invalidate(&self, key: &K) -> Result<()> {
         let full = self.store_key(key)?;
-        self.inner.invalidate(&full).await
+        self.inner.invalidate_all(&[full]).await
     }
 
     /// Invalidates every key, attempting all of them even if some fail.
@@ -456,13 +456,11 @@ where
         I: IntoIterator<Item = &'a K>,
         K: 'a,
     {
-        let mut first_error = None;
-        for key in keys {
-            if let Err(e) = self.invalidate(key).await {
-                first_error.get_or_insert(e);
-            }
-        }
-        first_error.map_or(Ok(()), Err)
+        let fulls = keys
+            .into_iter()
+            .map(|k| self.store_key(k))
+            .collect::<Result<Vec<_>>>()?;
+        self.inner.invalidate_all(&fulls).await
     }
 }
 
@@ -730,8 +728,15 @@ impl<K: Display + ?Sized, V: Clone + Send + Sync + 'static> NamespaceBuilder<K, 
             read_seq: std::sync::atomic::AtomicU64::new(1),
             flight: SingleFlight::default(),
         };
+        let inner = Arc::new(inner);
+        if inner.l1.is_some()
+            && let Some(router) = &inner.core.router
+        {
+            let evictor: std::sync::Weak<dyn crate::bus::route::Evictor> = Arc::downgrade(&inner) as _;
+            router.register(&inner.core, &inner.name, evictor);
+        }
         Ok(Namespace {
-            inner: Arc::new(inner),
+            inner,
             _key: PhantomData,
         })
     }

@@ -70,6 +70,12 @@ impl<V: Clone + Send + Sync + 'static> L1<V> {
         }
     }
 
+    /// Evicts everything (the bus lost messages, so any entry may be stale).
+    pub(crate) fn clear(&self) {
+        self.epoch.fetch_add(1, Ordering::SeqCst);
+        self.cache.invalidate_all();
+    }
+
     /// Evicts `key` (an invalidation, local or from another process).
     pub(crate) fn evict(&self, key: &str) {
         self.epoch.fetch_add(1, Ordering::SeqCst);
@@ -118,6 +124,20 @@ impl<V: Clone + Send + Sync + 'static> NsInner<V> {
     pub(crate) fn l1_evict(&self, full: &str) {
         if let Some(l1) = &self.l1 {
             l1.evict(full);
+        }
+    }
+}
+
+impl<V: Clone + Send + Sync + 'static> crate::bus::route::Evictor for NsInner<V> {
+    fn evict_keys(&self, keys: &[String]) {
+        for key in keys {
+            self.l1_evict(key);
+        }
+    }
+
+    fn clear_local(&self) {
+        if let Some(l1) = &self.l1 {
+            l1.clear();
         }
     }
 }

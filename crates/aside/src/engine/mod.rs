@@ -43,6 +43,8 @@ pub(crate) struct Core {
     pub(crate) max_key_len: usize,
     /// The store is in this process: calls skip the breaker and the timeout.
     local: bool,
+    /// The invalidation bus and its routes, when the `Aside` has a bus.
+    pub(crate) router: Option<crate::bus::route::Router>,
     /// Facade handles for work no namespace owns (replays, delayed deletes).
     pub(crate) metrics: NamespaceMetrics,
 }
@@ -63,6 +65,7 @@ impl Core {
         max_key_len: usize,
     ) -> Self {
         Core {
+            router: None,
             local: store.is_local(),
             store,
             breaker,

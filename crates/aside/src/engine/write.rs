@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
+use crate::bus::Invalidation;
 use crate::error::{Error, ErrorKind, Result};
 use crate::namespace::NsInner;
 use crate::policy::Strategy;
@@ -15,7 +16,26 @@ use crate::policy::Strategy;
 use super::retry::PendingOp;
 
 impl<V: Clone + Send + Sync + 'static> NsInner<V> {
-    pub(crate) async fn invalidate(&self, full: &str) -> Result<()> {
+    /// Invalidates every key, attempting all of them, then publishes one
+    /// bus message for them all; returns the first store error.
+    pub(crate) async fn invalidate_all(&self, fulls: &[String]) -> Result<()> {
+        let mut first_error = None;
+        for full in fulls {
+            if let Err(e) = self.invalidate_one(full).await {
+                first_error.get_or_insert(e);
+            }
+        }
+        if let Some(router) = &self.core.router {
+            let message = Invalidation::new(self.name.clone(), fulls.to_vec(), router.origin);
+            if let Err(e) = router.bus.publish(&message).await {
+                // Other processes' L1s then age out by their TTL.
+                tracing::warn!(namespace = self.name, error = %e, "invalidation not published on the bus");
+            }
+        }
+        first_error.map_or(Ok(()), Err)
+    }
+
+    async fn invalidate_one(&self, full: &str) -> Result<()> {
         self.l1_evict(full);
         let store = &self.core.store;
         let (key, op, result) = match self.strategy {
@@ -88,7 +108,7 @@ impl<V: Clone + Send + Sync + 'static> NsInner<V> {
         };
         if result.is_err() {
             // The old value may still be cached: make sure it goes.
-            let _ = self.invalidate(full).await;
+            let _ = self.invalidate_all(&[full.to_owned()]).await;
         }
         result
     }

@@ -1,0 +1,139 @@
+//! Three engines on separate connections sharing one Redis and one bus:
+//! an invalidation in one evicts the others' L1 copies; a lost bus
+//! connection clears the L1s and the subscription comes back.
+
+mod common;
+
+use std::time::Duration;
+
+use aside::bus::redis::RedisBus;
+use aside::store::redis::RedisStore;
+use aside::{Aside, Namespace, Source};
+use aside_testkit::RedisServer;
+use common::{Db, User, eventually};
+
+async fn engine(url: &str) -> (Aside, Namespace<u64, User>) {
+    let aside = Aside::builder()
+        .store(RedisStore::connect(url).await.unwrap())
+        .bus(RedisBus::connect(url).await.unwrap())
+        .build();
+    let users = aside
+        .namespace::<u64, User>("user")
+        .l1(1_000, Duration::from_secs(60))
+        .build()
+        .unwrap();
+    (aside, users)
+}
+
+/// Subscriptions are up once a message makes it through: publish until one
+/// arrives (each wait is on the message itself, bounded), then drain.
+async fn bus_carries(
+    from: &Namespace<u64, User>,
+    events: &mut tokio::sync::broadcast::Receiver<aside::bus::Invalidation>,
+) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        from.invalidate(&0).await.unwrap();
+        if tokio::time::timeout(Duration::from_millis(100), events.recv())
+            .await
+            .is_ok()
+        {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "the bus never delivered");
+    }
+    while events.try_recv().is_ok() {}
+}
+
+/// The next message about `key`, skipping the warm-up messages.
+async fn next_about(
+    events: &mut tokio::sync::broadcast::Receiver<aside::bus::Invalidation>,
+    key: &str,
+) -> aside::bus::Invalidation {
+    loop {
+        let message = tokio::time::timeout(Duration::from_secs(5), events.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        if message.keys.iter().any(|k| k == key) {
+            return message;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalidations_evict_other_engines_l1_and_survive_a_lost_connection() {
+    let server = RedisServer::start();
+    let url = server.url();
+    let (a, users_a) = engine(&url).await;
+    let (b, users_b) = engine(&url).await;
+    let (c, users_c) = engine(&url).await;
+    let mut b_events = b.invalidations().unwrap();
+    let mut c_events = c.invalidations().unwrap();
+    let db = Db::with_users(3);
+
+    bus_carries(&users_a, &mut b_events).await;
+    bus_carries(&users_a, &mut c_events).await;
+
+    for users in [&users_a, &users_b, &users_c] {
+        users.fetch(&1, || db.get(1)).await.unwrap();
+        assert_eq!(users.fetch(&1, || db.get(1)).await.unwrap().source, Source::Hit);
+    }
+    let l1_hits = b.stats().l1_hits;
+    db.put(User::new(1, 1));
+    users_a.invalidate(&1).await.unwrap();
+    // Wait on the event: B and C have evicted once their listeners saw it.
+    for events in [&mut b_events, &mut c_events] {
+        let message = next_about(events, "user:1").await;
+        assert_eq!(message.namespace, "user");
+    }
+    for users in [&users_b, &users_c] {
+        let f = users.fetch(&1, || db.get(1)).await.unwrap();
+        assert_eq!(f.value, Some(User::new(1, 1)), "the old copy was evicted");
+    }
+    assert_eq!(b.stats().l1_hits, l1_hits, "that read did not come from B's L1");
+
+    // Lose every subscription: the listeners reconnect and clear their L1s.
+    users_b.fetch(&2, || db.get(2)).await.unwrap();
+    let mut conn = common::redis_conn(&url).await;
+    let _: () = redis::cmd("FLUSHDB").query_async(&mut conn).await.unwrap();
+    assert!(users_b.get(&2).await.unwrap().is_some(), "held by B's L1 only");
+    let _: i64 = redis::cmd("CLIENT")
+        .arg("KILL")
+        .arg("TYPE")
+        .arg("pubsub")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    eventually(
+        "B's L1 is cleared after the reconnect",
+        Duration::from_secs(10),
+        || async { users_b.get(&2).await.unwrap().is_none() },
+    )
+    .await;
+
+    // Coherence is back: a new invalidation reaches B again.
+    users_b.fetch(&2, || db.get(2)).await.unwrap();
+    db.put(User::new(2, 1));
+    while b_events.try_recv().is_ok() {}
+    users_c.invalidate(&2).await.unwrap();
+    next_about(&mut b_events, "user:2").await;
+    assert_eq!(
+        users_b.fetch(&2, || db.get(2)).await.unwrap().value,
+        Some(User::new(2, 1))
+    );
+    drop((a, c));
+}
+
+#[tokio::test]
+async fn invalidate_many_publishes_one_message() {
+    let server = RedisServer::start();
+    let (a, users_a) = engine(&server.url()).await;
+    let (b, _users_b) = engine(&server.url()).await;
+    let mut events = b.invalidations().unwrap();
+    bus_carries(&users_a, &mut events).await;
+    users_a.invalidate_many(&[1, 2, 3]).await.unwrap();
+    let message = next_about(&mut events, "user:1").await;
+    assert_eq!(message.keys, vec!["user:1", "user:2", "user:3"]);
+    drop(a);
+}
