@@ -1,5 +1,5 @@
-//! Real servers for tests: starts `redis-server` on a free loopback port,
-//! and can kill, restart, freeze and thaw it for fault tests.
+//! Real servers for tests: starts `redis-server` and `nats-server` on free
+//! loopback ports, and can kill, restart, freeze and thaw them for fault tests.
 //!
 //! Owns process management for tests and nothing else. Each server gets its
 //! own temporary directory and port, so tests never touch a server they did
@@ -35,15 +35,21 @@ fn require_binary(name: &str, install: &str) -> PathBuf {
     found.unwrap_or_else(|| panic!("`{name}` is not installed; install it with `{install}` (scripts/test does this)"))
 }
 
-/// Spawns `cmd` with stdout piped and waits until a line contains `ready`.
-/// The rest of the output is drained on a thread so the server never blocks.
-fn spawn_until_ready(mut cmd: Command, ready: &'static str, what: &str) -> Child {
-    let mut child = cmd
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot start {what}: {e}"));
-    let stdout = child.stdout.take().expect("stdout is piped");
+/// Spawns `cmd` and waits until a line of its log contains `ready` (the log
+/// is stdout, or stderr with `log_on_stderr`). The rest of the log is
+/// drained on a thread so the server never blocks on a full pipe.
+fn spawn_until_ready(mut cmd: Command, ready: &'static str, what: &str, log_on_stderr: bool) -> Child {
+    if log_on_stderr {
+        cmd.stdout(Stdio::null()).stderr(Stdio::piped());
+    } else {
+        cmd.stdout(Stdio::piped()).stderr(Stdio::inherit());
+    }
+    let mut child = cmd.spawn().unwrap_or_else(|e| panic!("cannot start {what}: {e}"));
+    let stdout: Box<dyn std::io::Read + Send> = if log_on_stderr {
+        Box::new(child.stderr.take().expect("stderr is piped"))
+    } else {
+        Box::new(child.stdout.take().expect("stdout is piped"))
+    };
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {
         let mut announced = false;
@@ -103,7 +109,12 @@ impl RedisServer {
             .args(["--logfile", "", "--daemonize", "no", "--protected-mode", "no"])
             .arg("--dir")
             .arg(self.dir.path());
-        self.child = Some(spawn_until_ready(cmd, "Ready to accept connections", "redis-server"));
+        self.child = Some(spawn_until_ready(
+            cmd,
+            "Ready to accept connections",
+            "redis-server",
+            false,
+        ));
     }
 
     /// The server's port.
@@ -154,6 +165,59 @@ impl RedisServer {
 impl Drop for RedisServer {
     fn drop(&mut self) {
         self.thaw();
+        self.kill();
+    }
+}
+
+/// A `nats-server` of the test's own (core NATS, no JetStream).
+pub struct NatsServer {
+    port: u16,
+    child: Option<Child>,
+}
+
+impl NatsServer {
+    /// Starts a server on a free port.
+    ///
+    /// # Panics
+    /// When `nats-server` is not installed or does not start.
+    pub fn start() -> Self {
+        let mut server = NatsServer {
+            port: free_port(),
+            child: None,
+        };
+        server.spawn();
+        server
+    }
+
+    fn spawn(&mut self) {
+        let bin = require_binary("nats-server", "apt-get install -y nats-server");
+        let mut cmd = Command::new(bin);
+        cmd.args(["-a", "127.0.0.1", "-p", &self.port.to_string()]);
+        self.child = Some(spawn_until_ready(cmd, "Server is ready", "nats-server", true));
+    }
+
+    /// `nats://127.0.0.1:{port}`.
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    /// Kills the server (SIGKILL) and waits for it to exit.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts the server again on the same port.
+    pub fn restart(&mut self) {
+        self.kill();
+        self.spawn();
+    }
+}
+
+impl Drop for NatsServer {
+    fn drop(&mut self) {
         self.kill();
     }
 }

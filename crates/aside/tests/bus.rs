@@ -137,3 +137,59 @@ async fn invalidate_many_publishes_one_message() {
     assert_eq!(message.keys, vec!["user:1", "user:2", "user:3"]);
     drop(a);
 }
+
+#[cfg(feature = "nats")]
+mod over_nats {
+    use super::*;
+    use aside::bus::nats::NatsBus;
+    use aside_testkit::NatsServer;
+
+    async fn engine(redis_url: &str, nats_url: &str) -> (Aside, Namespace<u64, User>) {
+        let aside = Aside::builder()
+            .store(RedisStore::connect(redis_url).await.unwrap())
+            .bus(NatsBus::connect(nats_url).await.unwrap())
+            .build();
+        let users = aside
+            .namespace::<u64, User>("user")
+            .l1(1_000, Duration::from_secs(60))
+            .build()
+            .unwrap();
+        (aside, users)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn invalidations_cross_over_nats_and_a_restart_clears_the_l1() {
+        let redis = RedisServer::start();
+        let mut nats = NatsServer::start();
+        let (_a, users_a) = engine(&redis.url(), &nats.url()).await;
+        let (b, users_b) = engine(&redis.url(), &nats.url()).await;
+        let mut events = b.invalidations().unwrap();
+        bus_carries(&users_a, &mut events).await;
+        let db = Db::with_users(2);
+
+        users_b.fetch(&1, || db.get(1)).await.unwrap();
+        assert_eq!(users_b.fetch(&1, || db.get(1)).await.unwrap().source, Source::Hit);
+        db.put(User::new(1, 1));
+        users_a.invalidate(&1).await.unwrap();
+        next_about(&mut events, "user:1").await;
+        assert_eq!(
+            users_b.fetch(&1, || db.get(1)).await.unwrap().value,
+            Some(User::new(1, 1))
+        );
+
+        // The NATS server dies and comes back: B's client reconnects, and
+        // since messages may have been lost, B's L1 is cleared.
+        users_b.fetch(&2, || db.get(2)).await.unwrap();
+        let mut conn = common::redis_conn(&redis.url()).await;
+        let _: () = redis::cmd("FLUSHDB").query_async(&mut conn).await.unwrap();
+        assert!(users_b.get(&2).await.unwrap().is_some(), "held by B's L1 only");
+        nats.restart();
+        eventually(
+            "B's L1 is cleared after the reconnect",
+            Duration::from_secs(20),
+            || async { users_b.get(&2).await.unwrap().is_none() },
+        )
+        .await;
+        bus_carries(&users_a, &mut events).await;
+    }
+}

@@ -15,6 +15,8 @@ use tokio::sync::mpsc;
 
 use crate::store::StoreError;
 
+#[cfg(feature = "nats")]
+pub mod nats;
 #[cfg(feature = "redis")]
 pub mod redis;
 pub(crate) mod route;

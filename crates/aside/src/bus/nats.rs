@@ -1,0 +1,123 @@
+//! [`NatsBus`]: invalidations over NATS core subjects (async-nats).
+//!
+//! Owns the NATS transport of the bus. async-nats reconnects and
+//! resubscribes by itself, but core NATS does not keep what was published
+//! while a subscriber was away, and a slow subscriber drops messages; both
+//! are reported by the client's event callback, which this transport turns
+//! into [`BusEvent::Reset`] (every L1 is then cleared).
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use futures::StreamExt;
+use tokio::sync::{broadcast, mpsc};
+
+use super::{Bus, BusEvent, Invalidation};
+use crate::store::StoreError;
+
+/// The default subject.
+pub const DEFAULT_SUBJECT: &str = "aside.invalidations";
+
+/// A [`Bus`] on NATS. Needs the `nats` feature.
+#[derive(Clone)]
+pub struct NatsBus {
+    client: async_nats::Client,
+    subject: String,
+    /// Fired when messages may have been lost: a reconnect or a slow consumer.
+    lost: broadcast::Sender<()>,
+}
+
+impl std::fmt::Debug for NatsBus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NatsBus")
+            .field("subject", &self.subject)
+            .finish_non_exhaustive()
+    }
+}
+
+impl NatsBus {
+    /// Connects to the server at `url` (such as `nats://127.0.0.1:4222`), on [`DEFAULT_SUBJECT`].
+    ///
+    /// # Errors
+    /// [`StoreError::Connection`] when the server cannot be reached.
+    pub async fn connect(url: &str) -> Result<Self, StoreError> {
+        Self::connect_on(url, DEFAULT_SUBJECT).await
+    }
+
+    /// Connects to the server at `url`, on `subject`.
+    ///
+    /// # Errors
+    /// [`StoreError::Connection`] when the server cannot be reached.
+    pub async fn connect_on(url: &str, subject: &str) -> Result<Self, StoreError> {
+        let (lost, _) = broadcast::channel(16);
+        let on_event = lost.clone();
+        let client = async_nats::ConnectOptions::new()
+            .connection_timeout(Duration::from_secs(1))
+            .subscription_capacity(16 * 1024)
+            .event_callback(move |event| {
+                let on_event = on_event.clone();
+                async move {
+                    if matches!(event, async_nats::Event::Connected | async_nats::Event::SlowConsumer(_)) {
+                        // No receiver yet is fine: nothing was cached then.
+                        let _ = on_event.send(());
+                    }
+                }
+            })
+            .connect(url)
+            .await
+            .map_err(|e| StoreError::Connection(e.to_string()))?;
+        Ok(NatsBus {
+            client,
+            subject: subject.to_owned(),
+            lost,
+        })
+    }
+}
+
+#[async_trait]
+impl Bus for NatsBus {
+    async fn publish(&self, message: &Invalidation) -> Result<(), StoreError> {
+        let payload = serde_json::to_vec(message).map_err(|e| StoreError::Server(e.to_string()))?;
+        self.client
+            .publish(self.subject.clone(), payload.into())
+            .await
+            .map_err(|e| StoreError::Connection(e.to_string()))?;
+        // Publishing only buffers; the invalidation is due now.
+        self.client
+            .flush()
+            .await
+            .map_err(|e| StoreError::Connection(e.to_string()))
+    }
+
+    async fn subscribe(&self) -> Result<mpsc::Receiver<BusEvent>, StoreError> {
+        let mut messages = self
+            .client
+            .subscribe(self.subject.clone())
+            .await
+            .map_err(|e| StoreError::Connection(e.to_string()))?;
+        let mut lost = self.lost.subscribe();
+        let (tx, rx) = mpsc::channel(1024);
+        tokio::spawn(async move {
+            loop {
+                let event = tokio::select! {
+                    message = messages.next() => match message {
+                        Some(message) => match serde_json::from_slice::<Invalidation>(&message.payload) {
+                            Ok(invalidation) => BusEvent::Invalidation(invalidation),
+                            // Another program's message: skip it.
+                            Err(_) => continue,
+                        },
+                        None => return,
+                    },
+                    signal = lost.recv() => match signal {
+                        Ok(()) | Err(broadcast::error::RecvError::Lagged(_)) => BusEvent::Reset,
+                        Err(broadcast::error::RecvError::Closed) => return,
+                    },
+                };
+                if tx.send(event).await.is_err() {
+                    return;
+                }
+            }
+        });
+        Ok(rx)
+    }
+}
