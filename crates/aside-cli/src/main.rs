@@ -2,9 +2,9 @@
 //!
 //! Owns argument parsing, logging set-up, the runtime, and turning a
 //! failure into one `error: ...` line on stderr and a non-zero exit. Each
-//! subcommand lives in its own module (`demo`, `warm`); the workload runner, the
-//! database, the key sampler and the report are shared modules so later
-//! scenarios can reuse them.
+//! subcommand lives in its own module (`demo`, `warm`, `serve`); the
+//! workload runner, the database, the key sampler and the report are shared
+//! modules so later scenarios can reuse them.
 #![forbid(unsafe_code)]
 
 mod db;
@@ -12,6 +12,7 @@ mod demo;
 mod error;
 mod report;
 mod scenario;
+mod serve;
 mod warm;
 mod workload;
 mod zipf;
@@ -37,6 +38,9 @@ enum Command {
     /// Warms the cache with the user profiles a key list or an access log
     /// asks for most, in batches, from the demo's SQLite database.
     Warm(warm::WarmArgs),
+    /// Serves user profiles and products over HTTP, read through the cache
+    /// from SQLite or PostgreSQL, with Prometheus metrics and a health check.
+    Serve(serve::ServeArgs),
 }
 
 /// Logs to stderr, `warn` and above unless `RUST_LOG` says otherwise.
@@ -62,6 +66,7 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Demo(args) => demo::run(args).await,
             Command::Warm(args) => warm::run(args).await,
+            Command::Serve(args) => serve::run(args).await,
         }
     });
     match result {

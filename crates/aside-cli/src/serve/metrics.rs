@@ -1,0 +1,74 @@
+//! `aside serve`'s metrics: the Prometheus recorder, the service's own
+//! metric names, and the middleware timing every request.
+//!
+//! Owns installing the recorder (which must happen before the namespaces
+//! are built, so that aside's counters register with it), its periodic
+//! upkeep, and the request-latency histogram, labelled by method, route
+//! template (`/users/{id}`, never the raw path, so the label set stays
+//! bounded) and status.
+
+use std::time::{Duration, Instant};
+
+use axum::extract::{MatchedPath, Request};
+use axum::middleware::Next;
+use axum::response::Response;
+use metrics::Unit;
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+
+use crate::error::{Context, Result};
+
+/// Request latency histogram, in seconds.
+pub const HTTP_DURATION: &str = "http_request_duration_seconds";
+/// Database reads (loader calls reaching the database), by table.
+pub const DB_READS: &str = "aside_serve_db_reads_total";
+
+/// Histogram buckets, in seconds: 100 µs to 5 s.
+const BUCKETS: [f64; 14] = [
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0,
+];
+
+/// How often the recorder's histograms are drained.
+const UPKEEP_EVERY: Duration = Duration::from_secs(5);
+
+/// Installs the Prometheus recorder as the process's `metrics` recorder and
+/// starts its upkeep task. Needs a Tokio runtime.
+///
+/// # Errors
+/// When a recorder is already installed.
+pub fn install() -> Result<PrometheusHandle> {
+    let handle = PrometheusBuilder::new()
+        .set_buckets(&BUCKETS)
+        .context("cannot configure the Prometheus histogram buckets")?
+        .install_recorder()
+        .context("cannot install the Prometheus metrics recorder")?;
+    metrics::describe_histogram!(
+        HTTP_DURATION,
+        Unit::Seconds,
+        "HTTP request latency by method, route and status."
+    );
+    metrics::describe_counter!(DB_READS, "Database reads by table: what the cache did not absorb.");
+    let upkeep = handle.clone();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(UPKEEP_EVERY);
+        loop {
+            tick.tick().await;
+            upkeep.run_upkeep();
+        }
+    });
+    Ok(handle)
+}
+
+/// Middleware: records each request's latency under its route template.
+pub async fn track(request: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let method = request.method().as_str().to_owned();
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or_else(|| "unmatched".to_owned(), |path| path.as_str().to_owned());
+    let response = next.run(request).await;
+    let status = response.status().as_u16().to_string();
+    metrics::histogram!(HTTP_DURATION, "method" => method, "route" => route, "status" => status)
+        .record(started.elapsed().as_secs_f64());
+    response
+}

@@ -1,0 +1,340 @@
+//! `aside serve`'s HTTP routes: users and products read through the cache,
+//! written to the database then invalidated, plus `/metrics` and `/healthz`.
+//!
+//! Owns the handlers, the shared state they run on, and how failures become
+//! responses: every one is a JSON `{"error": "..."}`, with 400 for a
+//! malformed id, body or query string (axum's extractor rejections are
+//! mapped here), 404 for a missing row, 503 when the database fails.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use aside::{Aside, FetchOptions, Namespace, Source};
+use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router, middleware};
+use metrics_exporter_prometheus::PrometheusHandle;
+use serde_json::json;
+
+use crate::serve::db::{Database, Product, ProductFields, Record, User, UserFields};
+
+/// Most ids one batch `GET` may ask for.
+pub const MAX_BATCH: usize = 1000;
+
+/// Bound on each ping of `/healthz`.
+const PING_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// What every handler shares.
+#[derive(Debug)]
+pub struct AppState {
+    /// The cache (its store, breaker and counters).
+    pub aside: Aside,
+    /// The database.
+    pub db: Database,
+    /// Cached users.
+    pub users: Namespace<u64, User>,
+    /// Cached products.
+    pub products: Namespace<u64, Product>,
+    /// `false` with `--ttl 0`: every read goes to the database.
+    pub cache_on: bool,
+    /// Renders `/metrics`.
+    pub metrics: PrometheusHandle,
+}
+
+type Shared = State<Arc<AppState>>;
+
+/// The service's routes, with request timing on every one.
+pub fn router(state: Arc<AppState>) -> Router {
+    Router::new()
+        .route("/users", get(get_users))
+        .route("/users/{id}", get(get_user).put(put_user))
+        .route("/products", get(get_products))
+        .route("/products/{id}", get(get_product).put(put_product))
+        .route("/metrics", get(render_metrics))
+        .route("/healthz", get(healthz))
+        .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no such route") })
+        .layer(middleware::from_fn(crate::serve::metrics::track))
+        .with_state(state)
+}
+
+/// A failed request: its status and a JSON `{"error": message}` body.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    message: String,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, message: impl Into<String>) -> Self {
+        ApiError {
+            status,
+            message: message.into(),
+        }
+    }
+
+    fn bad_request(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, message)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.status, Json(json!({ "error": self.message }))).into_response()
+    }
+}
+
+impl From<PathRejection> for ApiError {
+    fn from(rejection: PathRejection) -> Self {
+        Self::bad_request(rejection.body_text())
+    }
+}
+
+impl From<QueryRejection> for ApiError {
+    fn from(rejection: QueryRejection) -> Self {
+        Self::bad_request(rejection.body_text())
+    }
+}
+
+impl From<JsonRejection> for ApiError {
+    /// A body that is not JSON, or not of the expected shape, is a 400; a
+    /// missing `Content-Type: application/json` keeps its 415, an oversized
+    /// body its 413.
+    fn from(rejection: JsonRejection) -> Self {
+        let status = match rejection {
+            JsonRejection::JsonDataError(_) | JsonRejection::JsonSyntaxError(_) => StatusCode::BAD_REQUEST,
+            ref other => other.status(),
+        };
+        Self::new(status, rejection.body_text())
+    }
+}
+
+impl From<aside::Error> for ApiError {
+    fn from(e: aside::Error) -> Self {
+        tracing::warn!("request failed: {e}");
+        match e.kind() {
+            aside::ErrorKind::Loader => Self::new(StatusCode::SERVICE_UNAVAILABLE, format!("database error: {e}")),
+            _ => Self::new(StatusCode::INTERNAL_SERVER_ERROR, format!("cache error: {e}")),
+        }
+    }
+}
+
+impl From<sqlx::Error> for ApiError {
+    fn from(e: sqlx::Error) -> Self {
+        tracing::warn!("database write failed: {e}");
+        Self::new(StatusCode::SERVICE_UNAVAILABLE, format!("database error: {e}"))
+    }
+}
+
+/// An id from the path: a `u64` the database can hold.
+fn path_id(path: Result<Path<u64>, PathRejection>) -> Result<u64, ApiError> {
+    let Path(id) = path?;
+    if i64::try_from(id).is_err() {
+        return Err(ApiError::bad_request(format!("id {id} is out of range")));
+    }
+    Ok(id)
+}
+
+/// The query string of a batch `GET`: `?ids=1,2,3`.
+#[derive(Debug, serde::Deserialize)]
+pub struct IdsQuery {
+    ids: String,
+}
+
+/// Parses `1,2,3` into distinct ids, in order.
+fn parse_ids(query: Result<Query<IdsQuery>, QueryRejection>) -> Result<Vec<u64>, ApiError> {
+    let Query(IdsQuery { ids }) = query?;
+    let mut parsed = Vec::new();
+    for item in ids.split(',') {
+        let item = item.trim();
+        let id = item
+            .parse::<u64>()
+            .ok()
+            .filter(|id| i64::try_from(*id).is_ok())
+            .ok_or_else(|| ApiError::bad_request(format!("ids: {item:?} is not an id; expected ids=1,2,3")))?;
+        if !parsed.contains(&id) {
+            parsed.push(id);
+        }
+        if parsed.len() > MAX_BATCH {
+            return Err(ApiError::bad_request(format!(
+                "ids: at most {MAX_BATCH} ids per request"
+            )));
+        }
+    }
+    Ok(parsed)
+}
+
+fn source_name(source: Source) -> &'static str {
+    match source {
+        Source::Hit => "hit",
+        Source::Loaded => "loaded",
+        Source::Coalesced => "coalesced",
+        Source::Stale => "stale",
+        _ => "other",
+    }
+}
+
+/// Reads one row through the cache (or, with the cache off, around it).
+/// The response says where it came from in `X-Cache`.
+async fn read_one<R: Record>(state: &AppState, ns: &Namespace<u64, R>, id: u64) -> Result<Response, ApiError> {
+    let options = if state.cache_on {
+        FetchOptions::default()
+    } else {
+        FetchOptions::skip_cache()
+    };
+    let fetched = ns.fetch_with(&id, options, || state.db.read_one::<R>(id)).await?;
+    let source = HeaderValue::from_static(source_name(fetched.source));
+    match fetched.value {
+        Some(row) => Ok(([(header::HeaderName::from_static("x-cache"), source)], Json(row)).into_response()),
+        None => Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!("no {} row with id {id}", R::TABLE),
+        )),
+    }
+}
+
+/// Reads many rows: cached ones in one store round trip, the others in one
+/// database query (or all from the database with the cache off). Returns
+/// the found rows in the order asked.
+async fn read_many<R: Record>(state: &AppState, ns: &Namespace<u64, R>, ids: &[u64]) -> Result<Response, ApiError> {
+    let db = &state.db;
+    let mut found = if state.cache_on {
+        ns.get_many_or_load(
+            ids,
+            |missing: Vec<u64>| async move { db.read_many::<R>(&missing).await },
+        )
+        .await?
+    } else {
+        db.read_many::<R>(ids).await?
+    };
+    let rows: Vec<R> = ids.iter().filter_map(|id| found.remove(id)).collect();
+    Ok(Json(rows).into_response())
+}
+
+/// After a database write: drops the cached row (unless the cache is off).
+/// A store that did not take it is aside's to retry; the write stands.
+async fn invalidate<R: Record>(state: &AppState, ns: &Namespace<u64, R>, id: u64) {
+    if state.cache_on
+        && let Err(e) = ns.invalidate(&id).await
+    {
+        tracing::warn!("cannot invalidate {} {id}: {e}", R::TABLE);
+    }
+}
+
+async fn get_user(State(state): Shared, id: Result<Path<u64>, PathRejection>) -> Result<Response, ApiError> {
+    read_one(&state, &state.users, path_id(id)?).await
+}
+
+async fn get_product(State(state): Shared, id: Result<Path<u64>, PathRejection>) -> Result<Response, ApiError> {
+    read_one(&state, &state.products, path_id(id)?).await
+}
+
+async fn get_users(State(state): Shared, query: Result<Query<IdsQuery>, QueryRejection>) -> Result<Response, ApiError> {
+    read_many(&state, &state.users, &parse_ids(query)?).await
+}
+
+async fn get_products(
+    State(state): Shared,
+    query: Result<Query<IdsQuery>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    read_many(&state, &state.products, &parse_ids(query)?).await
+}
+
+async fn put_user(
+    State(state): Shared,
+    id: Result<Path<u64>, PathRejection>,
+    body: Result<Json<UserFields>, JsonRejection>,
+) -> Result<Json<User>, ApiError> {
+    let id = path_id(id)?;
+    let Json(fields) = body?;
+    let row = state
+        .db
+        .update_user(id, &fields)
+        .await?
+        .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, format!("no users row with id {id}")))?;
+    invalidate(&state, &state.users, id).await;
+    Ok(Json(row))
+}
+
+async fn put_product(
+    State(state): Shared,
+    id: Result<Path<u64>, PathRejection>,
+    body: Result<Json<ProductFields>, JsonRejection>,
+) -> Result<Json<Product>, ApiError> {
+    let id = path_id(id)?;
+    let Json(fields) = body?;
+    let row = state
+        .db
+        .update_product(id, &fields)
+        .await?
+        .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, format!("no products row with id {id}")))?;
+    invalidate(&state, &state.products, id).await;
+    Ok(Json(row))
+}
+
+async fn render_metrics(State(state): Shared) -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        state.metrics.render(),
+    )
+        .into_response()
+}
+
+/// `Ok(())`, or what went wrong, within [`PING_TIMEOUT`].
+async fn ping<E: std::fmt::Display>(check: impl Future<Output = Result<(), E>>) -> Result<(), String> {
+    match tokio::time::timeout(PING_TIMEOUT, check).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err(format!("no answer within {} ms", PING_TIMEOUT.as_millis())),
+    }
+}
+
+fn check_json(name: &str, result: &Result<(), String>) -> serde_json::Value {
+    match result {
+        Ok(()) => json!({ "name": name, "ok": true }),
+        Err(e) => json!({ "name": name, "ok": false, "error": e }),
+    }
+}
+
+/// 200 when the database answers (`status` is `degraded` if the store does
+/// not), 503 otherwise.
+async fn healthz(State(state): Shared) -> Response {
+    let (database, store) = tokio::join!(ping(state.db.ping()), ping(state.aside.store().ping()));
+    let (status, code) = match (&database, &store) {
+        (Ok(()), Ok(())) => ("ok", StatusCode::OK),
+        (Ok(()), Err(_)) => ("degraded", StatusCode::OK),
+        (Err(_), _) => ("unavailable", StatusCode::SERVICE_UNAVAILABLE),
+    };
+    let body = json!({
+        "status": status,
+        "database": check_json(state.db.backend(), &database),
+        "store": check_json(state.aside.store().name(), &store),
+        "breaker": state.aside.breaker_state(),
+        "cache": state.cache_on,
+    });
+    (code, Json(body)).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ids(raw: &str) -> Result<Vec<u64>, ApiError> {
+        parse_ids(Ok(Query(IdsQuery { ids: raw.to_owned() })))
+    }
+
+    #[test]
+    fn parses_id_lists() {
+        assert_eq!(ids("1,2, 3,2").unwrap(), vec![1, 2, 3]);
+        for bad in ["", "1,,2", "x", "-1", "9223372036854775808", "1;2"] {
+            assert_eq!(ids(bad).unwrap_err().status, StatusCode::BAD_REQUEST, "{bad:?}");
+        }
+        let too_many = (1..=MAX_BATCH as u64 + 1)
+            .map(|i| i.to_string())
+            .collect::<Vec<_>>()
+            .join(",");
+        assert_eq!(ids(&too_many).unwrap_err().status, StatusCode::BAD_REQUEST);
+    }
+}
