@@ -156,6 +156,8 @@ pub(crate) struct NsInner<V> {
     pub(crate) load_timeout: Option<Duration>,
     pub(crate) soft_load_timeout: Option<Duration>,
     pub(crate) l1: Option<crate::engine::l1::L1<V>>,
+    /// This namespace, weakly: what the delayed-delete timer calls back.
+    pub(crate) self_ref: std::sync::Weak<dyn crate::engine::timer::SecondDelete>,
     /// Keys with a background refresh running (`fetch_owned`), so that one
     /// is spawned per key however many callers draw it.
     pub(crate) refreshing: std::sync::Mutex<std::collections::HashSet<String>>,
@@ -698,7 +700,8 @@ impl<K: Display + ?Sized, V: Clone + Send + Sync + 'static> NamespaceBuilder<K, 
             ));
         }
         let key_prefix = format!("{}{}:", self.core.prefix, self.name);
-        let inner = NsInner {
+        let inner = Arc::new_cyclic(|weak: &std::sync::Weak<NsInner<V>>| NsInner {
+            self_ref: weak.clone(),
             metrics: NamespaceMetrics::register(&self.name),
             core: self.core,
             name: self.name,
@@ -727,8 +730,7 @@ impl<K: Display + ?Sized, V: Clone + Send + Sync + 'static> NamespaceBuilder<K, 
             refreshing: std::sync::Mutex::default(),
             read_seq: std::sync::atomic::AtomicU64::new(1),
             flight: SingleFlight::default(),
-        };
-        let inner = Arc::new(inner);
+        });
         if inner.l1.is_some()
             && let Some(router) = &inner.core.router
         {

@@ -84,16 +84,12 @@ impl Core {
         ns.add(event);
     }
 
-    /// Runs one store operation behind the breaker and the timeout.
+    /// Runs one store operation behind the breaker and the timeout, counting
+    /// under a namespace's metrics.
     ///
     /// # Errors
     /// [`ErrorKind::Store`] when the breaker is open or the store failed,
     /// [`ErrorKind::Timeout`] when it did not answer within `op_timeout`.
-    pub(crate) async fn call<T>(&self, fut: impl Future<Output = StoreResult<T>>) -> Result<T, Error> {
-        self.call_for(&self.metrics, fut).await
-    }
-
-    /// [`Core::call`], counting under a namespace's metrics.
     pub(crate) async fn call_for<T>(
         &self,
         ns: &NamespaceMetrics,

@@ -14,6 +14,8 @@ use crate::namespace::NsInner;
 use crate::policy::Strategy;
 
 use super::retry::PendingOp;
+use super::timer::SecondDelete;
+use futures::future::BoxFuture;
 
 impl<V: Clone + Send + Sync + 'static> NsInner<V> {
     /// Invalidates every key, attempting all of them, then publishes one
@@ -55,9 +57,12 @@ impl<V: Clone + Send + Sync + 'static> NsInner<V> {
             }
             Strategy::DoubleDelete { delay } => {
                 let result = self.core.call_for(&self.metrics, store.delete(full)).await;
-                self.core
-                    .delayed
-                    .schedule(&self.core, Instant::now() + delay, full.to_owned());
+                self.core.delayed.schedule(
+                    &self.core,
+                    Instant::now() + delay,
+                    full.to_owned(),
+                    self.self_ref.clone(),
+                );
                 (full.to_owned(), PendingOp::Delete, result)
             }
             Strategy::Versioned => {
@@ -111,5 +116,26 @@ impl<V: Clone + Send + Sync + 'static> NsInner<V> {
             let _ = self.invalidate_all(&[full.to_owned()]).await;
         }
         result
+    }
+}
+
+impl<V: Clone + Send + Sync + 'static> SecondDelete for NsInner<V> {
+    /// The delayed half of `DoubleDelete`: store, L1 and bus, like the first.
+    fn second_delete(&self, key: String) -> BoxFuture<'_, ()> {
+        Box::pin(async move {
+            self.l1_evict(&key);
+            if self
+                .core
+                .call_for(&self.metrics, self.core.store.delete(&key))
+                .await
+                .is_err()
+            {
+                self.core.queue_invalidation(&key, PendingOp::Delete);
+            }
+            if let Some(router) = &self.core.router {
+                let message = Invalidation::new(self.name.clone(), vec![key], router.origin);
+                let _ = router.bus.publish(&message).await;
+            }
+        })
     }
 }
