@@ -6,12 +6,19 @@
 //! namespace under a key prefix unique to the run (so runs sharing a Redis
 //! never collide and nothing needs flushing), then the run itself through
 //! [`crate::workload::run_workload`] and the output through [`crate::report`].
+//!
+//! With `--tiers`, the namespace gets an in-process first tier (L1, up to
+//! [`L1_ENTRIES`] profiles) in front of the store, and the report splits the
+//! hit ratio into L1 and L2 (store) hits. With `--redis` too, the `Aside`
+//! also publishes its invalidations on a [`RedisBus`] on the same server,
+//! as it would beside other processes with their own L1.
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::str::FromStr;
 use std::time::{Duration, Instant};
 
+use aside::bus::redis::RedisBus;
 use aside::store::redis::RedisStore;
 use aside::{Aside, Strategy};
 use clap::Args;
@@ -26,6 +33,8 @@ pub const MAX_USERS: u64 = 10_000_000;
 /// Upper bound on the database's read connections, whatever the concurrency
 /// (each is a thread; more do not help on a small machine).
 pub const MAX_DB_READERS: u32 = 8;
+/// Capacity of the L1 of `--tiers`, in profiles.
+pub const L1_ENTRIES: u64 = 100_000;
 
 /// Flags of `aside demo`.
 #[derive(Debug, Clone, Args)]
@@ -81,6 +90,12 @@ pub struct DemoArgs {
     #[arg(long)]
     pub json: bool,
 
+    /// Put an in-process first tier (L1) in front of the store and report
+    /// L1 and L2 hit ratios; with `--redis`, invalidations also go out on a
+    /// Redis bus.
+    #[arg(long)]
+    pub tiers: bool,
+
     #[command(flatten)]
     pub scenario_args: crate::scenario::ScenarioArgs,
 }
@@ -134,13 +149,16 @@ pub async fn run(args: DemoArgs) -> Result<()> {
     };
 
     let cache = build_cache(&args).await?;
-    let users = cache
+    let ttl = Duration::from_secs_f64(args.ttl.unwrap_or(600.0));
+    let mut users = cache
         .namespace::<u64, crate::db::User>("user:profile")
-        .ttl(Duration::from_secs_f64(args.ttl.unwrap_or(600.0)))
+        .ttl(ttl)
         .jitter(0.10)
-        .strategy(args.strategy)
-        .build()
-        .context("cannot configure the cache namespace")?;
+        .strategy(args.strategy);
+    if args.tiers {
+        users = users.l1(L1_ENTRIES, ttl);
+    }
+    let users = users.build().context("cannot configure the cache namespace")?;
 
     // The temporary directory (database, WAL and shared-memory files) is
     // removed when `_scratch` drops, after the pool is closed.
@@ -156,9 +174,14 @@ pub async fn run(args: DemoArgs) -> Result<()> {
         seeding.elapsed().as_millis()
     ));
     say(format!(
-        "running for {} s on the {} store, strategy {}...",
+        "running for {} s on the {} store{}, strategy {}...",
         duration,
         cache.store().name(),
+        match (args.tiers, args.redis.is_some()) {
+            (false, _) => "",
+            (true, false) => " behind an L1",
+            (true, true) => " behind an L1 with a Redis invalidation bus",
+        },
         args.strategy
     ));
 
@@ -169,6 +192,7 @@ pub async fn run(args: DemoArgs) -> Result<()> {
         zipf_exponent: args.zipf,
         users: args.users,
         progress: chatty && std::io::stderr().is_terminal(),
+        tiers: args.tiers,
     };
     let target = Target {
         cache,
@@ -180,7 +204,8 @@ pub async fn run(args: DemoArgs) -> Result<()> {
     print_summary(&summary?, args.json)
 }
 
-/// The `Aside` of this run: the chosen store, under a prefix unique to the run.
+/// The `Aside` of this run: the chosen store, under a prefix unique to the
+/// run, with a Redis invalidation bus for `--tiers --redis`.
 async fn build_cache(args: &DemoArgs) -> Result<Aside> {
     let prefix = format!("aside-demo:{:016x}:", rand::random::<u64>());
     let builder = Aside::builder().prefix(prefix);
@@ -189,7 +214,15 @@ async fn build_cache(args: &DemoArgs) -> Result<Aside> {
             let store = RedisStore::connect(url)
                 .await
                 .context(format!("cannot connect to Redis at {url}"))?;
-            builder.store(store)
+            let builder = builder.store(store);
+            if args.tiers {
+                let bus = RedisBus::connect(url)
+                    .await
+                    .context(format!("cannot connect the invalidation bus to Redis at {url}"))?;
+                builder.bus(bus)
+            } else {
+                builder
+            }
         }
         None => builder.store(aside::MemoryStore::new()),
     };

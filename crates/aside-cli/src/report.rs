@@ -35,6 +35,19 @@ pub fn table(title: &str, summary: &Summary) -> String {
             format!("{:.1}%", s.hit_ratio * 100.0),
             format!("{} hits, {} misses", count(s.hits), count(s.misses)),
         ),
+    ];
+    if s.tiers {
+        rows.push(row(
+            "hit ratio L1 / L2",
+            format!("{:.1}% / {:.1}%", s.l1_hit_ratio * 100.0, s.l2_hit_ratio * 100.0),
+            format!(
+                "{} in-process hits, {} store hits",
+                count(s.l1_hits),
+                count(s.hits - s.l1_hits)
+            ),
+        ));
+    }
+    rows.extend([
         row(
             "database queries",
             count(s.db_queries),
@@ -59,7 +72,7 @@ pub fn table(title: &str, summary: &Summary) -> String {
             count(s.store_errors),
             format!("{} skipped by the breaker", count(s.store_skipped)),
         ),
-    ];
+    ]);
     if s.invalidation_errors > 0 {
         rows.push(row(
             "invalidation errors",
@@ -74,8 +87,9 @@ pub fn table(title: &str, summary: &Summary) -> String {
     let label_width = rows.iter().map(|r| r.0.len()).max().unwrap_or(0);
     let value_width = rows.iter().map(|r| r.1.chars().count()).max().unwrap_or(0);
     let mut out = format!(
-        "{title}: store {}, strategy {}, {} users, zipf {}, {} tasks, {:.1} s{}\n\n",
+        "{title}: store {}{}, strategy {}, {} users, zipf {}, {} tasks, {:.1} s{}\n\n",
         s.store,
+        if s.tiers { " behind an L1" } else { "" },
         s.strategy,
         count(s.users),
         s.zipf_exponent,

@@ -50,6 +50,8 @@ pub struct Workload {
     pub users: u64,
     /// Draw a progress bar on stderr.
     pub progress: bool,
+    /// The namespace has an L1 in front of its store (reported as such).
+    pub tiers: bool,
 }
 
 /// What a workload runs against: the cache, the namespace of user profiles
@@ -93,6 +95,14 @@ pub struct Summary {
     pub misses: u64,
     /// `hits / requests`.
     pub hit_ratio: f64,
+    /// The namespace had an in-process first tier (L1) in front of the store.
+    pub tiers: bool,
+    /// Hits the L1 answered (0 without one).
+    pub l1_hits: u64,
+    /// `l1_hits / requests`.
+    pub l1_hit_ratio: f64,
+    /// `(hits - l1_hits) / requests`: hits the store (L2) answered.
+    pub l2_hit_ratio: f64,
     /// Misses that ran the loader in this call.
     pub loaded: u64,
     /// Misses served by another caller's load.
@@ -268,6 +278,9 @@ pub async fn run_workload(workload: &Workload, target: &Target) -> Result<Summar
     let stats = target.cache.stats();
     let requests = live.requests.load(Ordering::Relaxed);
     let hits = live.hits.load(Ordering::Relaxed);
+    // Only this run's fetches read the namespace, so the counter's growth
+    // is theirs; an L1 hit is always a `Source::Hit`.
+    let l1_hits = (stats.l1_hits - stats_before.l1_hits).min(hits);
     let db_queries = target.db.queries() - queries_before;
     let seconds = elapsed.as_secs_f64();
     Ok(Summary {
@@ -284,6 +297,10 @@ pub async fn run_workload(workload: &Workload, target: &Target) -> Result<Summar
         hits,
         misses: requests - hits,
         hit_ratio: ratio(hits, requests),
+        tiers: workload.tiers,
+        l1_hits,
+        l1_hit_ratio: ratio(l1_hits, requests),
+        l2_hit_ratio: ratio(hits - l1_hits, requests),
         loaded: total.loaded,
         coalesced: total.coalesced,
         stale: total.stale,

@@ -91,3 +91,36 @@ fn bad_flags_are_rejected() {
         assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
     }
 }
+
+#[test]
+fn demo_tiers_reports_l1_and_l2_hit_ratios() {
+    let out = aside(&["demo", "--tiers", "--duration", "2", "--json"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "demo --tiers failed: {stderr}");
+    let summary: serde_json::Value = serde_json::from_slice(&out.stdout).expect("stdout is one JSON object");
+    let number = |field: &str| {
+        summary[field]
+            .as_f64()
+            .unwrap_or_else(|| panic!("field {field} missing or not a number in {summary}"))
+    };
+    assert_eq!(summary["tiers"], true, "{summary}");
+    assert!(number("requests") > 0.0, "no requests: {summary}");
+    let (l1, l2, all) = (number("l1_hit_ratio"), number("l2_hit_ratio"), number("hit_ratio"));
+    assert!(l1 > 0.0, "the L1 answered nothing: {summary}");
+    assert!(l2 >= 0.0, "{summary}");
+    assert!(
+        (l1 + l2 - all).abs() < 1e-9,
+        "l1 {l1} + l2 {l2} != hit ratio {all}: {summary}"
+    );
+    assert!(number("l1_hits") <= number("hits"), "{summary}");
+}
+
+#[test]
+fn demo_without_tiers_has_no_l1_hits() {
+    let out = aside(&["demo", "--duration", "1", "--json", "--users", "100"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let summary: serde_json::Value = serde_json::from_slice(&out.stdout).expect("stdout is one JSON object");
+    assert_eq!(summary["tiers"], false, "{summary}");
+    assert_eq!(summary["l1_hits"], 0, "{summary}");
+    assert_eq!(summary["l2_hit_ratio"], summary["hit_ratio"], "{summary}");
+}

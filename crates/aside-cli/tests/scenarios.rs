@@ -88,3 +88,50 @@ fn stampede_on_memory_and_redis_loads_once_with_aside() {
         100,
     );
 }
+
+/// The lease row of a `race --l1 --strategies lease` report, checked.
+fn check_race_l1(report: &serde_json::Value) -> serde_json::Value {
+    let rows = results(report);
+    assert_eq!(rows.len(), 1, "{report}");
+    let lease = rows[0].clone();
+    assert_eq!(lease["strategy"], "lease");
+    assert_eq!(lease["l1"], true, "{lease}");
+    assert!(lease["reads"].as_u64().unwrap() > 0, "{lease}");
+    assert!(lease["writes"].as_u64().unwrap() > 0, "{lease}");
+    assert!(
+        lease["l1_hit_ratio"].as_f64().unwrap() > 0.0,
+        "the L1 answered: {lease}"
+    );
+    assert_eq!(
+        lease["stale_entries"], 0,
+        "no stale copy in the L1 or the store once the bus is quiet: {lease}"
+    );
+    assert_eq!(lease["stale_l2_entries"], 0, "{lease}");
+    lease
+}
+
+#[test]
+fn race_with_l1_on_redis_leaves_no_stale_entry() {
+    let server = RedisServer::start();
+    let url = server.url();
+    let report = scenario_json(&[
+        "--scenario",
+        "race",
+        "--l1",
+        "--strategies",
+        "lease",
+        "--duration",
+        "1",
+        "--redis",
+        &url,
+    ]);
+    assert_eq!(report["store"], "redis");
+    check_race_l1(&report);
+}
+
+#[test]
+fn race_with_l1_in_process_leaves_no_stale_entry() {
+    let report = scenario_json(&["--scenario", "race", "--l1", "--strategies", "lease", "--duration", "1"]);
+    assert_eq!(report["store"], "memory");
+    check_race_l1(&report);
+}

@@ -10,6 +10,7 @@
 
 pub mod db_outage;
 pub mod expiry;
+pub mod local_bus;
 pub mod race;
 pub mod stampede;
 
@@ -18,8 +19,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use aside::bus::redis::RedisBus;
 use aside::store::redis::RedisStore;
-use aside::{Aside, MemoryStore, Namespace, Store, Strategy};
+use aside::{Aside, AsideBuilder, MemoryStore, Namespace, Store, Strategy};
 use sqlx::sqlite::{SqlitePool, SqlitePoolOptions};
 
 use crate::demo::DemoArgs;
@@ -56,16 +58,39 @@ impl StoreChoice {
     /// # Errors
     /// When Redis cannot be reached.
     pub async fn aside(&self, prefix: &str) -> Result<Aside> {
+        Ok(self.builder(prefix).await?.build())
+    }
+
+    /// A new `Aside` on this store that publishes its invalidations on a bus
+    /// and evicts its L1 copies on everyone else's: `local` for the
+    /// in-process store, or a `RedisBus` of its own on the channel
+    /// `{prefix}invalidations` (so only this run's engines meet there).
+    ///
+    /// # Errors
+    /// When Redis cannot be reached.
+    pub async fn aside_on_bus(&self, prefix: &str, local: &local_bus::LocalBus) -> Result<Aside> {
+        let builder = self.builder(prefix).await?;
+        Ok(match self {
+            StoreChoice::Memory(_) => builder.bus(local.clone()).build(),
+            StoreChoice::Redis(url) => {
+                let channel = format!("{prefix}invalidations");
+                let bus = RedisBus::connect_on(url, &channel)
+                    .await
+                    .context(format_args!("cannot connect the invalidation bus to Redis at {url}"))?;
+                builder.bus(bus).build()
+            }
+        })
+    }
+
+    async fn builder(&self, prefix: &str) -> Result<AsideBuilder> {
         let builder = Aside::builder().prefix(prefix);
         Ok(match self {
-            StoreChoice::Memory(store) => builder.shared_store(store.clone()).build(),
-            StoreChoice::Redis(url) => builder
-                .store(
-                    RedisStore::connect(url)
-                        .await
-                        .context(format_args!("cannot connect to Redis at {url}"))?,
-                )
-                .build(),
+            StoreChoice::Memory(store) => builder.shared_store(store.clone()),
+            StoreChoice::Redis(url) => builder.store(
+                RedisStore::connect(url)
+                    .await
+                    .context(format_args!("cannot connect to Redis at {url}"))?,
+            ),
         })
     }
 }
@@ -241,6 +266,12 @@ pub struct ScenarioArgs {
     /// Race strategies to run, comma-separated (default: all four).
     #[arg(long, value_delimiter = ',', value_parser = parse_strategy)]
     pub strategies: Vec<Strategy>,
+
+    /// Race with an in-process first tier (L1) on the readers' and the
+    /// writers' engines, kept coherent by an invalidation bus (Redis
+    /// pub/sub with `--redis`, an in-process channel otherwise).
+    #[arg(long)]
+    pub l1: bool,
 }
 
 fn parse_strategy(s: &str) -> std::result::Result<Strategy, String> {
@@ -288,6 +319,7 @@ pub async fn run(args: &DemoArgs) -> Result<()> {
                 writers: opts.writers as usize,
                 write_interval: Duration::from_millis(opts.write_interval_ms),
                 duration: Duration::from_secs_f64(args.duration.unwrap_or(3.0)),
+                l1: opts.l1,
             };
             let strategies = if opts.strategies.is_empty() {
                 Strategy::all().to_vec()
@@ -298,7 +330,12 @@ pub async fn run(args: &DemoArgs) -> Result<()> {
             for run in 1..=opts.runs {
                 for &strategy in &strategies {
                     if chatty {
-                        eprintln!("race run {run}/{}: {strategy} on {} ...", opts.runs, store.name());
+                        eprintln!(
+                            "race run {run}/{}: {strategy} on {}{} ...",
+                            opts.runs,
+                            store.name(),
+                            if opts.l1 { " behind an L1 on both engines" } else { "" }
+                        );
                     }
                     results.push(race::run_strategy(&store, &rows, strategy, run, &race).await?);
                 }
@@ -462,7 +499,8 @@ fn render(headers: &[&str], rows: Vec<Vec<String>>, footnote: Option<&str>) -> S
 }
 
 fn race_table(results: &[race::RaceResult]) -> String {
-    let headers = [
+    let l1 = results.iter().any(|r| r.l1);
+    let mut headers = vec![
         "strategy",
         "run",
         "stale_entries",
@@ -474,10 +512,13 @@ fn race_table(results: &[race::RaceResult]) -> String {
         "writes",
         "fills_refused",
     ];
+    if l1 {
+        headers.extend(["l1_hit_ratio", "stale_l2_entries"]);
+    }
     let rows = results
         .iter()
         .map(|r| {
-            vec![
+            let mut row = vec![
                 r.strategy.clone(),
                 r.run.to_string(),
                 r.stale_entries.to_string(),
@@ -488,10 +529,21 @@ fn race_table(results: &[race::RaceResult]) -> String {
                 r.reads.to_string(),
                 r.writes.to_string(),
                 r.fills_refused.to_string(),
-            ]
+            ];
+            if l1 {
+                row.extend([format!("{:.3}", r.l1_hit_ratio), r.stale_l2_entries.to_string()]);
+            }
+            row
         })
         .collect();
-    render(&headers, rows, None)
+    render(
+        &headers,
+        rows,
+        l1.then_some(
+            "with an L1: stale_entries counts keys stale in the L1 or the store after the bus went quiet; \
+             stale_reads include L1 hits read before another engine's invalidation reached this one over the bus",
+        ),
+    )
 }
 
 fn stampede_table(results: &[stampede::StampedeResult]) -> String {

@@ -6,16 +6,44 @@
 //! read* returned an older version than one whose invalidation had already
 //! returned before the read began; a *stale entry* is a cache entry that
 //! disagrees with the database after writers stop and work drains.
+//!
+//! With `--l1`, both engines put an L1 in front of the store and join an
+//! invalidation bus (a `RedisBus` each on Redis, one shared
+//! [`LocalBus`] on the in-process store). A writer's invalidation evicts
+//! its own L1 at once but reaches the readers' L1 asynchronously, so a read
+//! that begins after the invalidation returned may still hit the old L1
+//! copy for as long as the bus takes: `stale_reads` can be above 0 with
+//! any strategy, bounded by the bus latency. Once the bus has delivered
+//! everything, no copy may be stale: the run waits for that (a sentinel
+//! invalidation published after the last write reaches the readers' engine,
+//! then no message for [`QUIET`]) before counting stale entries in either
+//! tier: `readers_ns.get` reads the L1 then the store, and a namespace
+//! without L1 on the same prefix reads the store alone.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
-use aside::{Namespace, Source, Strategy};
+use aside::bus::Invalidation;
+use aside::{Aside, Namespace, Source, Strategy};
 use serde::Serialize;
+use tokio::sync::broadcast::{self, error::RecvError};
+use tokio::time::{Instant, timeout};
 
+use super::local_bus::LocalBus;
 use super::{Rows, StoreChoice, run_prefix};
 use crate::error::{CliError, Result};
+
+/// Capacity of each engine's L1 with `--l1` (far above the hot set).
+const L1_ENTRIES: u64 = 10_000;
+/// L1 TTL with `--l1`: longer than any run, so only the bus keeps it coherent.
+const L1_TTL: Duration = Duration::from_secs(600);
+/// The bus is quiet once no message arrived for this long.
+const QUIET: Duration = Duration::from_millis(200);
+/// Bound on waiting for the bus (to come up, or to go quiet).
+const BUS_WAIT: Duration = Duration::from_secs(10);
+/// The key the bus probes invalidate: outside the hot set `1..=keys`.
+const PROBE_KEY: u64 = 0;
 
 /// Settings of one race run.
 #[derive(Debug, Clone)]
@@ -30,6 +58,8 @@ pub struct RaceOptions {
     pub write_interval: Duration,
     /// How long readers and writers run.
     pub duration: Duration,
+    /// An L1 on both engines, kept coherent by an invalidation bus.
+    pub l1: bool,
 }
 
 /// The outcome of one strategy's run.
@@ -39,8 +69,14 @@ pub struct RaceResult {
     pub run: u32,
     /// `delete`, `double-delete`, `versioned` or `lease`.
     pub strategy: String,
-    /// Cache entries disagreeing with the database after quiescence.
+    /// The engines had an L1 (and a bus).
+    pub l1: bool,
+    /// Keys whose cached value, in the readers' L1 or in the store,
+    /// disagrees with the database after quiescence.
     pub stale_entries: u64,
+    /// Of those, keys whose store (L2) entry disagrees (0 without an L1
+    /// means the same as `stale_entries`).
+    pub stale_l2_entries: u64,
     /// Reads older than an invalidation that returned before they began.
     pub stale_reads: u64,
     /// Reads served from the cache, without waiting for a load, over all reads.
@@ -48,6 +84,8 @@ pub struct RaceResult {
     /// Hits that were not stale reads, over all reads: what the cache
     /// served correctly.
     pub fresh_hit_ratio: f64,
+    /// Reads the readers' L1 answered, over all reads (0 without an L1).
+    pub l1_hit_ratio: f64,
     /// Loader calls (database reads).
     pub db_queries: u64,
     /// Reads made.
@@ -76,17 +114,40 @@ pub async fn run_strategy(
     opts: &RaceOptions,
 ) -> Result<RaceResult> {
     let prefix = run_prefix("race");
-    let reader_cache = store.aside(&prefix).await?;
-    let writer_cache = store.aside(&prefix).await?;
-    let build = |cache: &aside::Aside| -> Result<Namespace<u64, u64>> {
-        cache
-            .namespace::<u64, u64>("item")
-            .strategy(strategy)
+    let (reader_cache, writer_cache) = if opts.l1 {
+        let bus = LocalBus::new();
+        (
+            store.aside_on_bus(&prefix, &bus).await?,
+            store.aside_on_bus(&prefix, &bus).await?,
+        )
+    } else {
+        (store.aside(&prefix).await?, store.aside(&prefix).await?)
+    };
+    let build = |cache: &Aside, l1: bool| -> Result<Namespace<u64, u64>> {
+        let mut builder = cache.namespace::<u64, u64>("item").strategy(strategy);
+        if l1 {
+            builder = builder.l1(L1_ENTRIES, L1_TTL);
+        }
+        builder
             .build()
             .map_err(|e| CliError::new(format!("cannot build the namespace: {e}")))
     };
-    let readers_ns = build(&reader_cache)?;
-    let writers_ns = build(&writer_cache)?;
+    let readers_ns = build(&reader_cache, opts.l1)?;
+    let writers_ns = build(&writer_cache, opts.l1)?;
+    // The readers' engine's view of the bus, kept to wait for quiescence.
+    let mut reader_events = None;
+    if opts.l1 {
+        let (Some(mut heard_by_readers), Some(mut heard_by_writers)) =
+            (reader_cache.invalidations(), writer_cache.invalidations())
+        else {
+            return Err(CliError::new("the race's engines have no invalidation bus"));
+        };
+        // Both subscriptions must be up before the race starts, or the
+        // first invalidations could be missed (pub/sub keeps nothing).
+        bus_carries(&writers_ns, &mut heard_by_readers).await?;
+        bus_carries(&writers_ns, &mut heard_by_writers).await?;
+        reader_events = Some(heard_by_readers);
+    }
     rows.reset_queries();
 
     // committed[k]: the newest version whose invalidation has returned.
@@ -178,13 +239,28 @@ pub async fn run_strategy(
     if let Strategy::DoubleDelete { delay } = strategy {
         tokio::time::sleep(delay + Duration::from_millis(100)).await;
     }
-    let mut stale_entries = 0;
+    // Taken before the check below, whose L1 reads count as L1 hits.
+    let l1_hits = reader_cache.stats().l1_hits;
+    if let Some(events) = reader_events.as_mut() {
+        settle(&writers_ns, events).await?;
+    }
+    // The store alone: an engine without L1 on the same prefix.
+    let l2_ns = if opts.l1 {
+        Some(build(&store.aside(&prefix).await?, false)?)
+    } else {
+        None
+    };
+    let (mut stale_entries, mut stale_l2_entries) = (0, 0);
     for k in 1..=opts.keys {
-        let cached = readers_ns.get(&k).await.map_err(|e| CliError::new(e.to_string()))?;
         let truth = rows.current(k).await?;
-        if cached.is_some_and(|v| v != truth) {
-            stale_entries += 1;
-        }
+        let stale = |cached: Option<u64>| cached.is_some_and(|v| v != truth);
+        let either = stale(readers_ns.get(&k).await.map_err(|e| CliError::new(e.to_string()))?);
+        let l2 = match &l2_ns {
+            Some(ns) => stale(ns.get(&k).await.map_err(|e| CliError::new(e.to_string()))?),
+            None => either,
+        };
+        stale_entries += u64::from(either || l2);
+        stale_l2_entries += u64::from(l2);
     }
     let reads = reads.load(Ordering::Relaxed);
     let ratio = |n: u64| if reads == 0 { 0.0 } else { n as f64 / reads as f64 };
@@ -192,10 +268,13 @@ pub async fn run_strategy(
     Ok(RaceResult {
         run,
         strategy: strategy.name().to_owned(),
+        l1: opts.l1,
         stale_entries,
+        stale_l2_entries,
         stale_reads: stale_reads.load(Ordering::Relaxed),
         hit_ratio: ratio(hits),
         fresh_hit_ratio: ratio(hits - stale_hits.load(Ordering::Relaxed)),
+        l1_hit_ratio: ratio(l1_hits.min(hits)),
         db_queries: rows.queries(),
         reads,
         writes: writes.load(Ordering::Relaxed),
@@ -204,4 +283,61 @@ pub async fn run_strategy(
         miss_p50_ms: super::percentile(&miss_ms, 50.0),
         miss_p99_ms: super::percentile(&miss_ms, 99.0),
     })
+}
+
+/// Waits until `events` carries a message, publishing probe invalidations
+/// through `from` until one arrives (an engine's subscription is up once
+/// anything reaches it), then drains what else came.
+///
+/// # Errors
+/// When nothing arrived within [`BUS_WAIT`].
+async fn bus_carries(from: &Namespace<u64, u64>, events: &mut broadcast::Receiver<Invalidation>) -> Result<()> {
+    let deadline = Instant::now() + BUS_WAIT;
+    loop {
+        // A probe the store did not take is still published.
+        let _ = from.invalidate(&PROBE_KEY).await;
+        if timeout(Duration::from_millis(100), events.recv()).await.is_ok() {
+            break;
+        }
+        if Instant::now() >= deadline {
+            return Err(CliError::new("the invalidation bus never delivered a message"));
+        }
+    }
+    while events.try_recv().is_ok() {}
+    Ok(())
+}
+
+/// Waits until the bus has delivered every invalidation made so far to the
+/// engine `events` belongs to: a sentinel invalidation published through
+/// `from` after the last write must arrive (the bus keeps one publisher's
+/// order, and an engine evicts before it reports a message), then no
+/// message for [`QUIET`]. Both bounded by [`BUS_WAIT`].
+///
+/// # Errors
+/// When the sentinel did not arrive in time.
+async fn settle(from: &Namespace<u64, u64>, events: &mut broadcast::Receiver<Invalidation>) -> Result<()> {
+    let sentinel = from
+        .store_key(&PROBE_KEY)
+        .map_err(|e| CliError::new(format!("cannot name the sentinel key: {e}")))?;
+    let deadline = Instant::now() + BUS_WAIT;
+    let _ = from.invalidate(&PROBE_KEY).await;
+    let mut sentinel_seen = false;
+    while Instant::now() < deadline {
+        match timeout(QUIET, events.recv()).await {
+            Ok(Ok(message)) => sentinel_seen |= message.keys.contains(&sentinel),
+            // Missed messages were delivered (and evicted) all the same;
+            // only this receiver fell behind.
+            Ok(Err(RecvError::Lagged(_))) => {}
+            Ok(Err(RecvError::Closed)) => break,
+            Err(_quiet) if sentinel_seen => return Ok(()),
+            Err(_quiet) => {}
+        }
+    }
+    if sentinel_seen {
+        Ok(())
+    } else {
+        Err(CliError::new(
+            "the invalidation bus did not deliver the end-of-run sentinel in time",
+        ))
+    }
 }
