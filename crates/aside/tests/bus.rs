@@ -163,19 +163,27 @@ mod over_nats {
         let mut nats = NatsServer::start();
         let (_a, users_a) = engine(&redis.url(), &nats.url()).await;
         let (b, users_b) = engine(&redis.url(), &nats.url()).await;
+        let (c, users_c) = engine(&redis.url(), &nats.url()).await;
         let mut events = b.invalidations().unwrap();
+        let mut c_events = c.invalidations().unwrap();
         bus_carries(&users_a, &mut events).await;
+        bus_carries(&users_a, &mut c_events).await;
         let db = Db::with_users(2);
 
-        users_b.fetch(&1, || db.get(1)).await.unwrap();
-        assert_eq!(users_b.fetch(&1, || db.get(1)).await.unwrap().source, Source::Hit);
+        for users in [&users_b, &users_c] {
+            users.fetch(&1, || db.get(1)).await.unwrap();
+            assert_eq!(users.fetch(&1, || db.get(1)).await.unwrap().source, Source::Hit);
+        }
         db.put(User::new(1, 1));
         users_a.invalidate(&1).await.unwrap();
         next_about(&mut events, "user:1").await;
-        assert_eq!(
-            users_b.fetch(&1, || db.get(1)).await.unwrap().value,
-            Some(User::new(1, 1))
-        );
+        next_about(&mut c_events, "user:1").await;
+        for users in [&users_b, &users_c] {
+            assert_eq!(
+                users.fetch(&1, || db.get(1)).await.unwrap().value,
+                Some(User::new(1, 1))
+            );
+        }
 
         // The NATS server dies and comes back: B's client reconnects, and
         // since messages may have been lost, B's L1 is cleared.
