@@ -1,10 +1,11 @@
-//! Real servers for tests: starts `redis-server` and `nats-server` on free
+//! Real servers for tests: starts `redis-server`, `memcached` and `nats-server` on free
 //! loopback ports, and can kill, restart, freeze and thaw them for fault tests.
 //!
 //! Owns process management for tests and nothing else. Each server gets its
 //! own temporary directory and port, so tests never touch a server they did
 //! not start (and may flush their own). Readiness is awaited by reading the
-//! server's own "ready" log line, not by sleeping. A missing binary fails
+//! server's own "ready" log line (memcached has none: it is awaited by
+//! connecting, with a bound), not by sleeping. A missing binary fails
 //! the test with the command that installs it.
 
 use std::io::{BufRead, BufReader};
@@ -68,12 +69,23 @@ fn spawn_until_ready(mut cmd: Command, ready: &'static str, what: &str, log_on_s
     child
 }
 
-fn signal(pid: u32, sig: &str) {
+/// Sends `sig` (`-STOP`, `-CONT`) to a running server.
+fn signal(child: Option<&Child>, sig: &str) {
+    let Some(child) = child else { return };
+    let pid = child.id();
     let status = Command::new("kill")
         .args([sig, &pid.to_string()])
         .status()
         .expect("run kill");
     assert!(status.success(), "kill {sig} {pid} failed");
+}
+
+/// Kills a server with SIGKILL, as a crash would, and waits for it to exit.
+fn reap(child: &mut Option<Child>) {
+    if let Some(mut child) = child.take() {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
 }
 
 /// A `redis-server` of the test's own, with append-only persistence
@@ -134,10 +146,7 @@ impl RedisServer {
 
     /// Kills the server with SIGKILL, as a crash would, and waits for it to exit.
     pub fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+        reap(&mut self.child);
     }
 
     /// Starts the server again on the same port and data directory.
@@ -149,16 +158,12 @@ impl RedisServer {
     /// Stops the process (SIGSTOP): connections stay open but nothing
     /// answers, as with a hung server or a network partition.
     pub fn freeze(&self) {
-        if let Some(child) = &self.child {
-            signal(child.id(), "-STOP");
-        }
+        signal(self.child.as_ref(), "-STOP");
     }
 
     /// Resumes a frozen server (SIGCONT).
     pub fn thaw(&self) {
-        if let Some(child) = &self.child {
-            signal(child.id(), "-CONT");
-        }
+        signal(self.child.as_ref(), "-CONT");
     }
 }
 
@@ -203,10 +208,7 @@ impl NatsServer {
 
     /// Kills the server (SIGKILL) and waits for it to exit.
     pub fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+        reap(&mut self.child);
     }
 
     /// Starts the server again on the same port.
@@ -220,4 +222,105 @@ impl Drop for NatsServer {
     fn drop(&mut self) {
         self.kill();
     }
+}
+
+/// A `memcached` of the test's own (TCP only, 64 MiB, loopback).
+pub struct MemcachedServer {
+    port: u16,
+    child: Option<Child>,
+}
+
+impl MemcachedServer {
+    /// Starts a server on a free port.
+    ///
+    /// # Panics
+    /// When `memcached` is not installed or does not accept connections in time.
+    pub fn start() -> Self {
+        let mut server = MemcachedServer {
+            port: free_port(),
+            child: None,
+        };
+        server.spawn();
+        server
+    }
+
+    fn spawn(&mut self) {
+        let bin = require_binary("memcached", "apt-get install -y memcached");
+        let mut cmd = Command::new(bin);
+        cmd.args(["-p", &self.port.to_string(), "-U", "0", "-l", "127.0.0.1", "-m", "64"]);
+        if is_root() {
+            // memcached refuses to run as root unless told which user to be.
+            cmd.args(["-u", "root"]);
+        }
+        cmd.stdout(Stdio::null()).stderr(Stdio::inherit());
+        let mut child = cmd.spawn().unwrap_or_else(|e| panic!("cannot start memcached: {e}"));
+        // memcached logs nothing when ready: wait until it accepts a connection.
+        let deadline = std::time::Instant::now() + READY_TIMEOUT;
+        loop {
+            if std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+                break;
+            }
+            if let Ok(Some(status)) = child.try_wait() {
+                panic!("memcached exited before accepting connections: {status}");
+            }
+            if std::time::Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("memcached did not accept connections within {READY_TIMEOUT:?}");
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        self.child = Some(child);
+    }
+
+    /// The server's port.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// `127.0.0.1:{port}`, the address `MemcachedStore::connect` takes.
+    pub fn addr(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// True while the server process runs.
+    pub fn is_running(&self) -> bool {
+        self.child.is_some()
+    }
+
+    /// Kills the server with SIGKILL, as a crash would, and waits for it to
+    /// exit. memcached keeps nothing: a restarted server is empty.
+    pub fn kill(&mut self) {
+        reap(&mut self.child);
+    }
+
+    /// Starts the server again on the same port (empty).
+    pub fn restart(&mut self) {
+        self.kill();
+        self.spawn();
+    }
+
+    /// Stops the process (SIGSTOP): connections stay open but nothing answers.
+    pub fn freeze(&self) {
+        signal(self.child.as_ref(), "-STOP");
+    }
+
+    /// Resumes a frozen server (SIGCONT).
+    pub fn thaw(&self) {
+        signal(self.child.as_ref(), "-CONT");
+    }
+}
+
+impl Drop for MemcachedServer {
+    fn drop(&mut self) {
+        self.thaw();
+        self.kill();
+    }
+}
+
+fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+        .unwrap_or(false)
 }

@@ -1,5 +1,10 @@
-//! The store contract, run against every store: plain operations and the
-//! lease state machine of DESIGN section 4, with forced interleavings.
+//! The store contract, run against every store (memory, Redis, and
+//! memcached with the `memcached` feature): plain operations and the lease
+//! state machine of DESIGN section 4, with forced interleavings.
+//!
+//! A store may mint its own lease tokens (memcached's are CAS values), so
+//! the cases always fill with the token a grant returned, never the one
+//! they offered.
 
 mod common;
 
@@ -24,6 +29,14 @@ async fn granted(store: &dyn Store, key: &str) -> LeaseToken {
         LeaseOutcome::Granted { token, .. } => token,
         other => panic!("expected a lease, got {other:?}"),
     }
+}
+
+async fn refresh_lease(store: &dyn Store, key: &str) -> LeaseToken {
+    store
+        .lease_for_refresh(key, LeaseToken::random(), LEASE)
+        .await
+        .unwrap()
+        .expect("a refresh lease")
 }
 
 async fn plain_operations(store: &dyn Store) {
@@ -100,14 +113,19 @@ async fn an_expired_lease_is_replaced(store: &dyn Store) {
         LeaseOutcome::Granted { token, .. } => token,
         other => panic!("{other:?}"),
     };
-    let second = LeaseToken::random();
+    let second = std::sync::Mutex::new(None);
     common::eventually("the first lease expires", Duration::from_secs(5), || async {
-        matches!(
-            store.lookup_or_lease("e:8", second, LEASE).await.unwrap(),
-            LeaseOutcome::Granted { .. }
-        )
+        match store.lookup_or_lease("e:8", LeaseToken::random(), LEASE).await.unwrap() {
+            LeaseOutcome::Granted { token, .. } => {
+                *second.lock().unwrap() = Some(token);
+                true
+            }
+            _ => false,
+        }
     })
     .await;
+    let second = second.into_inner().unwrap().expect("granted");
+    assert_ne!(first, second);
     assert_eq!(
         store.fill("e:8", first, b("late"), TTL).await.unwrap(),
         FillOutcome::Refused
@@ -184,25 +202,29 @@ async fn batch_operations_match_single_ones(store: &dyn Store) {
     store.put_entry("be:0", b("cached"), TTL).await.unwrap();
     let outcomes = store.lookup_or_lease_many(&entries, LEASE).await.unwrap();
     assert_eq!(outcomes[0], LeaseOutcome::Hit(b("cached")));
-    for (outcome, (_, token)) in outcomes[1..].iter().zip(&entries[1..]) {
-        assert_eq!(
-            outcome,
-            &LeaseOutcome::Granted {
-                token: *token,
-                stale: None
-            }
-        );
-    }
+    let tokens: Vec<LeaseToken> = outcomes[1..]
+        .iter()
+        .map(|outcome| match outcome {
+            LeaseOutcome::Granted { token, stale: None } => *token,
+            other => panic!("expected a lease, got {other:?}"),
+        })
+        .collect();
     let views = store
         .peek_many(&entries.iter().map(|(k, _)| k.clone()).collect::<Vec<_>>())
         .await
         .unwrap();
     assert_eq!(views[0].value, Some(b("cached")));
-    assert_eq!(views[1].lease, Some(entries[1].1));
+    assert_eq!(
+        views[1].lease,
+        Some(tokens[0]),
+        "peek reports the token the grant returned"
+    );
+    assert_eq!(views[1].value, None, "a lease alone is no value");
     store.invalidate("be:2", None).await.unwrap();
     let fills = entries[1..]
         .iter()
-        .map(|(key, token)| aside::store::Fill {
+        .zip(&tokens)
+        .map(|((key, _), token)| aside::store::Fill {
             key: key.clone(),
             token: *token,
             value: b("loaded"),
@@ -217,22 +239,24 @@ async fn batch_operations_match_single_ones(store: &dyn Store) {
 }
 
 async fn a_refresh_lease_keeps_the_value_readable_and_is_fenced(store: &dyn Store) {
-    assert!(
-        !store
+    assert_eq!(
+        store
             .lease_for_refresh("r:1", LeaseToken::random(), LEASE)
             .await
             .unwrap(),
+        None,
         "nothing to refresh"
     );
     let t = granted(store, "r:1").await;
     store.fill("r:1", t, b("v1"), TTL).await.unwrap();
-    let refresh = LeaseToken::random();
-    assert!(store.lease_for_refresh("r:1", refresh, LEASE).await.unwrap());
-    assert!(
-        !store
+    let refresh = refresh_lease(store, "r:1").await;
+    assert_eq!(store.peek_entry("r:1").await.unwrap().lease, Some(refresh));
+    assert_eq!(
+        store
             .lease_for_refresh("r:1", LeaseToken::random(), LEASE)
             .await
             .unwrap(),
+        None,
         "one refresher"
     );
     assert_eq!(
@@ -245,9 +269,12 @@ async fn a_refresh_lease_keeps_the_value_readable_and_is_fenced(store: &dyn Stor
         FillOutcome::Stored
     );
     assert_eq!(store.get_entry("r:1").await.unwrap(), Some((b("v2"), false)));
+    // Releasing a refresh lease keeps the value and lets the next refresher in.
+    let released = refresh_lease(store, "r:1").await;
+    store.release("r:1", released).await.unwrap();
+    assert_eq!(store.get_entry("r:1").await.unwrap(), Some((b("v2"), false)));
     // An invalidation revokes a refresh lease like any other.
-    let again = LeaseToken::random();
-    assert!(store.lease_for_refresh("r:1", again, LEASE).await.unwrap());
+    let again = refresh_lease(store, "r:1").await;
     store.invalidate("r:1", None).await.unwrap();
     assert_eq!(
         store.fill("r:1", again, b("old"), TTL).await.unwrap(),
@@ -274,6 +301,36 @@ macro_rules! contract {
                 async fn $case() {
                     let server = RedisServer::start();
                     let store: Arc<dyn Store> = Arc::new(RedisStore::connect(&server.url()).await.unwrap());
+                    super::$case(store.as_ref()).await;
+                }
+            )*
+        }
+        #[cfg(feature = "memcached")]
+        mod memcached_server {
+            use super::*;
+            use aside::store::memcached::MemcachedStore;
+            use aside_testkit::MemcachedServer;
+            $(
+                #[tokio::test]
+                async fn $case() {
+                    let server = MemcachedServer::start();
+                    let store: Arc<dyn Store> = Arc::new(MemcachedStore::connect(&server.addr()).await.unwrap());
+                    super::$case(store.as_ref()).await;
+                }
+            )*
+        }
+        /// The same cases with keys spread over two servers by the hash ring.
+        #[cfg(feature = "memcached")]
+        mod memcached_two_servers {
+            use super::*;
+            use aside::store::memcached::MemcachedStore;
+            use aside_testkit::MemcachedServer;
+            $(
+                #[tokio::test]
+                async fn $case() {
+                    let (a, b) = (MemcachedServer::start(), MemcachedServer::start());
+                    let addrs = format!("{},{}", a.addr(), b.addr());
+                    let store: Arc<dyn Store> = Arc::new(MemcachedStore::connect(&addrs).await.unwrap());
                     super::$case(store.as_ref()).await;
                 }
             )*

@@ -47,12 +47,12 @@ impl<V: Clone + Send + Sync + 'static> NsInner<V> {
         let loader = &mut loader;
         let settled = match self.strategy {
             Strategy::Lease => {
-                let token = LeaseToken::random();
+                let offered = LeaseToken::random();
                 match self
-                    .call(self.core.store.lease_for_refresh(full, token, self.lease_ttl))
+                    .call(self.core.store.lease_for_refresh(full, offered, self.lease_ttl))
                     .await
                 {
-                    Ok(true) => {
+                    Ok(Some(token)) => {
                         let load_began = self.next_seq();
                         match self.run_loader(loader).await {
                             Ok(loaded) => self.fill_loaded(full, token, loaded, load_began).await.0,
@@ -131,12 +131,12 @@ impl<V: Clone + Send + Sync + 'static> NsInner<V> {
         E: std::error::Error + Send + Sync + 'static,
     {
         let store = &self.core.store;
-        let token = LeaseToken::random();
+        let offered = LeaseToken::random();
         let settled_at = self.next_seq();
-        let granted = self.call(store.lease_for_refresh(full, token, self.lease_ttl)).await;
+        let granted = self.call(store.lease_for_refresh(full, offered, self.lease_ttl)).await;
         let current = Some(current);
         match granted {
-            Ok(true) => {
+            Ok(Some(token)) => {
                 held.store(token.0, Ordering::Release);
                 let load_began = self.next_seq();
                 match self.run_loader(loader).await {
@@ -153,7 +153,7 @@ impl<V: Clone + Send + Sync + 'static> NsInner<V> {
             }
             // Someone else is refreshing, or the store is away: the value we
             // have is what there is (still valid, or served by fail-safe).
-            Ok(false) | Err(_) => match self.fall_back(&current, settled_at) {
+            Ok(None) | Err(_) => match self.fall_back(&current, settled_at) {
                 Some(settled) => Ok(settled),
                 None => self.load_with_lease(full, loader, held).await,
             },

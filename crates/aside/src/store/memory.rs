@@ -261,7 +261,12 @@ impl Store for MemoryStore {
             .await)
     }
 
-    async fn lease_for_refresh(&self, key: &str, token: LeaseToken, lease_ttl: Duration) -> StoreResult<bool> {
+    async fn lease_for_refresh(
+        &self,
+        key: &str,
+        token: LeaseToken,
+        lease_ttl: Duration,
+    ) -> StoreResult<Option<LeaseToken>> {
         let now = Instant::now();
         Ok(self
             .compute(key, |current| match current {
@@ -270,9 +275,9 @@ impl Store for MemoryStore {
                     stale: false,
                     lease,
                 }) if lease.is_none_or(|(_, deadline)| deadline <= now) => {
-                    (entry(Some(v), false, Some((token, now + lease_ttl)), None), true)
+                    (entry(Some(v), false, Some((token, now + lease_ttl)), None), Some(token))
                 }
-                _ => (Op::Nop, false),
+                _ => (Op::Nop, None),
             })
             .await)
     }

@@ -33,6 +33,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use bytes::Bytes;
 
+#[cfg(feature = "memcached")]
+pub mod memcached;
 pub mod memory;
 #[cfg(feature = "redis")]
 pub mod redis;
@@ -56,8 +58,10 @@ pub enum StoreError {
 /// Result of a store operation.
 pub type StoreResult<T> = Result<T, StoreError>;
 
-/// A unique lease token. Stores mint them (random 64-bit), so tokens from
-/// different processes never collide in practice.
+/// A unique lease token. The engine offers a random one; a store either
+/// grants that one (memory, Redis) or mints its own (memcached derives it
+/// from the item's CAS) and returns it, so tokens from different processes
+/// never collide in practice. The engine always fills with the returned one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct LeaseToken(pub u64);
 
@@ -171,10 +175,17 @@ pub trait Store: Send + Sync + 'static {
     /// lease, grants `token` for `lease_ttl`, atomically.
     async fn lookup_or_lease(&self, key: &str, token: LeaseToken, lease_ttl: Duration) -> StoreResult<LeaseOutcome>;
 
-    /// Grants `token` on an entry that still holds a current value and no
+    /// Grants a lease on an entry that still holds a current value and no
     /// live lease (Value(v) -> Value(v)+Leased(t)), for a caller that refreshes
-    /// before expiry. True if granted. The value stays readable meanwhile.
-    async fn lease_for_refresh(&self, key: &str, token: LeaseToken, lease_ttl: Duration) -> StoreResult<bool>;
+    /// before expiry. Returns the token to fill with when granted: `token`
+    /// itself, or one the store minted (memcached's tokens are CAS values),
+    /// exactly as [`LeaseOutcome::Granted`] does. The value stays readable meanwhile.
+    async fn lease_for_refresh(
+        &self,
+        key: &str,
+        token: LeaseToken,
+        lease_ttl: Duration,
+    ) -> StoreResult<Option<LeaseToken>>;
 
     /// Writes `value` only if `token` is still the entry's lease.
     async fn fill(&self, key: &str, token: LeaseToken, value: Bytes, ttl: Duration) -> StoreResult<FillOutcome>;

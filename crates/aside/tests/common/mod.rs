@@ -152,7 +152,7 @@ impl<S: Store> Store for Instrumented<S> {
         self.tick();
         self.inner.lookup_or_lease(key, token, ttl).await
     }
-    async fn lease_for_refresh(&self, key: &str, token: LeaseToken, ttl: Duration) -> StoreResult<bool> {
+    async fn lease_for_refresh(&self, key: &str, token: LeaseToken, ttl: Duration) -> StoreResult<Option<LeaseToken>> {
         self.tick();
         self.inner.lease_for_refresh(key, token, ttl).await
     }

@@ -263,7 +263,12 @@ impl Store for RedisStore {
         lease_outcome(code, value.map(Bytes::from), token)
     }
 
-    async fn lease_for_refresh(&self, key: &str, token: LeaseToken, lease_ttl: Duration) -> StoreResult<bool> {
+    async fn lease_for_refresh(
+        &self,
+        key: &str,
+        token: LeaseToken,
+        lease_ttl: Duration,
+    ) -> StoreResult<Option<LeaseToken>> {
         let granted: i64 = self
             .scripts
             .lease_for_refresh
@@ -273,7 +278,7 @@ impl Store for RedisStore {
             .invoke_async(&mut self.conn.clone())
             .await
             .map_err(store_error)?;
-        Ok(granted == 1)
+        Ok((granted == 1).then_some(token))
     }
 
     async fn fill(&self, key: &str, token: LeaseToken, value: Bytes, ttl: Duration) -> StoreResult<FillOutcome> {
