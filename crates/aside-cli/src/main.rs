@@ -2,11 +2,12 @@
 //!
 //! Owns argument parsing, logging set-up, the runtime, and turning a
 //! failure into one `error: ...` line on stderr and a non-zero exit. Each
-//! subcommand lives in its own module (`demo`, `warm`, `serve`); the
+//! subcommand lives in its own module (`demo`, `warm`, `serve`, `bench`); the
 //! workload runner, the database, the key sampler and the report are shared
 //! modules so later scenarios can reuse them.
 #![forbid(unsafe_code)]
 
+mod bench;
 mod db;
 mod demo;
 mod error;
@@ -41,6 +42,10 @@ enum Command {
     /// Serves user profiles and products over HTTP, read through the cache
     /// from SQLite or PostgreSQL, with Prometheus metrics and a health check.
     Serve(serve::ServeArgs),
+    /// Measures the cost of a cache hit: aside on Redis, in memory and in
+    /// its L1, against a raw redis-rs GET, a raw moka get, the article's
+    /// code and (feature `peers`) the `cached` and `amalgam-cache` crates.
+    Bench(bench::BenchArgs),
 }
 
 /// Logs to stderr, `warn` and above unless `RUST_LOG` says otherwise.
@@ -67,6 +72,7 @@ fn main() -> ExitCode {
             Command::Demo(args) => demo::run(args).await,
             Command::Warm(args) => warm::run(args).await,
             Command::Serve(args) => serve::run(args).await,
+            Command::Bench(args) => bench::run(args).await,
         }
     });
     match result {

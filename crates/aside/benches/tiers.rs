@@ -29,15 +29,15 @@
 //! `target/criterion/tiers_hit/*/new/estimates.json` (`median`).
 
 use std::hint::black_box;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use aside::store::redis::RedisStore;
 use aside::{Aside, Namespace};
+mod support;
+
 use aside_testkit::RedisServer;
-use criterion::{BenchmarkGroup, Criterion, criterion_group, criterion_main, measurement::WallTime};
-use tokio::runtime::Runtime;
+use criterion::{Criterion, criterion_group, criterion_main};
 
 /// Approximate size of the cached value, in bytes.
 const VALUE_LEN: usize = 200;
@@ -77,33 +77,6 @@ async fn warmed(aside: &Aside, name: &str, l1: bool) -> Namespace<u64, String> {
     ns
 }
 
-/// Registers `{tier}/get_or_load` on `ns`; returns its loader-call counter.
-fn bench_get_or_load(
-    group: &mut BenchmarkGroup<'_, WallTime>,
-    rt: &Runtime,
-    tier: &str,
-    ns: &Namespace<u64, String>,
-) -> Arc<AtomicUsize> {
-    let loads = Arc::new(AtomicUsize::new(0));
-    group.bench_function(format!("{tier}/get_or_load"), |b| {
-        b.to_async(rt).iter(|| {
-            let loads = loads.clone();
-            async move {
-                let v = ns
-                    .get_or_load(black_box(&KEY), || {
-                        loads.fetch_add(1, Ordering::Relaxed);
-                        async { Ok::<_, std::io::Error>(None) }
-                    })
-                    .await
-                    .expect("get_or_load");
-                debug_assert!(v.is_some());
-                black_box(v)
-            }
-        });
-    });
-    loads
-}
-
 fn tiers(c: &mut Criterion) {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -130,8 +103,8 @@ fn tiers(c: &mut Criterion) {
         .sample_size(50)
         .warm_up_time(Duration::from_secs(2))
         .measurement_time(Duration::from_secs(5));
-    let l1_loads = bench_get_or_load(&mut group, &rt, "l1", &l1_ns);
-    let redis_loads = bench_get_or_load(&mut group, &rt, "redis", &redis_ns);
+    let l1_loads = support::bench_get_or_load(&mut group, &rt, "l1", &l1_ns, KEY);
+    let redis_loads = support::bench_get_or_load(&mut group, &rt, "redis", &redis_ns, KEY);
     group.bench_function("moka/get", |b| {
         b.iter(|| {
             let v = moka.get(black_box(moka_key.as_str()));

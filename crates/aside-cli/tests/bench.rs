@@ -1,0 +1,125 @@
+//! End-to-end tests of `aside bench` against the test kit's own Redis: the
+//! report holds every subject at every concurrency, each read was a hit,
+//! and each ratio is against its floor measured in the same run. No figure
+//! is asserted: speed is for the report, not for a timed test.
+
+use std::process::{Command, Output};
+
+use aside_testkit::RedisServer;
+use serde_json::Value;
+
+fn aside(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_aside"))
+        .args(args)
+        .output()
+        .expect("the aside binary runs")
+}
+
+fn expected_subjects() -> Vec<&'static str> {
+    let mut subjects = vec![
+        "redis-rs-get",
+        "aside-redis",
+        "article",
+        "moka-get",
+        "aside-memory",
+        "aside-l1",
+    ];
+    if cfg!(feature = "peers") {
+        subjects.extend(["cached-redis", "amalgam-redis", "amalgam-l1"]);
+    }
+    subjects
+}
+
+#[test]
+fn reports_every_subject_against_its_floor() {
+    let server = RedisServer::start();
+    let url = server.url();
+    let out = aside(&[
+        "bench",
+        "--redis",
+        &url,
+        "--ops",
+        "400",
+        "--keys",
+        "50",
+        "--repeat",
+        "2",
+        "--concurrency",
+        "1,4",
+        "--no-redis-benchmark",
+        "--json",
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "bench failed: {stderr}");
+    let report: Value = serde_json::from_slice(&out.stdout).expect("stdout is JSON");
+    assert_eq!(report["bench"], "hit");
+    assert_eq!(report["peers"], cfg!(feature = "peers"));
+    let results = report["results"].as_array().expect("results");
+    for concurrency in [1, 4] {
+        for subject in expected_subjects() {
+            let row = results
+                .iter()
+                .find(|r| r["subject"] == subject && r["concurrency"] == concurrency)
+                .unwrap_or_else(|| panic!("no row for {subject} at concurrency {concurrency}: {report}"));
+            assert_eq!(row["db_queries"], 0, "{subject}: every timed read is a hit: {row}");
+            let ops = row["ops_per_sec"].as_f64().expect("ops_per_sec");
+            let (min, max) = (
+                row["ops_per_sec_min"].as_f64().unwrap(),
+                row["ops_per_sec_max"].as_f64().unwrap(),
+            );
+            assert!(
+                ops > 0.0 && min <= ops && ops <= max,
+                "{subject}: median within its range: {row}"
+            );
+            assert!(
+                row["p50_us"].as_f64().unwrap() <= row["p99_us"].as_f64().unwrap(),
+                "{row}"
+            );
+            let ratio = row["ratio_to_floor"].as_f64().expect("ratio");
+            let floor = row["floor"].as_str().expect("floor");
+            let floor_row = results
+                .iter()
+                .find(|r| r["subject"] == floor && r["concurrency"] == concurrency)
+                .expect("the floor ran in the same run");
+            let expected = ops / floor_row["ops_per_sec"].as_f64().unwrap();
+            assert!(
+                (ratio - expected).abs() < 1e-9,
+                "{subject}: ratio is against its floor: {row}"
+            );
+            if subject == floor {
+                assert_eq!(ratio, 1.0);
+            }
+        }
+    }
+    // The bench cleaned up after itself.
+    let keys = Command::new("redis-cli")
+        .args(["-u", &url, "--scan", "--pattern", "*aside-bench*"])
+        .output()
+        .expect("redis-cli runs");
+    assert!(keys.status.success());
+    assert_eq!(
+        String::from_utf8_lossy(&keys.stdout).trim(),
+        "",
+        "bench keys left behind"
+    );
+}
+
+#[test]
+fn bad_flags_are_refused_with_a_message() {
+    let out = aside(&[
+        "bench",
+        "--concurrency",
+        "0",
+        "--redis",
+        "redis://127.0.0.1:1",
+        "--json",
+    ]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("--concurrency"), "{stderr}");
+
+    let out = aside(&["bench", "--redis", "redis://127.0.0.1:1", "--ops", "10", "--json"]);
+    assert!(!out.status.success(), "an unreachable Redis is an error");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("error:") && stderr.contains("Redis"), "{stderr}");
+}
