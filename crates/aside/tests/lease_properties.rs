@@ -2,7 +2,9 @@
 //! cache entry disagrees with the database. Several clients step through
 //! lookup/lease -> database read -> fill, while writers step through
 //! database write -> invalidate, in an order proptest chooses; the same
-//! runs against MemoryStore and a real redis-server.
+//! runs against MemoryStore, a real redis-server and (with the `memcached`
+//! feature) a real memcached, with invalidations that delete and with ones
+//! that keep the old value flagged stale (memcached's `md I`).
 
 mod common;
 
@@ -62,6 +64,8 @@ struct World<'a> {
     clients: Vec<Client>,
     pending_invalidations: Vec<String>,
     fill: Fill,
+    /// Fenced invalidations keep the old value, flagged stale, this long.
+    keep_stale: Option<Duration>,
 }
 
 impl World<'_> {
@@ -110,7 +114,7 @@ impl World<'_> {
         if !self.pending_invalidations.is_empty() {
             let key = self.pending_invalidations.remove(0);
             match self.fill {
-                Fill::Fenced => self.store.invalidate(&key, None).await.unwrap(),
+                Fill::Fenced => self.store.invalidate(&key, self.keep_stale).await.unwrap(),
                 Fill::Naive => self.store.delete(&key).await.unwrap(),
             }
         }
@@ -145,7 +149,14 @@ impl World<'_> {
         for k in 0..KEYS {
             let key = self.key(k);
             let cached = match self.fill {
-                Fill::Fenced => self.store.get_entry(&key).await.unwrap().map(|(v, _)| v),
+                // A value flagged stale is never served as current.
+                Fill::Fenced => self
+                    .store
+                    .get_entry(&key)
+                    .await
+                    .unwrap()
+                    .filter(|(_, stale)| !stale)
+                    .map(|(v, _)| v),
                 Fill::Naive => self.store.get(&key).await.unwrap(),
             };
             let truth = self.db.get(&key).copied().unwrap_or(0);
@@ -159,7 +170,13 @@ impl World<'_> {
     }
 }
 
-async fn stale_after(store: &dyn Store, prefix: String, steps: &[Step], fill: Fill) -> Vec<String> {
+async fn stale_after(
+    store: &dyn Store,
+    prefix: String,
+    steps: &[Step],
+    fill: Fill,
+    keep_stale: Option<Duration>,
+) -> Vec<String> {
     let mut world = World {
         store,
         prefix,
@@ -167,6 +184,7 @@ async fn stale_after(store: &dyn Store, prefix: String, steps: &[Step], fill: Fi
         clients: vec![Client::Idle; CLIENTS],
         pending_invalidations: Vec::new(),
         fill,
+        keep_stale,
     };
     world.run(steps).await;
     world.stale_entries().await
@@ -179,7 +197,7 @@ fn runtime() -> tokio::runtime::Runtime {
         .unwrap()
 }
 
-fn check_invariant(rt: &tokio::runtime::Runtime, store: Arc<dyn Store>, cases: u32) {
+fn check_invariant(rt: &tokio::runtime::Runtime, store: Arc<dyn Store>, cases: u32, keep_stale: Option<Duration>) {
     let mut runner = TestRunner::new(Config {
         cases,
         ..Config::default()
@@ -193,6 +211,7 @@ fn check_invariant(rt: &tokio::runtime::Runtime, store: Arc<dyn Store>, cases: u
                 format!("prop:{case}:"),
                 &steps,
                 Fill::Fenced,
+                keep_stale,
             ));
             prop_assert!(stale.is_empty(), "stale entries {stale:?} after {steps:?}");
             Ok(())
@@ -202,7 +221,12 @@ fn check_invariant(rt: &tokio::runtime::Runtime, store: Arc<dyn Store>, cases: u
 
 #[test]
 fn fenced_fills_leave_no_stale_entry_on_memory() {
-    check_invariant(&runtime(), Arc::new(MemoryStore::new()), 512);
+    check_invariant(&runtime(), Arc::new(MemoryStore::new()), 512, None);
+}
+
+#[test]
+fn fenced_fills_leave_no_stale_entry_on_memory_keeping_stale_values() {
+    check_invariant(&runtime(), Arc::new(MemoryStore::new()), 256, Some(TTL));
 }
 
 #[test]
@@ -210,7 +234,27 @@ fn fenced_fills_leave_no_stale_entry_on_redis() {
     let server = RedisServer::start();
     let rt = runtime();
     let store: Arc<dyn Store> = Arc::new(rt.block_on(RedisStore::connect(&server.url())).unwrap());
-    check_invariant(&rt, store, 128);
+    check_invariant(&rt, store, 128, None);
+}
+
+#[cfg(feature = "memcached")]
+fn on_memcached(keep_stale: Option<Duration>) {
+    let server = aside_testkit::MemcachedServer::start();
+    let rt = runtime();
+    let store = rt.block_on(aside::store::memcached::MemcachedStore::connect(&server.addr()));
+    check_invariant(&rt, Arc::new(store.unwrap()), 128, keep_stale);
+}
+
+#[cfg(feature = "memcached")]
+#[test]
+fn fenced_fills_leave_no_stale_entry_on_memcached() {
+    on_memcached(None);
+}
+
+#[cfg(feature = "memcached")]
+#[test]
+fn fenced_fills_leave_no_stale_entry_on_memcached_keeping_stale_values() {
+    on_memcached(Some(TTL));
 }
 
 /// The same checker catches the article's race when fills are unconditional:
@@ -225,8 +269,8 @@ async fn the_checker_catches_the_naive_read_write_race() {
         Step::Invalidate,   // delete
         Step::Client(0, 0), // fill with version 0
     ];
-    let naive = stale_after(&store, "naive:".into(), &race, Fill::Naive).await;
+    let naive = stale_after(&store, "naive:".into(), &race, Fill::Naive, None).await;
     assert_eq!(naive, vec!["naive:0".to_string()]);
-    let fenced = stale_after(&store, "fenced:".into(), &race, Fill::Fenced).await;
+    let fenced = stale_after(&store, "fenced:".into(), &race, Fill::Fenced, None).await;
     assert!(fenced.is_empty());
 }

@@ -1,0 +1,295 @@
+//! memcached beyond the shared store contract: the engine on it for every
+//! strategy, the server killed and frozen mid-run, connections that time
+//! out or are cancelled, health checks after a restart, the item size
+//! limit, key rules, and keys spread over several servers.
+#![cfg(feature = "memcached")]
+
+mod common;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use aside::store::memcached::{MemcachedConfig, MemcachedStore};
+use aside::store::{Store, StoreError};
+use aside::{Aside, BreakerConfig, BreakerState, Namespace, Source, Strategy};
+use aside_testkit::MemcachedServer;
+use bytes::Bytes;
+use common::{Db, User, eventually};
+
+const TTL: Duration = Duration::from_secs(60);
+
+async fn aside_on(server: &MemcachedServer) -> Aside {
+    Aside::builder()
+        .store(MemcachedStore::connect(&server.addr()).await.unwrap())
+        .breaker(
+            BreakerConfig::default()
+                .failure_threshold(3)
+                .open_for(Duration::from_millis(200)),
+        )
+        .op_timeout(Duration::from_millis(200))
+        .build()
+}
+
+async fn read(ns: &Namespace<u64, User>, db: &Db, id: u64) -> (Option<User>, Source) {
+    let f = ns.fetch(&id, || db.get(id)).await.unwrap();
+    (f.value, f.source)
+}
+
+/// One connection at most, so a connection that went back to the pool
+/// half-read would be the one the next call gets.
+fn one_connection(response_timeout: Duration) -> MemcachedConfig {
+    let mut config = MemcachedConfig::default();
+    config.max_connections_per_server = 1;
+    config.response_timeout = response_timeout;
+    config
+}
+
+fn b(s: &str) -> Bytes {
+    Bytes::copy_from_slice(s.as_bytes())
+}
+
+#[tokio::test]
+async fn miss_then_hit_then_invalidate_for_every_strategy() {
+    let server = MemcachedServer::start();
+    let aside = aside_on(&server).await;
+    for strategy in Strategy::all() {
+        let ns = aside
+            .namespace::<u64, User>(&format!("s-{strategy}"))
+            .strategy(strategy)
+            .build()
+            .unwrap();
+        let db = Db::with_users(3);
+        assert_eq!(
+            read(&ns, &db, 1).await,
+            (Some(User::new(1, 0)), Source::Loaded),
+            "{strategy}"
+        );
+        assert_eq!(
+            read(&ns, &db, 1).await,
+            (Some(User::new(1, 0)), Source::Hit),
+            "{strategy}"
+        );
+        assert_eq!(db.queries(), 1);
+        db.put(User::new(1, 1));
+        ns.invalidate(&1).await.unwrap();
+        assert_eq!(
+            read(&ns, &db, 1).await,
+            (Some(User::new(1, 1)), Source::Loaded),
+            "{strategy}"
+        );
+        assert_eq!(read(&ns, &db, 1).await.1, Source::Hit, "{strategy}");
+        assert_eq!(read(&ns, &db, 99).await, (None, Source::Loaded));
+    }
+    assert_eq!(aside.stats().store_errors, 0);
+}
+
+/// Readers keep answering from the database, with zero errors, while
+/// memcached is dead; once it is back (empty), hits resume on the same `Aside`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memcached_killed_mid_run_costs_no_errors_and_hits_resume() {
+    let mut server = MemcachedServer::start();
+    let aside = aside_on(&server).await;
+    let ns = aside
+        .namespace::<u64, User>("user:profile")
+        .strategy(Strategy::Lease)
+        .build()
+        .unwrap();
+    let db = Db::with_users(20);
+    for id in 1..=20 {
+        read(&ns, &db, id).await;
+    }
+    assert_eq!(read(&ns, &db, 1).await.1, Source::Hit);
+    let reads = Arc::new(AtomicU64::new(0));
+    let stop = Arc::new(tokio::sync::Notify::new());
+    let mut readers = Vec::new();
+    for r in 0..4u64 {
+        let (ns, db, reads, stop) = (ns.clone(), db.clone(), reads.clone(), stop.clone());
+        readers.push(tokio::spawn(async move {
+            let mut i = r;
+            loop {
+                let id = i % 20 + 1;
+                let got = ns.get_or_load(&id, || db.get(id)).await.expect("reads never fail");
+                assert_eq!(got, db.get_now(id), "every read returns the database's answer");
+                reads.fetch_add(1, Ordering::Relaxed);
+                i += 1;
+                tokio::select! { () = stop.notified() => return, () = tokio::task::yield_now() => {} }
+            }
+        }));
+    }
+    let before = reads.load(Ordering::Relaxed);
+    let queries_before = db.queries();
+    server.kill();
+    eventually(
+        "reads continue while memcached is dead",
+        Duration::from_secs(10),
+        || {
+            let reads = reads.clone();
+            async move { reads.load(Ordering::Relaxed) > before + 500 }
+        },
+    )
+    .await;
+    assert!(db.queries() > queries_before, "the database answered during the outage");
+    eventually("the breaker opens", Duration::from_secs(10), || async {
+        aside.stats().store_skipped > 0
+    })
+    .await;
+
+    server.restart();
+    eventually("hits resume after the restart", Duration::from_secs(15), || {
+        let (ns, db) = (ns.clone(), db.clone());
+        async move { ns.fetch(&1, || db.get(1)).await.unwrap().source == Source::Hit }
+    })
+    .await;
+    stop.notify_waiters();
+    for r in readers {
+        r.abort();
+        let _ = r.await;
+    }
+    assert_eq!(aside.breaker_state(), BreakerState::Closed);
+    let stats = aside.stats();
+    assert!(stats.store_errors > 0, "the outage was seen: {stats:?}");
+    assert_eq!(stats.load_errors, 0);
+}
+
+/// A call that times out drops its connection: with a single pooled
+/// connection, a reused one would hand the next caller the late answer.
+#[tokio::test]
+async fn a_timed_out_call_closes_its_connection() {
+    let server = MemcachedServer::start();
+    let store = MemcachedStore::connect_with(&server.addr(), one_connection(Duration::from_millis(100)))
+        .await
+        .unwrap();
+    store.set("a", b("answer-a"), TTL).await.unwrap();
+    store.set("b", b("answer-b"), TTL).await.unwrap();
+    server.freeze();
+    let err = store.get("a").await.unwrap_err();
+    assert!(matches!(err, StoreError::Connection(_)), "{err:?}");
+    server.thaw();
+    assert_eq!(store.get("b").await.unwrap(), Some(b("answer-b")));
+    assert_eq!(store.get("a").await.unwrap(), Some(b("answer-a")));
+}
+
+/// The same for a call whose future is dropped mid-exchange (the caller's
+/// own timeout, a `select!`, an aborted task).
+#[tokio::test]
+async fn a_cancelled_call_closes_its_connection() {
+    let server = MemcachedServer::start();
+    let store = MemcachedStore::connect_with(&server.addr(), one_connection(Duration::from_secs(10)))
+        .await
+        .unwrap();
+    store.set("a", b("answer-a"), TTL).await.unwrap();
+    store.set("b", b("answer-b"), TTL).await.unwrap();
+    server.freeze();
+    let cancelled = tokio::time::timeout(Duration::from_millis(100), store.get("a")).await;
+    assert!(cancelled.is_err(), "the call was still waiting when dropped");
+    server.thaw();
+    assert_eq!(store.get("b").await.unwrap(), Some(b("answer-b")));
+}
+
+/// With health checks on every checkout, pooled connections that a restart
+/// broke are replaced before use: the first call after the restart works.
+#[tokio::test]
+async fn health_checks_replace_connections_a_restart_broke() {
+    let mut server = MemcachedServer::start();
+    let mut config = MemcachedConfig::default();
+    config.health_check_after = Duration::ZERO;
+    let store = MemcachedStore::connect_with(&server.addr(), config).await.unwrap();
+    store.set("k", b("v"), TTL).await.unwrap();
+    server.restart();
+    store.set("k", b("after"), TTL).await.unwrap();
+    assert_eq!(store.get("k").await.unwrap(), Some(b("after")));
+    store.ping().await.unwrap();
+}
+
+#[tokio::test]
+async fn values_over_the_item_size_limit_are_refused() {
+    let server = MemcachedServer::start();
+    let store = MemcachedStore::connect(&server.addr()).await.unwrap();
+    let key = "big:1";
+    let limit = store.max_value_len(key);
+    assert!(limit > 1_000_000 && limit < 1024 * 1024, "{limit}");
+    let at_limit = Bytes::from(vec![b'x'; limit]);
+    store.set(key, at_limit.clone(), TTL).await.unwrap();
+    assert_eq!(store.get(key).await.unwrap().map(|v| v.len()), Some(limit));
+    store.put_entry("big:2", at_limit, TTL).await.unwrap();
+    let over = Bytes::from(vec![b'x'; 1024 * 1024]);
+    for result in [
+        store.set(key, over.clone(), TTL).await,
+        store.put_entry(key, over.clone(), TTL).await,
+    ] {
+        match result {
+            Err(StoreError::Refused(message)) => assert!(message.contains("item size limit"), "{message}"),
+            other => panic!("expected a refusal, got {other:?}"),
+        }
+    }
+    assert_eq!(store.get(key).await.unwrap().map(|v| v.len()), Some(limit), "unchanged");
+}
+
+#[tokio::test]
+async fn bad_keys_are_refused_and_long_keys_hashed() {
+    let server = MemcachedServer::start();
+    let store = MemcachedStore::connect(&server.addr()).await.unwrap();
+    for bad in ["a b", "a\r\nflush_all", "tab\there"] {
+        assert!(
+            matches!(store.set(bad, b("x"), TTL).await, Err(StoreError::Refused(_))),
+            "{bad:?}"
+        );
+    }
+    let long = "k".repeat(1000);
+    store.set(&long, b("long"), TTL).await.unwrap();
+    assert_eq!(store.get(&long).await.unwrap(), Some(b("long")));
+    assert_eq!(store.get(&"k".repeat(999)).await.unwrap(), None);
+    // Through an `Aside`, the engine refuses such keys before the store sees them.
+    let aside = Aside::builder().store(store).build();
+    let ns = aside.namespace::<str, String>("k").build().unwrap();
+    let err = ns
+        .get_or_load("a\r\nflush_all", || async { Ok::<_, common::DbDown>(Some("x".into())) })
+        .await;
+    assert_eq!(err.unwrap_err().kind(), aside::ErrorKind::InvalidKey);
+}
+
+/// Keys are spread over both servers; each key lives on exactly one; a
+/// server killed takes only its own keys with it.
+#[tokio::test]
+async fn keys_are_spread_over_several_servers() {
+    let (a, mut b_server) = (MemcachedServer::start(), MemcachedServer::start());
+    let both = MemcachedStore::connect(&format!("{},{}", a.addr(), b_server.addr()))
+        .await
+        .unwrap();
+    let keys: Vec<String> = (0..400).map(|i| format!("spread:{i}")).collect();
+    both.set_many(keys.iter().map(|k| (k.clone(), b(k), TTL)).collect())
+        .await
+        .unwrap();
+    assert_eq!(
+        both.get_many(&keys).await.unwrap(),
+        keys.iter().map(|k| Some(b(k))).collect::<Vec<_>>()
+    );
+    let only_a = MemcachedStore::connect(&a.addr()).await.unwrap();
+    let only_b = MemcachedStore::connect(&b_server.addr()).await.unwrap();
+    let on_a = only_a.get_many(&keys).await.unwrap();
+    let on_b = only_b.get_many(&keys).await.unwrap();
+    let count_a = on_a.iter().filter(|v| v.is_some()).count();
+    for ((k, x), y) in keys.iter().zip(&on_a).zip(&on_b) {
+        assert!(x.is_some() != y.is_some(), "{k} is on exactly one server");
+    }
+    assert!(
+        (100..300).contains(&count_a),
+        "{count_a} of 400 keys on the first server"
+    );
+
+    b_server.kill();
+    assert!(
+        both.get_many(&keys).await.is_err(),
+        "a batch touching the dead server fails"
+    );
+    for (k, x) in keys.iter().zip(&on_a) {
+        if x.is_some() {
+            assert_eq!(
+                both.get(k).await.unwrap(),
+                Some(b(k)),
+                "keys of the live server still hit"
+            );
+        }
+    }
+}
