@@ -2,16 +2,17 @@
 //! front of SQLite, with a report of what the cache saved.
 //!
 //! Owns the demo's flags and its set-up and tear-down: the database file
-//! (temporary unless `--db`), the store (in-process unless `--redis`), a
-//! namespace under a key prefix unique to the run (so runs sharing a Redis
-//! never collide and nothing needs flushing), then the run itself through
+//! (temporary unless `--db`), the store (in-process unless `--redis` or
+//! `--memcached`), a namespace under a key prefix unique to the run (so runs
+//! sharing a server never collide and nothing needs flushing), then the run itself through
 //! [`crate::workload::run_workload`] and the output through [`crate::report`].
 //!
 //! With `--tiers`, the namespace gets an in-process first tier (L1, up to
 //! [`L1_ENTRIES`] profiles) in front of the store, and the report splits the
 //! hit ratio into L1 and L2 (store) hits. With `--redis` too, the `Aside`
 //! also publishes its invalidations on a [`RedisBus`] on the same server,
-//! as it would beside other processes with their own L1.
+//! as it would beside other processes with their own L1 (memcached has no
+//! pub/sub: with `--memcached` there is no bus).
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -19,6 +20,7 @@ use std::str::FromStr;
 use std::time::{Duration, Instant};
 
 use aside::bus::redis::RedisBus;
+use aside::store::memcached::MemcachedStore;
 use aside::store::redis::RedisStore;
 use aside::{Aside, Strategy};
 use clap::Args;
@@ -70,8 +72,14 @@ pub struct DemoArgs {
     pub concurrency: u32,
 
     /// Use the Redis server at this URL instead of the in-process store.
-    #[arg(long, value_name = "URL")]
+    #[arg(long, value_name = "URL", conflicts_with = "memcached")]
     pub redis: Option<String>,
+
+    /// Use memcached (1.6+) at this address instead of the in-process
+    /// store; several servers separated by commas share the keys by
+    /// consistent hashing.
+    #[arg(long, value_name = "ADDR[,ADDR...]")]
+    pub memcached: Option<String>,
 
     /// Invalidation strategy: delete, double-delete, versioned or lease.
     #[arg(long, default_value = "lease", value_parser = parse_strategy)]
@@ -134,7 +142,7 @@ fn parse_strategy(s: &str) -> Result<Strategy, String> {
 /// Runs the demo and prints its summary (a table, or JSON with `--json`).
 ///
 /// # Errors
-/// Redis unreachable, the database cannot be created or seeded, or a
+/// Redis or memcached unreachable, the database cannot be created or seeded, or a
 /// database error during the run.
 pub async fn run(args: DemoArgs) -> Result<()> {
     if args.scenario != "main" {
@@ -209,6 +217,12 @@ pub async fn run(args: DemoArgs) -> Result<()> {
 async fn build_cache(args: &DemoArgs) -> Result<Aside> {
     let prefix = format!("aside-demo:{:016x}:", rand::random::<u64>());
     let builder = Aside::builder().prefix(prefix);
+    if let Some(addrs) = &args.memcached {
+        let store = MemcachedStore::connect(addrs)
+            .await
+            .context(format!("cannot connect to memcached at {addrs}"))?;
+        return Ok(builder.store(store).build());
+    }
     let builder = match &args.redis {
         Some(url) => {
             let store = RedisStore::connect(url)

@@ -1,9 +1,9 @@
 //! End-to-end tests of `aside demo --scenario race|stampede`, on the
-//! in-process store and on a redis-server of the test's own.
+//! in-process store and on a redis-server and a memcached of the test's own.
 
 use std::process::Command;
 
-use aside_testkit::RedisServer;
+use aside_testkit::{MemcachedServer, RedisServer};
 
 fn scenario_json(args: &[&str]) -> serde_json::Value {
     let out = Command::new(env!("CARGO_BIN_EXE_aside"))
@@ -134,4 +134,47 @@ fn race_with_l1_in_process_leaves_no_stale_entry() {
     let report = scenario_json(&["--scenario", "race", "--l1", "--strategies", "lease", "--duration", "1"]);
     assert_eq!(report["store"], "memory");
     check_race_l1(&report);
+}
+
+#[test]
+fn race_on_memcached_lease_stays_fresh() {
+    let server = MemcachedServer::start();
+    let report = scenario_json(&["--scenario", "race", "--duration", "1", "--memcached", &server.addr()]);
+    assert_eq!(report["store"], "memcached");
+    check_race(&report);
+}
+
+#[test]
+fn stampede_on_memcached_loads_once_with_aside() {
+    let server = MemcachedServer::start();
+    let report = scenario_json(&["--scenario", "stampede", "--memcached", &server.addr()]);
+    assert_eq!(report["store"], "memcached");
+    check_stampede(&report, 200);
+}
+
+#[test]
+fn race_with_l1_on_memcached_leaves_no_stale_entry() {
+    let server = MemcachedServer::start();
+    let report = scenario_json(&[
+        "--scenario",
+        "race",
+        "--l1",
+        "--strategies",
+        "lease",
+        "--duration",
+        "1",
+        "--memcached",
+        &server.addr(),
+    ]);
+    assert_eq!(report["store"], "memcached");
+    check_race_l1(&report);
+}
+
+#[test]
+fn main_demo_on_memcached_hits_without_store_errors() {
+    let server = MemcachedServer::start();
+    let summary = scenario_json(&["--duration", "1", "--memcached", &server.addr()]);
+    assert_eq!(summary["store"], "memcached");
+    assert!(summary["hits"].as_u64().unwrap() > 0, "{summary}");
+    assert_eq!(summary["store_errors"], 0, "{summary}");
 }

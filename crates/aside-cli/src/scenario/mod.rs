@@ -20,6 +20,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use aside::bus::redis::RedisBus;
+use aside::store::memcached::MemcachedStore;
 use aside::store::redis::RedisStore;
 use aside::{Aside, AsideBuilder, MemoryStore, Namespace, Store, Strategy};
 use sqlx::sqlite::{SqlitePool, SqlitePoolOptions};
@@ -34,6 +35,10 @@ pub enum StoreChoice {
     Memory(Arc<dyn Store>),
     /// A Redis server; every `Aside` gets its own connection, as another service would.
     Redis(String),
+    /// memcached at these addresses (comma-separated); every `Aside` gets its
+    /// own connection pool. memcached has no pub/sub, so engines with an L1
+    /// share the in-process bus (they all live in this process).
+    Memcached(String),
 }
 
 impl StoreChoice {
@@ -45,33 +50,43 @@ impl StoreChoice {
         }
     }
 
+    /// memcached at `memcached` if given, else as [`StoreChoice::new`].
+    pub fn choose(redis: Option<&str>, memcached: Option<&str>) -> Self {
+        match memcached {
+            Some(addrs) => StoreChoice::Memcached(addrs.to_owned()),
+            None => Self::new(redis),
+        }
+    }
+
     /// The store's name for reports.
     pub fn name(&self) -> &'static str {
         match self {
             StoreChoice::Memory(_) => "memory",
             StoreChoice::Redis(_) => "redis",
+            StoreChoice::Memcached(_) => "memcached",
         }
     }
 
-    /// A new `Aside` on this store, with its own connection for Redis.
+    /// A new `Aside` on this store, with its own connection for Redis
+    /// (its own pool for memcached).
     ///
     /// # Errors
-    /// When Redis cannot be reached.
+    /// When Redis or memcached cannot be reached.
     pub async fn aside(&self, prefix: &str) -> Result<Aside> {
         Ok(self.builder(prefix).await?.build())
     }
 
     /// A new `Aside` on this store that publishes its invalidations on a bus
     /// and evicts its L1 copies on everyone else's: `local` for the
-    /// in-process store, or a `RedisBus` of its own on the channel
-    /// `{prefix}invalidations` (so only this run's engines meet there).
+    /// in-process store and memcached, or a `RedisBus` of its own on the
+    /// channel `{prefix}invalidations` (so only this run's engines meet there).
     ///
     /// # Errors
-    /// When Redis cannot be reached.
+    /// When Redis or memcached cannot be reached.
     pub async fn aside_on_bus(&self, prefix: &str, local: &local_bus::LocalBus) -> Result<Aside> {
         let builder = self.builder(prefix).await?;
         Ok(match self {
-            StoreChoice::Memory(_) => builder.bus(local.clone()).build(),
+            StoreChoice::Memory(_) | StoreChoice::Memcached(_) => builder.bus(local.clone()).build(),
             StoreChoice::Redis(url) => {
                 let channel = format!("{prefix}invalidations");
                 let bus = RedisBus::connect_on(url, &channel)
@@ -90,6 +105,11 @@ impl StoreChoice {
                 RedisStore::connect(url)
                     .await
                     .context(format_args!("cannot connect to Redis at {url}"))?,
+            ),
+            StoreChoice::Memcached(addrs) => builder.store(
+                MemcachedStore::connect(addrs)
+                    .await
+                    .context(format_args!("cannot connect to memcached at {addrs}"))?,
             ),
         })
     }
@@ -269,7 +289,8 @@ pub struct ScenarioArgs {
 
     /// Race with an in-process first tier (L1) on the readers' and the
     /// writers' engines, kept coherent by an invalidation bus (Redis
-    /// pub/sub with `--redis`, an in-process channel otherwise).
+    /// pub/sub with `--redis`, an in-process channel otherwise, memcached
+    /// included).
     #[arg(long)]
     pub l1: bool,
 }
@@ -298,9 +319,9 @@ struct Report<T> {
 /// its table (or its JSON with `--json`).
 ///
 /// # Errors
-/// Redis unreachable, database failures, or failed reads.
+/// Redis or memcached unreachable, database failures, or failed reads.
 pub async fn run(args: &DemoArgs) -> Result<()> {
-    let store = StoreChoice::new(args.redis.as_deref());
+    let store = StoreChoice::choose(args.redis.as_deref(), args.memcached.as_deref());
     let dir = tempfile::Builder::new()
         .prefix("aside-scenario-")
         .tempdir()
