@@ -6,16 +6,13 @@
 
 mod common;
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use aside::store::memcached::{MemcachedConfig, MemcachedStore};
 use aside::store::{Store, StoreError};
-use aside::{Aside, BreakerConfig, BreakerState, Namespace, Source, Strategy};
+use aside::{Aside, BreakerConfig};
 use aside_testkit::MemcachedServer;
 use bytes::Bytes;
-use common::{Db, User, eventually};
 
 const TTL: Duration = Duration::from_secs(60);
 
@@ -29,11 +26,6 @@ async fn aside_on(server: &MemcachedServer) -> Aside {
         )
         .op_timeout(Duration::from_millis(200))
         .build()
-}
-
-async fn read(ns: &Namespace<u64, User>, db: &Db, id: u64) -> (Option<User>, Source) {
-    let f = ns.fetch(&id, || db.get(id)).await.unwrap();
-    (f.value, f.source)
 }
 
 /// One connection at most, so a connection that went back to the pool
@@ -52,36 +44,7 @@ fn b(s: &str) -> Bytes {
 #[tokio::test]
 async fn miss_then_hit_then_invalidate_for_every_strategy() {
     let server = MemcachedServer::start();
-    let aside = aside_on(&server).await;
-    for strategy in Strategy::all() {
-        let ns = aside
-            .namespace::<u64, User>(&format!("s-{strategy}"))
-            .strategy(strategy)
-            .build()
-            .unwrap();
-        let db = Db::with_users(3);
-        assert_eq!(
-            read(&ns, &db, 1).await,
-            (Some(User::new(1, 0)), Source::Loaded),
-            "{strategy}"
-        );
-        assert_eq!(
-            read(&ns, &db, 1).await,
-            (Some(User::new(1, 0)), Source::Hit),
-            "{strategy}"
-        );
-        assert_eq!(db.queries(), 1);
-        db.put(User::new(1, 1));
-        ns.invalidate(&1).await.unwrap();
-        assert_eq!(
-            read(&ns, &db, 1).await,
-            (Some(User::new(1, 1)), Source::Loaded),
-            "{strategy}"
-        );
-        assert_eq!(read(&ns, &db, 1).await.1, Source::Hit, "{strategy}");
-        assert_eq!(read(&ns, &db, 99).await, (None, Source::Loaded));
-    }
-    assert_eq!(aside.stats().store_errors, 0);
+    common::miss_hit_invalidate_every_strategy(&aside_on(&server).await).await;
 }
 
 /// Readers keep answering from the database, with zero errors, while
@@ -90,66 +53,7 @@ async fn miss_then_hit_then_invalidate_for_every_strategy() {
 async fn memcached_killed_mid_run_costs_no_errors_and_hits_resume() {
     let mut server = MemcachedServer::start();
     let aside = aside_on(&server).await;
-    let ns = aside
-        .namespace::<u64, User>("user:profile")
-        .strategy(Strategy::Lease)
-        .build()
-        .unwrap();
-    let db = Db::with_users(20);
-    for id in 1..=20 {
-        read(&ns, &db, id).await;
-    }
-    assert_eq!(read(&ns, &db, 1).await.1, Source::Hit);
-    let reads = Arc::new(AtomicU64::new(0));
-    let stop = Arc::new(tokio::sync::Notify::new());
-    let mut readers = Vec::new();
-    for r in 0..4u64 {
-        let (ns, db, reads, stop) = (ns.clone(), db.clone(), reads.clone(), stop.clone());
-        readers.push(tokio::spawn(async move {
-            let mut i = r;
-            loop {
-                let id = i % 20 + 1;
-                let got = ns.get_or_load(&id, || db.get(id)).await.expect("reads never fail");
-                assert_eq!(got, db.get_now(id), "every read returns the database's answer");
-                reads.fetch_add(1, Ordering::Relaxed);
-                i += 1;
-                tokio::select! { () = stop.notified() => return, () = tokio::task::yield_now() => {} }
-            }
-        }));
-    }
-    let before = reads.load(Ordering::Relaxed);
-    let queries_before = db.queries();
-    server.kill();
-    eventually(
-        "reads continue while memcached is dead",
-        Duration::from_secs(10),
-        || {
-            let reads = reads.clone();
-            async move { reads.load(Ordering::Relaxed) > before + 500 }
-        },
-    )
-    .await;
-    assert!(db.queries() > queries_before, "the database answered during the outage");
-    eventually("the breaker opens", Duration::from_secs(10), || async {
-        aside.stats().store_skipped > 0
-    })
-    .await;
-
-    server.restart();
-    eventually("hits resume after the restart", Duration::from_secs(15), || {
-        let (ns, db) = (ns.clone(), db.clone());
-        async move { ns.fetch(&1, || db.get(1)).await.unwrap().source == Source::Hit }
-    })
-    .await;
-    stop.notify_waiters();
-    for r in readers {
-        r.abort();
-        let _ = r.await;
-    }
-    assert_eq!(aside.breaker_state(), BreakerState::Closed);
-    let stats = aside.stats();
-    assert!(stats.store_errors > 0, "the outage was seen: {stats:?}");
-    assert_eq!(stats.load_errors, 0);
+    common::reads_survive_the_store_killed(&aside, &mut |up| if up { server.restart() } else { server.kill() }).await;
 }
 
 /// A call that times out drops its connection: with a single pooled

@@ -4,14 +4,12 @@
 
 mod common;
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use aside::store::redis::RedisStore;
 use aside::{Aside, BreakerConfig, BreakerState, Namespace, Source, Strategy};
 use aside_testkit::RedisServer;
-use common::{Db, User, eventually};
+use common::{Db, User, eventually, read};
 
 async fn aside_on(server: &RedisServer) -> Aside {
     Aside::builder()
@@ -33,46 +31,10 @@ fn users(aside: &Aside, strategy: Strategy) -> Namespace<u64, User> {
         .unwrap()
 }
 
-async fn read(ns: &Namespace<u64, User>, db: &Db, id: u64) -> (Option<User>, Source) {
-    let f = ns.fetch(&id, || db.get(id)).await.unwrap();
-    (f.value, f.source)
-}
-
 #[tokio::test]
 async fn miss_then_hit_then_invalidate_for_every_strategy() {
     let server = RedisServer::start();
-    let aside = aside_on(&server).await;
-    for strategy in Strategy::all() {
-        let ns = aside
-            .namespace::<u64, User>(&format!("s-{strategy}"))
-            .strategy(strategy)
-            .build()
-            .unwrap();
-        let db = Db::with_users(3);
-        assert_eq!(
-            read(&ns, &db, 1).await,
-            (Some(User::new(1, 0)), Source::Loaded),
-            "{strategy}"
-        );
-        assert_eq!(
-            read(&ns, &db, 1).await,
-            (Some(User::new(1, 0)), Source::Hit),
-            "{strategy}"
-        );
-        assert_eq!(db.queries(), 1);
-        db.put(User::new(1, 1));
-        ns.invalidate(&1).await.unwrap();
-        assert_eq!(
-            read(&ns, &db, 1).await,
-            (Some(User::new(1, 1)), Source::Loaded),
-            "{strategy}"
-        );
-        assert_eq!(read(&ns, &db, 1).await.1, Source::Hit, "{strategy}");
-        assert_eq!(ns.get(&1).await.unwrap(), Some(User::new(1, 1)));
-        // A missing row is not cached (negative caching is opt-in) and not an error.
-        assert_eq!(read(&ns, &db, 99).await, (None, Source::Loaded));
-    }
-    assert_eq!(aside.stats().store_errors, 0);
+    common::miss_hit_invalidate_every_strategy(&aside_on(&server).await).await;
 }
 
 #[tokio::test]
@@ -220,61 +182,7 @@ async fn bad_keys_are_refused_and_long_keys_hashed() {
 async fn the_store_killed_mid_run_costs_no_errors_and_hits_resume() {
     let mut server = RedisServer::start();
     let aside = aside_on(&server).await;
-    let ns = users(&aside, Strategy::Lease);
-    let db = Db::with_users(20);
-    for id in 1..=20 {
-        read(&ns, &db, id).await;
-    }
-    let reads = Arc::new(AtomicU64::new(0));
-    let stop = Arc::new(tokio::sync::Notify::new());
-    let mut readers = Vec::new();
-    for r in 0..4u64 {
-        let (ns, db, reads, stop) = (ns.clone(), db.clone(), reads.clone(), stop.clone());
-        readers.push(tokio::spawn(async move {
-            let mut i = r;
-            loop {
-                let id = i % 20 + 1;
-                let got = ns.get_or_load(&id, || db.get(id)).await.expect("reads never fail");
-                assert_eq!(got, db.get_now(id), "every read returns the database's answer");
-                reads.fetch_add(1, Ordering::Relaxed);
-                i += 1;
-                tokio::select! { () = stop.notified() => return, () = tokio::task::yield_now() => {} }
-            }
-        }));
-    }
-    let before = reads.load(Ordering::Relaxed);
-    server.kill();
-    eventually(
-        "reads continue while the store is dead",
-        Duration::from_secs(10),
-        || {
-            let reads = reads.clone();
-            async move { reads.load(Ordering::Relaxed) > before + 500 }
-        },
-    )
-    .await;
-    eventually("the breaker opens", Duration::from_secs(10), || async {
-        aside.stats().store_skipped > 0
-    })
-    .await;
-
-    server.restart();
-    let ns2 = ns.clone();
-    let db2 = db.clone();
-    eventually("hits resume after the restart", Duration::from_secs(15), || {
-        let (ns, db) = (ns2.clone(), db2.clone());
-        async move { ns.fetch(&1, || db.get(1)).await.unwrap().source == Source::Hit }
-    })
-    .await;
-    stop.notify_waiters();
-    for r in readers {
-        r.abort();
-        let _ = r.await;
-    }
-    assert_eq!(aside.breaker_state(), BreakerState::Closed);
-    let stats = aside.stats();
-    assert!(stats.store_errors > 0, "the outage was seen: {stats:?}");
-    assert_eq!(stats.load_errors, 0);
+    common::reads_survive_the_store_killed(&aside, &mut |up| if up { server.restart() } else { server.kill() }).await;
 }
 
 /// An invalidation made while the server is down is returned as an error,

@@ -201,3 +201,120 @@ impl<S: Store> Store for Instrumented<S> {
         self.inner.set_many(items).await
     }
 }
+
+/// One read of `id` through `ns`: the value and where it came from.
+pub async fn read(ns: &aside::Namespace<u64, User>, db: &Db, id: u64) -> (Option<User>, aside::Source) {
+    let f = ns.fetch(&id, || db.get(id)).await.unwrap();
+    (f.value, f.source)
+}
+
+/// Miss, hit, invalidate, miss, hit for every strategy, on any store; no
+/// store errors on the way.
+pub async fn miss_hit_invalidate_every_strategy(aside: &aside::Aside) {
+    use aside::Source;
+    for strategy in aside::Strategy::all() {
+        let ns = aside
+            .namespace::<u64, User>(&format!("s-{strategy}"))
+            .strategy(strategy)
+            .build()
+            .unwrap();
+        let db = Db::with_users(3);
+        assert_eq!(
+            read(&ns, &db, 1).await,
+            (Some(User::new(1, 0)), Source::Loaded),
+            "{strategy}"
+        );
+        assert_eq!(
+            read(&ns, &db, 1).await,
+            (Some(User::new(1, 0)), Source::Hit),
+            "{strategy}"
+        );
+        assert_eq!(db.queries(), 1);
+        db.put(User::new(1, 1));
+        ns.invalidate(&1).await.unwrap();
+        assert_eq!(
+            read(&ns, &db, 1).await,
+            (Some(User::new(1, 1)), Source::Loaded),
+            "{strategy}"
+        );
+        assert_eq!(read(&ns, &db, 1).await.1, Source::Hit, "{strategy}");
+        assert_eq!(ns.get(&1).await.unwrap(), Some(User::new(1, 1)));
+        // A missing row is not cached (negative caching is opt-in) and not an error.
+        assert_eq!(read(&ns, &db, 99).await, (None, Source::Loaded));
+    }
+    assert_eq!(aside.stats().store_errors, 0);
+}
+
+/// Four readers on `aside` (lease strategy) keep answering with the
+/// database's rows, with zero errors, while the store is dead (`server(false)`
+/// kills it); once it is back (`server(true)`), hits resume on the same
+/// `Aside` and its breaker closes. `aside` needs a breaker that opens after
+/// a few failures.
+pub async fn reads_survive_the_store_killed(aside: &aside::Aside, server: &mut dyn FnMut(bool)) {
+    use aside::{BreakerState, Source};
+    let ns = aside
+        .namespace::<u64, User>("user:profile")
+        .strategy(aside::Strategy::Lease)
+        .build()
+        .unwrap();
+    let db = Db::with_users(20);
+    for id in 1..=20 {
+        read(&ns, &db, id).await;
+    }
+    assert_eq!(read(&ns, &db, 1).await.1, Source::Hit);
+    let reads = Arc::new(AtomicU64::new(0));
+    let stop = Arc::new(tokio::sync::Notify::new());
+    let mut readers = Vec::new();
+    for r in 0..4u64 {
+        let (ns, db, reads, stop) = (ns.clone(), db.clone(), reads.clone(), stop.clone());
+        readers.push(tokio::spawn(async move {
+            let mut i = r;
+            loop {
+                let id = i % 20 + 1;
+                let got = ns.get_or_load(&id, || db.get(id)).await.expect("reads never fail");
+                assert_eq!(got, db.get_now(id), "every read returns the database's answer");
+                reads.fetch_add(1, Ordering::Relaxed);
+                i += 1;
+                tokio::select! { () = stop.notified() => return, () = tokio::task::yield_now() => {} }
+            }
+        }));
+    }
+    let before = reads.load(Ordering::Relaxed);
+    let queries_before = db.queries();
+    server(false);
+    eventually(
+        "reads continue while the store is dead",
+        Duration::from_secs(10),
+        || {
+            let reads = reads.clone();
+            async move { reads.load(Ordering::Relaxed) > before + 500 }
+        },
+    )
+    .await;
+    assert!(db.queries() > queries_before, "the database answered during the outage");
+    eventually("the breaker opens", Duration::from_secs(10), || async {
+        aside.stats().store_skipped > 0
+    })
+    .await;
+
+    server(true);
+    eventually("hits resume after the restart", Duration::from_secs(15), || {
+        let (ns, db) = (ns.clone(), db.clone());
+        async move { ns.fetch(&1, || db.get(1)).await.unwrap().source == Source::Hit }
+    })
+    .await;
+    stop.notify_waiters();
+    for r in readers {
+        r.abort();
+        // A reader that failed its assertions panicked: that fails the test here.
+        if let Err(e) = r.await
+            && e.is_panic()
+        {
+            std::panic::resume_unwind(e.into_panic());
+        }
+    }
+    assert_eq!(aside.breaker_state(), BreakerState::Closed);
+    let stats = aside.stats();
+    assert!(stats.store_errors > 0, "the outage was seen: {stats:?}");
+    assert_eq!(stats.load_errors, 0);
+}
