@@ -88,6 +88,50 @@ fn reap(child: &mut Option<Child>) {
     }
 }
 
+/// The process controls every server shares: `is_running`, `kill`,
+/// `restart` (`$restarts` says what a restart keeps), `freeze`, `thaw`, and
+/// a `Drop` that thaws and kills. The type needs `child: Option<Child>` and
+/// a `spawn(&mut self)`.
+macro_rules! process_controls {
+    ($server:ty, $restarts:literal) => {
+        impl $server {
+            /// True while the server process runs.
+            pub fn is_running(&self) -> bool {
+                self.child.is_some()
+            }
+
+            /// Kills the server with SIGKILL, as a crash would, and waits for it to exit.
+            pub fn kill(&mut self) {
+                reap(&mut self.child);
+            }
+
+            #[doc = concat!("Starts the server again ", $restarts, ".")]
+            pub fn restart(&mut self) {
+                self.kill();
+                self.spawn();
+            }
+
+            /// Stops the process (SIGSTOP): connections stay open but nothing
+            /// answers, as with a hung server or a network partition.
+            pub fn freeze(&self) {
+                signal(self.child.as_ref(), "-STOP");
+            }
+
+            /// Resumes a frozen server (SIGCONT).
+            pub fn thaw(&self) {
+                signal(self.child.as_ref(), "-CONT");
+            }
+        }
+
+        impl Drop for $server {
+            fn drop(&mut self) {
+                self.thaw();
+                self.kill();
+            }
+        }
+    };
+}
+
 /// A `redis-server` of the test's own, with append-only persistence
 /// (`appendfsync always`) so that data survives [`RedisServer::kill`] and
 /// [`RedisServer::restart`], as a production Redis with AOF would.
@@ -138,41 +182,9 @@ impl RedisServer {
     pub fn url(&self) -> String {
         format!("redis://127.0.0.1:{}", self.port)
     }
-
-    /// True while the server process runs.
-    pub fn is_running(&self) -> bool {
-        self.child.is_some()
-    }
-
-    /// Kills the server with SIGKILL, as a crash would, and waits for it to exit.
-    pub fn kill(&mut self) {
-        reap(&mut self.child);
-    }
-
-    /// Starts the server again on the same port and data directory.
-    pub fn restart(&mut self) {
-        self.kill();
-        self.spawn();
-    }
-
-    /// Stops the process (SIGSTOP): connections stay open but nothing
-    /// answers, as with a hung server or a network partition.
-    pub fn freeze(&self) {
-        signal(self.child.as_ref(), "-STOP");
-    }
-
-    /// Resumes a frozen server (SIGCONT).
-    pub fn thaw(&self) {
-        signal(self.child.as_ref(), "-CONT");
-    }
 }
 
-impl Drop for RedisServer {
-    fn drop(&mut self) {
-        self.thaw();
-        self.kill();
-    }
-}
+process_controls!(RedisServer, "on the same port and data directory (its data survives)");
 
 /// A `nats-server` of the test's own (core NATS, no JetStream).
 pub struct NatsServer {
@@ -205,24 +217,9 @@ impl NatsServer {
     pub fn url(&self) -> String {
         format!("nats://127.0.0.1:{}", self.port)
     }
-
-    /// Kills the server (SIGKILL) and waits for it to exit.
-    pub fn kill(&mut self) {
-        reap(&mut self.child);
-    }
-
-    /// Starts the server again on the same port.
-    pub fn restart(&mut self) {
-        self.kill();
-        self.spawn();
-    }
 }
 
-impl Drop for NatsServer {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
+process_controls!(NatsServer, "on the same port");
 
 /// A `memcached` of the test's own (TCP only, 64 MiB, loopback).
 pub struct MemcachedServer {
@@ -281,41 +278,12 @@ impl MemcachedServer {
     pub fn addr(&self) -> String {
         format!("127.0.0.1:{}", self.port)
     }
-
-    /// True while the server process runs.
-    pub fn is_running(&self) -> bool {
-        self.child.is_some()
-    }
-
-    /// Kills the server with SIGKILL, as a crash would, and waits for it to
-    /// exit. memcached keeps nothing: a restarted server is empty.
-    pub fn kill(&mut self) {
-        reap(&mut self.child);
-    }
-
-    /// Starts the server again on the same port (empty).
-    pub fn restart(&mut self) {
-        self.kill();
-        self.spawn();
-    }
-
-    /// Stops the process (SIGSTOP): connections stay open but nothing answers.
-    pub fn freeze(&self) {
-        signal(self.child.as_ref(), "-STOP");
-    }
-
-    /// Resumes a frozen server (SIGCONT).
-    pub fn thaw(&self) {
-        signal(self.child.as_ref(), "-CONT");
-    }
 }
 
-impl Drop for MemcachedServer {
-    fn drop(&mut self) {
-        self.thaw();
-        self.kill();
-    }
-}
+process_controls!(
+    MemcachedServer,
+    "on the same port (memcached keeps nothing: it comes back empty)"
+);
 
 fn is_root() -> bool {
     Command::new("id")
