@@ -6,7 +6,8 @@
 //! - `envelope`: [`envelope::seal`] and [`envelope::open`] of a profile's
 //!   JSON (~130 bytes): what aside adds to every stored value.
 //! - `memory_hit`: [`Namespace::get_or_load`] on a [`MemoryStore`] against
-//!   a raw `moka::sync::Cache<u64, Profile>::get`, the in-process floor.
+//!   a raw `moka::sync::Cache<u64, Profile>::get`, the in-process floor
+//!   (with a time-to-live, as any cache of database rows has).
 //! - `redis_hit`: [`Namespace::get_or_load`] on a [`RedisStore`] against a
 //!   raw redis-rs `GET` plus the same `serde_json` decode, both on a
 //!   `ConnectionManager` to the same server.
@@ -124,7 +125,10 @@ fn hits(c: &mut Criterion) {
         let _: () = raw.set_ex("raw:42", json, TTL.as_secs()).await.expect("SETEX");
         (memory_ns, plain_ns, redis_ns, raw)
     });
-    let moka: moka::sync::Cache<u64, Profile> = moka::sync::Cache::builder().max_capacity(10_000).build();
+    let moka: moka::sync::Cache<u64, Profile> = moka::sync::Cache::builder()
+        .max_capacity(10_000)
+        .time_to_live(Duration::from_secs(3600))
+        .build();
     moka.insert(KEY, profile(KEY));
 
     let mut loads = Vec::new();

@@ -10,7 +10,8 @@
 //!   same Redis (one round trip);
 //! - `moka/get`: a raw `moka::sync::Cache<String, String>::get` of a
 //!   prebuilt key, returning a clone of a value of the same size: the floor
-//!   under the L1 (which also builds the store key and counts the hit).
+//!   under the L1 (which also builds the key and counts the hit), with the
+//!   L1's time-to-live.
 //!
 //! The bench starts its own `redis-server` on a free port (through
 //! `aside_testkit::RedisServer`, killed at the end); it never touches a
@@ -93,7 +94,10 @@ fn tiers(c: &mut Criterion) {
         let redis_ns = warmed(&redis_aside, "bench:tiers:redis", false).await;
         (l1_aside, l1_ns, redis_aside, redis_ns)
     });
-    let moka: moka::sync::Cache<String, String> = moka::sync::Cache::builder().max_capacity(10_000).build();
+    let moka: moka::sync::Cache<String, String> = moka::sync::Cache::builder()
+        .max_capacity(10_000)
+        .time_to_live(Duration::from_secs(3600))
+        .build();
     let moka_key = l1_ns.store_key(&KEY).expect("store key");
     moka.insert(moka_key.clone(), value_of(KEY));
 

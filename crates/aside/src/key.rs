@@ -21,8 +21,26 @@ pub const DEFAULT_MAX_KEY_LEN: usize = 250;
 pub fn full_key<K: Display + ?Sized>(prefix_ns: &str, key: &K, max_len: usize) -> Result<String, Error> {
     let mut full = String::with_capacity(prefix_ns.len() + 24);
     full.push_str(prefix_ns);
-    write!(full, "{key}").expect("writing to a String cannot fail");
-    let part = &full[prefix_ns.len()..];
+    append_key_part(&mut full, prefix_ns.len(), key, max_len)?;
+    Ok(full)
+}
+
+/// Appends the part of a full key after its `prefix_len`-byte prefix: the
+/// key's `Display` form, checked, or `#` and its digest when the full key
+/// would exceed `max_len`. `buf` may hold the prefix (as [`full_key`] does)
+/// or be empty, for a caller that only needs the part.
+///
+/// # Errors
+/// As [`full_key`].
+pub fn append_key_part<K: Display + ?Sized>(
+    buf: &mut String,
+    prefix_len: usize,
+    key: &K,
+    max_len: usize,
+) -> Result<(), Error> {
+    let start = buf.len();
+    write!(buf, "{key}").expect("writing to a String cannot fail");
+    let part = &buf[start..];
     if part.is_empty() {
         return Err(Error::new(ErrorKind::InvalidKey, "empty key"));
     }
@@ -32,13 +50,13 @@ pub fn full_key<K: Display + ?Sized>(prefix_ns: &str, key: &K, max_len: usize) -
             format!("key {part:?} holds {bad:?}: control characters and whitespace are not allowed"),
         ));
     }
-    if full.len() > max_len {
+    if prefix_len + part.len() > max_len {
         let digest = sha1_smol::Sha1::from(part.as_bytes()).digest().to_string();
-        full.truncate(prefix_ns.len());
-        full.push('#');
-        full.push_str(&digest);
+        buf.truncate(start);
+        buf.push('#');
+        buf.push_str(&digest);
     }
-    Ok(full)
+    Ok(())
 }
 
 /// Checks a namespace name or prefix: printable, no whitespace, no braces
@@ -74,6 +92,19 @@ mod tests {
             let err = full_key("ns:", bad, 250).unwrap_err();
             assert_eq!(err.kind(), ErrorKind::InvalidKey, "{bad:?}");
         }
+    }
+
+    #[test]
+    fn the_part_alone_is_the_full_key_without_its_prefix() {
+        let long = "y".repeat(300);
+        for key in ["42", "a:b", long.as_str()] {
+            let full = full_key("pre:ns:", key, 250).unwrap();
+            let mut part = String::new();
+            append_key_part(&mut part, "pre:ns:".len(), key, 250).unwrap();
+            assert_eq!(format!("pre:ns:{part}"), full);
+        }
+        let mut part = String::new();
+        assert!(append_key_part(&mut part, 3, "a b", 250).is_err());
     }
 
     #[test]

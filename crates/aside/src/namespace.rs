@@ -21,6 +21,11 @@ use crate::key;
 use crate::metrics::NamespaceMetrics;
 use crate::policy::{EarlyRefresh, Strategy};
 
+thread_local! {
+    /// The key buffer of L1 probes on this thread (see [`Namespace::fetch`]).
+    static L1_KEY: std::cell::RefCell<String> = const { std::cell::RefCell::new(String::new()) };
+}
+
 /// Where a value returned by [`Namespace::fetch`] came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "kebab-case")]
@@ -274,8 +279,22 @@ where
         Fut: Future<Output = std::result::Result<Option<V>, E>>,
         E: std::error::Error + Send + Sync + 'static,
     {
+        if self.inner.l1.is_some() {
+            // An L1 hit builds its key in a buffer of this thread's and
+            // allocates nothing: the key would cost as much as the lookup.
+            let hit = L1_KEY.with_borrow_mut(|buf| -> Result<_> {
+                buf.clear();
+                key::append_key_part(buf, self.inner.key_prefix.len(), key, self.inner.core.max_key_len)?;
+                Ok(self.inner.l1_hit_local(buf))
+            })?;
+            if let Some(hit) = hit {
+                return Ok(hit);
+            }
+            let full = self.store_key(key)?;
+            return self.inner.fetch_below_l1(&full, loader).await;
+        }
         let full = self.store_key(key)?;
-        self.inner.fetch_tiered(&full, loader).await
+        self.inner.fetch(&full, loader).await
     }
 
     /// As [`Namespace::fetch`], for a loader that owns what it uses (a
@@ -700,6 +719,7 @@ impl<K: Display + ?Sized, V: Clone + Send + Sync + 'static> NamespaceBuilder<K, 
             ));
         }
         let key_prefix = format!("{}{}:", self.core.prefix, self.name);
+        let prefix_len = key_prefix.len();
         let inner = Arc::new_cyclic(|weak: &std::sync::Weak<NsInner<V>>| NsInner {
             self_ref: weak.clone(),
             metrics: NamespaceMetrics::register(&self.name),
@@ -725,7 +745,7 @@ impl<K: Display + ?Sized, V: Clone + Send + Sync + 'static> NamespaceBuilder<K, 
             l1: self.l1.map(|mut config| {
                 // A local copy never outlives the store's.
                 config.ttl = config.ttl.min(self.ttl);
-                crate::engine::l1::L1::new(config)
+                crate::engine::l1::L1::new(config, prefix_len)
             }),
             refreshing: std::sync::Mutex::default(),
             read_seq: std::sync::atomic::AtomicU64::new(1),

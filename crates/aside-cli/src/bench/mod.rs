@@ -11,7 +11,7 @@
 //! | `article`: the article's `get_user_profile`, ported | redis | `redis-rs-get` |
 //! | `cached-redis`: the `cached` crate's `AsyncRedisCache` (feature `peers`) | redis | `redis-rs-get` |
 //! | `amalgam-redis`: `amalgam-cache`, memory level skipped (feature `peers`) | redis | `redis-rs-get` |
-//! | `moka-get`: moka `get` of a decoded profile | in-process | itself |
+//! | `moka-get`: moka `get` of a decoded profile (same capacity and TTL as the L1) | in-process | itself |
 //! | `aside-memory`: `get_or_load` on a `MemoryStore` | in-process | `moka-get` |
 //! | `aside-l1`: `get_or_load` with an L1 over Redis | in-process | `moka-get` |
 //! | `amalgam-l1`: `amalgam-cache`'s memory hit (feature `peers`) | in-process | `moka-get` |

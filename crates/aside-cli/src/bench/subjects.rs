@@ -146,7 +146,9 @@ impl Op for Article {
     }
 }
 
-/// The in-process floor: a moka `get` of a decoded profile, cloned out.
+/// The in-process floor: a moka `get` of a decoded profile, cloned out,
+/// from a cache configured as aside's L1 is (capacity and time-to-live: a
+/// cache-aside copy of database rows needs an expiry).
 #[derive(Clone)]
 pub struct MokaGet {
     cache: moka::sync::Cache<u64, User>,
@@ -158,7 +160,10 @@ impl MokaGet {
     /// # Errors
     /// Database failures.
     pub async fn prepare(db: &Db, ids: &[u64]) -> Result<Self> {
-        let cache = moka::sync::Cache::builder().max_capacity(ids.len() as u64 * 2).build();
+        let cache = moka::sync::Cache::builder()
+            .max_capacity(ids.len() as u64 * 2)
+            .time_to_live(TTL)
+            .build();
         for &id in ids {
             let user = db.load_user(id).await.context("cannot read a user")?;
             check(id, user.as_ref())?;

@@ -11,6 +11,10 @@
 //! either the filler sees the bump or the invalidation's eviction comes
 //! after the install.
 //!
+//! Entries are keyed by the part of the full key after the namespace's
+//! prefix, which is the same for every entry: shorter keys hash faster, and
+//! a hit can build its key without the prefix (see `Namespace::fetch`).
+//!
 //! One epoch per namespace, not per key: an invalidation of any key makes
 //! concurrent fills of every key skip the L1 once, which costs a few L1
 //! misses and needs no map of epochs.
@@ -35,22 +39,35 @@ pub(crate) struct L1Config {
 pub(crate) struct L1<V> {
     cache: Cache<String, Option<V>>,
     epoch: AtomicU64,
+    /// Length of the namespace's key prefix, cut off every full key.
+    prefix_len: usize,
 }
 
 impl<V: Clone + Send + Sync + 'static> L1<V> {
-    pub(crate) fn new(config: L1Config) -> Self {
+    pub(crate) fn new(config: L1Config, prefix_len: usize) -> Self {
         L1 {
             cache: Cache::builder()
                 .max_capacity(config.max_entries)
                 .time_to_live(config.ttl)
                 .build(),
             epoch: AtomicU64::new(0),
+            prefix_len,
         }
     }
 
-    /// The local value: `Some(None)` is a cached "not found".
-    pub(crate) fn get(&self, key: &str) -> Option<Option<V>> {
-        self.cache.get(key)
+    /// The entry key of a full key: the part after the namespace's prefix.
+    fn local<'a>(&self, full: &'a str) -> &'a str {
+        full.get(self.prefix_len..).unwrap_or(full)
+    }
+
+    /// The local value of a full key: `Some(None)` is a cached "not found".
+    pub(crate) fn get(&self, full: &str) -> Option<Option<V>> {
+        self.cache.get(self.local(full))
+    }
+
+    /// The local value of an entry key (a full key without its prefix).
+    pub(crate) fn get_local(&self, local: &str) -> Option<Option<V>> {
+        self.cache.get(local)
     }
 
     /// The epoch to hand to [`L1::install`] after reading the store.
@@ -60,10 +77,11 @@ impl<V: Clone + Send + Sync + 'static> L1<V> {
 
     /// Installs a value read from the store after `epoch` was taken, unless
     /// an invalidation happened since.
-    pub(crate) fn install(&self, key: &str, value: Option<V>, epoch: u64) {
+    pub(crate) fn install(&self, full: &str, value: Option<V>, epoch: u64) {
         if self.epoch() != epoch {
             return;
         }
+        let key = self.local(full);
         self.cache.insert(key.to_owned(), value);
         if self.epoch() != epoch {
             self.cache.invalidate(key);
@@ -77,9 +95,9 @@ impl<V: Clone + Send + Sync + 'static> L1<V> {
     }
 
     /// Evicts `key` (an invalidation, local or from another process).
-    pub(crate) fn evict(&self, key: &str) {
+    pub(crate) fn evict(&self, full: &str) {
         self.epoch.fetch_add(1, Ordering::SeqCst);
-        self.cache.invalidate(key);
+        self.cache.invalidate(self.local(full));
     }
 }
 
@@ -92,17 +110,37 @@ impl<V: Clone + Send + Sync + 'static> NsInner<V> {
         Fut: Future<Output = std::result::Result<Option<V>, E>>,
         E: std::error::Error + Send + Sync + 'static,
     {
+        if let Some(l1) = &self.l1
+            && let Some(hit) = self.l1_hit_local(l1.local(full))
+        {
+            return Ok(hit);
+        }
+        self.fetch_below_l1(full, loader).await
+    }
+
+    /// The L1's answer for an entry key (a full key without the namespace's
+    /// prefix), counted as a hit, if it has one.
+    pub(crate) fn l1_hit_local(&self, local: &str) -> Option<Fetched<V>> {
+        let value = self.l1.as_ref()?.get_local(local)?;
+        self.record(Event::Hit);
+        self.record(Event::L1Hit);
+        Some(Fetched {
+            value,
+            source: Source::Hit,
+        })
+    }
+
+    /// `fetch` from the store and the loader, for a key the L1 did not
+    /// answer; installs the result in the L1.
+    pub(crate) async fn fetch_below_l1<F, Fut, E>(&self, full: &str, loader: F) -> Result<Fetched<V>>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = std::result::Result<Option<V>, E>>,
+        E: std::error::Error + Send + Sync + 'static,
+    {
         let Some(l1) = &self.l1 else {
             return self.fetch(full, loader).await;
         };
-        if let Some(value) = l1.get(full) {
-            self.record(Event::Hit);
-            self.record(Event::L1Hit);
-            return Ok(Fetched {
-                value,
-                source: Source::Hit,
-            });
-        }
         let epoch = l1.epoch();
         let fetched = self.fetch(full, loader).await?;
         // "Not found" is kept locally only where it is cached below too.
