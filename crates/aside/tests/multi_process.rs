@@ -1,5 +1,6 @@
 //! Leases across OS processes: four processes, fifty readers each, one
-//! missing hot key in one Redis, and exactly one load in total.
+//! missing hot key in one Redis (or, with the `memcached` feature, one
+//! memcached), and exactly one load in total.
 //!
 //! The parent test re-runs this test binary as its children (selected with
 //! `--exact` and marked by an environment variable). Start and readiness
@@ -17,10 +18,18 @@ use aside_testkit::RedisServer;
 const PROCESSES: usize = 4;
 const READERS_PER_PROCESS: usize = 50;
 const CHILD_ENV: &str = "ASIDE_MULTI_PROCESS_CHILD_URL";
+/// The memcached the children cache in; Redis then only coordinates them.
+const MEMCACHED_ENV: &str = "ASIDE_MULTI_PROCESS_CHILD_MEMCACHED";
 const TEST_NAME: &str = "four_processes_load_a_missing_hot_key_once";
 
 async fn child(url: &str) {
-    let aside = Aside::builder().store(RedisStore::connect(url).await.unwrap()).build();
+    let builder = Aside::builder();
+    let builder = match std::env::var(MEMCACHED_ENV) {
+        #[cfg(feature = "memcached")]
+        Ok(addr) => builder.store(aside::store::memcached::MemcachedStore::connect(&addr).await.unwrap()),
+        _ => builder.store(RedisStore::connect(url).await.unwrap()),
+    };
+    let aside = builder.build();
     let hot = aside
         .namespace::<str, String>("hot")
         .strategy(Strategy::Lease)
@@ -68,16 +77,45 @@ async fn four_processes_load_a_missing_hot_key_once() {
         child(&url).await;
         return;
     }
+    parent(TEST_NAME, None).await;
+}
+
+#[cfg(feature = "memcached")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn four_processes_on_memcached_load_a_missing_hot_key_once() {
+    if let Ok(url) = std::env::var(CHILD_ENV) {
+        child(&url).await;
+        return;
+    }
+    let memcached = aside_testkit::MemcachedServer::start();
+    parent(
+        "four_processes_on_memcached_load_a_missing_hot_key_once",
+        Some(&memcached.addr()),
+    )
+    .await;
+    use aside::store::Store;
+    let store = aside::store::memcached::MemcachedStore::connect(&memcached.addr())
+        .await
+        .unwrap();
+    let cached = store.get_entry("hot:key").await.unwrap();
+    assert!(cached.is_some(), "the children cached in memcached");
+}
+
+/// Starts the children (this binary running `test`), releases them
+/// together, and checks that one of them loaded, once.
+async fn parent(test: &str, memcached: Option<&str>) {
     let server = RedisServer::start();
     let exe = std::env::current_exe().unwrap();
     let children: Vec<_> = (0..PROCESSES)
         .map(|_| {
-            Command::new(&exe)
-                .args(["--exact", TEST_NAME, "--nocapture", "--test-threads", "1"])
+            let mut cmd = Command::new(&exe);
+            cmd.args(["--exact", test, "--nocapture", "--test-threads", "1"])
                 .env(CHILD_ENV, server.url())
-                .stdout(std::process::Stdio::null())
-                .spawn()
-                .unwrap()
+                .stdout(std::process::Stdio::null());
+            if let Some(addr) = memcached {
+                cmd.env(MEMCACHED_ENV, addr);
+            }
+            cmd.spawn().unwrap()
         })
         .collect();
     let mut conn = common::redis_conn(&server.url()).await;
