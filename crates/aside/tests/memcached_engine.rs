@@ -197,3 +197,44 @@ async fn keys_are_spread_over_several_servers() {
         }
     }
 }
+
+/// memcached keeps a 100 ms entry for a whole second or more; past its
+/// logical expiry it is loaded again, never returned, single or batched.
+#[tokio::test]
+async fn values_past_their_ttl_are_reloaded_though_memcached_still_holds_them() {
+    use aside::Source;
+    use common::{Db, User};
+    let server = MemcachedServer::start();
+    let aside = aside_on(&server).await;
+    let ns = aside
+        .namespace::<u64, User>("short")
+        .ttl(Duration::from_millis(100))
+        .build()
+        .unwrap();
+    let db = Db::with_users(3);
+    assert_eq!(common::read(&ns, &db, 1).await.1, Source::Loaded);
+    let batch = |ids: Vec<u64>| {
+        let db = db.clone();
+        async move {
+            let mut found = std::collections::HashMap::new();
+            for id in ids {
+                found.extend(db.get(id).await?.map(|u| (id, u)));
+            }
+            Ok::<_, common::DbDown>(found)
+        }
+    };
+    assert_eq!(ns.get_many_or_load(&[2, 3], batch).await.unwrap().len(), 2);
+    assert_eq!(db.queries(), 3);
+    common::eventually("the entries expire", Duration::from_secs(5), || async {
+        ns.get(&1).await.unwrap().is_none() && ns.get(&2).await.unwrap().is_none()
+    })
+    .await;
+    let store = MemcachedStore::connect(&server.addr()).await.unwrap();
+    assert!(
+        store.get_entry("short:1").await.unwrap().is_some(),
+        "memcached still holds the expired entry (whole-second TTLs)"
+    );
+    assert_eq!(common::read(&ns, &db, 1).await.1, Source::Loaded);
+    assert_eq!(ns.get_many_or_load(&[2, 3], batch).await.unwrap().len(), 2);
+    assert_eq!(db.queries(), 6, "every expired key was loaded again");
+}

@@ -8,6 +8,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
+#[cfg(feature = "memcached")]
+use aside::store::memcached::MemcachedStore;
 use aside::store::redis::RedisStore;
 use aside::{Aside, EarlyRefresh, ErrorKind, MemoryStore, Namespace, Source, Store, Strategy};
 use aside_testkit::RedisServer;
@@ -77,9 +79,13 @@ async fn negative_caching(store: impl Store, strategy: Strategy) {
 #[tokio::test]
 async fn negative_caching_on_memory_and_redis() {
     let server = RedisServer::start();
+    #[cfg(feature = "memcached")]
+    let memcached = aside_testkit::MemcachedServer::start();
     for strategy in [Strategy::Lease, Strategy::Delete] {
         negative_caching(MemoryStore::new(), strategy).await;
         negative_caching(RedisStore::connect(&server.url()).await.unwrap(), strategy).await;
+        #[cfg(feature = "memcached")]
+        negative_caching(MemcachedStore::connect(&memcached.addr()).await.unwrap(), strategy).await;
     }
 }
 
@@ -140,9 +146,13 @@ async fn fail_safe(store: impl Store, strategy: Strategy) {
 #[tokio::test]
 async fn fail_safe_serves_the_expired_value_when_the_loader_fails() {
     let server = RedisServer::start();
+    #[cfg(feature = "memcached")]
+    let memcached = aside_testkit::MemcachedServer::start();
     for strategy in [Strategy::Lease, Strategy::Delete] {
         fail_safe(MemoryStore::new(), strategy).await;
         fail_safe(RedisStore::connect(&server.url()).await.unwrap(), strategy).await;
+        #[cfg(feature = "memcached")]
+        fail_safe(MemcachedStore::connect(&memcached.addr()).await.unwrap(), strategy).await;
     }
 }
 
@@ -225,6 +235,12 @@ async fn early_refresh_loads_once_and_nobody_waits() {
     early_refresh(MemoryStore::new()).await;
     let server = RedisServer::start();
     early_refresh(RedisStore::connect(&server.url()).await.unwrap()).await;
+    // On memcached the refresh lease is the `R` flag's win.
+    #[cfg(feature = "memcached")]
+    {
+        let memcached = aside_testkit::MemcachedServer::start();
+        early_refresh(MemcachedStore::connect(&memcached.addr()).await.unwrap()).await;
+    }
 }
 
 #[tokio::test]

@@ -207,7 +207,11 @@ impl<V: Clone + Send + Sync + 'static> NsInner<V> {
                             tokens[i] = Some(token);
                         }
                         LeaseOutcome::Hit(bytes) => {
-                            if let Some(entry) = self.decode_hit(&led[i].1, &bytes).await {
+                            // A value past its logical expiry that a store with
+                            // coarser TTLs (memcached) still holds is loaded again.
+                            if let Some(entry) = self.decode_hit(&led[i].1, &bytes).await
+                                && (self.fail_safe.is_some() || self.freshness(&entry) != Freshness::Expired)
+                            {
                                 found.extend(entry.value.map(|v| (led[i].0.clone(), v)));
                                 to_load[i] = false;
                             }

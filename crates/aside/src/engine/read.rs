@@ -463,6 +463,7 @@ impl<V: Clone + Send + Sync + 'static> NsInner<V> {
         let started = Instant::now();
         let mut pause = LEASE_POLL_FIRST;
         let mut attempts = 0;
+        let mut dropped_expired = false;
         loop {
             let settled_at = self.next_seq();
             let outcome = self
@@ -471,12 +472,23 @@ impl<V: Clone + Send + Sync + 'static> NsInner<V> {
             match outcome {
                 Ok(LeaseOutcome::Hit(bytes)) => {
                     if let Some(entry) = self.decode_hit(full, &bytes).await {
-                        // Filled by another caller (a fenced fill) while we looked.
-                        return Ok(Settled {
-                            value: entry.value,
-                            source: Source::Coalesced,
-                            settled_at,
-                        });
+                        if self.fail_safe.is_some() || self.freshness(&entry) != Freshness::Expired {
+                            // Filled by another caller (a fenced fill) while we looked.
+                            return Ok(Settled {
+                                value: entry.value,
+                                source: Source::Coalesced,
+                                settled_at,
+                            });
+                        }
+                        // Past its logical expiry but still held by a store
+                        // whose TTLs are coarser than the namespace's
+                        // (memcached counts whole seconds): not a value to
+                        // return. Drop it and lease again, once.
+                        if dropped_expired {
+                            return self.load_uncached(loader, &None).await;
+                        }
+                        dropped_expired = true;
+                        let _ = self.call(store.delete(full)).await;
                     }
                 }
                 Ok(LeaseOutcome::Granted { token, .. }) => {

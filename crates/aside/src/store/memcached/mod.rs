@@ -12,7 +12,7 @@
 //! | `lease_for_refresh` | `mg <k> R2592000 c f` | `W` on a current value: refresh lease; the value stays readable (others see `Z`) |
 //! | `release(token)` | `md <k> C<cas>` (vivified), `md <k> I C<cas>` (stale), or a CAS-guarded rewrite of the same value (refresh) | the win flag is cleared only by replacing or re-marking the item |
 //! | `put_entry` | `ms <k> <len> T<ttl> F<entry>` | new item, new CAS: leases in flight are refused |
-//! | `get` / `set` / `add` / `delete` | `mg v c f` / `ms T` / `ms T ME` / `md` | |
+//! | `get` / `set` / `add` / `delete` | `mg v c f` / `ms T` / `ms T ME` / `md` | plain values have client flags 0 |
 //! | `incr` | `ma <k> N<ttl> J1 T<ttl> v` | a missing key is created at 1 (0 incremented), the TTL refreshed |
 //!
 //! **Tokens.** memcached, not the caller, decides who wins, and the item's
@@ -60,6 +60,12 @@
 //! crashed holder delays only refreshing, never correctness: readers get
 //! the stale or current value, or load without the cache after their
 //! bounded wait.
+//!
+//! **Two families, one keyspace.** Entries carry client flags
+//! [`ENTRY_FLAG`] and plain values 0, and each family's operations see only
+//! their own (a plain `get` of an entry is a miss; a lookup of a plain value
+//! is an error, as Redis's `WRONGTYPE`), so a key read with two strategies
+//! behaves as it does on Redis and in memory.
 //!
 //! **TTLs** are whole seconds: sub-second TTLs round up to 1 s (0 would mean
 //! "never expire"), and TTLs are capped at 30 days less a second (longer
@@ -232,6 +238,9 @@ fn unexpected(what: &str, m: &Meta) -> StoreError {
 struct Item {
     /// The value; `None` for a lease placeholder (an empty vivified item).
     value: Option<Bytes>,
+    /// Written by `fill` or `put_entry` (client flags [`ENTRY_FLAG`]), or a
+    /// lease placeholder: an item of the entry family, not a plain value.
+    entry: bool,
     cas: u64,
     stale: bool,
     won: bool,
@@ -243,9 +252,11 @@ fn item(m: Meta) -> StoreResult<Option<Item>> {
         Status::Miss => Ok(None),
         Status::Value | Status::Stored => {
             let cas = m.cas.ok_or_else(|| unexpected("mg without a CAS", &m))?;
-            let placeholder = m.client_flags != Some(ENTRY_FLAG) && (m.won || m.busy || m.stale);
+            let flagged = m.client_flags == Some(ENTRY_FLAG);
+            let placeholder = !flagged && (m.won || m.busy || m.stale);
             Ok(Some(Item {
                 value: if placeholder { None } else { m.value },
+                entry: flagged || placeholder,
                 cas,
                 stale: m.stale,
                 won: m.won,
@@ -263,6 +274,10 @@ fn lease_outcome(m: Meta) -> StoreResult<LeaseOutcome> {
             "mg with N missed: memcached could not vivify the key".into(),
         ));
     };
+    if !it.entry {
+        // As Redis answers WRONGTYPE: the engine loads without the cache.
+        return Err(StoreError::Server("the key holds a plain value, not an entry".into()));
+    }
     Ok(match (it.stale, it.won, it.value) {
         (true, true, stale) => LeaseOutcome::Granted {
             token: token(it.cas, KIND_STALE),
@@ -461,8 +476,14 @@ impl MemcachedStore {
             .collect())
     }
 
+    /// A plain value: entries and lease placeholders are not (as on Redis,
+    /// where they are hashes, and in memory, where they are another slot).
+    fn plain(it: Option<Item>) -> Option<Bytes> {
+        it.filter(|it| !it.entry).and_then(|it| it.value)
+    }
+
     fn view(it: Option<Item>) -> EntryView {
-        let Some(it) = it else {
+        let Some(it) = it.filter(|it| it.entry) else {
             return EntryView::default();
         };
         let lease = it.busy.then(|| {
@@ -496,7 +517,7 @@ impl Store for MemcachedStore {
 
     async fn get(&self, key: &str) -> StoreResult<Option<Bytes>> {
         let mut items = self.look(&[key]).await?;
-        Ok(items.pop().flatten().and_then(|it| it.value))
+        Ok(Self::plain(items.pop().flatten()))
     }
 
     async fn set(&self, key: &str, value: Bytes, ttl: Duration) -> StoreResult<()> {
@@ -640,12 +661,7 @@ impl Store for MemcachedStore {
 
     async fn get_many(&self, keys: &[String]) -> StoreResult<Vec<Option<Bytes>>> {
         let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
-        Ok(self
-            .look(&keys)
-            .await?
-            .into_iter()
-            .map(|it| it.and_then(|it| it.value))
-            .collect())
+        Ok(self.look(&keys).await?.into_iter().map(Self::plain).collect())
     }
 
     async fn peek_many(&self, keys: &[String]) -> StoreResult<Vec<EntryView>> {
