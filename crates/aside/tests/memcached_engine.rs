@@ -6,6 +6,7 @@
 
 mod common;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use aside::store::memcached::{MemcachedConfig, MemcachedStore};
@@ -237,4 +238,68 @@ async fn values_past_their_ttl_are_reloaded_though_memcached_still_holds_them() 
     assert_eq!(common::read(&ns, &db, 1).await.1, Source::Loaded);
     assert_eq!(ns.get_many_or_load(&[2, 3], batch).await.unwrap().len(), 2);
     assert_eq!(db.queries(), 6, "every expired key was loaded again");
+}
+
+/// Stale serving on memcached's `X`: after an invalidation that keeps the
+/// old value (`md I`), one engine wins the reload (`W`) while another, in
+/// what could be another process, is served the stale value (`Z X`) at once
+/// instead of waiting or loading too; the reload's fill then is a hit for both.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stale_values_are_served_while_another_engine_loads() {
+    use aside::Source;
+    use common::{Db, User};
+    let server = MemcachedServer::start();
+    let (a, b) = (aside_on(&server).await, aside_on(&server).await);
+    let profile = |aside: &Aside| {
+        aside
+            .namespace::<u64, User>("profile")
+            .serve_stale_while_loading(Duration::from_secs(30))
+            .build()
+            .unwrap()
+    };
+    let (ns_a, ns_b) = (profile(&a), profile(&b));
+    let db = Db::with_users(1);
+    assert_eq!(common::read(&ns_a, &db, 1).await.1, Source::Loaded);
+    db.put(User::new(1, 1));
+    ns_a.invalidate(&1).await.unwrap();
+
+    // The loader says when it runs (engine A then holds the lease), and
+    // waits for the gate.
+    let (started, gate) = (
+        Arc::new(tokio::sync::Semaphore::new(0)),
+        Arc::new(tokio::sync::Semaphore::new(0)),
+    );
+    let slow = {
+        let (ns_a, db, started, gate) = (ns_a.clone(), db.clone(), started.clone(), gate.clone());
+        tokio::spawn(async move {
+            ns_a.fetch(&1, || {
+                let (db, started, gate) = (db.clone(), started.clone(), gate.clone());
+                async move {
+                    started.add_permits(1);
+                    gate.acquire().await.unwrap().forget();
+                    db.get(1).await
+                }
+            })
+            .await
+            .unwrap()
+        })
+    };
+    tokio::time::timeout(Duration::from_secs(5), started.acquire())
+        .await
+        .expect("engine A loads under the lease")
+        .unwrap()
+        .forget();
+    let queries = db.queries();
+    let f = ns_b.fetch(&1, || db.get(1)).await.unwrap();
+    assert_eq!((f.value, f.source), (Some(User::new(1, 0)), Source::Stale));
+    assert_eq!(
+        db.queries(),
+        queries,
+        "engine B neither waited for nor repeated the load"
+    );
+
+    gate.add_permits(1);
+    let loaded = slow.await.unwrap();
+    assert_eq!((loaded.value, loaded.source), (Some(User::new(1, 1)), Source::Loaded));
+    assert_eq!(common::read(&ns_b, &db, 1).await, (Some(User::new(1, 1)), Source::Hit));
 }
