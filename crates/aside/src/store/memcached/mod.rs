@@ -38,16 +38,18 @@
 //! - **Any** `mg` on a stale item nobody has won wins it, even one that only
 //!   wanted to look. `peek_entry`, `get` and `lease_for_refresh` therefore
 //!   give such an accidental win back at once with `md k I C<cas>` (re-marks
-//!   stale, clears the win; `EX` if the item changed meanwhile). Between the
-//!   two, another reader may see `Z` and wait; the engine's bounded wait and
-//!   retry cover that.
+//!   stale, clears the win; `EX` if the item changed meanwhile). A lookup by
+//!   another reader between the two sees `Z X`: it is offered the stale value
+//!   (served if the namespace serves stale values) or waits, bounded, and
+//!   looks again; the look after the give-back wins. (`tests/memcached_engine.rs`
+//!   first met this as a flaky test whose own peeks took the win.)
 //! - `mg k R<s>` wins when the item's remaining TTL is below `s` and nobody
 //!   won it; `R2592000` (30 days, the longest relative time) wins on any
 //!   item with a TTL, which every item written here has.
 //! - `ms k n C<cas>` answers `EX` on a CAS mismatch, `NF` on a missing key;
 //!   `md k C<cas>` the same; `ms k n ME` (add) answers `NS` when the key exists.
-//! - `ma k N60 J1 T60 v` answers `VA 1` / `1` on a miss and increments after;
-//!   on a non-numeric value, `CLIENT_ERROR cannot increment or decrement
+//! - `ma k N60 J1 T60 v` answers `VA 1` / `1` on a miss and increments after,
+//!   `T` resetting the TTL of an existing counter; on a non-numeric value, `CLIENT_ERROR cannot increment or decrement
 //!   non-numeric value`.
 //! - `stats settings` reports `item_size_max` (1048576 by default); a larger
 //!   `ms` answers `SERVER_ERROR object too large for cache`.
