@@ -49,8 +49,8 @@
 //! - `ms k n C<cas>` answers `EX` on a CAS mismatch, `NF` on a missing key;
 //!   `md k C<cas>` the same; `ms k n ME` (add) answers `NS` when the key exists.
 //! - `ma k N60 J1 T60 v` answers `VA 1` / `1` on a miss and increments after,
-//!   `T` resetting the TTL of an existing counter; on a non-numeric value, `CLIENT_ERROR cannot increment or decrement
-//!   non-numeric value`.
+//!   `T` resetting the TTL of an existing counter; on a non-numeric value,
+//!   `CLIENT_ERROR cannot increment or decrement non-numeric value`.
 //! - `stats settings` reports `item_size_max` (1048576 by default); a larger
 //!   `ms` answers `SERVER_ERROR object too large for cache`.
 //!
@@ -87,6 +87,12 @@
 //! operations send one pipeline per server, concurrently. **Connections**
 //! come from a pool per server (`pool`), bounded in time: see
 //! [`MemcachedConfig`].
+//!
+//! **Why a client of its own** (`proto`, a few hundred lines on tokio): the
+//! store needs every meta flag above read back (`W`, `Z`, `X`, `c`, `f`),
+//! `md` with `I` and `C` together, pipelines spread over a pool per server
+//! and a ring of servers, bounded parsing, and a connection that is closed,
+//! never reused, when a call times out or is cancelled.
 
 use std::borrow::Cow;
 use std::sync::Arc;
