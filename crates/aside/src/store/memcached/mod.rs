@@ -373,6 +373,7 @@ impl MemcachedStore {
                 .and_then(|(_, v)| v.parse::<usize>().ok())
                 .unwrap_or(1024 * 1024);
             item_size_max = item_size_max.min(size);
+            server.push_idle(conn);
             servers.push(server);
         }
         Ok(MemcachedStore {
@@ -758,6 +759,34 @@ mod tests {
         assert!(hashed.len() <= MAX_KEY_LEN, "{}", hashed.len());
         assert_eq!(hashed, wire_key(&long).unwrap());
         assert_ne!(hashed, wire_key(&format!("{long}x")).unwrap());
+    }
+
+    /// A fake server that answers nothing until the whole batch has
+    /// arrived: a client that waited for each answer before sending the
+    /// next request would time out here.
+    #[tokio::test]
+    async fn batches_are_pipelined_in_one_round_trip() {
+        use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let server = tokio::spawn(async move {
+            let (stream, _) = listener.accept().await.unwrap();
+            let (read, mut write) = stream.into_split();
+            let mut lines = BufReader::new(read).lines();
+            assert_eq!(lines.next_line().await.unwrap().as_deref(), Some("stats settings"));
+            write.write_all(b"STAT item_size_max 1048576\r\nEND\r\n").await.unwrap();
+            let mut batch = Vec::new();
+            while batch.len() < 3 {
+                batch.push(lines.next_line().await.unwrap().unwrap());
+            }
+            write.write_all(b"EN\r\nVA 1 c7 f0\r\nx\r\nEN\r\n").await.unwrap();
+            batch
+        });
+        let store = MemcachedStore::connect(&addr).await.unwrap();
+        let keys: Vec<String> = ["a", "b", "c"].iter().map(|k| k.to_string()).collect();
+        let got = store.get_many(&keys).await.unwrap();
+        assert_eq!(got, vec![None, Some(Bytes::from_static(b"x")), None]);
+        assert_eq!(server.await.unwrap(), ["mg a v c f", "mg b v c f", "mg c v c f"]);
     }
 
     #[test]

@@ -66,7 +66,8 @@ impl Server {
             .pop()
     }
 
-    fn push_idle(&self, conn: Conn) {
+    /// Puts a connection (back) in the pool, idle from now.
+    pub(super) fn push_idle(&self, conn: Conn) {
         self.idle
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
