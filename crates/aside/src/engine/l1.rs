@@ -15,9 +15,11 @@
 //! prefix, which is the same for every entry: shorter keys hash faster, and
 //! a hit can build its key without the prefix (see `Namespace::fetch`).
 //!
-//! One epoch per namespace, not per key: an invalidation of any key makes
-//! concurrent fills of every key skip the L1 once, which costs a few L1
-//! misses and needs no map of epochs.
+//! Epochs are striped: a key's fills and invalidations use the epoch of
+//! its stripe (one of [`EPOCH_STRIPES`], by a hash of the key), so an
+//! invalidation makes only the concurrent fills of keys on its stripe skip
+//! the L1 once, not those of the whole namespace, and no map of per-key
+//! epochs grows with the keys. Clearing the L1 bumps every stripe.
 
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -36,9 +38,12 @@ pub(crate) struct L1Config {
     pub(crate) ttl: Duration,
 }
 
+/// Epoch stripes per L1 (see the module documentation).
+const EPOCH_STRIPES: usize = 64;
+
 pub(crate) struct L1<V> {
     cache: Cache<String, Option<V>>,
-    epoch: AtomicU64,
+    epochs: [AtomicU64; EPOCH_STRIPES],
     /// Length of the namespace's key prefix, cut off every full key.
     prefix_len: usize,
 }
@@ -50,7 +55,7 @@ impl<V: Clone + Send + Sync + 'static> L1<V> {
                 .max_capacity(config.max_entries)
                 .time_to_live(config.ttl)
                 .build(),
-            epoch: AtomicU64::new(0),
+            epochs: std::array::from_fn(|_| AtomicU64::new(0)),
             prefix_len,
         }
     }
@@ -70,34 +75,46 @@ impl<V: Clone + Send + Sync + 'static> L1<V> {
         self.cache.get(local)
     }
 
-    /// The epoch to hand to [`L1::install`] after reading the store.
-    pub(crate) fn epoch(&self) -> u64 {
-        self.epoch.load(Ordering::SeqCst)
+    /// The epoch stripe of an entry key.
+    fn stripe(&self, local: &str) -> &AtomicU64 {
+        use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
+        let hash = BuildHasherDefault::<DefaultHasher>::default().hash_one(local);
+        &self.epochs[(hash % EPOCH_STRIPES as u64) as usize]
+    }
+
+    /// The epoch of `full`'s stripe, to hand to [`L1::install`] after
+    /// reading the store.
+    pub(crate) fn epoch(&self, full: &str) -> u64 {
+        self.stripe(self.local(full)).load(Ordering::SeqCst)
     }
 
     /// Installs a value read from the store after `epoch` was taken, unless
-    /// an invalidation happened since.
+    /// an invalidation of a key on the same stripe happened since.
     pub(crate) fn install(&self, full: &str, value: Option<V>, epoch: u64) {
-        if self.epoch() != epoch {
+        let key = self.local(full);
+        let stripe = self.stripe(key);
+        if stripe.load(Ordering::SeqCst) != epoch {
             return;
         }
-        let key = self.local(full);
         self.cache.insert(key.to_owned(), value);
-        if self.epoch() != epoch {
+        if stripe.load(Ordering::SeqCst) != epoch {
             self.cache.invalidate(key);
         }
     }
 
     /// Evicts everything (the bus lost messages, so any entry may be stale).
     pub(crate) fn clear(&self) {
-        self.epoch.fetch_add(1, Ordering::SeqCst);
+        for epoch in &self.epochs {
+            epoch.fetch_add(1, Ordering::SeqCst);
+        }
         self.cache.invalidate_all();
     }
 
-    /// Evicts `key` (an invalidation, local or from another process).
+    /// Evicts `full` (an invalidation, local or from another process).
     pub(crate) fn evict(&self, full: &str) {
-        self.epoch.fetch_add(1, Ordering::SeqCst);
-        self.cache.invalidate(self.local(full));
+        let key = self.local(full);
+        self.stripe(key).fetch_add(1, Ordering::SeqCst);
+        self.cache.invalidate(key);
     }
 }
 
@@ -141,7 +158,7 @@ impl<V: Clone + Send + Sync + 'static> NsInner<V> {
         let Some(l1) = &self.l1 else {
             return self.fetch(full, loader).await;
         };
-        let epoch = l1.epoch();
+        let epoch = l1.epoch(full);
         let fetched = self.fetch(full, loader).await?;
         // "Not found" is kept locally only where it is cached below too.
         let cacheable = fetched.value.is_some() || self.negative_ttl.is_some();
@@ -177,5 +194,50 @@ impl<V: Clone + Send + Sync + 'static> crate::bus::route::Evictor for NsInner<V>
         if let Some(l1) = &self.l1 {
             l1.clear();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn l1() -> L1<u32> {
+        L1::new(
+            L1Config {
+                max_entries: 100,
+                ttl: Duration::from_secs(60),
+            },
+            "ns:".len(),
+        )
+    }
+
+    #[test]
+    fn an_invalidation_fences_fills_of_its_own_stripe_only() {
+        let l1 = l1();
+        let a = "ns:a";
+        // A key on another stripe than `a`'s.
+        let other = (0..1000)
+            .map(|i| format!("ns:k{i}"))
+            .find(|k| !std::ptr::eq(l1.stripe(l1.local(k)), l1.stripe("a")))
+            .expect("64 stripes");
+
+        let epoch = l1.epoch(a);
+        l1.evict(&other);
+        l1.install(a, Some(1), epoch);
+        assert_eq!(
+            l1.get(a),
+            Some(Some(1)),
+            "another stripe's invalidation does not fence `a`"
+        );
+
+        let epoch = l1.epoch(a);
+        l1.evict(a);
+        l1.install(a, Some(2), epoch);
+        assert_eq!(l1.get(a), None, "`a`'s own invalidation fences its fill");
+
+        let epoch = l1.epoch(a);
+        l1.clear();
+        l1.install(a, Some(3), epoch);
+        assert_eq!(l1.get(a), None, "clearing fences every stripe");
     }
 }
