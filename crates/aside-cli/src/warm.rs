@@ -55,8 +55,14 @@ pub struct WarmArgs {
     pub concurrency: u64,
 
     /// Use the Redis server at this URL instead of the in-process store.
-    #[arg(long, value_name = "URL")]
+    #[arg(long, value_name = "URL", conflicts_with = "memcached")]
     pub redis: Option<String>,
+
+    /// Use memcached (1.6+) at this address instead of the in-process
+    /// store; several servers separated by commas share the keys by
+    /// consistent hashing.
+    #[arg(long, value_name = "ADDR[,ADDR...]")]
+    pub memcached: Option<String>,
 
     /// SQLite file of user profiles (created and seeded if needed, kept
     /// afterwards); by default a temporary file deleted at the end.
@@ -170,7 +176,7 @@ fn read_ids(path: &Path, pattern: Option<&Regex>) -> Result<Ids> {
 pub struct WarmSummary {
     /// The input file.
     pub from: String,
-    /// Store name (`memory`, `redis`).
+    /// Store name (`memory`, `redis`, `memcached`).
     pub store: String,
     /// Lines in the file.
     pub lines: u64,
@@ -210,7 +216,7 @@ pub async fn run(args: WarmArgs) -> Result<()> {
     let keys = ids.top(usize::try_from(args.top).unwrap_or(usize::MAX));
     let read_ms = millis(reading.elapsed());
 
-    let store = StoreChoice::new(args.redis.as_deref());
+    let store = StoreChoice::choose(args.redis.as_deref(), args.memcached.as_deref());
     let cache = store.aside(&args.prefix).await?;
     let users = cache
         .namespace::<u64, User>(NAMESPACE)

@@ -305,6 +305,13 @@ async fn serves_from_sqlite_with_the_in_process_store() {
 }
 
 #[tokio::test]
+async fn serves_from_sqlite_with_memcached() {
+    let memcached = aside_testkit::MemcachedServer::start();
+    let server = Server::start(&["--memcached", &memcached.addr()]);
+    exercise(&server, "sqlite", "memcached").await;
+}
+
+#[tokio::test]
 async fn serves_from_sqlite_with_redis() {
     let redis = aside_testkit::RedisServer::start();
     let dir = tempfile::tempdir().expect("a temporary directory");

@@ -109,3 +109,32 @@ fn a_missing_file_is_a_clear_error() {
     assert!(!stderr.contains("panicked"), "{stderr}");
     assert!(out.stdout.is_empty());
 }
+
+#[test]
+fn warms_memcached_so_a_second_run_reads_nothing_from_the_database() {
+    let server = aside_testkit::MemcachedServer::start();
+    let file = file_with(&(1..=120).map(|k| format!("{k}\n")).collect::<String>());
+    let path = file.path().to_str().unwrap();
+    let args = [
+        "--from",
+        path,
+        "--users",
+        "500",
+        "--batch-size",
+        "50",
+        "--memcached",
+        &server.addr(),
+        "--prefix",
+        "warm-test:",
+    ];
+    let first = warm_json(&args);
+    assert_eq!(first["store"], "memcached", "{first}");
+    assert_eq!(first["found"], 120, "{first}");
+    assert_eq!(first["db_queries"], 3, "three batches, all missing: {first}");
+    let second = warm_json(&args);
+    assert_eq!(second["found"], 120, "{second}");
+    assert_eq!(
+        second["db_queries"], 0,
+        "everything was cached by the first run: {second}"
+    );
+}

@@ -4,7 +4,7 @@
 //! Owns the command's flags and its start-up and shut-down: the metrics
 //! recorder first (so aside's counters register with it), then the
 //! database (migrated, and seeded when empty), the store (in-process unless
-//! `--redis`), the two namespaces, and the server, which prints
+//! `--redis` or `--memcached`), the two namespaces, and the server, which prints
 //! `listening on ADDR` on stdout once bound and, on SIGINT or SIGTERM,
 //! stops accepting and lets in-flight requests finish. The routes are in
 //! `routes`, the database in `db`, the metrics in `metrics`.
@@ -19,6 +19,7 @@ use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use aside::store::memcached::MemcachedStore;
 use aside::store::redis::RedisStore;
 use aside::{Aside, Strategy};
 use clap::Args;
@@ -44,8 +45,14 @@ pub struct ServeArgs {
     pub database_url: Option<String>,
 
     /// Use the Redis server at this URL instead of the in-process store.
-    #[arg(long, value_name = "URL")]
+    #[arg(long, value_name = "URL", conflicts_with = "memcached")]
     pub redis: Option<String>,
+
+    /// Use memcached (1.6+) at this address instead of the in-process
+    /// store; several servers separated by commas share the keys by
+    /// consistent hashing.
+    #[arg(long, value_name = "ADDR[,ADDR...]")]
+    pub memcached: Option<String>,
 
     /// Invalidation strategy: delete, double-delete, versioned or lease.
     #[arg(long, default_value = "lease", value_parser = parse_strategy)]
@@ -108,15 +115,22 @@ async fn serve(args: &ServeArgs, db: Database, metrics: metrics_exporter_prometh
     }
 
     let builder = Aside::builder().prefix(args.prefix.clone());
-    let aside = match &args.redis {
-        Some(url) => builder
+    let aside = match (&args.redis, &args.memcached) {
+        (Some(url), _) => builder
             .store(
                 RedisStore::connect(url)
                     .await
                     .context(format_args!("cannot connect to Redis at {url}"))?,
             )
             .build(),
-        None => builder.build(),
+        (None, Some(addrs)) => builder
+            .store(
+                MemcachedStore::connect(addrs)
+                    .await
+                    .context(format_args!("cannot connect to memcached at {addrs}"))?,
+            )
+            .build(),
+        (None, None) => builder.build(),
     };
     let cache_on = args.ttl > 0.0;
     // With the cache off the namespaces are still built (reads go around them).
