@@ -20,14 +20,13 @@ use std::str::FromStr;
 use std::time::{Duration, Instant};
 
 use aside::bus::redis::RedisBus;
-use aside::store::memcached::MemcachedStore;
-use aside::store::redis::RedisStore;
 use aside::{Aside, Strategy};
 use clap::Args;
 
 use crate::db::Db;
 use crate::error::{Context, Result};
 use crate::report;
+use crate::scenario::StoreArgs;
 use crate::workload::{Summary, Target, Workload, run_workload};
 
 /// Largest `--users`: the key sampler holds one `f64` per user.
@@ -71,15 +70,9 @@ pub struct DemoArgs {
     #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..=10_000))]
     pub concurrency: u32,
 
-    /// Use the Redis server at this URL instead of the in-process store.
-    #[arg(long, value_name = "URL", conflicts_with = "memcached")]
-    pub redis: Option<String>,
-
-    /// Use memcached (1.6+) at this address instead of the in-process
-    /// store; several servers separated by commas share the keys by
-    /// consistent hashing.
-    #[arg(long, value_name = "ADDR[,ADDR...]")]
-    pub memcached: Option<String>,
+    /// Where the cache lives (`--redis`, `--memcached`; in process by default).
+    #[command(flatten)]
+    pub store: StoreArgs,
 
     /// Invalidation strategy: delete, double-delete, versioned or lease.
     #[arg(long, default_value = "lease", value_parser = parse_strategy)]
@@ -185,7 +178,7 @@ pub async fn run(args: DemoArgs) -> Result<()> {
         "running for {} s on the {} store{}, strategy {}...",
         duration,
         cache.store().name(),
-        match (args.tiers, args.redis.is_some()) {
+        match (args.tiers, args.store.redis.is_some()) {
             (false, _) => "",
             (true, false) => " behind an L1",
             (true, true) => " behind an L1 with a Redis invalidation bus",
@@ -216,31 +209,16 @@ pub async fn run(args: DemoArgs) -> Result<()> {
 /// run, with a Redis invalidation bus for `--tiers --redis`.
 async fn build_cache(args: &DemoArgs) -> Result<Aside> {
     let prefix = format!("aside-demo:{:016x}:", rand::random::<u64>());
-    let builder = Aside::builder().prefix(prefix);
-    if let Some(addrs) = &args.memcached {
-        let store = MemcachedStore::connect(addrs)
-            .await
-            .context(format!("cannot connect to memcached at {addrs}"))?;
-        return Ok(builder.store(store).build());
-    }
-    let builder = match &args.redis {
-        Some(url) => {
-            let store = RedisStore::connect(url)
+    let builder = args.store.choice().builder(&prefix).await?;
+    Ok(match (&args.store.redis, args.tiers) {
+        (Some(url), true) => {
+            let bus = RedisBus::connect(url)
                 .await
-                .context(format!("cannot connect to Redis at {url}"))?;
-            let builder = builder.store(store);
-            if args.tiers {
-                let bus = RedisBus::connect(url)
-                    .await
-                    .context(format!("cannot connect the invalidation bus to Redis at {url}"))?;
-                builder.bus(bus)
-            } else {
-                builder
-            }
+                .context(format!("cannot connect the invalidation bus to Redis at {url}"))?;
+            builder.bus(bus).build()
         }
-        None => builder.store(aside::MemoryStore::new()),
-    };
-    Ok(builder.build())
+        _ => builder.build(),
+    })
 }
 
 fn print_summary(summary: &Summary, json: bool) -> Result<()> {

@@ -24,7 +24,7 @@ use crate::db::{Db, User};
 use crate::demo::{MAX_DB_READERS, MAX_USERS};
 use crate::error::{CliError, Context, Result};
 use crate::report::count;
-use crate::scenario::StoreChoice;
+use crate::scenario::StoreArgs;
 
 /// The namespace warmed: the demo's user profiles.
 const NAMESPACE: &str = "user:profile";
@@ -54,15 +54,9 @@ pub struct WarmArgs {
     #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u64).range(1..=256))]
     pub concurrency: u64,
 
-    /// Use the Redis server at this URL instead of the in-process store.
-    #[arg(long, value_name = "URL", conflicts_with = "memcached")]
-    pub redis: Option<String>,
-
-    /// Use memcached (1.6+) at this address instead of the in-process
-    /// store; several servers separated by commas share the keys by
-    /// consistent hashing.
-    #[arg(long, value_name = "ADDR[,ADDR...]")]
-    pub memcached: Option<String>,
+    /// Where the cache lives (`--redis`, `--memcached`; in process by default).
+    #[command(flatten)]
+    pub store: StoreArgs,
 
     /// SQLite file of user profiles (created and seeded if needed, kept
     /// afterwards); by default a temporary file deleted at the end.
@@ -216,7 +210,7 @@ pub async fn run(args: WarmArgs) -> Result<()> {
     let keys = ids.top(usize::try_from(args.top).unwrap_or(usize::MAX));
     let read_ms = millis(reading.elapsed());
 
-    let store = StoreChoice::choose(args.redis.as_deref(), args.memcached.as_deref());
+    let store = args.store.choice();
     let cache = store.aside(&args.prefix).await?;
     let users = cache
         .namespace::<u64, User>(NAMESPACE)

@@ -40,7 +40,7 @@ use std::sync::Arc;
 use rand::seq::SliceRandom;
 use serde::Serialize;
 
-use self::drive::{Op, Pass, drive};
+use self::drive::{Pass, drive};
 use self::subjects::{Article, AsideGet, AsideTier, MokaGet, RawGet};
 use crate::db::Db;
 use crate::error::{CliError, Context, Result};
@@ -209,18 +209,15 @@ impl Prepared {
     }
 
     async fn pass(&self, ids: &Arc<[u64]>, concurrency: usize, ops: u64, timed: bool) -> Result<Pass> {
-        async fn run<O: Op>(op: &O, ids: &Arc<[u64]>, c: usize, ops: u64, timed: bool) -> Result<Pass> {
-            drive(op, ids, c, ops, timed).await
-        }
         match self {
-            Prepared::RawGet(op) => run(op, ids, concurrency, ops, timed).await,
-            Prepared::Article(op) => run(op, ids, concurrency, ops, timed).await,
-            Prepared::Moka(op) => run(op, ids, concurrency, ops, timed).await,
-            Prepared::Aside(op) => run(op, ids, concurrency, ops, timed).await,
+            Prepared::RawGet(op) => drive(op, ids, concurrency, ops, timed).await,
+            Prepared::Article(op) => drive(op, ids, concurrency, ops, timed).await,
+            Prepared::Moka(op) => drive(op, ids, concurrency, ops, timed).await,
+            Prepared::Aside(op) => drive(op, ids, concurrency, ops, timed).await,
             #[cfg(feature = "peers")]
-            Prepared::Cached(op) => run(op, ids, concurrency, ops, timed).await,
+            Prepared::Cached(op) => drive(op, ids, concurrency, ops, timed).await,
             #[cfg(feature = "peers")]
-            Prepared::Amalgam(op) => run(op, ids, concurrency, ops, timed).await,
+            Prepared::Amalgam(op) => drive(op, ids, concurrency, ops, timed).await,
         }
     }
 }

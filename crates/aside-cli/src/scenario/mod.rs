@@ -28,6 +28,27 @@ use sqlx::sqlite::{SqlitePool, SqlitePoolOptions};
 use crate::demo::DemoArgs;
 use crate::error::{CliError, Context, Result};
 
+/// The store flags every subcommand that caches takes.
+#[derive(Debug, Clone, clap::Args)]
+pub struct StoreArgs {
+    /// Use the Redis server at this URL instead of the in-process store.
+    #[arg(long, value_name = "URL", conflicts_with = "memcached")]
+    pub redis: Option<String>,
+
+    /// Use memcached (1.6+) at this address instead of the in-process
+    /// store; several servers separated by commas share the keys by
+    /// consistent hashing.
+    #[arg(long, value_name = "ADDR[,ADDR...]")]
+    pub memcached: Option<String>,
+}
+
+impl StoreArgs {
+    /// The store these flags name.
+    pub fn choice(&self) -> StoreChoice {
+        StoreChoice::choose(self.redis.as_deref(), self.memcached.as_deref())
+    }
+}
+
 /// Where the scenarios keep their cache.
 #[derive(Clone)]
 pub enum StoreChoice {
@@ -97,7 +118,12 @@ impl StoreChoice {
         })
     }
 
-    async fn builder(&self, prefix: &str) -> Result<AsideBuilder> {
+    /// A builder of an `Aside` on this store under `prefix`, for callers
+    /// that add more (a bus) before building.
+    ///
+    /// # Errors
+    /// When Redis or memcached cannot be reached.
+    pub async fn builder(&self, prefix: &str) -> Result<AsideBuilder> {
         let builder = Aside::builder().prefix(prefix);
         Ok(match self {
             StoreChoice::Memory(store) => builder.shared_store(store.clone()),
@@ -323,7 +349,7 @@ struct Report<T> {
 /// # Errors
 /// Redis or memcached unreachable, database failures, or failed reads.
 pub async fn run(args: &DemoArgs) -> Result<()> {
-    let store = StoreChoice::choose(args.redis.as_deref(), args.memcached.as_deref());
+    let store = args.store.choice();
     let dir = tempfile::Builder::new()
         .prefix("aside-scenario-")
         .tempdir()

@@ -19,12 +19,11 @@ use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use aside::store::memcached::MemcachedStore;
-use aside::store::redis::RedisStore;
-use aside::{Aside, Strategy};
+use aside::Strategy;
 use clap::Args;
 
 use crate::error::{Context, Result};
+use crate::scenario::StoreArgs;
 use db::Database;
 use routes::AppState;
 
@@ -44,15 +43,9 @@ pub struct ServeArgs {
     #[arg(long, value_name = "URL")]
     pub database_url: Option<String>,
 
-    /// Use the Redis server at this URL instead of the in-process store.
-    #[arg(long, value_name = "URL", conflicts_with = "memcached")]
-    pub redis: Option<String>,
-
-    /// Use memcached (1.6+) at this address instead of the in-process
-    /// store; several servers separated by commas share the keys by
-    /// consistent hashing.
-    #[arg(long, value_name = "ADDR[,ADDR...]")]
-    pub memcached: Option<String>,
+    /// Where the cache lives (`--redis`, `--memcached`; in process by default).
+    #[command(flatten)]
+    pub store: StoreArgs,
 
     /// Invalidation strategy: delete, double-delete, versioned or lease.
     #[arg(long, default_value = "lease", value_parser = parse_strategy)]
@@ -114,24 +107,7 @@ async fn serve(args: &ServeArgs, db: Database, metrics: metrics_exporter_prometh
         eprintln!("seeded {users} users and {products} products");
     }
 
-    let builder = Aside::builder().prefix(args.prefix.clone());
-    let aside = match (&args.redis, &args.memcached) {
-        (Some(url), _) => builder
-            .store(
-                RedisStore::connect(url)
-                    .await
-                    .context(format_args!("cannot connect to Redis at {url}"))?,
-            )
-            .build(),
-        (None, Some(addrs)) => builder
-            .store(
-                MemcachedStore::connect(addrs)
-                    .await
-                    .context(format_args!("cannot connect to memcached at {addrs}"))?,
-            )
-            .build(),
-        (None, None) => builder.build(),
-    };
+    let aside = args.store.choice().builder(&args.prefix).await?.build();
     let cache_on = args.ttl > 0.0;
     // With the cache off the namespaces are still built (reads go around them).
     let ttl = Duration::from_secs_f64(if cache_on { args.ttl } else { 1.0 });
