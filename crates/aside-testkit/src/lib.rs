@@ -80,6 +80,31 @@ fn signal(child: Option<&Child>, sig: &str) {
     assert!(status.success(), "kill {sig} {pid} failed");
 }
 
+/// Waits (at most 5 s) until every thread of `pid` is in the stopped state
+/// (`T` in `/proc/PID/task/*/stat`): SIGSTOP is delivered asynchronously, and
+/// a multi-threaded server such as memcached can still answer a request
+/// that arrives while its threads are being stopped.
+fn wait_until_stopped(pid: u32) {
+    let stopped = || -> Option<bool> {
+        let mut all = true;
+        for task in std::fs::read_dir(format!("/proc/{pid}/task")).ok()? {
+            let stat = std::fs::read_to_string(task.ok()?.path().join("stat")).ok()?;
+            // The state follows the parenthesised command name.
+            let state = stat.rsplit_once(')')?.1.split_whitespace().next()?;
+            all &= state == "T" || state == "t";
+        }
+        Some(all)
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while stopped() != Some(true) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "server {pid} did not stop after SIGSTOP"
+        );
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
 /// Kills a server with SIGKILL, as a crash would, and waits for it to exit.
 fn reap(child: &mut Option<Child>) {
     if let Some(mut child) = child.take() {
@@ -113,8 +138,13 @@ macro_rules! process_controls {
 
             /// Stops the process (SIGSTOP): connections stay open but nothing
             /// answers, as with a hung server or a network partition.
+            /// Returns once every thread of the server is stopped, so no
+            /// request sent afterwards is answered.
             pub fn freeze(&self) {
                 signal(self.child.as_ref(), "-STOP");
+                if let Some(child) = self.child.as_ref() {
+                    wait_until_stopped(child.id());
+                }
             }
 
             /// Resumes a frozen server (SIGCONT).
