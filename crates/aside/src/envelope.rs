@@ -49,7 +49,9 @@ impl Header {
         Header {
             codec_id,
             flags: 0,
-            expires_at_ms: logical_ttl.map_or(0, |ttl| unix_ms() + ttl.as_millis() as u64),
+            expires_at_ms: logical_ttl.map_or(0, |ttl| {
+                unix_ms().saturating_add(u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX))
+            }),
             load_time_us: u32::try_from(load_time.as_micros()).unwrap_or(u32::MAX),
         }
     }

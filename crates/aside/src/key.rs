@@ -30,6 +30,12 @@ pub fn full_key<K: Display + ?Sized>(prefix_ns: &str, key: &K, max_len: usize) -
 /// would exceed `max_len`. `buf` may hold the prefix (as [`full_key`] does)
 /// or be empty, for a caller that only needs the part.
 ///
+/// The two forms never collide: a key whose `Display` form starts with `#`
+/// is written with one more `#` in front (`#a` becomes `##a`), so a part
+/// that starts with `#` followed by anything but `#` is always a digest. A
+/// crafted key such as `#<40 hex digits>` therefore has an entry of its own
+/// and can neither read nor overwrite the entry of the long key it imitates.
+///
 /// # Errors
 /// As [`full_key`].
 pub fn append_key_part<K: Display + ?Sized>(
@@ -50,14 +56,21 @@ pub fn append_key_part<K: Display + ?Sized>(
             format!("key {part:?} holds {bad:?}: control characters and whitespace are not allowed"),
         ));
     }
-    if prefix_len + part.len() > max_len {
+    let escaped = part.starts_with(HASHED);
+    if prefix_len + part.len() + usize::from(escaped) > max_len {
         let digest = sha1_smol::Sha1::from(part.as_bytes()).digest().to_string();
         buf.truncate(start);
-        buf.push('#');
+        buf.push(HASHED);
         buf.push_str(&digest);
+    } else if escaped {
+        buf.insert(start, HASHED);
     }
     Ok(())
 }
+
+/// The first character of a hashed key part, doubled in front of a literal
+/// part that starts with it (see [`append_key_part`]).
+const HASHED: char = '#';
 
 /// Checks a namespace name or prefix: printable, no whitespace, no braces
 /// (braces are Redis Cluster hash-tag syntax and are reserved for `aside`).
@@ -105,6 +118,42 @@ mod tests {
         }
         let mut part = String::new();
         assert!(append_key_part(&mut part, 3, "a b", 250).is_err());
+    }
+
+    /// A literal key that looks like a digest must not land on the hashed
+    /// key's entry (defect 10 of issue 12): `#<sha1 of a long key>` was a
+    /// legal key of its own and read or overwrote the long key's entry.
+    #[test]
+    fn a_literal_key_never_collides_with_a_hashed_one() {
+        let long = "x".repeat(400);
+        let hashed = full_key("ns:", &long, 250).unwrap();
+        let crafted = hashed.strip_prefix("ns:").unwrap();
+        assert!(crafted.starts_with('#'));
+        let literal = full_key("ns:", crafted, 250).unwrap();
+        assert_ne!(literal, hashed, "the crafted key {crafted:?} took the long key's entry");
+        assert_eq!(literal, format!("ns:#{crafted}"));
+        // A literal part is escaped, not hashed, while it fits, and the escape
+        // counts towards the bound; the L1's part agrees with the full key.
+        for key in ["#", "##x", "#a:b", crafted] {
+            let full = full_key("ns:", key, 250).unwrap();
+            assert_eq!(full, format!("ns:#{key}"));
+            let mut part = String::new();
+            append_key_part(&mut part, "ns:".len(), key, 250).unwrap();
+            assert_eq!(format!("ns:{part}"), full);
+        }
+        // 250 bytes in all unescaped, 251 escaped: hashed.
+        let fits_only_unescaped = format!("#{}", "y".repeat(250 - "ns:".len() - 1));
+        let full = full_key("ns:", &fits_only_unescaped, 250).unwrap();
+        assert!(
+            full.len() <= 250 && full.starts_with("ns:#") && !full.starts_with("ns:##"),
+            "{full}"
+        );
+        // Distinct literal keys stay distinct.
+        assert_ne!(
+            full_key("ns:", "#a", 250).unwrap(),
+            full_key("ns:", "##a", 250).unwrap()
+        );
+        assert_ne!(full_key("ns:", "#a", 250).unwrap(), full_key("ns:", "a", 250).unwrap());
     }
 
     #[test]

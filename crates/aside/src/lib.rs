@@ -43,9 +43,55 @@
 //! # Ok(()) }
 //! ```
 //!
+//! ## The guarantee
+//!
+//! Stated per operation, for [`Strategy::Lease`] (the default) and
+//! [`Strategy::Versioned`]; `Delete` and `DoubleDelete` exist to be
+//! compared with and promise none of it.
+//!
+//! - **I1, no read goes backwards.** Once `invalidate`, `invalidate_many`
+//!   or `set` has returned `Ok` after a database write, no read through any
+//!   `Aside` sharing the store returns a value older than that write: not
+//!   `get`, `get_or_load`, `fetch`, `fetch_with`, `fetch_owned`,
+//!   `get_many_or_load` nor `warm`. Exceptions, each by design: a value
+//!   served with [`Source::Stale`] under
+//!   [`NamespaceBuilder::serve_stale_while_loading`] (flagged, by request),
+//!   and an L1 of *another* process, which holds the old value until the
+//!   bus delivers the invalidation (with no bus: until its L1 TTL). The L1
+//!   of the process that wrote is evicted before the call returns.
+//! - **I2, quiescence.** Once writers stop and pending work has drained
+//!   (queued invalidations replayed, delayed deletes run, the bus
+//!   delivered), no tier of any process serves a value other than the
+//!   database's.
+//! - **I3, one load.** At most one load per key per process at a time;
+//!   with leases, one across processes while the lease is held (a waiter
+//!   loads on its own after [`NamespaceBuilder::lease_wait`]).
+//!
+//! What is not promised:
+//! - An `invalidate` that returned `Err` (the store was unreachable) is
+//!   queued and replayed; meanwhile the process that queued it reads that key
+//!   from the loader, but other processes may still be served the old value
+//!   until the replay lands or the entry's TTL runs out. The queue lives in
+//!   memory: [`Aside::shutdown`] drains it, a crash loses it, and the
+//!   entries it would have removed stay until their TTL.
+//! - Two concurrent `set`s of one key: the last store write wins, which may
+//!   not be the last database write. Serialise writers of a key (the row
+//!   lock of the database write does), or `invalidate` instead.
+//!
+//! The proof is the history checker in the test kit
+//! (`cargo test -p aside --all-features --test history`): random programs of
+//! every operation above, over three `Aside`s sharing one store and one bus,
+//! every strategy and policy, on the memory store, Redis and memcached, with
+//! store and bus faults injected and pauses around every store call; each
+//! history is checked for I1, I2 and I3. `aside demo --scenario chaos` runs
+//! the same checker as a run to watch.
+//!
 //! ## Features
 //!
-//! - `redis` (default): [`store::redis::RedisStore`] on redis-rs.
+//! - `redis` (default): [`store::redis::RedisStore`] on redis-rs, and
+//!   `bus::redis::RedisBus` (pub/sub).
+//! - `memcached`: `store::memcached::MemcachedStore` on the meta protocol.
+//! - `nats`: `bus::nats::NatsBus` on async-nats.
 //!
 //! [moka]: https://docs.rs/moka
 #![forbid(unsafe_code)]
@@ -74,7 +120,7 @@ pub use codec::{Codec, Json, MessagePack};
 pub use engine::single_flight;
 pub use error::{Error, ErrorKind, Result};
 pub use metrics::Stats;
-pub use namespace::{FetchOptions, Fetched, Namespace, NamespaceBuilder, Source, Stampede, WarmOptions};
+pub use namespace::{FetchOptions, Fetched, MAX_DURATION, Namespace, NamespaceBuilder, Source, Stampede, WarmOptions};
 pub use policy::{EarlyRefresh, Strategy};
 pub use store::Store;
 pub use store::memory::MemoryStore;
@@ -137,6 +183,56 @@ impl Aside {
     pub fn breaker_state(&self) -> BreakerState {
         self.core.breaker.state()
     }
+
+    /// Shuts down gracefully: runs the `DoubleDelete` second deletes still
+    /// scheduled (at their time if the bound allows, else at once rather
+    /// than never), then replays the invalidations
+    /// queued while the store was unreachable, retrying with backoff, all
+    /// within `timeout`. What could not be replayed in time is dropped,
+    /// counted ([`Stats::invalidations_dropped`]) and logged at error level,
+    /// and reported. Call it before the process exits, after the last write.
+    ///
+    /// Why it matters: the retry queue lives in this process's memory only.
+    /// An invalidation that is queued when the process ends, by a crash, a
+    /// `kill -9`, or an exit without this call, is lost, and the entry it
+    /// would have removed stays in the store, serving the old value to every
+    /// process, until its TTL runs out (its `ttl` plus any `max_stale` the
+    /// namespace keeps). Within `timeout`, this call turns that loss into
+    /// the replays it can make and an exact count of the rest.
+    ///
+    /// The `Aside` stays usable afterwards; invalidations that fail later
+    /// are queued and replayed as usual.
+    pub async fn shutdown(&self, timeout: Duration) -> ShutdownReport {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let (drained, second_deletes) = self.core.shutdown(deadline).await;
+        let report = ShutdownReport {
+            replayed: drained.replayed,
+            dropped: drained.dropped,
+            second_deletes,
+        };
+        if report.dropped > 0 {
+            tracing::error!(
+                ?report,
+                "aside shut down with invalidations dropped: those entries stay until their TTL"
+            );
+        } else {
+            tracing::info!(?report, "aside shut down");
+        }
+        report
+    }
+}
+
+/// What [`Aside::shutdown`] did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ShutdownReport {
+    /// Queued invalidations replayed against the store during the shutdown.
+    pub replayed: u64,
+    /// Queued invalidations that could not be replayed in time: dropped,
+    /// counted and logged; their entries stay stale until their TTL.
+    pub dropped: u64,
+    /// Scheduled `DoubleDelete` second deletes run at once.
+    pub second_deletes: u64,
 }
 
 /// Configures an [`Aside`].

@@ -189,7 +189,8 @@ pub struct Stats {
     pub invalidations_queued: u64,
     /// Queued invalidations replayed.
     pub invalidations_replayed: u64,
-    /// Queued invalidations dropped (queue full).
+    /// Queued invalidations dropped (queue full, or not replayed within
+    /// [`crate::Aside::shutdown`]'s bound).
     pub invalidations_dropped: u64,
     /// Reads answered by an L1 (included in `hits`).
     pub l1_hits: u64,

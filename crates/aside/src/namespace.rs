@@ -121,6 +121,10 @@ pub(crate) struct Settled<V> {
     /// load that settled the value. A caller whose read began later may have
     /// begun after an invalidation the value predates, so it must not take it.
     pub(crate) settled_at: u64,
+    /// The value's logical expiry (Unix ms) when it came from a stored
+    /// entry whose header says so; `None` for a value just loaded, whose
+    /// life is at least the namespace's shortest TTL.
+    pub(crate) expires_at_ms: Option<u64>,
 }
 
 pub(crate) type Shared<V> = Result<Settled<V>>;
@@ -166,6 +170,9 @@ pub(crate) struct NsInner<V> {
     /// Keys with a background refresh running (`fetch_owned`), so that one
     /// is spawned per key however many callers draw it.
     pub(crate) refreshing: std::sync::Mutex<std::collections::HashSet<String>>,
+    /// Keys whose loader failed under fail-safe, with when it may be tried
+    /// again (see `NsInner::note_failed_load`).
+    pub(crate) failed_loads: std::sync::Mutex<std::collections::HashMap<String, tokio::time::Instant>>,
     pub(crate) read_seq: std::sync::atomic::AtomicU64,
     pub(crate) flight: SingleFlight<Shared<V>>,
     pub(crate) metrics: NamespaceMetrics,
@@ -460,9 +467,13 @@ where
     ///
     /// # Errors
     /// [`ErrorKind::Store`] or [`ErrorKind::Timeout`] when the store could not
-    /// be reached. The invalidation is not lost: it is queued and replayed
-    /// when the store answers again, and until then reads of the key bypass
-    /// the cache.
+    /// be reached. The invalidation is then queued in this process's memory
+    /// and replayed (and published on the bus) when the store answers again,
+    /// for as long as the process lives; until then this process's reads of
+    /// the key bypass the cache. [`crate::Aside::shutdown`] drains the queue
+    /// within a bound and reports what it had to drop. A crash (or an exit
+    /// without `shutdown`) loses what is queued: the entry then stays in the
+    /// store, served to every process, until its TTL runs out.
     pub async fn invalidate(&self, key: &K) -> Result<()> {
         let full = self.store_key(key)?;
         self.inner.invalidate_all(&[full]).await
@@ -520,6 +531,11 @@ pub(crate) struct FailSafe {
     pub(crate) throttle: Duration,
 }
 
+/// The longest TTL, lease or timeout a namespace accepts: ten years.
+/// Past it, time arithmetic (expiry stamps, version counters' TTLs) could
+/// overflow; `build()` refuses such values rather than panic on a fill.
+pub const MAX_DURATION: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
+
 /// Default entry TTL: the article's 10 minutes.
 pub const DEFAULT_TTL: Duration = Duration::from_secs(600);
 /// Default lease TTL: how long a crashed loader can block a key.
@@ -559,6 +575,53 @@ where
 }
 
 impl<K: Display + ?Sized, V: Clone + Send + Sync + 'static> NamespaceBuilder<K, V> {
+    /// Refuses durations and factors the engine's time arithmetic cannot
+    /// take: each is named in the error.
+    fn check_times(&self) -> Result<()> {
+        let config = |why: String| Err(Error::new(ErrorKind::Config, why));
+        let positive = [
+            ("ttl", Some(self.ttl)),
+            ("lease_ttl", Some(self.lease_ttl)),
+            ("negative_ttl", self.negative_ttl),
+        ];
+        for (name, value) in positive {
+            if value.is_some_and(|d| d.is_zero()) {
+                return config(format!("{name} must be greater than zero"));
+            }
+        }
+        let bounded = [
+            ("ttl", Some(self.ttl)),
+            ("lease_ttl", Some(self.lease_ttl)),
+            ("lease_wait", self.lease_wait),
+            ("negative_ttl", self.negative_ttl),
+            ("serve_stale_while_loading", self.keep_stale),
+            ("fail_safe max_stale", self.fail_safe.map(|f| f.max_stale)),
+            ("fail_safe throttle", self.fail_safe.map(|f| f.throttle)),
+            ("load_timeout", self.load_timeout),
+            ("soft_load_timeout", self.soft_load_timeout),
+            ("l1 ttl", self.l1.map(|l| l.ttl)),
+        ];
+        for (name, value) in bounded {
+            if let Some(d) = value
+                && d > MAX_DURATION
+            {
+                return config(format!("{name} of {d:?} is over the {MAX_DURATION:?} limit"));
+            }
+        }
+        if !(0.0..1.0).contains(&self.jitter) {
+            return config(format!("jitter must be in [0, 1), not {}", self.jitter));
+        }
+        match self.early_refresh {
+            Some(EarlyRefresh::XFetch { beta }) if !(beta.is_finite() && beta > 0.0) => {
+                config(format!("XFetch beta must be a finite number above 0, not {beta}"))
+            }
+            Some(EarlyRefresh::AfterFraction(f)) if !(0.0..1.0).contains(&f) => {
+                config(format!("early refresh fraction must be in [0, 1), not {f}"))
+            }
+            _ => Ok(()),
+        }
+    }
+
     /// Entry TTL (default 600 s).
     pub fn ttl(mut self, ttl: Duration) -> Self {
         self.ttl = ttl;
@@ -692,13 +755,13 @@ impl<K: Display + ?Sized, V: Clone + Send + Sync + 'static> NamespaceBuilder<K, 
     ///
     /// # Errors
     /// [`ErrorKind::Config`] for a name with whitespace, control characters
-    /// or braces, a zero TTL, or a raw namespace with the lease strategy.
+    /// or braces, a raw namespace with the lease strategy, a zero TTL or
+    /// lease TTL, a duration over [`MAX_DURATION`], a jitter outside
+    /// `[0, 1)` (NaN included), or an early-refresh parameter out of range.
     pub fn build(self) -> Result<Namespace<K, V>> {
         key::check_namespace(&self.name)?;
         key::check_namespace(&self.core.prefix)?;
-        if self.ttl.is_zero() {
-            return Err(Error::new(ErrorKind::Config, "ttl must be greater than zero"));
-        }
+        self.check_times()?;
         let strategy = match (self.raw, self.strategy) {
             (true, Some(Strategy::Lease)) => {
                 return Err(Error::new(
@@ -748,14 +811,16 @@ impl<K: Display + ?Sized, V: Clone + Send + Sync + 'static> NamespaceBuilder<K, 
                 crate::engine::l1::L1::new(config, prefix_len)
             }),
             refreshing: std::sync::Mutex::default(),
+            failed_loads: std::sync::Mutex::default(),
             read_seq: std::sync::atomic::AtomicU64::new(1),
             flight: SingleFlight::default(),
         });
-        if inner.l1.is_some()
-            && let Some(router) = &inner.core.router
-        {
-            let evictor: std::sync::Weak<dyn crate::bus::route::Evictor> = Arc::downgrade(&inner) as _;
-            router.register(&inner.core, &inner.name, evictor);
+        if inner.l1.is_some() {
+            let evictor: std::sync::Weak<dyn crate::engine::l1::Evictor> = Arc::downgrade(&inner) as _;
+            inner.core.l1_peers.register(&inner.name, evictor);
+            if let Some(router) = &inner.core.router {
+                router.start(&inner.core);
+            }
         }
         Ok(Namespace {
             inner,

@@ -74,7 +74,7 @@ pub enum EarlyRefresh {
         /// The paper's beta (> 0).
         beta: f64,
     },
-    /// Refresh once this fraction of the TTL has passed (0 < f < 1).
+    /// Refresh once this fraction of the TTL has passed (0 <= f < 1).
     AfterFraction(f64),
 }
 
@@ -125,13 +125,21 @@ impl FromStr for Strategy {
 
 /// Spreads `ttl` uniformly over `ttl * (1 ± jitter)` so that entries filled
 /// together do not all expire together. `jitter` is clamped to `[0, 1)`.
+///
+/// Never panics: a NaN jitter is no jitter, and a product past
+/// `Duration::MAX` saturates.
 pub fn jittered(ttl: Duration, jitter: f64) -> Duration {
+    if jitter.is_nan() {
+        return ttl;
+    }
     let jitter = jitter.clamp(0.0, 0.999);
     if jitter == 0.0 {
         return ttl;
     }
     let factor = 1.0 + jitter * (2.0 * rand::random::<f64>() - 1.0);
-    ttl.mul_f64(factor).max(Duration::from_millis(1))
+    Duration::try_from_secs_f64(ttl.as_secs_f64() * factor)
+        .unwrap_or(Duration::MAX)
+        .max(Duration::from_millis(1))
 }
 
 #[cfg(test)]

@@ -200,4 +200,35 @@ mod over_nats {
         .await;
         bus_carries(&users_a, &mut events).await;
     }
+
+    /// Defect 17 of issue 12: with the NATS server gone, `publish` buffered
+    /// and `flush` waited for a reconnect without a bound, so `invalidate`
+    /// (which publishes after the store operation) hung until NATS came
+    /// back. A publish is bounded (250 ms): the call returns, the store
+    /// invalidated, the lost message left to the other L1s' TTL.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn invalidate_returns_while_nats_is_down() {
+        let mut nats = NatsServer::start();
+        let aside = Aside::builder()
+            .bus(NatsBus::connect(&nats.url()).await.unwrap())
+            .build();
+        let users = aside
+            .namespace::<u64, User>("user")
+            .l1(1_000, Duration::from_secs(60))
+            .build()
+            .unwrap();
+        let mut events = aside.invalidations().unwrap();
+        bus_carries(&users, &mut events).await;
+        let db = Db::with_users(1);
+        users.fetch(&1, || db.get(1)).await.unwrap();
+
+        nats.kill();
+        // The bound is 250 ms; 10 s is what no loaded machine can miss.
+        for round in 0..3 {
+            let invalidated = tokio::time::timeout(Duration::from_secs(10), users.invalidate(&1)).await;
+            assert!(invalidated.is_ok(), "invalidate {round} hung while NATS was down");
+            invalidated.unwrap().unwrap();
+        }
+        assert_eq!(users.fetch(&1, || db.get(1)).await.unwrap().source, Source::Loaded);
+    }
 }

@@ -303,3 +303,53 @@ async fn stale_values_are_served_while_another_engine_loads() {
     assert_eq!((loaded.value, loaded.source), (Some(User::new(1, 1)), Source::Loaded));
     assert_eq!(common::read(&ns_b, &db, 1).await, (Some(User::new(1, 1)), Source::Hit));
 }
+
+/// Defect 8 of issue 12: lease tokens were the bare CAS, and memcached's
+/// CAS counter starts over when it restarts, so a lease granted before a
+/// restart matched the first lease granted after it: its fill overwrote
+/// the newer reader's lease with a value loaded before the restart, and
+/// its release dropped the newer lease.
+#[tokio::test]
+async fn a_lease_from_before_a_restart_is_refused_after_it() {
+    use aside::store::{FillOutcome, LeaseOutcome, LeaseToken};
+    let granted = |outcome: LeaseOutcome| match outcome {
+        LeaseOutcome::Granted { token, .. } => token,
+        other => panic!("no lease: {other:?}"),
+    };
+    let mut server = MemcachedServer::start();
+    let store = MemcachedStore::connect(&server.addr()).await.unwrap();
+    // On a fresh server, the first lease has the first CAS.
+    let before = granted(store.lookup_or_lease("k", LeaseToken::random(), TTL).await.unwrap());
+    server.restart();
+    // Pooled connections the restart broke fail once each; a new one reaches the new server.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let after = loop {
+        match store.lookup_or_lease("k", LeaseToken::random(), TTL).await {
+            Ok(outcome) => break granted(outcome),
+            Err(StoreError::Connection(_)) if tokio::time::Instant::now() < deadline => continue,
+            Err(e) => panic!("memcached not back after its restart: {e:?}"),
+        }
+    };
+    assert_ne!(
+        before, after,
+        "a lease from before the restart is indistinguishable from one after it"
+    );
+    store.release("k", before).await.unwrap();
+    assert_eq!(
+        store.peek_entry("k").await.unwrap().lease,
+        Some(after),
+        "the old lease's release dropped the new one"
+    );
+    assert_eq!(
+        store
+            .fill("k", before, b("loaded before the restart"), TTL)
+            .await
+            .unwrap(),
+        FillOutcome::Refused
+    );
+    assert_eq!(
+        store.fill("k", after, b("new"), TTL).await.unwrap(),
+        FillOutcome::Stored
+    );
+    assert_eq!(store.get_entry("k").await.unwrap(), Some((b("new"), false)));
+}

@@ -258,3 +258,45 @@ async fn a_hung_store_is_skipped_by_the_breaker_then_probed_back() {
     })
     .await;
 }
+
+/// Defect 16 of issue 12: a server error about one key (here `WRONGTYPE`:
+/// another program made the entry's key a list) fed the breaker, so three
+/// reads of that one key switched the cache off for every key. It is a
+/// per-key miss: the loader answers, the breaker stays closed, other keys
+/// keep hitting.
+#[tokio::test]
+async fn a_key_of_the_wrong_type_is_a_miss_not_a_sick_store() {
+    let server = RedisServer::start();
+    let mut conn = common::redis_conn(&server.url()).await;
+    let aside = aside_on(&server).await;
+    let db = Db::with_users(2);
+    let lease_ns = users(&aside, Strategy::Lease);
+    let delete_ns = aside
+        .namespace::<u64, User>("plain")
+        .strategy(Strategy::Delete)
+        .build()
+        .unwrap();
+    for ns in [&lease_ns, &delete_ns] {
+        assert_eq!(read(ns, &db, 2).await.1, Source::Loaded);
+    }
+    for key in ["user:profile:1", "plain:1"] {
+        let _: () = redis::cmd("LPUSH")
+            .arg(key)
+            .arg("not an entry")
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+    }
+    // The unreadable key is deleted by the read that met it and refilled:
+    // only the first read of each namespace errs.
+    for _ in 0..6 {
+        assert_eq!(read(&lease_ns, &db, 1).await.0, Some(User::new(1, 0)));
+        assert_eq!(read(&delete_ns, &db, 1).await.0, Some(User::new(1, 0)));
+        assert_eq!(aside.breaker_state(), BreakerState::Closed);
+    }
+    assert!(aside.stats().store_errors >= 2, "{:?}", aside.stats());
+    for ns in [&lease_ns, &delete_ns] {
+        assert_eq!(read(ns, &db, 2).await, (Some(User::new(2, 0)), Source::Hit));
+        assert_eq!(read(ns, &db, 1).await.1, Source::Hit, "{ns:?}: the key healed");
+    }
+}

@@ -5,6 +5,13 @@
 //! while a subscriber was away, and a slow subscriber drops messages; both
 //! are reported by the client's event callback, which this transport turns
 //! into [`BusEvent::Reset`] (every L1 is then cleared).
+//!
+//! While the server is unreachable, async-nats buffers publishes and its
+//! `flush` waits for the reconnect, without a bound: a publish here is
+//! therefore bounded by [`PUBLISH_TIMEOUT`] (an `invalidate` must not hang
+//! on a dead bus), and fails once it is out of time. A subscription is
+//! confirmed with a bounded flush too, so that it counts as up only once
+//! the server has registered it.
 
 use std::time::Duration;
 
@@ -17,6 +24,12 @@ use crate::store::StoreError;
 
 /// The default subject.
 pub const DEFAULT_SUBJECT: &str = "aside.invalidations";
+
+/// Bound on one publish (the message handed over and flushed to the server).
+pub const PUBLISH_TIMEOUT: Duration = Duration::from_millis(250);
+
+/// Bound on confirming a new subscription with the server.
+const SUBSCRIBE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// A [`Bus`] on NATS. Needs the `nats` feature.
 #[derive(Clone)]
@@ -78,15 +91,22 @@ impl NatsBus {
 impl Bus for NatsBus {
     async fn publish(&self, message: &Invalidation) -> Result<(), StoreError> {
         let payload = serde_json::to_vec(message).map_err(|e| StoreError::Server(e.to_string()))?;
-        self.client
-            .publish(self.subject.clone(), payload.into())
-            .await
-            .map_err(|e| StoreError::Connection(e.to_string()))?;
-        // Publishing only buffers; the invalidation is due now.
-        self.client
-            .flush()
-            .await
-            .map_err(|e| StoreError::Connection(e.to_string()))
+        let send = async {
+            self.client
+                .publish(self.subject.clone(), payload.into())
+                .await
+                .map_err(|e| StoreError::Connection(e.to_string()))?;
+            // Publishing only buffers; the invalidation is due now.
+            self.client
+                .flush()
+                .await
+                .map_err(|e| StoreError::Connection(e.to_string()))
+        };
+        tokio::time::timeout(PUBLISH_TIMEOUT, send).await.unwrap_or_else(|_| {
+            Err(StoreError::Connection(format!(
+                "NATS publish not flushed within {PUBLISH_TIMEOUT:?}"
+            )))
+        })
     }
 
     async fn subscribe(&self) -> Result<mpsc::Receiver<BusEvent>, StoreError> {
@@ -94,6 +114,14 @@ impl Bus for NatsBus {
             .client
             .subscribe(self.subject.clone())
             .await
+            .map_err(|e| StoreError::Connection(e.to_string()))?;
+        // `subscribe` only queues the SUB; the server has it once a flush
+        // (a PING after it) comes back.
+        tokio::time::timeout(SUBSCRIBE_TIMEOUT, self.client.flush())
+            .await
+            .map_err(|_| {
+                StoreError::Connection(format!("NATS subscription not confirmed within {SUBSCRIBE_TIMEOUT:?}"))
+            })?
             .map_err(|e| StoreError::Connection(e.to_string()))?;
         let mut lost = self.lost.subscribe();
         let (tx, rx) = mpsc::channel(1024);

@@ -1,53 +1,104 @@
 //! Routing bus events to the namespaces of one `Aside`.
 //!
-//! Owns the table of namespaces with an L1 and the listener task that feeds
-//! them. Namespaces are held weakly: a dropped namespace simply stops
-//! receiving. The listener starts on first use (a namespace with an L1, or
-//! a call to `Aside::invalidations`) and stops when the `Aside` is dropped.
+//! Owns the listener task that feeds other processes' invalidations to the
+//! namespaces with an L1 (the table of those is `Core::l1_peers`, which local
+//! writes use too). The listener starts on first use (a namespace with an
+//! L1, or a call to `Aside::invalidations`) and stops when the `Aside` is
+//! dropped. Until its first subscription is up, L1 fills are skipped
+//! ([`Router::is_subscribed`]): an invalidation published meanwhile would
+//! never reach them.
+//!
+//! Once a subscription is up, the listener delivers a `Reset` (every L1 is
+//! cleared and its epochs bumped) before anything else, every time, the
+//! first included: a fill that read the store before the subscription was
+//! confirmed may install its value after it, and an invalidation published
+//! in between reached nobody here; the reset fences such fills, whatever
+//! the engine checked before installing. The L1s are near empty then, so
+//! it costs little. The same holds after the listener lost its stream and
+//! subscribed again, or was restarted on another runtime: the runtime that
+//! ran it was shut down (a `#[tokio::test]`, a short-lived runtime of the
+//! user's), which ends the task; [`Router::start`] then spawns a new one
+//! on the current runtime, and until it is subscribed `is_subscribed` is
+//! false again.
+//!
+//! Every publish goes through the router's bus, which bounds it by
+//! [`PUBLISH_TIMEOUT`]: a write must never hang on a bus that does not
+//! answer (NATS down, a Redis reconnecting); a message not sent in time is
+//! reported as an error, and other processes' L1s then age out by their TTL.
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
-use tokio::sync::broadcast;
+use async_trait::async_trait;
+use tokio::sync::{broadcast, mpsc};
+use tokio::task::JoinHandle;
 
 use super::{Bus, BusEvent, Invalidation};
 use crate::engine::Core;
+use crate::store::StoreError;
 
-/// What a namespace exposes to the router.
-pub(crate) trait Evictor: Send + Sync {
-    fn evict_keys(&self, keys: &[String]);
-    fn clear_local(&self);
+/// Bound on one publish of an invalidation (the default store operation bound).
+pub(crate) const PUBLISH_TIMEOUT: Duration = crate::DEFAULT_OP_TIMEOUT;
+
+/// Bound on one attempt to subscribe; the listener retries with backoff.
+const SUBSCRIBE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A bus whose publishes and subscribes are bounded in time.
+struct Bounded(Arc<dyn Bus>);
+
+#[async_trait]
+impl Bus for Bounded {
+    async fn publish(&self, message: &Invalidation) -> Result<(), StoreError> {
+        tokio::time::timeout(PUBLISH_TIMEOUT, self.0.publish(message))
+            .await
+            .unwrap_or_else(|_| {
+                Err(StoreError::Connection(format!(
+                    "bus publish did not finish within {PUBLISH_TIMEOUT:?}"
+                )))
+            })
+    }
+
+    async fn subscribe(&self) -> Result<mpsc::Receiver<BusEvent>, StoreError> {
+        tokio::time::timeout(SUBSCRIBE_TIMEOUT, self.0.subscribe())
+            .await
+            .unwrap_or_else(|_| {
+                Err(StoreError::Connection(format!(
+                    "bus subscribe did not finish within {SUBSCRIBE_TIMEOUT:?}"
+                )))
+            })
+    }
 }
 
 pub(crate) struct Router {
+    /// The bus, bounded (see the module documentation).
     pub(crate) bus: Arc<dyn Bus>,
     pub(crate) origin: u64,
-    routes: Mutex<HashMap<String, Vec<Weak<dyn Evictor>>>>,
+    /// True while a listener's subscription is up (after its reset).
+    subscribed: AtomicBool,
     events: broadcast::Sender<Invalidation>,
-    started: AtomicBool,
+    /// The listener task, once started; replaced when it has finished.
+    listener: Mutex<Option<JoinHandle<()>>>,
 }
 
 impl Router {
     pub(crate) fn new(bus: Arc<dyn Bus>) -> Self {
         Router {
-            bus,
+            bus: Arc::new(Bounded(bus)),
             origin: rand::random(),
-            routes: Mutex::new(HashMap::new()),
+            subscribed: AtomicBool::new(false),
             events: broadcast::channel(1024).0,
-            started: AtomicBool::new(false),
+            listener: Mutex::new(None),
         }
     }
 
-    pub(crate) fn register(&self, core: &Arc<Core>, namespace: &str, evictor: Weak<dyn Evictor>) {
-        self.routes
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .entry(namespace.to_owned())
-            .or_default()
-            .push(evictor);
-        self.start(core);
+    /// True while the listener's subscription is up and the reset that
+    /// follows it was delivered: only then may a value enter an L1, since
+    /// only then does every later invalidation reach it. False before the
+    /// first subscription, and while a listener lost with its runtime has
+    /// not been restarted (see [`Router::start`]).
+    pub(crate) fn is_subscribed(&self) -> bool {
+        self.subscribed.load(Ordering::Acquire)
     }
 
     pub(crate) fn events(&self, core: &Arc<Core>) -> broadcast::Receiver<Invalidation> {
@@ -56,47 +107,35 @@ impl Router {
         receiver
     }
 
-    fn start(&self, core: &Arc<Core>) {
-        if self.started.swap(true, Ordering::AcqRel) {
+    /// Starts the listener on the current runtime unless one is running; one
+    /// whose runtime was shut down has finished and is replaced. Cheap when
+    /// it runs (a lock and a flag), so a caller that finds
+    /// [`Router::is_subscribed`] false may call it to restart a lost one.
+    pub(crate) fn start(&self, core: &Arc<Core>) {
+        let mut listener = self.listener.lock().unwrap_or_else(|e| e.into_inner());
+        if listener.as_ref().is_some_and(|l| !l.is_finished()) {
             return;
         }
         match tokio::runtime::Handle::try_current() {
-            Ok(runtime) => drop(runtime.spawn(listen(Arc::downgrade(core)))),
-            Err(_) => {
-                self.started.store(false, Ordering::Release);
-                tracing::warn!(
-                    "invalidation bus not started: no Tokio runtime here; it starts on the next use inside one"
-                );
-            }
+            Ok(runtime) => *listener = Some(runtime.spawn(listen(Arc::downgrade(core)))),
+            Err(_) => tracing::warn!(
+                "invalidation bus not started: no Tokio runtime here; it starts on the next use inside one"
+            ),
         }
     }
 
-    fn evictors(&self, namespace: Option<&str>) -> Vec<Arc<dyn Evictor>> {
-        let mut routes = self.routes.lock().unwrap_or_else(|e| e.into_inner());
-        let mut live = Vec::new();
-        for (name, list) in routes.iter_mut() {
-            if namespace.is_some_and(|n| n != name) {
-                continue;
-            }
-            list.retain(|w| w.strong_count() > 0);
-            live.extend(list.iter().filter_map(Weak::upgrade));
-        }
-        live
-    }
-
-    fn deliver(&self, event: BusEvent) {
+    fn deliver(&self, core: &Core, event: BusEvent) {
         match event {
             BusEvent::Invalidation(message) => {
+                // Local writes evict this process's L1s themselves.
                 if message.origin != self.origin {
-                    for evictor in self.evictors(Some(&message.namespace)) {
-                        evictor.evict_keys(&message.keys);
-                    }
+                    core.l1_peers.evict(&message.namespace, &message.keys);
                 }
                 // Nobody listening is fine.
                 let _ = self.events.send(message);
             }
             BusEvent::Reset => {
-                for evictor in self.evictors(None) {
+                for evictor in core.l1_peers.live(None) {
                     evictor.clear_local();
                 }
             }
@@ -104,25 +143,54 @@ impl Router {
     }
 }
 
+/// Clears `subscribed` when the listener ends, by returning or by being
+/// dropped with its runtime.
+struct Unsubscribed(Weak<Core>);
+
+impl Drop for Unsubscribed {
+    fn drop(&mut self) {
+        if let Some(router) = self.0.upgrade().as_ref().and_then(|c| c.router.as_ref()) {
+            router.subscribed.store(false, Ordering::Release);
+        }
+    }
+}
+
 async fn listen(core: Weak<Core>) {
-    let mut backoff = Duration::from_millis(50);
-    let mut events = loop {
-        let Some(bus) = core.upgrade().and_then(|c| c.router.as_ref().map(|r| r.bus.clone())) else {
-            return;
+    let _unsubscribed = Unsubscribed(core.clone());
+    loop {
+        let mut backoff = Duration::from_millis(50);
+        let mut events = loop {
+            let Some(bus) = core.upgrade().and_then(|c| c.router.as_ref().map(|r| r.bus.clone())) else {
+                return;
+            };
+            match bus.subscribe().await {
+                Ok(events) => break events,
+                Err(e) => {
+                    tracing::warn!(error = %e, "invalidation bus unreachable; retrying");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(2));
+                }
+            }
         };
-        match bus.subscribe().await {
-            Ok(events) => break events,
-            Err(e) => {
-                tracing::warn!(error = %e, "invalidation bus unreachable; retrying");
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(2));
+        {
+            let Some(core) = core.upgrade() else { return };
+            let Some(router) = &core.router else { return };
+            // See the module documentation: fences fills that read the store
+            // before the subscription was up.
+            router.deliver(&core, BusEvent::Reset);
+            router.subscribed.store(true, Ordering::Release);
+        }
+        while let Some(event) = events.recv().await {
+            let Some(core) = core.upgrade() else { return };
+            if let Some(router) = &core.router {
+                router.deliver(&core, event);
             }
         }
-    };
-    while let Some(event) = events.recv().await {
+        // The bus ended the subscription: messages may be lost until the next one.
         let Some(core) = core.upgrade() else { return };
         if let Some(router) = &core.router {
-            router.deliver(event);
+            router.subscribed.store(false, Ordering::Release);
         }
+        tracing::warn!("invalidation bus subscription ended; subscribing again");
     }
 }

@@ -17,8 +17,9 @@ use bytes::Bytes;
 use tokio::time::Instant;
 
 use super::entry::Freshness;
+use super::lease::{HeldLease, renewing};
 use super::single_flight::{Begin, Leader};
-use crate::error::{Error, Result};
+use crate::error::{Error, ErrorKind, Result};
 use crate::metrics::Event;
 use crate::namespace::{NsInner, Settled, Shared, Source};
 use crate::policy::Strategy;
@@ -26,6 +27,16 @@ use crate::store::{Fill, FillOutcome, LeaseOutcome, LeaseToken};
 
 /// Rounds before the remaining keys are loaded without the cache.
 const MAX_ROUNDS: usize = 3;
+
+/// A key this call leads the load of.
+struct Led<'a, K, V> {
+    key: K,
+    /// The full key (what invalidations are queued under).
+    full: String,
+    /// Where its value lives: the full key, or its versioned data key.
+    store_key: String,
+    leader: Leader<'a, Shared<V>>,
+}
 
 impl<V: Clone + Send + Sync + 'static> NsInner<V> {
     /// Looks `keys` up (`(key, full store key)`, deduplicated by the caller)
@@ -58,7 +69,12 @@ impl<V: Clone + Send + Sync + 'static> NsInner<V> {
                     .flight
                     .begin(&flight_key, |held| held == 0 || lease.is_some_and(|t| t.0 == held))
                 {
-                    Begin::Lead(leader) => led.push((key, flight_key, leader)),
+                    Begin::Lead(leader) => led.push(Led {
+                        key,
+                        full,
+                        store_key: flight_key,
+                        leader,
+                    }),
                     Begin::Wait(waiter) => waiting.push((key, full, waiter)),
                 }
             }
@@ -82,10 +98,7 @@ impl<V: Clone + Send + Sync + 'static> NsInner<V> {
         if !remaining.is_empty() {
             self.record(Event::Load);
             let keys: Vec<K> = remaining.into_iter().map(|(k, _)| k).collect();
-            found.extend(loader(keys).await.map_err(|e| {
-                self.record(Event::LoadError);
-                Error::loader(e)
-            })?);
+            found.extend(self.run_batch_loader(&mut loader, keys).await?);
         }
         Ok(found)
     }
@@ -126,9 +139,12 @@ impl<V: Clone + Send + Sync + 'static> NsInner<V> {
                 let values = self.call(store.get_many(&data_keys)).await.unwrap_or_default();
                 let mut misses = Vec::new();
                 for (i, (key, full)) in keys.iter().enumerate() {
+                    // A pending invalidation's version bump has not reached
+                    // the store: the data under the version read may be old.
+                    let pending = self.core.retry.is_pending(&self.pending_key(full));
                     let hit = match values.get(i).cloned().flatten() {
-                        Some(bytes) => self.batch_hit(&data_keys[i], &bytes).await,
-                        None => None,
+                        Some(bytes) if !pending => self.batch_hit(&data_keys[i], &bytes).await,
+                        _ => None,
                     };
                     self.count_lookup(count, hit.is_some());
                     match hit {
@@ -160,6 +176,30 @@ impl<V: Clone + Send + Sync + 'static> NsInner<V> {
         misses
     }
 
+    /// One call of a batch loader, counted and bounded by the load timeout.
+    async fn run_batch_loader<K, F, Fut, E>(&self, loader: &mut F, keys: Vec<K>) -> Result<HashMap<K, V>>
+    where
+        F: FnMut(Vec<K>) -> Fut,
+        Fut: Future<Output = std::result::Result<HashMap<K, V>, E>>,
+        E: std::error::Error + Send + Sync + 'static,
+    {
+        self.record(Event::Load);
+        let outcome = match self.load_timeout {
+            Some(limit) => match tokio::time::timeout(limit, loader(keys)).await {
+                Ok(outcome) => outcome.map_err(Error::loader),
+                Err(_) => Err(Error::new(
+                    ErrorKind::Timeout,
+                    format!("batch loader did not answer within {limit:?}"),
+                )),
+            },
+            None => loader(keys).await.map_err(Error::loader),
+        };
+        if outcome.is_err() {
+            self.record(Event::LoadError);
+        }
+        outcome
+    }
+
     /// A batch hit: `Some(value)` (`Some(None)` for a cached "not found"),
     /// or `None` when the entry is missing, corrupt or past its logical
     /// expiry. Early refresh and fail-safe are single-key policies; a batch
@@ -179,7 +219,7 @@ impl<V: Clone + Send + Sync + 'static> NsInner<V> {
     /// one round trip, and publishes each to its waiters.
     async fn load_led<K, F, Fut, E>(
         &self,
-        led: Vec<(K, String, Leader<'_, Shared<V>>)>,
+        led: Vec<Led<'_, K, V>>,
         loader: &mut F,
         found: &mut HashMap<K, V>,
     ) -> Result<()>
@@ -192,27 +232,32 @@ impl<V: Clone + Send + Sync + 'static> NsInner<V> {
         let store = &self.core.store;
         let lease_mode = self.strategy == Strategy::Lease;
         let mut tokens: Vec<Option<LeaseToken>> = vec![None; led.len()];
+        // Released if this call is cancelled before it fills or releases them.
+        let mut held: Vec<HeldLease> = Vec::new();
         // Before the lease round trip: a value another process filled is
         // settled no earlier than this.
         let looked_at = self.read_seq.fetch_add(1, Ordering::SeqCst);
         let mut to_load = vec![true; led.len()];
         if lease_mode {
-            let asks: Vec<(String, LeaseToken)> =
-                led.iter().map(|(_, f, _)| (f.clone(), LeaseToken::random())).collect();
+            let asks: Vec<(String, LeaseToken)> = led
+                .iter()
+                .map(|l| (l.store_key.clone(), LeaseToken::random()))
+                .collect();
             if let Ok(outcomes) = self.call(store.lookup_or_lease_many(&asks, self.lease_ttl)).await {
                 for (i, outcome) in outcomes.into_iter().enumerate() {
                     match outcome {
                         LeaseOutcome::Granted { token, .. } => {
-                            led[i].2.tag().store(token.0, Ordering::Release);
+                            led[i].leader.tag().store(token.0, Ordering::Release);
                             tokens[i] = Some(token);
+                            held.push(self.hold(&led[i].store_key, token));
                         }
-                        LeaseOutcome::Hit(bytes) => {
+                        LeaseOutcome::Hit(bytes) if !self.core.retry.is_pending(&self.pending_key(&led[i].full)) => {
                             // A value past its logical expiry that a store with
                             // coarser TTLs (memcached) still holds is loaded again.
-                            if let Some(entry) = self.decode_hit(&led[i].1, &bytes).await
+                            if let Some(entry) = self.decode_hit(&led[i].store_key, &bytes).await
                                 && (self.fail_safe.is_some() || self.freshness(&entry) != Freshness::Expired)
                             {
-                                found.extend(entry.value.map(|v| (led[i].0.clone(), v)));
+                                found.extend(entry.value.map(|v| (led[i].key.clone(), v)));
                                 to_load[i] = false;
                             }
                         }
@@ -227,26 +272,39 @@ impl<V: Clone + Send + Sync + 'static> NsInner<V> {
             .iter()
             .zip(&to_load)
             .filter(|(_, load)| **load)
-            .map(|((k, _, _), _)| k.clone())
+            .map(|(l, _)| l.key.clone())
             .collect();
         let load_began = self.read_seq.fetch_add(1, Ordering::SeqCst);
         let started = Instant::now();
-        self.record(Event::Load);
+        let leased: Vec<(String, LeaseToken)> = led
+            .iter()
+            .zip(&tokens)
+            .filter_map(|(l, t)| t.map(|t| (l.store_key.clone(), t)))
+            .collect();
         let loaded = if keys.is_empty() {
             Ok(HashMap::new())
         } else {
-            loader(keys).await
+            let renew = || async {
+                let mut all = true;
+                for (key, token) in &leased {
+                    all &= matches!(
+                        self.call(store.renew_lease(key, *token, self.lease_ttl)).await,
+                        Ok(true)
+                    );
+                }
+                all
+            };
+            renewing(self.lease_ttl, renew, self.run_batch_loader(loader, keys)).await
         };
+        held.iter_mut().for_each(HeldLease::disarm);
         let mut loaded = match loaded {
             Ok(map) => map,
-            Err(e) => {
-                self.record(Event::LoadError);
-                let error = Error::loader(e);
-                for ((_, full, leader), token) in led.into_iter().zip(tokens) {
+            Err(error) => {
+                for (l, token) in led.into_iter().zip(tokens) {
                     if let Some(token) = token {
-                        let _ = self.call(store.release(&full, token)).await;
+                        let _ = self.call(store.release(&l.store_key, token)).await;
                     }
-                    leader.publish(Err(error.clone()));
+                    l.leader.publish(Err(error.clone()));
                 }
                 return Err(error);
             }
@@ -257,10 +315,25 @@ impl<V: Clone + Send + Sync + 'static> NsInner<V> {
         let mut sets = Vec::new();
         let mut fill_index = Vec::new();
         let mut outcome = vec![FillOutcome::Refused; led.len()];
-        for (i, (key, full, _)) in led.iter().enumerate() {
-            if !to_load[i] || self.core.retry.is_pending(&self.pending_key(full)) {
+        for (
+            i,
+            Led {
+                key, full, store_key, ..
+            },
+        ) in led.iter().enumerate()
+        {
+            if !to_load[i] {
                 continue;
             }
+            if self.core.retry.is_pending(&self.pending_key(full)) {
+                // Not filled while an invalidation of the key is pending,
+                // and its lease given back rather than left to run out.
+                if let Some(token) = tokens[i] {
+                    let _ = self.call(store.release(store_key, token)).await;
+                }
+                continue;
+            }
+            let full = store_key;
             // A key the loader did not return is "not found": a tombstone
             // with negative caching, nothing otherwise.
             let bytes = self.encode(loaded.get(key), took).ok().flatten();
@@ -284,26 +357,37 @@ impl<V: Clone + Send + Sync + 'static> NsInner<V> {
                 _ => {}
             }
         }
-        if !fills.is_empty()
-            && let Ok(results) = self.call(store.fill_many(fills)).await
-        {
-            for (i, result) in fill_index.into_iter().zip(results) {
-                if result == FillOutcome::Refused {
-                    self.record(Event::FillRefused);
+        if !fills.is_empty() {
+            let released: Vec<(String, LeaseToken)> = fills.iter().map(|f| (f.key.clone(), f.token)).collect();
+            match self.call(store.fill_many(fills)).await {
+                Ok(results) => {
+                    for (i, result) in fill_index.into_iter().zip(results) {
+                        if result == FillOutcome::Refused {
+                            self.record(Event::FillRefused);
+                        }
+                        outcome[i] = result;
+                    }
                 }
-                outcome[i] = result;
+                Err(_) => {
+                    // As in the single-key fill: a lease the fill did not
+                    // clear is given back, not left for readers to wait out.
+                    for (key, token) in released {
+                        let _ = self.call(store.release(&key, token)).await;
+                    }
+                }
             }
         }
         if !sets.is_empty() {
             let _ = self.call(store.set_many(sets)).await;
         }
-        for (i, (key, _, leader)) in led.into_iter().enumerate() {
+        for (i, Led { key, leader, .. }) in led.into_iter().enumerate() {
             if !to_load[i] {
                 let value = found.get(&key).cloned();
                 leader.publish(Ok(Settled {
                     value,
                     source: Source::Coalesced,
                     settled_at: looked_at,
+                    expires_at_ms: None,
                 }));
                 continue;
             }
@@ -317,6 +401,7 @@ impl<V: Clone + Send + Sync + 'static> NsInner<V> {
                 value: value.clone(),
                 source: Source::Loaded,
                 settled_at,
+                expires_at_ms: None,
             }));
             if let Some(v) = value {
                 found.insert(key, v);

@@ -24,6 +24,13 @@ pub(crate) struct Entry<V> {
     pub(crate) header: Option<Header>,
 }
 
+impl<V> Entry<V> {
+    /// The logical expiry in Unix ms, when the header has one.
+    pub(crate) fn expires_at_ms(&self) -> Option<u64> {
+        self.header.map(|h| h.expires_at_ms).filter(|&at| at != 0)
+    }
+}
+
 /// How current a stored value is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Freshness {

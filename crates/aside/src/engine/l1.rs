@@ -41,8 +41,35 @@ pub(crate) struct L1Config {
 /// Epoch stripes per L1 (see the module documentation).
 const EPOCH_STRIPES: usize = 64;
 
+/// A local copy and how long it may live: the shorter of the L1's TTL and
+/// what is left of the entry's own logical life (a tombstone's negative
+/// TTL, a value's TTL as its header gives it).
+#[derive(Clone)]
+struct Local<V> {
+    value: Option<V>,
+    life: Duration,
+}
+
+struct LocalExpiry;
+
+impl<V> moka::Expiry<String, Local<V>> for LocalExpiry {
+    fn expire_after_create(&self, _: &String, local: &Local<V>, _: std::time::Instant) -> Option<Duration> {
+        Some(local.life)
+    }
+    fn expire_after_update(
+        &self,
+        _: &String,
+        local: &Local<V>,
+        _: std::time::Instant,
+        _: Option<Duration>,
+    ) -> Option<Duration> {
+        Some(local.life)
+    }
+}
+
 pub(crate) struct L1<V> {
-    cache: Cache<String, Option<V>>,
+    cache: Cache<String, Local<V>>,
+    ttl: Duration,
     epochs: [AtomicU64; EPOCH_STRIPES],
     /// Length of the namespace's key prefix, cut off every full key.
     prefix_len: usize,
@@ -53,8 +80,9 @@ impl<V: Clone + Send + Sync + 'static> L1<V> {
         L1 {
             cache: Cache::builder()
                 .max_capacity(config.max_entries)
-                .time_to_live(config.ttl)
+                .expire_after(LocalExpiry)
                 .build(),
+            ttl: config.ttl,
             epochs: std::array::from_fn(|_| AtomicU64::new(0)),
             prefix_len,
         }
@@ -67,12 +95,12 @@ impl<V: Clone + Send + Sync + 'static> L1<V> {
 
     /// The local value of a full key: `Some(None)` is a cached "not found".
     pub(crate) fn get(&self, full: &str) -> Option<Option<V>> {
-        self.cache.get(self.local(full))
+        self.cache.get(self.local(full)).map(|l| l.value)
     }
 
     /// The local value of an entry key (a full key without its prefix).
     pub(crate) fn get_local(&self, local: &str) -> Option<Option<V>> {
-        self.cache.get(local)
+        self.cache.get(local).map(|l| l.value)
     }
 
     /// The epoch stripe of an entry key.
@@ -88,15 +116,17 @@ impl<V: Clone + Send + Sync + 'static> L1<V> {
         self.stripe(self.local(full)).load(Ordering::SeqCst)
     }
 
-    /// Installs a value read from the store after `epoch` was taken, unless
-    /// an invalidation of a key on the same stripe happened since.
-    pub(crate) fn install(&self, full: &str, value: Option<V>, epoch: u64) {
+    /// Installs a value read from the store after `epoch` was taken, for at
+    /// most `life` (and the L1's TTL), unless an invalidation of a key on the
+    /// same stripe happened since.
+    pub(crate) fn install(&self, full: &str, value: Option<V>, epoch: u64, life: Duration) {
         let key = self.local(full);
         let stripe = self.stripe(key);
-        if stripe.load(Ordering::SeqCst) != epoch {
+        let life = life.min(self.ttl);
+        if life.is_zero() || stripe.load(Ordering::SeqCst) != epoch {
             return;
         }
-        self.cache.insert(key.to_owned(), value);
+        self.cache.insert(key.to_owned(), Local { value, life });
         if stripe.load(Ordering::SeqCst) != epoch {
             self.cache.invalidate(key);
         }
@@ -159,13 +189,48 @@ impl<V: Clone + Send + Sync + 'static> NsInner<V> {
             return self.fetch(full, loader).await;
         };
         let epoch = l1.epoch(full);
-        let fetched = self.fetch(full, loader).await?;
-        // "Not found" is kept locally only where it is cached below too.
-        let cacheable = fetched.value.is_some() || self.negative_ttl.is_some();
-        if fetched.source != Source::Stale && cacheable {
-            l1.install(full, fetched.value.clone(), epoch);
-        }
+        let (fetched, expires_at_ms) = self.fetch_timed(full, loader).await?;
+        self.l1_install(full, &fetched, epoch, expires_at_ms);
         Ok(fetched)
+    }
+
+    /// Installs what a read below the L1 returned, if it may be kept: not a
+    /// stale value, not "not found" unless it is cached below too, only for
+    /// the value's remaining logical life, and only while the bus (when
+    /// there is one) is subscribed, so that no invalidation published by
+    /// another process can pass this L1 by.
+    pub(crate) fn l1_install(&self, full: &str, fetched: &Fetched<V>, epoch: u64, expires_at_ms: Option<u64>) {
+        let Some(l1) = &self.l1 else { return };
+        let cacheable = fetched.value.is_some() || self.negative_ttl.is_some();
+        if fetched.source == Source::Stale || !cacheable || !self.bus_listening() {
+            return;
+        }
+        let life = match expires_at_ms {
+            Some(at) => Duration::from_millis(at.saturating_sub(crate::envelope::unix_ms())),
+            None => self.shortest_life(fetched.value.is_some()),
+        };
+        l1.install(full, fetched.value.clone(), epoch, life);
+    }
+
+    /// The least logical life a value just loaded is stored with: the TTL
+    /// less its jitter, or the negative TTL of a tombstone.
+    fn shortest_life(&self, found: bool) -> Duration {
+        if found {
+            self.ttl.mul_f64(1.0 - self.jitter.clamp(0.0, 0.999))
+        } else {
+            self.negative_ttl.unwrap_or(Duration::ZERO)
+        }
+    }
+
+    /// True unless the namespace has a bus whose subscription is not up:
+    /// L1 fills wait for it (see [`NsInner::l1_install`]).
+    fn bus_listening(&self) -> bool {
+        self.core.router.as_ref().is_none_or(|r| r.is_subscribed())
+    }
+
+    /// The epoch of `full`'s L1 stripe, for a read that installs later.
+    pub(crate) fn l1_epoch(&self, full: &str) -> Option<u64> {
+        self.l1.as_ref().map(|l1| l1.epoch(full))
     }
 
     /// The L1 value of `full` for a cache-only read, counted as an L1 hit.
@@ -181,9 +246,26 @@ impl<V: Clone + Send + Sync + 'static> NsInner<V> {
             l1.evict(full);
         }
     }
+
+    /// Evicts `full` once the store has the write: from this namespace's
+    /// L1 and from every other namespace of the same name in this `Aside`
+    /// (which hear nothing from the bus: a process ignores its own messages).
+    pub(crate) fn l1_evict_written(&self, full: &str) {
+        if self.l1.is_some() {
+            self.core
+                .l1_peers
+                .evict(&self.name, std::slice::from_ref(&full.to_owned()));
+        }
+    }
 }
 
-impl<V: Clone + Send + Sync + 'static> crate::bus::route::Evictor for NsInner<V> {
+/// What a namespace exposes to its peers and the bus listener.
+pub(crate) trait Evictor: Send + Sync {
+    fn evict_keys(&self, keys: &[String]);
+    fn clear_local(&self);
+}
+
+impl<V: Clone + Send + Sync + 'static> Evictor for NsInner<V> {
     fn evict_keys(&self, keys: &[String]) {
         for key in keys {
             self.l1_evict(key);
@@ -193,6 +275,48 @@ impl<V: Clone + Send + Sync + 'static> crate::bus::route::Evictor for NsInner<V>
     fn clear_local(&self) {
         if let Some(l1) = &self.l1 {
             l1.clear();
+        }
+    }
+}
+
+/// The namespaces with an L1 in one `Aside`, by name, held weakly: what a
+/// local write evicts (every namespace of that name, not only the writer's:
+/// the bus does not echo a process's own messages back to it) and what the
+/// bus listener delivers other processes' invalidations to.
+#[derive(Default)]
+pub(crate) struct Peers {
+    by_name: std::sync::Mutex<std::collections::HashMap<String, Vec<std::sync::Weak<dyn Evictor>>>>,
+}
+
+impl Peers {
+    pub(crate) fn register(&self, namespace: &str, evictor: std::sync::Weak<dyn Evictor>) {
+        self.by_name
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(namespace.to_owned())
+            .or_default()
+            .push(evictor);
+    }
+
+    /// The live namespaces called `namespace`, or all of them for `None`;
+    /// dropped ones are forgotten on the way.
+    pub(crate) fn live(&self, namespace: Option<&str>) -> Vec<std::sync::Arc<dyn Evictor>> {
+        let mut by_name = self.by_name.lock().unwrap_or_else(|e| e.into_inner());
+        let mut live = Vec::new();
+        by_name.retain(|name, list| {
+            if namespace.is_none_or(|n| n == name) {
+                list.retain(|w| w.strong_count() > 0);
+                live.extend(list.iter().filter_map(std::sync::Weak::upgrade));
+            }
+            !list.is_empty()
+        });
+        live
+    }
+
+    /// Evicts `keys` from every L1 of `namespace` in this `Aside`.
+    pub(crate) fn evict(&self, namespace: &str, keys: &[String]) {
+        for evictor in self.live(Some(namespace)) {
+            evictor.evict_keys(keys);
         }
     }
 }
@@ -223,7 +347,7 @@ mod tests {
 
         let epoch = l1.epoch(a);
         l1.evict(&other);
-        l1.install(a, Some(1), epoch);
+        l1.install(a, Some(1), epoch, Duration::from_secs(60));
         assert_eq!(
             l1.get(a),
             Some(Some(1)),
@@ -232,12 +356,12 @@ mod tests {
 
         let epoch = l1.epoch(a);
         l1.evict(a);
-        l1.install(a, Some(2), epoch);
+        l1.install(a, Some(2), epoch, Duration::from_secs(60));
         assert_eq!(l1.get(a), None, "`a`'s own invalidation fences its fill");
 
         let epoch = l1.epoch(a);
         l1.clear();
-        l1.install(a, Some(3), epoch);
+        l1.install(a, Some(3), epoch, Duration::from_secs(60));
         assert_eq!(l1.get(a), None, "clearing fences every stripe");
     }
 }

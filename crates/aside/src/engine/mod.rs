@@ -21,6 +21,7 @@ use crate::store::{Store, StoreResult};
 pub(crate) mod batch;
 pub(crate) mod entry;
 pub(crate) mod l1;
+pub(crate) mod lease;
 pub(crate) mod read;
 pub(crate) mod refresh;
 pub(crate) mod retry;
@@ -45,6 +46,8 @@ pub(crate) struct Core {
     local: bool,
     /// The invalidation bus and its routes, when the `Aside` has a bus.
     pub(crate) router: Option<crate::bus::route::Router>,
+    /// The namespaces with an L1, by name.
+    pub(crate) l1_peers: l1::Peers,
     /// Facade handles for work no namespace owns (replays, delayed deletes).
     pub(crate) metrics: NamespaceMetrics,
 }
@@ -66,6 +69,7 @@ impl Core {
     ) -> Self {
         Core {
             router: None,
+            l1_peers: l1::Peers::default(),
             local: store.is_local(),
             store,
             breaker,
@@ -87,6 +91,13 @@ impl Core {
     /// Runs one store operation behind the breaker and the timeout, counting
     /// under a namespace's metrics.
     ///
+    /// Only failures of the store as a whole feed the breaker: a broken
+    /// connection, a timeout. A server's answer about one key (Redis's
+    /// `WRONGTYPE`, a value memcached refuses; [`crate::store::StoreError::is_per_key`])
+    /// is counted as a store error and returned, but proves the server
+    /// answers, so it counts as a success there: three reads of one odd key
+    /// must not switch the cache off for every key.
+    ///
     /// # Errors
     /// [`ErrorKind::Store`] when the breaker is open or the store failed,
     /// [`ErrorKind::Timeout`] when it did not answer within `op_timeout`.
@@ -104,14 +115,19 @@ impl Core {
             return Err(Error::new(ErrorKind::Store, "circuit breaker open: store skipped"));
         }
         let before = self.breaker.state();
-        let result = self.call_unguarded(fut).await;
-        match &result {
-            Ok(_) => self.breaker.record_success(),
-            Err(_) => {
+        let answer = tokio::time::timeout(self.op_timeout, fut).await;
+        match &answer {
+            Ok(Ok(_)) => self.breaker.record_success(),
+            Ok(Err(e)) if e.is_per_key() => {
+                self.record(ns, Event::StoreError);
+                self.breaker.record_success();
+            }
+            Ok(Err(_)) | Err(_) => {
                 self.record(ns, Event::StoreError);
                 self.breaker.record_failure();
             }
         }
+        let result = self.answer(answer);
         let after = self.breaker.state();
         if before != after {
             metrics::record_breaker_state(after);
@@ -122,7 +138,12 @@ impl Core {
 
     /// One store operation bounded by the timeout, ignoring the breaker.
     pub(crate) async fn call_unguarded<T>(&self, fut: impl Future<Output = StoreResult<T>>) -> Result<T, Error> {
-        match tokio::time::timeout(self.op_timeout, fut).await {
+        self.answer(tokio::time::timeout(self.op_timeout, fut).await)
+    }
+
+    /// The caller's view of a store call bounded by the timeout.
+    fn answer<T>(&self, answer: Result<StoreResult<T>, tokio::time::error::Elapsed>) -> Result<T, Error> {
+        match answer {
             Ok(Ok(value)) => Ok(value),
             Ok(Err(e)) => Err(Error::with_source(
                 ErrorKind::Store,
@@ -144,11 +165,53 @@ impl Core {
         Error::with_source(ErrorKind::Store, format!("{} store failed", self.store.name()), e)
     }
 
-    /// Remembers an invalidation the store did not take, for replay.
-    pub(crate) fn queue_invalidation(self: &Arc<Self>, key: &str, op: PendingOp) {
+    /// Heals a key whose read failed with a server error about that key
+    /// (a Redis key of the wrong type, a memcached plain value where an
+    /// entry belongs): deletes it, bounded and behind the breaker, so that
+    /// the next read misses and fills it as usual. Returns true when the key
+    /// was deleted; false for any other error (a connection error or a
+    /// timeout says nothing about the key) or when the delete failed.
+    ///
+    /// Why delete rather than wait for the fill to overwrite: a lease
+    /// lookup (`lookup_or_lease`) fails on such a key without granting a
+    /// lease, so no fill ever comes, and on Redis the fill script fails on
+    /// it too; a plain `set` would overwrite it, but not every strategy
+    /// writes with one. Deleting is always safe for an entry or a plain
+    /// value: it is an invalidation, which only costs a load.
+    ///
+    /// The read path calls it with the error of its first store read of
+    /// `key` (`lookup_or_lease`, `get`, `peek_entry`), then goes on to the
+    /// loader as for any store error. Never for a `Versioned` version
+    /// counter: deleting one turns it back to version 0 and could bring
+    /// back rows cached under it.
+    pub(crate) async fn heal_after_read_error(&self, ns: &NamespaceMetrics, key: &str, error: &Error) -> bool {
+        let per_key = std::error::Error::source(error)
+            .and_then(|source| source.downcast_ref::<crate::store::StoreError>())
+            .is_some_and(|e| matches!(e, crate::store::StoreError::Server(_)));
+        if !per_key {
+            return false;
+        }
+        match self.call_for(ns, self.store.delete(key)).await {
+            Ok(()) => {
+                tracing::warn!(key, error = %error, "store key unreadable: deleted so that it refills");
+                true
+            }
+            Err(e) => {
+                tracing::warn!(key, error = %e, "store key unreadable and could not be deleted");
+                false
+            }
+        }
+    }
+
+    /// Remembers an invalidation the store did not take, for replay: `op`
+    /// on the store key `key`, which invalidates the entry `full` of the
+    /// namespace called `namespace` (the same key but for `Versioned`,
+    /// whose store key is the version counter). Once replayed, `full` is
+    /// evicted from this process's L1s of that name and published on the bus.
+    pub(crate) fn queue_invalidation(self: &Arc<Self>, namespace: &str, full: &str, key: &str, op: PendingOp) {
         self.counters.add(Event::InvalidationQueued);
         self.metrics.add(Event::InvalidationQueued);
-        if let Some(dropped) = self.retry.push(self, key, op) {
+        if let Some(dropped) = self.retry.push(self, namespace, full, key, op) {
             self.counters.add(Event::InvalidationDropped);
             self.metrics.add(Event::InvalidationDropped);
             tracing::error!(
@@ -158,11 +221,79 @@ impl Core {
         }
     }
 
+    /// A graceful shutdown's work, within `deadline`: runs the scheduled
+    /// second deletes (a failed one is queued), then drains the retry
+    /// queue. Returns the queue's drain and how many second deletes ran.
+    pub(crate) async fn shutdown(&self, deadline: tokio::time::Instant) -> (retry::Drained, u64) {
+        let second_deletes = self.delayed.run_all_before(deadline).await;
+        (retry::drain(self, deadline).await, second_deletes)
+    }
+
     pub(crate) fn stats(&self) -> Stats {
         Stats::from_counters(&self.counters, self.retry.len() as u64, self.breaker_state())
     }
 
     fn breaker_state(&self) -> BreakerState {
         self.breaker.state()
+    }
+}
+
+#[cfg(all(test, feature = "redis"))]
+mod tests {
+    use super::*;
+    use crate::breaker::BreakerConfig;
+    use crate::store::redis::RedisStore;
+    use crate::store::{FillOutcome, LeaseOutcome, LeaseToken};
+
+    const TTL: Duration = Duration::from_secs(60);
+
+    /// Defect 16 of issue 12, the healing half: a lease lookup on a key of
+    /// the wrong type fails without granting a lease, so no fill could ever
+    /// replace it; the helper deletes it, and the next lookup leases and
+    /// fills as usual. An error that is not about the key deletes nothing.
+    #[tokio::test]
+    async fn a_key_a_read_cannot_parse_is_deleted_and_refills() {
+        let mut server = aside_testkit::RedisServer::start();
+        let store = RedisStore::connect(&server.url()).await.unwrap();
+        let mut conn = store.connection();
+        let core = Core::new(
+            Arc::new(store),
+            Breaker::new(BreakerConfig::default()),
+            Duration::from_millis(500),
+            16,
+            String::new(),
+            250,
+        );
+        let _: () = redis::cmd("LPUSH")
+            .arg("odd")
+            .arg("x")
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        let lookup = || {
+            core.call_for(
+                &core.metrics,
+                core.store.lookup_or_lease("odd", LeaseToken::random(), TTL),
+            )
+        };
+        let error = lookup().await.unwrap_err();
+        let filled = core
+            .call_for(&core.metrics, core.store.fill("odd", LeaseToken(1), "v".into(), TTL))
+            .await;
+        assert!(
+            filled.is_err(),
+            "the fill script cannot overwrite it either: {filled:?}"
+        );
+        assert!(core.heal_after_read_error(&core.metrics, "odd", &error).await);
+        let LeaseOutcome::Granted { token, .. } = lookup().await.unwrap() else {
+            panic!("no lease after the heal");
+        };
+        let filled = core.store.fill("odd", token, "v".into(), TTL).await.unwrap();
+        assert_eq!(filled, FillOutcome::Stored);
+
+        server.kill();
+        let down = lookup().await.unwrap_err();
+        assert!(!core.heal_after_read_error(&core.metrics, "odd", &down).await);
+        assert_eq!(core.breaker.state(), BreakerState::Closed);
     }
 }

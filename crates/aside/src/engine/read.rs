@@ -21,6 +21,7 @@ use bytes::Bytes;
 use tokio::time::Instant;
 
 use super::entry::{Entry, Freshness};
+use super::lease::{HeldLease, renewing};
 use super::single_flight::Role;
 use crate::error::{Error, ErrorKind, Result};
 use crate::metrics::Event;
@@ -44,12 +45,15 @@ const NO_LEASE_YET: u64 = 0;
 pub(crate) struct Current<V> {
     pub(crate) value: Option<V>,
     pub(crate) expired: bool,
+    /// Its logical expiry (Unix ms), from the entry's header.
+    pub(crate) expires_at_ms: Option<u64>,
 }
 
 /// What the fast path found.
 pub(crate) enum Cached<V> {
-    /// A fresh value; `None` is a cached "not found".
-    Hit(Option<V>),
+    /// A fresh value (`None` is a cached "not found") and its logical
+    /// expiry in Unix ms, when its header has one.
+    Hit(Option<V>, Option<u64>),
     /// Not cached, or to be reloaded. For `Versioned`, the version the data
     /// must live under (`None` when it could not be read); for `Lease`, the
     /// lease held on the entry, if any; `current`, a value that is still
@@ -74,9 +78,11 @@ impl<V> Cached<V> {
     /// refresh (still valid); not an expired one.
     pub(crate) fn hit(self) -> Option<V> {
         match self {
-            Cached::Hit(v) => v,
+            Cached::Hit(v, _) => v,
             Cached::Miss {
-                current: Some(Current { value, expired: false }),
+                current: Some(Current {
+                    value, expired: false, ..
+                }),
                 ..
             } => value,
             Cached::Miss { .. } => None,
@@ -122,14 +128,26 @@ impl<V: Clone + Send + Sync + 'static> NsInner<V> {
     }
 
     /// TTL of version counters: longer than any data written under them.
+    ///
+    /// Data under a version lives at most its longest TTL (the TTL plus its
+    /// jitter, or the negative TTL) plus the fail-safe margin. The counter
+    /// must outlive all of it: once it expired, readers would compute
+    /// version 0 again and find the row written before the first
+    /// invalidation.
     pub(crate) fn version_ttl(&self) -> Duration {
-        self.ttl.mul_f64(3.0) + Duration::from_secs(60)
+        let longest = self
+            .ttl
+            .mul_f64(1.0 + self.jitter.clamp(0.0, 0.999))
+            .max(self.negative_ttl.unwrap_or(Duration::ZERO));
+        let data_life = longest.saturating_add(self.fail_safe.map_or(Duration::ZERO, |f| f.max_stale));
+        data_life.saturating_mul(2).saturating_add(Duration::from_secs(60))
     }
 
     /// Classifies a decoded entry found by the fast path.
     fn judge(&self, entry: Entry<V>, version: Option<u64>, lease: Option<LeaseToken>) -> Cached<V> {
+        let expires_at_ms = entry.expires_at_ms();
         match self.freshness(&entry) {
-            Freshness::Fresh => Cached::Hit(entry.value),
+            Freshness::Fresh => Cached::Hit(entry.value, expires_at_ms),
             // Without fail-safe the store is about to drop it anyway: an
             // ordinary miss, not a refresh of a value on its way out.
             Freshness::Expired if self.fail_safe.is_none() => Cached::Miss {
@@ -143,6 +161,7 @@ impl<V: Clone + Send + Sync + 'static> NsInner<V> {
                 current: Some(Current {
                     value: entry.value,
                     expired: freshness == Freshness::Expired,
+                    expires_at_ms,
                 }),
             },
         }
@@ -169,16 +188,25 @@ impl<V: Clone + Send + Sync + 'static> NsInner<V> {
                     lease: view.lease,
                     current: None,
                 },
-                Err(_) => plain_miss(),
+                Err(e) => {
+                    self.heal(full, &e).await;
+                    plain_miss()
+                }
             },
             Strategy::Versioned => {
                 let Ok(version) = self.read_version(full).await else {
                     return plain_miss();
                 };
                 let data_key = Self::versioned_key(full, version);
+                // Only the data key heals: deleting the counter would take it
+                // back to version 0, where an old row may still be.
                 let entry = match self.call(store.get(&data_key)).await {
                     Ok(Some(bytes)) => self.decode_hit(&data_key, &bytes).await,
-                    _ => None,
+                    Ok(None) => None,
+                    Err(e) => {
+                        self.heal(&data_key, &e).await;
+                        None
+                    }
                 };
                 match entry {
                     Some(entry) => self.judge(entry, Some(version), None),
@@ -192,11 +220,22 @@ impl<V: Clone + Send + Sync + 'static> NsInner<V> {
             Strategy::Delete | Strategy::DoubleDelete { .. } => {
                 let entry = match self.call(store.get(full)).await {
                     Ok(Some(bytes)) => self.decode_hit(full, &bytes).await,
-                    _ => None,
+                    Ok(None) => None,
+                    Err(e) => {
+                        self.heal(full, &e).await;
+                        None
+                    }
                 };
                 entry.map_or_else(plain_miss, |e| self.judge(e, None, None))
             }
         }
+    }
+
+    /// After a read of `key` failed: a key the server cannot read as ours
+    /// (another type, say) is deleted so that it refills, rather than stay
+    /// a miss forever; a sick store is left alone (see `Core::heal_after_read_error`).
+    async fn heal(&self, key: &str, error: &Error) {
+        self.core.heal_after_read_error(&self.metrics, key, error).await;
     }
 
     pub(crate) async fn read_version(&self, full: &str) -> Result<u64> {
@@ -204,7 +243,18 @@ impl<V: Clone + Send + Sync + 'static> NsInner<V> {
         Ok(Self::parse_version(raw))
     }
 
-    pub(crate) async fn fetch<F, Fut, E>(&self, full: &str, mut loader: F) -> Result<Fetched<V>>
+    pub(crate) async fn fetch<F, Fut, E>(&self, full: &str, loader: F) -> Result<Fetched<V>>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = std::result::Result<Option<V>, E>>,
+        E: std::error::Error + Send + Sync + 'static,
+    {
+        Ok(self.fetch_timed(full, loader).await?.0)
+    }
+
+    /// `fetch`, also returning the value's logical expiry (Unix ms) when a
+    /// stored entry's header gave it, for the L1 to keep it no longer.
+    pub(crate) async fn fetch_timed<F, Fut, E>(&self, full: &str, mut loader: F) -> Result<(Fetched<V>, Option<u64>)>
     where
         F: FnMut() -> Fut,
         Fut: Future<Output = std::result::Result<Option<V>, E>>,
@@ -213,21 +263,23 @@ impl<V: Clone + Send + Sync + 'static> NsInner<V> {
         let mut first_look = true;
         loop {
             let (version, lease, current) = match self.read_cached(full).await {
-                Cached::Hit(value) if first_look => {
+                Cached::Hit(value, expires) if first_look => {
                     self.record(Event::Hit);
-                    return Ok(Fetched {
+                    let fetched = Fetched {
                         value,
                         source: Source::Hit,
-                    });
+                    };
+                    return Ok((fetched, expires));
                 }
-                Cached::Hit(value) => {
+                Cached::Hit(value, expires) => {
                     // Found on a second look, after waiting for another
                     // caller's load: served by that load, not a plain hit.
                     self.record(Event::Coalesced);
-                    return Ok(Fetched {
+                    let fetched = Fetched {
                         value,
                         source: Source::Coalesced,
-                    });
+                    };
+                    return Ok((fetched, expires));
                 }
                 Cached::Miss {
                     version,
@@ -235,6 +287,22 @@ impl<V: Clone + Send + Sync + 'static> NsInner<V> {
                     current,
                 } => (version, lease, current),
             };
+            if let Some(current) = &current
+                && current.expired
+                && self.load_throttled(&match version {
+                    Some(v) => Self::versioned_key(full, v),
+                    None => full.to_owned(),
+                })
+            {
+                // The loader failed moments ago: fail-safe keeps serving the
+                // expired value the store still holds until the throttle ends.
+                self.record(Event::StaleServed);
+                let fetched = Fetched {
+                    value: current.value.clone(),
+                    source: Source::Stale,
+                };
+                return Ok((fetched, current.expires_at_ms));
+            }
             // Taken after the lookup, so hits pay no shared atomic; a later
             // `began` only makes a waiter more careful about what it takes.
             let began = self.next_seq();
@@ -265,10 +333,11 @@ impl<V: Clone + Send + Sync + 'static> NsInner<V> {
                     {
                         // A refresh is already running here: keep the value
                         // we have rather than wait for it.
-                        return Ok(Fetched {
+                        let fetched = Fetched {
                             value: current.value.clone(),
                             source: Source::Hit,
-                        });
+                        };
+                        return Ok((fetched, current.expires_at_ms));
                     }
                     let join = |held: u64| held == NO_LEASE_YET || lease.is_some_and(|t| t.0 == held);
                     let loader = &mut loader;
@@ -287,19 +356,21 @@ impl<V: Clone + Send + Sync + 'static> NsInner<V> {
                         }
                         self.record(Event::Coalesced);
                         if settled.source == Source::Loaded {
-                            return Ok(Fetched {
+                            let fetched = Fetched {
                                 value: settled.value,
                                 source: Source::Coalesced,
-                            });
+                            };
+                            return Ok((fetched, settled.expires_at_ms));
                         }
                     }
                     settled
                 }
             };
-            return Ok(Fetched {
+            let fetched = Fetched {
                 value: settled.value,
                 source: settled.source,
-            });
+            };
+            return Ok((fetched, settled.expires_at_ms));
         }
     }
 
@@ -345,6 +416,7 @@ impl<V: Clone + Send + Sync + 'static> NsInner<V> {
                 value,
                 source: Source::Loaded,
                 settled_at,
+                expires_at_ms: None,
             }),
             Err(e) => self.fall_back(current, settled_at).ok_or(e),
         }
@@ -402,9 +474,7 @@ impl<V: Clone + Send + Sync + 'static> NsInner<V> {
             Ok(loaded) => loaded,
             Err(e) => {
                 let served = self.fall_back(&current, settled_at).ok_or(e)?;
-                if let Some((bytes, ttl)) = current.as_ref().and_then(|c| self.throttled(c)) {
-                    let _ = self.call(self.core.store.set(key, bytes, ttl)).await;
-                }
+                self.note_failed_load(key, &current);
                 return Ok(served);
             }
         };
@@ -415,6 +485,7 @@ impl<V: Clone + Send + Sync + 'static> NsInner<V> {
             value,
             source: Source::Loaded,
             settled_at,
+            expires_at_ms: None,
         })
     }
 
@@ -429,11 +500,12 @@ impl<V: Clone + Send + Sync + 'static> NsInner<V> {
         let lock_key = format!("lock:{full}");
         loop {
             let settled_at = self.next_seq();
-            if let Cached::Hit(value) = self.read_cached(full).await {
+            if let Cached::Hit(value, expires_at_ms) = self.read_cached(full).await {
                 return Ok(Settled {
                     value,
                     source: Source::Coalesced,
                     settled_at,
+                    expires_at_ms,
                 });
             }
             match self
@@ -474,10 +546,12 @@ impl<V: Clone + Send + Sync + 'static> NsInner<V> {
                     if let Some(entry) = self.decode_hit(full, &bytes).await {
                         if self.fail_safe.is_some() || self.freshness(&entry) != Freshness::Expired {
                             // Filled by another caller (a fenced fill) while we looked.
+                            let expires_at_ms = entry.expires_at_ms();
                             return Ok(Settled {
                                 value: entry.value,
                                 source: Source::Coalesced,
                                 settled_at,
+                                expires_at_ms,
                             });
                         }
                         // Past its logical expiry but still held by a store
@@ -494,13 +568,18 @@ impl<V: Clone + Send + Sync + 'static> NsInner<V> {
                 Ok(LeaseOutcome::Granted { token, .. }) => {
                     held.store(token.0, Ordering::Release);
                     attempts += 1;
+                    let mut lease = self.hold(full, token);
                     let load_began = self.next_seq();
-                    let loaded = self.run_loader(loader).await;
-                    let Ok(loaded) = loaded else {
-                        let _ = self.call(store.release(full, token)).await;
-                        return Err(loaded.err().expect("checked"));
+                    let loaded = match self.run_loader_leased(full, token, loader).await {
+                        Ok(loaded) => loaded,
+                        Err(e) => {
+                            lease.disarm();
+                            let _ = self.call(store.release(full, token)).await;
+                            return Err(e);
+                        }
                     };
                     let (settled, refused) = self.fill_loaded(full, token, loaded, load_began).await;
+                    lease.disarm();
                     if !refused || attempts >= self.max_fill_attempts {
                         return Ok(settled);
                     }
@@ -515,6 +594,7 @@ impl<V: Clone + Send + Sync + 'static> NsInner<V> {
                             value: v,
                             source: Source::Stale,
                             settled_at,
+                            expires_at_ms: None,
                         });
                     }
                     if started.elapsed() >= self.lease_wait {
@@ -527,8 +607,10 @@ impl<V: Clone + Send + Sync + 'static> NsInner<V> {
                     tokio::time::sleep(nap.min(self.lease_wait.saturating_sub(started.elapsed()))).await;
                     pause = (pause * 2).min(LEASE_POLL_MAX);
                 }
-                Err(_) => {
-                    // The store is down or skipped: the database answers.
+                Err(e) => {
+                    // The store is down or skipped, or this key is unreadable
+                    // (deleted, so the next reader refills it): the database answers.
+                    self.heal(full, &e).await;
                     return self.load_uncached(loader, &None).await;
                 }
             }
@@ -559,6 +641,7 @@ impl<V: Clone + Send + Sync + 'static> NsInner<V> {
             value,
             source: Source::Loaded,
             settled_at,
+            expires_at_ms: None,
         };
         let Some((bytes, ttl)) = encoded else {
             let _ = self.call(store.release(full, token)).await;
@@ -571,7 +654,37 @@ impl<V: Clone + Send + Sync + 'static> NsInner<V> {
                 self.record(Event::FillRefused);
                 (loaded(load_began), true)
             }
-            Err(_) => (loaded(load_began), false),
+            Err(_) => {
+                // The store refused the value (over its item limit) or did
+                // not answer: give the lease back, or every reader of the key
+                // waits out its TTL for a fill that never comes.
+                let _ = self.call(store.release(full, token)).await;
+                (loaded(load_began), false)
+            }
         }
+    }
+
+    /// A guard that releases `token`'s lease if this caller is cancelled
+    /// before it fills or releases it (see `engine::lease`).
+    pub(crate) fn hold(&self, full: &str, token: LeaseToken) -> HeldLease {
+        HeldLease::new(self.core.store.clone(), full, token, self.core.op_timeout)
+    }
+
+    /// Runs the loader while renewing the lease it loads under, so that a
+    /// loader slower than the lease TTL keeps it (see `engine::lease`).
+    pub(crate) async fn run_loader_leased<F, Fut, E>(&self, full: &str, token: LeaseToken, loader: &mut F) -> Loaded<V>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = std::result::Result<Option<V>, E>>,
+        E: std::error::Error + Send + Sync + 'static,
+    {
+        let store = &self.core.store;
+        let renew = || async move {
+            matches!(
+                self.call(store.renew_lease(full, token, self.lease_ttl)).await,
+                Ok(true)
+            )
+        };
+        renewing(self.lease_ttl, renew, self.run_loader(loader)).await
     }
 }

@@ -8,9 +8,6 @@
 
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
-
-use bytes::Bytes;
 
 use std::sync::Arc;
 
@@ -20,6 +17,9 @@ use crate::metrics::Event;
 use crate::namespace::{Fetched, NsInner, Settled, Shared, Source};
 use crate::policy::Strategy;
 use crate::store::LeaseToken;
+
+/// Bound on the keys a namespace remembers as throttled after a failed load.
+const MAX_THROTTLED_KEYS: usize = 10_000;
 
 impl<V: Clone + Send + Sync + 'static> NsInner<V> {
     /// Answers from the loader alone (per-call `skip_cache`).
@@ -45,6 +45,10 @@ impl<V: Clone + Send + Sync + 'static> NsInner<V> {
         E: std::error::Error + Send + Sync + 'static,
     {
         let loader = &mut loader;
+        // The local copy is the one being replaced: gone now, and the
+        // reloaded value installed in its place if no invalidation intervenes.
+        self.l1_evict(full);
+        let epoch = self.l1_epoch(full);
         let settled = match self.strategy {
             Strategy::Lease => {
                 let offered = LeaseToken::random();
@@ -53,8 +57,11 @@ impl<V: Clone + Send + Sync + 'static> NsInner<V> {
                     .await
                 {
                     Ok(Some(token)) => {
+                        let mut lease = self.hold(full, token);
                         let load_began = self.next_seq();
-                        match self.run_loader(loader).await {
+                        let loaded = self.run_loader_leased(full, token, loader).await;
+                        lease.disarm();
+                        match loaded {
                             Ok(loaded) => self.fill_loaded(full, token, loaded, load_began).await.0,
                             Err(e) => {
                                 let _ = self.call(self.core.store.release(full, token)).await;
@@ -76,10 +83,14 @@ impl<V: Clone + Send + Sync + 'static> NsInner<V> {
             },
             Strategy::Delete | Strategy::DoubleDelete { .. } => self.load_and_set(full, loader, None).await?,
         };
-        Ok(Fetched {
+        let fetched = Fetched {
             value: settled.value,
             source: settled.source,
-        })
+        };
+        if let Some(epoch) = epoch {
+            self.l1_install(full, &fetched, epoch, settled.expires_at_ms);
+        }
+        Ok(fetched)
     }
 
     /// When a load failed and a value is still there: a value due for early
@@ -94,25 +105,58 @@ impl<V: Clone + Send + Sync + 'static> NsInner<V> {
                 value: current.value.clone(),
                 source: Source::Stale,
                 settled_at,
+                expires_at_ms: current.expires_at_ms,
             });
         }
         Some(Settled {
             value: current.value.clone(),
             source: Source::Hit,
             settled_at,
+            expires_at_ms: current.expires_at_ms,
         })
     }
 
-    /// After fail-safe served an expired value, keep serving it for the
-    /// throttle period instead of retrying the failing loader on every read.
-    pub(crate) fn throttled(&self, current: &Current<V>) -> Option<(Bytes, Duration)> {
-        let fail_safe = self.fail_safe?;
-        if !current.expired {
-            return None;
+    /// After fail-safe served an expired value because the loader failed,
+    /// the loader is not tried again for this key for the throttle period:
+    /// readers are served the expired value still in the store.
+    ///
+    /// Why in process and not by writing the value back with a short TTL
+    /// (as the first version did): the value written back is the one read
+    /// before the load, and an invalidation and a newer fill may have
+    /// happened since; writing it would put the old row back over the new
+    /// one. Here nothing is written: each process throttles its own retries,
+    /// and what readers are served is always what the store holds now.
+    pub(crate) fn note_failed_load(&self, full: &str, current: &Option<Current<V>>) {
+        let Some(fail_safe) = self.fail_safe else { return };
+        if !current.as_ref().is_some_and(|c| c.expired) {
+            return;
         }
-        self.encode_for(current.value.as_ref(), Duration::ZERO, fail_safe.throttle)
-            .ok()
-            .flatten()
+        let now = tokio::time::Instant::now();
+        let mut failed = self.failed_loads.lock().unwrap_or_else(|e| e.into_inner());
+        if failed.len() >= MAX_THROTTLED_KEYS {
+            failed.retain(|_, until| *until > now);
+        }
+        if failed.len() < MAX_THROTTLED_KEYS {
+            failed.insert(full.to_owned(), now + fail_safe.throttle);
+        }
+    }
+
+    /// True while `full`'s loader is throttled after a failure (see
+    /// [`NsInner::note_failed_load`]). One atomic-free lookup of an empty
+    /// map when nothing failed.
+    pub(crate) fn load_throttled(&self, full: &str) -> bool {
+        if self.fail_safe.is_none() {
+            return false;
+        }
+        let mut failed = self.failed_loads.lock().unwrap_or_else(|e| e.into_inner());
+        match failed.get(full) {
+            Some(until) if *until > tokio::time::Instant::now() => true,
+            Some(_) => {
+                failed.remove(full);
+                false
+            }
+            None => false,
+        }
     }
 
     /// Reloads a value that is still in the store (due for early refresh,
@@ -138,15 +182,16 @@ impl<V: Clone + Send + Sync + 'static> NsInner<V> {
         match granted {
             Ok(Some(token)) => {
                 held.store(token.0, Ordering::Release);
+                let mut lease = self.hold(full, token);
                 let load_began = self.next_seq();
-                match self.run_loader(loader).await {
+                let loaded = self.run_loader_leased(full, token, loader).await;
+                lease.disarm();
+                match loaded {
                     Ok(loaded) => Ok(self.fill_loaded(full, token, loaded, load_began).await.0),
                     Err(e) => {
                         let served = self.fall_back(&current, load_began);
-                        match current.as_ref().and_then(|c| self.throttled(c)) {
-                            Some((bytes, ttl)) => drop(self.call(store.fill(full, token, bytes, ttl)).await),
-                            None => drop(self.call(store.release(full, token)).await),
-                        }
+                        self.note_failed_load(full, &current);
+                        drop(self.call(store.release(full, token)).await);
                         served.ok_or(e)
                     }
                 }
@@ -195,7 +240,7 @@ impl<V: Clone + Send + Sync + 'static> NsInner<V> {
         E: std::error::Error + Send + Sync + 'static,
     {
         match this.read_cached(&full).await {
-            Cached::Hit(value) => {
+            Cached::Hit(value, _) => {
                 this.record(Event::Hit);
                 Ok(Fetched {
                     value,

@@ -27,18 +27,34 @@ impl<V: Clone + Send + Sync + 'static> NsInner<V> {
                 first_error.get_or_insert(e);
             }
         }
-        if let Some(router) = &self.core.router {
-            let message = Invalidation::new(self.name.clone(), fulls.to_vec(), router.origin);
-            if let Err(e) = router.bus.publish(&message).await {
-                // Other processes' L1s then age out by their TTL.
-                tracing::warn!(namespace = self.name, error = %e, "invalidation not published on the bus");
-            }
-        }
+        self.publish(fulls.to_vec()).await;
         first_error.map_or(Ok(()), Err)
     }
 
+    /// Tells the other processes' L1s that `keys` changed. A message that
+    /// cannot be published is logged: their L1s then age out by their TTL
+    /// (the bus's documented limit).
+    pub(crate) async fn publish(&self, keys: Vec<String>) {
+        if let Some(router) = &self.core.router {
+            let message = Invalidation::new(self.name.clone(), keys, router.origin);
+            if let Err(e) = router.bus.publish(&message).await {
+                tracing::warn!(namespace = self.name, error = %e, "invalidation not published on the bus");
+            }
+        }
+    }
+
     async fn invalidate_one(&self, full: &str) -> Result<()> {
+        // Evicted before the store operation, so fills that began earlier
+        // skip the L1, AND after it (in `store_then_evict`), because a reader
+        // that missed the L1 in between read the old value from the store
+        // and may be installing it now: the second eviction fences it.
         self.l1_evict(full);
+        let result = self.invalidate_in_store(full).await;
+        self.l1_evict_written(full);
+        result
+    }
+
+    async fn invalidate_in_store(&self, full: &str) -> Result<()> {
         let store = &self.core.store;
         let (key, op, result) = match self.strategy {
             Strategy::Lease => {
@@ -79,13 +95,25 @@ impl<V: Clone + Send + Sync + 'static> NsInner<V> {
         };
         if let Err(e) = &result {
             tracing::warn!(key, error = %e, "invalidation failed: queued for replay");
-            self.core.queue_invalidation(&key, op);
+            self.core.queue_invalidation(&self.name, full, &key, op);
         }
         result
     }
 
     pub(crate) async fn write(&self, full: &str, value: &V) -> Result<()> {
         self.l1_evict(full);
+        let result = self.write_to_store(full, value).await;
+        // As in `invalidate_one`: a reader that read the old value between
+        // the first eviction and the store write must not keep it.
+        self.l1_evict_written(full);
+        if result.is_ok() {
+            // Other processes' L1s hold the old value until they hear of it.
+            self.publish(vec![full.to_owned()]).await;
+        }
+        result
+    }
+
+    async fn write_to_store(&self, full: &str, value: &V) -> Result<()> {
         let (bytes, ttl) = self.encode(Some(value), Duration::ZERO)?.ok_or_else(|| {
             Error::new(
                 ErrorKind::Codec,
@@ -130,12 +158,10 @@ impl<V: Clone + Send + Sync + 'static> SecondDelete for NsInner<V> {
                 .await
                 .is_err()
             {
-                self.core.queue_invalidation(&key, PendingOp::Delete);
+                self.core.queue_invalidation(&self.name, &key, &key, PendingOp::Delete);
             }
-            if let Some(router) = &self.core.router {
-                let message = Invalidation::new(self.name.clone(), vec![key], router.origin);
-                let _ = router.bus.publish(&message).await;
-            }
+            self.l1_evict_written(&key);
+            self.publish(vec![key]).await;
         })
     }
 }

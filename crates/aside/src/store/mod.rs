@@ -44,15 +44,29 @@ pub mod redis;
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum StoreError {
-    /// The server could not be reached or the connection broke.
+    /// The server could not be reached, the connection broke, or the server
+    /// cannot serve any key now (Redis `LOADING`, `READONLY`, cluster down):
+    /// a failure of the store as a whole, which feeds the circuit breaker.
     #[error("connection: {0}")]
     Connection(String),
-    /// The server answered with an error or something unexpected.
+    /// The server answered with an error or something unexpected about this
+    /// request (Redis `WRONGTYPE`, a non-numeric counter): a per-key miss,
+    /// not a sick store.
     #[error("server: {0}")]
     Server(String),
     /// The store refused the operation (value too large, key invalid for it).
     #[error("refused: {0}")]
     Refused(String),
+}
+
+impl StoreError {
+    /// True for an error about one key or one request ([`StoreError::Server`],
+    /// [`StoreError::Refused`]), which says nothing about the store's
+    /// health: the engine treats it as a miss of that key and does not feed
+    /// the circuit breaker with it. Connection errors (and timeouts) do.
+    pub fn is_per_key(&self) -> bool {
+        matches!(self, StoreError::Server(_) | StoreError::Refused(_))
+    }
 }
 
 /// Result of a store operation.
@@ -189,6 +203,18 @@ pub trait Store: Send + Sync + 'static {
 
     /// Writes `value` only if `token` is still the entry's lease.
     async fn fill(&self, key: &str, token: LeaseToken, value: Bytes, ttl: Duration) -> StoreResult<FillOutcome>;
+
+    /// Extends the lease `token` holds on `key` to `lease_ttl` from now, if
+    /// it still holds it; true when extended. The engine renews a lease
+    /// while a slow loader runs, so that a refused fill always means an
+    /// invalidation revoked the lease, never that it ran out.
+    ///
+    /// The default extends nothing and returns false: a store without
+    /// renewal bounds every load's lease by its TTL.
+    async fn renew_lease(&self, key: &str, token: LeaseToken, lease_ttl: Duration) -> StoreResult<bool> {
+        let _ = (key, token, lease_ttl);
+        Ok(false)
+    }
 
     /// Gives a lease back without filling (the loader failed or found
     /// nothing), if `token` still holds it; a stale value stays.

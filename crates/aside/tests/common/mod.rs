@@ -90,13 +90,75 @@ use aside::store::{EntryView, Fill, FillOutcome, LeaseOutcome, LeaseToken, Store
 use async_trait::async_trait;
 use bytes::Bytes;
 
-/// A store wrapper for tests: counts calls (one per round trip) and can
-/// hold `peek_entry` answers until a test releases them.
+/// A store wrapper for tests: counts calls (one per round trip), can
+/// hold `peek_entry` answers until a test releases them, and through its
+/// [`Hooks`] can pause a chosen operation before it reaches the store or
+/// fail it.
 pub struct Instrumented<S> {
     inner: S,
     calls: Arc<AtomicUsize>,
     /// When set, `peek_entry` reads, then waits for a permit before answering.
     pub peek_gate: Option<Arc<tokio::sync::Semaphore>>,
+    pub hooks: Arc<Hooks>,
+}
+
+/// Pauses and failures of chosen store operations, by name (`"invalidate"`,
+/// `"put_entry"`, `"fill"`, `"lease_for_refresh"`, ...).
+#[derive(Default)]
+pub struct Hooks {
+    pause: Mutex<Option<PausedOp>>,
+    failing: Mutex<std::collections::HashSet<&'static str>>,
+}
+
+type PausedOp = (&'static str, Arc<tokio::sync::Notify>, Arc<tokio::sync::Semaphore>);
+
+/// A paused operation: `reached` fires when it arrives, `release` lets it go.
+pub struct Paused {
+    pub reached: Arc<tokio::sync::Notify>,
+    release: Arc<tokio::sync::Semaphore>,
+}
+
+impl Paused {
+    pub fn release(&self) {
+        self.release.add_permits(1);
+    }
+}
+
+impl Hooks {
+    /// The next call of `op` waits before reaching the store until released.
+    pub fn pause_next(&self, op: &'static str) -> Paused {
+        let reached = Arc::new(tokio::sync::Notify::new());
+        let release = Arc::new(tokio::sync::Semaphore::new(0));
+        *self.pause.lock().unwrap() = Some((op, reached.clone(), release.clone()));
+        Paused { reached, release }
+    }
+
+    /// Every call of `op` fails (before reaching the store) until `heal`.
+    pub fn fail(&self, op: &'static str) {
+        self.failing.lock().unwrap().insert(op);
+    }
+
+    pub fn heal(&self, op: &'static str) {
+        self.failing.lock().unwrap().remove(op);
+    }
+
+    async fn enter(&self, op: &'static str) -> StoreResult<()> {
+        let paused = {
+            let mut pause = self.pause.lock().unwrap();
+            match pause.as_ref() {
+                Some((name, _, _)) if *name == op => pause.take(),
+                _ => None,
+            }
+        };
+        if let Some((_, reached, release)) = paused {
+            reached.notify_one();
+            release.acquire().await.expect("never closed").forget();
+        }
+        if self.failing.lock().unwrap().contains(op) {
+            return Err(aside::store::StoreError::Connection(format!("{op} failed by the test")));
+        }
+        Ok(())
+    }
 }
 
 impl<S> Instrumented<S> {
@@ -105,6 +167,7 @@ impl<S> Instrumented<S> {
             inner,
             calls,
             peek_gate: None,
+            hooks: Arc::default(),
         }
     }
 }
@@ -122,26 +185,32 @@ impl<S: Store> Store for Instrumented<S> {
     }
     async fn get(&self, key: &str) -> StoreResult<Option<Bytes>> {
         self.tick();
+        self.hooks.enter("get").await?;
         self.inner.get(key).await
     }
     async fn set(&self, key: &str, value: Bytes, ttl: Duration) -> StoreResult<()> {
         self.tick();
+        self.hooks.enter("set").await?;
         self.inner.set(key, value, ttl).await
     }
     async fn add(&self, key: &str, value: Bytes, ttl: Duration) -> StoreResult<bool> {
         self.tick();
+        self.hooks.enter("add").await?;
         self.inner.add(key, value, ttl).await
     }
     async fn delete(&self, key: &str) -> StoreResult<()> {
         self.tick();
+        self.hooks.enter("delete").await?;
         self.inner.delete(key).await
     }
     async fn incr(&self, key: &str, ttl: Duration) -> StoreResult<u64> {
         self.tick();
+        self.hooks.enter("incr").await?;
         self.inner.incr(key, ttl).await
     }
     async fn peek_entry(&self, key: &str) -> StoreResult<EntryView> {
         self.tick();
+        self.hooks.enter("peek_entry").await?;
         let view = self.inner.peek_entry(key).await;
         if let Some(gate) = &self.peek_gate {
             gate.acquire().await.expect("gate open").forget();
@@ -150,38 +219,52 @@ impl<S: Store> Store for Instrumented<S> {
     }
     async fn lookup_or_lease(&self, key: &str, token: LeaseToken, ttl: Duration) -> StoreResult<LeaseOutcome> {
         self.tick();
+        self.hooks.enter("lookup_or_lease").await?;
         self.inner.lookup_or_lease(key, token, ttl).await
     }
     async fn lease_for_refresh(&self, key: &str, token: LeaseToken, ttl: Duration) -> StoreResult<Option<LeaseToken>> {
         self.tick();
+        self.hooks.enter("lease_for_refresh").await?;
         self.inner.lease_for_refresh(key, token, ttl).await
     }
     async fn fill(&self, key: &str, token: LeaseToken, value: Bytes, ttl: Duration) -> StoreResult<FillOutcome> {
         self.tick();
+        self.hooks.enter("fill").await?;
         self.inner.fill(key, token, value, ttl).await
+    }
+    async fn renew_lease(&self, key: &str, token: LeaseToken, ttl: Duration) -> StoreResult<bool> {
+        self.tick();
+        self.hooks.enter("renew_lease").await?;
+        self.inner.renew_lease(key, token, ttl).await
     }
     async fn release(&self, key: &str, token: LeaseToken) -> StoreResult<()> {
         self.tick();
+        self.hooks.enter("release").await?;
         self.inner.release(key, token).await
     }
     async fn put_entry(&self, key: &str, value: Bytes, ttl: Duration) -> StoreResult<()> {
         self.tick();
+        self.hooks.enter("put_entry").await?;
         self.inner.put_entry(key, value, ttl).await
     }
     async fn invalidate(&self, key: &str, keep_stale: Option<Duration>) -> StoreResult<()> {
         self.tick();
+        self.hooks.enter("invalidate").await?;
         self.inner.invalidate(key, keep_stale).await
     }
     async fn ping(&self) -> StoreResult<()> {
         self.tick();
+        self.hooks.enter("ping").await?;
         self.inner.ping().await
     }
     async fn get_many(&self, keys: &[String]) -> StoreResult<Vec<Option<Bytes>>> {
         self.tick();
+        self.hooks.enter("get_many").await?;
         self.inner.get_many(keys).await
     }
     async fn peek_many(&self, keys: &[String]) -> StoreResult<Vec<EntryView>> {
         self.tick();
+        self.hooks.enter("peek_many").await?;
         self.inner.peek_many(keys).await
     }
     async fn lookup_or_lease_many(
@@ -190,14 +273,17 @@ impl<S: Store> Store for Instrumented<S> {
         ttl: Duration,
     ) -> StoreResult<Vec<LeaseOutcome>> {
         self.tick();
+        self.hooks.enter("lookup_or_lease_many").await?;
         self.inner.lookup_or_lease_many(keys, ttl).await
     }
     async fn fill_many(&self, fills: Vec<Fill>) -> StoreResult<Vec<FillOutcome>> {
         self.tick();
+        self.hooks.enter("fill_many").await?;
         self.inner.fill_many(fills).await
     }
     async fn set_many(&self, items: Vec<(String, Bytes, Duration)>) -> StoreResult<()> {
         self.tick();
+        self.hooks.enter("set_many").await?;
         self.inner.set_many(items).await
     }
 }

@@ -16,12 +16,24 @@
 //! | `incr` | `ma <k> N<ttl> J1 T<ttl> v` | a missing key is created at 1 (0 incremented), the TTL refreshed |
 //!
 //! **Tokens.** memcached, not the caller, decides who wins, and the item's
-//! CAS identifies the win: a lease token is `cas << 2 | kind` (kind 0: a
-//! vivified miss, 1: a stale item, 2: a refresh), so `fill` knows the CAS to
-//! send and `release` knows which of the three ways applies. The token
-//! offered by the caller is ignored; the one returned in
+//! CAS identifies the win: a lease token is `generation << 50 | cas << 2 |
+//! kind` (kind 0: a vivified miss, 1: a stale item, 2: a refresh), so `fill`
+//! knows the CAS to send and `release` knows which of the three ways
+//! applies. The token offered by the caller is ignored; the one returned in
 //! [`LeaseOutcome::Granted`] (and by `lease_for_refresh`) is the one to fill
 //! with, and [`Store::peek_entry`] reports the same value.
+//!
+//! The **generation** is the boot of the server the CAS came from (see
+//! `pool`): memcached's CAS counter starts over at a restart, so a bare
+//! CAS from before it would match an item written after it, and a fill
+//! with a lease granted before the restart would overwrite the lease of a
+//! reader after it. Every CAS-guarded request (fill, release, the give-back
+//! of a look's win) carries the generation of its CAS and is sent only on
+//! a connection to that same boot; on another it is answered as a CAS
+//! mismatch without being sent, so a pre-restart fill is refused. A CAS
+//! beyond 48 bits (a server past 2.8 * 10^14 writes) cannot be told apart
+//! this way: lookups on such a server fail as server errors (a miss, the
+//! loader answers) until it restarts.
 //!
 //! **What memcached 1.6.18 does, checked against the real server** (and
 //! asserted by `tests/store_contract.rs`):
@@ -205,10 +217,28 @@ struct Req<'a> {
     cmd: &'static str,
     value: Option<&'a [u8]>,
     flags: String,
+    /// For a request guarded by a CAS: the generation the CAS belongs to.
+    /// It is sent only on a connection to that boot of the server, and
+    /// answered `EX` (CAS mismatch) unsent on any other.
+    generation: Option<u16>,
 }
 
 fn req<'a>(key: Cow<'a, str>, cmd: &'static str, value: Option<&'a [u8]>, flags: String) -> Req<'a> {
-    Req { key, cmd, value, flags }
+    Req {
+        key,
+        cmd,
+        value,
+        flags,
+        generation: None,
+    }
+}
+
+impl Req<'_> {
+    /// Guards the request by the generation of the CAS it carries.
+    fn of_generation(mut self, generation: u16) -> Self {
+        self.generation = Some(generation);
+        self
+    }
 }
 
 /// The `T`/`N` argument for `ttl`: whole seconds rounded up, plus one,
@@ -230,10 +260,10 @@ fn wire_key(key: &str) -> StoreResult<Cow<'_, str>> {
             "key {key:?} holds byte {bad:#04x}: memcached keys cannot hold whitespace or control characters"
         )));
     }
-    if key.len() <= MAX_KEY_LEN {
+    if key.len() <= MAX_KEY_LEN && !looks_hashed(key) {
         return Ok(Cow::Borrowed(key));
     }
-    let mut keep = MAX_KEY_LEN - 41;
+    let mut keep = (MAX_KEY_LEN - 41).min(key.len());
     while !key.is_char_boundary(keep) {
         keep -= 1;
     }
@@ -241,8 +271,38 @@ fn wire_key(key: &str) -> StoreResult<Cow<'_, str>> {
     Ok(Cow::Owned(format!("{}#{digest}", &key[..keep])))
 }
 
-fn token(cas: u64, kind: u64) -> LeaseToken {
-    LeaseToken((cas << 2) | kind)
+/// True for a key of the form of a hashed one (up to 209 bytes of a long
+/// key, `#` and 40 hex digits: 247 to 250 bytes in all): such a key is
+/// hashed too, so that a key crafted to look like the hashed form of a long
+/// one never shares its item. (Shorter keys ending in a digest, such as the
+/// engine's own `ns:#<sha1>` for long keys, cannot be a wire digest.)
+fn looks_hashed(key: &str) -> bool {
+    let bytes = key.as_bytes();
+    (MAX_KEY_LEN - 3..=MAX_KEY_LEN).contains(&bytes.len())
+        && bytes[bytes.len() - 41] == b'#'
+        && bytes[bytes.len() - 40..]
+            .iter()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(b))
+}
+
+/// Bits of a token below the generation: 48 of CAS and 2 of kind.
+const GENERATION_SHIFT: u32 = 50;
+const CAS_MASK: u64 = (1 << (GENERATION_SHIFT - 2)) - 1;
+
+/// The token of a win of `kind` on an item with `cas`, on a server of
+/// `generation`; `None` if the CAS does not fit its 48 bits.
+fn token(generation: u16, cas: u64, kind: u64) -> Option<LeaseToken> {
+    (cas <= CAS_MASK).then(|| LeaseToken((u64::from(generation) << GENERATION_SHIFT) | (cas << 2) | kind))
+}
+
+fn too_large_cas(cas: u64) -> StoreError {
+    StoreError::Server(format!("CAS {cas} does not fit a lease token"))
+}
+
+/// The parts of a token: `(generation, cas, kind)`.
+fn token_parts(token: LeaseToken) -> (u16, u64, u64) {
+    let generation = (token.0 >> GENERATION_SHIFT) as u16 & ((1 << pool::GENERATION_BITS) - 1);
+    (generation, (token.0 >> 2) & CAS_MASK, token.0 & 3)
 }
 
 fn unexpected(what: &str, m: &Meta) -> StoreError {
@@ -257,12 +317,14 @@ struct Item {
     /// lease placeholder: an item of the entry family, not a plain value.
     entry: bool,
     cas: u64,
+    /// The generation of the server that answered (see the module documentation).
+    generation: u16,
     stale: bool,
     won: bool,
     busy: bool,
 }
 
-fn item(m: Meta) -> StoreResult<Option<Item>> {
+fn item(m: Meta, generation: u16) -> StoreResult<Option<Item>> {
     match m.status {
         Status::Miss => Ok(None),
         Status::Value | Status::Stored => {
@@ -273,6 +335,7 @@ fn item(m: Meta) -> StoreResult<Option<Item>> {
                 value: if placeholder { None } else { m.value },
                 entry: flagged || placeholder,
                 cas,
+                generation,
                 stale: m.stale,
                 won: m.won,
                 busy: m.busy,
@@ -282,8 +345,8 @@ fn item(m: Meta) -> StoreResult<Option<Item>> {
     }
 }
 
-fn lease_outcome(m: Meta) -> StoreResult<LeaseOutcome> {
-    let Some(it) = item(m)? else {
+fn lease_outcome((m, generation): (Meta, u16)) -> StoreResult<LeaseOutcome> {
+    let Some(it) = item(m, generation)? else {
         // `N` vivifies every miss; a miss means memcached could not allocate.
         return Err(StoreError::Server(
             "mg with N missed: memcached could not vivify the key".into(),
@@ -293,15 +356,16 @@ fn lease_outcome(m: Meta) -> StoreResult<LeaseOutcome> {
         // As Redis answers WRONGTYPE: the engine loads without the cache.
         return Err(StoreError::Server("the key holds a plain value, not an entry".into()));
     }
+    let win = |kind| token(it.generation, it.cas, kind).ok_or_else(|| too_large_cas(it.cas));
     Ok(match (it.stale, it.won, it.value) {
         (true, true, stale) => LeaseOutcome::Granted {
-            token: token(it.cas, KIND_STALE),
+            token: win(KIND_STALE)?,
             stale,
         },
         (true, false, stale) => LeaseOutcome::Busy { stale },
         (false, _, Some(v)) => LeaseOutcome::Hit(v),
         (false, true, None) => LeaseOutcome::Granted {
-            token: token(it.cas, KIND_VIVIFIED),
+            token: win(KIND_VIVIFIED)?,
             stale: None,
         },
         (false, false, None) => LeaseOutcome::Busy { stale: None },
@@ -405,28 +469,60 @@ impl MemcachedStore {
     /// Runs a pipeline: one per server involved, concurrently, answers
     /// returned in request order.
     async fn exec(&self, reqs: &[Req<'_>]) -> StoreResult<Vec<Meta>> {
+        Ok(self.exec_gen(reqs).await?.into_iter().map(|(m, _)| m).collect())
+    }
+
+    /// [`MemcachedStore::exec`], each answer with the generation of the
+    /// server that gave it. A request guarded by another generation than
+    /// its connection's is left out of the pipeline and answered `EX`.
+    async fn exec_gen(&self, reqs: &[Req<'_>]) -> StoreResult<Vec<(Meta, u16)>> {
         let inner = &*self.inner;
         let servers = inner.servers.len();
-        let mut groups: Vec<(Vec<u8>, Vec<usize>)> = (0..servers).map(|_| (Vec::new(), Vec::new())).collect();
+        let mut groups: Vec<Vec<usize>> = vec![Vec::new(); servers];
         for (i, r) in reqs.iter().enumerate() {
             let s = if servers == 1 { 0 } else { inner.ring.server_for(&r.key) };
-            proto::encode(&mut groups[s].0, r.cmd, &r.key, r.value, &r.flags);
-            groups[s].1.push(i);
+            groups[s].push(i);
         }
-        let runs =
-            groups
-                .iter()
-                .enumerate()
-                .filter(|(_, (_, idx))| !idx.is_empty())
-                .map(|(s, (buf, idx))| async move {
-                    let metas = inner.servers[s].run(buf, idx.len(), inner.item_size_max).await?;
-                    Ok::<_, StoreError>((s, metas))
-                });
+        let runs = groups
+            .iter()
+            .enumerate()
+            .filter(|(_, idx)| !idx.is_empty())
+            .map(|(s, idx)| async move {
+                let mut sent = vec![false; idx.len()];
+                let build = |generation: u16| {
+                    let mut buf = Vec::new();
+                    for (sent, &i) in sent.iter_mut().zip(idx) {
+                        let r = &reqs[i];
+                        if r.generation.is_none_or(|g| g == generation) {
+                            proto::encode(&mut buf, r.cmd, &r.key, r.value, &r.flags);
+                            *sent = true;
+                        }
+                    }
+                    let count = sent.iter().filter(|s| **s).count();
+                    (buf, count)
+                };
+                let (metas, generation) = inner.servers[s].run_with(build, inner.item_size_max).await?;
+                let mut metas = metas.into_iter();
+                let answers: Vec<(usize, Meta)> = idx
+                    .iter()
+                    .zip(&sent)
+                    .map(|(&i, &sent)| {
+                        let m = if sent {
+                            metas.next()
+                        } else {
+                            Some(Meta::new(Status::Exists))
+                        };
+                        m.map(|m| (i, m))
+                            .ok_or_else(|| StoreError::Server("a pipelined request got no answer".into()))
+                    })
+                    .collect::<StoreResult<_>>()?;
+                Ok::<_, StoreError>((answers, generation))
+            });
         let answered = futures::future::try_join_all(runs).await?;
-        let mut out: Vec<Option<Meta>> = (0..reqs.len()).map(|_| None).collect();
-        for (s, metas) in answered {
-            for (i, m) in groups[s].1.iter().zip(metas) {
-                out[*i] = Some(m);
+        let mut out: Vec<Option<(Meta, u16)>> = (0..reqs.len()).map(|_| None).collect();
+        for (answers, generation) in answered {
+            for (i, m) in answers {
+                out[i] = Some((m, generation));
             }
         }
         out.into_iter()
@@ -435,21 +531,25 @@ impl MemcachedStore {
     }
 
     async fn exec_one(&self, r: Req<'_>) -> StoreResult<Meta> {
-        let mut metas = self.exec(std::slice::from_ref(&r)).await?;
+        Ok(self.exec_one_gen(r).await?.0)
+    }
+
+    async fn exec_one_gen(&self, r: Req<'_>) -> StoreResult<(Meta, u16)> {
+        let mut metas = self.exec_gen(std::slice::from_ref(&r)).await?;
         metas
             .pop()
             .ok_or_else(|| StoreError::Server("a request got no answer".into()))
     }
 
     /// Gives back wins that a look (not a lookup) took on stale items: see
-    /// the module documentation.
-    async fn give_back(&self, wins: Vec<(Cow<'_, str>, u64)>) -> StoreResult<()> {
+    /// the module documentation. Each is `(key, cas, generation)`.
+    async fn give_back(&self, wins: Vec<(Cow<'_, str>, u64, u16)>) -> StoreResult<()> {
         if wins.is_empty() {
             return Ok(());
         }
         let reqs: Vec<Req<'_>> = wins
             .into_iter()
-            .map(|(key, cas)| req(key, "md", None, format!("I C{cas}")))
+            .map(|(key, cas, generation)| req(key, "md", None, format!("I C{cas}")).of_generation(generation))
             .collect();
         self.exec(&reqs).await.map(drop)
     }
@@ -462,10 +562,10 @@ impl MemcachedStore {
             .map(|k| req(Cow::Borrowed(k.as_ref()), "mg", None, "v c f".into()))
             .collect();
         let items: Vec<Option<Item>> = self
-            .exec(&reqs)
+            .exec_gen(&reqs)
             .await?
             .into_iter()
-            .map(item)
+            .map(|(m, generation)| item(m, generation))
             .collect::<StoreResult<_>>()?;
         let wins = wire
             .iter()
@@ -473,7 +573,7 @@ impl MemcachedStore {
             .filter_map(|(k, it)| {
                 it.as_ref()
                     .filter(|it| it.won)
-                    .map(|it| (Cow::Borrowed(k.as_ref()), it.cas))
+                    .map(|it| (Cow::Borrowed(k.as_ref()), it.cas, it.generation))
             })
             .collect();
         self.give_back(wins).await?;
@@ -508,20 +608,21 @@ impl MemcachedStore {
                 (false, true) => KIND_REFRESH,
                 (false, false) => KIND_VIVIFIED,
             };
-            token(it.cas, kind)
+            token(it.generation, it.cas, kind)
         });
         EntryView {
             value: it.value,
             stale: it.stale,
-            lease,
+            lease: lease.flatten(),
         }
     }
 
     fn fill_req<'a>(&self, key: &'a str, token: LeaseToken, value: &'a [u8], ttl: Duration) -> StoreResult<Req<'a>> {
         let key = wire_key(key)?;
         self.check_size(&key, value)?;
-        let flags = format!("C{} T{} F{ENTRY_FLAG}", token.0 >> 2, secs(ttl));
-        Ok(req(key, "ms", Some(value), flags))
+        let (generation, cas, _) = token_parts(token);
+        let flags = format!("C{cas} T{} F{ENTRY_FLAG}", secs(ttl));
+        Ok(req(key, "ms", Some(value), flags).of_generation(generation))
     }
 }
 
@@ -587,7 +688,7 @@ impl Store for MemcachedStore {
 
     async fn lookup_or_lease(&self, key: &str, _offered: LeaseToken, lease_ttl: Duration) -> StoreResult<LeaseOutcome> {
         let flags = format!("N{} v c f", secs(lease_ttl));
-        lease_outcome(self.exec_one(req(wire_key(key)?, "mg", None, flags)).await?)
+        lease_outcome(self.exec_one_gen(req(wire_key(key)?, "mg", None, flags)).await?)
     }
 
     async fn lease_for_refresh(
@@ -597,16 +698,22 @@ impl Store for MemcachedStore {
         _lease_ttl: Duration,
     ) -> StoreResult<Option<LeaseToken>> {
         let key = wire_key(key)?;
-        let m = self
-            .exec_one(req(key.clone(), "mg", None, format!("R{RECACHE_ANY} c f")))
+        let (m, generation) = self
+            .exec_one_gen(req(key.clone(), "mg", None, format!("R{RECACHE_ANY} c f")))
             .await?;
         // Without `v`, a value's presence shows in its client flags.
         let entry = m.client_flags == Some(ENTRY_FLAG);
-        match item(m)? {
-            Some(it) if it.won && !it.stale && entry => Ok(Some(token(it.cas, KIND_REFRESH))),
+        match item(m, generation)? {
+            Some(it) if it.won && !it.stale && entry => match token(it.generation, it.cas, KIND_REFRESH) {
+                Some(token) => Ok(Some(token)),
+                None => {
+                    self.give_back(vec![(key, it.cas, it.generation)]).await?;
+                    Err(too_large_cas(it.cas))
+                }
+            },
             Some(it) if it.won => {
                 // Won a stale item or a placeholder: not a refresh; give it back.
-                self.give_back(vec![(key, it.cas)]).await?;
+                self.give_back(vec![(key, it.cas, it.generation)]).await?;
                 Ok(None)
             }
             _ => Ok(None),
@@ -617,16 +724,45 @@ impl Store for MemcachedStore {
         fill_outcome(&self.exec_one(self.fill_req(key, token, &value, ttl)?).await?)
     }
 
+    /// memcached has no touch guarded by a CAS, so this reads the item's
+    /// CAS and TTL, and touches it (`T`, which keeps the CAS) only if it is
+    /// still the item the lease won, and only to lengthen its life. An
+    /// invalidation between the read and the touch leaves a placeholder or
+    /// stale item living a lease TTL longer, never a value filled.
+    async fn renew_lease(&self, key: &str, token: LeaseToken, lease_ttl: Duration) -> StoreResult<bool> {
+        let (generation, cas, _) = token_parts(token);
+        let key = wire_key(key)?;
+        let (m, now_generation) = self.exec_one_gen(req(key.clone(), "mg", None, "c t".into())).await?;
+        let remaining = m.ttl;
+        match item(m, now_generation)? {
+            Some(it) if it.cas == cas && it.generation == generation => {
+                let wanted = secs(lease_ttl);
+                // t-1: the item never expires.
+                let short = remaining.is_some_and(|t| t >= 0 && (t as u64) < wanted);
+                if short {
+                    let touch = req(key, "mg", None, format!("T{wanted}")).of_generation(generation);
+                    self.exec_one(touch).await?;
+                }
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
+    }
+
     async fn release(&self, key: &str, token: LeaseToken) -> StoreResult<()> {
         let key = wire_key(key)?;
-        let cas = token.0 >> 2;
-        match token.0 & 3 {
-            KIND_VIVIFIED => drop(self.exec_one(req(key, "md", None, format!("C{cas}"))).await?),
-            KIND_STALE => drop(self.exec_one(req(key, "md", None, format!("I C{cas}"))).await?),
+        // Every request here is guarded by the token's CAS, so by its generation.
+        let (generation, cas, kind) = token_parts(token);
+        let guarded = |key, flags| req(key, "md", None, flags).of_generation(generation);
+        match kind {
+            KIND_VIVIFIED => drop(self.exec_one(guarded(key, format!("C{cas}"))).await?),
+            KIND_STALE => drop(self.exec_one(guarded(key, format!("I C{cas}"))).await?),
             _ => {
                 // A refresh win is cleared only by replacing the item: write
                 // the same value back, if it is still the one we won.
-                let m = self.exec_one(req(key.clone(), "mg", None, "v c f t".into())).await?;
+                let (m, now_generation) = self
+                    .exec_one_gen(req(key.clone(), "mg", None, "v c f t".into()))
+                    .await?;
                 let ttl = m.ttl;
                 let flags = m.client_flags.unwrap_or(0);
                 if let Some(Item {
@@ -634,13 +770,15 @@ impl Store for MemcachedStore {
                     cas: now,
                     stale: false,
                     ..
-                }) = item(m)?
+                }) = item(m, now_generation)?
                     && now == cas
+                    && now_generation == generation
                 {
                     // t-1: no expiry (T0); otherwise at least one second.
                     let t = ttl.map_or(1, |t| if t < 0 { 0 } else { t.max(1) });
                     let flags = format!("C{cas} T{t} F{flags}");
-                    self.exec_one(req(key, "ms", Some(&v), flags)).await?;
+                    self.exec_one(req(key, "ms", Some(&v), flags).of_generation(generation))
+                        .await?;
                 }
             }
         }
@@ -695,7 +833,7 @@ impl Store for MemcachedStore {
             .iter()
             .map(|(k, _)| Ok(req(wire_key(k)?, "mg", None, flags.clone())))
             .collect::<StoreResult<Vec<_>>>()?;
-        self.exec(&reqs).await?.into_iter().map(lease_outcome).collect()
+        self.exec_gen(&reqs).await?.into_iter().map(lease_outcome).collect()
     }
 
     async fn fill_many(&self, fills: Vec<Fill>) -> StoreResult<Vec<FillOutcome>> {
@@ -773,6 +911,12 @@ mod tests {
             let (stream, _) = listener.accept().await.unwrap();
             let (read, mut write) = stream.into_split();
             let mut lines = BufReader::new(read).lines();
+            // A new connection first asks who the server is (its generation).
+            assert_eq!(lines.next_line().await.unwrap().as_deref(), Some("stats"));
+            write
+                .write_all(b"STAT pid 42\r\nSTAT uptime 5\r\nSTAT time 1700000005\r\nEND\r\n")
+                .await
+                .unwrap();
             assert_eq!(lines.next_line().await.unwrap().as_deref(), Some("stats settings"));
             write.write_all(b"STAT item_size_max 1048576\r\nEND\r\n").await.unwrap();
             let mut batch = Vec::new();
@@ -790,9 +934,33 @@ mod tests {
     }
 
     #[test]
-    fn tokens_carry_the_cas_and_the_kind() {
-        let t = token(12345, KIND_STALE);
-        assert_eq!((t.0 >> 2, t.0 & 3), (12345, KIND_STALE));
-        assert_ne!(token(1, KIND_VIVIFIED).0, 0);
+    fn tokens_carry_the_generation_the_cas_and_the_kind() {
+        let t = token(7, 12345, KIND_STALE).unwrap();
+        assert_eq!(token_parts(t), (7, 12345, KIND_STALE));
+        assert_ne!(token(0, 1, KIND_VIVIFIED).unwrap().0, 0);
+        // The same CAS of two boots of a server makes two tokens.
+        assert_ne!(token(0, 1, KIND_VIVIFIED), token(1, 1, KIND_VIVIFIED));
+        let last = (1 << pool::GENERATION_BITS) - 1;
+        assert_eq!(
+            token_parts(token(last, CAS_MASK, KIND_REFRESH).unwrap()),
+            (last, CAS_MASK, KIND_REFRESH)
+        );
+        assert_eq!(token(0, CAS_MASK + 1, KIND_VIVIFIED), None);
+    }
+
+    /// A short key that looks like the hashed form of a long one is hashed
+    /// too, so it never shares the long key's item.
+    #[test]
+    fn a_key_shaped_like_a_hashed_one_gets_an_item_of_its_own() {
+        let long = format!("ns:{}", "x".repeat(300));
+        let hashed = wire_key(&long).unwrap().into_owned();
+        assert!(looks_hashed(&hashed));
+        let crafted = wire_key(&hashed).unwrap();
+        assert_ne!(crafted, hashed);
+        assert!(crafted.len() <= MAX_KEY_LEN);
+        assert_eq!(wire_key("ns:#not-hex").unwrap(), "ns:#not-hex");
+        // The engine's own hashed keys are short: kept as they are.
+        let engine_hashed = format!("ns:#{}", "a".repeat(40));
+        assert_eq!(wire_key(&engine_hashed).unwrap(), engine_hashed);
     }
 }

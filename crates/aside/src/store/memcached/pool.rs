@@ -14,7 +14,19 @@
 //! Health checks: a connection idle for longer than
 //! [`super::MemcachedConfig::health_check_after`] is checked with the
 //! meta no-op (`mn`, answered `MN`) before use and replaced if it fails.
+//!
+//! Generations: memcached's CAS counter starts over when the server
+//! restarts, so a CAS (and a lease token made of one) from before a
+//! restart can match an item written after it. Every new connection
+//! therefore asks the server who it is (`stats`: pid and start time) and
+//! gets the generation of that boot, a small number this process assigns
+//! in the order it meets boots. A connection never outlives the server
+//! process it reached (a restart closes it), so the generation of the
+//! connection an exchange runs on is the generation of the server that
+//! answers it; `run_with` hands it to the caller, which leaves out the
+//! CAS-guarded requests of another generation.
 
+use std::collections::VecDeque;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -32,6 +44,21 @@ pub(super) struct Limits {
     pub health_check_after: Duration,
 }
 
+/// Generations are 14 bits: they share a lease token's 64 with the CAS.
+pub(super) const GENERATION_BITS: u32 = 14;
+
+/// Boots remembered: a connection opened just before a restart can report
+/// the old boot after one opened just after it reported the new one, and
+/// must get the old boot's generation back, not a new one.
+const BOOTS_KEPT: usize = 16;
+
+/// The boots of one server this process has met, with their generations.
+#[derive(Debug, Default)]
+struct Boots {
+    known: VecDeque<(u64, u16)>,
+    next: u16,
+}
+
 /// One server and its pool.
 #[derive(Debug)]
 pub(super) struct Server {
@@ -39,6 +66,7 @@ pub(super) struct Server {
     limits: Limits,
     idle: Mutex<Vec<(Conn, Instant)>>,
     permits: Semaphore,
+    boots: Mutex<Boots>,
 }
 
 fn timed_out(what: &str, addr: &str, after: Duration) -> StoreError {
@@ -52,7 +80,25 @@ impl Server {
             permits: Semaphore::new(limits.max_connections.max(1)),
             limits,
             idle: Mutex::new(Vec::new()),
+            boots: Mutex::new(Boots::default()),
         }
+    }
+
+    /// The generation of the server process with identity `boot`: the same
+    /// for the same boot, another for every boot met since (modulo
+    /// 2^[`GENERATION_BITS`], far more restarts than a lease can live through).
+    fn generation_of(&self, boot: u64) -> u16 {
+        let mut boots = self.boots.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some((_, generation)) = boots.known.iter().find(|(b, _)| *b == boot) {
+            return *generation;
+        }
+        let generation = boots.next;
+        boots.next = (generation + 1) % (1 << GENERATION_BITS);
+        if boots.known.len() == BOOTS_KEPT {
+            boots.known.pop_front();
+        }
+        boots.known.push_back((boot, generation));
+        generation
     }
 
     pub(super) fn addr(&self) -> &str {
@@ -81,12 +127,18 @@ impl Server {
             .clear();
     }
 
-    /// Opens a new connection, bounded by the connect timeout.
+    /// Opens a new connection and learns its server's generation, bounded
+    /// by the connect timeout.
     pub(super) async fn open(&self) -> StoreResult<Conn> {
         let t = self.limits.connect_timeout;
-        tokio::time::timeout(t, Conn::open(&self.addr))
-            .await
-            .map_err(|_| timed_out("connecting to", &self.addr, t))?
+        tokio::time::timeout(t, async {
+            let mut conn = Conn::open(&self.addr).await?;
+            let boot = conn.boot_identity().await?;
+            conn.generation = self.generation_of(boot);
+            Ok::<_, StoreError>(conn)
+        })
+        .await
+        .map_err(|_| timed_out("connecting to", &self.addr, t))?
     }
 
     /// An idle connection that passed its health check, or a new one.
@@ -110,6 +162,19 @@ impl Server {
     /// pooled connection. Waiting for a free connection and connecting are
     /// bounded by the connect timeout, the exchange by the response timeout.
     pub(super) async fn run(&self, request: &[u8], count: usize, max_value: usize) -> StoreResult<Vec<Meta>> {
+        let (metas, _) = self.run_with(|_| (request.to_vec(), count), max_value).await?;
+        Ok(metas)
+    }
+
+    /// As [`Server::run`], with the pipeline built by `build` from the
+    /// generation of the connection it will run on (`build` returns the
+    /// request and how many answers it expects); returns that generation
+    /// with the answers.
+    pub(super) async fn run_with(
+        &self,
+        build: impl FnOnce(u16) -> (Vec<u8>, usize),
+        max_value: usize,
+    ) -> StoreResult<(Vec<Meta>, u16)> {
         let t = self.limits.connect_timeout;
         let (_permit, mut conn) = tokio::time::timeout(t, async {
             let permit = self
@@ -121,11 +186,13 @@ impl Server {
         })
         .await
         .map_err(|_| timed_out("a connection to", &self.addr, t))??;
+        let generation = conn.generation;
+        let (request, count) = build(generation);
         let t = self.limits.response_timeout;
-        match tokio::time::timeout(t, conn.exchange(request, count, max_value)).await {
+        match tokio::time::timeout(t, conn.exchange(&request, count, max_value)).await {
             Ok(Ok(metas)) => {
                 self.push_idle(conn);
-                Ok(metas)
+                Ok((metas, generation))
             }
             Ok(Err(e)) => {
                 if matches!(e, StoreError::Connection(_)) {

@@ -61,7 +61,7 @@ pub(super) struct Meta {
 }
 
 impl Meta {
-    fn new(status: Status) -> Self {
+    pub(super) fn new(status: Status) -> Self {
         Meta {
             status,
             value: None,
@@ -109,6 +109,9 @@ pub(super) fn encode(buf: &mut Vec<u8>, cmd: &str, key: &str, value: Option<&[u8
 pub(super) struct Conn {
     stream: BufReader<TcpStream>,
     line: Vec<u8>,
+    /// The generation (see `pool::Server::generation_of`) of the server
+    /// process this connection reached, set by the pool when it opens it.
+    pub(super) generation: u16,
 }
 
 impl Conn {
@@ -119,6 +122,7 @@ impl Conn {
         Ok(Conn {
             stream: BufReader::with_capacity(16 * 1024, stream),
             line: Vec::with_capacity(128),
+            generation: 0,
         })
     }
 
@@ -135,11 +139,34 @@ impl Conn {
 
     /// Reads `stats settings` into `(name, value)` pairs.
     pub(super) async fn stats_settings(&mut self) -> StoreResult<Vec<(String, String)>> {
-        self.stream
-            .get_mut()
-            .write_all(b"stats settings\r\n")
-            .await
-            .map_err(io_error)?;
+        self.stats(b"stats settings\r\n").await
+    }
+
+    /// The identity of the server process: its `pid` and its start time
+    /// (`time - uptime` of the general `stats`, the same every time it is
+    /// asked, since both come from one clock reading). A restarted server
+    /// has another. 0 when the server reports neither (a proxy, another
+    /// implementation): then every boot looks the same, as before.
+    pub(super) async fn boot_identity(&mut self) -> StoreResult<u64> {
+        let stats = self.stats(b"stats\r\n").await?;
+        let stat = |name: &str| {
+            stats
+                .iter()
+                .find(|(k, _)| k == name)
+                .and_then(|(_, v)| v.trim().parse::<i64>().ok())
+        };
+        Ok(match (stat("pid"), stat("time"), stat("uptime")) {
+            (Some(pid), Some(time), Some(uptime)) => {
+                let started = time.wrapping_sub(uptime) as u64;
+                (pid as u64).rotate_left(40) ^ started
+            }
+            _ => 0,
+        })
+    }
+
+    /// Sends a `stats` request and reads its `STAT name value` lines.
+    async fn stats(&mut self, request: &[u8]) -> StoreResult<Vec<(String, String)>> {
+        self.stream.get_mut().write_all(request).await.map_err(io_error)?;
         let mut out = Vec::new();
         loop {
             let line = self.read_line().await?;

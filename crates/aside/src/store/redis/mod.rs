@@ -53,6 +53,7 @@ struct Scripts {
     lease_for_refresh: Script,
     put_entry: Script,
     release: Script,
+    renew_lease: Script,
     invalidate_keep_stale: Script,
 }
 
@@ -64,6 +65,7 @@ impl Scripts {
             lease_for_refresh: Script::new(include_str!("lease_for_refresh.lua")),
             put_entry: Script::new(include_str!("put_entry.lua")),
             release: Script::new(include_str!("release.lua")),
+            renew_lease: Script::new(include_str!("renew_lease.lua")),
             invalidate_keep_stale: Script::new(include_str!("invalidate_keep_stale.lua")),
         }
     }
@@ -95,8 +97,34 @@ impl std::fmt::Debug for RedisStore {
     }
 }
 
+/// Sorts a redis-rs error into the store's kinds. What feeds the breaker
+/// ([`StoreError::Connection`]) is what no key can escape: I/O, timeouts, a
+/// reply that does not parse (the connection is out of step), failed
+/// authentication, and a server that cannot serve now (loading its data,
+/// a replica refusing writes, a cluster down). A reply about this request
+/// (`WRONGTYPE`, a script error, a value of an unexpected type) is
+/// [`StoreError::Server`]: a per-key miss.
 fn store_error(e: RedisError) -> StoreError {
-    if e.is_io_error() || e.is_connection_dropped() || e.is_connection_refusal() || e.is_timeout() {
+    use redis::{ErrorKind, ServerErrorKind};
+    let whole_store = e.is_io_error()
+        || e.is_connection_dropped()
+        || e.is_connection_refusal()
+        || e.is_timeout()
+        || matches!(
+            e.kind(),
+            ErrorKind::Io
+                | ErrorKind::Parse
+                | ErrorKind::AuthenticationFailed
+                | ErrorKind::ClusterConnectionNotFound
+                | ErrorKind::Server(
+                    ServerErrorKind::BusyLoading
+                        | ServerErrorKind::TryAgain
+                        | ServerErrorKind::ClusterDown
+                        | ServerErrorKind::MasterDown
+                        | ServerErrorKind::ReadOnly
+                )
+        );
+    if whole_store {
         StoreError::Connection(e.to_string())
     } else {
         StoreError::Server(e.to_string())
@@ -299,6 +327,19 @@ impl Store for RedisStore {
         })
     }
 
+    async fn renew_lease(&self, key: &str, token: LeaseToken, lease_ttl: Duration) -> StoreResult<bool> {
+        let renewed: i64 = self
+            .scripts
+            .renew_lease
+            .key(key)
+            .arg(token.0)
+            .arg(ttl_ms(lease_ttl))
+            .invoke_async(&mut self.conn.clone())
+            .await
+            .map_err(store_error)?;
+        Ok(renewed == 1)
+    }
+
     async fn release(&self, key: &str, token: LeaseToken) -> StoreResult<()> {
         self.scripts
             .release
@@ -428,5 +469,40 @@ impl Store for RedisStore {
             .exec_async(&mut self.conn.clone())
             .await
             .map_err(store_error)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use redis::{ErrorKind, ServerErrorKind};
+
+    use super::*;
+
+    /// Defect 16 of issue 12: only what no key escapes feeds the breaker.
+    #[test]
+    fn errors_about_one_key_are_server_errors_and_a_sick_server_is_a_connection_error() {
+        let kind = |k: ErrorKind| store_error(RedisError::from((k, "test")));
+        for per_key in [
+            ErrorKind::UnexpectedReturnType,
+            ErrorKind::Server(ServerErrorKind::ResponseError),
+            ErrorKind::Server(ServerErrorKind::ExecAbort),
+            ErrorKind::Extension,
+        ] {
+            assert!(matches!(kind(per_key), StoreError::Server(_)), "{per_key:?}");
+        }
+        for whole_store in [
+            ErrorKind::Io,
+            ErrorKind::Parse,
+            ErrorKind::AuthenticationFailed,
+            ErrorKind::Server(ServerErrorKind::BusyLoading),
+            ErrorKind::Server(ServerErrorKind::ReadOnly),
+            ErrorKind::Server(ServerErrorKind::ClusterDown),
+            ErrorKind::Server(ServerErrorKind::MasterDown),
+        ] {
+            assert!(
+                matches!(kind(whole_store), StoreError::Connection(_)),
+                "{whole_store:?}"
+            );
+        }
     }
 }

@@ -1,0 +1,542 @@
+//! Regression tests of the defects of issue 12, one per defect, each
+//! driving the exact interleaving the audit found through the public API
+//! (a wrapper store pauses or fails the chosen operation). Each fails when
+//! its fix is reverted; the history checker (`tests/history.rs`) covers
+//! the same paths with random interleavings.
+
+mod common;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use aside::store::redis::RedisStore;
+use aside::{Aside, FetchOptions, MemoryStore, Namespace, Source, Store, Strategy};
+use aside_testkit::RedisServer;
+use common::{Db, DbDown, Instrumented, User, eventually};
+
+/// One wrapper over one memory store, and its hooks.
+fn gated() -> (Arc<dyn Store>, Arc<common::Hooks>) {
+    let store = Instrumented::new(MemoryStore::new(), Arc::new(AtomicUsize::new(0)));
+    let hooks = store.hooks.clone();
+    (Arc::new(store), hooks)
+}
+
+/// An `Aside` over `store` whose store calls may pause as long as a test needs.
+fn patient(store: &Arc<dyn Store>) -> Aside {
+    Aside::builder()
+        .shared_store(store.clone())
+        .op_timeout(Duration::from_secs(60))
+        .build()
+}
+
+fn users(aside: &Aside, strategy: Strategy, l1: bool) -> Namespace<u64, User> {
+    let builder = aside.namespace::<u64, User>("user").strategy(strategy);
+    let builder = if l1 {
+        builder.l1(100, Duration::from_secs(60))
+    } else {
+        builder
+    };
+    builder.build().unwrap()
+}
+
+async fn read(ns: &Namespace<u64, User>, db: &Db, id: u64) -> Option<User> {
+    let db = db.clone();
+    ns.get_or_load(&id, move || {
+        let db = db.clone();
+        async move { db.get(id).await }
+    })
+    .await
+    .unwrap()
+}
+
+/// Defect 1: a reader that missed the L1 after the writer's eviction but
+/// before its store operation read the old value and installed it in the
+/// L1, where nothing removed it. For `invalidate` and for `set`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn defect_01_no_old_value_enters_the_l1_during_a_write() {
+    for (op, via_set) in [("invalidate", false), ("put_entry", true)] {
+        let (store, hooks) = gated();
+        let aside = patient(&store);
+        let ns = users(&aside, Strategy::Lease, true);
+        let db = Db::with_users(1);
+        assert_eq!(read(&ns, &db, 1).await, Some(User::new(1, 0)));
+
+        db.put(User::new(1, 1));
+        let paused = hooks.pause_next(op);
+        let writer = {
+            let ns = ns.clone();
+            tokio::spawn(async move {
+                if via_set {
+                    ns.set(&1, &User::new(1, 1)).await
+                } else {
+                    ns.invalidate(&1).await
+                }
+            })
+        };
+        paused.reached.notified().await;
+        // The writer has evicted the L1; the store still has version 0.
+        assert_eq!(
+            read(&ns, &db, 1).await,
+            Some(User::new(1, 0)),
+            "{op}: read before the write"
+        );
+        paused.release();
+        writer.await.unwrap().unwrap();
+        assert_eq!(
+            read(&ns, &db, 1).await,
+            Some(User::new(1, 1)),
+            "{op}: a read after the write returned must see it"
+        );
+    }
+}
+
+/// Defect 2: `set` published on the bus only when the store write failed,
+/// so other processes' L1s kept the old value.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn defect_02_set_reaches_other_processes_l1() {
+    let server = RedisServer::start();
+    let mut instances = Vec::new();
+    for _ in 0..2 {
+        let aside = Aside::builder()
+            .store(RedisStore::connect(&server.url()).await.unwrap())
+            .bus(aside::bus::redis::RedisBus::connect(&server.url()).await.unwrap())
+            .build();
+        let ns = users(&aside, Strategy::Lease, true);
+        instances.push((aside, ns));
+    }
+    let db = Db::with_users(1);
+    let (_, reader) = &instances[0];
+    let (_, writer) = &instances[1];
+    // The reader's L1 only fills once its bus subscription is up.
+    eventually("the reader's L1 holds version 0", Duration::from_secs(30), || async {
+        read(reader, &db, 1).await;
+        instances[0].0.stats().l1_hits > 0
+    })
+    .await;
+
+    db.put(User::new(1, 1));
+    writer.set(&1, &User::new(1, 1)).await.unwrap();
+    eventually(
+        "the other process's L1 drops version 0",
+        Duration::from_secs(30),
+        || async { read(reader, &db, 1).await == Some(User::new(1, 1)) },
+    )
+    .await;
+}
+
+/// Defect 5: fail-safe wrote back the value it had peeked, under a refresh
+/// lease taken later, over an invalidation and a newer fill in between.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn defect_05_fail_safe_never_writes_back_an_old_value() {
+    for strategy in [Strategy::Lease, Strategy::Delete] {
+        let (store, hooks) = gated();
+        let build = |aside: &Aside| {
+            aside
+                .namespace::<u64, User>("user")
+                .strategy(strategy)
+                .ttl(Duration::from_millis(1))
+                .fail_safe(Duration::from_secs(60), Duration::from_secs(60))
+                .build()
+                .unwrap()
+        };
+        let (one, other) = (patient(&store), patient(&store));
+        let (failing, fresh) = (build(&one), build(&other));
+        let db = Db::with_users(1);
+        read(&failing, &db, 1).await;
+        // Let the 1 ms logical TTL pass (wall-clock time; it cannot be paused).
+        tokio::time::sleep(Duration::from_millis(20)).await;
+
+        // The failing reader peeks version 0 (expired), then pauses: before
+        // its refresh lease (Lease), or in its loader (Delete has no lease).
+        let loading = Arc::new(tokio::sync::Notify::new());
+        let go_on = Arc::new(tokio::sync::Semaphore::new(0));
+        let paused = (strategy == Strategy::Lease).then(|| hooks.pause_next("lease_for_refresh"));
+        let stuck = {
+            let failing = failing.clone();
+            let (loading, go_on) = (loading.clone(), go_on.clone());
+            tokio::spawn(async move {
+                failing
+                    .get_or_load(&1, move || {
+                        let (loading, go_on) = (loading.clone(), go_on.clone());
+                        async move {
+                            loading.notify_one();
+                            go_on.acquire().await.expect("open").forget();
+                            Err::<Option<User>, _>(DbDown)
+                        }
+                    })
+                    .await
+            })
+        };
+        match &paused {
+            Some(paused) => paused.reached.notified().await,
+            None => loading.notified().await,
+        }
+        db.put(User::new(1, 1));
+        fresh.invalidate(&1).await.unwrap();
+        assert_eq!(read(&fresh, &db, 1).await, Some(User::new(1, 1)));
+        if let Some(paused) = &paused {
+            paused.release();
+        }
+        go_on.add_permits(1);
+        let served = stuck.await.unwrap();
+        // Whatever the failed reader was served, the store now holds version 1:
+        // another failing read is served what the store has.
+        drop(served);
+        let now = failing
+            .get_or_load(&1, || async { Err::<Option<User>, _>(DbDown) })
+            .await
+            .unwrap();
+        assert_eq!(now, Some(User::new(1, 1)), "{strategy}: the old row came back");
+    }
+}
+
+/// Defect 6c: two namespaces of the same name in one `Aside` never evicted
+/// each other's L1 (a process ignores its own bus messages).
+#[tokio::test]
+async fn defect_06_same_name_namespaces_evict_each_other() {
+    let aside = Aside::builder().build();
+    let (first, second) = (
+        users(&aside, Strategy::Lease, true),
+        users(&aside, Strategy::Lease, true),
+    );
+    let db = Db::with_users(1);
+    read(&first, &db, 1).await;
+    read(&first, &db, 1).await;
+    assert!(aside.stats().l1_hits > 0);
+    db.put(User::new(1, 1));
+    second.invalidate(&1).await.unwrap();
+    assert_eq!(read(&first, &db, 1).await, Some(User::new(1, 1)));
+}
+
+/// Defect 7: batch reads served a value whose invalidation was still
+/// pending (Versioned returned before the check).
+#[tokio::test]
+async fn defect_07_batch_reads_respect_a_pending_invalidation() {
+    for strategy in [Strategy::Versioned, Strategy::Lease, Strategy::Delete] {
+        let (store, hooks) = gated();
+        let aside = patient(&store);
+        let ns = users(&aside, strategy, false);
+        let db = Db::with_users(1);
+        read(&ns, &db, 1).await;
+        db.put(User::new(1, 1));
+        for op in ["incr", "invalidate", "delete"] {
+            hooks.fail(op);
+        }
+        ns.invalidate(&1).await.unwrap_err();
+        let loader = |ids: Vec<u64>| {
+            let db = db.clone();
+            async move {
+                Ok::<_, DbDown>(
+                    ids.into_iter()
+                        .filter_map(|id| db.get_now(id).map(|u| (id, u)))
+                        .collect::<std::collections::HashMap<_, _>>(),
+                )
+            }
+        };
+        let found = ns.get_many_or_load(&[1], loader).await.unwrap();
+        assert_eq!(found.get(&1), Some(&User::new(1, 1)), "{strategy}");
+        for op in ["incr", "invalidate", "delete"] {
+            hooks.heal(op);
+        }
+    }
+}
+
+/// Defect 7 (load timeout): batch loads ignored `load_timeout`.
+#[tokio::test(start_paused = true)]
+async fn defect_07_batch_loads_honour_the_load_timeout() {
+    let aside = Aside::builder().build();
+    let ns = aside
+        .namespace::<u64, User>("user")
+        .load_timeout(Duration::from_millis(50))
+        .build()
+        .unwrap();
+    // Virtual time: the outer bound turns a hang into a failure at once.
+    let err = tokio::time::timeout(
+        Duration::from_secs(3600),
+        ns.get_many_or_load(&[1, 2], |_| {
+            std::future::pending::<Result<std::collections::HashMap<u64, User>, DbDown>>()
+        }),
+    )
+    .await
+    .expect("the batch load was not bounded by load_timeout")
+    .unwrap_err();
+    assert!(err.is_timeout(), "{err:?}");
+}
+
+/// Defect 9: with Versioned and fail-safe, data outlived its version
+/// counter, and once the counter expired the pre-invalidation row came back.
+#[tokio::test]
+async fn defect_09_version_counters_outlive_their_data() {
+    let server = RedisServer::start();
+    let aside = Aside::builder()
+        .store(RedisStore::connect(&server.url()).await.unwrap())
+        .build();
+    let ns = aside
+        .namespace::<u64, User>("user")
+        .strategy(Strategy::Versioned)
+        .ttl(Duration::from_secs(1))
+        .fail_safe(Duration::from_secs(600), Duration::from_secs(1))
+        .build()
+        .unwrap();
+    let db = Db::with_users(1);
+    ns.invalidate(&1).await.unwrap();
+    read(&ns, &db, 1).await;
+    let mut conn = common::redis_conn(&server.url()).await;
+    let version_ttl: i64 = redis::cmd("PTTL")
+        .arg("user:1#ver")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let data_ttl: i64 = redis::cmd("PTTL")
+        .arg("user:1#v1")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert!(data_ttl > 0, "the data is cached under version 1");
+    assert!(
+        version_ttl > data_ttl,
+        "the counter ({version_ttl} ms) must outlive the data under it ({data_ttl} ms)"
+    );
+}
+
+/// Defect 11: the L1 kept every value for its own TTL, ignoring a
+/// tombstone's negative TTL; and a forced refresh left the old L1 copy.
+#[tokio::test]
+async fn defect_11_the_l1_honours_the_entry_life_and_forced_refreshes() {
+    let aside = Aside::builder().build();
+    let ns = aside
+        .namespace::<u64, User>("user")
+        .negative_ttl(Duration::from_millis(50))
+        .l1(100, Duration::from_secs(60))
+        .build()
+        .unwrap();
+    let db = Db::default();
+    assert_eq!(read(&ns, &db, 1).await, None);
+    db.put(User::new(1, 0));
+    // Let the 50 ms negative TTL pass (moka's clock is the wall clock).
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(
+        read(&ns, &db, 1).await,
+        Some(User::new(1, 0)),
+        "the tombstone outlived its negative TTL in the L1"
+    );
+
+    db.put(User::new(1, 1));
+    let db2 = db.clone();
+    let refreshed = ns
+        .fetch_with(&1, FetchOptions::force_refresh(), move || {
+            let db = db2.clone();
+            async move { db.get(1).await }
+        })
+        .await
+        .unwrap();
+    assert_eq!(refreshed.value, Some(User::new(1, 1)));
+    assert_eq!(
+        read(&ns, &db, 1).await,
+        Some(User::new(1, 1)),
+        "the forced refresh left the old L1 copy"
+    );
+}
+
+type UserLoad = std::pin::Pin<Box<dyn std::future::Future<Output = Result<Option<User>, DbDown>> + Send>>;
+
+/// A loader that counts its runs in `loads` and takes `took` to answer.
+fn slow_loader(loads: Arc<AtomicUsize>, took: Duration) -> impl FnMut() -> UserLoad + Send + 'static {
+    move || {
+        let loads = loads.clone();
+        Box::pin(async move {
+            loads.fetch_add(1, Ordering::SeqCst);
+            tokio::time::sleep(took).await;
+            Ok(Some(User::new(1, 0)))
+        })
+    }
+}
+
+/// Defect 13: a loader slower than the lease TTL lost its lease to expiry;
+/// a reader in another process then took a new lease, the slow fill was
+/// refused as if revoked, and the loads repeated (never cached).
+#[tokio::test(start_paused = true)]
+async fn defect_13_a_slow_loader_keeps_its_lease() {
+    let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+    let (one, other) = (patient(&store), patient(&store));
+    let build = |aside: &Aside| {
+        aside
+            .namespace::<u64, User>("user")
+            .lease_ttl(Duration::from_millis(100))
+            .lease_wait(Duration::from_secs(60))
+            .build()
+            .unwrap()
+    };
+    let (slow, next) = (build(&one), build(&other));
+    let loads = Arc::new(AtomicUsize::new(0));
+    let slow_loader = |loads| slow_loader(loads, Duration::from_millis(350));
+    let first = tokio::spawn({
+        let (slow, loader) = (slow.clone(), slow_loader(loads.clone()));
+        async move { slow.get_or_load(&1, loader).await }
+    });
+    // Virtual time: past the 100 ms lease TTL while the first load runs.
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    let second = next.fetch(&1, slow_loader(loads.clone())).await.unwrap();
+    assert_eq!(first.await.unwrap().unwrap(), Some(User::new(1, 0)));
+    assert_eq!(second.value, Some(User::new(1, 0)));
+    assert_eq!(
+        loads.load(Ordering::SeqCst),
+        1,
+        "the lease ran out under the slow loader and the key was loaded again"
+    );
+    assert_eq!(
+        next.get(&1).await.unwrap(),
+        Some(User::new(1, 0)),
+        "the value was not cached"
+    );
+}
+
+/// Defect 13 on memcached, whose leases are items that expire by whole
+/// seconds and are renewed by a touch (real time: about 3 s).
+#[cfg(feature = "memcached")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn defect_13_a_slow_loader_keeps_its_lease_on_memcached() {
+    use aside::store::memcached::MemcachedStore;
+    let server = aside_testkit::MemcachedServer::start();
+    let mut instances = Vec::new();
+    for _ in 0..2 {
+        let aside = Aside::builder()
+            .store(MemcachedStore::connect(&server.addr()).await.unwrap())
+            .build();
+        let ns = aside
+            .namespace::<u64, User>("user")
+            .lease_ttl(Duration::from_secs(1))
+            .lease_wait(Duration::from_secs(60))
+            .build()
+            .unwrap();
+        instances.push((aside, ns));
+    }
+    let loads = Arc::new(AtomicUsize::new(0));
+    let slow_loader = |loads| slow_loader(loads, Duration::from_millis(3500));
+    let first = tokio::spawn({
+        let (slow, loader) = (instances[0].1.clone(), slow_loader(loads.clone()));
+        async move { slow.get_or_load(&1, loader).await }
+    });
+    // Past the lease's item TTL (2 s: memcached rounds up, plus one) while
+    // the first load runs.
+    tokio::time::sleep(Duration::from_millis(2800)).await;
+    let second = instances[1].1.fetch(&1, slow_loader(loads.clone())).await.unwrap();
+    assert_eq!(first.await.unwrap().unwrap(), Some(User::new(1, 0)));
+    assert_eq!(second.value, Some(User::new(1, 0)));
+    assert_eq!(
+        loads.load(Ordering::SeqCst),
+        1,
+        "the lease ran out under the slow loader"
+    );
+}
+
+/// Defect 14: a cancelled leader leaked its lease, and the next reader
+/// (another process) waited it out, then loaded without caching.
+#[tokio::test(start_paused = true)]
+async fn defect_14_a_cancelled_leader_gives_its_lease_back() {
+    let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+    let (one, other) = (patient(&store), patient(&store));
+    // Waiting out a leaked lease (10 s) takes longer than the next reader
+    // waits (1 s): it then loads without caching.
+    let build = |aside: &Aside| {
+        aside
+            .namespace::<u64, User>("user")
+            .lease_ttl(Duration::from_secs(10))
+            .lease_wait(Duration::from_secs(1))
+            .build()
+            .unwrap()
+    };
+    let (cancelled, next) = (build(&one), build(&other));
+    let started = Arc::new(tokio::sync::Notify::new());
+    let signal = started.clone();
+    let leader = tokio::spawn(async move {
+        cancelled
+            .get_or_load(&1, move || {
+                signal.notify_one();
+                std::future::pending::<Result<Option<User>, DbDown>>()
+            })
+            .await
+    });
+    started.notified().await;
+    leader.abort();
+    let _ = leader.await;
+
+    let db = Db::with_users(1);
+    let fetched = next
+        .fetch(&1, || {
+            let db = db.clone();
+            async move { db.get(1).await }
+        })
+        .await
+        .unwrap();
+    assert_eq!(fetched.source, Source::Loaded);
+    assert_eq!(
+        next.get(&1).await.unwrap(),
+        Some(User::new(1, 0)),
+        "the next reader could not take the lease, so it did not cache"
+    );
+}
+
+/// Defect 15: a fill the store refused (a value over memcached's item
+/// limit) never released the lease, so every later read waited it out.
+#[tokio::test]
+async fn defect_15_a_failed_fill_gives_the_lease_back() {
+    let (store, hooks) = gated();
+    let aside = patient(&store);
+    let ns = users(&aside, Strategy::Lease, false);
+    let db = Db::with_users(1);
+    hooks.fail("fill");
+    assert_eq!(read(&ns, &db, 1).await, Some(User::new(1, 0)));
+    hooks.heal("fill");
+    let view = store.peek_entry("user:1").await.unwrap();
+    assert_eq!(view.lease, None, "the lease of the failed fill is still held");
+}
+
+/// Defect 18: the builder accepted values that panicked on the first fill.
+#[tokio::test]
+async fn defect_18_the_builder_refuses_what_would_panic() {
+    let aside = Aside::builder().build();
+    let refused = [
+        aside.namespace::<u64, User>("a").ttl(Duration::MAX).build().err(),
+        aside.namespace::<u64, User>("b").jitter(f64::NAN).build().err(),
+        aside.namespace::<u64, User>("c").jitter(1.5).build().err(),
+        aside
+            .namespace::<u64, User>("d")
+            .strategy(Strategy::Versioned)
+            .ttl(Duration::from_secs(u64::MAX / 4))
+            .build()
+            .err(),
+        aside
+            .namespace::<u64, User>("e")
+            .early_refresh(aside::EarlyRefresh::XFetch { beta: f64::NAN })
+            .build()
+            .err(),
+        aside
+            .namespace::<u64, User>("f")
+            .lease_ttl(Duration::ZERO)
+            .build()
+            .err(),
+        aside
+            .namespace::<u64, User>("g")
+            .fail_safe(Duration::MAX, Duration::from_secs(1))
+            .build()
+            .err(),
+    ];
+    for (i, err) in refused.into_iter().enumerate() {
+        let err = err.unwrap_or_else(|| panic!("case {i} was accepted"));
+        assert_eq!(err.kind(), aside::ErrorKind::Config, "case {i}: {err}");
+    }
+    // The largest accepted values work.
+    let ns = aside
+        .namespace::<u64, User>("h")
+        .strategy(Strategy::Versioned)
+        .ttl(aside::MAX_DURATION)
+        .jitter(0.5)
+        .fail_safe(aside::MAX_DURATION, Duration::from_secs(1))
+        .build()
+        .unwrap();
+    let db = Db::with_users(1);
+    assert_eq!(read(&ns, &db, 1).await, Some(User::new(1, 0)));
+    ns.invalidate(&1).await.unwrap();
+}
