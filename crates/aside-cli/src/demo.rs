@@ -45,12 +45,15 @@ pub struct DemoArgs {
     /// one missing hot key, per protection mode), `expiry` (a hot set whose
     /// TTL runs out under load, without and with early refresh) or
     /// `db-outage` (the database fails for part of the run, without and
-    /// with fail-safe).
-    #[arg(long, default_value = "main", value_parser = ["main", "race", "stampede", "expiry", "db-outage"])]
+    /// with fail-safe) or `chaos` (the history checker: three engines with
+    /// an L1 and a bus, random operations, faults injected, every read
+    /// checked against the database's history).
+    #[arg(long, default_value = "main", value_parser = ["main", "race", "stampede", "expiry", "db-outage", "chaos"])]
     pub scenario: String,
 
     /// Seconds to run the workload (default 10; for `race`, 3 per
-    /// strategy; for `expiry` and `db-outage`, 10 per mode).
+    /// strategy; for `expiry` and `db-outage`, 10 per mode; for `chaos`,
+    /// 20 per run).
     #[arg(long, value_parser = parse_seconds)]
     pub duration: Option<f64>,
 

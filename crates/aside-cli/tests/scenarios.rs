@@ -1,4 +1,4 @@
-//! End-to-end tests of `aside demo --scenario race|stampede`, on the
+//! End-to-end tests of `aside demo --scenario race|stampede|chaos`, on the
 //! in-process store and on a redis-server and a memcached of the test's own.
 
 use std::process::Command;
@@ -177,4 +177,36 @@ fn main_demo_on_memcached_hits_without_store_errors() {
     assert_eq!(summary["store"], "memcached");
     assert!(summary["hits"].as_u64().unwrap() > 0, "{summary}");
     assert_eq!(summary["store_errors"], 0, "{summary}");
+}
+
+fn check_chaos(report: &serde_json::Value, store: &str) {
+    assert_eq!(report["scenario"], "chaos");
+    assert_eq!(report["store"], store);
+    let rows = results(report);
+    assert_eq!(rows.len(), 1, "{report}");
+    let run = &rows[0];
+    assert_eq!(run["instances"], 3, "{run}");
+    for field in ["operations", "faults", "db_reads", "calls"] {
+        assert!(run[field].as_u64().unwrap() > 0, "{field} in {run}");
+    }
+    for field in ["stale_reads", "stale_entries", "load_overlaps", "liveness"] {
+        assert_eq!(run[field], 0, "{field} in {run}");
+    }
+    assert!(run["programs"].as_u64().unwrap() >= 1, "{run}");
+}
+
+#[test]
+fn chaos_runs_the_history_checker_on_every_store() {
+    // A handful of programs each: the checker's own test runs the campaigns.
+    let args = ["--scenario", "chaos", "--programs", "3", "--duration", "30"];
+    check_chaos(&scenario_json(&args), "memory");
+    let redis = RedisServer::start();
+    let url = redis.url();
+    check_chaos(&scenario_json(&[&args[..], &["--redis", &url]].concat()), "redis");
+    let memcached = MemcachedServer::start();
+    let addr = memcached.addr();
+    check_chaos(
+        &scenario_json(&[&args[..], &["--memcached", &addr]].concat()),
+        "memcached",
+    );
 }

@@ -1,7 +1,12 @@
-//! Real servers for tests: starts `redis-server`, `memcached` and `nats-server` on free
-//! loopback ports, and can kill, restart, freeze and thaw them for fault tests.
+//! Test kit of aside: real servers, a fault layer, and the history checker.
 //!
-//! Owns process management for tests and nothing else. Each server gets its
+//! - This module starts `redis-server`, `memcached` and `nats-server` on free
+//!   loopback ports, and can kill, restart, freeze and thaw them for fault tests.
+//! - [`fault`]: `Store` and `Bus` wrappers that inject seeded faults and pauses.
+//! - [`history`]: random programs over every public operation, run by several
+//!   `Aside` instances, checked against the invariants of DESIGN section 8.
+//!
+//! This module owns process management for tests and nothing else. Each server gets its
 //! own temporary directory and port, so tests never touch a server they did
 //! not start (and may flush their own). Readiness is awaited by reading the
 //! server's own "ready" log line (memcached has none: it is awaited by
@@ -14,6 +19,9 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
+
+pub mod fault;
+pub mod history;
 
 /// How long a server may take to say it is ready.
 const READY_TIMEOUT: Duration = Duration::from_secs(20);

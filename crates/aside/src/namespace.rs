@@ -536,6 +536,9 @@ pub(crate) struct FailSafe {
 /// overflow; `build()` refuses such values rather than panic on a fill.
 pub const MAX_DURATION: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
 
+/// The shortest lease TTL a namespace accepts.
+pub const MIN_LEASE_TTL: Duration = Duration::from_millis(30);
+
 /// Default entry TTL: the article's 10 minutes.
 pub const DEFAULT_TTL: Duration = Duration::from_secs(600);
 /// Default lease TTL: how long a crashed loader can block a key.
@@ -579,15 +582,19 @@ impl<K: Display + ?Sized, V: Clone + Send + Sync + 'static> NamespaceBuilder<K, 
     /// take: each is named in the error.
     fn check_times(&self) -> Result<()> {
         let config = |why: String| Err(Error::new(ErrorKind::Config, why));
-        let positive = [
-            ("ttl", Some(self.ttl)),
-            ("lease_ttl", Some(self.lease_ttl)),
-            ("negative_ttl", self.negative_ttl),
-        ];
+        let positive = [("ttl", Some(self.ttl)), ("negative_ttl", self.negative_ttl)];
         for (name, value) in positive {
             if value.is_some_and(|d| d.is_zero()) {
                 return config(format!("{name} must be greater than zero"));
             }
+        }
+        if self.lease_ttl < MIN_LEASE_TTL {
+            // Renewed every third of its TTL, and no more often than every
+            // 10 ms: a shorter lease would run out before its first renewal.
+            return config(format!(
+                "lease_ttl of {:?} is under the {MIN_LEASE_TTL:?} minimum",
+                self.lease_ttl
+            ));
         }
         let bounded = [
             ("ttl", Some(self.ttl)),
@@ -656,7 +663,11 @@ impl<K: Display + ?Sized, V: Clone + Send + Sync + 'static> NamespaceBuilder<K, 
         self
     }
 
-    /// Lease TTL (default 3 s): the longest a crashed loader blocks a key.
+    /// Lease TTL (default 3 s, at least [`MIN_LEASE_TTL`]): how long the
+    /// lease of a crashed process blocks a key. A running loader's lease is
+    /// renewed every third of it, for up to the lease wait (or the load
+    /// timeout when longer), so a hung loader blocks the key for at most
+    /// that plus one lease TTL.
     pub fn lease_ttl(mut self, ttl: Duration) -> Self {
         self.lease_ttl = ttl;
         self

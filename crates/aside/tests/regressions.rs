@@ -288,12 +288,17 @@ async fn defect_09_version_counters_outlive_their_data() {
         .query_async(&mut conn)
         .await
         .unwrap();
-    let data_ttl: i64 = redis::cmd("PTTL")
-        .arg("user:1#v1")
+    let version: u64 = redis::cmd("GET")
+        .arg("user:1#ver")
         .query_async(&mut conn)
         .await
         .unwrap();
-    assert!(data_ttl > 0, "the data is cached under version 1");
+    let data_ttl: i64 = redis::cmd("PTTL")
+        .arg(format!("user:1#v{version}"))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert!(data_ttl > 0, "the data is cached under version {version}");
     assert!(
         version_ttl > data_ttl,
         "the counter ({version_ttl} ms) must outlive the data under it ({data_ttl} ms)"
@@ -539,4 +544,226 @@ async fn defect_18_the_builder_refuses_what_would_panic() {
     let db = Db::with_users(1);
     assert_eq!(read(&ns, &db, 1).await, Some(User::new(1, 0)));
     ns.invalidate(&1).await.unwrap();
+}
+
+/// Found by review (R1) and by the checker: a Versioned `set` wrote under
+/// the current version, so a fill of an older load, in flight during the
+/// `set`, overwrote it after it returned.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn versioned_set_is_not_overwritten_by_an_older_fill() {
+    let (store, hooks) = gated();
+    let (writer, reader) = (patient(&store), patient(&store));
+    let (ns_w, ns_r) = (
+        users(&writer, Strategy::Versioned, false),
+        users(&reader, Strategy::Versioned, false),
+    );
+    let db = Db::with_users(1);
+    // The reader misses, loads version 0, and its fill pauses.
+    let paused = hooks.pause_next("set");
+    let fill = {
+        let (ns_r, db) = (ns_r.clone(), db.clone());
+        tokio::spawn(async move { read(&ns_r, &db, 1).await })
+    };
+    paused.reached.notified().await;
+    db.put(User::new(1, 1));
+    ns_w.set(&1, &User::new(1, 1)).await.unwrap();
+    paused.release();
+    assert_eq!(fill.await.unwrap(), Some(User::new(1, 0)));
+    assert_eq!(
+        read(&ns_w, &db, 1).await,
+        Some(User::new(1, 1)),
+        "the older fill overwrote the set"
+    );
+}
+
+/// Found by review (R2): a lease granted in the store whose reply was lost
+/// to the timeout (or whose caller was cancelled during the call) was never
+/// released; the next reader waited it out and loaded without caching.
+#[tokio::test(start_paused = true)]
+async fn a_lease_granted_behind_a_lost_reply_is_released() {
+    for cancel in [false, true] {
+        let (store, hooks) = gated();
+        hooks.answer_late("lookup_or_lease", Duration::from_secs(1));
+        let timed_out = Aside::builder()
+            .shared_store(store.clone())
+            .op_timeout(Duration::from_millis(100))
+            .build();
+        let other = patient(&store);
+        let build = |aside: &Aside| {
+            aside
+                .namespace::<u64, User>("user")
+                .lease_ttl(Duration::from_secs(10))
+                .lease_wait(Duration::from_secs(1))
+                .build()
+                .unwrap()
+        };
+        let (first, next) = (build(&timed_out), build(&other));
+        let db = Db::with_users(1);
+        if cancel {
+            let (first, db) = (first.clone(), db.clone());
+            let caller = tokio::spawn(async move { read(&first, &db, 1).await });
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            caller.abort();
+            let _ = caller.await;
+        } else {
+            // The reply comes after the 100 ms timeout: the loader answers.
+            assert_eq!(read(&first, &db, 1).await, Some(User::new(1, 0)));
+        }
+        hooks.answer_late("lookup_or_lease", Duration::ZERO);
+        assert_eq!(read(&next, &db, 1).await, Some(User::new(1, 0)));
+        assert_eq!(
+            next.get(&1).await.unwrap(),
+            Some(User::new(1, 0)),
+            "cancel={cancel}: the next reader found the lost lease still held and did not cache"
+        );
+    }
+}
+
+/// Found by review (R3): renewal kept a hung loader's lease alive for as
+/// long as it hung, so no other process cached the key again. Renewals
+/// stop after the lease wait; the lease then runs out.
+#[tokio::test(start_paused = true)]
+async fn a_hung_loader_blocks_its_key_for_a_bounded_time() {
+    let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+    let (one, other) = (patient(&store), patient(&store));
+    let build = |aside: &Aside| {
+        aside
+            .namespace::<u64, User>("user")
+            .lease_ttl(Duration::from_millis(300))
+            .build()
+            .unwrap()
+    };
+    let (hung, next) = (build(&one), build(&other));
+    let _hung = tokio::spawn(async move {
+        hung.get_or_load(&1, std::future::pending::<Result<Option<User>, DbDown>>)
+            .await
+    });
+    // Virtual time: the lease wait (300 ms) plus a lease TTL, and more.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let db = Db::with_users(1);
+    read(&next, &db, 1).await;
+    assert_eq!(
+        next.get(&1).await.unwrap(),
+        Some(User::new(1, 0)),
+        "the hung loader's lease is still renewed: nobody else can fill the key"
+    );
+}
+
+/// Found by review (R4): a batch renewed all its leases or none, so one
+/// key invalidated during a slow batch load let the others' leases run out,
+/// and a reader in another process took key 2's lease and loaded it again.
+#[tokio::test(start_paused = true)]
+async fn one_invalidated_key_does_not_stop_a_batch_renewing_the_others() {
+    let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+    let (one, other) = (patient(&store), patient(&store));
+    let build = |aside: &Aside| {
+        aside
+            .namespace::<u64, User>("user")
+            .lease_ttl(Duration::from_millis(300))
+            .lease_wait(Duration::from_secs(60))
+            .build()
+            .unwrap()
+    };
+    let (ns, next) = (build(&one), build(&other));
+    let db = Db::with_users(2);
+    let batch = {
+        let (ns, db) = (ns.clone(), db.clone());
+        tokio::spawn(async move {
+            ns.get_many_or_load(&[1, 2], move |keys: Vec<u64>| {
+                let db = db.clone();
+                async move {
+                    tokio::time::sleep(Duration::from_millis(1200)).await;
+                    Ok::<_, DbDown>(keys.into_iter().filter_map(|k| db.get_now(k).map(|u| (k, u))).collect())
+                }
+            })
+            .await
+            .unwrap()
+        })
+    };
+    // Virtual time.
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    db.put(User::new(1, 1));
+    ns.invalidate(&1).await.unwrap();
+    // Past key 2's lease TTL, were it no longer renewed.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let loads = Arc::new(AtomicUsize::new(0));
+    let second = next
+        .fetch(&2, slow_loader(loads.clone(), Duration::from_millis(10)))
+        .await
+        .unwrap();
+    assert_eq!(batch.await.unwrap().len(), 2);
+    assert_eq!(second.value.map(|u| u.id), Some(2));
+    assert_eq!(
+        loads.load(Ordering::SeqCst),
+        0,
+        "key 2's lease ran out because key 1's was revoked, and it was loaded again"
+    );
+}
+
+/// Found by review (R5): an L1 whose bus listener never started (the
+/// `Aside` built outside a runtime) or died with its first runtime refused
+/// every install: the L1 was silently off.
+#[test]
+fn the_l1_fills_after_its_first_runtime_is_gone_or_without_one() {
+    for outside in [true, false] {
+        let (aside, ns) = if outside {
+            let aside = Aside::builder().bus(aside_testkit::fault::MemoryBus::new()).build();
+            let ns = users(&aside, Strategy::Lease, true);
+            (aside, ns)
+        } else {
+            let first = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            first.block_on(async {
+                let aside = Aside::builder().bus(aside_testkit::fault::MemoryBus::new()).build();
+                let ns = users(&aside, Strategy::Lease, true);
+                (aside, ns)
+            })
+        };
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            let db = Db::with_users(1);
+            eventually("an L1 hit", Duration::from_secs(30), || async {
+                read(&ns, &db, 1).await;
+                aside.stats().l1_hits > 0
+            })
+            .await;
+        });
+    }
+}
+
+/// Found by the checker: a Versioned counter lost (a store restart, an
+/// eviction) started over at 0, and a fill of a load from before, landing
+/// late under a number the new counter reached again, served the old row.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_version_counter_never_reuses_a_version() {
+    let (store, hooks) = gated();
+    let (writer, reader) = (patient(&store), patient(&store));
+    let (ns_w, ns_r) = (
+        users(&writer, Strategy::Versioned, false),
+        users(&reader, Strategy::Versioned, false),
+    );
+    let db = Db::with_users(1);
+    let paused = hooks.pause_next("set");
+    let fill = {
+        let (ns_r, db) = (ns_r.clone(), db.clone());
+        tokio::spawn(async move { read(&ns_r, &db, 1).await })
+    };
+    paused.reached.notified().await;
+    db.put(User::new(1, 1));
+    ns_w.invalidate(&1).await.unwrap();
+    // The counter is lost, as in a restart or an eviction.
+    store.delete("user:1#ver").await.unwrap();
+    paused.release();
+    assert_eq!(fill.await.unwrap(), Some(User::new(1, 0)));
+    assert_eq!(
+        read(&ns_w, &db, 1).await,
+        Some(User::new(1, 1)),
+        "the late fill from before the counter was lost is served"
+    );
 }

@@ -65,10 +65,15 @@ impl<V: Clone + Send + Sync + 'static> NsInner<V> {
             let mut led = Vec::new();
             let mut waiting = Vec::new();
             for (key, full, flight_key, lease) in misses {
-                match self
-                    .flight
-                    .begin(&flight_key, |held| held == 0 || lease.is_some_and(|t| t.0 == held))
-                {
+                // Unlike the single-key path, a key whose lookup saw no lease
+                // joins a flight that holds one (most likely taken after the
+                // lookup): a batch that led instead would find the key busy
+                // and load it a second time in this process. Should that
+                // lease have been revoked, the flight settles after its
+                // reload or before this round began, and `settled_at` sends
+                // this key round again: the join costs time, never freshness.
+                let join = |held: u64| held == 0 || lease.is_none_or(|t| t.0 == held);
+                match self.flight.begin(&flight_key, join) {
                     Begin::Lead(leader) => led.push(Led {
                         key,
                         full,
@@ -83,7 +88,9 @@ impl<V: Clone + Send + Sync + 'static> NsInner<V> {
             }
             for (key, full, waiter) in waiting {
                 match waiter.wait().await {
-                    Some(Ok(settled)) if settled.settled_at > began => {
+                    // A value served stale by another caller's load is not
+                    // for a batch, which has no way to flag it: look again.
+                    Some(Ok(settled)) if settled.settled_at > began && settled.source != Source::Stale => {
                         self.record(Event::Coalesced);
                         if let Some(v) = settled.value {
                             found.insert(key, v);
@@ -96,7 +103,6 @@ impl<V: Clone + Send + Sync + 'static> NsInner<V> {
             }
         }
         if !remaining.is_empty() {
-            self.record(Event::Load);
             let keys: Vec<K> = remaining.into_iter().map(|(k, _)| k).collect();
             found.extend(self.run_batch_loader(&mut loader, keys).await?);
         }
@@ -131,11 +137,24 @@ impl<V: Clone + Send + Sync + 'static> NsInner<V> {
                         .map(|(k, f)| (k.clone(), f.clone(), f.clone(), None))
                         .collect();
                 };
-                let data_keys: Vec<String> = fulls
-                    .iter()
-                    .zip(versions)
-                    .map(|(f, v)| Self::versioned_key(f, Self::parse_version(v)))
-                    .collect();
+                let mut data_keys = Vec::with_capacity(fulls.len());
+                for (full, version) in fulls.iter().zip(versions) {
+                    let version = match version {
+                        Some(raw) => Self::parse_version(Some(raw)),
+                        // Absent: started as the single-key path starts it,
+                        // never read as 0 (see `NsInner::read_version`).
+                        None => match self.read_version(full).await {
+                            Ok(version) => version,
+                            Err(_) => {
+                                return keys
+                                    .iter()
+                                    .map(|(k, f)| (k.clone(), f.clone(), f.clone(), None))
+                                    .collect();
+                            }
+                        },
+                    };
+                    data_keys.push(Self::versioned_key(full, version));
+                }
                 let values = self.call(store.get_many(&data_keys)).await.unwrap_or_default();
                 let mut misses = Vec::new();
                 for (i, (key, full)) in keys.iter().enumerate() {
@@ -243,7 +262,14 @@ impl<V: Clone + Send + Sync + 'static> NsInner<V> {
                 .iter()
                 .map(|l| (l.store_key.clone(), LeaseToken::random()))
                 .collect();
-            if let Ok(outcomes) = self.call(store.lookup_or_lease_many(&asks, self.lease_ttl)).await {
+            // As in `load_with_lease`: a lost reply may hide granted leases.
+            let mut offered: Vec<HeldLease> = asks.iter().map(|(key, token)| self.hold(key, *token)).collect();
+            let outcomes = self.call(store.lookup_or_lease_many(&asks, self.lease_ttl)).await;
+            if outcomes.is_ok() {
+                offered.iter_mut().for_each(HeldLease::disarm);
+            }
+            drop(offered);
+            if let Ok(outcomes) = outcomes {
                 for (i, outcome) in outcomes.into_iter().enumerate() {
                     match outcome {
                         LeaseOutcome::Granted { token, .. } => {
@@ -284,15 +310,22 @@ impl<V: Clone + Send + Sync + 'static> NsInner<V> {
         let loaded = if keys.is_empty() {
             Ok(HashMap::new())
         } else {
-            let renew = || async {
-                let mut all = true;
-                for (key, token) in &leased {
-                    all &= matches!(
+            // Renewals go on while any of the batch's leases lives: one key
+            // invalidated must not let the others run out.
+            let renew_until = Instant::now() + self.renewal_bound();
+            let leased = &leased;
+            let renew = || async move {
+                if Instant::now() >= renew_until {
+                    return false;
+                }
+                let mut any = false;
+                for (key, token) in leased {
+                    any |= matches!(
                         self.call(store.renew_lease(key, *token, self.lease_ttl)).await,
                         Ok(true)
                     );
                 }
-                all
+                any
             };
             renewing(self.lease_ttl, renew, self.run_batch_loader(loader, keys)).await
         };
@@ -392,7 +425,10 @@ impl<V: Clone + Send + Sync + 'static> NsInner<V> {
                 continue;
             }
             let value = loaded.remove(&key);
-            let settled_at = if outcome[i] == FillOutcome::Stored {
+            // Only a fenced fill (a lease) proves that no invalidation came
+            // between the load and the fill; an unconditional one (`set`)
+            // proves nothing, so its value dates from the load's start.
+            let settled_at = if lease_mode && outcome[i] == FillOutcome::Stored {
                 fill_began
             } else {
                 load_began

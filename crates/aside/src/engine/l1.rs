@@ -224,8 +224,15 @@ impl<V: Clone + Send + Sync + 'static> NsInner<V> {
 
     /// True unless the namespace has a bus whose subscription is not up:
     /// L1 fills wait for it (see [`NsInner::l1_install`]).
+    /// A listener that never started (the `Aside` was built outside a
+    /// runtime) or died with its runtime is started here, on this caller's.
     fn bus_listening(&self) -> bool {
-        self.core.router.as_ref().is_none_or(|r| r.is_subscribed())
+        let Some(router) = &self.core.router else { return true };
+        if router.is_subscribed() {
+            return true;
+        }
+        router.start(&self.core);
+        false
     }
 
     /// The epoch of `full`'s L1 stripe, for a read that installs later.

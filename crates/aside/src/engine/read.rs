@@ -238,9 +238,51 @@ impl<V: Clone + Send + Sync + 'static> NsInner<V> {
         self.core.heal_after_read_error(&self.metrics, key, error).await;
     }
 
+    /// The current version of `full`. A counter that is absent (never
+    /// written, expired, evicted, or lost with a store restart) is started
+    /// at the clock in microseconds rather than at 0: numbers counted from
+    /// 0 again would meet data an earlier counter's fills left (a load from
+    /// before a restart that fills late), and serve that old row.
     pub(crate) async fn read_version(&self, full: &str) -> Result<u64> {
-        let raw = self.call(self.core.store.get(&Self::version_key(full))).await?;
-        Ok(Self::parse_version(raw))
+        let key = Self::version_key(full);
+        let store = &self.core.store;
+        if let Some(raw) = self.call(store.get(&key)).await? {
+            return Ok(Self::parse_version(Some(raw)));
+        }
+        let start = Self::fresh_version();
+        if self
+            .call(store.add(&key, Bytes::from(start.to_string()), self.version_ttl()))
+            .await?
+        {
+            return Ok(start);
+        }
+        // Another caller started it first.
+        Ok(Self::parse_version(self.call(store.get(&key)).await?))
+    }
+
+    /// Bumps `full`'s version for an invalidation or a write; returns the
+    /// new one. A counter the increment had to create (it was absent) is
+    /// moved to a fresh start, as in [`NsInner::read_version`]: the brief 1
+    /// is only ever read by loads that began after this write.
+    pub(crate) async fn bump_version(&self, full: &str) -> Result<u64> {
+        let key = Self::version_key(full);
+        let store = &self.core.store;
+        let version = self.call(store.incr(&key, self.version_ttl())).await?;
+        if version != 1 {
+            return Ok(version);
+        }
+        let start = Self::fresh_version();
+        self.call(store.set(&key, Bytes::from(start.to_string()), self.version_ttl()))
+            .await?;
+        Ok(start)
+    }
+
+    /// Where a new counter starts: the clock in microseconds, above any
+    /// number an earlier counter of the key reached by counting.
+    fn fresh_version() -> u64 {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(1, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
     }
 
     pub(crate) async fn fetch<F, Fut, E>(&self, full: &str, loader: F) -> Result<Fetched<V>>
@@ -538,9 +580,16 @@ impl<V: Clone + Send + Sync + 'static> NsInner<V> {
         let mut dropped_expired = false;
         loop {
             let settled_at = self.next_seq();
-            let outcome = self
-                .call(store.lookup_or_lease(full, LeaseToken::random(), self.lease_ttl))
-                .await;
+            let offered = LeaseToken::random();
+            // Held from before the call: if its reply is lost to the timeout,
+            // or this caller is cancelled during it, the store may have
+            // granted the offered lease, and nobody else would release it.
+            let mut offered_lease = self.hold(full, offered);
+            let outcome = self.call(store.lookup_or_lease(full, offered, self.lease_ttl)).await;
+            if outcome.is_ok() {
+                offered_lease.disarm();
+            }
+            drop(offered_lease);
             match outcome {
                 Ok(LeaseOutcome::Hit(bytes)) => {
                     if let Some(entry) = self.decode_hit(full, &bytes).await {
@@ -664,6 +713,14 @@ impl<V: Clone + Send + Sync + 'static> NsInner<V> {
         }
     }
 
+    /// How long a lease is renewed under one load: as long as a waiter
+    /// waits for it (the lease wait), or the load timeout when that is
+    /// longer. A hung loader then blocks the key for at most that plus one
+    /// lease TTL.
+    pub(crate) fn renewal_bound(&self) -> Duration {
+        self.lease_wait.max(self.load_timeout.unwrap_or(Duration::ZERO))
+    }
+
     /// A guard that releases `token`'s lease if this caller is cancelled
     /// before it fills or releases it (see `engine::lease`).
     pub(crate) fn hold(&self, full: &str, token: LeaseToken) -> HeldLease {
@@ -679,7 +736,13 @@ impl<V: Clone + Send + Sync + 'static> NsInner<V> {
         E: std::error::Error + Send + Sync + 'static,
     {
         let store = &self.core.store;
-        let renew = || async move {
+        let renew_until = Instant::now() + self.renewal_bound();
+        let renew = move || async move {
+            if Instant::now() >= renew_until {
+                // A loader this slow may be hung: let the lease run out so
+                // that another caller can fill the key.
+                return false;
+            }
             matches!(
                 self.call(store.renew_lease(full, token, self.lease_ttl)).await,
                 Ok(true)

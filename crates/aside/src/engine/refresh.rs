@@ -50,12 +50,21 @@ impl<V: Clone + Send + Sync + 'static> NsInner<V> {
         self.l1_evict(full);
         let epoch = self.l1_epoch(full);
         let settled = match self.strategy {
+            // An invalidation of this key has not reached the store: the
+            // loader answers, and nothing is filled until it has.
+            _ if self.core.retry.is_pending(&self.pending_key(full)) => self.load_uncached(loader, &None).await?,
             Strategy::Lease => {
                 let offered = LeaseToken::random();
-                match self
+                // As in `load_with_lease`: a lost reply may hide a granted lease.
+                let mut offered_lease = self.hold(full, offered);
+                let granted = self
                     .call(self.core.store.lease_for_refresh(full, offered, self.lease_ttl))
-                    .await
-                {
+                    .await;
+                if granted.is_ok() {
+                    offered_lease.disarm();
+                }
+                drop(offered_lease);
+                match granted {
                     Ok(Some(token)) => {
                         let mut lease = self.hold(full, token);
                         let load_began = self.next_seq();
@@ -177,7 +186,13 @@ impl<V: Clone + Send + Sync + 'static> NsInner<V> {
         let store = &self.core.store;
         let offered = LeaseToken::random();
         let settled_at = self.next_seq();
+        // As in `load_with_lease`: a lost reply may hide a granted lease.
+        let mut offered_lease = self.hold(full, offered);
         let granted = self.call(store.lease_for_refresh(full, offered, self.lease_ttl)).await;
+        if granted.is_ok() {
+            offered_lease.disarm();
+        }
+        drop(offered_lease);
         let current = Some(current);
         match granted {
             Ok(Some(token)) => {

@@ -86,10 +86,7 @@ impl<V: Clone + Send + Sync + 'static> NsInner<V> {
                 let op = PendingOp::Incr {
                     ttl: self.version_ttl(),
                 };
-                let result = self
-                    .core
-                    .call_for(&self.metrics, store.incr(&key, self.version_ttl()))
-                    .await;
+                let result = self.bump_version(full).await;
                 (key, op, result.map(drop))
             }
         };
@@ -128,8 +125,11 @@ impl<V: Clone + Send + Sync + 'static> NsInner<V> {
                     .await
             }
             Strategy::Versioned => {
-                let version = self.read_version(full).await;
-                match version {
+                // A new version, then the value under it: a load that read
+                // the old row fills the old version, which no reader asks
+                // for any more. Writing under the current version would let
+                // that fill overwrite this value.
+                match self.bump_version(full).await {
                     Ok(v) => {
                         let key = Self::versioned_key(full, v);
                         self.core.call_for(&self.metrics, store.set(&key, bytes, ttl)).await

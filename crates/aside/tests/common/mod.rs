@@ -108,6 +108,7 @@ pub struct Instrumented<S> {
 pub struct Hooks {
     pause: Mutex<Option<PausedOp>>,
     failing: Mutex<std::collections::HashSet<&'static str>>,
+    late: Mutex<HashMap<&'static str, Duration>>,
 }
 
 type PausedOp = (&'static str, Arc<tokio::sync::Notify>, Arc<tokio::sync::Semaphore>);
@@ -136,6 +137,19 @@ impl Hooks {
     /// Every call of `op` fails (before reaching the store) until `heal`.
     pub fn fail(&self, op: &'static str) {
         self.failing.lock().unwrap().insert(op);
+    }
+
+    /// Every call of `op` is applied, then answers `after` late (a reply
+    /// lost to the caller's timeout, or a caller cancelled mid-call).
+    pub fn answer_late(&self, op: &'static str, after: Duration) {
+        self.late.lock().unwrap().insert(op, after);
+    }
+
+    async fn leave(&self, op: &'static str) {
+        let late = self.late.lock().unwrap().get(op).copied();
+        if let Some(after) = late {
+            tokio::time::sleep(after).await;
+        }
     }
 
     pub fn heal(&self, op: &'static str) {
@@ -220,12 +234,16 @@ impl<S: Store> Store for Instrumented<S> {
     async fn lookup_or_lease(&self, key: &str, token: LeaseToken, ttl: Duration) -> StoreResult<LeaseOutcome> {
         self.tick();
         self.hooks.enter("lookup_or_lease").await?;
-        self.inner.lookup_or_lease(key, token, ttl).await
+        let answer = self.inner.lookup_or_lease(key, token, ttl).await;
+        self.hooks.leave("lookup_or_lease").await;
+        answer
     }
     async fn lease_for_refresh(&self, key: &str, token: LeaseToken, ttl: Duration) -> StoreResult<Option<LeaseToken>> {
         self.tick();
         self.hooks.enter("lease_for_refresh").await?;
-        self.inner.lease_for_refresh(key, token, ttl).await
+        let answer = self.inner.lease_for_refresh(key, token, ttl).await;
+        self.hooks.leave("lease_for_refresh").await;
+        answer
     }
     async fn fill(&self, key: &str, token: LeaseToken, value: Bytes, ttl: Duration) -> StoreResult<FillOutcome> {
         self.tick();

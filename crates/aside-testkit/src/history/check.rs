@@ -1,0 +1,706 @@
+//! The invariants of DESIGN section 8, checked on a recorded [`History`].
+//!
+//! Owns the judgement, not the running: I1 (no read older than the newest
+//! write that returned before it began), I4 (no value served past its TTL
+//! once the database moved on), I3 (one load per key per instance at a
+//! time), liveness, and the excerpts that explain a violation. I2 is
+//! checked live after quiescence (`run`), with the helpers here.
+//!
+//! I1 precisely. A write W of key k *promises* a read R of k when W's cache
+//! operation returned before R began and either W returned `Ok`, or R ran in
+//! W's own instance (a failed invalidation is queued, and until it is
+//! replayed that instance's reads bypass the cache). Then R must return a
+//! version at least W's, or `None` if the row was deleted at a version at
+//! least W's. With an L1, another instance is promised W only once its bus
+//! delivered an eviction of k (or a reset) after W published, or
+//! `bus_lag` after W returned, whichever comes first: that is the L1's
+//! documented lag. A `force_refresh` that loaded version v (and met no
+//! injected fault) promises v to later reads of its own namespace handle
+//! (I1Refresh: the cached value, L1 included, was replaced). Silent writes
+//! (no invalidation) promise nothing but the TTL bound (I4). Exempt:
+//! `skip_cache` reads, values flagged [`aside::Source::Stale`], `get`'s
+//! `None` (not cached), and `get_or_load` in configurations that serve
+//! stale values by policy (it cannot say so).
+
+use std::collections::BTreeSet;
+
+use aside::Source;
+
+use super::program::{NsConfig, Op};
+use super::record::{DeliveryEvent, History, LoadKind, LoadRecord, OpRecord, Outcome};
+use crate::fault::{JournalEvent, RESET_MARKER};
+
+/// Which invariant a violation breaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Invariant {
+    /// A read older than a write that returned `Ok` before it began.
+    I1,
+    /// A read older than a write of its own instance that returned an
+    /// error before it began (the queued invalidation must make the
+    /// instance's reads bypass the cache).
+    I1Local,
+    /// A read older than what a `force_refresh` of its own instance
+    /// loaded before it began (the cached value was replaced).
+    I1Refresh,
+    /// A value (or tombstone) served past its TTL after the database moved on.
+    Ttl,
+    /// After quiescence the store holds a value other than the database's.
+    I2Store,
+    /// After quiescence `get` returns a value other than the database's.
+    I2Get,
+    /// After quiescence a read through the loader returns a value other than the database's.
+    I2Load,
+    /// Two loads of one key overlapped in one instance.
+    I3,
+    /// An operation hung, or quiescence was never reached.
+    Liveness,
+    /// The harness itself failed (a connection, a task): not the library's fault.
+    Harness,
+}
+
+impl Invariant {
+    /// True for the stale-read invariants (I1, its local and refresh forms, the TTL bound).
+    pub fn is_stale_read(self) -> bool {
+        matches!(
+            self,
+            Invariant::I1 | Invariant::I1Local | Invariant::I1Refresh | Invariant::Ttl
+        )
+    }
+
+    /// True for the stale-entry invariants (I2).
+    pub fn is_stale_entry(self) -> bool {
+        matches!(self, Invariant::I2Store | Invariant::I2Get | Invariant::I2Load)
+    }
+}
+
+/// One violation, with the part of the history that shows it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Violation {
+    /// The invariant broken.
+    pub invariant: Invariant,
+    /// False when the configuration does not promise it (`Delete`,
+    /// `DoubleDelete`: measured, not a failure).
+    pub promised: bool,
+    /// The key concerned.
+    pub key: Option<u64>,
+    /// The instance concerned.
+    pub instance: Option<usize>,
+    /// What happened.
+    pub detail: String,
+    /// The relevant history, one event a line, by tick.
+    pub excerpt: Vec<String>,
+}
+
+impl Violation {
+    /// True when this violation fails the run.
+    pub fn fails(&self) -> bool {
+        self.promised
+    }
+
+    pub(crate) fn harness(detail: String) -> Self {
+        Violation {
+            invariant: Invariant::Harness,
+            promised: true,
+            key: None,
+            instance: None,
+            detail,
+            excerpt: Vec::new(),
+        }
+    }
+
+    pub(crate) fn liveness(detail: String) -> Self {
+        Violation {
+            invariant: Invariant::Liveness,
+            promised: true,
+            key: None,
+            instance: None,
+            detail,
+            excerpt: Vec::new(),
+        }
+    }
+}
+
+impl std::fmt::Display for Violation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(
+            f,
+            "{:?}{}: {}",
+            self.invariant,
+            if self.promised { "" } else { " (measured, not promised)" },
+            self.detail
+        )?;
+        for line in &self.excerpt {
+            writeln!(f, "    {line}")?;
+        }
+        Ok(())
+    }
+}
+
+/// At most this many lines of each kind in an excerpt.
+const EXCERPT_LINES: usize = 30;
+
+/// The history of `key` between ticks `from` and `to`: operations, loads,
+/// deliveries, publishes and injected faults, by tick.
+pub(crate) fn excerpt(history: &History, key: u64, from: u64, to: u64) -> Vec<String> {
+    let full = history.full(key);
+    let mut lines: Vec<(u64, String)> = Vec::new();
+    let ops: Vec<&OpRecord> = history
+        .ops
+        .iter()
+        .filter(|o| o.op.keys().contains(&key) && o.end >= from && o.start <= to)
+        .collect();
+    for o in ops.iter().rev().take(EXCERPT_LINES).rev() {
+        lines.push((o.start, format!("op    {o}")));
+    }
+    let loads: Vec<&LoadRecord> = history
+        .loads
+        .iter()
+        .filter(|l| l.keys.contains(&key) && l.end.unwrap_or(u64::MAX) >= from && l.start <= to)
+        .collect();
+    for l in loads.iter().rev().take(EXCERPT_LINES).rev() {
+        lines.push((l.start, format!("load  {l}")));
+    }
+    let mut faults = 0;
+    for entry in &history.journal {
+        if entry.seq < from || entry.seq > to {
+            continue;
+        }
+        let op = entry.op.map_or("background".to_owned(), |o| format!("op{o}"));
+        match &entry.event {
+            JournalEvent::Background { method, key: k } if k.starts_with(full) => {
+                lines.push((
+                    entry.seq,
+                    format!("bg    [{}] the library's own {method}({k})", entry.seq),
+                ));
+            }
+            JournalEvent::Store { kind, method, key: k }
+                if k.starts_with(full) || *kind == crate::fault::FaultKind::Restart =>
+            {
+                faults += 1;
+                if faults <= EXCERPT_LINES {
+                    lines.push((
+                        entry.seq,
+                        format!("fault [{}] {kind:?} on {method}({k}) by {op}", entry.seq),
+                    ));
+                }
+            }
+            JournalEvent::Publish {
+                instance,
+                message,
+                outcome,
+            } if message.keys.iter().any(|k| k == full) => {
+                lines.push((
+                    entry.seq,
+                    format!(
+                        "pub   [{}] p{instance} {op} published {:?}: {outcome:?}",
+                        entry.seq, message.keys
+                    ),
+                ));
+            }
+            JournalEvent::Delivery { instance, kind } => {
+                lines.push((
+                    entry.seq,
+                    format!("bus   [{}] p{instance} subscription {kind:?}", entry.seq),
+                ));
+            }
+            _ => {}
+        }
+    }
+    for d in &history.deliveries {
+        if d.seq < from || d.seq > to {
+            continue;
+        }
+        match &d.event {
+            DeliveryEvent::Message { keys, origin, .. } if keys.iter().any(|k| k == full) => {
+                let from_instance = history
+                    .origins
+                    .iter()
+                    .position(|o| *o == Some(*origin))
+                    .map_or("?".to_owned(), |i| format!("p{i}"));
+                lines.push((
+                    d.seq,
+                    format!(
+                        "recv  [{}] {:.1}ms p{} evicted {keys:?} from {from_instance}",
+                        d.seq, d.at_ms, d.instance
+                    ),
+                ));
+            }
+            DeliveryEvent::Reset | DeliveryEvent::Lagged(_) => {
+                lines.push((
+                    d.seq,
+                    format!("recv  [{}] {:.1}ms p{} {:?}", d.seq, d.at_ms, d.instance, d.event),
+                ));
+            }
+            _ => {}
+        }
+    }
+    lines.sort_by_key(|(seq, _)| *seq);
+    let states: Vec<String> = history
+        .states(key)
+        .iter()
+        .map(|s| format!("v{}{}@{}", s.version, if s.exists { "" } else { "(deleted)" }, s.seq))
+        .collect();
+    let mut out = vec![format!("db    key {key} ({full}) states: {}", states.join(" "))];
+    out.extend(lines.into_iter().map(|(_, l)| l));
+    out
+}
+
+/// The tick from which instance `reader` is promised write `w` of `key`:
+/// `w`'s end, or with an L1 in another instance, the first delivery after
+/// `w` published that evicts `key` there (`None`: not yet, see the lag).
+fn promised_from(history: &History, config: &NsConfig, w: &OpRecord, key: u64, reader: usize) -> Option<u64> {
+    if config.l1_ttl_ms.is_none() || w.instance == reader {
+        return Some(w.end);
+    }
+    let full = history.full(key);
+    let published = history
+        .journal
+        .iter()
+        .filter(|e| e.op == Some(w.id))
+        .filter_map(|e| match &e.event {
+            JournalEvent::Publish { message, .. } if message.keys.iter().any(|k| k == full) => Some(e.seq),
+            _ => None,
+        })
+        .min()
+        .unwrap_or(w.end);
+    let own_origin = history.origins.get(reader).copied().flatten();
+    history
+        .deliveries
+        .iter()
+        .filter(|d| d.instance == reader && d.seq > published)
+        .find(|d| match &d.event {
+            DeliveryEvent::Reset | DeliveryEvent::Lagged(_) => true,
+            DeliveryEvent::Message {
+                keys,
+                origin,
+                namespace,
+            } => namespace != RESET_MARKER && Some(*origin) != own_origin && keys.iter().any(|k| k == full),
+        })
+        .map(|d| d.seq.max(w.end))
+}
+
+/// Why a read is promised a version (see the module documentation).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Promise {
+    /// A write whose cache operation returned `Ok`: every instance.
+    Write,
+    /// A write whose cache operation failed: its own instance.
+    FailedWrite,
+    /// A `force_refresh` that loaded the version: its own instance (the
+    /// cached value was replaced, L1 included).
+    Refresh,
+}
+
+/// Every promise of the history: `(operation, key, version, kind)`.
+fn promises<'a>(history: &'a History, config: &NsConfig) -> Vec<(&'a OpRecord, u64, u64, Promise)> {
+    // A refresh whose store calls met an injected fault may not have
+    // replaced anything: it promises nothing.
+    let faulted: std::collections::HashSet<u64> = history
+        .journal
+        .iter()
+        .filter(|e| matches!(e.event, JournalEvent::Store { .. }))
+        .filter_map(|e| e.op)
+        .collect();
+    let mut out = Vec::new();
+    for o in &history.ops {
+        match (&o.op, &o.outcome) {
+            (
+                _,
+                Outcome::Write {
+                    states,
+                    cache_op: true,
+                    ok,
+                    ..
+                },
+            ) => {
+                let kind = if *ok { Promise::Write } else { Promise::FailedWrite };
+                out.extend(states.iter().map(|s| (o, s.key, s.version, kind)));
+            }
+            (
+                Op::FetchForceRefresh(_),
+                Outcome::Read {
+                    values,
+                    source: Some(Source::Loaded),
+                    ..
+                },
+            ) if !faulted.contains(&o.id) => {
+                // Only leases fence fills: under the other strategies a
+                // concurrent load may fill after the refresh (same version,
+                // no write in between), so the refresh promises only when
+                // it ran alone.
+                let alone = |key: u64| {
+                    config.strategy == super::program::StrategyKind::Lease
+                        || !history.loads.iter().any(|l| {
+                            l.op != o.id
+                                && l.keys.contains(&key)
+                                && matches!(l.kind, LoadKind::Cached | LoadKind::ForceRefresh)
+                                && l.start < o.end
+                                && l.end_ms.is_none_or(|e| e > o.start_ms - TTL_SLACK_MS)
+                        })
+                };
+                out.extend(
+                    values
+                        .iter()
+                        .filter(|(k, _)| alone(*k))
+                        .filter_map(|(k, v)| v.map(|v| (o, *k, v, Promise::Refresh))),
+                );
+            }
+            _ => {}
+        }
+    }
+    out
+}
+
+/// I1 (with its local and refresh forms) over every read of the history.
+pub(crate) fn stale_reads(history: &History, config: &NsConfig, bus_lag_ms: f64) -> Vec<Violation> {
+    let promised = config.strategy.promised();
+    let mut violations = Vec::new();
+    let all = promises(history, config);
+    for read in &history.ops {
+        let Outcome::Read {
+            values,
+            source,
+            none_is_absent,
+        } = &read.outcome
+        else {
+            continue;
+        };
+        if matches!(read.op, Op::FetchSkipCache(_)) || *source == Some(Source::Stale) {
+            continue;
+        }
+        if matches!(read.op, Op::GetOrLoad(_)) && config.may_serve_stale() {
+            continue;
+        }
+        for (key, got) in values {
+            if got.is_none() && !none_is_absent {
+                continue;
+            }
+            let applies = |w: &OpRecord, kind: Promise| {
+                if w.end >= read.start || w.id == read.id {
+                    return false;
+                }
+                match kind {
+                    Promise::Write => {
+                        promised_from(history, config, w, *key, read.instance).is_some_and(|from| from < read.start)
+                            || read.start_ms > w.end_ms + bus_lag_ms
+                    }
+                    Promise::FailedWrite => w.instance == read.instance,
+                    // The refresh replaced its own handle's copies (a twin
+                    // namespace has an L1 of its own).
+                    Promise::Refresh => w.instance == read.instance && w.handle == read.handle,
+                }
+            };
+            let stale_against = |version: u64| match got {
+                Some(v) => *v < version,
+                None => !history.states(*key).iter().any(|s| !s.exists && s.version >= version),
+            };
+            // The newest promise this read breaks, the strongest kind first.
+            let broken: Vec<&(&OpRecord, u64, u64, Promise)> = all
+                .iter()
+                .filter(|(w, k, version, kind)| *k == *key && applies(w, *kind) && stale_against(*version))
+                .collect();
+            let Some(&&(w, _, required, kind)) = [Promise::Write, Promise::FailedWrite, Promise::Refresh]
+                .iter()
+                .find_map(|want| broken.iter().filter(|p| p.3 == *want).max_by_key(|p| p.2))
+            else {
+                continue;
+            };
+            let got_text = got.map_or("none (row absent)".to_owned(), |v| format!("v{v}"));
+            let (invariant, what) = match kind {
+                Promise::Write => (Invariant::I1, format!("had returned Ok after writing v{required}")),
+                Promise::FailedWrite => (
+                    Invariant::I1Local,
+                    format!("had returned an error after writing v{required} (its invalidation queued)"),
+                ),
+                Promise::Refresh => (Invariant::I1Refresh, format!("had force-refreshed v{required}")),
+            };
+            violations.push(Violation {
+                invariant,
+                promised,
+                key: Some(*key),
+                instance: Some(read.instance),
+                detail: format!(
+                    "{} of key {key} on instance {} (op{}) returned {got_text}, but op{} ({}) on instance {} {what}",
+                    read.op.name(),
+                    read.instance,
+                    read.id,
+                    w.id,
+                    w.op.name(),
+                    w.instance,
+                ),
+                excerpt: excerpt(history, *key, excerpt_from(history, *key, *got, w, read), read.end),
+            });
+        }
+    }
+    violations
+}
+
+/// How much later than its expiry a read may still see a value: the
+/// spread between a load's end and the fill's encoding, timers, scheduling.
+const TTL_SLACK_MS: f64 = 50.0;
+
+/// I4: a value is not served past its TTL (a tombstone past its negative
+/// TTL) once the database moved on, whatever tier serves it. Loads and
+/// `set`s stamp a value's expiry; a read of version `v` is late when it
+/// began more than the TTL after the last load or `set` of `v` and after
+/// the write that superseded `v`. Same exemptions as I1.
+pub(crate) fn ttl_bound(history: &History, config: &NsConfig) -> Vec<Violation> {
+    let mut violations = Vec::new();
+    let ttl_ms = config.ttl_ms as f64 * (1.0 + config.jitter);
+    for read in &history.ops {
+        let Outcome::Read {
+            values,
+            source,
+            none_is_absent,
+        } = &read.outcome
+        else {
+            continue;
+        };
+        if matches!(read.op, Op::FetchSkipCache(_)) || *source == Some(Source::Stale) {
+            continue;
+        }
+        if matches!(read.op, Op::GetOrLoad(_)) && config.may_serve_stale() {
+            continue;
+        }
+        for (key, got) in values {
+            let states = history.states(*key);
+            // The state read, the first state after it, and the TTL it was cached for.
+            let (position, ttl) = match got {
+                Some(v) => (states.iter().position(|s| s.version == *v && s.exists), ttl_ms),
+                // `get`'s `None` is "not cached".
+                None if !none_is_absent => continue,
+                None => match config.negative_ttl_ms {
+                    // Without negative caching `None` is a load's answer, never cached.
+                    None => continue,
+                    // The latest deletion the read may have seen.
+                    Some(n) => (states.iter().rposition(|s| !s.exists && s.seq < read.end), n as f64),
+                },
+            };
+            let Some(position) = position else { continue };
+            let Some(next) = states.get(position + 1) else { continue };
+            if next.seq >= read.start {
+                continue;
+            }
+            let read_it = |s: &super::record::KeyState| match got {
+                Some(v) => s.exists && s.version == *v,
+                None => !s.exists,
+            };
+            let last_load = history
+                .loads
+                .iter()
+                .filter(|l| l.kind != LoadKind::SkipCache && l.start < read.start)
+                .filter(|l| l.read.iter().any(|s| s.key == *key && read_it(s)))
+                .filter_map(|l| l.end_ms)
+                .fold(None, |m: Option<f64>, e| Some(m.map_or(e, |m| m.max(e))));
+            let last_set = history
+                .ops
+                .iter()
+                .filter(|o| matches!(o.op, Op::Set(_)) && o.start < read.start)
+                .filter(|o| o.wrote(*key).is_some_and(|s| read_it(&s)))
+                .map(|o| o.end_ms)
+                .fold(None, |m: Option<f64>, e| Some(m.map_or(e, |m| m.max(e))));
+            let Some(refreshed) = last_load.into_iter().chain(last_set).reduce(f64::max) else {
+                continue;
+            };
+            let deadline = (refreshed + ttl).max(next.at_ms) + TTL_SLACK_MS;
+            if read.start_ms <= deadline {
+                continue;
+            }
+            let got_text = got.map_or("none (a tombstone)".to_owned(), |v| format!("v{v}"));
+            violations.push(Violation {
+                invariant: Invariant::Ttl,
+                promised: true,
+                key: Some(*key),
+                instance: Some(read.instance),
+                detail: format!(
+                    "{} of key {key} on instance {} (op{}, at {:.1} ms) returned {got_text}, last loaded or set at {refreshed:.1} ms and superseded at {:.1} ms: {:.1} ms past its TTL of {ttl:.0} ms",
+                    read.op.name(),
+                    read.instance,
+                    read.id,
+                    read.start_ms,
+                    next.at_ms,
+                    read.start_ms - (refreshed + ttl).max(next.at_ms),
+                ),
+                excerpt: excerpt(history, *key, states[position].seq.saturating_sub(1), read.end),
+            });
+        }
+    }
+    violations
+}
+
+/// Where the excerpt of a stale read starts: at the promised write, or
+/// earlier at the last load that read the stale version returned (where
+/// the stale value came from), and at any store restart before that.
+fn excerpt_from(history: &History, key: u64, got: Option<u64>, w: &OpRecord, read: &OpRecord) -> u64 {
+    let mut from = w.start;
+    if let Some(set) = history
+        .ops
+        .iter()
+        .rfind(|o| o.start < read.end && got.is_some_and(|v| o.wrote(key).is_some_and(|s| s.version == v)))
+    {
+        from = from.min(set.start);
+    }
+    if let Some(source) = history
+        .loads
+        .iter()
+        .rfind(|l| l.start < read.end && l.read.iter().any(|s| s.key == key && s.row().map(|r| r.version) == got))
+    {
+        from = from.min(source.start);
+    }
+    if let Some(restart) = history.journal.iter().rfind(|e| {
+        e.seq < read.end
+            && matches!(
+                e.event,
+                JournalEvent::Store {
+                    kind: crate::fault::FaultKind::Restart,
+                    ..
+                }
+            )
+    }) {
+        from = from.min(restart.seq);
+    }
+    from.saturating_sub(1)
+}
+
+/// An I2 violation about `key`, with the last writes of the key as excerpt.
+pub(crate) fn stale_entry(
+    invariant: Invariant,
+    promised: bool,
+    history: &History,
+    key: u64,
+    instance: Option<usize>,
+    detail: String,
+) -> Violation {
+    let writes: Vec<&OpRecord> = history
+        .ops
+        .iter()
+        .filter(|o| o.op.is_write() && o.op.keys().contains(&key))
+        .collect();
+    let from = writes.iter().rev().nth(2).map_or(0, |w| w.start.saturating_sub(1));
+    Violation {
+        invariant,
+        promised,
+        key: Some(key),
+        instance,
+        detail,
+        excerpt: excerpt(history, key, from, u64::MAX),
+    }
+}
+
+/// What [`load_overlaps`] found.
+pub(crate) struct Overlaps {
+    pub(crate) violations: Vec<Violation>,
+    pub(crate) excused: u64,
+    pub(crate) cross_instance: u64,
+}
+
+/// I3: loads of one key in one instance must not overlap, unless something
+/// in between explains a second flight (a write or a replay revoking the
+/// first's lease or bumping the version, a store restart, an injected store
+/// fault: a failed lookup cannot join a flight it cannot see). `skip_cache`
+/// and `force_refresh` loads are not coalesced by design (a forced refresh
+/// must not take an older load's result) and are left out. Overlaps across
+/// instances are counted (leases make them rare, not impossible).
+pub(crate) fn load_overlaps(history: &History) -> Overlaps {
+    let mut out = Overlaps {
+        violations: Vec::new(),
+        excused: 0,
+        cross_instance: 0,
+    };
+    let loads: Vec<&LoadRecord> = history.loads.iter().filter(|l| l.kind == LoadKind::Cached).collect();
+    let keys: BTreeSet<u64> = loads.iter().flat_map(|l| l.keys.iter().copied()).collect();
+    let faults: Vec<u64> = history
+        .journal
+        .iter()
+        .filter(|e| matches!(e.event, JournalEvent::Store { .. }))
+        .map(|e| e.seq)
+        .collect();
+    // The library's own writes of a key (replays, delayed deletes, background fills).
+    let background: Vec<(u64, &str)> = history
+        .journal
+        .iter()
+        .filter_map(|e| match &e.event {
+            JournalEvent::Background { key, .. } => Some((e.seq, key.as_str())),
+            _ => None,
+        })
+        .collect();
+    let op_start = |op: u64| history.ops.iter().find(|o| o.id == op).map_or(0, |o| o.start);
+    for key in keys {
+        let of_key: Vec<&&LoadRecord> = loads.iter().filter(|l| l.keys.contains(&key)).collect();
+        for (i, a) in of_key.iter().enumerate() {
+            let a_end = a.end.unwrap_or(u64::MAX);
+            for b in of_key.iter().skip(i + 1) {
+                if b.start >= a_end {
+                    continue;
+                }
+                // From the start of the earlier operation (its lookups come
+                // before its load) to the start of the later load.
+                let (from, to) = (op_start(a.op).min(op_start(b.op)).min(a.start), b.start);
+                let full = history.full(key);
+                let explained = history
+                    .ops
+                    .iter()
+                    .any(|o| o.op.is_write() && o.op.keys().contains(&key) && o.start < to && o.end > from)
+                    || faults.iter().any(|s| *s > from && *s < to)
+                    || background
+                        .iter()
+                        .any(|(s, k)| *s > from && *s < to && k.starts_with(full));
+                if a.handle != b.handle && a.instance == b.instance {
+                    // Two namespaces of one name in one instance: each has its own single-flight.
+                    continue;
+                }
+                if a.instance != b.instance {
+                    if !explained {
+                        out.cross_instance += 1;
+                    }
+                    continue;
+                }
+                if explained {
+                    out.excused += 1;
+                    continue;
+                }
+                out.violations.push(Violation {
+                    invariant: Invariant::I3,
+                    promised: true,
+                    key: Some(key),
+                    instance: Some(a.instance),
+                    detail: format!(
+                        "two loads of key {key} overlapped on instance {}: load#{} (op{}{}) and load#{} (op{}{}), with no write, restart or store fault in between",
+                        a.instance,
+                        a.id,
+                        a.op,
+                        if a.background { ", background" } else { "" },
+                        b.id,
+                        b.op,
+                        if b.background { ", background" } else { "" },
+                    ),
+                    excerpt: excerpt(history, key, a.start.saturating_sub(1), b.end.unwrap_or(a_end)),
+                });
+            }
+        }
+    }
+    out
+}
+
+/// Operations that never finished.
+pub(crate) fn liveness(history: &History) -> Vec<Violation> {
+    history
+        .ops
+        .iter()
+        .filter(|o| o.outcome == Outcome::Hung)
+        .map(|o| Violation {
+            invariant: Invariant::Liveness,
+            promised: true,
+            key: o.op.keys().first().copied(),
+            instance: Some(o.instance),
+            detail: format!("op{} {} on instance {} never finished", o.id, o.op, o.instance),
+            excerpt: o
+                .op
+                .keys()
+                .first()
+                .map(|k| excerpt(history, *k, o.start.saturating_sub(1), o.end))
+                .unwrap_or_default(),
+        })
+        .collect()
+}
