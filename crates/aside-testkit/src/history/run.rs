@@ -222,6 +222,8 @@ pub struct RunStats {
     pub load_overlaps_excused: u64,
     /// Overlapping loads of a key in different instances (leases: measured).
     pub cross_instance_overlaps: u64,
+    /// Unexplained overlaps of a batch's load with another in one instance (measured).
+    pub batch_load_overlaps: u64,
     /// Operations slower than the lease wait (measured).
     pub slow_ops: u64,
     /// The slowest operation, ms.
@@ -773,6 +775,7 @@ pub(crate) async fn run_program(program: &Program, env: &RunEnv) -> ProgramRun {
         faults: plan.counts(),
         load_overlaps_excused: overlaps.excused,
         cross_instance_overlaps: overlaps.cross_instance,
+        batch_load_overlaps: overlaps.batch,
         slow_ops: history
             .ops
             .iter()
