@@ -767,3 +767,32 @@ async fn a_lost_version_counter_never_reuses_a_version() {
         "the late fill from before the counter was lost is served"
     );
 }
+
+/// Found by the checker (Redis, seed 14211575654616371506): a replayed
+/// version bump after a restart recreated the counter at 1, so versions
+/// were counted again from the start and a late fill under a reused one
+/// was served. A replay that creates the counter moves it to a fresh start.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replayed_version_bump_never_restarts_the_count() {
+    let (store, hooks) = gated();
+    let aside = patient(&store);
+    let ns = users(&aside, Strategy::Versioned, false);
+    let db = Db::with_users(1);
+    read(&ns, &db, 1).await;
+    hooks.fail("incr");
+    ns.invalidate(&1).await.unwrap_err();
+    // The store restarts: the counter is gone.
+    store.delete("user:1#ver").await.unwrap();
+    hooks.heal("incr");
+    eventually("the bump is replayed", Duration::from_secs(30), || async {
+        aside.stats().invalidations_pending == 0
+    })
+    .await;
+    let raw = store
+        .get("user:1#ver")
+        .await
+        .unwrap()
+        .expect("the replay wrote the counter");
+    let version: u64 = std::str::from_utf8(&raw).unwrap().parse().unwrap();
+    assert!(version > 1_000_000, "the counter restarted from {version}");
+}

@@ -32,6 +32,15 @@ pub(crate) mod write;
 use retry::{PendingOp, RetryQueue};
 use timer::DelayedDeletes;
 
+/// Where a new `Versioned` counter starts: the clock in microseconds, above
+/// any number an earlier counter of the key reached by counting, so a
+/// counter lost to a restart or an eviction never reuses a version.
+pub(crate) fn fresh_version() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(1, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
+}
+
 /// State shared by all namespaces of one [`crate::Aside`].
 pub(crate) struct Core {
     pub(crate) store: Arc<dyn Store>,

@@ -249,7 +249,7 @@ impl<V: Clone + Send + Sync + 'static> NsInner<V> {
         if let Some(raw) = self.call(store.get(&key)).await? {
             return Ok(Self::parse_version(Some(raw)));
         }
-        let start = Self::fresh_version();
+        let start = super::fresh_version();
         if self
             .call(store.add(&key, Bytes::from(start.to_string()), self.version_ttl()))
             .await?
@@ -271,18 +271,10 @@ impl<V: Clone + Send + Sync + 'static> NsInner<V> {
         if version != 1 {
             return Ok(version);
         }
-        let start = Self::fresh_version();
+        let start = super::fresh_version();
         self.call(store.set(&key, Bytes::from(start.to_string()), self.version_ttl()))
             .await?;
         Ok(start)
-    }
-
-    /// Where a new counter starts: the clock in microseconds, above any
-    /// number an earlier counter of the key reached by counting.
-    fn fresh_version() -> u64 {
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(1, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
     }
 
     pub(crate) async fn fetch<F, Fut, E>(&self, full: &str, loader: F) -> Result<Fetched<V>>

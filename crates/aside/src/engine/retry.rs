@@ -287,7 +287,15 @@ async fn replay_once(core: &Core, queue: &RetryQueue) -> bool {
         let applied = match slot.op {
             PendingOp::Invalidate { keep_stale } => core.call_unguarded(store.invalidate(&key, keep_stale)).await,
             PendingOp::Delete => core.call_unguarded(store.delete(&key)).await,
-            PendingOp::Incr { ttl } => core.call_unguarded(store.incr(&key, ttl)).await.map(drop),
+            PendingOp::Incr { ttl } => match core.call_unguarded(store.incr(&key, ttl)).await {
+                // The counter was gone (a restart): move it to a fresh start,
+                // as `NsInner::bump_version` does, so no version is reused.
+                Ok(1) => {
+                    let start = bytes::Bytes::from(super::fresh_version().to_string());
+                    core.call_unguarded(store.set(&key, start, ttl)).await
+                }
+                other => other.map(drop),
+            },
         };
         if applied.is_err() {
             complete = false;
