@@ -631,9 +631,14 @@ pub(crate) fn load_overlaps(history: &History) -> Overlaps {
     let background: Vec<(u64, &str)> = history
         .journal
         .iter()
-        .filter_map(|e| match &e.event {
-            JournalEvent::Background { key, .. } => Some((e.seq, key.as_str())),
-            _ => None,
+        .flat_map(|e| match &e.event {
+            JournalEvent::Background { key, .. } => vec![(e.seq, key.as_str())],
+            // A replay publishes once its invalidations are applied: the
+            // version bumps or revocations it announces came just before.
+            JournalEvent::Publish { message, .. } if e.op.is_none() => {
+                message.keys.iter().map(|k| (e.seq, k.as_str())).collect()
+            }
+            _ => Vec::new(),
         })
         .collect();
     let op_start = |op: u64| history.ops.iter().find(|o| o.id == op).map_or(0, |o| o.start);
