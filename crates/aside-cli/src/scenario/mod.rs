@@ -11,7 +11,6 @@
 pub mod chaos;
 pub mod db_outage;
 pub mod expiry;
-pub mod local_bus;
 pub mod race;
 pub mod stampede;
 
@@ -24,6 +23,7 @@ use aside::bus::redis::RedisBus;
 use aside::store::memcached::MemcachedStore;
 use aside::store::redis::RedisStore;
 use aside::{Aside, AsideBuilder, MemoryStore, Namespace, Store, Strategy};
+use aside_testkit::fault::MemoryBus;
 use sqlx::sqlite::{SqlitePool, SqlitePoolOptions};
 
 use crate::demo::DemoArgs;
@@ -105,7 +105,7 @@ impl StoreChoice {
     ///
     /// # Errors
     /// When Redis or memcached cannot be reached.
-    pub async fn aside_on_bus(&self, prefix: &str, local: &local_bus::LocalBus) -> Result<Aside> {
+    pub async fn aside_on_bus(&self, prefix: &str, local: &MemoryBus) -> Result<Aside> {
         let builder = self.builder(prefix).await?;
         Ok(match self {
             StoreChoice::Memory(_) | StoreChoice::Memcached(_) => builder.bus(local.clone()).build(),

@@ -9,7 +9,7 @@
 //!
 //! With `--l1`, both engines put an L1 in front of the store and join an
 //! invalidation bus (a `RedisBus` each on Redis, one shared
-//! [`LocalBus`] on the in-process store). A writer's invalidation evicts
+//! [`MemoryBus`] on the in-process store). A writer's invalidation evicts
 //! its own L1 at once but reaches the readers' L1 asynchronously, so a read
 //! that begins after the invalidation returned may still hit the old L1
 //! copy for as long as the bus takes: `stale_reads` can be above 0 with
@@ -30,9 +30,9 @@ use serde::Serialize;
 use tokio::sync::broadcast::{self, error::RecvError};
 use tokio::time::{Instant, timeout};
 
-use super::local_bus::LocalBus;
 use super::{Rows, StoreChoice, run_prefix};
 use crate::error::{CliError, Result};
+use aside_testkit::fault::MemoryBus;
 
 /// Capacity of each engine's L1 with `--l1` (far above the hot set).
 const L1_ENTRIES: u64 = 10_000;
@@ -115,7 +115,7 @@ pub async fn run_strategy(
 ) -> Result<RaceResult> {
     let prefix = run_prefix("race");
     let (reader_cache, writer_cache) = if opts.l1 {
-        let bus = LocalBus::new();
+        let bus = MemoryBus::new();
         (
             store.aside_on_bus(&prefix, &bus).await?,
             store.aside_on_bus(&prefix, &bus).await?,
