@@ -30,6 +30,21 @@ fn patient(store: &Arc<dyn Store>) -> Aside {
         .build()
 }
 
+/// One namespace in each of two `Aside`s ("processes") over one memory
+/// store, with these lease settings (the lease wait defaults to the TTL).
+fn two_processes(lease_ttl: Duration, lease_wait: Option<Duration>) -> (Namespace<u64, User>, Namespace<u64, User>) {
+    let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+    let build = |aside: &Aside| {
+        let builder = aside.namespace::<u64, User>("user").lease_ttl(lease_ttl);
+        let builder = match lease_wait {
+            Some(wait) => builder.lease_wait(wait),
+            None => builder,
+        };
+        builder.build().unwrap()
+    };
+    (build(&patient(&store)), build(&patient(&store)))
+}
+
 fn users(aside: &Aside, strategy: Strategy, l1: bool) -> Namespace<u64, User> {
     let builder = aside.namespace::<u64, User>("user").strategy(strategy);
     let builder = if l1 {
@@ -363,17 +378,7 @@ fn slow_loader(loads: Arc<AtomicUsize>, took: Duration) -> impl FnMut() -> UserL
 /// refused as if revoked, and the loads repeated (never cached).
 #[tokio::test(start_paused = true)]
 async fn defect_13_a_slow_loader_keeps_its_lease() {
-    let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
-    let (one, other) = (patient(&store), patient(&store));
-    let build = |aside: &Aside| {
-        aside
-            .namespace::<u64, User>("user")
-            .lease_ttl(Duration::from_millis(100))
-            .lease_wait(Duration::from_secs(60))
-            .build()
-            .unwrap()
-    };
-    let (slow, next) = (build(&one), build(&other));
+    let (slow, next) = two_processes(Duration::from_millis(100), Some(Duration::from_secs(60)));
     let loads = Arc::new(AtomicUsize::new(0));
     let slow_loader = |loads| slow_loader(loads, Duration::from_millis(350));
     let first = tokio::spawn({
@@ -440,19 +445,9 @@ async fn defect_13_a_slow_loader_keeps_its_lease_on_memcached() {
 /// (another process) waited it out, then loaded without caching.
 #[tokio::test(start_paused = true)]
 async fn defect_14_a_cancelled_leader_gives_its_lease_back() {
-    let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
-    let (one, other) = (patient(&store), patient(&store));
     // Waiting out a leaked lease (10 s) takes longer than the next reader
     // waits (1 s): it then loads without caching.
-    let build = |aside: &Aside| {
-        aside
-            .namespace::<u64, User>("user")
-            .lease_ttl(Duration::from_secs(10))
-            .lease_wait(Duration::from_secs(1))
-            .build()
-            .unwrap()
-    };
-    let (cancelled, next) = (build(&one), build(&other));
+    let (cancelled, next) = two_processes(Duration::from_secs(10), Some(Duration::from_secs(1)));
     let started = Arc::new(tokio::sync::Notify::new());
     let signal = started.clone();
     let leader = tokio::spawn(async move {
@@ -624,16 +619,7 @@ async fn a_lease_granted_behind_a_lost_reply_is_released() {
 /// stop after the lease wait; the lease then runs out.
 #[tokio::test(start_paused = true)]
 async fn a_hung_loader_blocks_its_key_for_a_bounded_time() {
-    let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
-    let (one, other) = (patient(&store), patient(&store));
-    let build = |aside: &Aside| {
-        aside
-            .namespace::<u64, User>("user")
-            .lease_ttl(Duration::from_millis(300))
-            .build()
-            .unwrap()
-    };
-    let (hung, next) = (build(&one), build(&other));
+    let (hung, next) = two_processes(Duration::from_millis(300), None);
     let _hung = tokio::spawn(async move {
         hung.get_or_load(&1, std::future::pending::<Result<Option<User>, DbDown>>)
             .await
@@ -654,17 +640,7 @@ async fn a_hung_loader_blocks_its_key_for_a_bounded_time() {
 /// and a reader in another process took key 2's lease and loaded it again.
 #[tokio::test(start_paused = true)]
 async fn one_invalidated_key_does_not_stop_a_batch_renewing_the_others() {
-    let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
-    let (one, other) = (patient(&store), patient(&store));
-    let build = |aside: &Aside| {
-        aside
-            .namespace::<u64, User>("user")
-            .lease_ttl(Duration::from_millis(300))
-            .lease_wait(Duration::from_secs(60))
-            .build()
-            .unwrap()
-    };
-    let (ns, next) = (build(&one), build(&other));
+    let (ns, next) = two_processes(Duration::from_millis(300), Some(Duration::from_secs(60)));
     let db = Db::with_users(2);
     let batch = {
         let (ns, db) = (ns.clone(), db.clone());

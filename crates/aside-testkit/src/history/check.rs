@@ -352,26 +352,36 @@ fn promises<'a>(history: &'a History, config: &NsConfig) -> Vec<(&'a OpRecord, u
     out
 }
 
-/// I1 (with its local and refresh forms) over every read of the history.
-pub(crate) fn stale_reads(history: &History, config: &NsConfig, bus_lag_ms: f64) -> Vec<Violation> {
-    let promised = config.strategy.promised();
-    let mut violations = Vec::new();
-    let all = promises(history, config);
-    for read in &history.ops {
+/// The reads a promise holds for, with the `(key, version)` pairs they
+/// returned and whether their `None` means "absent": not `skip_cache`
+/// reads, not values flagged stale, and not `get_or_load` where stale
+/// serving may hand it an invalidated value it cannot flag.
+fn held_reads<'a>(
+    history: &'a History,
+    config: &'a NsConfig,
+) -> impl Iterator<Item = (&'a OpRecord, &'a Vec<(u64, Option<u64>)>, bool)> + 'a {
+    history.ops.iter().filter_map(move |read| {
         let Outcome::Read {
             values,
             source,
             none_is_absent,
         } = &read.outcome
         else {
-            continue;
+            return None;
         };
-        if matches!(read.op, Op::FetchSkipCache(_)) || *source == Some(Source::Stale) {
-            continue;
-        }
-        if matches!(read.op, Op::GetOrLoad(_)) && config.may_serve_stale() {
-            continue;
-        }
+        let exempt = matches!(read.op, Op::FetchSkipCache(_))
+            || *source == Some(Source::Stale)
+            || (matches!(read.op, Op::GetOrLoad(_)) && config.may_serve_stale());
+        (!exempt).then_some((read, values, *none_is_absent))
+    })
+}
+
+/// I1 (with its local and refresh forms) over every read of the history.
+pub(crate) fn stale_reads(history: &History, config: &NsConfig, bus_lag_ms: f64) -> Vec<Violation> {
+    let promised = config.strategy.promised();
+    let mut violations = Vec::new();
+    let all = promises(history, config);
+    for (read, values, none_is_absent) in held_reads(history, config) {
         for (key, got) in values {
             if got.is_none() && !none_is_absent {
                 continue;
@@ -448,21 +458,7 @@ const TTL_SLACK_MS: f64 = 50.0;
 pub(crate) fn ttl_bound(history: &History, config: &NsConfig) -> Vec<Violation> {
     let mut violations = Vec::new();
     let ttl_ms = config.ttl_ms as f64 * (1.0 + config.jitter);
-    for read in &history.ops {
-        let Outcome::Read {
-            values,
-            source,
-            none_is_absent,
-        } = &read.outcome
-        else {
-            continue;
-        };
-        if matches!(read.op, Op::FetchSkipCache(_)) || *source == Some(Source::Stale) {
-            continue;
-        }
-        if matches!(read.op, Op::GetOrLoad(_)) && config.may_serve_stale() {
-            continue;
-        }
+    for (read, values, none_is_absent) in held_reads(history, config) {
         for (key, got) in values {
             let states = history.states(*key);
             // The state read, the first state after it, and the TTL it was cached for.
