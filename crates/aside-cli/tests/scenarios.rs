@@ -31,10 +31,21 @@ fn check_race(report: &serde_json::Value) {
         }
         assert!(row["reads"].as_u64().unwrap() > 0, "{row}");
         assert!(row["writes"].as_u64().unwrap() > 0, "{row}");
+        let calls = row["calls"].as_u64().unwrap();
+        assert_eq!(calls, row["reads"].as_u64().unwrap(), "{row}");
+        let per_call = row["db_reads_per_call"].as_f64().unwrap();
+        let expected = row["db_queries"].as_u64().unwrap() as f64 / calls as f64;
+        assert!((per_call - expected).abs() < 1e-9, "{row}");
     }
     let lease = &rows[3];
     assert_eq!(lease["stale_entries"], 0, "lease leaves no stale entry: {lease}");
     assert_eq!(lease["stale_reads"], 0, "lease serves no stale read: {lease}");
+    // Before issue 13 a refused fill was loaded again, for its leader and
+    // its waiters: more database reads than calls under write-heavy keys.
+    assert!(
+        lease["db_reads_per_call"].as_f64().unwrap() < 1.0,
+        "the lease added database load: {lease}"
+    );
 }
 
 fn check_stampede(report: &serde_json::Value, clients: u64) {

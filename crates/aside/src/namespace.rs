@@ -158,7 +158,6 @@ pub(crate) struct NsInner<V> {
     pub(crate) keep_stale: Option<Duration>,
     pub(crate) max_value_bytes: usize,
     pub(crate) stampede: Stampede,
-    pub(crate) max_fill_attempts: u32,
     pub(crate) negative_ttl: Option<Duration>,
     pub(crate) early_refresh: Option<EarlyRefresh>,
     pub(crate) fail_safe: Option<FailSafe>,
@@ -260,10 +259,13 @@ where
     /// once in total: the others wait for the fill, up to the lease-wait
     /// bound, then load themselves.
     ///
-    /// The loader may run more than once in one call: when an invalidation
-    /// revokes the lease while it loads, what it read may predate the write,
-    /// so it is run again under a new lease (up to
-    /// [`NamespaceBuilder::max_fill_attempts`]).
+    /// The loader runs at most once per call and key in the common case:
+    /// when an invalidation revokes the lease while it loads, the fill is
+    /// refused (what it read may predate the write) but the value is still
+    /// returned to this call, whose read began before the load. Only
+    /// waiters whose read began after that load began, which could
+    /// otherwise see a value older than an invalidation they observed,
+    /// wait for one new load between them.
     pub async fn get_or_load<F, Fut, E>(&self, key: &K, loader: F) -> Result<Option<V>>
     where
         F: FnMut() -> Fut,
@@ -511,7 +513,6 @@ pub struct NamespaceBuilder<K: ?Sized, V> {
     keep_stale: Option<Duration>,
     max_value_bytes: usize,
     stampede: Stampede,
-    max_fill_attempts: u32,
     negative_ttl: Option<Duration>,
     early_refresh: Option<EarlyRefresh>,
     fail_safe: Option<FailSafe>,
@@ -565,7 +566,6 @@ where
             keep_stale: None,
             max_value_bytes: DEFAULT_MAX_VALUE_BYTES,
             stampede: Stampede::default(),
-            max_fill_attempts: 3,
             negative_ttl: None,
             early_refresh: None,
             fail_safe: None,
@@ -700,15 +700,6 @@ impl<K: Display + ?Sized, V: Clone + Send + Sync + 'static> NamespaceBuilder<K, 
         self
     }
 
-    /// How many times a leader loads when invalidations keep revoking its
-    /// lease (default 3). A refused fill means the load may predate a write,
-    /// so the leader takes a new lease and loads again rather than leave the
-    /// key empty for the next reader.
-    pub fn max_fill_attempts(mut self, attempts: u32) -> Self {
-        self.max_fill_attempts = attempts.max(1);
-        self
-    }
-
     /// Caches "not found" (a loader's `None`) as a tombstone for `ttl`, so a
     /// key that does not exist stops reaching the database (cache
     /// penetration). Off by default.
@@ -810,7 +801,6 @@ impl<K: Display + ?Sized, V: Clone + Send + Sync + 'static> NamespaceBuilder<K, 
             keep_stale: self.keep_stale,
             max_value_bytes: self.max_value_bytes,
             stampede: self.stampede,
-            max_fill_attempts: self.max_fill_attempts,
             negative_ttl: self.negative_ttl,
             early_refresh: self.early_refresh,
             fail_safe: self.fail_safe,

@@ -659,6 +659,7 @@ fn race_table(results: &[race::RaceResult]) -> String {
         "fresh_hit_ratio",
         "db_queries",
         "reads",
+        "db_reads_per_call",
         "writes",
         "fills_refused",
     ];
@@ -677,6 +678,7 @@ fn race_table(results: &[race::RaceResult]) -> String {
                 format!("{:.3}", r.fresh_hit_ratio),
                 r.db_queries.to_string(),
                 r.reads.to_string(),
+                format!("{:.3}", r.db_reads_per_call),
                 r.writes.to_string(),
                 r.fills_refused.to_string(),
             ];

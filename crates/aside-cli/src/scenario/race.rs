@@ -90,6 +90,12 @@ pub struct RaceResult {
     pub db_queries: u64,
     /// Reads made.
     pub reads: u64,
+    /// Reads completed (the same count as `reads`, under the name the
+    /// cross-library harness uses).
+    pub calls: u64,
+    /// Database reads per completed read: below 1.0 when the cache takes
+    /// load off the database, above it when it adds load.
+    pub db_reads_per_call: f64,
     /// Writes made.
     pub writes: u64,
     /// Fills refused because an invalidation revoked their lease.
@@ -277,6 +283,8 @@ pub async fn run_strategy(
         l1_hit_ratio: ratio(l1_hits.min(hits)),
         db_queries: rows.queries(),
         reads,
+        calls: reads,
+        db_reads_per_call: ratio(rows.queries()),
         writes: writes.load(Ordering::Relaxed),
         fills_refused: reader_cache.stats().fills_refused,
         coalesced: reader_cache.stats().coalesced,

@@ -373,7 +373,29 @@ impl<V: Clone + Send + Sync + 'static> NsInner<V> {
                         };
                         return Ok((fetched, current.expires_at_ms));
                     }
-                    let join = |held: u64| held == NO_LEASE_YET || lease.is_some_and(|t| t.0 == held);
+                    // Declined only when the lookup saw another lease than
+                    // the flight's: that one was revoked and replaced, so its
+                    // fill will be refused. A lookup that saw no lease most
+                    // likely ran before the leader's grant; leading instead
+                    // would find the key busy and poll the store for a load
+                    // running in this very process. Should the flight's lease
+                    // have been revoked meanwhile, its `settled_at` sends this
+                    // caller round again (below): the join costs time, never
+                    // freshness.
+                    //
+                    // A reader holding a value due for refresh never waits:
+                    // it joins only a flight whose lease it saw, as before,
+                    // and otherwise tries the refresh lease itself, which
+                    // answers at once with the value it has.
+                    let refreshing = current.as_ref().is_some_and(|c| !c.expired);
+                    let join = |held: u64| {
+                        held == NO_LEASE_YET
+                            || if refreshing {
+                                lease.is_some_and(|t| t.0 == held)
+                            } else {
+                                lease.is_none_or(|t| t.0 == held)
+                            }
+                    };
                     let loader = &mut loader;
                     let (shared, role) = self
                         .flight
@@ -568,7 +590,6 @@ impl<V: Clone + Send + Sync + 'static> NsInner<V> {
         let store = &self.core.store;
         let started = Instant::now();
         let mut pause = LEASE_POLL_FIRST;
-        let mut attempts = 0;
         let mut dropped_expired = false;
         loop {
             let settled_at = self.next_seq();
@@ -608,7 +629,6 @@ impl<V: Clone + Send + Sync + 'static> NsInner<V> {
                 }
                 Ok(LeaseOutcome::Granted { token, .. }) => {
                     held.store(token.0, Ordering::Release);
-                    attempts += 1;
                     let mut lease = self.hold(full, token);
                     let load_began = self.next_seq();
                     let loaded = match self.run_loader_leased(full, token, loader).await {
@@ -619,14 +639,14 @@ impl<V: Clone + Send + Sync + 'static> NsInner<V> {
                             return Err(e);
                         }
                     };
-                    let (settled, refused) = self.fill_loaded(full, token, loaded, load_began).await;
+                    // A refused fill (an invalidation landed during the load)
+                    // is not loaded again: this read began before the load,
+                    // so the value is fresh enough for it and for waiters
+                    // that began before the load did. Later waiters see its
+                    // `settled_at` and coalesce onto one new load.
+                    let (settled, _refused) = self.fill_loaded(full, token, loaded, load_began).await;
                     lease.disarm();
-                    if !refused || attempts >= self.max_fill_attempts {
-                        return Ok(settled);
-                    }
-                    // Refused: an invalidation landed during the load. Load
-                    // again under a new lease so the next reader finds a value.
-                    pause = LEASE_POLL_FIRST;
+                    return Ok(settled);
                 }
                 Ok(LeaseOutcome::Busy { stale }) => {
                     if let Some(v) = self.usable_stale(full, stale).await {
