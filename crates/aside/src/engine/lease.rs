@@ -6,9 +6,10 @@
 //! - **Renewal.** A loader slower than the lease TTL would otherwise lose
 //!   its lease to expiry; its fill would be refused exactly as if an
 //!   invalidation had revoked it, and the key would stay empty for the
-//!   next reader, who would load it again. While the loader runs, the lease is renewed every third of its
-//!   TTL ([`crate::Store::renew_lease`]), so a refused fill means what it
-//!   says: an invalidation revoked the lease.
+//!   next reader, who would load it again. While the loader runs, the
+//!   lease is renewed every third of its TTL
+//!   ([`crate::Store::renew_lease`]), so a refused fill means what it says:
+//!   an invalidation revoked the lease.
 //! - **Release on cancel.** A leader whose future is dropped (its caller
 //!   timed out, a `select!` moved on) would leave its lease behind, and
 //!   every reader in every process would wait for a fill that never comes

@@ -388,14 +388,7 @@ impl<V: Clone + Send + Sync + 'static> NsInner<V> {
                     // and otherwise tries the refresh lease itself, which
                     // answers at once with the value it has.
                     let refreshing = current.as_ref().is_some_and(|c| !c.expired);
-                    let join = |held: u64| {
-                        held == NO_LEASE_YET
-                            || if refreshing {
-                                lease.is_some_and(|t| t.0 == held)
-                            } else {
-                                lease.is_none_or(|t| t.0 == held)
-                            }
-                    };
+                    let join = |held: u64| held == NO_LEASE_YET || lease.map_or(!refreshing, |t| t.0 == held);
                     let loader = &mut loader;
                     let (shared, role) = self
                         .flight
@@ -644,7 +637,7 @@ impl<V: Clone + Send + Sync + 'static> NsInner<V> {
                     // so the value is fresh enough for it and for waiters
                     // that began before the load did. Later waiters see its
                     // `settled_at` and coalesce onto one new load.
-                    let (settled, _refused) = self.fill_loaded(full, token, loaded, load_began).await;
+                    let settled = self.fill_loaded(full, token, loaded, load_began).await;
                     lease.disarm();
                     return Ok(settled);
                 }
@@ -685,17 +678,17 @@ impl<V: Clone + Send + Sync + 'static> NsInner<V> {
         }
     }
 
-    /// Fills what the loader returned under `token`; true when an
-    /// invalidation refused the fill. Then what was read may predate that
-    /// write, so it is not cached, and its `settled_at` (the load's start)
-    /// keeps it from readers that began after the load did.
+    /// Fills what the loader returned under `token`. When an invalidation
+    /// refuses the fill, what was read may predate that write, so it is not
+    /// cached, and its `settled_at` (the load's start) keeps it from readers
+    /// that began after the load did.
     pub(crate) async fn fill_loaded(
         &self,
         full: &str,
         token: LeaseToken,
         (value, took): (Option<V>, Duration),
         load_began: u64,
-    ) -> (Settled<V>, bool) {
+    ) -> Settled<V> {
         let store = &self.core.store;
         let encoded = self.encode(value.as_ref(), took).ok().flatten();
         let loaded = |settled_at| Settled {
@@ -706,21 +699,21 @@ impl<V: Clone + Send + Sync + 'static> NsInner<V> {
         };
         let Some((bytes, ttl)) = encoded else {
             let _ = self.call(store.release(full, token)).await;
-            return (loaded(load_began), false);
+            return loaded(load_began);
         };
         let fill_began = self.next_seq();
         match self.call(store.fill(full, token, bytes, ttl)).await {
-            Ok(FillOutcome::Stored) => (loaded(fill_began), false),
+            Ok(FillOutcome::Stored) => loaded(fill_began),
             Ok(FillOutcome::Refused) => {
                 self.record(Event::FillRefused);
-                (loaded(load_began), true)
+                loaded(load_began)
             }
             Err(_) => {
                 // The store refused the value (over its item limit) or did
                 // not answer: give the lease back, or every reader of the key
                 // waits out its TTL for a fill that never comes.
                 let _ = self.call(store.release(full, token)).await;
-                (loaded(load_began), false)
+                loaded(load_began)
             }
         }
     }

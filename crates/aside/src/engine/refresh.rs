@@ -71,7 +71,7 @@ impl<V: Clone + Send + Sync + 'static> NsInner<V> {
                         let loaded = self.run_loader_leased(full, token, loader).await;
                         lease.disarm();
                         match loaded {
-                            Ok(loaded) => self.fill_loaded(full, token, loaded, load_began).await.0,
+                            Ok(loaded) => self.fill_loaded(full, token, loaded, load_began).await,
                             Err(e) => {
                                 let _ = self.call(self.core.store.release(full, token)).await;
                                 return Err(e);
@@ -202,7 +202,7 @@ impl<V: Clone + Send + Sync + 'static> NsInner<V> {
                 let loaded = self.run_loader_leased(full, token, loader).await;
                 lease.disarm();
                 match loaded {
-                    Ok(loaded) => Ok(self.fill_loaded(full, token, loaded, load_began).await.0),
+                    Ok(loaded) => Ok(self.fill_loaded(full, token, loaded, load_began).await),
                     Err(e) => {
                         let served = self.fall_back(&current, load_began);
                         self.note_failed_load(full, &current);
