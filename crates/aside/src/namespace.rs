@@ -15,30 +15,15 @@ use serde::de::DeserializeOwned;
 
 use crate::codec::{Codec, Json};
 use crate::engine::Core;
-use crate::engine::single_flight::SingleFlight;
+use crate::engine::state::{FailSafe, NsInner, Settings};
+pub use crate::engine::state::{Fetched, Source, Stampede};
 use crate::error::{Error, ErrorKind, Result};
 use crate::key;
-use crate::metrics::NamespaceMetrics;
 use crate::policy::{EarlyRefresh, Strategy};
 
 thread_local! {
     /// The key buffer of L1 probes on this thread (see [`Namespace::fetch`]).
     static L1_KEY: std::cell::RefCell<String> = const { std::cell::RefCell::new(String::new()) };
-}
-
-/// Where a value returned by [`Namespace::fetch`] came from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "kebab-case")]
-#[non_exhaustive]
-pub enum Source {
-    /// The cache had a current value.
-    Hit,
-    /// This call ran the loader.
-    Loaded,
-    /// Another caller's load (in this process, or in another through a lease) served it.
-    Coalesced,
-    /// An invalidated (stale) value was served while another caller loads.
-    Stale,
 }
 
 /// Per-call options of [`Namespace::fetch_with`].
@@ -100,81 +85,6 @@ impl WarmOptions {
         self.concurrency = n;
         self
     }
-}
-
-/// A value with where it came from.
-#[derive(Debug, Clone, PartialEq)]
-#[non_exhaustive]
-pub struct Fetched<V> {
-    /// The value, `None` when the loader found nothing.
-    pub value: Option<V>,
-    /// Where it came from.
-    pub source: Source,
-}
-
-/// What a single-flight leader hands its waiters.
-#[derive(Clone)]
-pub(crate) struct Settled<V> {
-    pub(crate) value: Option<V>,
-    pub(crate) source: Source,
-    /// The namespace's read sequence just before the store operation or
-    /// load that settled the value. A caller whose read began later may have
-    /// begun after an invalidation the value predates, so it must not take it.
-    pub(crate) settled_at: u64,
-    /// The value's logical expiry (Unix ms) when it came from a stored
-    /// entry whose header says so; `None` for a value just loaded, whose
-    /// life is at least the namespace's shortest TTL.
-    pub(crate) expires_at_ms: Option<u64>,
-}
-
-pub(crate) type Shared<V> = Result<Settled<V>>;
-
-/// How concurrent misses of one key are kept from all reaching the database.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-#[non_exhaustive]
-pub enum Stampede {
-    /// No protection: every miss runs the loader (the naive pattern; a baseline).
-    None,
-    /// The article's lock: `SET lock NX EX 5`; the others sleep 100 ms and
-    /// retry. A baseline to compare against, not a recommendation.
-    LockSleep,
-    /// Single-flight in the process, plus the lease across processes with
-    /// [`Strategy::Lease`] (the default).
-    #[default]
-    Coalesce,
-}
-
-pub(crate) struct NsInner<V> {
-    pub(crate) core: Arc<Core>,
-    pub(crate) name: String,
-    pub(crate) key_prefix: String,
-    pub(crate) ttl: Duration,
-    pub(crate) jitter: f64,
-    pub(crate) codec: Arc<dyn Codec<V>>,
-    pub(crate) raw: bool,
-    pub(crate) strategy: Strategy,
-    pub(crate) lease_ttl: Duration,
-    pub(crate) lease_wait: Duration,
-    pub(crate) keep_stale: Option<Duration>,
-    pub(crate) max_value_bytes: usize,
-    pub(crate) stampede: Stampede,
-    pub(crate) negative_ttl: Option<Duration>,
-    pub(crate) early_refresh: Option<EarlyRefresh>,
-    pub(crate) fail_safe: Option<FailSafe>,
-    pub(crate) load_timeout: Option<Duration>,
-    pub(crate) soft_load_timeout: Option<Duration>,
-    pub(crate) l1: Option<crate::engine::l1::L1<V>>,
-    /// This namespace, weakly: what the delayed-delete timer calls back.
-    pub(crate) self_ref: std::sync::Weak<dyn crate::engine::timer::SecondDelete>,
-    /// Keys with a background refresh running (`fetch_owned`), so that one
-    /// is spawned per key however many callers draw it.
-    pub(crate) refreshing: std::sync::Mutex<std::collections::HashSet<String>>,
-    /// Keys whose loader failed under fail-safe, with when it may be tried
-    /// again (see `NsInner::note_failed_load`).
-    pub(crate) failed_loads: std::sync::Mutex<std::collections::HashMap<String, tokio::time::Instant>>,
-    pub(crate) read_seq: std::sync::atomic::AtomicU64,
-    pub(crate) flight: SingleFlight<Shared<V>>,
-    pub(crate) metrics: NamespaceMetrics,
 }
 
 /// A typed view of one kind of cached value: `Namespace<u64, User>` holds
@@ -501,35 +411,13 @@ where
 /// Configures a [`Namespace`]; from [`crate::Aside::namespace`].
 #[must_use = "call .build() to get the namespace"]
 pub struct NamespaceBuilder<K: ?Sized, V> {
-    core: Arc<Core>,
-    name: String,
-    ttl: Duration,
-    jitter: f64,
-    codec: Arc<dyn Codec<V>>,
-    raw: bool,
+    /// The settings, `strategy` and `lease_wait` aside: those are resolved
+    /// by `build()` (a raw namespace defaults to `Delete`; the wait to the
+    /// lease TTL).
+    settings: Settings<V>,
     strategy: Option<Strategy>,
-    lease_ttl: Duration,
     lease_wait: Option<Duration>,
-    keep_stale: Option<Duration>,
-    max_value_bytes: usize,
-    stampede: Stampede,
-    negative_ttl: Option<Duration>,
-    early_refresh: Option<EarlyRefresh>,
-    fail_safe: Option<FailSafe>,
-    load_timeout: Option<Duration>,
-    soft_load_timeout: Option<Duration>,
-    l1: Option<crate::engine::l1::L1Config>,
     _key: PhantomData<fn(&K)>,
-}
-
-/// Fail-safe (stale-if-error) settings; see [`NamespaceBuilder::fail_safe`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct FailSafe {
-    /// How long past its logical expiry a value is kept for emergencies.
-    pub(crate) max_stale: Duration,
-    /// After a failed load, how long the stale value is served before the
-    /// loader is tried again.
-    pub(crate) throttle: Duration,
 }
 
 /// The longest TTL, lease or timeout a namespace accepts: ten years.
@@ -554,24 +442,28 @@ where
 {
     pub(crate) fn new(core: Arc<Core>, name: &str) -> Self {
         NamespaceBuilder {
-            core,
-            name: name.to_owned(),
-            ttl: DEFAULT_TTL,
-            jitter: 0.0,
-            codec: Arc::new(Json),
-            raw: false,
+            settings: Settings {
+                core,
+                name: name.to_owned(),
+                ttl: DEFAULT_TTL,
+                jitter: 0.0,
+                codec: Arc::new(Json),
+                raw: false,
+                strategy: Strategy::default(),
+                lease_ttl: DEFAULT_LEASE_TTL,
+                lease_wait: DEFAULT_LEASE_TTL,
+                keep_stale: None,
+                max_value_bytes: DEFAULT_MAX_VALUE_BYTES,
+                stampede: Stampede::default(),
+                negative_ttl: None,
+                early_refresh: None,
+                fail_safe: None,
+                load_timeout: None,
+                soft_load_timeout: None,
+                l1_config: None,
+            },
             strategy: None,
-            lease_ttl: DEFAULT_LEASE_TTL,
             lease_wait: None,
-            keep_stale: None,
-            max_value_bytes: DEFAULT_MAX_VALUE_BYTES,
-            stampede: Stampede::default(),
-            negative_ttl: None,
-            early_refresh: None,
-            fail_safe: None,
-            load_timeout: None,
-            soft_load_timeout: None,
-            l1: None,
             _key: PhantomData,
         }
     }
@@ -582,31 +474,34 @@ impl<K: Display + ?Sized, V: Clone + Send + Sync + 'static> NamespaceBuilder<K, 
     /// take: each is named in the error.
     fn check_times(&self) -> Result<()> {
         let config = |why: String| Err(Error::new(ErrorKind::Config, why));
-        let positive = [("ttl", Some(self.ttl)), ("negative_ttl", self.negative_ttl)];
+        let positive = [
+            ("ttl", Some(self.settings.ttl)),
+            ("negative_ttl", self.settings.negative_ttl),
+        ];
         for (name, value) in positive {
             if value.is_some_and(|d| d.is_zero()) {
                 return config(format!("{name} must be greater than zero"));
             }
         }
-        if self.lease_ttl < MIN_LEASE_TTL {
+        if self.settings.lease_ttl < MIN_LEASE_TTL {
             // Renewed every third of its TTL, and no more often than every
             // 10 ms: a shorter lease would run out before its first renewal.
             return config(format!(
                 "lease_ttl of {:?} is under the {MIN_LEASE_TTL:?} minimum",
-                self.lease_ttl
+                self.settings.lease_ttl
             ));
         }
         let bounded = [
-            ("ttl", Some(self.ttl)),
-            ("lease_ttl", Some(self.lease_ttl)),
+            ("ttl", Some(self.settings.ttl)),
+            ("lease_ttl", Some(self.settings.lease_ttl)),
             ("lease_wait", self.lease_wait),
-            ("negative_ttl", self.negative_ttl),
-            ("serve_stale_while_loading", self.keep_stale),
-            ("fail_safe max_stale", self.fail_safe.map(|f| f.max_stale)),
-            ("fail_safe throttle", self.fail_safe.map(|f| f.throttle)),
-            ("load_timeout", self.load_timeout),
-            ("soft_load_timeout", self.soft_load_timeout),
-            ("l1 ttl", self.l1.map(|l| l.ttl)),
+            ("negative_ttl", self.settings.negative_ttl),
+            ("serve_stale_while_loading", self.settings.keep_stale),
+            ("fail_safe max_stale", self.settings.fail_safe.map(|f| f.max_stale)),
+            ("fail_safe throttle", self.settings.fail_safe.map(|f| f.throttle)),
+            ("load_timeout", self.settings.load_timeout),
+            ("soft_load_timeout", self.settings.soft_load_timeout),
+            ("l1 ttl", self.settings.l1_config.map(|l| l.ttl)),
         ];
         for (name, value) in bounded {
             if let Some(d) = value
@@ -615,10 +510,10 @@ impl<K: Display + ?Sized, V: Clone + Send + Sync + 'static> NamespaceBuilder<K, 
                 return config(format!("{name} of {d:?} is over the {MAX_DURATION:?} limit"));
             }
         }
-        if !(0.0..1.0).contains(&self.jitter) {
-            return config(format!("jitter must be in [0, 1), not {}", self.jitter));
+        if !(0.0..1.0).contains(&self.settings.jitter) {
+            return config(format!("jitter must be in [0, 1), not {}", self.settings.jitter));
         }
-        match self.early_refresh {
+        match self.settings.early_refresh {
             Some(EarlyRefresh::XFetch { beta }) if !(beta.is_finite() && beta > 0.0) => {
                 config(format!("XFetch beta must be a finite number above 0, not {beta}"))
             }
@@ -631,19 +526,19 @@ impl<K: Display + ?Sized, V: Clone + Send + Sync + 'static> NamespaceBuilder<K, 
 
     /// Entry TTL (default 600 s).
     pub fn ttl(mut self, ttl: Duration) -> Self {
-        self.ttl = ttl;
+        self.settings.ttl = ttl;
         self
     }
 
     /// Spreads TTLs over `ttl * (1 ± jitter)` (default 0; 0.1 is common).
     pub fn jitter(mut self, jitter: f64) -> Self {
-        self.jitter = jitter;
+        self.settings.jitter = jitter;
         self
     }
 
     /// The codec (default [`Json`]).
     pub fn codec(mut self, codec: impl Codec<V>) -> Self {
-        self.codec = Arc::new(codec);
+        self.settings.codec = Arc::new(codec);
         self
     }
 
@@ -653,7 +548,7 @@ impl<K: Display + ?Sized, V: Clone + Send + Sync + 'static> NamespaceBuilder<K, 
     /// entry layout, so a raw namespace uses [`Strategy::Delete`] unless
     /// another non-lease strategy is chosen.
     pub fn raw(mut self) -> Self {
-        self.raw = true;
+        self.settings.raw = true;
         self
     }
 
@@ -669,7 +564,7 @@ impl<K: Display + ?Sized, V: Clone + Send + Sync + 'static> NamespaceBuilder<K, 
     /// timeout when longer), so a hung loader blocks the key for at most
     /// that plus one lease TTL.
     pub fn lease_ttl(mut self, ttl: Duration) -> Self {
-        self.lease_ttl = ttl;
+        self.settings.lease_ttl = ttl;
         self
     }
 
@@ -683,20 +578,20 @@ impl<K: Display + ?Sized, V: Clone + Send + Sync + 'static> NamespaceBuilder<K, 
     /// Keep an invalidated value for `for_how_long`, flagged stale, and serve
     /// it to callers that would otherwise wait for another's load.
     pub fn serve_stale_while_loading(mut self, for_how_long: Duration) -> Self {
-        self.keep_stale = Some(for_how_long);
+        self.settings.keep_stale = Some(for_how_long);
         self
     }
 
     /// Values whose encoded size exceeds this are returned but not cached
     /// (default 1 MiB).
     pub fn max_value_bytes(mut self, bytes: usize) -> Self {
-        self.max_value_bytes = bytes;
+        self.settings.max_value_bytes = bytes;
         self
     }
 
     /// Stampede protection (default [`Stampede::Coalesce`]).
     pub fn stampede(mut self, stampede: Stampede) -> Self {
-        self.stampede = stampede;
+        self.settings.stampede = stampede;
         self
     }
 
@@ -704,7 +599,7 @@ impl<K: Display + ?Sized, V: Clone + Send + Sync + 'static> NamespaceBuilder<K, 
     /// key that does not exist stops reaching the database (cache
     /// penetration). Off by default.
     pub fn negative_ttl(mut self, ttl: Duration) -> Self {
-        self.negative_ttl = Some(ttl);
+        self.settings.negative_ttl = Some(ttl);
         self
     }
 
@@ -714,7 +609,7 @@ impl<K: Display + ?Sized, V: Clone + Send + Sync + 'static> NamespaceBuilder<K, 
     /// and a refresh lease, so once in total); every other caller keeps
     /// getting the current value at once. Off by default.
     pub fn early_refresh(mut self, policy: EarlyRefresh) -> Self {
-        self.early_refresh = Some(policy);
+        self.settings.early_refresh = Some(policy);
         self
     }
 
@@ -723,14 +618,14 @@ impl<K: Display + ?Sized, V: Clone + Send + Sync + 'static> NamespaceBuilder<K, 
     /// served instead of the error ([`Source::Stale`], counted), and the
     /// loader is not retried for `throttle`. Off by default.
     pub fn fail_safe(mut self, max_stale: Duration, throttle: Duration) -> Self {
-        self.fail_safe = Some(FailSafe { max_stale, throttle });
+        self.settings.fail_safe = Some(FailSafe { max_stale, throttle });
         self
     }
 
     /// A loader slower than this fails with [`ErrorKind::Timeout`] (or,
     /// with fail-safe, serves the expired value). Off by default.
     pub fn load_timeout(mut self, timeout: Duration) -> Self {
-        self.load_timeout = Some(timeout);
+        self.settings.load_timeout = Some(timeout);
         self
     }
 
@@ -739,7 +634,7 @@ impl<K: Display + ?Sized, V: Clone + Send + Sync + 'static> NamespaceBuilder<K, 
     /// value ([`Source::Stale`]) and the load goes on in the background to
     /// fill the cache. Off by default.
     pub fn soft_load_timeout(mut self, timeout: Duration) -> Self {
-        self.soft_load_timeout = Some(timeout);
+        self.settings.soft_load_timeout = Some(timeout);
         self
     }
 
@@ -749,7 +644,7 @@ impl<K: Display + ?Sized, V: Clone + Send + Sync + 'static> NamespaceBuilder<K, 
     /// evict locally; those of other processes arrive over an invalidation
     /// bus, and the L1 TTL bounds staleness if all else fails. Off by default.
     pub fn l1(mut self, max_entries: u64, ttl: Duration) -> Self {
-        self.l1 = Some(crate::engine::l1::L1Config { max_entries, ttl });
+        self.settings.l1_config = Some(crate::engine::l1::L1Config { max_entries, ttl });
         self
     }
 
@@ -761,10 +656,10 @@ impl<K: Display + ?Sized, V: Clone + Send + Sync + 'static> NamespaceBuilder<K, 
     /// lease TTL, a duration over [`MAX_DURATION`], a jitter outside
     /// `[0, 1)` (NaN included), or an early-refresh parameter out of range.
     pub fn build(self) -> Result<Namespace<K, V>> {
-        key::check_namespace(&self.name)?;
-        key::check_namespace(&self.core.prefix)?;
+        key::check_namespace(&self.settings.name)?;
+        key::check_namespace(&self.settings.core.prefix)?;
         self.check_times()?;
-        let strategy = match (self.raw, self.strategy) {
+        let strategy = match (self.settings.raw, self.strategy) {
             (true, Some(Strategy::Lease)) => {
                 return Err(Error::new(
                     ErrorKind::Config,
@@ -774,55 +669,23 @@ impl<K: Display + ?Sized, V: Clone + Send + Sync + 'static> NamespaceBuilder<K, 
             (true, None) => Strategy::Delete,
             (_, chosen) => chosen.unwrap_or_default(),
         };
-        if strategy != Strategy::Lease && self.keep_stale.is_some() {
+        if strategy != Strategy::Lease && self.settings.keep_stale.is_some() {
             return Err(Error::new(ErrorKind::Config, "stale serving needs the lease strategy"));
         }
-        if self.raw && (self.negative_ttl.is_some() || self.early_refresh.is_some() || self.fail_safe.is_some()) {
+        if self.settings.raw
+            && (self.settings.negative_ttl.is_some()
+                || self.settings.early_refresh.is_some()
+                || self.settings.fail_safe.is_some())
+        {
             return Err(Error::new(
                 ErrorKind::Config,
                 "negative caching, early refresh and fail-safe need the envelope: not available in raw mode",
             ));
         }
-        let key_prefix = format!("{}{}:", self.core.prefix, self.name);
-        let prefix_len = key_prefix.len();
-        let inner = Arc::new_cyclic(|weak: &std::sync::Weak<NsInner<V>>| NsInner {
-            self_ref: weak.clone(),
-            metrics: NamespaceMetrics::register(&self.name),
-            core: self.core,
-            name: self.name,
-            key_prefix,
-            ttl: self.ttl,
-            jitter: self.jitter,
-            codec: self.codec,
-            raw: self.raw,
-            strategy,
-            lease_ttl: self.lease_ttl,
-            lease_wait: self.lease_wait.unwrap_or(self.lease_ttl),
-            keep_stale: self.keep_stale,
-            max_value_bytes: self.max_value_bytes,
-            stampede: self.stampede,
-            negative_ttl: self.negative_ttl,
-            early_refresh: self.early_refresh,
-            fail_safe: self.fail_safe,
-            load_timeout: self.load_timeout,
-            soft_load_timeout: self.soft_load_timeout,
-            l1: self.l1.map(|mut config| {
-                // A local copy never outlives the store's.
-                config.ttl = config.ttl.min(self.ttl);
-                crate::engine::l1::L1::new(config, prefix_len)
-            }),
-            refreshing: std::sync::Mutex::default(),
-            failed_loads: std::sync::Mutex::default(),
-            read_seq: std::sync::atomic::AtomicU64::new(1),
-            flight: SingleFlight::default(),
-        });
-        if inner.l1.is_some() {
-            let evictor: std::sync::Weak<dyn crate::engine::l1::Evictor> = Arc::downgrade(&inner) as _;
-            inner.core.l1_peers.register(&inner.name, evictor);
-            if let Some(router) = &inner.core.router {
-                router.start(&inner.core);
-            }
-        }
+        let mut settings = self.settings;
+        settings.strategy = strategy;
+        settings.lease_wait = self.lease_wait.unwrap_or(settings.lease_ttl);
+        let inner = NsInner::new(settings);
         Ok(Namespace {
             inner,
             _key: PhantomData,

@@ -19,9 +19,9 @@ use tokio::time::Instant;
 use super::entry::Freshness;
 use super::lease::{HeldLease, renewing};
 use super::single_flight::{Begin, Leader};
+use super::state::{NsInner, Settled, Shared, Source};
 use crate::error::{Error, ErrorKind, Result};
 use crate::metrics::Event;
-use crate::namespace::{NsInner, Settled, Shared, Source};
 use crate::policy::Strategy;
 use crate::store::{Fill, FillOutcome, LeaseOutcome, LeaseToken};
 

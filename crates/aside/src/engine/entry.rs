@@ -10,10 +10,10 @@ use std::time::Duration;
 
 use bytes::Bytes;
 
+use super::state::NsInner;
 use crate::envelope::{self, FLAG_NEGATIVE, Header};
 use crate::error::Result;
 use crate::metrics::Event;
-use crate::namespace::NsInner;
 use crate::policy::jittered;
 
 /// A decoded entry: `value` is `None` for a tombstone (negative caching).

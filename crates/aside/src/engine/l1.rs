@@ -27,9 +27,9 @@ use std::time::Duration;
 
 use moka::sync::Cache;
 
+use super::state::{Fetched, NsInner, Source};
 use crate::error::Result;
 use crate::metrics::Event;
-use crate::namespace::{Fetched, NsInner, Source};
 
 /// Settings of a namespace's L1.
 #[derive(Debug, Clone, Copy)]

@@ -26,6 +26,7 @@ pub(crate) mod read;
 pub(crate) mod refresh;
 pub(crate) mod retry;
 pub mod single_flight;
+pub(crate) mod state;
 pub(crate) mod timer;
 pub(crate) mod write;
 

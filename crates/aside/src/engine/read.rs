@@ -23,9 +23,9 @@ use tokio::time::Instant;
 use super::entry::{Entry, Freshness};
 use super::lease::{HeldLease, renewing};
 use super::single_flight::Role;
+use super::state::{Fetched, NsInner, Settled, Shared, Source, Stampede};
 use crate::error::{Error, ErrorKind, Result};
 use crate::metrics::Event;
-use crate::namespace::{Fetched, NsInner, Settled, Shared, Source, Stampede};
 use crate::policy::Strategy;
 use crate::store::{EntryView, FillOutcome, LeaseOutcome, LeaseToken};
 

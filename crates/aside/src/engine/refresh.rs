@@ -12,9 +12,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use super::read::{Cached, Current};
+use super::state::{Fetched, NsInner, Settled, Shared, Source};
 use crate::error::Result;
 use crate::metrics::Event;
-use crate::namespace::{Fetched, NsInner, Settled, Shared, Source};
 use crate::policy::Strategy;
 use crate::store::LeaseToken;
 

@@ -8,9 +8,9 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
+use super::state::NsInner;
 use crate::bus::Invalidation;
 use crate::error::{Error, ErrorKind, Result};
-use crate::namespace::NsInner;
 use crate::policy::Strategy;
 
 use super::retry::PendingOp;
