@@ -2,7 +2,8 @@
 //!
 //! Owns the listener task that feeds other processes' invalidations to the
 //! namespaces with an L1 (the table of those is `Core::l1_peers`, which local
-//! writes use too). The listener starts on first use (a namespace with an
+//! writes use too). The listener reaches them through [`Subscriber`], which
+//! the engine implements: the bus depends on no engine type. The listener starts on first use (a namespace with an
 //! L1, or a call to `Aside::invalidations`) and stops when the `Aside` is
 //! dropped. Until its first subscription is up, L1 fills are skipped
 //! ([`Router::is_subscribed`]): an invalidation published meanwhile would
@@ -35,7 +36,6 @@ use tokio::sync::{broadcast, mpsc};
 use tokio::task::JoinHandle;
 
 use super::{Bus, BusEvent, Invalidation};
-use crate::engine::Core;
 use crate::store::StoreError;
 
 /// Bound on one publish of an invalidation (the default store operation bound).
@@ -70,6 +70,17 @@ impl Bus for Bounded {
     }
 }
 
+/// What the listener needs of the `Aside` it serves: its router and the L1s
+/// of its namespaces. Held weakly, so that the listener ends with the `Aside`.
+pub(crate) trait Subscriber: Send + Sync + 'static {
+    /// The `Aside`'s router (`None`: it has no bus, and nothing to listen to).
+    fn router(&self) -> Option<&Router>;
+    /// Evicts `keys` from every L1 of the namespaces called `namespace`.
+    fn evict_local(&self, namespace: &str, keys: &[String]);
+    /// Clears every L1 (messages may have been lost).
+    fn clear_local(&self);
+}
+
 pub(crate) struct Router {
     /// The bus, bounded (see the module documentation).
     pub(crate) bus: Arc<dyn Bus>,
@@ -101,9 +112,9 @@ impl Router {
         self.subscribed.load(Ordering::Acquire)
     }
 
-    pub(crate) fn events(&self, core: &Arc<Core>) -> broadcast::Receiver<Invalidation> {
+    pub(crate) fn events<S: Subscriber>(&self, owner: &Arc<S>) -> broadcast::Receiver<Invalidation> {
         let receiver = self.events.subscribe();
-        self.start(core);
+        self.start(owner);
         receiver
     }
 
@@ -111,56 +122,55 @@ impl Router {
     /// whose runtime was shut down has finished and is replaced. Cheap when
     /// it runs (a lock and a flag), so a caller that finds
     /// [`Router::is_subscribed`] false may call it to restart a lost one.
-    pub(crate) fn start(&self, core: &Arc<Core>) {
+    pub(crate) fn start<S: Subscriber>(&self, owner: &Arc<S>) {
         let mut listener = self.listener.lock().unwrap_or_else(|e| e.into_inner());
         if listener.as_ref().is_some_and(|l| !l.is_finished()) {
             return;
         }
         match tokio::runtime::Handle::try_current() {
-            Ok(runtime) => *listener = Some(runtime.spawn(listen(Arc::downgrade(core)))),
+            Ok(runtime) => {
+                let owner: Weak<dyn Subscriber> = Arc::downgrade(owner) as _;
+                *listener = Some(runtime.spawn(listen(owner)));
+            }
             Err(_) => tracing::warn!(
                 "invalidation bus not started: no Tokio runtime here; it starts on the next use inside one"
             ),
         }
     }
 
-    fn deliver(&self, core: &Core, event: BusEvent) {
+    fn deliver(&self, owner: &dyn Subscriber, event: BusEvent) {
         match event {
             BusEvent::Invalidation(message) => {
                 // Local writes evict this process's L1s themselves.
                 if message.origin != self.origin {
-                    core.l1_peers.evict(&message.namespace, &message.keys);
+                    owner.evict_local(&message.namespace, &message.keys);
                 }
                 // Nobody listening is fine.
                 let _ = self.events.send(message);
             }
-            BusEvent::Reset => {
-                for evictor in core.l1_peers.live(None) {
-                    evictor.clear_local();
-                }
-            }
+            BusEvent::Reset => owner.clear_local(),
         }
     }
 }
 
 /// Clears `subscribed` when the listener ends, by returning or by being
 /// dropped with its runtime.
-struct Unsubscribed(Weak<Core>);
+struct Unsubscribed(Weak<dyn Subscriber>);
 
 impl Drop for Unsubscribed {
     fn drop(&mut self) {
-        if let Some(router) = self.0.upgrade().as_ref().and_then(|c| c.router.as_ref()) {
+        if let Some(router) = self.0.upgrade().as_ref().and_then(|c| c.router()) {
             router.subscribed.store(false, Ordering::Release);
         }
     }
 }
 
-async fn listen(core: Weak<Core>) {
-    let _unsubscribed = Unsubscribed(core.clone());
+async fn listen(owner: Weak<dyn Subscriber>) {
+    let _unsubscribed = Unsubscribed(owner.clone());
     loop {
         let mut backoff = Duration::from_millis(50);
         let mut events = loop {
-            let Some(bus) = core.upgrade().and_then(|c| c.router.as_ref().map(|r| r.bus.clone())) else {
+            let Some(bus) = owner.upgrade().and_then(|c| c.router().map(|r| r.bus.clone())) else {
                 return;
             };
             match bus.subscribe().await {
@@ -173,22 +183,22 @@ async fn listen(core: Weak<Core>) {
             }
         };
         {
-            let Some(core) = core.upgrade() else { return };
-            let Some(router) = &core.router else { return };
+            let Some(owner) = owner.upgrade() else { return };
+            let Some(router) = owner.router() else { return };
             // See the module documentation: fences fills that read the store
             // before the subscription was up.
-            router.deliver(&core, BusEvent::Reset);
+            router.deliver(&*owner, BusEvent::Reset);
             router.subscribed.store(true, Ordering::Release);
         }
         while let Some(event) = events.recv().await {
-            let Some(core) = core.upgrade() else { return };
-            if let Some(router) = &core.router {
-                router.deliver(&core, event);
+            let Some(owner) = owner.upgrade() else { return };
+            if let Some(router) = owner.router() {
+                router.deliver(&*owner, event);
             }
         }
         // The bus ended the subscription: messages may be lost until the next one.
-        let Some(core) = core.upgrade() else { return };
-        if let Some(router) = &core.router {
+        let Some(owner) = owner.upgrade() else { return };
+        if let Some(router) = owner.router() {
             router.subscribed.store(false, Ordering::Release);
         }
         tracing::warn!("invalidation bus subscription ended; subscribing again");

@@ -68,6 +68,23 @@ impl Drop for Core {
     }
 }
 
+/// The bus listener feeds other processes' invalidations to this `Aside`'s L1s.
+impl crate::bus::route::Subscriber for Core {
+    fn router(&self) -> Option<&crate::bus::route::Router> {
+        self.router.as_ref()
+    }
+
+    fn evict_local(&self, namespace: &str, keys: &[String]) {
+        self.l1_peers.evict(namespace, keys);
+    }
+
+    fn clear_local(&self) {
+        for evictor in self.l1_peers.live(None) {
+            evictor.clear_local();
+        }
+    }
+}
+
 impl Core {
     pub(crate) fn new(
         store: Arc<dyn Store>,
