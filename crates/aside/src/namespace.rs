@@ -1,8 +1,10 @@
 //! [`Namespace`]: a typed view of one kind of cached value, and its builder.
 //!
-//! Owns the per-namespace configuration (key format, TTL and jitter, codec,
-//! strategy, lease timings, size limit) and the public typed API. The read
-//! and write paths themselves are in `engine::read` and `engine::write`.
+//! Owns the public typed API, its per-call options, and the builder that
+//! collects and checks a namespace's settings. No engine logic: each method
+//! hands its typed key to the engine (`engine::state::NsInner`), which
+//! builds the store key and owns every read (through the L1, see
+//! `engine::l1`) and every write.
 
 use std::fmt::Display;
 use std::future::Future;
@@ -20,11 +22,6 @@ pub use crate::engine::state::{Fetched, Source, Stampede};
 use crate::error::{Error, ErrorKind, Result};
 use crate::key;
 use crate::policy::{EarlyRefresh, Strategy};
-
-thread_local! {
-    /// The key buffer of L1 probes on this thread (see [`Namespace::fetch`]).
-    static L1_KEY: std::cell::RefCell<String> = const { std::cell::RefCell::new(String::new()) };
-}
 
 /// Per-call options of [`Namespace::fetch_with`].
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -135,7 +132,7 @@ where
     /// # Errors
     /// [`ErrorKind::InvalidKey`] for an empty key or one with control characters or whitespace.
     pub fn store_key(&self, key: &K) -> Result<String> {
-        key::full_key(&self.inner.key_prefix, key, self.inner.core.max_key_len)
+        self.inner.full_key(key)
     }
 
     /// Returns the cached value of `key`, or runs `loader`, caches what it
@@ -198,22 +195,7 @@ where
         Fut: Future<Output = std::result::Result<Option<V>, E>>,
         E: std::error::Error + Send + Sync + 'static,
     {
-        if self.inner.l1.is_some() {
-            // An L1 hit builds its key in a buffer of this thread's and
-            // allocates nothing: the key would cost as much as the lookup.
-            let hit = L1_KEY.with_borrow_mut(|buf| -> Result<_> {
-                buf.clear();
-                key::append_key_part(buf, self.inner.key_prefix.len(), key, self.inner.core.max_key_len)?;
-                Ok(self.inner.l1_hit_local(buf))
-            })?;
-            if let Some(hit) = hit {
-                return Ok(hit);
-            }
-            let full = self.store_key(key)?;
-            return self.inner.fetch_below_l1(&full, loader).await;
-        }
-        let full = self.store_key(key)?;
-        self.inner.fetch(&full, loader).await
+        self.inner.fetch_key(key, loader).await
     }
 
     /// As [`Namespace::fetch`], for a loader that owns what it uses (a
@@ -236,8 +218,7 @@ where
         Fut: Future<Output = std::result::Result<Option<V>, E>> + Send + 'static,
         E: std::error::Error + Send + Sync + 'static,
     {
-        let full = self.store_key(key)?;
-        NsInner::fetch_owned(&self.inner, full, loader).await
+        NsInner::fetch_owned_key(&self.inner, key, loader).await
     }
 
     /// As [`Namespace::fetch`], with per-call [`FetchOptions`]: skip the
@@ -263,7 +244,7 @@ where
         if options.force_refresh {
             return self.inner.fetch_refreshed(&full, loader).await;
         }
-        self.inner.fetch_tiered(&full, loader).await
+        self.inner.fetch_key(key, loader).await
     }
 
     /// Warms the cache with `keys` (after a deploy or a flush): batches of
@@ -338,15 +319,7 @@ where
         Fut: Future<Output = std::result::Result<std::collections::HashMap<K, V>, E>>,
         E: std::error::Error + Send + Sync + 'static,
     {
-        let mut seen = std::collections::HashSet::with_capacity(keys.len());
-        let mut pairs = Vec::with_capacity(keys.len());
-        for key in keys {
-            let full = self.store_key(key)?;
-            if seen.insert(full.clone()) {
-                pairs.push((key.clone(), full));
-            }
-        }
-        self.inner.fetch_many(pairs, loader).await
+        self.inner.fetch_many_keys(keys, loader).await
     }
 
     /// Returns the cached value of `key` without loading. A store failure
@@ -355,11 +328,7 @@ where
     /// # Errors
     /// [`ErrorKind::InvalidKey`] for a bad key.
     pub async fn get(&self, key: &K) -> Result<Option<V>> {
-        let full = self.store_key(key)?;
-        if let Some(value) = self.inner.l1_get(&full) {
-            return Ok(value);
-        }
-        Ok(self.inner.read_cached(&full).await.hit())
+        self.inner.get_key(key).await
     }
 
     /// Writes `value` to the cache (write-through), revoking any lease in

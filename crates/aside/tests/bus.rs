@@ -17,11 +17,7 @@ async fn engine(url: &str) -> (Aside, Namespace<u64, User>) {
         .store(RedisStore::connect(url).await.unwrap())
         .bus(RedisBus::connect(url).await.unwrap())
         .build();
-    let users = aside
-        .namespace::<u64, User>("user")
-        .l1(1_000, Duration::from_secs(60))
-        .build()
-        .unwrap();
+    let users = common::users_with_l1(&aside);
     (aside, users)
 }
 

@@ -28,6 +28,25 @@ use crate::store::{Fill, FillOutcome, LeaseOutcome, LeaseToken};
 /// Rounds before the remaining keys are loaded without the cache.
 const MAX_ROUNDS: usize = 3;
 
+/// What a batch found: the values, and the logical expiry (Unix ms) of
+/// those read from a stored entry whose header gives one, so that the L1
+/// keeps them no longer.
+pub(crate) struct Found<K, V> {
+    pub(crate) values: HashMap<K, V>,
+    pub(crate) expiries: HashMap<K, u64>,
+}
+
+impl<K: Hash + Eq + Clone, V> Found<K, V> {
+    /// Notes what was found for `key`: nothing for a "not found".
+    fn insert(&mut self, key: K, value: Option<V>, expires_at_ms: Option<u64>) {
+        let Some(value) = value else { return };
+        if let Some(at) = expires_at_ms {
+            self.expiries.insert(key.clone(), at);
+        }
+        self.values.insert(key, value);
+    }
+}
+
 /// A key this call leads the load of.
 struct Led<'a, K, V> {
     key: K,
@@ -41,14 +60,17 @@ struct Led<'a, K, V> {
 impl<V: Clone + Send + Sync + 'static> NsInner<V> {
     /// Looks `keys` up (`(key, full store key)`, deduplicated by the caller)
     /// and loads the missing ones with one call of `loader` per round.
-    pub(crate) async fn fetch_many<K, F, Fut, E>(&self, keys: Vec<(K, String)>, mut loader: F) -> Result<HashMap<K, V>>
+    pub(crate) async fn fetch_many<K, F, Fut, E>(&self, keys: Vec<(K, String)>, mut loader: F) -> Result<Found<K, V>>
     where
         K: Hash + Eq + Clone,
         F: FnMut(Vec<K>) -> Fut,
         Fut: Future<Output = std::result::Result<HashMap<K, V>, E>>,
         E: std::error::Error + Send + Sync + 'static,
     {
-        let mut found = HashMap::with_capacity(keys.len());
+        let mut found = Found {
+            values: HashMap::with_capacity(keys.len()),
+            expiries: HashMap::new(),
+        };
         let mut remaining = keys;
         for round in 0..MAX_ROUNDS {
             if remaining.is_empty() {
@@ -92,9 +114,7 @@ impl<V: Clone + Send + Sync + 'static> NsInner<V> {
                     // for a batch, which has no way to flag it: look again.
                     Some(Ok(settled)) if settled.settled_at > began && settled.source != Source::Stale => {
                         self.record(Event::Coalesced);
-                        if let Some(v) = settled.value {
-                            found.insert(key, v);
-                        }
+                        found.insert(key, settled.value, settled.expires_at_ms);
                     }
                     Some(Err(e)) => return Err(e),
                     // Settled before this read began, or the leader gave up: look again.
@@ -104,7 +124,7 @@ impl<V: Clone + Send + Sync + 'static> NsInner<V> {
         }
         if !remaining.is_empty() {
             let keys: Vec<K> = remaining.into_iter().map(|(k, _)| k).collect();
-            found.extend(self.run_batch_loader(&mut loader, keys).await?);
+            found.values.extend(self.run_batch_loader(&mut loader, keys).await?);
         }
         Ok(found)
     }
@@ -116,7 +136,7 @@ impl<V: Clone + Send + Sync + 'static> NsInner<V> {
         &self,
         keys: &[(K, String)],
         count: bool,
-        found: &mut HashMap<K, V>,
+        found: &mut Found<K, V>,
     ) -> Vec<(K, String, String, Option<LeaseToken>)> {
         let fulls: Vec<String> = keys.iter().map(|(_, f)| f.clone()).collect();
         let store = &self.core.store;
@@ -167,7 +187,7 @@ impl<V: Clone + Send + Sync + 'static> NsInner<V> {
                     };
                     self.count_lookup(count, hit.is_some());
                     match hit {
-                        Some(value) => found.extend(value.map(|v| (key.clone(), v))),
+                        Some((value, expires_at_ms)) => found.insert(key.clone(), value, expires_at_ms),
                         None => misses.push((key.clone(), full.clone(), data_keys[i].clone(), None)),
                     }
                 }
@@ -188,7 +208,7 @@ impl<V: Clone + Send + Sync + 'static> NsInner<V> {
             };
             self.count_lookup(count, hit.is_some());
             match hit {
-                Some(value) => found.extend(value.map(|v| (key.clone(), v))),
+                Some((value, expires_at_ms)) => found.insert(key.clone(), value, expires_at_ms),
                 None => misses.push((key.clone(), full.clone(), full.clone(), lease)),
             }
         }
@@ -219,13 +239,15 @@ impl<V: Clone + Send + Sync + 'static> NsInner<V> {
         outcome
     }
 
-    /// A batch hit: `Some(value)` (`Some(None)` for a cached "not found"),
-    /// or `None` when the entry is missing, corrupt or past its logical
-    /// expiry. Early refresh and fail-safe are single-key policies; a batch
-    /// serves a value due for refresh as it is and reloads expired ones.
-    async fn batch_hit(&self, key: &str, bytes: &[u8]) -> Option<Option<V>> {
+    /// A batch hit: `Some` of the value (`None` for a cached "not found")
+    /// and its logical expiry, or `None` when the entry is missing, corrupt
+    /// or past its logical expiry. Early refresh and fail-safe are
+    /// single-key policies; a batch serves a value due for refresh as it is
+    /// and reloads expired ones.
+    async fn batch_hit(&self, key: &str, bytes: &[u8]) -> Option<(Option<V>, Option<u64>)> {
         let entry = self.decode_hit(key, bytes).await?;
-        (self.freshness(&entry) != Freshness::Expired).then_some(entry.value)
+        let expires_at_ms = entry.expires_at_ms();
+        (self.freshness(&entry) != Freshness::Expired).then_some((entry.value, expires_at_ms))
     }
 
     fn count_lookup(&self, count: bool, hit: bool) {
@@ -240,7 +262,7 @@ impl<V: Clone + Send + Sync + 'static> NsInner<V> {
         &self,
         led: Vec<Led<'_, K, V>>,
         loader: &mut F,
-        found: &mut HashMap<K, V>,
+        found: &mut Found<K, V>,
     ) -> Result<()>
     where
         K: Hash + Eq + Clone,
@@ -283,7 +305,8 @@ impl<V: Clone + Send + Sync + 'static> NsInner<V> {
                             if let Some(entry) = self.decode_hit(&led[i].store_key, &bytes).await
                                 && (self.fail_safe.is_some() || self.freshness(&entry) != Freshness::Expired)
                             {
-                                found.extend(entry.value.map(|v| (led[i].key.clone(), v)));
+                                let expires_at_ms = entry.expires_at_ms();
+                                found.insert(led[i].key.clone(), entry.value, expires_at_ms);
                                 to_load[i] = false;
                             }
                         }
@@ -415,12 +438,11 @@ impl<V: Clone + Send + Sync + 'static> NsInner<V> {
         }
         for (i, Led { key, leader, .. }) in led.into_iter().enumerate() {
             if !to_load[i] {
-                let value = found.get(&key).cloned();
                 leader.publish(Ok(Settled {
-                    value,
+                    value: found.values.get(&key).cloned(),
                     source: Source::Coalesced,
                     settled_at: looked_at,
-                    expires_at_ms: None,
+                    expires_at_ms: found.expiries.get(&key).copied(),
                 }));
                 continue;
             }
@@ -439,9 +461,7 @@ impl<V: Clone + Send + Sync + 'static> NsInner<V> {
                 settled_at,
                 expires_at_ms: None,
             }));
-            if let Some(v) = value {
-                found.insert(key, v);
-            }
+            found.insert(key, value, None);
         }
         Ok(())
     }

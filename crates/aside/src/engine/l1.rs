@@ -21,14 +21,20 @@
 //! the L1 once, not those of the whole namespace, and no map of per-key
 //! epochs grows with the keys. Clearing the L1 bumps every stripe.
 
+use std::collections::{HashMap, HashSet};
+use std::fmt::Display;
 use std::future::Future;
+use std::hash::Hash;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use moka::sync::Cache;
 
+use super::read::Cached;
 use super::state::{Fetched, NsInner, Source};
 use crate::error::Result;
+use crate::key;
 use crate::metrics::Event;
 
 /// Settings of a namespace's L1.
@@ -148,26 +154,139 @@ impl<V: Clone + Send + Sync + 'static> L1<V> {
     }
 }
 
+thread_local! {
+    /// The key buffer of L1 probes on this thread (see [`NsInner::l1_hit_for`]).
+    static L1_KEY: std::cell::RefCell<String> = const { std::cell::RefCell::new(String::new()) };
+}
+
+/// The read entry points of a namespace. Each one asks the L1 first and
+/// installs what the tiers below answered, fenced by the epoch taken before
+/// it read them ([`NsInner::below_l1`], or per key for a batch): this is
+/// the one place the L1 is applied, so no entry point can skip it.
 impl<V: Clone + Send + Sync + 'static> NsInner<V> {
-    /// `fetch` behind the L1: a local hit answers at once; anything the
-    /// lower tiers answer (but a stale value) is installed for next time.
-    pub(crate) async fn fetch_tiered<F, Fut, E>(&self, full: &str, loader: F) -> Result<Fetched<V>>
+    /// The full store key of `key`.
+    pub(crate) fn full_key<K: Display + ?Sized>(&self, key: &K) -> Result<String> {
+        key::full_key(&self.key_prefix, key, self.core.max_key_len)
+    }
+
+    /// `Namespace::fetch` (and `get_or_load`, `fetch_with` without options).
+    pub(crate) async fn fetch_key<K, F, Fut, E>(&self, key: &K, loader: F) -> Result<Fetched<V>>
     where
+        K: Display + ?Sized,
         F: FnMut() -> Fut,
         Fut: Future<Output = std::result::Result<Option<V>, E>>,
         E: std::error::Error + Send + Sync + 'static,
     {
-        if let Some(l1) = &self.l1
-            && let Some(hit) = self.l1_hit_local(l1.local(full))
-        {
+        if let Some(hit) = self.l1_hit_for(key)? {
             return Ok(hit);
         }
-        self.fetch_below_l1(full, loader).await
+        let full = self.full_key(key)?;
+        self.below_l1(&full, self.fetch_timed(&full, loader)).await
+    }
+
+    /// `Namespace::fetch_owned`.
+    pub(crate) async fn fetch_owned_key<K, F, Fut, E>(this: &Arc<Self>, key: &K, loader: F) -> Result<Fetched<V>>
+    where
+        K: Display + ?Sized,
+        F: FnMut() -> Fut + Send + 'static,
+        Fut: Future<Output = std::result::Result<Option<V>, E>> + Send + 'static,
+        E: std::error::Error + Send + Sync + 'static,
+    {
+        if let Some(hit) = this.l1_hit_for(key)? {
+            return Ok(hit);
+        }
+        let full = this.full_key(key)?;
+        this.below_l1(&full, Self::fetch_owned(this, &full, loader)).await
+    }
+
+    /// `Namespace::get`: the L1, then the store; never the loader. An L1
+    /// hit is counted as such (a cache-only read counts no hit or miss).
+    pub(crate) async fn get_key<K: Display + ?Sized>(&self, key: &K) -> Result<Option<V>> {
+        let full = self.full_key(key)?;
+        if let Some(value) = self.l1_get(&full) {
+            return Ok(value);
+        }
+        let epoch = self.l1_epoch(&full);
+        // Only what the store holds is kept: a miss is no cached "not found".
+        let (value, expires_at_ms) = match self.read_cached(&full).await {
+            Cached::Hit(value, expires_at_ms) => (value, expires_at_ms),
+            Cached::Miss {
+                current: Some(current), ..
+            } if !current.expired => (current.value, current.expires_at_ms),
+            Cached::Miss { .. } => return Ok(None),
+        };
+        if let Some(epoch) = epoch {
+            self.l1_keep(&full, value.clone(), epoch, expires_at_ms);
+        }
+        Ok(value)
+    }
+
+    /// `Namespace::get_many_or_load`: the keys the L1 has are answered
+    /// from it; the others are read below it, each fenced by its own epoch,
+    /// and what was found is installed.
+    pub(crate) async fn fetch_many_keys<K, F, Fut, E>(&self, keys: &[K], loader: F) -> Result<HashMap<K, V>>
+    where
+        K: Display + Hash + Eq + Clone,
+        F: FnMut(Vec<K>) -> Fut,
+        Fut: Future<Output = std::result::Result<HashMap<K, V>, E>>,
+        E: std::error::Error + Send + Sync + 'static,
+    {
+        let mut seen = HashSet::with_capacity(keys.len());
+        let mut found = HashMap::new();
+        let mut below = Vec::with_capacity(keys.len());
+        for key in keys {
+            let full = self.full_key(key)?;
+            if !seen.insert(full.clone()) {
+                continue;
+            }
+            match self.l1.as_ref().and_then(|l1| l1.get(&full)) {
+                Some(value) => {
+                    self.record(Event::Hit);
+                    self.record(Event::L1Hit);
+                    found.extend(value.map(|v| (key.clone(), v)));
+                }
+                None => below.push((key.clone(), full)),
+            }
+        }
+        if below.is_empty() {
+            return Ok(found);
+        }
+        let Some(l1) = &self.l1 else {
+            found.extend(self.fetch_many(below, loader).await?.values);
+            return Ok(found);
+        };
+        let fenced: Vec<(K, String, u64)> = below
+            .iter()
+            .map(|(key, full)| (key.clone(), full.clone(), l1.epoch(full)))
+            .collect();
+        let below = self.fetch_many(below, loader).await?;
+        for (key, full, epoch) in fenced {
+            if let Some(value) = below.values.get(&key) {
+                let expires_at_ms = below.expiries.get(&key).copied();
+                self.l1_keep(&full, Some(value.clone()), epoch, expires_at_ms);
+            }
+        }
+        found.extend(below.values);
+        Ok(found)
+    }
+
+    /// The L1's answer for `key`, counted as a hit, if it has one. Its key
+    /// is built in a buffer of this thread's, so a hit allocates nothing:
+    /// the key would cost as much as the lookup.
+    pub(crate) fn l1_hit_for<K: Display + ?Sized>(&self, key: &K) -> Result<Option<Fetched<V>>> {
+        if self.l1.is_none() {
+            return Ok(None);
+        }
+        L1_KEY.with_borrow_mut(|buf| {
+            buf.clear();
+            key::append_key_part(buf, self.key_prefix.len(), key, self.core.max_key_len)?;
+            Ok(self.l1_hit_local(buf))
+        })
     }
 
     /// The L1's answer for an entry key (a full key without the namespace's
     /// prefix), counted as a hit, if it has one.
-    pub(crate) fn l1_hit_local(&self, local: &str) -> Option<Fetched<V>> {
+    fn l1_hit_local(&self, local: &str) -> Option<Fetched<V>> {
         let value = self.l1.as_ref()?.get_local(local)?;
         self.record(Event::Hit);
         self.record(Event::L1Hit);
@@ -177,39 +296,47 @@ impl<V: Clone + Send + Sync + 'static> NsInner<V> {
         })
     }
 
-    /// `fetch` from the store and the loader, for a key the L1 did not
-    /// answer; installs the result in the L1.
-    pub(crate) async fn fetch_below_l1<F, Fut, E>(&self, full: &str, loader: F) -> Result<Fetched<V>>
-    where
-        F: FnMut() -> Fut,
-        Fut: Future<Output = std::result::Result<Option<V>, E>>,
-        E: std::error::Error + Send + Sync + 'static,
-    {
-        let Some(l1) = &self.l1 else {
-            return self.fetch(full, loader).await;
-        };
-        let epoch = l1.epoch(full);
-        let (fetched, expires_at_ms) = self.fetch_timed(full, loader).await?;
-        self.l1_install(full, &fetched, epoch, expires_at_ms);
+    /// Runs `read`, a single-key read below the L1 of `full`, and installs
+    /// its answer. The epoch is taken before `read` runs (a future does
+    /// nothing until awaited), so an invalidation during the read fences
+    /// the install.
+    pub(crate) async fn below_l1(
+        &self,
+        full: &str,
+        read: impl Future<Output = Result<(Fetched<V>, Option<u64>)>>,
+    ) -> Result<Fetched<V>> {
+        let epoch = self.l1_epoch(full);
+        let (fetched, expires_at_ms) = read.await?;
+        if let Some(epoch) = epoch {
+            self.l1_install(full, &fetched, epoch, expires_at_ms);
+        }
         Ok(fetched)
     }
 
     /// Installs what a read below the L1 returned, if it may be kept: not a
-    /// stale value, not "not found" unless it is cached below too, only for
+    /// stale value (see [`NsInner::l1_keep`] for the rest).
+    pub(crate) fn l1_install(&self, full: &str, fetched: &Fetched<V>, epoch: u64, expires_at_ms: Option<u64>) {
+        if fetched.source != Source::Stale {
+            self.l1_keep(full, fetched.value.clone(), epoch, expires_at_ms);
+        }
+    }
+
+    /// Installs `value`, read below the L1 after `epoch` was taken, if it
+    /// may be kept: not "not found" unless it is cached below too, only for
     /// the value's remaining logical life, and only while the bus (when
     /// there is one) is subscribed, so that no invalidation published by
     /// another process can pass this L1 by.
-    pub(crate) fn l1_install(&self, full: &str, fetched: &Fetched<V>, epoch: u64, expires_at_ms: Option<u64>) {
+    fn l1_keep(&self, full: &str, value: Option<V>, epoch: u64, expires_at_ms: Option<u64>) {
         let Some(l1) = &self.l1 else { return };
-        let cacheable = fetched.value.is_some() || self.negative_ttl.is_some();
-        if fetched.source == Source::Stale || !cacheable || !self.bus_listening() {
+        let cacheable = value.is_some() || self.negative_ttl.is_some();
+        if !cacheable || !self.bus_listening() {
             return;
         }
         let life = match expires_at_ms {
             Some(at) => Duration::from_millis(at.saturating_sub(crate::envelope::unix_ms())),
-            None => self.shortest_life(fetched.value.is_some()),
+            None => self.shortest_life(value.is_some()),
         };
-        l1.install(full, fetched.value.clone(), epoch, life);
+        l1.install(full, value, epoch, life);
     }
 
     /// The least logical life a value just loaded is stored with: the TTL

@@ -73,23 +73,6 @@ const fn plain_miss<V>() -> Cached<V> {
     }
 }
 
-impl<V> Cached<V> {
-    /// The value a cache-only read returns: a fresh one, or one due for
-    /// refresh (still valid); not an expired one.
-    pub(crate) fn hit(self) -> Option<V> {
-        match self {
-            Cached::Hit(v, _) => v,
-            Cached::Miss {
-                current: Some(Current {
-                    value, expired: false, ..
-                }),
-                ..
-            } => value,
-            Cached::Miss { .. } => None,
-        }
-    }
-}
-
 /// What the loader produced, or the error it failed with.
 type Loaded<V> = Result<(Option<V>, Duration)>;
 
@@ -277,16 +260,8 @@ impl<V: Clone + Send + Sync + 'static> NsInner<V> {
         Ok(start)
     }
 
-    pub(crate) async fn fetch<F, Fut, E>(&self, full: &str, loader: F) -> Result<Fetched<V>>
-    where
-        F: FnMut() -> Fut,
-        Fut: Future<Output = std::result::Result<Option<V>, E>>,
-        E: std::error::Error + Send + Sync + 'static,
-    {
-        Ok(self.fetch_timed(full, loader).await?.0)
-    }
-
-    /// `fetch`, also returning the value's logical expiry (Unix ms) when a
+    /// `fetch` below the L1: the store, single-flight, the lease, the
+    /// loader. Also returns the value's logical expiry (Unix ms) when a
     /// stored entry's header gave it, for the L1 to keep it no longer.
     pub(crate) async fn fetch_timed<F, Fut, E>(&self, full: &str, mut loader: F) -> Result<(Fetched<V>, Option<u64>)>
     where

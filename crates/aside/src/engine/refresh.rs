@@ -246,21 +246,28 @@ impl<V: Clone + Send + Sync + 'static> NsInner<V> {
         }
     }
 
-    /// `Namespace::fetch_owned`: `fetch`, with the work that may outlive the
-    /// caller (early refresh, a load past the soft timeout) spawned.
-    pub(crate) async fn fetch_owned<F, Fut, E>(this: &Arc<Self>, full: String, mut loader: F) -> Result<Fetched<V>>
+    /// `Namespace::fetch_owned` below the L1: `fetch`, with the work that
+    /// may outlive the caller (early refresh, a load past the soft timeout)
+    /// spawned. Also returns the value's logical expiry (Unix ms) when a
+    /// stored entry's header gave it, for the L1 to keep it no longer.
+    pub(crate) async fn fetch_owned<F, Fut, E>(
+        this: &Arc<Self>,
+        full: &str,
+        mut loader: F,
+    ) -> Result<(Fetched<V>, Option<u64>)>
     where
         F: FnMut() -> Fut + Send + 'static,
         Fut: Future<Output = std::result::Result<Option<V>, E>> + Send + 'static,
         E: std::error::Error + Send + Sync + 'static,
     {
-        match this.read_cached(&full).await {
-            Cached::Hit(value, _) => {
+        match this.read_cached(full).await {
+            Cached::Hit(value, expires_at_ms) => {
                 this.record(Event::Hit);
-                Ok(Fetched {
+                let fetched = Fetched {
                     value,
                     source: Source::Hit,
-                })
+                };
+                Ok((fetched, expires_at_ms))
             }
             Cached::Miss {
                 current: Some(current), ..
@@ -274,10 +281,15 @@ impl<V: Clone + Send + Sync + 'static> NsInner<V> {
                     .refreshing
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())
-                    .insert(full.clone());
+                    .insert(full.to_owned());
+                let fetched = Fetched {
+                    value: current.value.clone(),
+                    source: Source::Hit,
+                };
+                let expires_at_ms = current.expires_at_ms;
                 if claimed {
                     let inner = this.clone();
-                    let current_value = current.value.clone();
+                    let full = full.to_owned();
                     tokio::spawn(async move {
                         // Released on drop: a failed or cancelled refresh frees the key too.
                         let claim = Claim {
@@ -288,22 +300,16 @@ impl<V: Clone + Send + Sync + 'static> NsInner<V> {
                         let _ = inner.refresh_now(&full, &mut loader, &held, current).await;
                         drop(claim);
                     });
-                    return Ok(Fetched {
-                        value: current_value,
-                        source: Source::Hit,
-                    });
                 }
-                Ok(Fetched {
-                    value: current.value,
-                    source: Source::Hit,
-                })
+                Ok((fetched, expires_at_ms))
             }
             Cached::Miss {
                 current: Some(current), ..
             } if this.soft_load_timeout.is_some() && this.fail_safe.is_some() => {
                 let soft = this.soft_load_timeout.expect("checked");
                 let inner = this.clone();
-                let mut load = tokio::spawn(async move { inner.fetch(&full, loader).await });
+                let full = full.to_owned();
+                let mut load = tokio::spawn(async move { inner.fetch_timed(&full, loader).await });
                 match tokio::time::timeout(soft, &mut load).await {
                     Ok(joined) => joined.map_err(|e| {
                         crate::error::Error::new(crate::error::ErrorKind::Loader, format!("load task failed: {e}"))
@@ -311,14 +317,15 @@ impl<V: Clone + Send + Sync + 'static> NsInner<V> {
                     Err(_) => {
                         // The spawned load goes on and fills the cache.
                         this.record(Event::StaleServed);
-                        Ok(Fetched {
+                        let fetched = Fetched {
                             value: current.value,
                             source: Source::Stale,
-                        })
+                        };
+                        Ok((fetched, current.expires_at_ms))
                     }
                 }
             }
-            _ => this.fetch(&full, loader).await,
+            _ => this.fetch_timed(full, loader).await,
         }
     }
 }

@@ -27,6 +27,15 @@ impl User {
     }
 }
 
+/// A namespace of users on `aside` with an L1 of 1,000 entries kept a minute.
+pub fn users_with_l1(aside: &aside::Aside) -> aside::Namespace<u64, User> {
+    aside
+        .namespace::<u64, User>("user")
+        .l1(1_000, Duration::from_secs(60))
+        .build()
+        .unwrap()
+}
+
 /// The source of truth of the tests: a map plus a query counter.
 #[derive(Debug, Default, Clone)]
 pub struct Db {
