@@ -13,7 +13,6 @@ use std::future::Future;
 use std::hash::Hash;
 use std::sync::atomic::Ordering;
 
-use bytes::Bytes;
 use tokio::time::Instant;
 
 use super::entry::Freshness;
@@ -38,7 +37,7 @@ pub(crate) struct Found<K, V> {
 
 impl<K: Hash + Eq + Clone, V> Found<K, V> {
     /// Notes what was found for `key`: nothing for a "not found".
-    fn insert(&mut self, key: K, value: Option<V>, expires_at_ms: Option<u64>) {
+    pub(crate) fn insert(&mut self, key: K, value: Option<V>, expires_at_ms: Option<u64>) {
         let Some(value) = value else { return };
         if let Some(at) = expires_at_ms {
             self.expiries.insert(key.clone(), at);
@@ -129,92 +128,6 @@ impl<V: Clone + Send + Sync + 'static> NsInner<V> {
         Ok(found)
     }
 
-    /// One round trip to the store (two for `Versioned`); hits go into
-    /// `found`, misses come back as `(key, full key, key to load and fill
-    /// under, lease seen)`.
-    async fn lookup_many<K: Hash + Eq + Clone>(
-        &self,
-        keys: &[(K, String)],
-        count: bool,
-        found: &mut Found<K, V>,
-    ) -> Vec<(K, String, String, Option<LeaseToken>)> {
-        let fulls: Vec<String> = keys.iter().map(|(_, f)| f.clone()).collect();
-        let store = &self.core.store;
-        let looked: Vec<(Option<Bytes>, Option<LeaseToken>)> = match self.strategy {
-            Strategy::Lease => match self.call(store.peek_many(&fulls)).await {
-                Ok(views) => views
-                    .into_iter()
-                    .map(|v| (v.value.filter(|_| !v.stale), v.lease))
-                    .collect(),
-                Err(_) => vec![(None, None); keys.len()],
-            },
-            Strategy::Versioned => {
-                // Two round trips: the versions, then the data under them.
-                let version_keys: Vec<String> = fulls.iter().map(|f| Self::version_key(f)).collect();
-                let Ok(versions) = self.call(store.get_many(&version_keys)).await else {
-                    return keys
-                        .iter()
-                        .map(|(k, f)| (k.clone(), f.clone(), f.clone(), None))
-                        .collect();
-                };
-                let mut data_keys = Vec::with_capacity(fulls.len());
-                for (full, version) in fulls.iter().zip(versions) {
-                    let version = match version {
-                        Some(raw) => Self::parse_version(Some(raw)),
-                        // Absent: started as the single-key path starts it,
-                        // never read as 0 (see `NsInner::read_version`).
-                        None => match self.read_version(full).await {
-                            Ok(version) => version,
-                            Err(_) => {
-                                return keys
-                                    .iter()
-                                    .map(|(k, f)| (k.clone(), f.clone(), f.clone(), None))
-                                    .collect();
-                            }
-                        },
-                    };
-                    data_keys.push(Self::versioned_key(full, version));
-                }
-                let values = self.call(store.get_many(&data_keys)).await.unwrap_or_default();
-                let mut misses = Vec::new();
-                for (i, (key, full)) in keys.iter().enumerate() {
-                    // A pending invalidation's version bump has not reached
-                    // the store: the data under the version read may be old.
-                    let pending = self.core.retry.is_pending(&self.pending_key(full));
-                    let hit = match values.get(i).cloned().flatten() {
-                        Some(bytes) if !pending => self.batch_hit(&data_keys[i], &bytes).await,
-                        _ => None,
-                    };
-                    self.count_lookup(count, hit.is_some());
-                    match hit {
-                        Some((value, expires_at_ms)) => found.insert(key.clone(), value, expires_at_ms),
-                        None => misses.push((key.clone(), full.clone(), data_keys[i].clone(), None)),
-                    }
-                }
-                return misses;
-            }
-            _ => match self.call(store.get_many(&fulls)).await {
-                Ok(values) => values.into_iter().map(|v| (v, None)).collect(),
-                Err(_) => vec![(None, None); keys.len()],
-            },
-        };
-        let mut misses = Vec::new();
-        for (i, (key, full)) in keys.iter().enumerate() {
-            let (bytes, lease) = looked.get(i).cloned().unwrap_or((None, None));
-            let pending = self.core.retry.is_pending(&self.pending_key(full));
-            let hit = match bytes {
-                Some(bytes) if !pending => self.batch_hit(full, &bytes).await,
-                _ => None,
-            };
-            self.count_lookup(count, hit.is_some());
-            match hit {
-                Some((value, expires_at_ms)) => found.insert(key.clone(), value, expires_at_ms),
-                None => misses.push((key.clone(), full.clone(), full.clone(), lease)),
-            }
-        }
-        misses
-    }
-
     /// One call of a batch loader, counted and bounded by the load timeout.
     async fn run_batch_loader<K, F, Fut, E>(&self, loader: &mut F, keys: Vec<K>) -> Result<HashMap<K, V>>
     where
@@ -244,13 +157,13 @@ impl<V: Clone + Send + Sync + 'static> NsInner<V> {
     /// or past its logical expiry. Early refresh and fail-safe are
     /// single-key policies; a batch serves a value due for refresh as it is
     /// and reloads expired ones.
-    async fn batch_hit(&self, key: &str, bytes: &[u8]) -> Option<(Option<V>, Option<u64>)> {
+    pub(crate) async fn batch_hit(&self, key: &str, bytes: &[u8]) -> Option<(Option<V>, Option<u64>)> {
         let entry = self.decode_hit(key, bytes).await?;
         let expires_at_ms = entry.expires_at_ms();
         (self.freshness(&entry) != Freshness::Expired).then_some((entry.value, expires_at_ms))
     }
 
-    fn count_lookup(&self, count: bool, hit: bool) {
+    pub(crate) fn count_lookup(&self, count: bool, hit: bool) {
         if count {
             self.record(if hit { Event::Hit } else { Event::Miss });
         }

@@ -27,6 +27,7 @@ pub(crate) mod refresh;
 pub(crate) mod retry;
 pub mod single_flight;
 pub(crate) mod state;
+pub(crate) mod strategy;
 pub(crate) mod timer;
 pub(crate) mod write;
 

@@ -26,8 +26,7 @@ use super::single_flight::Role;
 use super::state::{Fetched, NsInner, Settled, Shared, Source, Stampede};
 use crate::error::{Error, ErrorKind, Result};
 use crate::metrics::Event;
-use crate::policy::Strategy;
-use crate::store::{EntryView, FillOutcome, LeaseOutcome, LeaseToken};
+use crate::store::{FillOutcome, LeaseOutcome, LeaseToken};
 
 /// First and largest pause between looks while another process holds the lease.
 const LEASE_POLL_FIRST: Duration = Duration::from_millis(2);
@@ -65,7 +64,7 @@ pub(crate) enum Cached<V> {
     },
 }
 
-const fn plain_miss<V>() -> Cached<V> {
+pub(crate) const fn plain_miss<V>() -> Cached<V> {
     Cached::Miss {
         version: None,
         lease: None,
@@ -83,14 +82,6 @@ impl<V: Clone + Send + Sync + 'static> NsInner<V> {
 
     pub(crate) async fn call<T>(&self, fut: impl Future<Output = crate::store::StoreResult<T>>) -> Result<T> {
         self.core.call_for(&self.metrics, fut).await
-    }
-
-    /// The key an invalidation of `full` is queued under while the store is away.
-    pub(crate) fn pending_key<'a>(&self, full: &'a str) -> std::borrow::Cow<'a, str> {
-        match self.strategy {
-            Strategy::Versioned => std::borrow::Cow::Owned(Self::version_key(full)),
-            _ => std::borrow::Cow::Borrowed(full),
-        }
     }
 
     pub(crate) fn parse_version(raw: Option<Bytes>) -> u64 {
@@ -127,7 +118,7 @@ impl<V: Clone + Send + Sync + 'static> NsInner<V> {
     }
 
     /// Classifies a decoded entry found by the fast path.
-    fn judge(&self, entry: Entry<V>, version: Option<u64>, lease: Option<LeaseToken>) -> Cached<V> {
+    pub(crate) fn judge(&self, entry: Entry<V>, version: Option<u64>, lease: Option<LeaseToken>) -> Cached<V> {
         let expires_at_ms = entry.expires_at_ms();
         match self.freshness(&entry) {
             Freshness::Fresh => Cached::Hit(entry.value, expires_at_ms),
@@ -150,74 +141,10 @@ impl<V: Clone + Send + Sync + 'static> NsInner<V> {
         }
     }
 
-    /// The current value in the store, if any. Store failures read as a miss.
-    pub(crate) async fn read_cached(&self, full: &str) -> Cached<V> {
-        if self.core.retry.is_pending(&self.pending_key(full)) {
-            return plain_miss();
-        }
-        let store = &self.core.store;
-        match self.strategy {
-            Strategy::Lease => match self.call(store.peek_entry(full)).await {
-                Ok(EntryView {
-                    value: Some(bytes),
-                    stale: false,
-                    lease,
-                }) => match self.decode_hit(full, &bytes).await {
-                    Some(entry) => self.judge(entry, None, lease),
-                    None => plain_miss(),
-                },
-                Ok(view) => Cached::Miss {
-                    version: None,
-                    lease: view.lease,
-                    current: None,
-                },
-                Err(e) => {
-                    self.heal(full, &e).await;
-                    plain_miss()
-                }
-            },
-            Strategy::Versioned => {
-                let Ok(version) = self.read_version(full).await else {
-                    return plain_miss();
-                };
-                let data_key = Self::versioned_key(full, version);
-                // Only the data key heals: deleting the counter would take it
-                // back to version 0, where an old row may still be.
-                let entry = match self.call(store.get(&data_key)).await {
-                    Ok(Some(bytes)) => self.decode_hit(&data_key, &bytes).await,
-                    Ok(None) => None,
-                    Err(e) => {
-                        self.heal(&data_key, &e).await;
-                        None
-                    }
-                };
-                match entry {
-                    Some(entry) => self.judge(entry, Some(version), None),
-                    None => Cached::Miss {
-                        version: Some(version),
-                        lease: None,
-                        current: None,
-                    },
-                }
-            }
-            Strategy::Delete | Strategy::DoubleDelete { .. } => {
-                let entry = match self.call(store.get(full)).await {
-                    Ok(Some(bytes)) => self.decode_hit(full, &bytes).await,
-                    Ok(None) => None,
-                    Err(e) => {
-                        self.heal(full, &e).await;
-                        None
-                    }
-                };
-                entry.map_or_else(plain_miss, |e| self.judge(e, None, None))
-            }
-        }
-    }
-
     /// After a read of `key` failed: a key the server cannot read as ours
     /// (another type, say) is deleted so that it refills, rather than stay
     /// a miss forever; a sick store is left alone (see `Core::heal_after_read_error`).
-    async fn heal(&self, key: &str, error: &Error) {
+    pub(crate) async fn heal(&self, key: &str, error: &Error) {
         self.core.heal_after_read_error(&self.metrics, key, error).await;
     }
 
@@ -443,41 +370,6 @@ impl<V: Clone + Send + Sync + 'static> NsInner<V> {
                 expires_at_ms: None,
             }),
             Err(e) => self.fall_back(current, settled_at).ok_or(e),
-        }
-    }
-
-    /// The work of a missing key (the single-flight leader's, under `Coalesce`).
-    async fn load_missing<F, Fut, E>(
-        &self,
-        full: &str,
-        version: Option<u64>,
-        loader: &mut F,
-        held: &AtomicU64,
-        current: Option<Current<V>>,
-    ) -> Shared<V>
-    where
-        F: FnMut() -> Fut,
-        Fut: Future<Output = std::result::Result<Option<V>, E>>,
-        E: std::error::Error + Send + Sync + 'static,
-    {
-        if self.core.retry.is_pending(&self.pending_key(full)) {
-            // An invalidation of this key has not reached the store: neither
-            // trust nor refill it until it has.
-            return self.load_uncached(loader, &None).await;
-        }
-        match self.strategy {
-            Strategy::Lease => match current {
-                Some(current) => self.refresh_with_lease(full, loader, held, current).await,
-                None => self.load_with_lease(full, loader, held).await,
-            },
-            Strategy::Versioned => match version {
-                Some(version) => {
-                    self.load_and_set(&Self::versioned_key(full, version), loader, current)
-                        .await
-                }
-                None => self.load_uncached(loader, &current).await,
-            },
-            Strategy::Delete | Strategy::DoubleDelete { .. } => self.load_and_set(full, loader, current).await,
         }
     }
 

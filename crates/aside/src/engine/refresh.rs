@@ -220,32 +220,6 @@ impl<V: Clone + Send + Sync + 'static> NsInner<V> {
         }
     }
 
-    /// Reloads a value still in the store, whatever the strategy.
-    async fn refresh_now<F, Fut, E>(
-        &self,
-        full: &str,
-        loader: &mut F,
-        held: &AtomicU64,
-        current: Current<V>,
-    ) -> Shared<V>
-    where
-        F: FnMut() -> Fut,
-        Fut: Future<Output = std::result::Result<Option<V>, E>>,
-        E: std::error::Error + Send + Sync + 'static,
-    {
-        match self.strategy {
-            Strategy::Lease => self.refresh_with_lease(full, loader, held, current).await,
-            Strategy::Versioned => match self.read_version(full).await {
-                Ok(version) => {
-                    self.load_and_set(&Self::versioned_key(full, version), loader, Some(current))
-                        .await
-                }
-                Err(_) => self.load_uncached(loader, &Some(current)).await,
-            },
-            Strategy::Delete | Strategy::DoubleDelete { .. } => self.load_and_set(full, loader, Some(current)).await,
-        }
-    }
-
     /// `Namespace::fetch_owned` below the L1: `fetch`, with the work that
     /// may outlive the caller (early refresh, a load past the soft timeout)
     /// spawned. Also returns the value's logical expiry (Unix ms) when a

@@ -4,14 +4,9 @@
 //! store does not take is returned to the caller AND queued for replay, so
 //! an outage never leaves an old value behind for good.
 
-use std::time::Duration;
-
-use tokio::time::Instant;
-
 use super::state::NsInner;
 use crate::bus::Invalidation;
-use crate::error::{Error, ErrorKind, Result};
-use crate::policy::Strategy;
+use crate::error::Result;
 
 use super::retry::PendingOp;
 use super::timer::SecondDelete;
@@ -54,49 +49,6 @@ impl<V: Clone + Send + Sync + 'static> NsInner<V> {
         result
     }
 
-    async fn invalidate_in_store(&self, full: &str) -> Result<()> {
-        let store = &self.core.store;
-        let (key, op, result) = match self.strategy {
-            Strategy::Lease => {
-                let op = PendingOp::Invalidate {
-                    keep_stale: self.keep_stale,
-                };
-                let result = self
-                    .core
-                    .call_for(&self.metrics, store.invalidate(full, self.keep_stale))
-                    .await;
-                (full.to_owned(), op, result)
-            }
-            Strategy::Delete => {
-                let result = self.core.call_for(&self.metrics, store.delete(full)).await;
-                (full.to_owned(), PendingOp::Delete, result)
-            }
-            Strategy::DoubleDelete { delay } => {
-                let result = self.core.call_for(&self.metrics, store.delete(full)).await;
-                self.core.delayed.schedule(
-                    &self.core,
-                    Instant::now() + delay,
-                    full.to_owned(),
-                    self.self_ref.clone(),
-                );
-                (full.to_owned(), PendingOp::Delete, result)
-            }
-            Strategy::Versioned => {
-                let key = Self::version_key(full);
-                let op = PendingOp::Incr {
-                    ttl: self.version_ttl(),
-                };
-                let result = self.bump_version(full).await;
-                (key, op, result.map(drop))
-            }
-        };
-        if let Err(e) = &result {
-            tracing::warn!(key, error = %e, "invalidation failed: queued for replay");
-            self.core.queue_invalidation(&self.name, full, &key, op);
-        }
-        result
-    }
-
     pub(crate) async fn write(&self, full: &str, value: &V) -> Result<()> {
         self.l1_evict(full);
         let result = self.write_to_store(full, value).await;
@@ -106,42 +58,6 @@ impl<V: Clone + Send + Sync + 'static> NsInner<V> {
         if result.is_ok() {
             // Other processes' L1s hold the old value until they hear of it.
             self.publish(vec![full.to_owned()]).await;
-        }
-        result
-    }
-
-    async fn write_to_store(&self, full: &str, value: &V) -> Result<()> {
-        let (bytes, ttl) = self.encode(Some(value), Duration::ZERO)?.ok_or_else(|| {
-            Error::new(
-                ErrorKind::Codec,
-                format!("value over the {} byte limit", self.max_value_bytes),
-            )
-        })?;
-        let store = &self.core.store;
-        let result = match self.strategy {
-            Strategy::Lease => {
-                self.core
-                    .call_for(&self.metrics, store.put_entry(full, bytes, ttl))
-                    .await
-            }
-            Strategy::Versioned => {
-                // A new version, then the value under it: a load that read
-                // the old row fills the old version, which no reader asks
-                // for any more. Writing under the current version would let
-                // that fill overwrite this value.
-                match self.bump_version(full).await {
-                    Ok(v) => {
-                        let key = Self::versioned_key(full, v);
-                        self.core.call_for(&self.metrics, store.set(&key, bytes, ttl)).await
-                    }
-                    Err(e) => Err(e),
-                }
-            }
-            _ => self.core.call_for(&self.metrics, store.set(full, bytes, ttl)).await,
-        };
-        if result.is_err() {
-            // The old value may still be cached: make sure it goes.
-            let _ = self.invalidate_all(&[full.to_owned()]).await;
         }
         result
     }

@@ -1,0 +1,329 @@
+//! The strategies, side by side: how each one reads a key, fills a load
+//! and invalidates a key, for the single-key and the batch paths alike.
+//!
+//! Owns every decision that depends on [`Strategy`]: where a key's data
+//! lives (its own key, or the versioned data key under its counter), how
+//! it is looked up (`peek_entry`/`peek_many` with leases, `get`/`get_many`
+//! otherwise), how a load is filled (a fenced fill under a lease, or an
+//! unconditional `set`), and what an invalidation and a write do to the
+//! store. The paths (`read`, `refresh`, `batch`, `write`) ask here and
+//! never match on the strategy themselves; the lease's own state machine
+//! (lookup or lease, wait, fill) is `read::load_with_lease`, and the
+//! article's lock, a stampede mode over any strategy, is
+//! `read::load_under_lock`.
+
+use std::future::Future;
+use std::hash::Hash;
+use std::sync::atomic::AtomicU64;
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::time::Instant;
+
+use super::batch::Found;
+use super::read::{Cached, Current, plain_miss};
+use super::retry::PendingOp;
+use super::state::{NsInner, Shared};
+use crate::error::{Error, ErrorKind, Result};
+use crate::policy::Strategy;
+use crate::store::{EntryView, LeaseToken};
+
+impl<V: Clone + Send + Sync + 'static> NsInner<V> {
+    /// The key an invalidation of `full` is queued under while the store is away.
+    pub(crate) fn pending_key<'a>(&self, full: &'a str) -> std::borrow::Cow<'a, str> {
+        match self.strategy {
+            Strategy::Versioned => std::borrow::Cow::Owned(Self::version_key(full)),
+            _ => std::borrow::Cow::Borrowed(full),
+        }
+    }
+
+    /// The current value in the store, if any. Store failures read as a miss.
+    pub(crate) async fn read_cached(&self, full: &str) -> Cached<V> {
+        if self.core.retry.is_pending(&self.pending_key(full)) {
+            return plain_miss();
+        }
+        let store = &self.core.store;
+        match self.strategy {
+            Strategy::Lease => match self.call(store.peek_entry(full)).await {
+                Ok(EntryView {
+                    value: Some(bytes),
+                    stale: false,
+                    lease,
+                }) => match self.decode_hit(full, &bytes).await {
+                    Some(entry) => self.judge(entry, None, lease),
+                    None => plain_miss(),
+                },
+                Ok(view) => Cached::Miss {
+                    version: None,
+                    lease: view.lease,
+                    current: None,
+                },
+                Err(e) => {
+                    self.heal(full, &e).await;
+                    plain_miss()
+                }
+            },
+            Strategy::Versioned => {
+                let Ok(version) = self.read_version(full).await else {
+                    return plain_miss();
+                };
+                let data_key = Self::versioned_key(full, version);
+                // Only the data key heals: deleting the counter would take it
+                // back to version 0, where an old row may still be.
+                let entry = match self.call(store.get(&data_key)).await {
+                    Ok(Some(bytes)) => self.decode_hit(&data_key, &bytes).await,
+                    Ok(None) => None,
+                    Err(e) => {
+                        self.heal(&data_key, &e).await;
+                        None
+                    }
+                };
+                match entry {
+                    Some(entry) => self.judge(entry, Some(version), None),
+                    None => Cached::Miss {
+                        version: Some(version),
+                        lease: None,
+                        current: None,
+                    },
+                }
+            }
+            Strategy::Delete | Strategy::DoubleDelete { .. } => {
+                let entry = match self.call(store.get(full)).await {
+                    Ok(Some(bytes)) => self.decode_hit(full, &bytes).await,
+                    Ok(None) => None,
+                    Err(e) => {
+                        self.heal(full, &e).await;
+                        None
+                    }
+                };
+                entry.map_or_else(plain_miss, |e| self.judge(e, None, None))
+            }
+        }
+    }
+
+    /// One round trip to the store (two for `Versioned`); hits go into
+    /// `found`, misses come back as `(key, full key, key to load and fill
+    /// under, lease seen)`.
+    pub(crate) async fn lookup_many<K: Hash + Eq + Clone>(
+        &self,
+        keys: &[(K, String)],
+        count: bool,
+        found: &mut Found<K, V>,
+    ) -> Vec<(K, String, String, Option<LeaseToken>)> {
+        let fulls: Vec<String> = keys.iter().map(|(_, f)| f.clone()).collect();
+        let store = &self.core.store;
+        let looked: Vec<(Option<Bytes>, Option<LeaseToken>)> = match self.strategy {
+            Strategy::Lease => match self.call(store.peek_many(&fulls)).await {
+                Ok(views) => views
+                    .into_iter()
+                    .map(|v| (v.value.filter(|_| !v.stale), v.lease))
+                    .collect(),
+                Err(_) => vec![(None, None); keys.len()],
+            },
+            Strategy::Versioned => {
+                // Two round trips: the versions, then the data under them.
+                let version_keys: Vec<String> = fulls.iter().map(|f| Self::version_key(f)).collect();
+                let Ok(versions) = self.call(store.get_many(&version_keys)).await else {
+                    return keys
+                        .iter()
+                        .map(|(k, f)| (k.clone(), f.clone(), f.clone(), None))
+                        .collect();
+                };
+                let mut data_keys = Vec::with_capacity(fulls.len());
+                for (full, version) in fulls.iter().zip(versions) {
+                    let version = match version {
+                        Some(raw) => Self::parse_version(Some(raw)),
+                        // Absent: started as the single-key path starts it,
+                        // never read as 0 (see `NsInner::read_version`).
+                        None => match self.read_version(full).await {
+                            Ok(version) => version,
+                            Err(_) => {
+                                return keys
+                                    .iter()
+                                    .map(|(k, f)| (k.clone(), f.clone(), f.clone(), None))
+                                    .collect();
+                            }
+                        },
+                    };
+                    data_keys.push(Self::versioned_key(full, version));
+                }
+                let values = self.call(store.get_many(&data_keys)).await.unwrap_or_default();
+                let mut misses = Vec::new();
+                for (i, (key, full)) in keys.iter().enumerate() {
+                    // A pending invalidation's version bump has not reached
+                    // the store: the data under the version read may be old.
+                    let pending = self.core.retry.is_pending(&self.pending_key(full));
+                    let hit = match values.get(i).cloned().flatten() {
+                        Some(bytes) if !pending => self.batch_hit(&data_keys[i], &bytes).await,
+                        _ => None,
+                    };
+                    self.count_lookup(count, hit.is_some());
+                    match hit {
+                        Some((value, expires_at_ms)) => found.insert(key.clone(), value, expires_at_ms),
+                        None => misses.push((key.clone(), full.clone(), data_keys[i].clone(), None)),
+                    }
+                }
+                return misses;
+            }
+            _ => match self.call(store.get_many(&fulls)).await {
+                Ok(values) => values.into_iter().map(|v| (v, None)).collect(),
+                Err(_) => vec![(None, None); keys.len()],
+            },
+        };
+        let mut misses = Vec::new();
+        for (i, (key, full)) in keys.iter().enumerate() {
+            let (bytes, lease) = looked.get(i).cloned().unwrap_or((None, None));
+            let pending = self.core.retry.is_pending(&self.pending_key(full));
+            let hit = match bytes {
+                Some(bytes) if !pending => self.batch_hit(full, &bytes).await,
+                _ => None,
+            };
+            self.count_lookup(count, hit.is_some());
+            match hit {
+                Some((value, expires_at_ms)) => found.insert(key.clone(), value, expires_at_ms),
+                None => misses.push((key.clone(), full.clone(), full.clone(), lease)),
+            }
+        }
+        misses
+    }
+
+    /// The work of a missing key (the single-flight leader's, under `Coalesce`).
+    pub(crate) async fn load_missing<F, Fut, E>(
+        &self,
+        full: &str,
+        version: Option<u64>,
+        loader: &mut F,
+        held: &AtomicU64,
+        current: Option<Current<V>>,
+    ) -> Shared<V>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = std::result::Result<Option<V>, E>>,
+        E: std::error::Error + Send + Sync + 'static,
+    {
+        if self.core.retry.is_pending(&self.pending_key(full)) {
+            // An invalidation of this key has not reached the store: neither
+            // trust nor refill it until it has.
+            return self.load_uncached(loader, &None).await;
+        }
+        match self.strategy {
+            Strategy::Lease => match current {
+                Some(current) => self.refresh_with_lease(full, loader, held, current).await,
+                None => self.load_with_lease(full, loader, held).await,
+            },
+            Strategy::Versioned => match version {
+                Some(version) => {
+                    self.load_and_set(&Self::versioned_key(full, version), loader, current)
+                        .await
+                }
+                None => self.load_uncached(loader, &current).await,
+            },
+            Strategy::Delete | Strategy::DoubleDelete { .. } => self.load_and_set(full, loader, current).await,
+        }
+    }
+
+    /// Reloads a value still in the store, whatever the strategy.
+    pub(crate) async fn refresh_now<F, Fut, E>(
+        &self,
+        full: &str,
+        loader: &mut F,
+        held: &AtomicU64,
+        current: Current<V>,
+    ) -> Shared<V>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = std::result::Result<Option<V>, E>>,
+        E: std::error::Error + Send + Sync + 'static,
+    {
+        match self.strategy {
+            Strategy::Lease => self.refresh_with_lease(full, loader, held, current).await,
+            Strategy::Versioned => match self.read_version(full).await {
+                Ok(version) => {
+                    self.load_and_set(&Self::versioned_key(full, version), loader, Some(current))
+                        .await
+                }
+                Err(_) => self.load_uncached(loader, &Some(current)).await,
+            },
+            Strategy::Delete | Strategy::DoubleDelete { .. } => self.load_and_set(full, loader, Some(current)).await,
+        }
+    }
+
+    pub(crate) async fn invalidate_in_store(&self, full: &str) -> Result<()> {
+        let store = &self.core.store;
+        let (key, op, result) = match self.strategy {
+            Strategy::Lease => {
+                let op = PendingOp::Invalidate {
+                    keep_stale: self.keep_stale,
+                };
+                let result = self
+                    .core
+                    .call_for(&self.metrics, store.invalidate(full, self.keep_stale))
+                    .await;
+                (full.to_owned(), op, result)
+            }
+            Strategy::Delete => {
+                let result = self.core.call_for(&self.metrics, store.delete(full)).await;
+                (full.to_owned(), PendingOp::Delete, result)
+            }
+            Strategy::DoubleDelete { delay } => {
+                let result = self.core.call_for(&self.metrics, store.delete(full)).await;
+                self.core.delayed.schedule(
+                    &self.core,
+                    Instant::now() + delay,
+                    full.to_owned(),
+                    self.self_ref.clone(),
+                );
+                (full.to_owned(), PendingOp::Delete, result)
+            }
+            Strategy::Versioned => {
+                let key = Self::version_key(full);
+                let op = PendingOp::Incr {
+                    ttl: self.version_ttl(),
+                };
+                let result = self.bump_version(full).await;
+                (key, op, result.map(drop))
+            }
+        };
+        if let Err(e) = &result {
+            tracing::warn!(key, error = %e, "invalidation failed: queued for replay");
+            self.core.queue_invalidation(&self.name, full, &key, op);
+        }
+        result
+    }
+
+    pub(crate) async fn write_to_store(&self, full: &str, value: &V) -> Result<()> {
+        let (bytes, ttl) = self.encode(Some(value), Duration::ZERO)?.ok_or_else(|| {
+            Error::new(
+                ErrorKind::Codec,
+                format!("value over the {} byte limit", self.max_value_bytes),
+            )
+        })?;
+        let store = &self.core.store;
+        let result = match self.strategy {
+            Strategy::Lease => {
+                self.core
+                    .call_for(&self.metrics, store.put_entry(full, bytes, ttl))
+                    .await
+            }
+            Strategy::Versioned => {
+                // A new version, then the value under it: a load that read
+                // the old row fills the old version, which no reader asks
+                // for any more. Writing under the current version would let
+                // that fill overwrite this value.
+                match self.bump_version(full).await {
+                    Ok(v) => {
+                        let key = Self::versioned_key(full, v);
+                        self.core.call_for(&self.metrics, store.set(&key, bytes, ttl)).await
+                    }
+                    Err(e) => Err(e),
+                }
+            }
+            _ => self.core.call_for(&self.metrics, store.set(full, bytes, ttl)).await,
+        };
+        if result.is_err() {
+            // The old value may still be cached: make sure it goes.
+            let _ = self.invalidate_all(&[full.to_owned()]).await;
+        }
+        result
+    }
+}
