@@ -21,7 +21,6 @@ use super::single_flight::{Begin, Leader};
 use super::state::{NsInner, Settled, Shared, Source};
 use crate::error::{Error, ErrorKind, Result};
 use crate::metrics::Event;
-use crate::policy::Strategy;
 use crate::store::{Fill, FillOutcome, LeaseOutcome, LeaseToken};
 
 /// Rounds before the remaining keys are loaded without the cache.
@@ -184,7 +183,7 @@ impl<V: Clone + Send + Sync + 'static> NsInner<V> {
         E: std::error::Error + Send + Sync + 'static,
     {
         let store = &self.core.store;
-        let lease_mode = self.strategy == Strategy::Lease;
+        let lease_mode = self.fences_fills();
         let mut tokens: Vec<Option<LeaseToken>> = vec![None; led.len()];
         // Released if this call is cancelled before it fills or releases them.
         let mut held: Vec<HeldLease> = Vec::new();

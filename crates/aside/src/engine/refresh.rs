@@ -13,9 +13,9 @@ use std::sync::Arc;
 
 use super::read::{Cached, Current};
 use super::state::{Fetched, NsInner, Settled, Shared, Source};
+use super::strategy::Replacing;
 use crate::error::Result;
 use crate::metrics::Event;
-use crate::policy::Strategy;
 use crate::store::LeaseToken;
 
 /// Bound on the keys a namespace remembers as throttled after a failed load.
@@ -49,48 +49,15 @@ impl<V: Clone + Send + Sync + 'static> NsInner<V> {
         // reloaded value installed in its place if no invalidation intervenes.
         self.l1_evict(full);
         let epoch = self.l1_epoch(full);
-        let settled = match self.strategy {
+        let settled = if self.core.retry.is_pending(&self.pending_key(full)) {
             // An invalidation of this key has not reached the store: the
             // loader answers, and nothing is filled until it has.
-            _ if self.core.retry.is_pending(&self.pending_key(full)) => self.load_uncached(loader, &None).await?,
-            Strategy::Lease => {
-                let offered = LeaseToken::random();
-                // As in `load_with_lease`: a lost reply may hide a granted lease.
-                let mut offered_lease = self.hold(full, offered);
-                let granted = self
-                    .call(self.core.store.lease_for_refresh(full, offered, self.lease_ttl))
-                    .await;
-                if granted.is_ok() {
-                    offered_lease.disarm();
-                }
-                drop(offered_lease);
-                match granted {
-                    Ok(Some(token)) => {
-                        let mut lease = self.hold(full, token);
-                        let load_began = self.next_seq();
-                        let loaded = self.run_loader_leased(full, token, loader).await;
-                        lease.disarm();
-                        match loaded {
-                            Ok(loaded) => self.fill_loaded(full, token, loaded, load_began).await,
-                            Err(e) => {
-                                let _ = self.call(self.core.store.release(full, token)).await;
-                                return Err(e);
-                            }
-                        }
-                    }
-                    // No value to replace, or someone holds the lease: the
-                    // ordinary leased load (which may hand us their result).
-                    _ => self.load_with_lease(full, loader, &AtomicU64::new(0)).await?,
-                }
-            }
-            Strategy::Versioned => match self.read_version(full).await {
-                Ok(version) => {
-                    self.load_and_set(&Self::versioned_key(full, version), loader, None)
-                        .await?
-                }
-                Err(_) => self.load_uncached(loader, &None).await?,
-            },
-            Strategy::Delete | Strategy::DoubleDelete { .. } => self.load_and_set(full, loader, None).await?,
+            self.load_uncached(loader, &None).await?
+        } else {
+            // If another caller holds the key's lease, the leased load
+            // behind the refresh lease may hand us their result.
+            self.reload(full, loader, &AtomicU64::new(0), Replacing::Anything)
+                .await?
         };
         let fetched = Fetched {
             value: settled.value,
@@ -176,7 +143,7 @@ impl<V: Clone + Send + Sync + 'static> NsInner<V> {
         full: &str,
         loader: &mut F,
         held: &AtomicU64,
-        current: Current<V>,
+        current: Option<Current<V>>,
     ) -> Shared<V>
     where
         F: FnMut() -> Fut,
@@ -193,7 +160,6 @@ impl<V: Clone + Send + Sync + 'static> NsInner<V> {
             offered_lease.disarm();
         }
         drop(offered_lease);
-        let current = Some(current);
         match granted {
             Ok(Some(token)) => {
                 held.store(token.0, Ordering::Release);
@@ -271,7 +237,9 @@ impl<V: Clone + Send + Sync + 'static> NsInner<V> {
                             key: &full,
                         };
                         let held = AtomicU64::new(0);
-                        let _ = inner.refresh_now(&full, &mut loader, &held, current).await;
+                        let _ = inner
+                            .reload(&full, &mut loader, &held, Replacing::Current(current))
+                            .await;
                         drop(claim);
                     });
                 }

@@ -28,6 +28,28 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::policy::Strategy;
 use crate::store::{EntryView, LeaseToken};
 
+/// What a load replaces, which decides the lease it takes and what it
+/// falls back to when the loader fails.
+pub(crate) enum Replacing<V> {
+    /// Nothing usable is cached: an ordinary miss.
+    Nothing,
+    /// A value still cached, due for early refresh or expired under
+    /// fail-safe: a refresh lease, and the value to fall back to.
+    Current(Current<V>),
+    /// Whatever is cached, by request (`force_refresh`): a refresh lease,
+    /// nothing to fall back to.
+    Anything,
+}
+
+impl<V> Replacing<V> {
+    fn current(self) -> Option<Current<V>> {
+        match self {
+            Replacing::Current(current) => Some(current),
+            Replacing::Nothing | Replacing::Anything => None,
+        }
+    }
+}
+
 impl<V: Clone + Send + Sync + 'static> NsInner<V> {
     /// The key an invalidation of `full` is queued under while the store is away.
     pub(crate) fn pending_key<'a>(&self, full: &'a str) -> std::borrow::Cow<'a, str> {
@@ -206,29 +228,47 @@ impl<V: Clone + Send + Sync + 'static> NsInner<V> {
             // trust nor refill it until it has.
             return self.load_uncached(loader, &None).await;
         }
-        match self.strategy {
-            Strategy::Lease => match current {
-                Some(current) => self.refresh_with_lease(full, loader, held, current).await,
-                None => self.load_with_lease(full, loader, held).await,
-            },
-            Strategy::Versioned => match version {
-                Some(version) => {
-                    self.load_and_set(&Self::versioned_key(full, version), loader, current)
-                        .await
-                }
-                None => self.load_uncached(loader, &current).await,
-            },
-            Strategy::Delete | Strategy::DoubleDelete { .. } => self.load_and_set(full, loader, current).await,
-        }
+        let replacing = match current {
+            Some(current) => Replacing::Current(current),
+            None => Replacing::Nothing,
+        };
+        self.load_and_fill(full, version, loader, held, replacing).await
     }
 
-    /// Reloads a value still in the store, whatever the strategy.
-    pub(crate) async fn refresh_now<F, Fut, E>(
+    /// Loads `full` and fills it, for a caller that did not look it up
+    /// first (a background refresh, a forced one): `Versioned` reads the
+    /// version its data lives under now.
+    pub(crate) async fn reload<F, Fut, E>(
         &self,
         full: &str,
         loader: &mut F,
         held: &AtomicU64,
-        current: Current<V>,
+        replacing: Replacing<V>,
+    ) -> Shared<V>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = std::result::Result<Option<V>, E>>,
+        E: std::error::Error + Send + Sync + 'static,
+    {
+        let version = match self.strategy {
+            Strategy::Versioned => self.read_version(full).await.ok(),
+            Strategy::Lease | Strategy::Delete | Strategy::DoubleDelete { .. } => None,
+        };
+        self.load_and_fill(full, version, loader, held, replacing).await
+    }
+
+    /// How each strategy loads a key and fills what it loaded: under a
+    /// lease (a miss's, or a refresh lease when a value is to be replaced)
+    /// and a fenced fill; or an unconditional `set` of the data key, which
+    /// for `Versioned` is the one under `version` (`None`: it could not be
+    /// read, so the loader answers and nothing is filled).
+    async fn load_and_fill<F, Fut, E>(
+        &self,
+        full: &str,
+        version: Option<u64>,
+        loader: &mut F,
+        held: &AtomicU64,
+        replacing: Replacing<V>,
     ) -> Shared<V>
     where
         F: FnMut() -> Fut,
@@ -236,16 +276,28 @@ impl<V: Clone + Send + Sync + 'static> NsInner<V> {
         E: std::error::Error + Send + Sync + 'static,
     {
         match self.strategy {
-            Strategy::Lease => self.refresh_with_lease(full, loader, held, current).await,
-            Strategy::Versioned => match self.read_version(full).await {
-                Ok(version) => {
-                    self.load_and_set(&Self::versioned_key(full, version), loader, Some(current))
+            Strategy::Lease => match replacing {
+                Replacing::Nothing => self.load_with_lease(full, loader, held).await,
+                Replacing::Current(current) => self.refresh_with_lease(full, loader, held, Some(current)).await,
+                Replacing::Anything => self.refresh_with_lease(full, loader, held, None).await,
+            },
+            Strategy::Versioned => match version {
+                Some(version) => {
+                    self.load_and_set(&Self::versioned_key(full, version), loader, replacing.current())
                         .await
                 }
-                Err(_) => self.load_uncached(loader, &Some(current)).await,
+                None => self.load_uncached(loader, &replacing.current()).await,
             },
-            Strategy::Delete | Strategy::DoubleDelete { .. } => self.load_and_set(full, loader, Some(current)).await,
+            Strategy::Delete | Strategy::DoubleDelete { .. } => {
+                self.load_and_set(full, loader, replacing.current()).await
+            }
         }
+    }
+
+    /// True when fills are fenced by a lease (`Lease`): a batch then asks
+    /// for a lease per key and fills under them; the others `set`.
+    pub(crate) fn fences_fills(&self) -> bool {
+        self.strategy == Strategy::Lease
     }
 
     pub(crate) async fn invalidate_in_store(&self, full: &str) -> Result<()> {
