@@ -7,6 +7,8 @@
 //! loaded twice; with `Lease`, a lease per key, fenced fills, and a waiter
 //! takes a leader's value only if its read began before the value settled.
 //! Keys whose value it may not take are looked up again in a next round.
+//! The lookup per strategy is `strategy::lookup_many`, beside the
+//! single-key one.
 
 use std::collections::HashMap;
 use std::future::Future;

@@ -252,8 +252,8 @@ impl<V: Clone + Send + Sync + 'static> NsInner<V> {
             return Ok(found);
         }
         let Some(l1) = &self.l1 else {
-            found.extend(self.fetch_many(below, loader).await?.values);
-            return Ok(found);
+            // Nothing was found above: the batch's own map is the answer.
+            return Ok(self.fetch_many(below, loader).await?.values);
         };
         let fenced: Vec<(K, String, u64)> = below
             .iter()
@@ -266,8 +266,9 @@ impl<V: Clone + Send + Sync + 'static> NsInner<V> {
                 self.l1_keep(&full, Some(value.clone()), epoch, expires_at_ms);
             }
         }
-        found.extend(below.values);
-        Ok(found)
+        let mut values = below.values;
+        values.extend(found);
+        Ok(values)
     }
 
     /// The L1's answer for `key`, counted as a hit, if it has one. Its key

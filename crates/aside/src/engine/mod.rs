@@ -6,8 +6,22 @@
 //! [`Core::call`], which is where failing open is decided: a skipped, failed
 //! or timed-out call becomes an `Error` the read path turns into a miss.
 //!
-//! The typed read and write paths live in `read` and `write`; coalescing in
-//! `single_flight`. None of them talk to a store except through `Core`.
+//! One namespace's engine is `state::NsInner`; its paths are `impl NsInner`
+//! blocks, one concern a file:
+//!
+//! - `l1`: the read entry points, each through the in-process tier;
+//! - `read`: the single-key read below it (single-flight, the lease's
+//!   state machine, the article's lock, the loader);
+//! - `batch`: the batch read (one lookup, one loader call, one fill);
+//! - `refresh`: values still cached (early refresh, fail-safe, options);
+//! - `strategy`: every decision that depends on the strategy, for both
+//!   read paths and the write path: how a key is looked up, filled and
+//!   invalidated;
+//! - `write`: invalidations and `set`, the L1 and the bus around them;
+//! - `entry`: values to stored bytes and back, and their freshness;
+//! - `lease`, `single_flight`, `retry`, `timer`: the machinery they share.
+//!
+//! None of them talk to a store except through `Core`.
 
 use std::future::Future;
 use std::sync::Arc;

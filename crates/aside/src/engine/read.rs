@@ -2,7 +2,9 @@
 //!
 //! Owns `get`/`fetch` semantics of DESIGN section 4 for every strategy,
 //! negative caching and the loader timeout; what happens to a value still
-//! in the store (early refresh, fail-safe) is in `refresh`. It reaches the store only through `Core::call_for`, so
+//! in the store (early refresh, fail-safe) is in `refresh`, and what each
+//! strategy does to look a key up and fill it is in `strategy`. It reaches
+//! the store only through `Core::call_for`, so
 //! every store failure here is already counted and fed to the breaker; this
 //! module only decides what a failure means (always: a miss).
 //!

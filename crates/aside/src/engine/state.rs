@@ -5,7 +5,7 @@
 //! the counters), how it is built from a [`Settings`], and the types a read
 //! settles with ([`Settled`]) and answers with ([`Fetched`], [`Source`]).
 //! The paths themselves are `impl NsInner` blocks in the other files of
-//! `engine`; `crate::namespace` is the typed facade over it.
+//! `engine`; `Namespace` is the typed facade over it.
 
 use std::sync::{Arc, Weak};
 use std::time::Duration;

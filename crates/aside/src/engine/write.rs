@@ -1,6 +1,8 @@
-//! The write path: invalidations per strategy, and write-through `set`.
+//! The write path: invalidations and write-through `set`.
 //!
-//! Owns what happens to the cache after the database changed. A write the
+//! Owns what happens to the cache after the database changed: the L1
+//! evictions around the store operation (which `strategy` chooses), the bus
+//! message, and the delayed second delete. A write the
 //! store does not take is returned to the caller AND queued for replay, so
 //! an outage never leaves an old value behind for good.
 
