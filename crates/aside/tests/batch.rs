@@ -159,3 +159,61 @@ async fn in_flight_keys_are_awaited_and_fills_are_fenced() {
     assert_eq!(ns.get(&1).await.unwrap().as_deref(), Some("from the single load"));
     assert_eq!(aside.stats().fills_refused, 1);
 }
+
+/// A batch read that read the store before a queued invalidation was
+/// replayed, and checked the queue after the replay, took the old value for
+/// current: the read preceded the replay's delete, the check found nothing
+/// pending. The queue is now checked before the read (as the single-key
+/// path does). The history checker's open I1Local finding on memcached
+/// (docs/HISTORY.md) was this race.
+#[tokio::test]
+async fn a_batch_read_overtaken_by_a_replay_does_not_serve_the_old_value() {
+    let gate = Arc::new(tokio::sync::Semaphore::new(0));
+    let calls = Arc::new(AtomicUsize::new(0));
+    let mut store = Instrumented::new(MemoryStore::new(), calls.clone());
+    store.peek_many_gate = Some(gate.clone());
+    let hooks = store.hooks.clone();
+    let aside = Aside::builder().store(store).build();
+    let users = aside.namespace::<u64, String>("n").build().unwrap();
+    let row = Arc::new(Mutex::new("v0".to_owned()));
+    let loader = || {
+        let row = row.clone();
+        move |keys: Vec<u64>| {
+            let value = row.lock().unwrap().clone();
+            async move { Ok::<_, DbDown>(keys.into_iter().map(|k| (k, value.clone())).collect::<HashMap<_, _>>()) }
+        }
+    };
+    users.set(&1, &"v0".to_owned()).await.unwrap();
+
+    // The database write, and an invalidation the store does not take: queued.
+    *row.lock().unwrap() = "v1".to_owned();
+    hooks.fail("invalidate");
+    users.invalidate(&1).await.unwrap_err();
+    assert_eq!(aside.stats().invalidations_pending, 1);
+
+    // The batch reads the store (still v0) and is held before it answers.
+    let before = calls.load(Ordering::SeqCst);
+    let reader = {
+        let (users, loader) = (users.clone(), loader());
+        tokio::spawn(async move { users.get_many_or_load(&[1], loader).await })
+    };
+    common::eventually("the batch read the store", std::time::Duration::from_secs(30), || {
+        let n = calls.load(Ordering::SeqCst);
+        async move { n > before }
+    })
+    .await;
+    // The replay lands meanwhile.
+    hooks.heal("invalidate");
+    common::eventually("the replay", std::time::Duration::from_secs(30), || {
+        let pending = aside.stats().invalidations_pending;
+        async move { pending == 0 }
+    })
+    .await;
+    gate.add_permits(1_000);
+    let found = reader.await.unwrap().unwrap();
+    assert_eq!(
+        found.get(&1).map(String::as_str),
+        Some("v1"),
+        "the batch served the value the queued invalidation removed"
+    );
+}

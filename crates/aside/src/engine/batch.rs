@@ -193,6 +193,11 @@ impl<V: Clone + Send + Sync + 'static> NsInner<V> {
         // settled no earlier than this.
         let looked_at = self.read_seq.fetch_add(1, Ordering::SeqCst);
         let mut to_load = vec![true; led.len()];
+        // Before the round trip, as in `lookup_many`.
+        let pending: Vec<bool> = led
+            .iter()
+            .map(|l| self.core.retry.is_pending(&self.pending_key(&l.full)))
+            .collect();
         if lease_mode {
             let asks: Vec<(String, LeaseToken)> = led
                 .iter()
@@ -213,7 +218,7 @@ impl<V: Clone + Send + Sync + 'static> NsInner<V> {
                             tokens[i] = Some(token);
                             held.push(self.hold(&led[i].store_key, token));
                         }
-                        LeaseOutcome::Hit(bytes) if !self.core.retry.is_pending(&self.pending_key(&led[i].full)) => {
+                        LeaseOutcome::Hit(bytes) if !pending[i] => {
                             // A value past its logical expiry that a store with
                             // coarser TTLs (memcached) still holds is loaded again.
                             if let Some(entry) = self.decode_hit(&led[i].store_key, &bytes).await

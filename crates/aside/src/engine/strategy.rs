@@ -133,6 +133,13 @@ impl<V: Clone + Send + Sync + 'static> NsInner<V> {
         found: &mut Found<K, V>,
     ) -> Vec<(K, String, String, Option<LeaseToken>)> {
         let fulls: Vec<String> = keys.iter().map(|(_, f)| f.clone()).collect();
+        // Checked before the store is read, as `read_cached` does: a check
+        // after it could follow the replay of a queued invalidation that
+        // the read preceded, and take the value it removed for current.
+        let pending: Vec<bool> = fulls
+            .iter()
+            .map(|full| self.core.retry.is_pending(&self.pending_key(full)))
+            .collect();
         let store = &self.core.store;
         let looked: Vec<(Option<Bytes>, Option<LeaseToken>)> = match self.strategy {
             Strategy::Lease => match self.call(store.peek_many(&fulls)).await {
@@ -174,9 +181,8 @@ impl<V: Clone + Send + Sync + 'static> NsInner<V> {
                 for (i, (key, full)) in keys.iter().enumerate() {
                     // A pending invalidation's version bump has not reached
                     // the store: the data under the version read may be old.
-                    let pending = self.core.retry.is_pending(&self.pending_key(full));
                     let hit = match values.get(i).cloned().flatten() {
-                        Some(bytes) if !pending => self.batch_hit(&data_keys[i], &bytes).await,
+                        Some(bytes) if !pending[i] => self.batch_hit(&data_keys[i], &bytes).await,
                         _ => None,
                     };
                     self.count_lookup(count, hit.is_some());
@@ -195,9 +201,8 @@ impl<V: Clone + Send + Sync + 'static> NsInner<V> {
         let mut misses = Vec::new();
         for (i, (key, full)) in keys.iter().enumerate() {
             let (bytes, lease) = looked.get(i).cloned().unwrap_or((None, None));
-            let pending = self.core.retry.is_pending(&self.pending_key(full));
             let hit = match bytes {
-                Some(bytes) if !pending => self.batch_hit(full, &bytes).await,
+                Some(bytes) if !pending[i] => self.batch_hit(full, &bytes).await,
                 _ => None,
             };
             self.count_lookup(count, hit.is_some());

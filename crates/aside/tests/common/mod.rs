@@ -108,6 +108,8 @@ pub struct Instrumented<S> {
     calls: Arc<AtomicUsize>,
     /// When set, `peek_entry` reads, then waits for a permit before answering.
     pub peek_gate: Option<Arc<tokio::sync::Semaphore>>,
+    /// When set, `peek_many` reads, then waits for a permit before answering.
+    pub peek_many_gate: Option<Arc<tokio::sync::Semaphore>>,
     pub hooks: Arc<Hooks>,
 }
 
@@ -190,6 +192,7 @@ impl<S> Instrumented<S> {
             inner,
             calls,
             peek_gate: None,
+            peek_many_gate: None,
             hooks: Arc::default(),
         }
     }
@@ -292,7 +295,11 @@ impl<S: Store> Store for Instrumented<S> {
     async fn peek_many(&self, keys: &[String]) -> StoreResult<Vec<EntryView>> {
         self.tick();
         self.hooks.enter("peek_many").await?;
-        self.inner.peek_many(keys).await
+        let views = self.inner.peek_many(keys).await;
+        if let Some(gate) = &self.peek_many_gate {
+            gate.acquire().await.expect("never closed").forget();
+        }
+        views
     }
     async fn lookup_or_lease_many(
         &self,
