@@ -34,7 +34,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use aside::bus::{Bus, BusEvent, Invalidation};
-use aside::store::{EntryView, Fill, FillOutcome, LeaseOutcome, LeaseToken, Store, StoreError, StoreResult};
+use aside::store::{EntryView, Fill, FillOutcome, FillWatch, LeaseOutcome, LeaseToken, Store, StoreError, StoreResult};
 use async_trait::async_trait;
 use bytes::Bytes;
 use futures::future::BoxFuture;
@@ -859,6 +859,12 @@ impl Store for FaultStore {
     async fn fill(&self, key: &str, token: LeaseToken, value: Bytes, ttl: Duration) -> StoreResult<FillOutcome> {
         self.run("fill", key, |s| async move { s.fill(key, token, value, ttl).await })
             .await
+    }
+
+    /// Forwarded without faults: a lost notification is covered by the
+    /// engine's fallback polling, and a watch is no store round trip.
+    fn watch_fill(&self, key: &str) -> Option<FillWatch> {
+        self.inner().watch_fill(key)
     }
 
     async fn release(&self, key: &str, token: LeaseToken) -> StoreResult<()> {

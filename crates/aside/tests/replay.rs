@@ -193,6 +193,9 @@ impl Store for Faulty {
         self.before("fill", key).await?;
         self.inner.fill(key, token, value, ttl).await
     }
+    fn watch_fill(&self, key: &str) -> Option<aside::store::FillWatch> {
+        self.inner.watch_fill(key)
+    }
     async fn release(&self, key: &str, token: LeaseToken) -> StoreResult<()> {
         self.before("release", key).await?;
         self.inner.release(key, token).await

@@ -38,6 +38,9 @@ pub mod memcached;
 pub mod memory;
 #[cfg(feature = "redis")]
 pub mod redis;
+pub mod wake;
+
+pub use wake::{FillWakes, FillWatch};
 
 /// An error from a store. The engine counts it and treats it as a miss on
 /// reads; it is only ever returned to callers from writes.
@@ -214,6 +217,18 @@ pub trait Store: Send + Sync + 'static {
     async fn renew_lease(&self, key: &str, token: LeaseToken, lease_ttl: Duration) -> StoreResult<bool> {
         let _ = (key, token, lease_ttl);
         Ok(false)
+    }
+
+    /// A watch that is woken when the lease on `key` ends (a fill, a
+    /// release, a write that revokes it), for a reader that is about to look
+    /// `key` up and may find it busy: it waits on the watch instead of
+    /// polling. Take it before the lookup (see [`FillWatch`]).
+    ///
+    /// The default is `None`: the store cannot notify, and busy readers poll
+    /// it with backoff.
+    fn watch_fill(&self, key: &str) -> Option<FillWatch> {
+        let _ = key;
+        None
     }
 
     /// Gives a lease back without filling (the loader failed or found

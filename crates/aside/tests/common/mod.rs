@@ -255,6 +255,9 @@ impl<S: Store> Store for Instrumented<S> {
         self.hooks.enter("renew_lease").await?;
         self.inner.renew_lease(key, token, ttl).await
     }
+    fn watch_fill(&self, key: &str) -> Option<aside::store::FillWatch> {
+        self.inner.watch_fill(key)
+    }
     async fn release(&self, key: &str, token: LeaseToken) -> StoreResult<()> {
         self.tick();
         self.hooks.enter("release").await?;

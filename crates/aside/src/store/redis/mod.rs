@@ -3,8 +3,11 @@
 //! Owns the Redis mapping of the [`Store`] contract. Plain values are
 //! strings (`GET`/`SET PX`/`DEL`/`INCR`), readable by any other client;
 //! leased entries are one hash per key (`v` value, `s` stale flag, `t` lease
-//! token, `e` lease deadline) changed only by the Lua scripts beside this
-//! file. Each script touches exactly one key, so it is valid in Redis
+//! token, `e` lease deadline, `w` a reader waits for the lease to end)
+//! changed only by the Lua scripts beside this file. A script that ends a
+//! lease some reader waited for publishes the key on
+//! [`RedisConfig::fill_channel`]; each store's subscriber task wakes the
+//! readers of its process (see [`crate::store::wake`]). Each script touches exactly one key, so it is valid in Redis
 //! Cluster as is.
 //!
 //! Why `ConnectionManager`: it multiplexes every caller over one connection
@@ -13,14 +16,18 @@
 //! Both timeouts are set explicitly (see [`RedisConfig`]) because a cache
 //! that waits on a dead server is worse than no cache.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
+use futures::StreamExt;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{RedisError, Script};
 
-use super::{EntryView, Fill, FillOutcome, LeaseOutcome, LeaseToken, Store, StoreError, StoreResult};
+use super::{
+    EntryView, Fill, FillOutcome, FillWakes, FillWatch, LeaseOutcome, LeaseToken, Store, StoreError, StoreResult,
+};
 
 /// Connection settings of a [`RedisStore`].
 #[derive(Debug, Clone)]
@@ -34,7 +41,16 @@ pub struct RedisConfig {
     pub reconnect_retries: usize,
     /// First delay between reconnect attempts (exponential after). Default 50 ms.
     pub reconnect_min_delay: Duration,
+    /// The pub/sub channel on which the end of a lease that readers wait for
+    /// is announced, so readers in every process sharing the server wake at
+    /// once instead of polling. Every store on one server that shares keys
+    /// must use the same channel. `None` turns notifications off (readers
+    /// poll). Default [`DEFAULT_FILL_CHANNEL`].
+    pub fill_channel: Option<String>,
 }
+
+/// The default [`RedisConfig::fill_channel`].
+pub const DEFAULT_FILL_CHANNEL: &str = "aside:fills";
 
 impl Default for RedisConfig {
     fn default() -> Self {
@@ -43,6 +59,7 @@ impl Default for RedisConfig {
             response_timeout: Duration::from_millis(250),
             reconnect_retries: 2,
             reconnect_min_delay: Duration::from_millis(50),
+            fill_channel: Some(DEFAULT_FILL_CHANNEL.to_owned()),
         }
     }
 }
@@ -88,7 +105,95 @@ impl Scripts {
 #[derive(Clone)]
 pub struct RedisStore {
     conn: ConnectionManager,
-    scripts: std::sync::Arc<Scripts>,
+    scripts: Arc<Scripts>,
+    /// The channel the scripts publish lease ends on; empty: none.
+    fill_channel: Arc<str>,
+    fill_subscription: Option<Arc<FillSubscription>>,
+}
+
+/// The subscriber task that turns lease ends published on the fill channel
+/// into wakes of this process's waiting readers. It lives as long as the
+/// store's last clone.
+///
+/// Why a dedicated connection: a subscribed RESP2 connection can do nothing
+/// else, and the multiplexed connection must never wait behind it.
+struct FillSubscription {
+    wakes: FillWakes,
+    task: tokio::task::AbortHandle,
+}
+
+impl Drop for FillSubscription {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Marks notifications down when the subscriber task ends, however it ends
+/// (aborted, or dropped with the runtime that ran it), so waiters poll.
+struct DownOnDrop(FillWakes);
+
+impl Drop for DownOnDrop {
+    fn drop(&mut self) {
+        self.0.set_live(false);
+    }
+}
+
+impl FillSubscription {
+    /// Subscribes to `channel` (once, bounded by `connect_timeout`, so that a
+    /// store that has just connected already wakes its readers), then keeps
+    /// the subscription up in a background task. A failed first attempt is
+    /// not an error: the task goes on trying, and readers poll meanwhile.
+    async fn start(client: redis::Client, channel: String, connect_timeout: Duration) -> Self {
+        let wakes = FillWakes::pending();
+        let subscribe = move |client: redis::Client, channel: String| async move {
+            let attempt = async {
+                let mut pubsub = client.get_async_pubsub().await?;
+                pubsub.subscribe(&channel).await?;
+                Ok::<_, RedisError>(pubsub)
+            };
+            tokio::time::timeout(connect_timeout, attempt).await.ok()?.ok()
+        };
+        let first = subscribe(client.clone(), channel.clone()).await;
+        if first.is_some() {
+            wakes.set_live(true);
+        }
+        let task_wakes = wakes.clone();
+        let task = tokio::spawn(async move {
+            let down_on_drop = DownOnDrop(task_wakes);
+            let wakes = &down_on_drop.0;
+            let mut pubsub = first;
+            let mut backoff = Duration::from_millis(50);
+            loop {
+                let Some(subscribed) = pubsub.take() else {
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(2));
+                    pubsub = subscribe(client.clone(), channel.clone()).await;
+                    if pubsub.is_some() {
+                        tracing::info!(channel, "fill notifications resubscribed");
+                        wakes.set_live(true);
+                    }
+                    continue;
+                };
+                backoff = Duration::from_millis(50);
+                let mut messages = subscribed.into_on_message();
+                while let Some(message) = messages.next().await {
+                    // A payload that is not a key of ours wakes nobody.
+                    if let Ok(key) = std::str::from_utf8(message.get_payload_bytes()) {
+                        wakes.wake(key);
+                    }
+                }
+                tracing::warn!(
+                    channel,
+                    "fill notifications lost their connection: readers poll until it is back"
+                );
+                wakes.set_live(false);
+            }
+        });
+        FillSubscription {
+            wakes,
+            task: task.abort_handle(),
+        }
+    }
 }
 
 impl std::fmt::Debug for RedisStore {
@@ -165,12 +270,20 @@ impl RedisStore {
             .set_number_of_retries(config.reconnect_retries)
             .set_min_delay(config.reconnect_min_delay)
             .set_max_delay(Duration::from_secs(1));
-        let conn = ConnectionManager::new_with_config(client, manager_config)
+        let conn = ConnectionManager::new_with_config(client.clone(), manager_config)
             .await
             .map_err(store_error)?;
+        let fill_subscription = match &config.fill_channel {
+            Some(channel) => Some(Arc::new(
+                FillSubscription::start(client, channel.clone(), config.connect_timeout).await,
+            )),
+            None => None,
+        };
         Ok(RedisStore {
             conn,
-            scripts: std::sync::Arc::new(Scripts::new()),
+            scripts: Arc::new(Scripts::new()),
+            fill_channel: Arc::from(config.fill_channel.as_deref().unwrap_or("")),
+            fill_subscription,
         })
     }
 
@@ -317,6 +430,7 @@ impl Store for RedisStore {
             .arg(token.0)
             .arg(value.as_ref())
             .arg(ttl_ms(ttl))
+            .arg(self.fill_channel.as_ref())
             .invoke_async(&mut self.conn.clone())
             .await
             .map_err(store_error)?;
@@ -340,11 +454,16 @@ impl Store for RedisStore {
         Ok(renewed == 1)
     }
 
+    fn watch_fill(&self, key: &str) -> Option<FillWatch> {
+        self.fill_subscription.as_ref().map(|s| s.wakes.watch(key))
+    }
+
     async fn release(&self, key: &str, token: LeaseToken) -> StoreResult<()> {
         self.scripts
             .release
             .key(key)
             .arg(token.0)
+            .arg(self.fill_channel.as_ref())
             .invoke_async::<i64>(&mut self.conn.clone())
             .await
             .map_err(store_error)?;
@@ -357,6 +476,7 @@ impl Store for RedisStore {
             .key(key)
             .arg(value.as_ref())
             .arg(ttl_ms(ttl))
+            .arg(self.fill_channel.as_ref())
             .invoke_async::<i64>(&mut self.conn.clone())
             .await
             .map_err(store_error)?;
@@ -371,6 +491,7 @@ impl Store for RedisStore {
             .invalidate_keep_stale
             .key(key)
             .arg(ttl_ms(stale_ttl))
+            .arg(self.fill_channel.as_ref())
             .invoke_async::<i64>(&mut self.conn.clone())
             .await
             .map_err(store_error)?;
@@ -436,7 +557,8 @@ impl Store for RedisStore {
                 .arg(&fill.key)
                 .arg(fill.token.0)
                 .arg(fill.value.as_ref())
-                .arg(ttl_ms(fill.ttl));
+                .arg(ttl_ms(fill.ttl))
+                .arg(self.fill_channel.as_ref());
         }
         let stored: Vec<i64> = self.query_scripted(&pipe, include_str!("fill.lua")).await?;
         Ok(stored
