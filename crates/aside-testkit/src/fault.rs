@@ -373,6 +373,16 @@ pub enum JournalEvent {
         /// The key.
         key: String,
     },
+    /// A store call that was not faulted but never answered its caller:
+    /// the engine's timeout gave up on it (a loaded machine), or its caller
+    /// was cancelled. Not injected, yet the engine saw a failed call, so the
+    /// checker weighs it as a fault.
+    Abandoned {
+        /// The `Store` method.
+        method: &'static str,
+        /// The (first) key of the call.
+        key: String,
+    },
     /// A fault on a subscription of `instance`.
     Delivery {
         /// The subscribing bus's instance number.
@@ -665,6 +675,25 @@ impl std::fmt::Debug for FaultStore {
 /// Decrements the in-flight count when a call ends or is dropped.
 struct InFlight(Arc<AtomicUsize>);
 
+/// Journals [`JournalEvent::Abandoned`] for a call dropped before it answered.
+struct AbandonedUnlessAnswered<'a> {
+    plan: &'a FaultPlan,
+    method: &'static str,
+    key: &'a str,
+    answered: bool,
+}
+
+impl Drop for AbandonedUnlessAnswered<'_> {
+    fn drop(&mut self) {
+        if !self.answered {
+            self.plan.journal_push(JournalEvent::Abandoned {
+                method: self.method,
+                key: self.key.to_owned(),
+            });
+        }
+    }
+}
+
 impl Drop for InFlight {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::SeqCst);
@@ -764,6 +793,13 @@ impl FaultStore {
                 key: key.to_owned(),
             });
         }
+        let mut abandoned = AbandonedUnlessAnswered {
+            plan: &self.plan,
+            method,
+            key,
+            // A hang is journaled as the fault it is.
+            answered: matches!(fault, StoreFault::HangBefore | StoreFault::HangAfter),
+        };
         let result = match fault {
             StoreFault::Pass => call(self.inner()).await,
             StoreFault::Delay(d) => {
@@ -789,6 +825,7 @@ impl FaultStore {
                 call(self.inner()).await
             }
         };
+        abandoned.answered = true;
         self.plan.pause().await;
         result
     }
