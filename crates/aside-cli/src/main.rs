@@ -2,18 +2,23 @@
 //!
 //! Owns argument parsing, logging set-up, the runtime, and turning a
 //! failure into one `error: ...` line on stderr and a non-zero exit. Each
-//! subcommand lives in its own module (`demo`, `warm`, `serve`, `bench`); the
-//! workload runner, the database, the key sampler and the report are shared
-//! modules so later scenarios can reuse them.
+//! subcommand lives in its own module (`demo`, `warm`, `serve`, `bench`);
+//! what several share is a module of its own that imports none of them:
+//! the store flags (`store`), the flag parsers (`parse`), table layout and
+//! number formats (`table`), the database (`db`), the key sampler (`zipf`),
+//! the workload runner (`workload`) and its report (`report`).
 #![forbid(unsafe_code)]
 
 mod bench;
 mod db;
 mod demo;
 mod error;
+mod parse;
 mod report;
 mod scenario;
 mod serve;
+mod store;
+mod table;
 mod warm;
 mod workload;
 mod zipf;
