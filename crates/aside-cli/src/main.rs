@@ -6,7 +6,9 @@
 //! what several share is a module of its own that imports none of them:
 //! the store flags (`store`), the flag parsers (`parse`), table layout and
 //! number formats (`table`), the database (`db`), the key sampler (`zipf`),
-//! the workload runner (`workload`) and its report (`report`).
+//! the workload runner (`workload`) and its report (`report`). The hidden
+//! subcommand `stampede-worker` is one reader process of
+//! `demo --scenario stampede --processes N`, started by the demo itself.
 #![forbid(unsafe_code)]
 
 mod bench;
@@ -51,6 +53,10 @@ enum Command {
     /// its L1, against a raw redis-rs GET, a raw moka get, the article's
     /// code and (feature `peers`) the `cached` and `amalgam-cache` crates.
     Bench(bench::BenchArgs),
+    /// One process of `demo --scenario stampede --processes N`: readers of
+    /// the hot key, started by the demo, released by `go` on stdin.
+    #[command(hide = true)]
+    StampedeWorker(scenario::stampede::workers::WorkerArgs),
 }
 
 /// Logs to stderr, `warn` and above unless `RUST_LOG` says otherwise.
@@ -78,6 +84,7 @@ fn main() -> ExitCode {
             Command::Warm(args) => warm::run(args).await,
             Command::Serve(args) => serve::run(args).await,
             Command::Bench(args) => bench::run(args).await,
+            Command::StampedeWorker(args) => scenario::stampede::workers::serve(args).await,
         }
     });
     match result {

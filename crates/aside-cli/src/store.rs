@@ -70,6 +70,16 @@ impl StoreChoice {
         }
     }
 
+    /// The flags that name this store to another process (empty for the
+    /// in-process store, which no other process can reach).
+    pub fn flags(&self) -> Vec<String> {
+        match self {
+            StoreChoice::Memory(_) => Vec::new(),
+            StoreChoice::Redis(url) => vec!["--redis".to_owned(), url.clone()],
+            StoreChoice::Memcached(addrs) => vec!["--memcached".to_owned(), addrs.clone()],
+        }
+    }
+
     /// A new `Aside` on this store, with its own connection for Redis
     /// (its own pool for memcached).
     ///

@@ -42,6 +42,11 @@ pub struct ScenarioArgs {
     #[arg(long, default_value_t = 200, value_parser = clap::value_parser!(u64).range(1..=100_000))]
     pub clients: u64,
 
+    /// `stampede`: spread the readers over this many OS processes sharing
+    /// the store (`--redis` or `--memcached`); 1 runs them all in this one.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=64))]
+    pub processes: u64,
+
     /// Writer tasks of the race. Four writers on ten keys write each key
     /// about every 30 ms, so most writes meet a load in flight: the race
     /// the strategies differ on happens in every run.

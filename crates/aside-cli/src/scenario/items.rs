@@ -48,8 +48,8 @@ impl Rows {
         Ok(rows)
     }
 
-    /// Opens the file at `path`, whose table may not exist yet, with a
-    /// query count of its own.
+    /// Opens the table another process created at `path` (a stampede
+    /// worker reads the rows its parent seeded), with its own query count.
     ///
     /// # Errors
     /// The SQLite error, with what was being done.

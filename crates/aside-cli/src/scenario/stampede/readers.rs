@@ -1,14 +1,16 @@
-//! The stampede's readers.
+//! The stampede's readers, wherever they run: in the demo's process, or in
+//! a worker process of `--processes N`.
 //!
 //! Owns what a mode means for the namespace, starting the readers of the
 //! one hot key held at a barrier (so they all ask at once: no sleep), and
-//! what they measured ([`Readings`]).
+//! what they measured ([`Readings`]), which is also what a worker prints
+//! for its parent and what the parent merges.
 
 use std::sync::Arc;
 use std::time::Instant;
 
 use aside::{Aside, Namespace, Stampede, Strategy};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tokio::sync::Barrier;
 use tokio::task::JoinHandle;
 
@@ -43,12 +45,20 @@ pub fn hot_namespace(cache: &Aside, mode: &str) -> Result<Namespace<u64, u64>> {
 }
 
 /// What readers measured: loader calls and every reader's latency.
-#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Readings {
     /// Loader calls (database reads) the readers' loads made.
     pub db_queries: u64,
     /// One latency per reader that got its answer, ms.
     pub latencies_ms: Vec<f64>,
+}
+
+impl Readings {
+    /// Adds `other`'s queries and latencies to these.
+    pub fn merge(&mut self, other: Readings) {
+        self.db_queries += other.db_queries;
+        self.latencies_ms.extend(other.latencies_ms);
+    }
 }
 
 /// Readers of the hot key, spawned and waiting at a barrier for [`Readers::release`].
