@@ -296,6 +296,15 @@ pub enum FillOutcome {
 
 /// A cache backend.
 ///
+/// A store implements [`Store::name`] and the lease state machine:
+/// [`Store::peek_entry`], [`Store::lookup_or_lease`],
+/// [`Store::lease_for_refresh`], [`Store::fill`], [`Store::release`],
+/// [`Store::put_entry`], [`Store::invalidate`] and [`Store::delete`]. That
+/// is enough for [`Strategy::Lease`](crate::Strategy::Lease), the default;
+/// the plain-value methods, for the other strategies, are opt-in
+/// ([`Store::supports_plain_values`]), and the rest have defaults.
+/// `aside_testkit::store_contract` checks an implementation.
+///
 /// Every method must be cancel-safe in the sense that dropping its future
 /// leaves the store in one of the states of the table above, and must never
 /// panic on data read from the network.
