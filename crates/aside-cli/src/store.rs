@@ -119,11 +119,8 @@ impl StoreChoice {
         let builder = Aside::builder().prefix(prefix);
         Ok(match self {
             StoreChoice::Memory(store) => builder.shared_store(store.clone()),
-            StoreChoice::Redis(url) => builder.store(
-                RedisStore::connect(url)
-                    .await
-                    .context(format_args!("cannot connect to Redis at {url}"))?,
-            ),
+            // The store's error names the server, its password masked.
+            StoreChoice::Redis(url) => builder.store(RedisStore::connect(url).await?),
             StoreChoice::Memcached(addrs) => builder.store(
                 MemcachedStore::connect(addrs)
                     .await

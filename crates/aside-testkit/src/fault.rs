@@ -806,12 +806,12 @@ impl FaultStore {
                 tokio::time::sleep(d).await;
                 call(self.inner()).await
             }
-            StoreFault::ErrorBefore => Err(StoreError::Connection(format!(
+            StoreFault::ErrorBefore => Err(StoreError::connection(format!(
                 "injected: {method} failed before it was applied"
             ))),
             StoreFault::ErrorAfter => {
                 let _ = call(self.inner()).await;
-                Err(StoreError::Connection(format!(
+                Err(StoreError::connection(format!(
                     "injected: {method} applied, reply lost"
                 )))
             }
@@ -840,6 +840,10 @@ impl Store for FaultStore {
     /// Never local: the engine must apply its timeout and breaker, even over a `MemoryStore`.
     fn is_local(&self) -> bool {
         false
+    }
+
+    fn supports_plain_values(&self) -> bool {
+        self.inner().supports_plain_values()
     }
 
     async fn get(&self, key: &str) -> StoreResult<Option<Bytes>> {
@@ -1108,14 +1112,12 @@ impl Bus for FaultBus {
             }
             BusFault::ErrorBefore => {
                 self.plan.count(FaultKind::BusErrorBefore);
-                Err(StoreError::Connection(
-                    "injected: bus down, message not published".into(),
-                ))
+                Err(StoreError::connection("injected: bus down, message not published"))
             }
             BusFault::ErrorAfter => {
                 self.plan.count(FaultKind::BusErrorAfter);
                 let _ = self.inner.publish(message).await;
-                Err(StoreError::Connection("injected: published, reply lost".into()))
+                Err(StoreError::connection("injected: published, reply lost"))
             }
         };
         let outcome = match (fault, &result) {
@@ -1144,7 +1146,7 @@ impl Bus for FaultBus {
                 instance: self.instance,
                 kind: FaultKind::BusSubscribeError,
             });
-            return Err(StoreError::Connection("injected: subscription refused".into()));
+            return Err(StoreError::connection("injected: subscription refused"));
         }
         let mut inner = self.inner.subscribe().await?;
         let (tx, rx) = mpsc::channel(1024);

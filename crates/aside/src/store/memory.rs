@@ -178,6 +178,10 @@ impl Store for MemoryStore {
         true
     }
 
+    fn supports_plain_values(&self) -> bool {
+        true
+    }
+
     async fn get(&self, key: &str) -> StoreResult<Option<Bytes>> {
         Ok(match self.cache.get(key).await {
             Some(Timed {
@@ -223,7 +227,7 @@ impl Store for MemoryStore {
                     let slot = Slot::Plain(Bytes::from(next.to_string()));
                     (Op::Put(Timed::new(slot, Some(ttl))), Ok(next))
                 }
-                None => (Op::Nop, Err(StoreError::Server("value is not an integer".into()))),
+                None => (Op::Nop, Err(StoreError::server("value is not an integer"))),
             }
         })
         .await

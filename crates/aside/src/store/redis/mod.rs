@@ -27,6 +27,7 @@ use redis::{RedisError, Script};
 
 use super::{
     EntryView, Fill, FillOutcome, FillWakes, FillWatch, LeaseOutcome, LeaseToken, Store, StoreError, StoreResult,
+    masked_url,
 };
 
 /// Connection settings of a [`RedisStore`].
@@ -230,9 +231,9 @@ fn store_error(e: RedisError) -> StoreError {
                 )
         );
     if whole_store {
-        StoreError::Connection(e.to_string())
+        StoreError::connection("the Redis connection failed, or the server cannot serve now").with_source(e)
     } else {
-        StoreError::Server(e.to_string())
+        StoreError::server("Redis answered this request with an error").with_source(e)
     }
 }
 
@@ -241,7 +242,7 @@ fn lease_outcome(code: i64, value: Option<Bytes>, token: LeaseToken) -> StoreRes
         (1, Some(v)) => Ok(LeaseOutcome::Hit(v)),
         (2, stale) => Ok(LeaseOutcome::Busy { stale }),
         (3, stale) => Ok(LeaseOutcome::Granted { token, stale }),
-        (code, _) => Err(StoreError::Server(format!("lookup_or_lease returned code {code}"))),
+        (code, _) => Err(StoreError::server(format!("lookup_or_lease returned code {code}"))),
     }
 }
 
@@ -263,7 +264,8 @@ impl RedisStore {
     /// # Errors
     /// [`StoreError::Connection`] when the URL is invalid or the server cannot be reached.
     pub async fn connect_with(url: &str, config: RedisConfig) -> StoreResult<Self> {
-        let client = redis::Client::open(url).map_err(|e| StoreError::Connection(e.to_string()))?;
+        let client = redis::Client::open(url)
+            .map_err(|e| StoreError::connection(format!("invalid Redis URL {}", masked_url(url))).with_source(e))?;
         let manager_config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(config.connect_timeout))
             .set_response_timeout(Some(config.response_timeout))
@@ -272,7 +274,9 @@ impl RedisStore {
             .set_max_delay(Duration::from_secs(1));
         let conn = ConnectionManager::new_with_config(client.clone(), manager_config)
             .await
-            .map_err(store_error)?;
+            .map_err(|e| {
+                StoreError::connection(format!("cannot connect to Redis at {}", masked_url(url))).with_source(e)
+            })?;
         let fill_subscription = match &config.fill_channel {
             Some(channel) => Some(Arc::new(
                 FillSubscription::start(client, channel.clone(), config.connect_timeout).await,
@@ -317,6 +321,10 @@ impl RedisStore {
 impl Store for RedisStore {
     fn name(&self) -> &'static str {
         "redis"
+    }
+
+    fn supports_plain_values(&self) -> bool {
+        true
     }
 
     async fn get(&self, key: &str) -> StoreResult<Option<Bytes>> {
@@ -600,6 +608,44 @@ mod tests {
 
     use super::*;
 
+    /// The error of a failed connect says which server, never with the
+    /// URL's password, and keeps redis-rs's error as its source.
+    #[tokio::test]
+    async fn a_connect_error_names_the_server_without_its_password() {
+        let refused_port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .unwrap()
+            .port();
+        let unreachable = format!("redis://ada:hunter2@127.0.0.1:{refused_port}/");
+        for (url, shown) in [
+            (
+                unreachable.as_str(),
+                format!("redis://ada:***@127.0.0.1:{refused_port}/"),
+            ),
+            (
+                "redis://ada:hunter2@127.0.0.1:notaport/",
+                "redis://ada:***@127.0.0.1:notaport/".to_owned(),
+            ),
+        ] {
+            let err = RedisStore::connect(url).await.expect_err(url);
+            assert!(matches!(err, StoreError::Connection { .. }), "{err:?}");
+            let mut chain = format!("{err} {err:?}");
+            let mut source = std::error::Error::source(&err);
+            assert!(source.is_some(), "redis-rs's error is kept");
+            while let Some(e) = source {
+                chain += &format!(" {e} {e:?}");
+                source = e.source();
+            }
+            assert!(chain.contains(&shown), "{chain}");
+            assert!(!chain.contains("hunter2"), "{chain}");
+            let err = crate::Error::from(err);
+            assert!(
+                err.is_store() && !format!("{err} {err:?}").contains("hunter2"),
+                "{err:?}"
+            );
+        }
+    }
+
     /// Defect 16 of issue 12: only what no key escapes feeds the breaker.
     #[test]
     fn errors_about_one_key_are_server_errors_and_a_sick_server_is_a_connection_error() {
@@ -610,7 +656,7 @@ mod tests {
             ErrorKind::Server(ServerErrorKind::ExecAbort),
             ErrorKind::Extension,
         ] {
-            assert!(matches!(kind(per_key), StoreError::Server(_)), "{per_key:?}");
+            assert!(matches!(kind(per_key), StoreError::Server { .. }), "{per_key:?}");
         }
         for whole_store in [
             ErrorKind::Io,
@@ -622,7 +668,7 @@ mod tests {
             ErrorKind::Server(ServerErrorKind::MasterDown),
         ] {
             assert!(
-                matches!(kind(whole_store), StoreError::Connection(_)),
+                matches!(kind(whole_store), StoreError::Connection { .. }),
                 "{whole_store:?}"
             );
         }
