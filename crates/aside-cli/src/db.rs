@@ -19,6 +19,12 @@ use tempfile::TempDir;
 
 use crate::error::Context;
 
+/// Largest `--users`: the key sampler holds one `f64` per user.
+pub const MAX_USERS: u64 = 10_000_000;
+/// Upper bound on the database's read connections, whatever the concurrency
+/// (each is a thread; more do not help on a small machine).
+pub const MAX_DB_READERS: u32 = 8;
+
 /// Rows per `INSERT` while seeding: 4 parameters each stays under SQLite's
 /// oldest bound of 999 parameters per statement.
 const SEED_BATCH: u64 = 200;

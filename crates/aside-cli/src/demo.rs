@@ -16,24 +16,19 @@
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
-use std::str::FromStr;
 use std::time::{Duration, Instant};
 
 use aside::bus::redis::RedisBus;
 use aside::{Aside, Strategy};
 use clap::Args;
 
-use crate::db::Db;
+use crate::db::{Db, MAX_DB_READERS, MAX_USERS};
 use crate::error::{Context, Result};
+use crate::parse;
 use crate::report;
-use crate::scenario::StoreArgs;
+use crate::scenario::{ScenarioArgs, Setting};
+use crate::store::StoreArgs;
 use crate::workload::{Summary, Target, Workload, run_workload};
-
-/// Largest `--users`: the key sampler holds one `f64` per user.
-pub const MAX_USERS: u64 = 10_000_000;
-/// Upper bound on the database's read connections, whatever the concurrency
-/// (each is a thread; more do not help on a small machine).
-pub const MAX_DB_READERS: u32 = 8;
 /// Capacity of the L1 of `--tiers`, in profiles.
 pub const L1_ENTRIES: u64 = 100_000;
 
@@ -54,7 +49,7 @@ pub struct DemoArgs {
     /// Seconds to run the workload (default 10; for `race`, 3 per
     /// strategy; for `expiry` and `db-outage`, 10 per mode; for `chaos`,
     /// 20 per run).
-    #[arg(long, value_parser = parse_seconds)]
+    #[arg(long, value_parser = parse::seconds)]
     pub duration: Option<f64>,
 
     /// User profiles in the database.
@@ -62,11 +57,11 @@ pub struct DemoArgs {
     pub users: u64,
 
     /// Zipf exponent of key popularity (0 is uniform; larger is more skewed).
-    #[arg(long, default_value_t = 0.99, value_parser = parse_exponent)]
+    #[arg(long, default_value_t = 0.99, value_parser = parse::exponent)]
     pub zipf: f64,
 
     /// Fraction of operations that are writes (0.1667 is reads:writes 5:1).
-    #[arg(long, default_value_t = 0.1667, value_parser = parse_fraction)]
+    #[arg(long, default_value_t = 0.1667, value_parser = parse::fraction)]
     pub write_ratio: f64,
 
     /// Concurrent tasks issuing operations.
@@ -78,11 +73,11 @@ pub struct DemoArgs {
     pub store: StoreArgs,
 
     /// Invalidation strategy: delete, double-delete, versioned or lease.
-    #[arg(long, default_value = "lease", value_parser = parse_strategy)]
+    #[arg(long, default_value = "lease", value_parser = parse::strategy)]
     pub strategy: Strategy,
 
     /// Cache entry TTL in seconds (default 600; 2 for `expiry`, 1 for `db-outage`).
-    #[arg(long, value_parser = parse_seconds)]
+    #[arg(long, value_parser = parse::seconds)]
     pub ttl: Option<f64>,
 
     /// SQLite file to use (created and seeded if needed, kept afterwards);
@@ -101,38 +96,7 @@ pub struct DemoArgs {
     pub tiers: bool,
 
     #[command(flatten)]
-    pub scenario_args: crate::scenario::ScenarioArgs,
-}
-
-fn parse_seconds(s: &str) -> Result<f64, String> {
-    let seconds: f64 = s.parse().map_err(|_| format!("{s:?} is not a number of seconds"))?;
-    if seconds.is_finite() && seconds > 0.0 && seconds <= 1e9 {
-        Ok(seconds)
-    } else {
-        Err("expected a number of seconds greater than 0".to_owned())
-    }
-}
-
-fn parse_exponent(s: &str) -> Result<f64, String> {
-    let exponent: f64 = s.parse().map_err(|_| format!("{s:?} is not a number"))?;
-    if exponent.is_finite() && exponent >= 0.0 {
-        Ok(exponent)
-    } else {
-        Err("expected a number >= 0".to_owned())
-    }
-}
-
-fn parse_fraction(s: &str) -> Result<f64, String> {
-    let fraction: f64 = s.parse().map_err(|_| format!("{s:?} is not a number"))?;
-    if (0.0..=1.0).contains(&fraction) {
-        Ok(fraction)
-    } else {
-        Err("expected a number between 0 and 1".to_owned())
-    }
-}
-
-fn parse_strategy(s: &str) -> Result<Strategy, String> {
-    Strategy::from_str(s).map_err(|_| "expected delete, double-delete, versioned or lease".to_owned())
+    pub scenario_args: ScenarioArgs,
 }
 
 /// Runs the demo and prints its summary (a table, or JSON with `--json`).
@@ -142,7 +106,16 @@ fn parse_strategy(s: &str) -> Result<Strategy, String> {
 /// database error during the run.
 pub async fn run(args: DemoArgs) -> Result<()> {
     if args.scenario != "main" {
-        return crate::scenario::run(&args).await;
+        let setting = Setting {
+            store: args.store.choice(),
+            db: args.db.clone(),
+            duration: args.duration,
+            ttl: args.ttl,
+            concurrency: args.concurrency as usize,
+            json: args.json,
+            args: args.scenario_args.clone(),
+        };
+        return crate::scenario::run(&args.scenario, &setting).await;
     }
     let duration = args.duration.unwrap_or(10.0);
     let chatty = !args.json;

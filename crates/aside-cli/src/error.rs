@@ -50,6 +50,14 @@ fn describe(error: &dyn std::error::Error) -> String {
     text
 }
 
+/// A store error names its server itself (its password masked), so it
+/// needs no context of ours, which would print the raw URL.
+impl From<aside::store::StoreError> for CliError {
+    fn from(error: aside::store::StoreError) -> Self {
+        CliError::new(describe(&error))
+    }
+}
+
 /// Adds what the tool was doing to an error.
 pub trait Context<T> {
     /// Wraps the error as `"{what}: {error}"`.

@@ -2,18 +2,25 @@
 //!
 //! Owns argument parsing, logging set-up, the runtime, and turning a
 //! failure into one `error: ...` line on stderr and a non-zero exit. Each
-//! subcommand lives in its own module (`demo`, `warm`, `serve`, `bench`); the
-//! workload runner, the database, the key sampler and the report are shared
-//! modules so later scenarios can reuse them.
+//! subcommand lives in its own module (`demo`, `warm`, `serve`, `bench`);
+//! what several share is a module of its own that imports none of them:
+//! the store flags (`store`), the flag parsers (`parse`), table layout and
+//! number formats (`table`), the database (`db`), the key sampler (`zipf`),
+//! the workload runner (`workload`) and its report (`report`). The hidden
+//! subcommand `stampede-worker` is one reader process of
+//! `demo --scenario stampede --processes N`, started by the demo itself.
 #![forbid(unsafe_code)]
 
 mod bench;
 mod db;
 mod demo;
 mod error;
+mod parse;
 mod report;
 mod scenario;
 mod serve;
+mod store;
+mod table;
 mod warm;
 mod workload;
 mod zipf;
@@ -46,6 +53,10 @@ enum Command {
     /// its L1, against a raw redis-rs GET, a raw moka get, the article's
     /// code and (feature `peers`) the `cached` and `amalgam-cache` crates.
     Bench(bench::BenchArgs),
+    /// One process of `demo --scenario stampede --processes N`: readers of
+    /// the hot key, started by the demo, released by `go` on stdin.
+    #[command(hide = true)]
+    StampedeWorker(scenario::stampede::workers::WorkerArgs),
 }
 
 /// Logs to stderr, `warn` and above unless `RUST_LOG` says otherwise.
@@ -73,6 +84,7 @@ fn main() -> ExitCode {
             Command::Warm(args) => warm::run(args).await,
             Command::Serve(args) => serve::run(args).await,
             Command::Bench(args) => bench::run(args).await,
+            Command::StampedeWorker(args) => scenario::stampede::workers::serve(args).await,
         }
     });
     match result {

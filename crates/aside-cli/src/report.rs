@@ -1,9 +1,11 @@
 //! Renders a workload [`Summary`]: an aligned plain-text table for people,
 //! one JSON object for programs.
 //!
-//! Owns formatting only; every figure is computed by the workload runner.
+//! Owns formatting only; every figure is computed by the workload runner,
+//! and the number formats are [`crate::table`]'s.
 
 use crate::error::{Context, Result};
+use crate::table::count;
 use crate::workload::Summary;
 
 /// The summary as one JSON object on one line.
@@ -109,19 +111,6 @@ fn row(label: &'static str, value: String, remark: String) -> (&'static str, Str
     (label, value, remark)
 }
 
-/// `1234567` as `1,234,567`.
-pub fn count(n: u64) -> String {
-    let digits = n.to_string();
-    let mut out = String::with_capacity(digits.len() + digits.len() / 3);
-    for (i, c) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i).is_multiple_of(3) {
-            out.push(',');
-        }
-        out.push(c);
-    }
-    out
-}
-
 /// `part / whole` as a percentage with one decimal.
 fn percent(part: u64, whole: u64) -> String {
     if whole == 0 {
@@ -143,14 +132,6 @@ fn micros(us: f64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn counts_are_grouped_by_thousands() {
-        assert_eq!(count(0), "0");
-        assert_eq!(count(999), "999");
-        assert_eq!(count(1_000), "1,000");
-        assert_eq!(count(1_234_567), "1,234,567");
-    }
 
     #[test]
     fn percentages_and_micros() {

@@ -21,10 +21,10 @@ use regex::Regex;
 use serde::Serialize;
 
 use crate::db::{Db, User};
-use crate::demo::{MAX_DB_READERS, MAX_USERS};
+use crate::db::{MAX_DB_READERS, MAX_USERS};
 use crate::error::{CliError, Context, Result};
-use crate::report::count;
-use crate::scenario::StoreArgs;
+use crate::store::StoreArgs;
+use crate::table::count;
 
 /// The namespace warmed: the demo's user profiles.
 const NAMESPACE: &str = "user:profile";
@@ -72,7 +72,7 @@ pub struct WarmArgs {
     pub prefix: String,
 
     /// TTL of the warmed entries, in seconds.
-    #[arg(long, default_value_t = 600.0, value_parser = parse_ttl)]
+    #[arg(long, default_value_t = 600.0, value_parser = crate::parse::seconds)]
     pub ttl: f64,
 
     /// Print the summary as one JSON object on stdout (and no progress bar).
@@ -86,15 +86,6 @@ fn parse_pattern(s: &str) -> std::result::Result<Regex, String> {
         return Err("the pattern needs a capture group for the id, e.g. `/users/(\\d+)`".to_owned());
     }
     Ok(regex)
-}
-
-fn parse_ttl(s: &str) -> std::result::Result<f64, String> {
-    let seconds: f64 = s.parse().map_err(|_| format!("{s:?} is not a number of seconds"))?;
-    if seconds.is_finite() && seconds > 0.0 && seconds <= 1e9 {
-        Ok(seconds)
-    } else {
-        Err("expected a number of seconds greater than 0".to_owned())
-    }
 }
 
 /// What reading the input found.

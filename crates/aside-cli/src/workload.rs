@@ -430,7 +430,7 @@ fn update_progress(bar: &ProgressBar, live: &Live, started: Instant, duration: D
         "{:.1}s / {}s  {} requests  hit ratio {:.1}%",
         elapsed.as_secs_f64(),
         duration.as_secs_f64(),
-        crate::report::count(requests),
+        crate::table::count(requests),
         ratio(hits, requests) * 100.0
     ));
 }

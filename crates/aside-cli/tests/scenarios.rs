@@ -100,6 +100,60 @@ fn stampede_on_memory_and_redis_loads_once_with_aside() {
     );
 }
 
+/// `stampede --processes N` with 40 readers on the store `store_flags`
+/// name, checked: the loads of every process are summed (`none` counts
+/// about one per reader, more than any one process has), aside loads once
+/// in all, and every reader of every process answered.
+fn check_stampede_over_processes(store_flags: &[&str], processes: u64) -> serde_json::Value {
+    let spread = [
+        "--scenario",
+        "stampede",
+        "--clients",
+        "40",
+        "--processes",
+        &processes.to_string(),
+    ];
+    let report = scenario_json(&[&spread[..], store_flags].concat());
+    check_stampede(&report, 40);
+    for row in results(&report) {
+        assert_eq!(row["processes"], processes, "{row}");
+        assert_eq!(row["clients"], 40, "{row}");
+        assert_eq!(row["answered"], 40, "every reader answered: {row}");
+        assert_eq!(row["loader_ms"], 50.0, "{row}");
+    }
+    report
+}
+
+#[test]
+fn stampede_over_processes_on_redis_loads_once_with_aside() {
+    let server = RedisServer::start();
+    let report = check_stampede_over_processes(&["--redis", &server.url()], 4);
+    assert_eq!(report["store"], "redis");
+}
+
+#[test]
+fn stampede_over_processes_on_memcached_loads_once_with_aside() {
+    let server = MemcachedServer::start();
+    let report = check_stampede_over_processes(&["--memcached", &server.addr()], 2);
+    assert_eq!(report["store"], "memcached");
+}
+
+#[test]
+fn stampede_over_processes_needs_a_shared_store() {
+    let out = Command::new(env!("CARGO_BIN_EXE_aside"))
+        .args(["demo", "--json", "--scenario", "stampede", "--processes", "2"])
+        .output()
+        .expect("the aside binary runs");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("--processes 2 needs a store the processes share"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(out.stdout.is_empty(), "nothing on stdout on failure");
+}
+
 /// The lease row of a `race --l1 --strategies lease` report, checked.
 fn check_race_l1(report: &serde_json::Value) -> serde_json::Value {
     let rows = results(report);

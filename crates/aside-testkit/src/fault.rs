@@ -34,7 +34,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use aside::bus::{Bus, BusEvent, Invalidation};
-use aside::store::{EntryView, Fill, FillOutcome, LeaseOutcome, LeaseToken, Store, StoreError, StoreResult};
+use aside::store::{EntryView, Fill, FillOutcome, FillWatch, LeaseOutcome, LeaseToken, Store, StoreError, StoreResult};
 use async_trait::async_trait;
 use bytes::Bytes;
 use futures::future::BoxFuture;
@@ -373,6 +373,16 @@ pub enum JournalEvent {
         /// The key.
         key: String,
     },
+    /// A store call that was not faulted but never answered its caller:
+    /// the engine's timeout gave up on it (a loaded machine), or its caller
+    /// was cancelled. Not injected, yet the engine saw a failed call, so the
+    /// checker weighs it as a fault.
+    Abandoned {
+        /// The `Store` method.
+        method: &'static str,
+        /// The (first) key of the call.
+        key: String,
+    },
     /// A fault on a subscription of `instance`.
     Delivery {
         /// The subscribing bus's instance number.
@@ -665,6 +675,25 @@ impl std::fmt::Debug for FaultStore {
 /// Decrements the in-flight count when a call ends or is dropped.
 struct InFlight(Arc<AtomicUsize>);
 
+/// Journals [`JournalEvent::Abandoned`] for a call dropped before it answered.
+struct AbandonedUnlessAnswered<'a> {
+    plan: &'a FaultPlan,
+    method: &'static str,
+    key: &'a str,
+    answered: bool,
+}
+
+impl Drop for AbandonedUnlessAnswered<'_> {
+    fn drop(&mut self) {
+        if !self.answered {
+            self.plan.journal_push(JournalEvent::Abandoned {
+                method: self.method,
+                key: self.key.to_owned(),
+            });
+        }
+    }
+}
+
 impl Drop for InFlight {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::SeqCst);
@@ -764,18 +793,25 @@ impl FaultStore {
                 key: key.to_owned(),
             });
         }
+        let mut abandoned = AbandonedUnlessAnswered {
+            plan: &self.plan,
+            method,
+            key,
+            // A hang is journaled as the fault it is.
+            answered: matches!(fault, StoreFault::HangBefore | StoreFault::HangAfter),
+        };
         let result = match fault {
             StoreFault::Pass => call(self.inner()).await,
             StoreFault::Delay(d) => {
                 tokio::time::sleep(d).await;
                 call(self.inner()).await
             }
-            StoreFault::ErrorBefore => Err(StoreError::Connection(format!(
+            StoreFault::ErrorBefore => Err(StoreError::connection(format!(
                 "injected: {method} failed before it was applied"
             ))),
             StoreFault::ErrorAfter => {
                 let _ = call(self.inner()).await;
-                Err(StoreError::Connection(format!(
+                Err(StoreError::connection(format!(
                     "injected: {method} applied, reply lost"
                 )))
             }
@@ -789,6 +825,7 @@ impl FaultStore {
                 call(self.inner()).await
             }
         };
+        abandoned.answered = true;
         self.plan.pause().await;
         result
     }
@@ -803,6 +840,10 @@ impl Store for FaultStore {
     /// Never local: the engine must apply its timeout and breaker, even over a `MemoryStore`.
     fn is_local(&self) -> bool {
         false
+    }
+
+    fn supports_plain_values(&self) -> bool {
+        self.inner().supports_plain_values()
     }
 
     async fn get(&self, key: &str) -> StoreResult<Option<Bytes>> {
@@ -859,6 +900,12 @@ impl Store for FaultStore {
     async fn fill(&self, key: &str, token: LeaseToken, value: Bytes, ttl: Duration) -> StoreResult<FillOutcome> {
         self.run("fill", key, |s| async move { s.fill(key, token, value, ttl).await })
             .await
+    }
+
+    /// Forwarded without faults: a lost notification is covered by the
+    /// engine's fallback polling, and a watch is no store round trip.
+    fn watch_fill(&self, key: &str) -> Option<FillWatch> {
+        self.inner().watch_fill(key)
     }
 
     async fn release(&self, key: &str, token: LeaseToken) -> StoreResult<()> {
@@ -1065,14 +1112,12 @@ impl Bus for FaultBus {
             }
             BusFault::ErrorBefore => {
                 self.plan.count(FaultKind::BusErrorBefore);
-                Err(StoreError::Connection(
-                    "injected: bus down, message not published".into(),
-                ))
+                Err(StoreError::connection("injected: bus down, message not published"))
             }
             BusFault::ErrorAfter => {
                 self.plan.count(FaultKind::BusErrorAfter);
                 let _ = self.inner.publish(message).await;
-                Err(StoreError::Connection("injected: published, reply lost".into()))
+                Err(StoreError::connection("injected: published, reply lost"))
             }
         };
         let outcome = match (fault, &result) {
@@ -1101,7 +1146,7 @@ impl Bus for FaultBus {
                 instance: self.instance,
                 kind: FaultKind::BusSubscribeError,
             });
-            return Err(StoreError::Connection("injected: subscription refused".into()));
+            return Err(StoreError::connection("injected: subscription refused"));
         }
         let mut inner = self.inner.subscribe().await?;
         let (tx, rx) = mpsc::channel(1024);

@@ -5,6 +5,8 @@
 //! - [`fault`]: `Store` and `Bus` wrappers that inject seeded faults and pauses.
 //! - [`history`]: random programs over every public operation, run by several
 //!   `Aside` instances, checked against the invariants of DESIGN section 8.
+//! - [`store_contract`]: the rules every `Store` must keep, as functions a
+//!   store author runs on their store (and [`store_contract_tests!`]).
 //!
 //! This module owns process management for tests and nothing else. Each server gets its
 //! own temporary directory and port, so tests never touch a server they did
@@ -22,9 +24,28 @@ use std::time::Duration;
 
 pub mod fault;
 pub mod history;
+pub mod store_contract;
 
 /// How long a server may take to say it is ready.
 const READY_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// Polls `check` every 10 ms until it holds, for what has no event to wait
+/// on (a TTL running out, a server's state); panics naming `what` after
+/// `bound`, which should be generous: a loaded machine is slow.
+///
+/// # Panics
+/// When `check` still fails after `bound`.
+pub async fn eventually<F, Fut>(what: &str, bound: Duration, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + bound;
+    while !check().await {
+        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for: {what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
 
 /// A free TCP port on 127.0.0.1 (bound, then released).
 pub fn free_port() -> u16 {

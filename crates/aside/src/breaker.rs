@@ -46,7 +46,8 @@ impl BreakerConfig {
     }
 }
 
-/// The state of a [`Breaker`], as reported in stats and metrics.
+/// The state of the store's circuit breaker, as reported by
+/// [`Aside::breaker_state`](crate::Aside::breaker_state), in stats and in metrics.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "kebab-case")]
 #[non_exhaustive]
@@ -65,7 +66,7 @@ const HALF_OPEN: u8 = 2;
 
 /// A lock-free circuit breaker.
 #[derive(Debug)]
-pub struct Breaker {
+pub(crate) struct Breaker {
     config: BreakerConfig,
     state: AtomicU8,
     failures: AtomicU32,
@@ -76,7 +77,7 @@ pub struct Breaker {
 
 impl Breaker {
     /// A closed breaker.
-    pub fn new(config: BreakerConfig) -> Self {
+    pub(crate) fn new(config: BreakerConfig) -> Self {
         Breaker {
             config,
             state: AtomicU8::new(CLOSED),
@@ -91,7 +92,7 @@ impl Breaker {
     }
 
     /// The current state.
-    pub fn state(&self) -> BreakerState {
+    pub(crate) fn state(&self) -> BreakerState {
         match self.state.load(Ordering::Relaxed) {
             CLOSED => BreakerState::Closed,
             OPEN => BreakerState::Open,
@@ -102,7 +103,7 @@ impl Breaker {
     /// May the caller use the store now? A `true` from an open breaker makes
     /// the caller the half-open probe. A probe that never reports (its future
     /// was dropped) is replaced after another `open_for`.
-    pub fn allow(&self) -> bool {
+    pub(crate) fn allow(&self) -> bool {
         let state = self.state.load(Ordering::Relaxed);
         if state == CLOSED {
             return true;
@@ -124,7 +125,7 @@ impl Breaker {
     }
 
     /// Reports a store call that succeeded.
-    pub fn record_success(&self) {
+    pub(crate) fn record_success(&self) {
         if self.failures.load(Ordering::Relaxed) != 0 {
             self.failures.store(0, Ordering::Relaxed);
         }
@@ -134,7 +135,7 @@ impl Breaker {
     }
 
     /// Reports a store call that failed or timed out.
-    pub fn record_failure(&self) {
+    pub(crate) fn record_failure(&self) {
         let state = self.state.load(Ordering::Relaxed);
         let failures = self.failures.fetch_add(1, Ordering::AcqRel) + 1;
         if state == HALF_OPEN || (state == CLOSED && failures >= self.config.failure_threshold) {

@@ -129,5 +129,32 @@ impl std::error::Error for Error {
     }
 }
 
+/// A store error becomes an [`ErrorKind::Store`] error with the store error
+/// as its source, so `?` works on a store's own calls in a function that
+/// returns [`Result`]:
+///
+/// ```no_run
+/// # async fn connect() -> aside::Result<aside::Aside> {
+/// let store = aside::store::redis::RedisStore::connect("redis://127.0.0.1:6379").await?;
+/// Ok(aside::Aside::builder().store(store).build())
+/// # }
+/// ```
+///
+/// The message says what kind of failure it was; the store error, the
+/// source, says what failed (`connection: cannot connect to Redis at ...`,
+/// never with a URL's password), and its own source is the client's error.
+impl From<crate::store::StoreError> for Error {
+    fn from(e: crate::store::StoreError) -> Self {
+        use crate::store::StoreError;
+        let summary = match &e {
+            StoreError::Connection { .. } => "the store could not be reached",
+            StoreError::Server { .. } => "the store answered with an error",
+            StoreError::Refused { .. } => "the store refused the operation",
+            StoreError::Unsupported { .. } => "the store does not support the operation",
+        };
+        Error::with_source(ErrorKind::Store, summary, e)
+    }
+}
+
 /// Shorthand for `Result<T, aside::Error>`.
 pub type Result<T, E = Error> = std::result::Result<T, E>;

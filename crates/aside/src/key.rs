@@ -9,7 +9,8 @@ use std::fmt::{Display, Write};
 
 use crate::error::{Error, ErrorKind};
 
-/// Default bound on a full key's length, in bytes: memcached's limit.
+/// Default bound on a full key's length, in bytes ([`AsideBuilder::max_key_len`](crate::AsideBuilder::max_key_len)):
+/// memcached's limit. Longer keys are replaced by a digest.
 pub const DEFAULT_MAX_KEY_LEN: usize = 250;
 
 /// Builds the full key of `key` in a namespace whose keys start with `prefix_ns`
@@ -18,7 +19,7 @@ pub const DEFAULT_MAX_KEY_LEN: usize = 250;
 /// # Errors
 /// [`ErrorKind::InvalidKey`] when the key's `Display` form is empty or holds a
 /// control character or whitespace.
-pub fn full_key<K: Display + ?Sized>(prefix_ns: &str, key: &K, max_len: usize) -> Result<String, Error> {
+pub(crate) fn full_key<K: Display + ?Sized>(prefix_ns: &str, key: &K, max_len: usize) -> Result<String, Error> {
     let mut full = String::with_capacity(prefix_ns.len() + 24);
     full.push_str(prefix_ns);
     append_key_part(&mut full, prefix_ns.len(), key, max_len)?;
@@ -38,7 +39,7 @@ pub fn full_key<K: Display + ?Sized>(prefix_ns: &str, key: &K, max_len: usize) -
 ///
 /// # Errors
 /// As [`full_key`].
-pub fn append_key_part<K: Display + ?Sized>(
+pub(crate) fn append_key_part<K: Display + ?Sized>(
     buf: &mut String,
     prefix_len: usize,
     key: &K,
@@ -77,7 +78,7 @@ const HASHED: char = '#';
 ///
 /// # Errors
 /// [`ErrorKind::Config`] naming the offending character.
-pub fn check_namespace(name: &str) -> Result<(), Error> {
+pub(crate) fn check_namespace(name: &str) -> Result<(), Error> {
     if let Some(bad) = name
         .chars()
         .find(|c| c.is_control() || c.is_whitespace() || *c == '{' || *c == '}')

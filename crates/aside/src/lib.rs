@@ -86,12 +86,49 @@
 //! history is checked for I1, I2 and I3. `aside demo --scenario chaos` runs
 //! the same checker as a run to watch.
 //!
+//! ## The API on one page
+//!
+//! - [`Aside`], from [`Aside::builder`]: one per process and store; holds
+//!   the store, the circuit breaker ([`BreakerConfig`], [`BreakerState`]),
+//!   the invalidation bus, the replay queue and the counters ([`Stats`]).
+//! - [`Namespace`], from [`Aside::namespace`] and [`NamespaceBuilder`]: a
+//!   typed view of one kind of value. Reads: [`Namespace::get_or_load`],
+//!   [`Namespace::fetch`], [`Namespace::fetch_with`] ([`FetchOptions`]),
+//!   [`Namespace::fetch_owned`], [`Namespace::get_many_or_load`],
+//!   [`Namespace::warm`] ([`WarmOptions`]) and [`Namespace::get`]; what they
+//!   return says where it came from ([`Fetched`], [`Source`]). Writes:
+//!   [`Namespace::set`], [`Namespace::invalidate`],
+//!   [`Namespace::invalidate_many`].
+//! - Policies per namespace: [`Strategy`], [`Stampede`], [`EarlyRefresh`],
+//!   and the builder's TTL, lease, negative-caching, fail-safe and L1
+//!   settings. Codecs: [`Codec`], [`Json`] (default), [`MessagePack`].
+//! - Errors: one [`Error`] with an [`ErrorKind`], and [`Result`].
+//! - Backends: the [`Store`] trait and its implementations in [`store`]
+//!   ([`MemoryStore`], Redis, memcached); the [`bus::Bus`] trait and its
+//!   implementations in [`bus`]. A store of your own passes
+//!   `aside_testkit::store_contract`.
+//! - Metric names for dashboards: [`metrics`].
+//!
+//! Defaults, nameable: [`DEFAULT_TTL`], [`DEFAULT_LEASE_TTL`] (at least
+//! [`MIN_LEASE_TTL`]), [`DEFAULT_MAX_VALUE_BYTES`],
+//! [`DEFAULT_DOUBLE_DELETE_DELAY`], [`DEFAULT_OP_TIMEOUT`],
+//! [`DEFAULT_RETRY_CAPACITY`], [`DEFAULT_MAX_KEY_LEN`],
+//! [`store::memory::DEFAULT_CAPACITY_BYTES`]; every duration is bounded by
+//! [`MAX_DURATION`].
+//!
 //! ## Features
 //!
-//! - `redis` (default): [`store::redis::RedisStore`] on redis-rs, and
-//!   `bus::redis::RedisBus` (pub/sub).
-//! - `memcached`: `store::memcached::MemcachedStore` on the meta protocol.
-//! - `nats`: `bus::nats::NatsBus` on async-nats.
+//! Every feature of the crate, none of which changes the API of another:
+//!
+//! - `redis` (default): [`store::redis::RedisStore`] on redis-rs (with
+//!   `ConnectionManager`: reconnects on its own), and `bus::redis::RedisBus`
+//!   (pub/sub).
+//! - `memcached`: `store::memcached::MemcachedStore`, on memcached's meta
+//!   protocol (1.6+), with a client of its own on tokio.
+//! - `nats`: `bus::nats::NatsBus`, an invalidation bus on async-nats.
+//!
+//! With no feature, the in-process [`MemoryStore`] (moka) is the only
+//! store, and it is always there.
 //!
 //! [moka]: https://docs.rs/moka
 #![forbid(unsafe_code)]
@@ -103,29 +140,38 @@ use std::time::Duration;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-pub mod breaker;
+mod breaker;
 pub mod bus;
-pub mod codec;
+mod codec;
 mod engine;
+#[doc(hidden)]
 pub mod envelope;
 mod error;
-pub mod key;
+mod key;
 pub mod metrics;
 mod namespace;
-pub mod policy;
+mod policy;
 pub mod store;
 
 pub use breaker::{BreakerConfig, BreakerState};
 pub use codec::{Codec, Json, MessagePack};
-pub use engine::single_flight;
 pub use error::{Error, ErrorKind, Result};
+pub use key::DEFAULT_MAX_KEY_LEN;
 pub use metrics::Stats;
-pub use namespace::{FetchOptions, Fetched, MAX_DURATION, Namespace, NamespaceBuilder, Source, Stampede, WarmOptions};
-pub use policy::{EarlyRefresh, Strategy};
+pub use namespace::{
+    DEFAULT_LEASE_TTL, DEFAULT_MAX_VALUE_BYTES, DEFAULT_TTL, FetchOptions, Fetched, MAX_DURATION, MIN_LEASE_TTL,
+    Namespace, NamespaceBuilder, Source, Stampede, WarmOptions,
+};
+pub use policy::{DEFAULT_DOUBLE_DELETE_DELAY, EarlyRefresh, Strategy};
 pub use store::Store;
 pub use store::memory::MemoryStore;
 
 use engine::Core;
+
+/// The README's example, compiled and run as a doc test.
+#[doc = include_str!("../../../README.md")]
+#[cfg(all(doctest, feature = "redis"))]
+pub struct ReadmeDoctests;
 
 /// The entry point: one store, one breaker, one set of counters, shared by
 /// every namespace built from it. Cloning is cheap (an `Arc`).
@@ -248,13 +294,14 @@ pub struct AsideBuilder {
     bus: Option<Arc<dyn bus::Bus>>,
 }
 
-/// Default bound on one store operation.
+/// Default bound on one store operation ([`AsideBuilder::op_timeout`]).
 pub const DEFAULT_OP_TIMEOUT: Duration = Duration::from_millis(250);
-/// Default capacity of the invalidation retry queue.
+/// Default capacity of the invalidation retry queue ([`AsideBuilder::retry_capacity`]).
 pub const DEFAULT_RETRY_CAPACITY: usize = 10_000;
 
 impl AsideBuilder {
-    /// The store (default: a [`MemoryStore`] of 256 MiB).
+    /// The store (default: a [`MemoryStore`] of
+    /// [`store::memory::DEFAULT_CAPACITY_BYTES`], 256 MiB).
     pub fn store(mut self, store: impl Store) -> Self {
         self.store = Some(Arc::new(store));
         self
@@ -272,7 +319,7 @@ impl AsideBuilder {
         self
     }
 
-    /// Bound on each store operation (default 250 ms). Past it the operation
+    /// Bound on each store operation (default [`DEFAULT_OP_TIMEOUT`], 250 ms). Past it the operation
     /// counts as failed and a read goes to the loader.
     pub fn op_timeout(mut self, timeout: Duration) -> Self {
         self.op_timeout = Some(timeout);
@@ -285,7 +332,8 @@ impl AsideBuilder {
         self
     }
 
-    /// Capacity of the queue of invalidations awaiting replay (default 10,000).
+    /// Capacity of the queue of invalidations awaiting replay (default
+    /// [`DEFAULT_RETRY_CAPACITY`], 10,000).
     pub fn retry_capacity(mut self, capacity: usize) -> Self {
         self.retry_capacity = Some(capacity);
         self
@@ -298,7 +346,8 @@ impl AsideBuilder {
         self
     }
 
-    /// Keys longer than this are hashed (default 250 bytes).
+    /// Keys longer than this are hashed (default [`DEFAULT_MAX_KEY_LEN`], 250
+    /// bytes; at least 64).
     pub fn max_key_len(mut self, len: usize) -> Self {
         self.max_key_len = Some(len);
         self

@@ -49,7 +49,7 @@ pub const BREAKER_STATE: &str = "aside_breaker_state";
 /// The events `aside` counts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[allow(missing_docs)]
-pub enum Event {
+pub(crate) enum Event {
     Hit,
     Miss,
     Load,

@@ -184,6 +184,19 @@ where
 
     /// As [`Namespace::get_or_load`], and also says where the value came from.
     ///
+    /// # Examples
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> aside::Result<()> {
+    /// let names = aside::Aside::builder().build().namespace::<u64, String>("name").build()?;
+    /// use aside::Source;
+    /// let load = || async { Ok::<_, std::io::Error>(Some("Ada".to_string())) };
+    /// assert_eq!(names.fetch(&7, load).await?.source, Source::Loaded);
+    /// let again = names.fetch(&7, load).await?;
+    /// assert_eq!((again.value.as_deref(), again.source), (Some("Ada"), Source::Hit));
+    /// # Ok(()) }
+    /// ```
+    ///
     /// # Errors
     /// As [`Namespace::get_or_load`].
     ///
@@ -206,6 +219,23 @@ where
     /// value answers with that value while the load completes and fills the
     /// cache. Needs a Tokio runtime.
     ///
+    /// # Examples
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> aside::Result<()> {
+    /// let names = aside::Aside::builder().build().namespace::<u64, String>("name").build()?;
+    /// use std::sync::Arc;
+    /// let db = Arc::new(String::from("Ada")); // what the loader owns: a pool, a client
+    /// let fetched = names
+    ///     .fetch_owned(&7, move || {
+    ///         let db = db.clone();
+    ///         async move { Ok::<_, std::io::Error>(Some(db.to_string())) }
+    ///     })
+    ///     .await?;
+    /// assert_eq!(fetched.value.as_deref(), Some("Ada"));
+    /// # Ok(()) }
+    /// ```
+    ///
     /// # Errors
     /// As [`Namespace::get_or_load`].
     ///
@@ -223,6 +253,20 @@ where
 
     /// As [`Namespace::fetch`], with per-call [`FetchOptions`]: skip the
     /// cache entirely, or force a reload that replaces the cached value.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> aside::Result<()> {
+    /// let names = aside::Aside::builder().build().namespace::<u64, String>("name").build()?;
+    /// use aside::{FetchOptions, Source};
+    /// names.set(&7, &"Ada".to_string()).await?;
+    /// let renamed = || async { Ok::<_, std::io::Error>(Some("Grace".to_string())) };
+    /// let fresh = names.fetch_with(&7, FetchOptions::force_refresh(), renamed).await?;
+    /// assert_eq!(fresh.source, Source::Loaded);
+    /// assert_eq!(names.get(&7).await?.as_deref(), Some("Grace"));
+    /// # Ok(()) }
+    /// ```
     ///
     /// # Errors
     /// As [`Namespace::get_or_load`].
@@ -252,8 +296,32 @@ where
     /// `options.concurrency` batches at a time, calling `progress` with the
     /// number of keys done after each batch. Returns how many keys were found.
     ///
+    /// # Examples
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> aside::Result<()> {
+    /// let names = aside::Aside::builder().build().namespace::<u64, String>("name").build()?;
+    /// use std::collections::HashMap;
+    /// use aside::WarmOptions;
+    /// let ids: Vec<u64> = (1..=250).collect();
+    /// let one_query = |batch: Vec<u64>| async move {
+    ///     // SELECT ... WHERE id IN (...), one per batch of 100
+    ///     Ok::<_, std::io::Error>(batch.into_iter().map(|id| (id, format!("user {id}"))).collect::<HashMap<_, _>>())
+    /// };
+    /// let found = names
+    ///     .warm(&ids, WarmOptions::default().batch_size(100), one_query, |done| println!("{done} keys warmed"))
+    ///     .await?;
+    /// assert_eq!(found, 250);
+    /// assert_eq!(names.get(&42).await?.as_deref(), Some("user 42"));
+    /// # Ok(()) }
+    /// ```
+    ///
     /// # Errors
     /// The first error of a batch; batches already done stay cached.
+    ///
+    /// # Concurrent calls
+    /// Each batch as in [`Namespace::get_many_or_load`]: keys another caller
+    /// is loading are awaited, not loaded again.
     pub async fn warm<F, Fut, E>(
         &self,
         keys: &[K],
@@ -325,6 +393,17 @@ where
     /// Returns the cached value of `key` without loading. A store failure
     /// reads as `None` (and is counted).
     ///
+    /// # Examples
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> aside::Result<()> {
+    /// let names = aside::Aside::builder().build().namespace::<u64, String>("name").build()?;
+    /// assert_eq!(names.get(&7).await?, None); // a miss, and nothing is loaded
+    /// names.set(&7, &"Ada".to_string()).await?;
+    /// assert_eq!(names.get(&7).await?.as_deref(), Some("Ada"));
+    /// # Ok(()) }
+    /// ```
+    ///
     /// # Errors
     /// [`ErrorKind::InvalidKey`] for a bad key.
     pub async fn get(&self, key: &K) -> Result<Option<V>> {
@@ -334,17 +413,48 @@ where
     /// Writes `value` to the cache (write-through), revoking any lease in
     /// flight so an older load cannot overwrite it.
     ///
+    /// # Examples
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> aside::Result<()> {
+    /// let names = aside::Aside::builder().build().namespace::<u64, String>("name").build()?;
+    /// // After writing the row to the database, with the value written:
+    /// names.set(&7, &"Ada".to_string()).await?;
+    /// let cached = names.get_or_load(&7, || async { Ok::<_, std::io::Error>(None) }).await?;
+    /// assert_eq!(cached.as_deref(), Some("Ada")); // the loader was not needed
+    /// # Ok(()) }
+    /// ```
+    ///
     /// # Errors
     /// [`ErrorKind::Store`] or [`ErrorKind::Timeout`] when the store did not
     /// take the write; an invalidation of the key is then queued for replay,
     /// so the old cached value cannot outlive the outage. [`ErrorKind::Codec`]
     /// when the value cannot be encoded or exceeds the size limit.
+    ///
+    /// # Concurrent calls
+    /// With [`Strategy::Lease`], a load of the key in flight in any process
+    /// loses its lease, so its
+    /// older value cannot overwrite this one. Of two concurrent `set`s of one
+    /// key the last store write wins, which may not be the last database
+    /// write: serialise the writers of a key, or `invalidate` instead.
     pub async fn set(&self, key: &K, value: &V) -> Result<()> {
         let full = self.store_key(key)?;
         self.inner.write(&full, value).await
     }
 
     /// Invalidates `key` after a database write, with the namespace's strategy.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> aside::Result<()> {
+    /// let names = aside::Aside::builder().build().namespace::<u64, String>("name").build()?;
+    /// names.set(&7, &"Ada".to_string()).await?;
+    /// // UPDATE users SET name = 'Grace' WHERE id = 7, then:
+    /// names.invalidate(&7).await?;
+    /// assert_eq!(names.get(&7).await?, None); // the next read loads the new row
+    /// # Ok(()) }
+    /// ```
     ///
     /// # Errors
     /// [`ErrorKind::Store`] or [`ErrorKind::Timeout`] when the store could not
@@ -355,6 +465,12 @@ where
     /// within a bound and reports what it had to drop. A crash (or an exit
     /// without `shutdown`) loses what is queued: the entry then stays in the
     /// store, served to every process, until its TTL runs out.
+    ///
+    /// # Concurrent calls
+    /// With [`Strategy::Lease`], a load of the key in flight in any process
+    /// loses its lease: its fill is refused, so what it read before the
+    /// database write cannot be cached; readers that began after this call
+    /// wait for one new load between them.
     pub async fn invalidate(&self, key: &K) -> Result<()> {
         let full = self.store_key(key)?;
         self.inner.invalidate_all(&[full]).await
@@ -362,8 +478,23 @@ where
 
     /// Invalidates every key, attempting all of them even if some fail.
     ///
+    /// # Examples
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> aside::Result<()> {
+    /// let names = aside::Aside::builder().build().namespace::<u64, String>("name").build()?;
+    /// names.set(&1, &"Ada".to_string()).await?;
+    /// names.set(&2, &"Grace".to_string()).await?;
+    /// names.invalidate_many(&[1, 2, 3]).await?; // one message on the bus for all of them
+    /// assert_eq!((names.get(&1).await?, names.get(&2).await?), (None, None));
+    /// # Ok(()) }
+    /// ```
+    ///
     /// # Errors
     /// The first error met; as [`Namespace::invalidate`].
+    ///
+    /// # Concurrent calls
+    /// As [`Namespace::invalidate`], for each key.
     pub async fn invalidate_many<'a, I>(&self, keys: I) -> Result<()>
     where
         I: IntoIterator<Item = &'a K>,
@@ -394,14 +525,16 @@ pub struct NamespaceBuilder<K: ?Sized, V> {
 /// overflow; `build()` refuses such values rather than panic on a fill.
 pub const MAX_DURATION: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
 
-/// The shortest lease TTL a namespace accepts.
+/// The shortest lease TTL a namespace accepts ([`NamespaceBuilder::lease_ttl`]).
 pub const MIN_LEASE_TTL: Duration = Duration::from_millis(30);
 
-/// Default entry TTL: the article's 10 minutes.
+/// Default entry TTL ([`NamespaceBuilder::ttl`]): the article's 10 minutes.
 pub const DEFAULT_TTL: Duration = Duration::from_secs(600);
-/// Default lease TTL: how long a crashed loader can block a key.
+/// Default lease TTL ([`NamespaceBuilder::lease_ttl`]): how long a crashed
+/// loader can block a key.
 pub const DEFAULT_LEASE_TTL: Duration = Duration::from_secs(3);
-/// Default bound on a cached value's encoded size: 1 MiB, memcached's item limit.
+/// Default bound on a cached value's encoded size
+/// ([`NamespaceBuilder::max_value_bytes`]): 1 MiB, memcached's item limit.
 pub const DEFAULT_MAX_VALUE_BYTES: usize = 1024 * 1024;
 
 impl<K, V> NamespaceBuilder<K, V>
@@ -493,7 +626,7 @@ impl<K: Display + ?Sized, V: Clone + Send + Sync + 'static> NamespaceBuilder<K, 
         }
     }
 
-    /// Entry TTL (default 600 s).
+    /// Entry TTL (default [`DEFAULT_TTL`], 600 s; at most [`MAX_DURATION`]).
     pub fn ttl(mut self, ttl: Duration) -> Self {
         self.settings.ttl = ttl;
         self
@@ -527,7 +660,8 @@ impl<K: Display + ?Sized, V: Clone + Send + Sync + 'static> NamespaceBuilder<K, 
         self
     }
 
-    /// Lease TTL (default 3 s, at least [`MIN_LEASE_TTL`]): how long the
+    /// Lease TTL (default [`DEFAULT_LEASE_TTL`], 3 s; at least
+    /// [`MIN_LEASE_TTL`]): how long the
     /// lease of a crashed process blocks a key. A running loader's lease is
     /// renewed every third of it, for up to the lease wait (or the load
     /// timeout when longer), so a hung loader blocks the key for at most
@@ -552,7 +686,7 @@ impl<K: Display + ?Sized, V: Clone + Send + Sync + 'static> NamespaceBuilder<K, 
     }
 
     /// Values whose encoded size exceeds this are returned but not cached
-    /// (default 1 MiB).
+    /// (default [`DEFAULT_MAX_VALUE_BYTES`], 1 MiB).
     pub fn max_value_bytes(mut self, bytes: usize) -> Self {
         self.settings.max_value_bytes = bytes;
         self
@@ -623,7 +757,9 @@ impl<K: Display + ?Sized, V: Clone + Send + Sync + 'static> NamespaceBuilder<K, 
     /// [`ErrorKind::Config`] for a name with whitespace, control characters
     /// or braces, a raw namespace with the lease strategy, a zero TTL or
     /// lease TTL, a duration over [`MAX_DURATION`], a jitter outside
-    /// `[0, 1)` (NaN included), or an early-refresh parameter out of range.
+    /// `[0, 1)` (NaN included), an early-refresh parameter out of range, or
+    /// a strategy other than [`Strategy::Lease`] (or [`Stampede::LockSleep`])
+    /// on a store without plain values ([`Store::supports_plain_values`](crate::Store::supports_plain_values)).
     pub fn build(self) -> Result<Namespace<K, V>> {
         key::check_namespace(&self.settings.name)?;
         key::check_namespace(&self.settings.core.prefix)?;
@@ -638,6 +774,24 @@ impl<K: Display + ?Sized, V: Clone + Send + Sync + 'static> NamespaceBuilder<K, 
             (true, None) => Strategy::Delete,
             (_, chosen) => chosen.unwrap_or_default(),
         };
+        let needs_plain_values = match (strategy, self.settings.stampede) {
+            (Strategy::Lease, Stampede::LockSleep) => {
+                Some("the article's stampede lock (Stampede::LockSleep)".to_owned())
+            }
+            (Strategy::Lease, _) => None,
+            (other, _) => Some(format!("the {other} strategy")),
+        };
+        if let Some(user) = needs_plain_values
+            && !self.settings.core.store.supports_plain_values()
+        {
+            return Err(Error::new(
+                ErrorKind::Config,
+                format!(
+                    "{user} needs plain values (get, set, add, incr), which the {} store does not implement: choose Strategy::Lease, or a store whose supports_plain_values() is true",
+                    self.settings.core.store.name()
+                ),
+            ));
+        }
         if strategy != Strategy::Lease && self.settings.keep_stale.is_some() {
             return Err(Error::new(ErrorKind::Config, "stale serving needs the lease strategy"));
         }

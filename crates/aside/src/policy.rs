@@ -20,8 +20,9 @@ pub enum Strategy {
     /// Delete the key after the database write; fills are unconditional.
     /// Leaves the article's read-write race open.
     Delete,
-    /// Delete now and once more after `delay` (one timer task for all keys).
-    /// Narrows the race to loads slower than `delay`.
+    /// Delete now and once more after `delay` (one timer task for all keys;
+    /// the article's is [`DEFAULT_DOUBLE_DELETE_DELAY`], 500 ms). Narrows
+    /// the race to loads slower than `delay`.
     DoubleDelete {
         /// Delay before the second delete.
         delay: Duration,
@@ -81,7 +82,7 @@ pub enum EarlyRefresh {
 impl EarlyRefresh {
     /// True when a value expiring at `expires_at_ms` whose load took
     /// `load_time` should be refreshed at `now_ms`, for entries of `ttl`.
-    pub fn due(&self, now_ms: u64, expires_at_ms: u64, load_time: Duration, ttl: Duration) -> bool {
+    pub(crate) fn due(&self, now_ms: u64, expires_at_ms: u64, load_time: Duration, ttl: Duration) -> bool {
         match *self {
             EarlyRefresh::XFetch { beta } => {
                 // -ln(U) for U in (0, 1]: an exponential draw, mean 1.
@@ -97,7 +98,8 @@ impl EarlyRefresh {
     }
 }
 
-/// The article's double-delete delay.
+/// The article's double-delete delay (used by [`Strategy::all`] and the
+/// command line).
 pub const DEFAULT_DOUBLE_DELETE_DELAY: Duration = Duration::from_millis(500);
 
 impl fmt::Display for Strategy {
@@ -128,7 +130,7 @@ impl FromStr for Strategy {
 ///
 /// Never panics: a NaN jitter is no jitter, and a product past
 /// `Duration::MAX` saturates.
-pub fn jittered(ttl: Duration, jitter: f64) -> Duration {
+pub(crate) fn jittered(ttl: Duration, jitter: f64) -> Duration {
     if jitter.is_nan() {
         return ttl;
     }

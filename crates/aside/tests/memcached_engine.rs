@@ -69,7 +69,7 @@ async fn a_timed_out_call_closes_its_connection() {
     store.set("b", b("answer-b"), TTL).await.unwrap();
     server.freeze();
     let err = store.get("a").await.unwrap_err();
-    assert!(matches!(err, StoreError::Connection(_)), "{err:?}");
+    assert!(matches!(err, StoreError::Connection { .. }), "{err:?}");
     server.thaw();
     assert_eq!(store.get("b").await.unwrap(), Some(b("answer-b")));
     assert_eq!(store.get("a").await.unwrap(), Some(b("answer-a")));
@@ -124,7 +124,7 @@ async fn values_over_the_item_size_limit_are_refused() {
         store.put_entry(key, over.clone(), TTL).await,
     ] {
         match result {
-            Err(StoreError::Refused(message)) => assert!(message.contains("item size limit"), "{message}"),
+            Err(StoreError::Refused { message, .. }) => assert!(message.contains("item size limit"), "{message}"),
             other => panic!("expected a refusal, got {other:?}"),
         }
     }
@@ -137,7 +137,7 @@ async fn bad_keys_are_refused_and_long_keys_hashed() {
     let store = MemcachedStore::connect(&server.addr()).await.unwrap();
     for bad in ["a b", "a\r\nflush_all", "tab\there"] {
         assert!(
-            matches!(store.set(bad, b("x"), TTL).await, Err(StoreError::Refused(_))),
+            matches!(store.set(bad, b("x"), TTL).await, Err(StoreError::Refused { .. })),
             "{bad:?}"
         );
     }
@@ -326,7 +326,7 @@ async fn a_lease_from_before_a_restart_is_refused_after_it() {
     let after = loop {
         match store.lookup_or_lease("k", LeaseToken::random(), TTL).await {
             Ok(outcome) => break granted(outcome),
-            Err(StoreError::Connection(_)) if tokio::time::Instant::now() < deadline => continue,
+            Err(StoreError::Connection { .. }) if tokio::time::Instant::now() < deadline => continue,
             Err(e) => panic!("memcached not back after its restart: {e:?}"),
         }
     };

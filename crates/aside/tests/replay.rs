@@ -119,7 +119,7 @@ impl Faulty {
         };
         self.held(op, key, n, false).await;
         if self.failing.lock().unwrap().contains(op) {
-            return Err(StoreError::Connection(format!("{op} failed by the test")));
+            return Err(StoreError::connection(format!("{op} failed by the test")));
         }
         Ok(n)
     }
@@ -143,6 +143,9 @@ impl Faulty {
 impl Store for Faulty {
     fn name(&self) -> &'static str {
         "faulty"
+    }
+    fn supports_plain_values(&self) -> bool {
+        self.inner.supports_plain_values()
     }
     async fn get(&self, key: &str) -> StoreResult<Option<Bytes>> {
         let n = self.before("get", key).await?;
@@ -192,6 +195,9 @@ impl Store for Faulty {
     async fn fill(&self, key: &str, token: LeaseToken, value: Bytes, ttl: Duration) -> StoreResult<FillOutcome> {
         self.before("fill", key).await?;
         self.inner.fill(key, token, value, ttl).await
+    }
+    fn watch_fill(&self, key: &str) -> Option<aside::store::FillWatch> {
+        self.inner.watch_fill(key)
     }
     async fn release(&self, key: &str, token: LeaseToken) -> StoreResult<()> {
         self.before("release", key).await?;

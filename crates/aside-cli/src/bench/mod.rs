@@ -498,7 +498,7 @@ async fn delete_keys(url: &str, tag: &str) -> Result<()> {
 }
 
 fn thousands(n: f64) -> String {
-    crate::report::count(n.round() as u64)
+    crate::table::count(n.round() as u64)
 }
 
 fn table(report: &Report) -> String {

@@ -208,11 +208,7 @@ impl AsideGet {
     pub async fn prepare(tier: AsideTier, url: &str, prefix: &str, db: &Db, ids: &[u64]) -> Result<Self> {
         let aside = match tier {
             AsideTier::Memory => Aside::builder().store(aside::MemoryStore::new()),
-            AsideTier::Redis | AsideTier::L1 => Aside::builder().store(
-                RedisStore::connect(url)
-                    .await
-                    .context(format_args!("cannot connect to Redis at {url}"))?,
-            ),
+            AsideTier::Redis | AsideTier::L1 => Aside::builder().store(RedisStore::connect(url).await?),
         }
         .prefix(prefix)
         .build();

@@ -4,7 +4,8 @@
 //! `aside_testkit::history` (three `Aside` instances with an L1 and a bus
 //! per program, random operations of every kind, faults injected by the
 //! wrappers of the store and the bus, the bus connection dropped), printing
-//! its progress on stderr and reporting what the checker found. The checker
+//! its progress on stderr and reporting what the checker found (JSON or
+//! its table). The checker
 //! itself (programs, faults, invariants, shrinking) lives in the test kit,
 //! so this scenario and `cargo test --test history` run the same code.
 //!
@@ -17,8 +18,10 @@ use std::time::Duration;
 use aside_testkit::history::{self, CampaignConfig, CampaignReport, Progress, StoreSpec};
 use serde::Serialize;
 
-use super::StoreChoice;
+use super::common::Setting;
 use crate::error::{CliError, Result};
+use crate::store::StoreChoice;
+use crate::table::render;
 
 /// Settings of one chaos run.
 #[derive(Debug, Clone)]
@@ -100,6 +103,42 @@ impl ChaosResult {
     }
 }
 
+/// Runs `--runs` campaigns and prints their results.
+///
+/// # Errors
+/// A store the campaigns could not drive, or broken promises (with the
+/// seeds that replay them).
+pub async fn run(setting: &Setting) -> Result<()> {
+    let (args, store) = (&setting.args, &setting.store);
+    let chaos = ChaosOptions {
+        duration: Duration::from_secs_f64(setting.duration.unwrap_or(20.0)),
+        programs: args.programs as usize,
+        chatty: setting.chatty(),
+        seed: args.seed,
+    };
+    let mut results = Vec::new();
+    for run in 1..=args.runs {
+        if setting.chatty() {
+            eprintln!(
+                "chaos run {run}/{}: 3 instances with an L1 and a bus on {}, faults injected, {:?} ...",
+                args.runs,
+                store.name(),
+                chaos.duration
+            );
+        }
+        results.push(run_chaos(store, run, &chaos).await?);
+    }
+    let failed: Vec<u64> = results.iter().flat_map(|r| r.failing_seeds.clone()).collect();
+    setting.print("chaos", &results, table)?;
+    if failed.is_empty() {
+        Ok(())
+    } else {
+        Err(CliError::new(format!(
+            "the checker found broken promises; replay with --seed: {failed:#x?}"
+        )))
+    }
+}
+
 /// The store a campaign runs on. Servers named by the user are never
 /// restarted (nor flushed): no `restart` is given.
 fn store_spec(store: &StoreChoice) -> StoreSpec {
@@ -160,4 +199,48 @@ pub async fn run_chaos(store: &StoreChoice, run: u32, options: &ChaosOptions) ->
         eprintln!("{}", report.summary());
     }
     Ok(ChaosResult::new(run, &report))
+}
+
+/// The results, one row per run.
+fn table(results: &[ChaosResult]) -> String {
+    let headers = [
+        "run",
+        "instances",
+        "programs",
+        "operations",
+        "faults",
+        "stale reads",
+        "stale entries",
+        "load overlaps",
+        "hangs",
+        "db reads / calls",
+        "measured (delete)",
+    ];
+    let row = |r: &ChaosResult| {
+        vec![
+            r.run.to_string(),
+            r.instances.to_string(),
+            r.programs.to_string(),
+            r.operations.to_string(),
+            r.faults.to_string(),
+            r.stale_reads.to_string(),
+            r.stale_entries.to_string(),
+            r.load_overlaps.to_string(),
+            r.liveness.to_string(),
+            format!("{} / {}", r.db_reads, r.calls),
+            format!(
+                "{} stale reads, {} entries",
+                r.measured_stale_reads, r.measured_stale_entries
+            ),
+        ]
+    };
+    render(
+        &headers,
+        results,
+        row,
+        Some(
+            "stale reads, stale entries, load overlaps and hangs count broken promises of lease and versioned; \
+             delete and double-delete promise nothing and are measured",
+        ),
+    )
 }

@@ -1,7 +1,7 @@
 //! `aside demo --scenario db-outage`: the database fails for part of the
 //! run, with and without fail-safe.
 //!
-//! Owns the outage workload and its measures. Readers read random keys back
+//! Owns the outage workload, its measures and its table. Readers read random keys back
 //! to back; from `outage.start` to `outage.end` (counted from the start of
 //! the run) every loader call fails at once, as a refused connection does,
 //! and the short TTL makes entries expire during the outage. Modes: `plain`
@@ -11,6 +11,7 @@
 //! a second per key meanwhile).
 
 use std::ops::Range;
+use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -21,8 +22,11 @@ use rand::{Rng, SeedableRng};
 use serde::Serialize;
 use tokio::task::JoinSet;
 
-use super::{Rows, StoreChoice, fill_all, run_prefix};
+use super::common::Setting;
+use super::items::{Rows, fill_all};
 use crate::error::{CliError, Result};
+use crate::store::{StoreChoice, run_prefix};
+use crate::table::render;
 
 /// The modes, in report order.
 pub const MODES: [&str; 2] = ["plain", "fail-safe"];
@@ -135,6 +139,49 @@ fn ratio(part: u64, whole: u64) -> f64 {
     if whole == 0 { 0.0 } else { part as f64 / whole as f64 }
 }
 
+/// Runs both modes, each on a new prefix, and prints the results.
+///
+/// # Errors
+/// An outage that ends before it starts, connection failures, and reads
+/// that failed for another reason than the outage.
+pub async fn run(setting: &Setting, db: &Path) -> Result<()> {
+    let (args, store) = (&setting.args, &setting.store);
+    let start = Duration::from_secs_f64(args.outage_start_s);
+    let end = Duration::from_secs_f64(args.outage_end_s);
+    if end <= start {
+        return Err(CliError::new(format!(
+            "--outage-end-s ({}) must be after --outage-start-s ({})",
+            args.outage_end_s, args.outage_start_s
+        )));
+    }
+    let opts = OutageOptions {
+        keys: args.keys.unwrap_or(100),
+        readers: setting.concurrency,
+        ttl: Duration::from_secs_f64(setting.ttl.unwrap_or(1.0)),
+        duration: Duration::from_secs_f64(setting.duration.unwrap_or(10.0)),
+        outage: start..end,
+    };
+    let delay = Duration::from_millis(args.db_read_delay_ms.unwrap_or(10));
+    let rows = Rows::create(db, opts.keys, delay).await?;
+    let mut results = Vec::new();
+    for mode in MODES {
+        if setting.chatty() {
+            eprintln!(
+                "db-outage: {mode}, {} readers of {} keys, ttl {:?}, database down from {:?} to {:?} of {:?} on {} ...",
+                opts.readers,
+                opts.keys,
+                opts.ttl,
+                opts.outage.start,
+                opts.outage.end,
+                opts.duration,
+                store.name()
+            );
+        }
+        results.push(run_mode(store, &rows, mode, &opts).await?);
+    }
+    setting.print("db-outage", &results, table)
+}
+
 /// Runs one mode.
 ///
 /// # Errors
@@ -214,4 +261,42 @@ pub async fn run_mode(store: &StoreChoice, rows: &Rows, mode: &str, opts: &Outag
         outage_answered: total.outage_answered,
         outage_answered_ratio: ratio(total.outage_answered, total.outage_requests),
     })
+}
+
+/// The results, one row per mode.
+fn table(results: &[OutageResult]) -> String {
+    let headers = [
+        "mode",
+        "requests",
+        "answered",
+        "answered%",
+        "stale",
+        "errors",
+        "db_queries",
+        "db_errors",
+        "outage_reqs",
+        "outage_answ%",
+    ];
+    let row = |r: &OutageResult| {
+        vec![
+            r.mode.clone(),
+            r.requests.to_string(),
+            r.answered.to_string(),
+            format!("{:.2}", r.answered_ratio * 100.0),
+            r.stale_served.to_string(),
+            r.errors.to_string(),
+            r.db_queries.to_string(),
+            r.db_errors.to_string(),
+            r.outage_requests.to_string(),
+            format!("{:.2}", r.outage_answered_ratio * 100.0),
+        ]
+    };
+    render(
+        &headers,
+        results,
+        row,
+        Some(
+            "stale: reads answered with an expired value (Source::Stale); outage: reads begun while the database was down",
+        ),
+    )
 }

@@ -1,7 +1,7 @@
 //! `aside demo --scenario expiry`: a hot set whose TTL runs out under load,
 //! with and without early refresh.
 //!
-//! Owns the expiry workload and its measures. The hot keys are filled
+//! Owns the expiry workload, its measures and its table. The hot keys are filled
 //! together before the clock starts (so every mode starts warm and no cold
 //! miss is counted), then `readers` tasks read random hot keys back to back
 //! while the short TTL runs out, again and again. Modes: `none` (a key is
@@ -15,6 +15,7 @@
 //! reads through `Namespace::fetch_owned`, whose refresh is spawned, so
 //! that no reader waits at all.
 
+use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -26,8 +27,11 @@ use rand::{Rng, SeedableRng};
 use serde::Serialize;
 use tokio::task::JoinSet;
 
-use super::{Rows, StoreChoice, fill_all, run_prefix};
+use super::common::Setting;
+use super::items::{Rows, fill_all};
 use crate::error::{CliError, Context, Result};
+use crate::store::{StoreChoice, run_prefix};
+use crate::table::render;
 
 /// The modes, in report order.
 pub const MODES: [&str; 4] = ["none", "xfetch", "fraction", "xfetch-background"];
@@ -134,6 +138,37 @@ fn ns_to_ms(ns: u64) -> f64 {
     (ns as f64 / 100.0).round() / 10_000.0
 }
 
+/// Runs every mode, each on a new prefix, and prints the results.
+///
+/// # Errors
+/// Connection failures and failed reads.
+pub async fn run(setting: &Setting, db: &Path) -> Result<()> {
+    let (args, store) = (&setting.args, &setting.store);
+    let opts = ExpiryOptions {
+        keys: args.keys.unwrap_or(10),
+        readers: setting.concurrency,
+        ttl: Duration::from_secs_f64(setting.ttl.unwrap_or(2.0)),
+        read_delay: Duration::from_millis(args.db_read_delay_ms.unwrap_or(50)),
+        duration: Duration::from_secs_f64(setting.duration.unwrap_or(10.0)),
+    };
+    let rows = Rows::create(db, opts.keys, opts.read_delay).await?;
+    let mut results = Vec::new();
+    for mode in MODES {
+        if setting.chatty() {
+            eprintln!(
+                "expiry: early refresh {mode}, {} readers of {} keys, ttl {:?}, {:?} on {} ...",
+                opts.readers,
+                opts.keys,
+                opts.ttl,
+                opts.duration,
+                store.name()
+            );
+        }
+        results.push(run_mode(store, &rows, mode, &opts).await?);
+    }
+    setting.print("expiry", &results, table)
+}
+
 /// Runs one mode.
 ///
 /// # Errors
@@ -221,4 +256,44 @@ pub async fn run_mode(store: &StoreChoice, rows: &Rows, mode: &str, opts: &Expir
         p999_ms: total.quantile_ms(0.999),
         max_ms: ns_to_ms(total.max_ns),
     })
+}
+
+/// The results, one row per mode.
+fn table(results: &[ExpiryResult]) -> String {
+    let headers = [
+        "mode",
+        "db_queries",
+        "per_ttl",
+        "refused",
+        "reads",
+        "hit_ratio",
+        "waited",
+        "p50_ms",
+        "p99_ms",
+        "p999_ms",
+        "max_ms",
+    ];
+    let row = |r: &ExpiryResult| {
+        vec![
+            r.mode.clone(),
+            r.db_queries.to_string(),
+            format!("{:.2}", r.queries_per_key_per_ttl),
+            r.fills_refused.to_string(),
+            r.reads.to_string(),
+            format!("{:.5}", r.hit_ratio),
+            r.waited.to_string(),
+            format!("{:.3}", r.p50_ms),
+            format!("{:.3}", r.p99_ms),
+            format!("{:.3}", r.p999_ms),
+            format!("{:.1}", r.max_ms),
+        ]
+    };
+    render(
+        &headers,
+        results,
+        row,
+        Some(
+            "per_ttl: database queries per key per TTL; refused: fills refused (lease lost); waited: reads that were not hits",
+        ),
+    )
 }

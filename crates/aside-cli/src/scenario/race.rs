@@ -1,6 +1,6 @@
 //! `aside demo --scenario race`: the article's read-write race, per strategy.
 //!
-//! Owns the race workload and its two measures. Readers and writers work a
+//! Owns the race workload, its two measures and its table. Readers and writers work a
 //! small hot set whose database reads are slow; writers go through a second
 //! `Aside` with its own connections, as another service would. A *stale
 //! read* returned an older version than one whose invalidation had already
@@ -20,6 +20,7 @@
 //! tier: `readers_ns.get` reads the L1 then the store, and a namespace
 //! without L1 on the same prefix reads the store alone.
 
+use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
@@ -30,9 +31,13 @@ use serde::Serialize;
 use tokio::sync::broadcast::{self, error::RecvError};
 use tokio::time::{Instant, timeout};
 
-use super::{Rows, StoreChoice, run_prefix};
-use crate::error::{CliError, Result};
 use aside_testkit::fault::MemoryBus;
+
+use super::common::{Setting, percentile};
+use super::items::Rows;
+use crate::error::{CliError, Result};
+use crate::store::{StoreChoice, run_prefix};
+use crate::table::render;
 
 /// Capacity of each engine's L1 with `--l1` (far above the hot set).
 const L1_ENTRIES: u64 = 10_000;
@@ -106,6 +111,46 @@ pub struct RaceResult {
     pub miss_p50_ms: f64,
     /// 99th-percentile latency of reads that were not hits, ms.
     pub miss_p99_ms: f64,
+}
+
+/// Runs the race `--runs` times with each strategy asked for (default: all
+/// four) and prints the results.
+///
+/// # Errors
+/// Database or connection failures, and reads that failed.
+pub async fn run(setting: &Setting, db: &Path) -> Result<()> {
+    let (args, store) = (&setting.args, &setting.store);
+    let delay = Duration::from_millis(args.db_read_delay_ms.unwrap_or(20));
+    let keys = args.keys.unwrap_or(10);
+    let rows = Rows::create(db, keys, delay).await?;
+    let race = RaceOptions {
+        keys,
+        readers: setting.concurrency,
+        writers: args.writers as usize,
+        write_interval: Duration::from_millis(args.write_interval_ms),
+        duration: Duration::from_secs_f64(setting.duration.unwrap_or(3.0)),
+        l1: args.l1,
+    };
+    let strategies = if args.strategies.is_empty() {
+        Strategy::all().to_vec()
+    } else {
+        args.strategies.clone()
+    };
+    let mut results = Vec::new();
+    for run in 1..=args.runs {
+        for &strategy in &strategies {
+            if setting.chatty() {
+                eprintln!(
+                    "race run {run}/{}: {strategy} on {}{} ...",
+                    args.runs,
+                    store.name(),
+                    if args.l1 { " behind an L1 on both engines" } else { "" }
+                );
+            }
+            results.push(run_strategy(store, &rows, strategy, run, &race).await?);
+        }
+    }
+    setting.print("race", &results, table)
 }
 
 /// One run of the race with `strategy`.
@@ -288,8 +333,8 @@ pub async fn run_strategy(
         writes: writes.load(Ordering::Relaxed),
         fills_refused: reader_cache.stats().fills_refused,
         coalesced: reader_cache.stats().coalesced,
-        miss_p50_ms: super::percentile(&miss_ms, 50.0),
-        miss_p99_ms: super::percentile(&miss_ms, 99.0),
+        miss_p50_ms: percentile(&miss_ms, 50.0),
+        miss_p99_ms: percentile(&miss_ms, 99.0),
     })
 }
 
@@ -348,4 +393,53 @@ async fn settle(from: &Namespace<u64, u64>, events: &mut broadcast::Receiver<Inv
             "the invalidation bus did not deliver the end-of-run sentinel in time",
         ))
     }
+}
+
+/// The results, one row per strategy and run.
+fn table(results: &[RaceResult]) -> String {
+    let l1 = results.iter().any(|r| r.l1);
+    let mut headers = vec![
+        "strategy",
+        "run",
+        "stale_entries",
+        "stale_reads",
+        "hit_ratio",
+        "fresh_hit_ratio",
+        "db_queries",
+        "reads",
+        "db_reads_per_call",
+        "writes",
+        "fills_refused",
+    ];
+    if l1 {
+        headers.extend(["l1_hit_ratio", "stale_l2_entries"]);
+    }
+    let row = |r: &RaceResult| {
+        let mut row = vec![
+            r.strategy.clone(),
+            r.run.to_string(),
+            r.stale_entries.to_string(),
+            r.stale_reads.to_string(),
+            format!("{:.3}", r.hit_ratio),
+            format!("{:.3}", r.fresh_hit_ratio),
+            r.db_queries.to_string(),
+            r.reads.to_string(),
+            format!("{:.3}", r.db_reads_per_call),
+            r.writes.to_string(),
+            r.fills_refused.to_string(),
+        ];
+        if l1 {
+            row.extend([format!("{:.3}", r.l1_hit_ratio), r.stale_l2_entries.to_string()]);
+        }
+        row
+    };
+    render(
+        &headers,
+        results,
+        row,
+        l1.then_some(
+            "with an L1: stale_entries counts keys stale in the L1 or the store after the bus went quiet; \
+             stale_reads include L1 hits read before another engine's invalidation reached this one over the bus",
+        ),
+    )
 }

@@ -15,7 +15,6 @@ mod routes;
 
 use std::io::Write;
 use std::net::SocketAddr;
-use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -23,7 +22,7 @@ use aside::Strategy;
 use clap::Args;
 
 use crate::error::{Context, Result};
-use crate::scenario::StoreArgs;
+use crate::store::StoreArgs;
 use db::Database;
 use routes::AppState;
 
@@ -48,7 +47,7 @@ pub struct ServeArgs {
     pub store: StoreArgs,
 
     /// Invalidation strategy: delete, double-delete, versioned or lease.
-    #[arg(long, default_value = "lease", value_parser = parse_strategy)]
+    #[arg(long, default_value = "lease", value_parser = crate::parse::strategy)]
     pub consistency: Strategy,
 
     /// Users to seed when the users table is empty (and N/10 products when
@@ -62,26 +61,13 @@ pub struct ServeArgs {
 
     /// Cache entry TTL in seconds; 0 turns the cache off (every read goes to
     /// the database).
-    #[arg(long, default_value_t = 600.0, value_parser = parse_ttl)]
+    #[arg(long, default_value_t = 600.0, value_parser = crate::parse::seconds_or_zero)]
     pub ttl: f64,
 
     /// Key prefix before the namespaces: keys are `{prefix}user:profile:{id}`
     /// and `{prefix}product:{id}`.
     #[arg(long, default_value = "")]
     pub prefix: String,
-}
-
-fn parse_strategy(s: &str) -> Result<Strategy, String> {
-    Strategy::from_str(s).map_err(|_| "expected delete, double-delete, versioned or lease".to_owned())
-}
-
-fn parse_ttl(s: &str) -> Result<f64, String> {
-    let seconds: f64 = s.parse().map_err(|_| format!("{s:?} is not a number of seconds"))?;
-    if seconds.is_finite() && (0.0..=1e9).contains(&seconds) {
-        Ok(seconds)
-    } else {
-        Err("expected a number of seconds, 0 or more".to_owned())
-    }
 }
 
 /// Runs the service until SIGINT or SIGTERM.

@@ -299,7 +299,7 @@ fn promises<'a>(history: &'a History, config: &NsConfig) -> Vec<(&'a OpRecord, u
     let faulted: std::collections::HashSet<u64> = history
         .journal
         .iter()
-        .filter(|e| matches!(e.event, JournalEvent::Store { .. }))
+        .filter(|e| matches!(e.event, JournalEvent::Store { .. } | JournalEvent::Abandoned { .. }))
         .filter_map(|e| e.op)
         .collect();
     let mut out = Vec::new();
@@ -620,7 +620,7 @@ pub(crate) fn load_overlaps(history: &History) -> Overlaps {
     let faults: Vec<u64> = history
         .journal
         .iter()
-        .filter(|e| matches!(e.event, JournalEvent::Store { .. }))
+        .filter(|e| matches!(e.event, JournalEvent::Store { .. } | JournalEvent::Abandoned { .. }))
         .map(|e| e.seq)
         .collect();
     // The library's own writes of a key (replays, delayed deletes, background fills).

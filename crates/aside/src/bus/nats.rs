@@ -8,7 +8,7 @@
 //!
 //! While the server is unreachable, async-nats buffers publishes and its
 //! `flush` waits for the reconnect, without a bound: a publish here is
-//! therefore bounded by [`PUBLISH_TIMEOUT`] (an `invalidate` must not hang
+//! therefore bounded by 250 ms (an `invalidate` must not hang
 //! on a dead bus), and fails once it is out of time. A subscription is
 //! confirmed with a bounded flush too, so that it counts as up only once
 //! the server has registered it.
@@ -20,13 +20,13 @@ use futures::StreamExt;
 use tokio::sync::{broadcast, mpsc};
 
 use super::{Bus, BusEvent, Invalidation};
-use crate::store::StoreError;
+use crate::store::{StoreError, masked_url};
 
 /// The default subject.
 pub const DEFAULT_SUBJECT: &str = "aside.invalidations";
 
 /// Bound on one publish (the message handed over and flushed to the server).
-pub const PUBLISH_TIMEOUT: Duration = Duration::from_millis(250);
+const PUBLISH_TIMEOUT: Duration = Duration::from_millis(250);
 
 /// Bound on confirming a new subscription with the server.
 const SUBSCRIBE_TIMEOUT: Duration = Duration::from_secs(2);
@@ -78,7 +78,9 @@ impl NatsBus {
             })
             .connect(url)
             .await
-            .map_err(|e| StoreError::Connection(e.to_string()))?;
+            .map_err(|e| {
+                StoreError::connection(format!("cannot connect to NATS at {}", masked_url(url))).with_source(e)
+            })?;
         Ok(NatsBus {
             client,
             subject: subject.to_owned(),
@@ -90,20 +92,21 @@ impl NatsBus {
 #[async_trait]
 impl Bus for NatsBus {
     async fn publish(&self, message: &Invalidation) -> Result<(), StoreError> {
-        let payload = serde_json::to_vec(message).map_err(|e| StoreError::Server(e.to_string()))?;
+        let payload = serde_json::to_vec(message)
+            .map_err(|e| StoreError::server("cannot encode the invalidation").with_source(e))?;
         let send = async {
             self.client
                 .publish(self.subject.clone(), payload.into())
                 .await
-                .map_err(|e| StoreError::Connection(e.to_string()))?;
+                .map_err(|e| StoreError::connection("NATS publish failed").with_source(e))?;
             // Publishing only buffers; the invalidation is due now.
             self.client
                 .flush()
                 .await
-                .map_err(|e| StoreError::Connection(e.to_string()))
+                .map_err(|e| StoreError::connection("NATS flush failed").with_source(e))
         };
         tokio::time::timeout(PUBLISH_TIMEOUT, send).await.unwrap_or_else(|_| {
-            Err(StoreError::Connection(format!(
+            Err(StoreError::connection(format!(
                 "NATS publish not flushed within {PUBLISH_TIMEOUT:?}"
             )))
         })
@@ -114,15 +117,15 @@ impl Bus for NatsBus {
             .client
             .subscribe(self.subject.clone())
             .await
-            .map_err(|e| StoreError::Connection(e.to_string()))?;
+            .map_err(|e| StoreError::connection("NATS subscribe failed").with_source(e))?;
         // `subscribe` only queues the SUB; the server has it once a flush
         // (a PING after it) comes back.
         tokio::time::timeout(SUBSCRIBE_TIMEOUT, self.client.flush())
             .await
             .map_err(|_| {
-                StoreError::Connection(format!("NATS subscription not confirmed within {SUBSCRIBE_TIMEOUT:?}"))
+                StoreError::connection(format!("NATS subscription not confirmed within {SUBSCRIBE_TIMEOUT:?}"))
             })?
-            .map_err(|e| StoreError::Connection(e.to_string()))?;
+            .map_err(|e| StoreError::connection("NATS subscription not confirmed").with_source(e))?;
         let mut lost = self.lost.subscribe();
         let (tx, rx) = mpsc::channel(1024);
         tokio::spawn(async move {

@@ -14,7 +14,7 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use tokio::sync::mpsc;
 
 use super::{Bus, BusEvent, Invalidation};
-use crate::store::StoreError;
+use crate::store::{StoreError, masked_url};
 
 /// The default channel.
 pub const DEFAULT_CHANNEL: &str = "aside:invalidations";
@@ -36,7 +36,7 @@ impl std::fmt::Debug for RedisBus {
 }
 
 fn connection_error(e: redis::RedisError) -> StoreError {
-    StoreError::Connection(e.to_string())
+    StoreError::connection("the Redis bus connection failed").with_source(e)
 }
 
 impl RedisBus {
@@ -53,14 +53,18 @@ impl RedisBus {
     /// # Errors
     /// [`StoreError::Connection`] when the server cannot be reached.
     pub async fn connect_on(url: &str, channel: &str) -> Result<Self, StoreError> {
-        let client = redis::Client::open(url).map_err(connection_error)?;
+        // The URL in the message has its password masked.
+        let unreachable = |e: redis::RedisError| {
+            StoreError::connection(format!("cannot connect to Redis at {}", masked_url(url))).with_source(e)
+        };
+        let client = redis::Client::open(url).map_err(unreachable)?;
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(Duration::from_millis(500)))
             .set_response_timeout(Some(Duration::from_millis(250)))
             .set_number_of_retries(2);
         let publisher = ConnectionManager::new_with_config(client.clone(), config)
             .await
-            .map_err(connection_error)?;
+            .map_err(unreachable)?;
         Ok(RedisBus {
             client,
             publisher,
@@ -72,7 +76,8 @@ impl RedisBus {
 #[async_trait]
 impl Bus for RedisBus {
     async fn publish(&self, message: &Invalidation) -> Result<(), StoreError> {
-        let payload = serde_json::to_vec(message).map_err(|e| StoreError::Server(e.to_string()))?;
+        let payload = serde_json::to_vec(message)
+            .map_err(|e| StoreError::server("cannot encode the invalidation").with_source(e))?;
         redis::cmd("PUBLISH")
             .arg(&self.channel)
             .arg(payload)

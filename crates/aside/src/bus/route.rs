@@ -53,7 +53,7 @@ impl Bus for Bounded {
         tokio::time::timeout(PUBLISH_TIMEOUT, self.0.publish(message))
             .await
             .unwrap_or_else(|_| {
-                Err(StoreError::Connection(format!(
+                Err(StoreError::connection(format!(
                     "bus publish did not finish within {PUBLISH_TIMEOUT:?}"
                 )))
             })
@@ -63,7 +63,7 @@ impl Bus for Bounded {
         tokio::time::timeout(SUBSCRIBE_TIMEOUT, self.0.subscribe())
             .await
             .unwrap_or_else(|_| {
-                Err(StoreError::Connection(format!(
+                Err(StoreError::connection(format!(
                     "bus subscribe did not finish within {SUBSCRIBE_TIMEOUT:?}"
                 )))
             })

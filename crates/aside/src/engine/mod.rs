@@ -229,7 +229,7 @@ impl Core {
     pub(crate) async fn heal_after_read_error(&self, ns: &NamespaceMetrics, key: &str, error: &Error) -> bool {
         let per_key = std::error::Error::source(error)
             .and_then(|source| source.downcast_ref::<crate::store::StoreError>())
-            .is_some_and(|e| matches!(e, crate::store::StoreError::Server(_)));
+            .is_some_and(crate::store::StoreError::is_server);
         if !per_key {
             return false;
         }

@@ -460,7 +460,11 @@ impl<V: Clone + Send + Sync + 'static> NsInner<V> {
             // or this caller is cancelled during it, the store may have
             // granted the offered lease, and nobody else would release it.
             let mut offered_lease = self.hold(full, offered);
+            // Armed before the lookup, so a lease that ends between a busy
+            // answer and the wait below still wakes this reader.
+            let fill_watch = store.watch_fill(full);
             let outcome = self.call(store.lookup_or_lease(full, offered, self.lease_ttl)).await;
+            let fill_watch = fill_watch.filter(|_| matches!(outcome, Ok(LeaseOutcome::Busy { .. })));
             if outcome.is_ok() {
                 offered_lease.disarm();
             }
@@ -525,10 +529,21 @@ impl<V: Clone + Send + Sync + 'static> NsInner<V> {
                         // rather than hang, and leave the fill to the holder.
                         return self.load_uncached(loader, &None).await;
                     }
-                    // No fill notification to wait on: back off with jitter.
-                    let nap = pause.mul_f64(0.5 + rand::random::<f64>());
-                    tokio::time::sleep(nap.min(self.lease_wait.saturating_sub(started.elapsed()))).await;
-                    pause = (pause * 2).min(LEASE_POLL_MAX);
+                    let left = self.lease_wait.saturating_sub(started.elapsed());
+                    match fill_watch {
+                        // The store announces the lease's end: wait for that,
+                        // polling only as a fallback for ends nobody
+                        // announces (a lease run out, a plain delete).
+                        Some(watch) if watch.is_live() => {
+                            let _ = tokio::time::timeout(LEASE_POLL_MAX.min(left), watch.wait()).await;
+                        }
+                        // No notification to wait on: back off with jitter.
+                        _ => {
+                            let nap = pause.mul_f64(0.5 + rand::random::<f64>());
+                            tokio::time::sleep(nap.min(left)).await;
+                            pause = (pause * 2).min(LEASE_POLL_MAX);
+                        }
+                    }
                 }
                 Err(e) => {
                     // The store is down or skipped, or this key is unreadable

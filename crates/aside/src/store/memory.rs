@@ -22,7 +22,7 @@ use moka::future::Cache;
 use moka::ops::compute::Op;
 use tokio::time::Instant;
 
-use super::{EntryView, FillOutcome, LeaseOutcome, LeaseToken, Store, StoreError, StoreResult};
+use super::{EntryView, FillOutcome, FillWakes, FillWatch, LeaseOutcome, LeaseToken, Store, StoreError, StoreResult};
 
 /// Default capacity: 256 MiB of keys and values.
 pub const DEFAULT_CAPACITY_BYTES: u64 = 256 * 1024 * 1024;
@@ -98,6 +98,8 @@ impl moka::Expiry<Arc<str>, Timed> for SlotExpiry {
 #[derive(Clone)]
 pub struct MemoryStore {
     cache: Cache<Arc<str>, Timed>,
+    /// Readers waiting for a lease to end, woken by the writes that end it.
+    wakes: FillWakes,
 }
 
 impl std::fmt::Debug for MemoryStore {
@@ -134,7 +136,10 @@ impl MemoryStore {
             })
             .expire_after(SlotExpiry)
             .build();
-        MemoryStore { cache }
+        MemoryStore {
+            cache,
+            wakes: FillWakes::live(),
+        }
     }
 
     /// Approximate number of keys held (runs moka's pending maintenance first).
@@ -173,6 +178,10 @@ impl Store for MemoryStore {
         true
     }
 
+    fn supports_plain_values(&self) -> bool {
+        true
+    }
+
     async fn get(&self, key: &str) -> StoreResult<Option<Bytes>> {
         Ok(match self.cache.get(key).await {
             Some(Timed {
@@ -201,6 +210,8 @@ impl Store for MemoryStore {
     async fn delete(&self, key: &str) -> StoreResult<()> {
         // Under the key lock, not `invalidate`: see the module documentation.
         self.compute(key, |_| (Op::Remove, ())).await;
+        // An invalidation revokes any lease: its waiters look again.
+        self.wakes.wake(key);
         Ok(())
     }
 
@@ -216,7 +227,7 @@ impl Store for MemoryStore {
                     let slot = Slot::Plain(Bytes::from(next.to_string()));
                     (Op::Put(Timed::new(slot, Some(ttl))), Ok(next))
                 }
-                None => (Op::Nop, Err(StoreError::Server("value is not an integer".into()))),
+                None => (Op::Nop, Err(StoreError::server("value is not an integer"))),
             }
         })
         .await
@@ -309,14 +320,22 @@ impl Store for MemoryStore {
     }
 
     async fn fill(&self, key: &str, token: LeaseToken, value: Bytes, ttl: Duration) -> StoreResult<FillOutcome> {
-        Ok(self
+        let outcome = self
             .compute(key, |current| match current {
                 Some(Slot::Entry {
                     lease: Some((held, _)), ..
                 }) if held == token => (entry(Some(value), false, None, Some(ttl)), FillOutcome::Stored),
                 _ => (Op::Nop, FillOutcome::Refused),
             })
-            .await)
+            .await;
+        if outcome == FillOutcome::Stored {
+            self.wakes.wake(key);
+        }
+        Ok(outcome)
+    }
+
+    fn watch_fill(&self, key: &str) -> Option<FillWatch> {
+        Some(self.wakes.watch(key))
     }
 
     async fn release(&self, key: &str, token: LeaseToken) -> StoreResult<()> {
@@ -332,6 +351,7 @@ impl Store for MemoryStore {
             _ => (Op::Nop, ()),
         })
         .await;
+        self.wakes.wake(key);
         Ok(())
     }
 
@@ -339,6 +359,7 @@ impl Store for MemoryStore {
         // Under the key lock, not `insert`: see the module documentation.
         self.compute(key, |_| (entry(Some(value), false, None, Some(ttl)), ()))
             .await;
+        self.wakes.wake(key);
         Ok(())
     }
 
@@ -352,6 +373,7 @@ impl Store for MemoryStore {
             _ => (Op::Remove, ()),
         })
         .await;
+        self.wakes.wake(key);
         Ok(())
     }
 

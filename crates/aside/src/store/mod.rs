@@ -5,14 +5,25 @@
 //!
 //! Two families of operations live here:
 //!
-//! - **Plain** operations (`get`, `set`, `delete`, `incr`) on plain values,
-//!   used by the `Delete`, `DoubleDelete` and `Versioned` strategies and by
-//!   the raw mode that shares keys with other programs.
-//! - **Entry** operations (`lookup_or_lease`, `fill`, `put_entry`,
-//!   `invalidate`, `get_entry`) on leased entries, used by the `Lease`
-//!   strategy. An entry is one store key holding the value, an optional
+//! - **Entry** operations (`peek_entry`, `lookup_or_lease`,
+//!   `lease_for_refresh`, `fill`, `release`, `put_entry`, `invalidate`,
+//!   `delete`) on leased entries, used by the `Lease` strategy (the
+//!   default). An entry is one store key holding the value, an optional
 //!   lease, and a stale flag, so one atomic step (a Lua script, a key lock)
-//!   covers all of them and Redis Cluster never sees two slots.
+//!   covers all of them and Redis Cluster never sees two slots. These,
+//!   with `name`, are the methods a store must implement.
+//! - **Plain** operations (`get`, `set`, `add`, `incr`) on plain values,
+//!   used by the `Delete`, `DoubleDelete` and `Versioned` strategies, the
+//!   raw mode that shares keys with other programs, and the article's
+//!   stampede lock. They are provided methods that fail with
+//!   [`StoreError::Unsupported`]; a store that implements them says so with
+//!   [`Store::supports_plain_values`], and a namespace that needs them is
+//!   refused at build time on a store that does not.
+//!
+//! Everything else (`ping`, the `*_many` batch forms, `renew_lease`,
+//! `get_entry`, `is_local`) has a default built on the methods above; a
+//! store overrides it to save round trips. `aside_testkit::store_contract`
+//! checks a store against all of it.
 //!
 //! The lease state machine of an entry, which every store implements:
 //!
@@ -38,35 +49,167 @@ pub mod memcached;
 pub mod memory;
 #[cfg(feature = "redis")]
 pub mod redis;
+pub mod wake;
+
+pub use wake::{FillWakes, FillWatch};
+
+/// The error a store's client returned, kept as the source of a
+/// [`StoreError`] (any `std::error::Error + Send + Sync`, or a message).
+pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
 
 /// An error from a store. The engine counts it and treats it as a miss on
-/// reads; it is only ever returned to callers from writes.
+/// reads; it is only ever returned to callers from writes, as the source of
+/// an [`Error`](crate::Error) of kind [`Store`](crate::ErrorKind::Store)
+/// (`?` converts one into the other).
+///
+/// The kind says what the engine does with it ([`StoreError::is_per_key`]);
+/// the message says what failed, in words (a URL in it has its password
+/// masked); the source is the client's own error, for
+/// [`std::error::Error::source`] chains and `Debug` output.
+///
+/// Build one with [`StoreError::connection`], [`StoreError::server`] or
+/// [`StoreError::refused`], and attach the client's error with
+/// [`StoreError::with_source`]:
+///
+/// ```
+/// use aside::store::StoreError;
+///
+/// let io = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
+/// let e = StoreError::connection("cannot reach the cache").with_source(io);
+/// assert!(!e.is_per_key());
+/// assert_eq!(e.to_string(), "connection: cannot reach the cache");
+/// assert!(std::error::Error::source(&e).is_some());
+/// ```
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum StoreError {
     /// The server could not be reached, the connection broke, or the server
     /// cannot serve any key now (Redis `LOADING`, `READONLY`, cluster down):
     /// a failure of the store as a whole, which feeds the circuit breaker.
-    #[error("connection: {0}")]
-    Connection(String),
+    #[error("connection: {message}")]
+    #[non_exhaustive]
+    Connection {
+        /// What failed.
+        message: String,
+        /// The client's error, if there is one.
+        #[source]
+        source: Option<BoxError>,
+    },
     /// The server answered with an error or something unexpected about this
     /// request (Redis `WRONGTYPE`, a non-numeric counter): a per-key miss,
     /// not a sick store.
-    #[error("server: {0}")]
-    Server(String),
+    #[error("server: {message}")]
+    #[non_exhaustive]
+    Server {
+        /// What the server answered, or what was unexpected about it.
+        message: String,
+        /// The client's error, if there is one.
+        #[source]
+        source: Option<BoxError>,
+    },
     /// The store refused the operation (value too large, key invalid for it).
-    #[error("refused: {0}")]
-    Refused(String),
+    #[error("refused: {message}")]
+    #[non_exhaustive]
+    Refused {
+        /// Why.
+        message: String,
+        /// The client's error, if there is one.
+        #[source]
+        source: Option<BoxError>,
+    },
+    /// The store does not implement this operation: the default of the
+    /// [`Store`] methods that are not part of the lease state machine
+    /// (see [`Store::supports_plain_values`]). Says nothing about the
+    /// store's health.
+    #[error("unsupported: the store does not implement {operation}")]
+    #[non_exhaustive]
+    Unsupported {
+        /// The [`Store`] method, such as `"get"`.
+        operation: &'static str,
+    },
 }
 
 impl StoreError {
-    /// True for an error about one key or one request ([`StoreError::Server`],
-    /// [`StoreError::Refused`]), which says nothing about the store's
-    /// health: the engine treats it as a miss of that key and does not feed
-    /// the circuit breaker with it. Connection errors (and timeouts) do.
-    pub fn is_per_key(&self) -> bool {
-        matches!(self, StoreError::Server(_) | StoreError::Refused(_))
+    /// A [`StoreError::Connection`] with no source yet.
+    pub fn connection(message: impl Into<String>) -> Self {
+        StoreError::Connection {
+            message: message.into(),
+            source: None,
+        }
     }
+
+    /// A [`StoreError::Server`] with no source yet.
+    pub fn server(message: impl Into<String>) -> Self {
+        StoreError::Server {
+            message: message.into(),
+            source: None,
+        }
+    }
+
+    /// A [`StoreError::Refused`] with no source yet.
+    pub fn refused(message: impl Into<String>) -> Self {
+        StoreError::Refused {
+            message: message.into(),
+            source: None,
+        }
+    }
+
+    /// A [`StoreError::Unsupported`] for the [`Store`] method `operation`.
+    pub fn unsupported(operation: &'static str) -> Self {
+        StoreError::Unsupported { operation }
+    }
+
+    /// The same error, caused by `source` (the client's own error). No
+    /// effect on [`StoreError::Unsupported`], which has no cause.
+    #[must_use]
+    pub fn with_source(mut self, source: impl Into<BoxError>) -> Self {
+        match &mut self {
+            StoreError::Connection { source: slot, .. }
+            | StoreError::Server { source: slot, .. }
+            | StoreError::Refused { source: slot, .. } => *slot = Some(source.into()),
+            StoreError::Unsupported { .. } => {}
+        }
+        self
+    }
+
+    /// True for an error about one key or one request ([`StoreError::Server`],
+    /// [`StoreError::Refused`], [`StoreError::Unsupported`]), which says
+    /// nothing about the store's health: the engine treats it as a miss of
+    /// that key and does not feed the circuit breaker with it. Connection
+    /// errors (and timeouts) do.
+    pub fn is_per_key(&self) -> bool {
+        !matches!(self, StoreError::Connection { .. })
+    }
+
+    /// True for a [`StoreError::Server`]: the server answered, but not as
+    /// the request expected, which is what a key of the wrong type or
+    /// layout produces (the engine deletes such a key so that it refills).
+    pub fn is_server(&self) -> bool {
+        matches!(self, StoreError::Server { .. })
+    }
+}
+
+/// `url` with the password of its user-info part, if any, replaced by
+/// `***` (`redis://user:***@host/`; a user-info with no `:` is masked
+/// whole, since some clients read it as the password), for messages.
+pub(crate) fn masked_url(url: &str) -> String {
+    let Some(scheme_end) = url.find("://").map(|i| i + 3) else {
+        return url.to_owned();
+    };
+    let authority_end = url[scheme_end..]
+        .find(['/', '?', '#'])
+        .map_or(url.len(), |i| scheme_end + i);
+    let Some(at) = url[scheme_end..authority_end].rfind('@').map(|i| scheme_end + i) else {
+        return url.to_owned();
+    };
+    let user_info = &url[scheme_end..at];
+    let kept = user_info.split_once(':').map_or("", |(user, _)| user);
+    format!(
+        "{}{kept}{}***{}",
+        &url[..scheme_end],
+        if kept.is_empty() { "" } else { ":" },
+        &url[at..]
+    )
 }
 
 /// Result of a store operation.
@@ -98,6 +241,15 @@ pub struct EntryView {
     /// lease its own in-process load holds: when they differ, that load was
     /// revoked and new readers must not wait for it.
     pub lease: Option<LeaseToken>,
+}
+
+impl EntryView {
+    /// What a store found under an entry's key: its value (current, or
+    /// stale when `stale`), and the lease held on it. `EntryView::default()`
+    /// is an empty entry.
+    pub fn new(value: Option<Bytes>, stale: bool, lease: Option<LeaseToken>) -> Self {
+        EntryView { value, stale, lease }
+    }
 }
 
 /// What [`Store::lookup_or_lease`] found.
@@ -147,6 +299,15 @@ pub enum FillOutcome {
 
 /// A cache backend.
 ///
+/// A store implements [`Store::name`] and the lease state machine:
+/// [`Store::peek_entry`], [`Store::lookup_or_lease`],
+/// [`Store::lease_for_refresh`], [`Store::fill`], [`Store::release`],
+/// [`Store::put_entry`], [`Store::invalidate`] and [`Store::delete`]. That
+/// is enough for [`Strategy::Lease`](crate::Strategy::Lease), the default;
+/// the plain-value methods, for the other strategies, are opt-in
+/// ([`Store::supports_plain_values`]), and the rest have defaults.
+/// `aside_testkit::store_contract` checks an implementation.
+///
 /// Every method must be cancel-safe in the sense that dropping its future
 /// leaves the store in one of the states of the table above, and must never
 /// panic on data read from the network.
@@ -161,20 +322,46 @@ pub trait Store: Send + Sync + 'static {
         false
     }
 
-    /// Reads a plain value.
-    async fn get(&self, key: &str) -> StoreResult<Option<Bytes>>;
+    /// True when the store implements the plain-value operations
+    /// ([`Store::get`], [`Store::set`], [`Store::add`], [`Store::incr`]),
+    /// which the `Delete`, `DoubleDelete` and `Versioned` strategies, raw
+    /// namespaces and the article's stampede lock need. The default is
+    /// false, and those methods then fail with [`StoreError::Unsupported`];
+    /// a namespace that would call them is refused at
+    /// [`NamespaceBuilder::build`](crate::NamespaceBuilder::build) with an
+    /// error naming the store. A store that implements them returns true.
+    fn supports_plain_values(&self) -> bool {
+        false
+    }
 
-    /// Writes a plain value with a TTL.
-    async fn set(&self, key: &str, value: Bytes, ttl: Duration) -> StoreResult<()>;
+    /// Reads a plain value. Default: [`StoreError::Unsupported`].
+    async fn get(&self, key: &str) -> StoreResult<Option<Bytes>> {
+        let _ = key;
+        Err(StoreError::unsupported("get"))
+    }
 
-    /// Writes a plain value only if the key is absent (`SET NX`); true if written.
-    async fn add(&self, key: &str, value: Bytes, ttl: Duration) -> StoreResult<bool>;
+    /// Writes a plain value with a TTL. Default: [`StoreError::Unsupported`].
+    async fn set(&self, key: &str, value: Bytes, ttl: Duration) -> StoreResult<()> {
+        let _ = (key, value, ttl);
+        Err(StoreError::unsupported("set"))
+    }
+
+    /// Writes a plain value only if the key is absent (`SET NX`); true if
+    /// written. Default: [`StoreError::Unsupported`].
+    async fn add(&self, key: &str, value: Bytes, ttl: Duration) -> StoreResult<bool> {
+        let _ = (key, value, ttl);
+        Err(StoreError::unsupported("add"))
+    }
 
     /// Deletes a key of either family.
     async fn delete(&self, key: &str) -> StoreResult<()>;
 
-    /// Increments a counter (created at 0), refreshing its TTL; returns the new value.
-    async fn incr(&self, key: &str, ttl: Duration) -> StoreResult<u64>;
+    /// Increments a counter (created at 0), refreshing its TTL; returns the
+    /// new value. Default: [`StoreError::Unsupported`].
+    async fn incr(&self, key: &str, ttl: Duration) -> StoreResult<u64> {
+        let _ = (key, ttl);
+        Err(StoreError::unsupported("incr"))
+    }
 
     /// Reads an entry without taking a lease: its value, stale flag and lease.
     async fn peek_entry(&self, key: &str) -> StoreResult<EntryView>;
@@ -216,6 +403,18 @@ pub trait Store: Send + Sync + 'static {
         Ok(false)
     }
 
+    /// A watch that is woken when the lease on `key` ends (a fill, a
+    /// release, a write that revokes it), for a reader that is about to look
+    /// `key` up and may find it busy: it waits on the watch instead of
+    /// polling. Take it before the lookup (see [`FillWatch`]).
+    ///
+    /// The default is `None`: the store cannot notify, and busy readers poll
+    /// it with backoff.
+    fn watch_fill(&self, key: &str) -> Option<FillWatch> {
+        let _ = key;
+        None
+    }
+
     /// Gives a lease back without filling (the loader failed or found
     /// nothing), if `token` still holds it; a stale value stays.
     async fn release(&self, key: &str, token: LeaseToken) -> StoreResult<()>;
@@ -227,11 +426,14 @@ pub trait Store: Send + Sync + 'static {
     /// the old value stays for that long, flagged stale.
     async fn invalidate(&self, key: &str, keep_stale: Option<Duration>) -> StoreResult<()>;
 
-    /// Checks that the store answers.
-    async fn ping(&self) -> StoreResult<()>;
+    /// Checks that the store answers. The default peeks an entry no
+    /// namespace writes (`aside:ping`), a round trip like any other.
+    async fn ping(&self) -> StoreResult<()> {
+        self.peek_entry("aside:ping").await.map(drop)
+    }
 
     /// [`Store::get`] for many keys, in one round trip where the store can.
-    /// The default runs them one by one.
+    /// The default runs them one by one (and so is unsupported when `get` is).
     async fn get_many(&self, keys: &[String]) -> StoreResult<Vec<Option<Bytes>>> {
         let mut out = Vec::with_capacity(keys.len());
         for key in keys {
@@ -278,5 +480,53 @@ pub trait Store: Send + Sync + 'static {
             self.set(&key, value, ttl).await?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_url_password_is_masked_and_the_rest_of_the_url_kept() {
+        for (url, shown) in [
+            ("redis://ada:hunter2@cache:6379/0", "redis://ada:***@cache:6379/0"),
+            ("redis://:hunter2@cache:6379", "redis://***@cache:6379"),
+            ("redis://hunter2@cache", "redis://***@cache"),
+            ("nats://ada:p@ss@nats:4222", "nats://ada:***@nats:4222"),
+            ("rediss://cache:6379/0?name=a@b", "rediss://cache:6379/0?name=a@b"),
+            ("redis://cache:6379", "redis://cache:6379"),
+            ("cache:6379", "cache:6379"),
+        ] {
+            assert_eq!(masked_url(url), shown, "{url}");
+        }
+    }
+
+    #[test]
+    fn a_store_error_keeps_its_kind_and_its_source_inside_an_aside_error() {
+        let cause = || std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "refused by the test");
+        let error: crate::Error = StoreError::connection("cannot connect").with_source(cause()).into();
+        assert_eq!(error.kind(), crate::ErrorKind::Store);
+        let store = std::error::Error::source(&error)
+            .and_then(|e| e.downcast_ref::<StoreError>())
+            .expect("the store error is the source");
+        assert!(!store.is_per_key(), "a connection error feeds the breaker");
+        assert_eq!(store.to_string(), "connection: cannot connect");
+        let client = std::error::Error::source(store).expect("the client's error is kept");
+        assert_eq!(client.to_string(), "refused by the test");
+
+        for per_key in [
+            StoreError::server("x"),
+            StoreError::refused("x"),
+            StoreError::unsupported("get"),
+        ] {
+            assert!(per_key.is_per_key(), "{per_key}");
+        }
+        assert!(StoreError::server("x").is_server() && !StoreError::refused("x").is_server());
+        let unsupported = StoreError::unsupported("get").with_source(cause());
+        assert!(
+            std::error::Error::source(&unsupported).is_none(),
+            "an unsupported call has no cause"
+        );
     }
 }

@@ -2,7 +2,6 @@
 #![allow(dead_code, missing_docs)]
 
 use std::collections::HashMap;
-use std::future::Future;
 use std::sync::Arc;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -75,17 +74,7 @@ impl Db {
 }
 
 /// Waits until `check` holds, polling every 10 ms, failing after `timeout`.
-pub async fn eventually<F, Fut>(what: &str, timeout: Duration, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = bool>,
-{
-    let deadline = tokio::time::Instant::now() + timeout;
-    while !check().await {
-        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for: {what}");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
+pub use aside_testkit::eventually;
 
 pub async fn redis_conn(url: &str) -> redis::aio::MultiplexedConnection {
     redis::Client::open(url)
@@ -180,7 +169,7 @@ impl Hooks {
             release.acquire().await.expect("never closed").forget();
         }
         if self.failing.lock().unwrap().contains(op) {
-            return Err(aside::store::StoreError::Connection(format!("{op} failed by the test")));
+            return Err(aside::store::StoreError::connection(format!("{op} failed by the test")));
         }
         Ok(())
     }
@@ -208,6 +197,9 @@ impl<S> Instrumented<S> {
 impl<S: Store> Store for Instrumented<S> {
     fn name(&self) -> &'static str {
         self.inner.name()
+    }
+    fn supports_plain_values(&self) -> bool {
+        self.inner.supports_plain_values()
     }
     async fn get(&self, key: &str) -> StoreResult<Option<Bytes>> {
         self.tick();
@@ -266,6 +258,9 @@ impl<S: Store> Store for Instrumented<S> {
         self.tick();
         self.hooks.enter("renew_lease").await?;
         self.inner.renew_lease(key, token, ttl).await
+    }
+    fn watch_fill(&self, key: &str) -> Option<aside::store::FillWatch> {
+        self.inner.watch_fill(key)
     }
     async fn release(&self, key: &str, token: LeaseToken) -> StoreResult<()> {
         self.tick();

@@ -41,7 +41,7 @@
 //!   flags 0) and answers `VA 0 c1 f0 W`; later `mg`s answer `VA 0 c1 f0 Z`.
 //!   Flags are applied in order: a `t` before `N` reports `t-1`. The empty
 //!   vivified item is never a hit: entries are written with client flags
-//!   [`ENTRY_FLAG`], and an item with `W`/`Z`/`X` without them is a lease
+//!   `ENTRY_FLAG` (`0xA51D`), and an item with `W`/`Z`/`X` without them is a lease
 //!   placeholder.
 //! - `md k I T30` on a value answers `HD`, bumps the CAS; the next `mg`
 //!   (with or without `N`) answers `VA .. X W` and the ones after
@@ -76,7 +76,7 @@
 //! bounded wait.
 //!
 //! **Two families, one keyspace.** Entries carry client flags
-//! [`ENTRY_FLAG`] and plain values 0, and each family's operations see only
+//! `ENTRY_FLAG` (`0xA51D`) and plain values 0, and each family's operations see only
 //! their own (a plain `get` of an entry is a miss; a lookup of a plain value
 //! is an error, as Redis's `WRONGTYPE`), so a key read with two strategies
 //! behaves as it does on Redis and in memory.
@@ -125,10 +125,10 @@ use proto::{Meta, Status};
 /// Client flags on every entry written by `fill` and `put_entry`. A lease
 /// placeholder that memcached vivified has flags 0, which is how the two
 /// are told apart.
-pub const ENTRY_FLAG: u32 = 0xA51D;
+pub(crate) const ENTRY_FLAG: u32 = 0xA51D;
 
 /// memcached's longest key, in bytes.
-pub const MAX_KEY_LEN: usize = 250;
+pub(crate) const MAX_KEY_LEN: usize = 250;
 
 /// Bytes an item takes besides its key and value (header, CAS, flags,
 /// `\r\n`), kept as a margin when checking values against `item_size_max`.
@@ -253,10 +253,10 @@ fn secs(ttl: Duration) -> u64 {
 /// The key as sent: checked, and hashed when longer than memcached allows.
 fn wire_key(key: &str) -> StoreResult<Cow<'_, str>> {
     if key.is_empty() {
-        return Err(StoreError::Refused("empty key".into()));
+        return Err(StoreError::refused("empty key"));
     }
     if let Some(bad) = key.bytes().find(|b| b.is_ascii_whitespace() || b.is_ascii_control()) {
-        return Err(StoreError::Refused(format!(
+        return Err(StoreError::refused(format!(
             "key {key:?} holds byte {bad:#04x}: memcached keys cannot hold whitespace or control characters"
         )));
     }
@@ -296,7 +296,7 @@ fn token(generation: u16, cas: u64, kind: u64) -> Option<LeaseToken> {
 }
 
 fn too_large_cas(cas: u64) -> StoreError {
-    StoreError::Server(format!("CAS {cas} does not fit a lease token"))
+    StoreError::server(format!("CAS {cas} does not fit a lease token"))
 }
 
 /// The parts of a token: `(generation, cas, kind)`.
@@ -306,7 +306,7 @@ fn token_parts(token: LeaseToken) -> (u16, u64, u64) {
 }
 
 fn unexpected(what: &str, m: &Meta) -> StoreError {
-    StoreError::Server(format!("unexpected answer {:?} to {what}", m.status))
+    StoreError::server(format!("unexpected answer {:?} to {what}", m.status))
 }
 
 /// An item as an `mg` with `v c f` saw it.
@@ -348,13 +348,13 @@ fn item(m: Meta, generation: u16) -> StoreResult<Option<Item>> {
 fn lease_outcome((m, generation): (Meta, u16)) -> StoreResult<LeaseOutcome> {
     let Some(it) = item(m, generation)? else {
         // `N` vivifies every miss; a miss means memcached could not allocate.
-        return Err(StoreError::Server(
-            "mg with N missed: memcached could not vivify the key".into(),
+        return Err(StoreError::server(
+            "mg with N missed: memcached could not vivify the key",
         ));
     };
     if !it.entry {
         // As Redis answers WRONGTYPE: the engine loads without the cache.
-        return Err(StoreError::Server("the key holds a plain value, not an entry".into()));
+        return Err(StoreError::server("the key holds a plain value, not an entry"));
     }
     let win = |kind| token(it.generation, it.cas, kind).ok_or_else(|| too_large_cas(it.cas));
     Ok(match (it.stale, it.won, it.value) {
@@ -415,7 +415,7 @@ impl MemcachedStore {
             .filter(|a| !a.is_empty())
             .collect();
         if names.is_empty() {
-            return Err(StoreError::Connection(format!("no memcached address in {addrs:?}")));
+            return Err(StoreError::connection(format!("no memcached address in {addrs:?}")));
         }
         let limits = Limits {
             connect_timeout: config.connect_timeout,
@@ -430,7 +430,7 @@ impl MemcachedStore {
             let mut conn = server.open().await?;
             let settings = tokio::time::timeout(config.response_timeout, conn.stats_settings())
                 .await
-                .map_err(|_| StoreError::Connection(format!("stats settings of {name} timed out")))??;
+                .map_err(|_| StoreError::connection(format!("stats settings of {name} timed out")))??;
             let size = settings
                 .iter()
                 .find(|(k, _)| k == "item_size_max")
@@ -457,7 +457,7 @@ impl MemcachedStore {
     fn check_size(&self, key: &str, value: &[u8]) -> StoreResult<()> {
         let limit = self.max_value_len(key);
         if value.len() > limit {
-            return Err(StoreError::Refused(format!(
+            return Err(StoreError::refused(format!(
                 "value of {} bytes is over memcached's item size limit for this key ({limit} bytes; item_size_max {})",
                 value.len(),
                 self.inner.item_size_max
@@ -513,7 +513,7 @@ impl MemcachedStore {
                             Some(Meta::new(Status::Exists))
                         };
                         m.map(|m| (i, m))
-                            .ok_or_else(|| StoreError::Server("a pipelined request got no answer".into()))
+                            .ok_or_else(|| StoreError::server("a pipelined request got no answer"))
                     })
                     .collect::<StoreResult<_>>()?;
                 Ok::<_, StoreError>((answers, generation))
@@ -526,7 +526,7 @@ impl MemcachedStore {
             }
         }
         out.into_iter()
-            .map(|m| m.ok_or_else(|| StoreError::Server("a pipelined request got no answer".into())))
+            .map(|m| m.ok_or_else(|| StoreError::server("a pipelined request got no answer")))
             .collect()
     }
 
@@ -536,9 +536,7 @@ impl MemcachedStore {
 
     async fn exec_one_gen(&self, r: Req<'_>) -> StoreResult<(Meta, u16)> {
         let mut metas = self.exec_gen(std::slice::from_ref(&r)).await?;
-        metas
-            .pop()
-            .ok_or_else(|| StoreError::Server("a request got no answer".into()))
+        metas.pop().ok_or_else(|| StoreError::server("a request got no answer"))
     }
 
     /// Gives back wins that a look (not a lookup) took on stale items: see
@@ -632,6 +630,10 @@ impl Store for MemcachedStore {
         "memcached"
     }
 
+    fn supports_plain_values(&self) -> bool {
+        true
+    }
+
     async fn get(&self, key: &str) -> StoreResult<Option<Bytes>> {
         let mut items = self.look(&[key]).await?;
         Ok(Self::plain(items.pop().flatten()))
@@ -676,7 +678,7 @@ impl Store for MemcachedStore {
             (Status::Value, Some(v)) => std::str::from_utf8(v)
                 .ok()
                 .and_then(|s| s.trim().parse().ok())
-                .ok_or_else(|| StoreError::Server(format!("ma answered a non-number: {v:?}"))),
+                .ok_or_else(|| StoreError::server(format!("ma answered a non-number: {v:?}"))),
             _ => Err(unexpected("ma", &m)),
         }
     }
@@ -807,7 +809,7 @@ impl Store for MemcachedStore {
             let m = s.run(b"mn\r\n", 1, 0).await?;
             match m.first().map(|m| m.status) {
                 Some(Status::NoOp) => Ok(()),
-                _ => Err(StoreError::Server(format!("{} did not answer mn with MN", s.addr()))),
+                _ => Err(StoreError::server(format!("{} did not answer mn with MN", s.addr()))),
             }
         });
         futures::future::try_join_all(pings).await.map(drop)
@@ -846,7 +848,7 @@ impl Store for MemcachedStore {
                     reqs.push(r);
                     at.push(i);
                 }
-                Err(StoreError::Refused(_)) => {}
+                Err(StoreError::Refused { .. }) => {}
                 Err(e) => return Err(e),
             }
         }
@@ -890,7 +892,7 @@ mod tests {
     fn keys_follow_memcached_rules() {
         assert_eq!(wire_key("user:1").unwrap(), "user:1");
         for bad in ["a b", "a\r\nmg x", "tab\t", "", "nul\0"] {
-            assert!(matches!(wire_key(bad), Err(StoreError::Refused(_))), "{bad:?}");
+            assert!(matches!(wire_key(bad), Err(StoreError::Refused { .. })), "{bad:?}");
         }
         let long = format!("ns:{}", "é".repeat(200));
         let hashed = wire_key(&long).unwrap();

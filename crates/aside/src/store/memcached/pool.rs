@@ -70,7 +70,7 @@ pub(super) struct Server {
 }
 
 fn timed_out(what: &str, addr: &str, after: Duration) -> StoreError {
-    StoreError::Connection(format!("{what} {addr} timed out after {after:?}"))
+    StoreError::connection(format!("{what} {addr} timed out after {after:?}"))
 }
 
 impl Server {
@@ -181,7 +181,7 @@ impl Server {
                 .permits
                 .acquire()
                 .await
-                .map_err(|_| StoreError::Connection("pool closed".into()))?;
+                .map_err(|_| StoreError::connection("pool closed"))?;
             Ok::<_, StoreError>((permit, self.checkout().await?))
         })
         .await
@@ -195,7 +195,7 @@ impl Server {
                 Ok((metas, generation))
             }
             Ok(Err(e)) => {
-                if matches!(e, StoreError::Connection(_)) {
+                if matches!(e, StoreError::Connection { .. }) {
                     self.clear_idle();
                 }
                 Err(e)

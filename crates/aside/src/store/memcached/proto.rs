@@ -76,11 +76,11 @@ impl Meta {
 }
 
 fn protocol(what: impl Into<String>) -> StoreError {
-    StoreError::Server(what.into())
+    StoreError::server(what)
 }
 
 fn io_error(e: std::io::Error) -> StoreError {
-    StoreError::Connection(e.to_string())
+    StoreError::connection("memcached I/O failed").with_source(e)
 }
 
 /// Appends one meta command: `<cmd> <key> [<len>] <flags>\r\n[<value>\r\n]`.
@@ -192,7 +192,7 @@ impl Conn {
             .await
             .map_err(io_error)?;
         if n == 0 {
-            return Err(StoreError::Connection("connection closed by the server".into()));
+            return Err(StoreError::connection("connection closed by the server"));
         }
         if !self.line.ends_with(b"\r\n") {
             return Err(protocol(format!(
@@ -216,7 +216,7 @@ impl Conn {
             "EX" => Status::Exists,
             "MN" => Status::NoOp,
             "SERVER_ERROR" if line.contains("too large") => {
-                return Err(StoreError::Refused(format!("memcached: {line}")));
+                return Err(StoreError::refused(format!("memcached: {line}")));
             }
             "ERROR" | "CLIENT_ERROR" | "SERVER_ERROR" => return Err(protocol(format!("memcached: {line}"))),
             _ => return Err(protocol(format!("unexpected response {line:?}"))),
@@ -310,11 +310,14 @@ mod tests {
         ] {
             assert!(parse(wire, 100).await.is_err(), "{wire:?}");
         }
-        assert!(matches!(parse(&[b'H'; 5000], 100).await, Err(StoreError::Server(_))));
-        assert!(matches!(parse(b"", 100).await, Err(StoreError::Connection(_))));
+        assert!(matches!(
+            parse(&[b'H'; 5000], 100).await,
+            Err(StoreError::Server { .. })
+        ));
+        assert!(matches!(parse(b"", 100).await, Err(StoreError::Connection { .. })));
         assert!(matches!(
             parse(b"SERVER_ERROR object too large for cache\r\n", 100).await,
-            Err(StoreError::Refused(_))
+            Err(StoreError::Refused { .. })
         ));
     }
 }

@@ -3,8 +3,11 @@
 //! Owns the Redis mapping of the [`Store`] contract. Plain values are
 //! strings (`GET`/`SET PX`/`DEL`/`INCR`), readable by any other client;
 //! leased entries are one hash per key (`v` value, `s` stale flag, `t` lease
-//! token, `e` lease deadline) changed only by the Lua scripts beside this
-//! file. Each script touches exactly one key, so it is valid in Redis
+//! token, `e` lease deadline, `w` a reader waits for the lease to end)
+//! changed only by the Lua scripts beside this file. A script that ends a
+//! lease some reader waited for publishes the key on
+//! [`RedisConfig::fill_channel`]; each store's subscriber task wakes the
+//! readers of its process (see [`crate::store::wake`]). Each script touches exactly one key, so it is valid in Redis
 //! Cluster as is.
 //!
 //! Why `ConnectionManager`: it multiplexes every caller over one connection
@@ -13,14 +16,19 @@
 //! Both timeouts are set explicitly (see [`RedisConfig`]) because a cache
 //! that waits on a dead server is worse than no cache.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
+use futures::StreamExt;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{RedisError, Script};
 
-use super::{EntryView, Fill, FillOutcome, LeaseOutcome, LeaseToken, Store, StoreError, StoreResult};
+use super::{
+    EntryView, Fill, FillOutcome, FillWakes, FillWatch, LeaseOutcome, LeaseToken, Store, StoreError, StoreResult,
+    masked_url,
+};
 
 /// Connection settings of a [`RedisStore`].
 #[derive(Debug, Clone)]
@@ -34,7 +42,16 @@ pub struct RedisConfig {
     pub reconnect_retries: usize,
     /// First delay between reconnect attempts (exponential after). Default 50 ms.
     pub reconnect_min_delay: Duration,
+    /// The pub/sub channel on which the end of a lease that readers wait for
+    /// is announced, so readers in every process sharing the server wake at
+    /// once instead of polling. Every store on one server that shares keys
+    /// must use the same channel. `None` turns notifications off (readers
+    /// poll). Default [`DEFAULT_FILL_CHANNEL`].
+    pub fill_channel: Option<String>,
 }
+
+/// The default [`RedisConfig::fill_channel`].
+pub const DEFAULT_FILL_CHANNEL: &str = "aside:fills";
 
 impl Default for RedisConfig {
     fn default() -> Self {
@@ -43,6 +60,7 @@ impl Default for RedisConfig {
             response_timeout: Duration::from_millis(250),
             reconnect_retries: 2,
             reconnect_min_delay: Duration::from_millis(50),
+            fill_channel: Some(DEFAULT_FILL_CHANNEL.to_owned()),
         }
     }
 }
@@ -88,7 +106,95 @@ impl Scripts {
 #[derive(Clone)]
 pub struct RedisStore {
     conn: ConnectionManager,
-    scripts: std::sync::Arc<Scripts>,
+    scripts: Arc<Scripts>,
+    /// The channel the scripts publish lease ends on; empty: none.
+    fill_channel: Arc<str>,
+    fill_subscription: Option<Arc<FillSubscription>>,
+}
+
+/// The subscriber task that turns lease ends published on the fill channel
+/// into wakes of this process's waiting readers. It lives as long as the
+/// store's last clone.
+///
+/// Why a dedicated connection: a subscribed RESP2 connection can do nothing
+/// else, and the multiplexed connection must never wait behind it.
+struct FillSubscription {
+    wakes: FillWakes,
+    task: tokio::task::AbortHandle,
+}
+
+impl Drop for FillSubscription {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Marks notifications down when the subscriber task ends, however it ends
+/// (aborted, or dropped with the runtime that ran it), so waiters poll.
+struct DownOnDrop(FillWakes);
+
+impl Drop for DownOnDrop {
+    fn drop(&mut self) {
+        self.0.set_live(false);
+    }
+}
+
+impl FillSubscription {
+    /// Subscribes to `channel` (once, bounded by `connect_timeout`, so that a
+    /// store that has just connected already wakes its readers), then keeps
+    /// the subscription up in a background task. A failed first attempt is
+    /// not an error: the task goes on trying, and readers poll meanwhile.
+    async fn start(client: redis::Client, channel: String, connect_timeout: Duration) -> Self {
+        let wakes = FillWakes::pending();
+        let subscribe = move |client: redis::Client, channel: String| async move {
+            let attempt = async {
+                let mut pubsub = client.get_async_pubsub().await?;
+                pubsub.subscribe(&channel).await?;
+                Ok::<_, RedisError>(pubsub)
+            };
+            tokio::time::timeout(connect_timeout, attempt).await.ok()?.ok()
+        };
+        let first = subscribe(client.clone(), channel.clone()).await;
+        if first.is_some() {
+            wakes.set_live(true);
+        }
+        let task_wakes = wakes.clone();
+        let task = tokio::spawn(async move {
+            let down_on_drop = DownOnDrop(task_wakes);
+            let wakes = &down_on_drop.0;
+            let mut pubsub = first;
+            let mut backoff = Duration::from_millis(50);
+            loop {
+                let Some(subscribed) = pubsub.take() else {
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(2));
+                    pubsub = subscribe(client.clone(), channel.clone()).await;
+                    if pubsub.is_some() {
+                        tracing::info!(channel, "fill notifications resubscribed");
+                        wakes.set_live(true);
+                    }
+                    continue;
+                };
+                backoff = Duration::from_millis(50);
+                let mut messages = subscribed.into_on_message();
+                while let Some(message) = messages.next().await {
+                    // A payload that is not a key of ours wakes nobody.
+                    if let Ok(key) = std::str::from_utf8(message.get_payload_bytes()) {
+                        wakes.wake(key);
+                    }
+                }
+                tracing::warn!(
+                    channel,
+                    "fill notifications lost their connection: readers poll until it is back"
+                );
+                wakes.set_live(false);
+            }
+        });
+        FillSubscription {
+            wakes,
+            task: task.abort_handle(),
+        }
+    }
 }
 
 impl std::fmt::Debug for RedisStore {
@@ -125,9 +231,9 @@ fn store_error(e: RedisError) -> StoreError {
                 )
         );
     if whole_store {
-        StoreError::Connection(e.to_string())
+        StoreError::connection("the Redis connection failed, or the server cannot serve now").with_source(e)
     } else {
-        StoreError::Server(e.to_string())
+        StoreError::server("Redis answered this request with an error").with_source(e)
     }
 }
 
@@ -136,7 +242,7 @@ fn lease_outcome(code: i64, value: Option<Bytes>, token: LeaseToken) -> StoreRes
         (1, Some(v)) => Ok(LeaseOutcome::Hit(v)),
         (2, stale) => Ok(LeaseOutcome::Busy { stale }),
         (3, stale) => Ok(LeaseOutcome::Granted { token, stale }),
-        (code, _) => Err(StoreError::Server(format!("lookup_or_lease returned code {code}"))),
+        (code, _) => Err(StoreError::server(format!("lookup_or_lease returned code {code}"))),
     }
 }
 
@@ -158,19 +264,30 @@ impl RedisStore {
     /// # Errors
     /// [`StoreError::Connection`] when the URL is invalid or the server cannot be reached.
     pub async fn connect_with(url: &str, config: RedisConfig) -> StoreResult<Self> {
-        let client = redis::Client::open(url).map_err(|e| StoreError::Connection(e.to_string()))?;
+        let client = redis::Client::open(url)
+            .map_err(|e| StoreError::connection(format!("invalid Redis URL {}", masked_url(url))).with_source(e))?;
         let manager_config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(config.connect_timeout))
             .set_response_timeout(Some(config.response_timeout))
             .set_number_of_retries(config.reconnect_retries)
             .set_min_delay(config.reconnect_min_delay)
             .set_max_delay(Duration::from_secs(1));
-        let conn = ConnectionManager::new_with_config(client, manager_config)
+        let conn = ConnectionManager::new_with_config(client.clone(), manager_config)
             .await
-            .map_err(store_error)?;
+            .map_err(|e| {
+                StoreError::connection(format!("cannot connect to Redis at {}", masked_url(url))).with_source(e)
+            })?;
+        let fill_subscription = match &config.fill_channel {
+            Some(channel) => Some(Arc::new(
+                FillSubscription::start(client, channel.clone(), config.connect_timeout).await,
+            )),
+            None => None,
+        };
         Ok(RedisStore {
             conn,
-            scripts: std::sync::Arc::new(Scripts::new()),
+            scripts: Arc::new(Scripts::new()),
+            fill_channel: Arc::from(config.fill_channel.as_deref().unwrap_or("")),
+            fill_subscription,
         })
     }
 
@@ -204,6 +321,10 @@ impl RedisStore {
 impl Store for RedisStore {
     fn name(&self) -> &'static str {
         "redis"
+    }
+
+    fn supports_plain_values(&self) -> bool {
+        true
     }
 
     async fn get(&self, key: &str) -> StoreResult<Option<Bytes>> {
@@ -317,6 +438,7 @@ impl Store for RedisStore {
             .arg(token.0)
             .arg(value.as_ref())
             .arg(ttl_ms(ttl))
+            .arg(self.fill_channel.as_ref())
             .invoke_async(&mut self.conn.clone())
             .await
             .map_err(store_error)?;
@@ -340,11 +462,16 @@ impl Store for RedisStore {
         Ok(renewed == 1)
     }
 
+    fn watch_fill(&self, key: &str) -> Option<FillWatch> {
+        self.fill_subscription.as_ref().map(|s| s.wakes.watch(key))
+    }
+
     async fn release(&self, key: &str, token: LeaseToken) -> StoreResult<()> {
         self.scripts
             .release
             .key(key)
             .arg(token.0)
+            .arg(self.fill_channel.as_ref())
             .invoke_async::<i64>(&mut self.conn.clone())
             .await
             .map_err(store_error)?;
@@ -357,6 +484,7 @@ impl Store for RedisStore {
             .key(key)
             .arg(value.as_ref())
             .arg(ttl_ms(ttl))
+            .arg(self.fill_channel.as_ref())
             .invoke_async::<i64>(&mut self.conn.clone())
             .await
             .map_err(store_error)?;
@@ -371,6 +499,7 @@ impl Store for RedisStore {
             .invalidate_keep_stale
             .key(key)
             .arg(ttl_ms(stale_ttl))
+            .arg(self.fill_channel.as_ref())
             .invoke_async::<i64>(&mut self.conn.clone())
             .await
             .map_err(store_error)?;
@@ -436,7 +565,8 @@ impl Store for RedisStore {
                 .arg(&fill.key)
                 .arg(fill.token.0)
                 .arg(fill.value.as_ref())
-                .arg(ttl_ms(fill.ttl));
+                .arg(ttl_ms(fill.ttl))
+                .arg(self.fill_channel.as_ref());
         }
         let stored: Vec<i64> = self.query_scripted(&pipe, include_str!("fill.lua")).await?;
         Ok(stored
@@ -478,6 +608,44 @@ mod tests {
 
     use super::*;
 
+    /// The error of a failed connect says which server, never with the
+    /// URL's password, and keeps redis-rs's error as its source.
+    #[tokio::test]
+    async fn a_connect_error_names_the_server_without_its_password() {
+        let refused_port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .unwrap()
+            .port();
+        let unreachable = format!("redis://ada:hunter2@127.0.0.1:{refused_port}/");
+        for (url, shown) in [
+            (
+                unreachable.as_str(),
+                format!("redis://ada:***@127.0.0.1:{refused_port}/"),
+            ),
+            (
+                "redis://ada:hunter2@127.0.0.1:notaport/",
+                "redis://ada:***@127.0.0.1:notaport/".to_owned(),
+            ),
+        ] {
+            let err = RedisStore::connect(url).await.expect_err(url);
+            assert!(matches!(err, StoreError::Connection { .. }), "{err:?}");
+            let mut chain = format!("{err} {err:?}");
+            let mut source = std::error::Error::source(&err);
+            assert!(source.is_some(), "redis-rs's error is kept");
+            while let Some(e) = source {
+                chain += &format!(" {e} {e:?}");
+                source = e.source();
+            }
+            assert!(chain.contains(&shown), "{chain}");
+            assert!(!chain.contains("hunter2"), "{chain}");
+            let err = crate::Error::from(err);
+            assert!(
+                err.is_store() && !format!("{err} {err:?}").contains("hunter2"),
+                "{err:?}"
+            );
+        }
+    }
+
     /// Defect 16 of issue 12: only what no key escapes feeds the breaker.
     #[test]
     fn errors_about_one_key_are_server_errors_and_a_sick_server_is_a_connection_error() {
@@ -488,7 +656,7 @@ mod tests {
             ErrorKind::Server(ServerErrorKind::ExecAbort),
             ErrorKind::Extension,
         ] {
-            assert!(matches!(kind(per_key), StoreError::Server(_)), "{per_key:?}");
+            assert!(matches!(kind(per_key), StoreError::Server { .. }), "{per_key:?}");
         }
         for whole_store in [
             ErrorKind::Io,
@@ -500,7 +668,7 @@ mod tests {
             ErrorKind::Server(ServerErrorKind::MasterDown),
         ] {
             assert!(
-                matches!(kind(whole_store), StoreError::Connection(_)),
+                matches!(kind(whole_store), StoreError::Connection { .. }),
                 "{whole_store:?}"
             );
         }

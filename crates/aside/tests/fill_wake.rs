@@ -1,0 +1,196 @@
+//! Readers in other processes are woken when the lease they wait on ends
+//! (issue 13): on Redis by a message the scripts publish on the fill channel,
+//! on the memory store directly. Polling remains the fallback.
+//!
+//! Two `RedisStore`s on one server have a connection and a subscriber each,
+//! exactly as two processes would; two `Aside`s sharing one `MemoryStore`
+//! share nothing else. Each store-level test fails (its 30 s bound runs out)
+//! when the scripts stop publishing or the memory store stops waking.
+
+mod common;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use aside::store::redis::{DEFAULT_FILL_CHANNEL, RedisStore};
+use aside::store::{FillWatch, LeaseOutcome, LeaseToken, Store};
+use aside::{Aside, MemoryStore, Source};
+use aside_testkit::RedisServer;
+use bytes::Bytes;
+use common::eventually;
+use futures::StreamExt;
+
+const LEASE: Duration = Duration::from_secs(30);
+const TTL: Duration = Duration::from_secs(60);
+/// Bounds a wait that should end at once; only a broken wake reaches it.
+const WOKEN_WITHIN: Duration = Duration::from_secs(30);
+
+/// How the holder's lease ends.
+#[derive(Debug, Clone, Copy)]
+enum End {
+    Fill,
+    Release,
+    PutEntry,
+    InvalidateKeepingStale,
+}
+
+const ENDS: [End; 4] = [End::Fill, End::Release, End::PutEntry, End::InvalidateKeepingStale];
+
+/// `holder` takes the lease on `key`; `waiter` arms a watch and finds the
+/// key busy; `holder` ends the lease as `end` says; the watch must wake.
+async fn a_busy_reader_is_woken(holder: &dyn Store, waiter: &dyn Store, key: &str, end: End) {
+    let token = LeaseToken::random();
+    assert!(matches!(
+        holder.lookup_or_lease(key, token, LEASE).await.unwrap(),
+        LeaseOutcome::Granted { .. }
+    ));
+    let watch: FillWatch = waiter.watch_fill(key).expect("this store notifies");
+    assert!(watch.is_live(), "{end:?}: notifications are not up");
+    assert!(matches!(
+        waiter.lookup_or_lease(key, LeaseToken::random(), LEASE).await.unwrap(),
+        LeaseOutcome::Busy { .. }
+    ));
+    match end {
+        End::Fill => {
+            holder.fill(key, token, Bytes::from_static(b"v"), TTL).await.unwrap();
+        }
+        End::Release => holder.release(key, token).await.unwrap(),
+        End::PutEntry => holder.put_entry(key, Bytes::from_static(b"v"), TTL).await.unwrap(),
+        End::InvalidateKeepingStale => holder.invalidate(key, Some(TTL)).await.unwrap(),
+    }
+    tokio::time::timeout(WOKEN_WITHIN, watch.wait())
+        .await
+        .unwrap_or_else(|_| panic!("{end:?}: the waiting reader was never woken"));
+}
+
+#[tokio::test]
+async fn redis_wakes_a_reader_in_another_process_on_every_end_of_a_lease() {
+    let server = RedisServer::start();
+    let holder = RedisStore::connect(&server.url()).await.unwrap();
+    let waiter = RedisStore::connect(&server.url()).await.unwrap();
+    for (i, end) in ENDS.into_iter().enumerate() {
+        a_busy_reader_is_woken(&holder, &waiter, &format!("k{i}"), end).await;
+    }
+}
+
+#[tokio::test]
+async fn the_memory_store_wakes_a_reader_on_every_end_of_a_lease() {
+    let store = MemoryStore::new();
+    for (i, end) in ENDS.into_iter().enumerate() {
+        a_busy_reader_is_woken(&store, &store, &format!("k{i}"), end).await;
+    }
+}
+
+/// Only lease ends some reader waited for are published: a fill nobody
+/// waited on costs the channel nothing.
+#[tokio::test]
+async fn redis_publishes_only_what_a_reader_waits_for() {
+    let server = RedisServer::start();
+    let store = RedisStore::connect(&server.url()).await.unwrap();
+    let client = redis::Client::open(server.url()).unwrap();
+    let mut pubsub = client.get_async_pubsub().await.unwrap();
+    pubsub.subscribe(DEFAULT_FILL_CHANNEL).await.unwrap();
+    let mut messages = pubsub.into_on_message();
+
+    let unwatched = LeaseToken::random();
+    store.lookup_or_lease("quiet", unwatched, LEASE).await.unwrap();
+    store
+        .fill("quiet", unwatched, Bytes::from_static(b"v"), TTL)
+        .await
+        .unwrap();
+    a_busy_reader_is_woken(&store, &store, "awaited", End::Fill).await;
+
+    let first = tokio::time::timeout(WOKEN_WITHIN, messages.next())
+        .await
+        .expect("a message")
+        .expect("the subscription is open");
+    assert_eq!(
+        first.get_payload_bytes(),
+        b"awaited",
+        "the fill nobody waited for was published"
+    );
+}
+
+/// Notifications follow the connection: down while the server is, so
+/// readers poll; up again after it is back, and waking again.
+#[tokio::test]
+async fn redis_notifications_come_back_after_the_server_does() {
+    let mut server = RedisServer::start();
+    let store = RedisStore::connect(&server.url()).await.unwrap();
+    assert!(store.watch_fill("k").unwrap().is_live());
+    server.kill();
+    eventually("notifications marked down", WOKEN_WITHIN, || {
+        let live = store.watch_fill("k").unwrap().is_live();
+        async move { !live }
+    })
+    .await;
+    server.restart();
+    eventually("notifications back up", WOKEN_WITHIN, || {
+        let live = store.watch_fill("k").unwrap().is_live();
+        async move { live }
+    })
+    .await;
+    let other = RedisStore::connect(&server.url()).await.unwrap();
+    eventually("the store reconnected", WOKEN_WITHIN, || {
+        let store = store.clone();
+        async move { store.ping().await.is_ok() }
+    })
+    .await;
+    a_busy_reader_is_woken(&other, &store, "k", End::Fill).await;
+}
+
+/// Two `Aside`s that share only a store (two processes, in effect): the
+/// waiter takes the holder's value at the instant the fill lands, on
+/// virtual time, and never loads. With polling instead it would answer at
+/// its next poll, up to 50 ms later (checked by disabling the wake).
+#[tokio::test(start_paused = true)]
+async fn a_waiter_elsewhere_answers_the_instant_the_fill_lands() {
+    let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+    let namespace = |store: &Arc<dyn Store>| {
+        Aside::builder()
+            .shared_store(store.clone())
+            .build()
+            .namespace::<u64, u64>("hot")
+            .lease_ttl(LEASE)
+            .lease_wait(Duration::from_secs(60))
+            .build()
+            .unwrap()
+    };
+    let (holder, waiter) = (namespace(&store), namespace(&store));
+    let started = Arc::new(tokio::sync::Notify::new());
+    let leader = tokio::spawn({
+        let started = started.clone();
+        async move {
+            let fetched = holder
+                .fetch(&1, || async {
+                    started.notify_one();
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    Ok::<_, std::io::Error>(Some(7))
+                })
+                .await
+                .unwrap();
+            (fetched, tokio::time::Instant::now())
+        }
+    });
+    started.notified().await;
+    let waiter_loads = Arc::new(AtomicUsize::new(0));
+    let fetched = waiter
+        .fetch(&1, || {
+            waiter_loads.fetch_add(1, Ordering::SeqCst);
+            async { Ok::<_, std::io::Error>(Some(0)) }
+        })
+        .await
+        .unwrap();
+    let answered_at = tokio::time::Instant::now();
+    let (led, filled_at) = leader.await.unwrap();
+    assert_eq!(led.value, Some(7));
+    assert_eq!(fetched.value, Some(7));
+    assert_eq!(fetched.source, Source::Coalesced);
+    assert_eq!(waiter_loads.load(Ordering::SeqCst), 0, "the waiter loaded");
+    let late = answered_at.saturating_duration_since(filled_at);
+    assert!(
+        late <= Duration::from_millis(1),
+        "the waiter answered {late:?} after the fill landed"
+    );
+}
