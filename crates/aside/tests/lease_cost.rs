@@ -121,8 +121,9 @@ async fn a_refused_fill_is_not_loaded_again() {
 /// value (it may predate the invalidation they observed): they share one
 /// new load, and the leader does not load again for them. (This one holds
 /// before the fixes too, where the leader's reload found the waiters'
-/// lease and waited; it guards the promise, not a reverted fix.)
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+/// lease and waited; it guards the promise, not a reverted fix.) One
+/// thread, so a waiter that counted its miss has joined the flight.
+#[tokio::test(flavor = "current_thread")]
 async fn waiters_after_a_revoking_invalidation_share_one_new_load() {
     let Leading {
         aside,
@@ -168,7 +169,12 @@ async fn waiters_after_a_revoking_invalidation_share_one_new_load() {
 /// key busy and polled the store with backoff (up to 124 ms for a 50 ms
 /// loader in `aside demo --scenario stampede`). Here its own lease request
 /// would fail, and it would load a second time.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+///
+/// One thread, so that once the second reader has counted its miss it has
+/// also reached the flight (no await lies between the two), and the first
+/// load cannot end before it has: with two threads it could, and the second
+/// reader then found no flight to join (2 failures in about 8 loaded runs).
+#[tokio::test(flavor = "current_thread")]
 async fn a_reader_that_looked_before_the_grant_joins_the_load() {
     let gate_peeks = Arc::new(Semaphore::new(0));
     let calls = Arc::new(AtomicUsize::new(0));
@@ -176,7 +182,7 @@ async fn a_reader_that_looked_before_the_grant_joins_the_load() {
     wrapped.peek_gate = Some(gate_peeks.clone());
     let hooks = wrapped.hooks.clone();
     let store: Arc<dyn Store> = Arc::new(wrapped);
-    let (_aside, users) = namespace(&store);
+    let (aside, users) = namespace(&store);
     let db = Db::with_users(1);
     let (loads, gate) = (Arc::new(AtomicUsize::new(0)), Arc::new(Semaphore::new(0)));
     let spawn_reader = || {
@@ -201,6 +207,11 @@ async fn a_reader_that_looked_before_the_grant_joins_the_load() {
     loading_started(&loads, 1).await;
     hooks.fail("lookup_or_lease");
     gate_peeks.add_permits(1_000);
+    eventually("the second lookup answered", Duration::from_secs(30), || {
+        let misses = aside.stats().misses;
+        async move { misses >= 2 }
+    })
+    .await;
     // The second reader can only finish by joining the first's load (it
     // cannot take a lease now, and a load of its own would be the second).
     gate.add_permits(1);
