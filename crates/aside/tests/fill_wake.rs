@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use aside::store::redis::{DEFAULT_FILL_CHANNEL, RedisStore};
-use aside::store::{FillWatch, LeaseOutcome, LeaseToken, Store};
+use aside::store::{FillOutcome, FillWatch, LeaseOutcome, LeaseToken, Store};
 use aside::{Aside, MemoryStore, Source};
 use aside_testkit::RedisServer;
 use bytes::Bytes;
@@ -32,33 +32,54 @@ enum End {
     Fill,
     Release,
     PutEntry,
+    /// The default `invalidate` (no stale value kept).
+    Invalidate,
     InvalidateKeepingStale,
 }
 
-const ENDS: [End; 4] = [End::Fill, End::Release, End::PutEntry, End::InvalidateKeepingStale];
+const ENDS: [End; 5] = [
+    End::Fill,
+    End::Release,
+    End::PutEntry,
+    End::Invalidate,
+    End::InvalidateKeepingStale,
+];
 
-/// `holder` takes the lease on `key`; `waiter` arms a watch and finds the
-/// key busy; `holder` ends the lease as `end` says; the watch must wake.
-async fn a_busy_reader_is_woken(holder: &dyn Store, waiter: &dyn Store, key: &str, end: End) {
+/// `holder` ends its lease on `key` as `end` says; every write must succeed.
+async fn end_lease(holder: &dyn Store, key: &str, token: LeaseToken, end: End) {
+    match end {
+        End::Fill => {
+            let outcome = holder.fill(key, token, Bytes::from_static(b"v"), TTL).await.unwrap();
+            assert_eq!(outcome, FillOutcome::Stored);
+        }
+        End::Release => holder.release(key, token).await.unwrap(),
+        End::PutEntry => holder.put_entry(key, Bytes::from_static(b"v"), TTL).await.unwrap(),
+        End::Invalidate => holder.invalidate(key, None).await.unwrap(),
+        End::InvalidateKeepingStale => holder.invalidate(key, Some(TTL)).await.unwrap(),
+    }
+}
+
+/// `holder` takes the lease on `key`; `waiter` finds the key busy; returns the token.
+async fn busy(holder: &dyn Store, waiter: &dyn Store, key: &str) -> LeaseToken {
     let token = LeaseToken::random();
     assert!(matches!(
         holder.lookup_or_lease(key, token, LEASE).await.unwrap(),
         LeaseOutcome::Granted { .. }
     ));
-    let watch: FillWatch = waiter.watch_fill(key).expect("this store notifies");
-    assert!(watch.is_live(), "{end:?}: notifications are not up");
     assert!(matches!(
         waiter.lookup_or_lease(key, LeaseToken::random(), LEASE).await.unwrap(),
         LeaseOutcome::Busy { .. }
     ));
-    match end {
-        End::Fill => {
-            holder.fill(key, token, Bytes::from_static(b"v"), TTL).await.unwrap();
-        }
-        End::Release => holder.release(key, token).await.unwrap(),
-        End::PutEntry => holder.put_entry(key, Bytes::from_static(b"v"), TTL).await.unwrap(),
-        End::InvalidateKeepingStale => holder.invalidate(key, Some(TTL)).await.unwrap(),
-    }
+    token
+}
+
+/// `holder` takes the lease on `key`; `waiter` arms a watch and finds the
+/// key busy; `holder` ends the lease as `end` says; the watch must wake.
+async fn a_busy_reader_is_woken(holder: &dyn Store, waiter: &dyn Store, key: &str, end: End) {
+    let watch: FillWatch = waiter.watch_fill(key).expect("this store notifies");
+    assert!(watch.is_live(), "{end:?}: notifications are not up");
+    let token = busy(holder, waiter, key).await;
+    end_lease(holder, key, token, end).await;
     tokio::time::timeout(WOKEN_WITHIN, watch.wait())
         .await
         .unwrap_or_else(|_| panic!("{end:?}: the waiting reader was never woken"));
@@ -110,6 +131,121 @@ async fn redis_publishes_only_what_a_reader_waits_for() {
         b"awaited",
         "the fill nobody waited for was published"
     );
+}
+
+/// A lease that ran out leaves no mark: the next lease's fill, which nobody
+/// waited for, is not published.
+#[tokio::test]
+async fn a_lease_that_ran_out_leaves_no_mark_behind() {
+    let server = RedisServer::start();
+    let store = RedisStore::connect(&server.url()).await.unwrap();
+    let client = redis::Client::open(server.url()).unwrap();
+    let mut pubsub = client.get_async_pubsub().await.unwrap();
+    pubsub.subscribe(DEFAULT_FILL_CHANNEL).await.unwrap();
+    let mut messages = pubsub.into_on_message();
+
+    // A stale value (so the entry outlives its lease), a short lease that a
+    // reader found busy, and then the lease runs out unannounced.
+    store
+        .put_entry("expired", Bytes::from_static(b"old"), TTL)
+        .await
+        .unwrap();
+    store.invalidate("expired", Some(TTL)).await.unwrap();
+    let short = Duration::from_millis(20);
+    store
+        .lookup_or_lease("expired", LeaseToken::random(), short)
+        .await
+        .unwrap();
+    let busy_reply = store
+        .lookup_or_lease("expired", LeaseToken::random(), LEASE)
+        .await
+        .unwrap();
+    assert!(matches!(busy_reply, LeaseOutcome::Busy { .. }));
+    let next = loop {
+        // The lease's end is the server's clock: look until it has passed.
+        let token = LeaseToken::random();
+        if let LeaseOutcome::Granted { .. } = store.lookup_or_lease("expired", token, LEASE).await.unwrap() {
+            break token;
+        }
+        tokio::time::sleep(short).await;
+    };
+    store
+        .fill("expired", next, Bytes::from_static(b"new"), TTL)
+        .await
+        .unwrap();
+    a_busy_reader_is_woken(&store, &store, "awaited", End::Fill).await;
+
+    let first = tokio::time::timeout(WOKEN_WITHIN, messages.next())
+        .await
+        .expect("a message")
+        .expect("the subscription is open");
+    assert_eq!(
+        first.get_payload_bytes(),
+        b"awaited",
+        "the mark of a lease that ran out published a fill nobody waited for"
+    );
+}
+
+/// An ACL user without channel rights (Redis 7's default for a new user)
+/// cannot publish: every write that ends a lease still succeeds and is
+/// applied, and the store reports notifications down, so readers poll.
+#[tokio::test]
+async fn a_user_without_channel_rights_keeps_its_writes_and_polls() {
+    let server = RedisServer::start();
+    let admin = redis::Client::open(server.url()).unwrap();
+    let mut conn = admin.get_multiplexed_async_connection().await.unwrap();
+    redis::cmd("ACL")
+        .arg(&["SETUSER", "app", "on", ">app-pw", "~*", "+@all", "resetchannels"])
+        .exec_async(&mut conn)
+        .await
+        .unwrap();
+    let url = format!("redis://app:app-pw@127.0.0.1:{}/", server.port());
+    let (holder, waiter) = (
+        RedisStore::connect(&url).await.unwrap(),
+        RedisStore::connect(&url).await.unwrap(),
+    );
+    assert!(!waiter.watch_fill("k").unwrap().is_live());
+    for (i, end) in ENDS.into_iter().enumerate() {
+        let key = format!("k{i}");
+        let token = busy(&holder, &waiter, &key).await;
+        end_lease(&holder, &key, token, end).await;
+        let view = holder.peek_entry(&key).await.unwrap();
+        assert_eq!(view.lease, None, "{end:?} left the lease in place");
+    }
+}
+
+/// A store that outlives the runtime it connected on (its subscriber task
+/// died with it) gets its notifications back on the next runtime.
+#[test]
+fn a_store_moved_to_a_new_runtime_gets_its_notifications_back() {
+    let server = RedisServer::start();
+    let runtime = || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+    };
+    let first = runtime();
+    let store = first.block_on(RedisStore::connect(&server.url())).unwrap();
+    drop(first);
+    runtime().block_on(async {
+        assert!(
+            !store.watch_fill("k").unwrap().is_live(),
+            "its task died with the runtime"
+        );
+        eventually("notifications back on this runtime", WOKEN_WITHIN, || {
+            let live = store.watch_fill("k").unwrap().is_live();
+            async move { live }
+        })
+        .await;
+        let other = RedisStore::connect(&server.url()).await.unwrap();
+        eventually("the store's connection is back", WOKEN_WITHIN, || {
+            let store = store.clone();
+            async move { store.ping().await.is_ok() }
+        })
+        .await;
+        a_busy_reader_is_woken(&other, &store, "k", End::Fill).await;
+    });
 }
 
 /// Notifications follow the connection: down while the server is, so

@@ -83,3 +83,29 @@ async fn a_fill_racing_an_invalidation_does_not_install_the_old_value() {
     );
     assert_eq!(aside.stats().l1_hits, 0);
 }
+
+/// I1 across two namespaces of one name in one `Aside`: a writer without an
+/// L1 of its own still evicts its peer's L1 before `invalidate` returns (the
+/// bus never brings a process its own messages). Failed before: the
+/// eviction ran only when the writer had an L1.
+#[tokio::test]
+async fn a_writer_without_an_l1_evicts_its_peers_l1() {
+    let aside = Aside::builder().build();
+    let cached = aside
+        .namespace::<u64, u64>("user")
+        .l1(100, Duration::from_secs(60))
+        .build()
+        .unwrap();
+    let writer = aside.namespace::<u64, u64>("user").build().unwrap();
+    let first = cached
+        .get_or_load(&1, || async { Ok::<_, std::io::Error>(Some(1)) })
+        .await
+        .unwrap();
+    assert_eq!(first, Some(1));
+    writer.invalidate(&1).await.unwrap();
+    let after = cached
+        .get_or_load(&1, || async { Ok::<_, std::io::Error>(Some(2)) })
+        .await
+        .unwrap();
+    assert_eq!(after, Some(2), "the peer's L1 kept the value the writer invalidated");
+}

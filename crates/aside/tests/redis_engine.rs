@@ -300,3 +300,31 @@ async fn a_key_of_the_wrong_type_is_a_miss_not_a_sick_store() {
         assert_eq!(read(ns, &db, 1).await.1, Source::Hit, "{ns:?}: the key healed");
     }
 }
+
+/// A connect error names the server but never its password, in any of the
+/// URL forms redis-rs accepts (user info, `?pass=`, `?password=`, and URLs
+/// whose password breaks the parser), through the whole error chain.
+#[tokio::test]
+async fn connect_errors_never_show_a_password() {
+    for url in [
+        "redis+unix:///nonexistent/aside.sock?pass=hunter2",
+        "unix:///nonexistent/aside.sock?pass=hunter2",
+        "redis://127.0.0.1:1/?password=hunter2",
+        "redis://:hunter2@127.0.0.1:1/",
+        "redis://ada:hunter2@127.0.0.1:1/",
+        "redis://ada:hun/ter2@127.0.0.1:1/",
+        "redis://ada:hunter2#@127.0.0.1:1/",
+    ] {
+        let err = RedisStore::connect(url).await.expect_err(url);
+        let mut chain = format!("{err} | {err:?}");
+        let mut source = std::error::Error::source(&err);
+        while let Some(cause) = source {
+            chain += &format!(" | {cause} | {cause:?}");
+            source = cause.source();
+        }
+        assert!(
+            !chain.contains("hunter2") && !chain.contains("ter2"),
+            "{url} -> {chain}"
+        );
+    }
+}

@@ -620,8 +620,18 @@ pub(crate) fn load_overlaps(history: &History) -> Overlaps {
     let faults: Vec<u64> = history
         .journal
         .iter()
-        .filter(|e| matches!(e.event, JournalEvent::Store { .. } | JournalEvent::Abandoned { .. }))
+        .filter(|e| matches!(e.event, JournalEvent::Store { .. }))
         .map(|e| e.seq)
+        .collect();
+    // A call nobody answered (timed out, cancelled) excuses only loads of
+    // its own key: unlike an injected fault it does not open the breaker.
+    let abandoned: Vec<(u64, &str)> = history
+        .journal
+        .iter()
+        .filter_map(|e| match &e.event {
+            JournalEvent::Abandoned { key, .. } => Some((e.seq, key.as_str())),
+            _ => None,
+        })
         .collect();
     // The library's own writes of a key (replays, delayed deletes, background fills).
     let background: Vec<(u64, &str)> = history
@@ -655,6 +665,9 @@ pub(crate) fn load_overlaps(history: &History) -> Overlaps {
                     .iter()
                     .any(|o| o.op.is_write() && o.op.keys().contains(&key) && o.start < to && o.end > from)
                     || faults.iter().any(|s| *s > from && *s < to)
+                    || abandoned
+                        .iter()
+                        .any(|(s, k)| *s > from && *s < to && k.starts_with(full))
                     || background
                         .iter()
                         .any(|(s, k)| *s > from && *s < to && k.starts_with(full));

@@ -384,13 +384,12 @@ impl<V: Clone + Send + Sync + 'static> NsInner<V> {
 
     /// Evicts `full` once the store has the write: from this namespace's
     /// L1 and from every other namespace of the same name in this `Aside`
-    /// (which hear nothing from the bus: a process ignores its own messages).
+    /// (which hear nothing from the bus: a process ignores its own messages),
+    /// whether or not this namespace has an L1 of its own.
     pub(crate) fn l1_evict_written(&self, full: &str) {
-        if self.l1.is_some() {
-            self.core
-                .l1_peers
-                .evict(&self.name, std::slice::from_ref(&full.to_owned()));
-        }
+        self.core
+            .l1_peers
+            .evict(&self.name, std::slice::from_ref(&full.to_owned()));
     }
 }
 

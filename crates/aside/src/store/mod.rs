@@ -192,24 +192,34 @@ impl StoreError {
 /// `url` with the password of its user-info part, if any, replaced by
 /// `***` (`redis://user:***@host/`; a user-info with no `:` is masked
 /// whole, since some clients read it as the password), for messages.
-pub(crate) fn masked_url(url: &str) -> String {
-    let Some(scheme_end) = url.find("://").map(|i| i + 3) else {
-        return url.to_owned();
+pub(crate) fn masked_url(raw: &str) -> String {
+    let Ok(mut url) = url::Url::parse(raw) else {
+        // Not a URL the parser agrees on (an unescaped `/` or `#` in a
+        // password, say): any part of it may be the secret.
+        return raw
+            .split_once("://")
+            .map_or_else(|| raw.to_owned(), |(scheme, _)| format!("{scheme}://***"));
     };
-    let authority_end = url[scheme_end..]
-        .find(['/', '?', '#'])
-        .map_or(url.len(), |i| scheme_end + i);
-    let Some(at) = url[scheme_end..authority_end].rfind('@').map(|i| scheme_end + i) else {
-        return url.to_owned();
-    };
-    let user_info = &url[scheme_end..at];
-    let kept = user_info.split_once(':').map_or("", |(user, _)| user);
-    format!(
-        "{}{kept}{}***{}",
-        &url[..scheme_end],
-        if kept.is_empty() { "" } else { ":" },
-        &url[at..]
-    )
+    if url.password().is_some() {
+        let _ = url.set_password(Some("***"));
+    } else if !url.username().is_empty() {
+        // `redis://SECRET@host`: redis-rs takes a lone user part as the password.
+        let _ = url.set_username("***");
+    }
+    if url.query().is_some() {
+        let pairs: Vec<(String, String)> = url
+            .query_pairs()
+            .map(|(name, value)| {
+                let secret = matches!(name.to_ascii_lowercase().as_str(), "pass" | "password" | "token");
+                (
+                    name.into_owned(),
+                    if secret { "***".to_owned() } else { value.into_owned() },
+                )
+            })
+            .collect();
+        url.query_pairs_mut().clear().extend_pairs(pairs);
+    }
+    url.to_string()
 }
 
 /// Result of a store operation.
@@ -491,12 +501,26 @@ mod tests {
     fn a_url_password_is_masked_and_the_rest_of_the_url_kept() {
         for (url, shown) in [
             ("redis://ada:hunter2@cache:6379/0", "redis://ada:***@cache:6379/0"),
-            ("redis://:hunter2@cache:6379", "redis://***@cache:6379"),
+            ("redis://:hunter2@cache:6379", "redis://:***@cache:6379"),
             ("redis://hunter2@cache", "redis://***@cache"),
             ("nats://ada:p@ss@nats:4222", "nats://ada:***@nats:4222"),
-            ("rediss://cache:6379/0?name=a@b", "rediss://cache:6379/0?name=a@b"),
+            ("rediss://cache:6379/0?name=a@b", "rediss://cache:6379/0?name=a%40b"),
             ("redis://cache:6379", "redis://cache:6379"),
             ("cache:6379", "cache:6379"),
+            (
+                "redis+unix:///run/redis.sock?pass=hunter2",
+                "redis+unix:///run/redis.sock?pass=***",
+            ),
+            (
+                "unix:///run/redis.sock?db=1&pass=hunter2",
+                "unix:///run/redis.sock?db=1&pass=***",
+            ),
+            (
+                "redis://cache:6379/?password=hunter2",
+                "redis://cache:6379/?password=***",
+            ),
+            ("redis://ada:hun/ter2@cache:6379/", "redis://***"),
+            ("redis://ada:hunter2#@cache:6379/", "redis://***"),
         ] {
             assert_eq!(masked_url(url), shown, "{url}");
         }

@@ -10,6 +10,7 @@ redis.call('DEL', KEYS[1])
 redis.call('HSET', KEYS[1], 'v', ARGV[2])
 redis.call('PEXPIRE', KEYS[1], ARGV[3])
 if waited and ARGV[4] ~= '' then
-  redis.call('PUBLISH', ARGV[4], KEYS[1])
+  -- pcall: a user without channel rights must not fail the write above.
+  redis.pcall('PUBLISH', ARGV[4], KEYS[1])
 end
 return 1

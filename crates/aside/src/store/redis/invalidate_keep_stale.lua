@@ -13,6 +13,7 @@ if value then
   redis.call('PEXPIRE', KEYS[1], ARGV[1])
 end
 if waited and ARGV[2] ~= '' then
-  redis.call('PUBLISH', ARGV[2], KEYS[1])
+  -- pcall: a user without channel rights must not fail the write above.
+  redis.pcall('PUBLISH', ARGV[2], KEYS[1])
 end
 return 1

@@ -73,6 +73,7 @@ struct Scripts {
     release: Script,
     renew_lease: Script,
     invalidate_keep_stale: Script,
+    invalidate: Script,
 }
 
 impl Scripts {
@@ -85,6 +86,7 @@ impl Scripts {
             release: Script::new(include_str!("release.lua")),
             renew_lease: Script::new(include_str!("renew_lease.lua")),
             invalidate_keep_stale: Script::new(include_str!("invalidate_keep_stale.lua")),
+            invalidate: Script::new(include_str!("invalidate.lua")),
         }
     }
 }
@@ -117,15 +119,24 @@ pub struct RedisStore {
 /// store's last clone.
 ///
 /// Why a dedicated connection: a subscribed RESP2 connection can do nothing
-/// else, and the multiplexed connection must never wait behind it.
+/// else, and the multiplexed connection must never wait behind it. Why a
+/// mutex around the task: a store may outlive the runtime that started it
+/// (a test's runtime, a CLI phase), and the task dies with that runtime; the
+/// next watch taken on a live runtime starts it again there.
 struct FillSubscription {
     wakes: FillWakes,
-    task: tokio::task::AbortHandle,
+    client: redis::Client,
+    channel: String,
+    connect_timeout: Duration,
+    task: std::sync::Mutex<tokio::task::AbortHandle>,
 }
 
 impl Drop for FillSubscription {
     fn drop(&mut self) {
-        self.task.abort();
+        self.task
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .abort();
     }
 }
 
@@ -139,43 +150,91 @@ impl Drop for DownOnDrop {
     }
 }
 
+/// One subscription attempt, bounded by `connect_timeout`.
+async fn subscribe(
+    client: &redis::Client,
+    channel: &str,
+    connect_timeout: Duration,
+) -> Result<redis::aio::PubSub, String> {
+    let attempt = async {
+        let mut pubsub = client.get_async_pubsub().await?;
+        pubsub.subscribe(channel).await?;
+        Ok::<_, RedisError>(pubsub)
+    };
+    match tokio::time::timeout(connect_timeout, attempt).await {
+        Ok(Ok(pubsub)) => Ok(pubsub),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err(format!("no answer within {connect_timeout:?}")),
+    }
+}
+
 impl FillSubscription {
-    /// Subscribes to `channel` (once, bounded by `connect_timeout`, so that a
-    /// store that has just connected already wakes its readers), then keeps
-    /// the subscription up in a background task. A failed first attempt is
-    /// not an error: the task goes on trying, and readers poll meanwhile.
+    /// Subscribes once (so that a store that has just connected already
+    /// wakes its readers), then keeps the subscription up in a background
+    /// task. A failed first attempt is not an error: the task goes on
+    /// trying, and readers poll meanwhile.
     async fn start(client: redis::Client, channel: String, connect_timeout: Duration) -> Self {
         let wakes = FillWakes::pending();
-        let subscribe = move |client: redis::Client, channel: String| async move {
-            let attempt = async {
-                let mut pubsub = client.get_async_pubsub().await?;
-                pubsub.subscribe(&channel).await?;
-                Ok::<_, RedisError>(pubsub)
-            };
-            tokio::time::timeout(connect_timeout, attempt).await.ok()?.ok()
-        };
-        let first = subscribe(client.clone(), channel.clone()).await;
-        if first.is_some() {
+        let first = subscribe(&client, &channel, connect_timeout).await;
+        if first.is_ok() {
             wakes.set_live(true);
         }
-        let task_wakes = wakes.clone();
-        let task = tokio::spawn(async move {
-            let down_on_drop = DownOnDrop(task_wakes);
+        let task = Self::spawn(&wakes, &client, &channel, connect_timeout, Some(first));
+        FillSubscription {
+            wakes,
+            client,
+            channel,
+            connect_timeout,
+            task: std::sync::Mutex::new(task),
+        }
+    }
+
+    fn spawn(
+        wakes: &FillWakes,
+        client: &redis::Client,
+        channel: &str,
+        connect_timeout: Duration,
+        first: Option<Result<redis::aio::PubSub, String>>,
+    ) -> tokio::task::AbortHandle {
+        let (client, channel) = (client.clone(), channel.to_owned());
+        let down_on_drop = DownOnDrop(wakes.clone());
+        tokio::spawn(async move {
             let wakes = &down_on_drop.0;
-            let mut pubsub = first;
+            let mut attempt = match first {
+                Some(first) => first,
+                None => subscribe(&client, &channel, connect_timeout).await,
+            };
+            if attempt.is_ok() {
+                wakes.set_live(true);
+            }
             let mut backoff = Duration::from_millis(50);
+            let mut warned = false;
             loop {
-                let Some(subscribed) = pubsub.take() else {
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(2));
-                    pubsub = subscribe(client.clone(), channel.clone()).await;
-                    if pubsub.is_some() {
-                        tracing::info!(channel, "fill notifications resubscribed");
-                        wakes.set_live(true);
+                let subscribed = match attempt {
+                    Ok(subscribed) => subscribed,
+                    Err(reason) => {
+                        // Said once per outage: a user without channel
+                        // rights (an ACL without `&aside:fills`) stays here.
+                        if !warned {
+                            tracing::warn!(
+                                channel,
+                                reason,
+                                "cannot subscribe to fill notifications: readers poll until it can"
+                            );
+                            warned = true;
+                        }
+                        tokio::time::sleep(backoff).await;
+                        backoff = (backoff * 2).min(Duration::from_secs(2));
+                        attempt = subscribe(&client, &channel, connect_timeout).await;
+                        if attempt.is_ok() {
+                            tracing::info!(channel, "fill notifications subscribed");
+                            wakes.set_live(true);
+                        }
+                        continue;
                     }
-                    continue;
                 };
                 backoff = Duration::from_millis(50);
+                warned = false;
                 let mut messages = subscribed.into_on_message();
                 while let Some(message) = messages.next().await {
                     // A payload that is not a key of ours wakes nobody.
@@ -188,12 +247,21 @@ impl FillSubscription {
                     "fill notifications lost their connection: readers poll until it is back"
                 );
                 wakes.set_live(false);
+                attempt = Err("the subscription connection closed".to_owned());
             }
-        });
-        FillSubscription {
-            wakes,
-            task: task.abort_handle(),
+        })
+        .abort_handle()
+    }
+
+    /// A watch on `key`; first starts the task again on this runtime if it
+    /// died with the runtime it ran on.
+    fn watch(&self, key: &str) -> FillWatch {
+        let mut task = self.task.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if task.is_finished() && tokio::runtime::Handle::try_current().is_ok() {
+            *task = Self::spawn(&self.wakes, &self.client, &self.channel, self.connect_timeout, None);
         }
+        drop(task);
+        self.wakes.watch(key)
     }
 }
 
@@ -463,7 +531,7 @@ impl Store for RedisStore {
     }
 
     fn watch_fill(&self, key: &str) -> Option<FillWatch> {
-        self.fill_subscription.as_ref().map(|s| s.wakes.watch(key))
+        self.fill_subscription.as_ref().map(|s| s.watch(key))
     }
 
     async fn release(&self, key: &str, token: LeaseToken) -> StoreResult<()> {
@@ -493,7 +561,16 @@ impl Store for RedisStore {
 
     async fn invalidate(&self, key: &str, keep_stale: Option<Duration>) -> StoreResult<()> {
         let Some(stale_ttl) = keep_stale else {
-            return self.delete(key).await;
+            // A script, not a DEL: a reader waiting on the lease it revokes
+            // is woken.
+            self.scripts
+                .invalidate
+                .key(key)
+                .arg(self.fill_channel.as_ref())
+                .invoke_async::<i64>(&mut self.conn.clone())
+                .await
+                .map_err(store_error)?;
+            return Ok(());
         };
         self.scripts
             .invalidate_keep_stale

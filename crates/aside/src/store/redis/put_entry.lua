@@ -6,6 +6,7 @@ redis.call('DEL', KEYS[1])
 redis.call('HSET', KEYS[1], 'v', ARGV[1])
 redis.call('PEXPIRE', KEYS[1], ARGV[2])
 if waited and ARGV[3] ~= '' then
-  redis.call('PUBLISH', ARGV[3], KEYS[1])
+  -- pcall: a user without channel rights must not fail the write above.
+  redis.pcall('PUBLISH', ARGV[3], KEYS[1])
 end
 return 1

@@ -11,6 +11,7 @@ else
   redis.call('DEL', KEYS[1])
 end
 if waited and ARGV[2] ~= '' then
-  redis.call('PUBLISH', ARGV[2], KEYS[1])
+  -- pcall: a user without channel rights must not fail the write above.
+  redis.pcall('PUBLISH', ARGV[2], KEYS[1])
 end
 return 1
