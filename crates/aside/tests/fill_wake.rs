@@ -103,16 +103,34 @@ async fn the_memory_store_wakes_a_reader_on_every_end_of_a_lease() {
     }
 }
 
+/// What the scripts publish on the default fill channel of `server`.
+struct Published(std::pin::Pin<Box<dyn futures::Stream<Item = redis::Msg> + Send>>);
+
+impl Published {
+    async fn listen(server: &RedisServer) -> Self {
+        let client = redis::Client::open(server.url()).unwrap();
+        let mut pubsub = client.get_async_pubsub().await.unwrap();
+        pubsub.subscribe(DEFAULT_FILL_CHANNEL).await.unwrap();
+        Published(Box::pin(pubsub.into_on_message()))
+    }
+
+    /// The next payload published.
+    async fn next(&mut self) -> Vec<u8> {
+        let message = tokio::time::timeout(WOKEN_WITHIN, self.0.next())
+            .await
+            .expect("a message")
+            .expect("the subscription is open");
+        message.get_payload_bytes().to_vec()
+    }
+}
+
 /// Only lease ends some reader waited for are published: a fill nobody
 /// waited on costs the channel nothing.
 #[tokio::test]
 async fn redis_publishes_only_what_a_reader_waits_for() {
     let server = RedisServer::start();
     let store = RedisStore::connect(&server.url()).await.unwrap();
-    let client = redis::Client::open(server.url()).unwrap();
-    let mut pubsub = client.get_async_pubsub().await.unwrap();
-    pubsub.subscribe(DEFAULT_FILL_CHANNEL).await.unwrap();
-    let mut messages = pubsub.into_on_message();
+    let mut published = Published::listen(&server).await;
 
     let unwatched = LeaseToken::random();
     store.lookup_or_lease("quiet", unwatched, LEASE).await.unwrap();
@@ -122,12 +140,8 @@ async fn redis_publishes_only_what_a_reader_waits_for() {
         .unwrap();
     a_busy_reader_is_woken(&store, &store, "awaited", End::Fill).await;
 
-    let first = tokio::time::timeout(WOKEN_WITHIN, messages.next())
-        .await
-        .expect("a message")
-        .expect("the subscription is open");
     assert_eq!(
-        first.get_payload_bytes(),
+        published.next().await,
         b"awaited",
         "the fill nobody waited for was published"
     );
@@ -139,10 +153,7 @@ async fn redis_publishes_only_what_a_reader_waits_for() {
 async fn a_lease_that_ran_out_leaves_no_mark_behind() {
     let server = RedisServer::start();
     let store = RedisStore::connect(&server.url()).await.unwrap();
-    let client = redis::Client::open(server.url()).unwrap();
-    let mut pubsub = client.get_async_pubsub().await.unwrap();
-    pubsub.subscribe(DEFAULT_FILL_CHANNEL).await.unwrap();
-    let mut messages = pubsub.into_on_message();
+    let mut published = Published::listen(&server).await;
 
     // A stale value (so the entry outlives its lease), a short lease that a
     // reader found busy, and then the lease runs out unannounced.
@@ -175,12 +186,8 @@ async fn a_lease_that_ran_out_leaves_no_mark_behind() {
         .unwrap();
     a_busy_reader_is_woken(&store, &store, "awaited", End::Fill).await;
 
-    let first = tokio::time::timeout(WOKEN_WITHIN, messages.next())
-        .await
-        .expect("a message")
-        .expect("the subscription is open");
     assert_eq!(
-        first.get_payload_bytes(),
+        published.next().await,
         b"awaited",
         "the mark of a lease that ran out published a fill nobody waited for"
     );
