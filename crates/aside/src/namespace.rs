@@ -747,7 +747,7 @@ impl<K: Display + ?Sized, V: Clone + Send + Sync + 'static> NamespaceBuilder<K, 
     /// evict locally; those of other processes arrive over an invalidation
     /// bus, and the L1 TTL bounds staleness if all else fails. Off by default.
     pub fn l1(mut self, max_entries: u64, ttl: Duration) -> Self {
-        self.settings.l1_config = Some(crate::engine::l1::L1Config { max_entries, ttl });
+        self.settings.l1_config = Some(crate::engine::tier::L1Config { max_entries, ttl });
         self
     }
 

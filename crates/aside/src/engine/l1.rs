@@ -1,158 +1,20 @@
-//! The optional in-process first tier (L1) of a namespace, in front of its store.
-//!
-//! Owns the local copy of values and its coherence with invalidations. An L1
-//! hit never touches the network. The hazard is a fill racing an
-//! invalidation: a reader reads the store (old value), an invalidation
-//! arrives, then the reader installs the old value locally, where no later
-//! invalidation would remove it. An epoch counter closes it: every
-//! invalidation bumps the epoch *before* evicting, and a filler installs
-//! only if the epoch it saw before reading the store is unchanged *after*
-//! installing (removing its entry otherwise). Whatever the interleaving,
-//! either the filler sees the bump or the invalidation's eviction comes
-//! after the install.
-//!
-//! Entries are keyed by the part of the full key after the namespace's
-//! prefix, which is the same for every entry: shorter keys hash faster, and
-//! a hit can build its key without the prefix (see `Namespace::fetch`).
-//!
-//! Epochs are striped: a key's fills and invalidations use the epoch of
-//! its stripe (one of [`EPOCH_STRIPES`], by a hash of the key), so an
-//! invalidation makes only the concurrent fills of keys on its stripe skip
-//! the L1 once, not those of the whole namespace, and no map of per-key
-//! epochs grows with the keys. Clearing the L1 bumps every stripe.
+//! The read entry points of a namespace, each passing its L1 (`engine::tier`):
+//! the L1 is read first and filled after a store hit or a load, fenced by the
+//! epoch taken before the tiers below were read, in this one place.
 
 use std::collections::{HashMap, HashSet};
 use std::fmt::Display;
 use std::future::Future;
 use std::hash::Hash;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
-
-use moka::sync::Cache;
 
 use super::read::Cached;
 use super::state::{Fetched, NsInner, Source};
+use super::tier::Evictor;
 use crate::error::Result;
 use crate::key;
 use crate::metrics::Event;
-
-/// Settings of a namespace's L1.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct L1Config {
-    pub(crate) max_entries: u64,
-    pub(crate) ttl: Duration,
-}
-
-/// Epoch stripes per L1 (see the module documentation).
-const EPOCH_STRIPES: usize = 64;
-
-/// A local copy and how long it may live: the shorter of the L1's TTL and
-/// what is left of the entry's own logical life (a tombstone's negative
-/// TTL, a value's TTL as its header gives it).
-#[derive(Clone)]
-struct Local<V> {
-    value: Option<V>,
-    life: Duration,
-}
-
-struct LocalExpiry;
-
-impl<V> moka::Expiry<String, Local<V>> for LocalExpiry {
-    fn expire_after_create(&self, _: &String, local: &Local<V>, _: std::time::Instant) -> Option<Duration> {
-        Some(local.life)
-    }
-    fn expire_after_update(
-        &self,
-        _: &String,
-        local: &Local<V>,
-        _: std::time::Instant,
-        _: Option<Duration>,
-    ) -> Option<Duration> {
-        Some(local.life)
-    }
-}
-
-pub(crate) struct L1<V> {
-    cache: Cache<String, Local<V>>,
-    ttl: Duration,
-    epochs: [AtomicU64; EPOCH_STRIPES],
-    /// Length of the namespace's key prefix, cut off every full key.
-    prefix_len: usize,
-}
-
-impl<V: Clone + Send + Sync + 'static> L1<V> {
-    pub(crate) fn new(config: L1Config, prefix_len: usize) -> Self {
-        L1 {
-            cache: Cache::builder()
-                .max_capacity(config.max_entries)
-                .expire_after(LocalExpiry)
-                .build(),
-            ttl: config.ttl,
-            epochs: std::array::from_fn(|_| AtomicU64::new(0)),
-            prefix_len,
-        }
-    }
-
-    /// The entry key of a full key: the part after the namespace's prefix.
-    fn local<'a>(&self, full: &'a str) -> &'a str {
-        full.get(self.prefix_len..).unwrap_or(full)
-    }
-
-    /// The local value of a full key: `Some(None)` is a cached "not found".
-    pub(crate) fn get(&self, full: &str) -> Option<Option<V>> {
-        self.cache.get(self.local(full)).map(|l| l.value)
-    }
-
-    /// The local value of an entry key (a full key without its prefix).
-    pub(crate) fn get_local(&self, local: &str) -> Option<Option<V>> {
-        self.cache.get(local).map(|l| l.value)
-    }
-
-    /// The epoch stripe of an entry key.
-    fn stripe(&self, local: &str) -> &AtomicU64 {
-        use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
-        let hash = BuildHasherDefault::<DefaultHasher>::default().hash_one(local);
-        &self.epochs[(hash % EPOCH_STRIPES as u64) as usize]
-    }
-
-    /// The epoch of `full`'s stripe, to hand to [`L1::install`] after
-    /// reading the store.
-    pub(crate) fn epoch(&self, full: &str) -> u64 {
-        self.stripe(self.local(full)).load(Ordering::SeqCst)
-    }
-
-    /// Installs a value read from the store after `epoch` was taken, for at
-    /// most `life` (and the L1's TTL), unless an invalidation of a key on the
-    /// same stripe happened since.
-    pub(crate) fn install(&self, full: &str, value: Option<V>, epoch: u64, life: Duration) {
-        let key = self.local(full);
-        let stripe = self.stripe(key);
-        let life = life.min(self.ttl);
-        if life.is_zero() || stripe.load(Ordering::SeqCst) != epoch {
-            return;
-        }
-        self.cache.insert(key.to_owned(), Local { value, life });
-        if stripe.load(Ordering::SeqCst) != epoch {
-            self.cache.invalidate(key);
-        }
-    }
-
-    /// Evicts everything (the bus lost messages, so any entry may be stale).
-    pub(crate) fn clear(&self) {
-        for epoch in &self.epochs {
-            epoch.fetch_add(1, Ordering::SeqCst);
-        }
-        self.cache.invalidate_all();
-    }
-
-    /// Evicts `full` (an invalidation, local or from another process).
-    pub(crate) fn evict(&self, full: &str) {
-        let key = self.local(full);
-        self.stripe(key).fetch_add(1, Ordering::SeqCst);
-        self.cache.invalidate(key);
-    }
-}
 
 thread_local! {
     /// The key buffer of L1 probes on this thread (see [`NsInner::l1_hit_for`]).
@@ -399,12 +261,6 @@ impl<V: Clone + Send + Sync + 'static> NsInner<V> {
     }
 }
 
-/// What a namespace exposes to its peers and the bus listener.
-pub(crate) trait Evictor: Send + Sync {
-    fn evict_keys(&self, keys: &[String]);
-    fn clear_local(&self);
-}
-
 impl<V: Clone + Send + Sync + 'static> Evictor for NsInner<V> {
     fn evict_keys(&self, keys: &[String]) {
         for key in keys {
@@ -416,92 +272,5 @@ impl<V: Clone + Send + Sync + 'static> Evictor for NsInner<V> {
         if let Some(l1) = &self.l1 {
             l1.clear();
         }
-    }
-}
-
-/// The namespaces with an L1 in one `Aside`, by name, held weakly: what a
-/// local write evicts (every namespace of that name, not only the writer's:
-/// the bus does not echo a process's own messages back to it) and what the
-/// bus listener delivers other processes' invalidations to.
-#[derive(Default)]
-pub(crate) struct Peers {
-    by_name: std::sync::Mutex<std::collections::HashMap<String, Vec<std::sync::Weak<dyn Evictor>>>>,
-}
-
-impl Peers {
-    pub(crate) fn register(&self, namespace: &str, evictor: std::sync::Weak<dyn Evictor>) {
-        self.by_name
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .entry(namespace.to_owned())
-            .or_default()
-            .push(evictor);
-    }
-
-    /// The live namespaces called `namespace`, or all of them for `None`;
-    /// dropped ones are forgotten on the way.
-    pub(crate) fn live(&self, namespace: Option<&str>) -> Vec<std::sync::Arc<dyn Evictor>> {
-        let mut by_name = self.by_name.lock().unwrap_or_else(|e| e.into_inner());
-        let mut live = Vec::new();
-        by_name.retain(|name, list| {
-            if namespace.is_none_or(|n| n == name) {
-                list.retain(|w| w.strong_count() > 0);
-                live.extend(list.iter().filter_map(std::sync::Weak::upgrade));
-            }
-            !list.is_empty()
-        });
-        live
-    }
-
-    /// Evicts `keys` from every L1 of `namespace` in this `Aside`.
-    pub(crate) fn evict(&self, namespace: &str, keys: &[String]) {
-        for evictor in self.live(Some(namespace)) {
-            evictor.evict_keys(keys);
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn l1() -> L1<u32> {
-        L1::new(
-            L1Config {
-                max_entries: 100,
-                ttl: Duration::from_secs(60),
-            },
-            "ns:".len(),
-        )
-    }
-
-    #[test]
-    fn an_invalidation_fences_fills_of_its_own_stripe_only() {
-        let l1 = l1();
-        let a = "ns:a";
-        // A key on another stripe than `a`'s.
-        let other = (0..1000)
-            .map(|i| format!("ns:k{i}"))
-            .find(|k| !std::ptr::eq(l1.stripe(l1.local(k)), l1.stripe("a")))
-            .expect("64 stripes");
-
-        let epoch = l1.epoch(a);
-        l1.evict(&other);
-        l1.install(a, Some(1), epoch, Duration::from_secs(60));
-        assert_eq!(
-            l1.get(a),
-            Some(Some(1)),
-            "another stripe's invalidation does not fence `a`"
-        );
-
-        let epoch = l1.epoch(a);
-        l1.evict(a);
-        l1.install(a, Some(2), epoch, Duration::from_secs(60));
-        assert_eq!(l1.get(a), None, "`a`'s own invalidation fences its fill");
-
-        let epoch = l1.epoch(a);
-        l1.clear();
-        l1.install(a, Some(3), epoch, Duration::from_secs(60));
-        assert_eq!(l1.get(a), None, "clearing fences every stripe");
     }
 }

@@ -19,6 +19,9 @@
 //!   invalidated;
 //! - `write`: invalidations and `set`, the L1 and the bus around them;
 //! - `entry`: values to stored bytes and back, and their freshness;
+//! - `tier`: the L1 cache itself (epoch-fenced installs) and the registry of
+//!   same-named namespaces a local write evicts; `state` holds it, `l1`
+//!   reads and fills it, and neither imports the other's callers;
 //! - `lease`, `single_flight`, `retry`, `timer`: the machinery they share.
 //!
 //! None of them talk to a store except through `Core`.
@@ -42,6 +45,7 @@ pub(crate) mod retry;
 pub mod single_flight;
 pub(crate) mod state;
 pub(crate) mod strategy;
+pub(crate) mod tier;
 pub(crate) mod timer;
 pub(crate) mod write;
 
@@ -72,7 +76,7 @@ pub(crate) struct Core {
     /// The invalidation bus and its routes, when the `Aside` has a bus.
     pub(crate) router: Option<crate::bus::route::Router>,
     /// The namespaces with an L1, by name.
-    pub(crate) l1_peers: l1::Peers,
+    pub(crate) l1_peers: tier::Peers,
     /// Facade handles for work no namespace owns (replays, delayed deletes).
     pub(crate) metrics: NamespaceMetrics,
 }
@@ -111,7 +115,7 @@ impl Core {
     ) -> Self {
         Core {
             router: None,
-            l1_peers: l1::Peers::default(),
+            l1_peers: tier::Peers::default(),
             local: store.is_local(),
             store,
             breaker,

@@ -11,8 +11,8 @@ use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use super::Core;
-use super::l1::{Evictor, L1, L1Config};
 use super::single_flight::SingleFlight;
+use super::tier::{Evictor, L1, L1Config};
 use super::timer::SecondDelete;
 use crate::codec::Codec;
 use crate::error::Result;

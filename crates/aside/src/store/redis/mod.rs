@@ -699,10 +699,9 @@ mod tests {
                 unreachable.as_str(),
                 format!("redis://ada:***@127.0.0.1:{refused_port}/"),
             ),
-            (
-                "redis://ada:hunter2@127.0.0.1:notaport/",
-                "redis://ada:***@127.0.0.1:notaport/".to_owned(),
-            ),
+            // A URL that does not parse is masked whole: its password may be
+            // anywhere in it.
+            ("redis://ada:hunter2@127.0.0.1:notaport/", "redis://***".to_owned()),
         ] {
             let err = RedisStore::connect(url).await.expect_err(url);
             assert!(matches!(err, StoreError::Connection { .. }), "{err:?}");
