@@ -663,9 +663,10 @@ impl<K: Display + ?Sized, V: Clone + Send + Sync + 'static> NamespaceBuilder<K, 
     /// Lease TTL (default [`DEFAULT_LEASE_TTL`], 3 s; at least
     /// [`MIN_LEASE_TTL`]): how long the
     /// lease of a crashed process blocks a key. A running loader's lease is
-    /// renewed every third of it, for up to the lease wait (or the load
-    /// timeout when longer), so a hung loader blocks the key for at most
-    /// that plus one lease TTL.
+    /// renewed every third of it for as long as the loader may run (its
+    /// load timeout, or 60 s without one; never less than the lease wait),
+    /// so a slow query loads once and is cached, and a hung loader blocks
+    /// the key in the store for at most that plus one lease TTL.
     pub fn lease_ttl(mut self, ttl: Duration) -> Self {
         self.settings.lease_ttl = ttl;
         self

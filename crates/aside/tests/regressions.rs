@@ -615,8 +615,10 @@ async fn a_lease_granted_behind_a_lost_reply_is_released() {
 }
 
 /// Found by review (R3): renewal kept a hung loader's lease alive for as
-/// long as it hung, so no other process cached the key again. Renewals
-/// stop after the lease wait; the lease then runs out.
+/// long as it hung, so no other process cached the key again. Renewals of
+/// a loader without a load timeout stop after 60 s (a slow query is still
+/// cached: `defect_13_a_slow_loader_keeps_its_lease_by_default`); the
+/// lease then runs out.
 #[tokio::test(start_paused = true)]
 async fn a_hung_loader_blocks_its_key_for_a_bounded_time() {
     let (hung, next) = two_processes(Duration::from_millis(300), None);
@@ -624,8 +626,8 @@ async fn a_hung_loader_blocks_its_key_for_a_bounded_time() {
         hung.get_or_load(&1, std::future::pending::<Result<Option<User>, DbDown>>)
             .await
     });
-    // Virtual time: the lease wait (300 ms) plus a lease TTL, and more.
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // Virtual time: the renewal bound (60 s) plus a lease TTL, and more.
+    tokio::time::sleep(Duration::from_millis(61_500)).await;
     let db = Db::with_users(1);
     read(&next, &db, 1).await;
     assert_eq!(
@@ -771,4 +773,230 @@ async fn a_replayed_version_bump_never_restarts_the_count() {
         .expect("the replay wrote the counter");
     let version: u64 = std::str::from_utf8(&raw).unwrap().parse().unwrap();
     assert!(version > 1_000_000, "the counter restarted from {version}");
+}
+
+// Found by the review of issue 13: each test below fails with its fix reverted.
+
+/// A slow query loads once and is cached with the default lease wait (the
+/// lease TTL): renewals used to stop at the lease wait, so a loader slower
+/// than the TTL lost its lease unless the user raised the wait.
+#[tokio::test(start_paused = true)]
+async fn defect_13_a_slow_loader_keeps_its_lease_by_default() {
+    let (slow, next) = two_processes(Duration::from_millis(100), None);
+    let loads = Arc::new(AtomicUsize::new(0));
+    let first = tokio::spawn({
+        let (slow, loader) = (slow.clone(), slow_loader(loads.clone(), Duration::from_millis(350)));
+        async move { slow.get_or_load(&1, loader).await }
+    });
+    // Virtual time: past the lease TTL and the lease wait while the first
+    // load runs, a reader in another process looks. Had the lease run out,
+    // it would take a new one (and its failing load would give it back),
+    // and the slow fill would be refused.
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    let _ = next.fetch(&1, || async { Err::<Option<User>, DbDown>(DbDown) }).await;
+    assert_eq!(first.await.unwrap().unwrap(), Some(User::new(1, 0)));
+    assert_eq!(loads.load(Ordering::SeqCst), 1);
+    assert_eq!(
+        next.get(&1).await.unwrap(),
+        Some(User::new(1, 0)),
+        "the lease ran out under the slow loader: its value was not cached"
+    );
+}
+
+/// A renewal call that hangs does not hold back a load that has finished:
+/// the renewal used to be awaited inside the `select!` arm, so the load's
+/// future was not polled until the renewal answered.
+#[tokio::test(start_paused = true)]
+async fn a_slow_renewal_does_not_hold_back_a_finished_load() {
+    let (store, hooks) = gated();
+    let aside = patient(&store);
+    let users = aside
+        .namespace::<u64, User>("user")
+        .lease_ttl(Duration::from_millis(30))
+        .build()
+        .unwrap();
+    // The first renewal (at 10 ms) never answers until the test ends.
+    let renewal = hooks.pause_next("renew_lease");
+    let read = users.get_or_load(&1, || async {
+        tokio::time::sleep(Duration::from_millis(15)).await;
+        Ok::<_, DbDown>(Some(User::new(1, 0)))
+    });
+    // Virtual time: the bound is reached only if the read waits for the
+    // paused renewal (it would wait for the 60 s operation timeout).
+    let answered = tokio::time::timeout(Duration::from_secs(30), read).await;
+    renewal.release();
+    assert_eq!(
+        answered.expect("the finished load waited on a renewal").unwrap(),
+        Some(User::new(1, 0))
+    );
+}
+
+/// Waits until the entry of `key` holds no lease (the release on drop runs
+/// in a spawned task).
+async fn lease_given_back(store: &Arc<dyn Store>, key: &str) {
+    eventually(
+        "the cancelled caller's lease is given back",
+        Duration::from_secs(30),
+        || {
+            let (store, key) = (store.clone(), key.to_owned());
+            async move { store.peek_entry(&key).await.unwrap().lease.is_none() }
+        },
+    )
+    .await;
+}
+
+/// Cancels `read` once the paused store call is reached (and held there).
+async fn cancel_when_reached<T: Send + 'static>(paused: common::Paused, read: tokio::task::JoinHandle<T>) {
+    paused.reached.notified().await;
+    read.abort();
+    let _ = read.await;
+}
+
+/// A leader whose loader failed, cancelled while it gives its lease back:
+/// the guard was disarmed before the release, so the lease stayed for its TTL.
+#[tokio::test]
+async fn a_leader_cancelled_while_releasing_after_a_loader_error_gives_the_lease_back() {
+    let (store, hooks) = gated();
+    let aside = patient(&store);
+    let users = aside
+        .namespace::<u64, User>("user")
+        .lease_ttl(Duration::from_secs(300))
+        .build()
+        .unwrap();
+    let paused = hooks.pause_next("release");
+    let read = tokio::spawn({
+        let users = users.clone();
+        async move {
+            users
+                .get_or_load(&1, || async { Err::<Option<User>, DbDown>(DbDown) })
+                .await
+        }
+    });
+    cancel_when_reached(paused, read).await;
+    lease_given_back(&store, &users.store_key(&1).unwrap()).await;
+}
+
+/// An early-refresh leader cancelled during its fill: the guard was
+/// disarmed before the fill, so the refresh lease stayed for its TTL.
+#[tokio::test]
+async fn a_refresh_cancelled_during_its_fill_gives_the_lease_back() {
+    let (store, hooks) = gated();
+    let aside = patient(&store);
+    let users = aside
+        .namespace::<u64, User>("user")
+        .lease_ttl(Duration::from_secs(300))
+        .early_refresh(aside::EarlyRefresh::AfterFraction(0.0))
+        .build()
+        .unwrap();
+    users.set(&1, &User::new(1, 0)).await.unwrap();
+    let paused = hooks.pause_next("fill");
+    let read = tokio::spawn({
+        let users = users.clone();
+        async move {
+            users
+                .fetch(&1, || async { Ok::<_, DbDown>(Some(User::new(1, 1))) })
+                .await
+        }
+    });
+    cancel_when_reached(paused, read).await;
+    lease_given_back(&store, &users.store_key(&1).unwrap()).await;
+}
+
+/// A batch leader cancelled during its fill: the guards were disarmed
+/// before the fill, so every lease of the batch stayed for its TTL.
+#[tokio::test]
+async fn a_batch_cancelled_during_its_fill_gives_the_leases_back() {
+    let (store, hooks) = gated();
+    let aside = patient(&store);
+    let users = aside
+        .namespace::<u64, User>("user")
+        .lease_ttl(Duration::from_secs(300))
+        .build()
+        .unwrap();
+    let db = Db::with_users(2);
+    let paused = hooks.pause_next("fill_many");
+    let read = tokio::spawn({
+        let users = users.clone();
+        async move {
+            users
+                .get_many_or_load(&[1, 2], move |ids: Vec<u64>| {
+                    let db = db.clone();
+                    async move {
+                        let mut found = std::collections::HashMap::new();
+                        for id in ids {
+                            if let Some(user) = db.get(id).await? {
+                                found.insert(id, user);
+                            }
+                        }
+                        Ok::<_, DbDown>(found)
+                    }
+                })
+                .await
+        }
+    });
+    cancel_when_reached(paused, read).await;
+    for id in [1, 2] {
+        lease_given_back(&store, &users.store_key(&id).unwrap()).await;
+    }
+}
+
+/// I1 on the early-refresh path: a leader whose refresh load failed served
+/// the value it had read before a write, stamped as if read when its load
+/// began; a reader that began after the write's invalidation returned,
+/// and joined that flight, took the old value (and put it in its L1).
+#[tokio::test(start_paused = true)]
+async fn a_refresh_that_falls_back_never_hands_its_old_value_to_a_later_reader() {
+    let calls = Arc::new(AtomicUsize::new(0));
+    let instrumented = Instrumented::new(MemoryStore::new(), calls.clone());
+    let hooks = instrumented.hooks.clone();
+    let store: Arc<dyn Store> = Arc::new(instrumented);
+    let aside = patient(&store);
+    let users = aside
+        .namespace::<u64, User>("user")
+        .lease_ttl(Duration::from_secs(30))
+        .lease_wait(Duration::from_secs(60))
+        .early_refresh(aside::EarlyRefresh::AfterFraction(0.0))
+        .l1(100, Duration::from_secs(60))
+        .build()
+        .unwrap();
+    let db = Db::with_users(1);
+    users.set(&1, &User::new(1, 0)).await.unwrap();
+    // The refresh lease is granted, and its answer held back (virtual
+    // time) while the write lands and the next reader joins the refresh's flight.
+    hooks.answer_late("lease_for_refresh", Duration::from_secs(10));
+    let leader = tokio::spawn({
+        let users = users.clone();
+        async move { users.fetch(&1, || async { Err::<Option<User>, DbDown>(DbDown) }).await }
+    });
+    let key = users.store_key(&1).unwrap();
+    eventually("the refresh lease is granted", Duration::from_secs(5), || {
+        let (store, key) = (store.clone(), key.clone());
+        async move { store.peek_entry(&key).await.unwrap().lease.is_some() }
+    })
+    .await;
+    db.put(User::new(1, 1));
+    users.invalidate(&1).await.unwrap();
+    let looked = calls.load(Ordering::SeqCst);
+    let later = tokio::spawn({
+        let (users, db) = (users.clone(), db.clone());
+        async move { read(&users, &db, 1).await }
+    });
+    // Once its lookup has answered (a memory store, on this one thread), the
+    // later reader runs on into the refresh's flight and waits there.
+    eventually("the later reader looked the key up", Duration::from_secs(5), || {
+        let n = calls.load(Ordering::SeqCst);
+        async move { n > looked }
+    })
+    .await;
+    leader.await.unwrap().unwrap();
+    assert_eq!(
+        later.await.unwrap(),
+        Some(User::new(1, 1)),
+        "a read that began after the invalidation got the old value"
+    );
+    assert_eq!(
+        users.get(&1).await.unwrap(),
+        Some(User::new(1, 1)),
+        "a tier serves the old value"
+    );
 }

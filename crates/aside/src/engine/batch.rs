@@ -262,23 +262,28 @@ impl<V: Clone + Send + Sync + 'static> NsInner<V> {
                 }
                 let mut any = false;
                 for (key, token) in leased {
-                    any |= matches!(
+                    // As on the single-key path: only "no such lease" counts as gone.
+                    any |= !matches!(
                         self.call(store.renew_lease(key, *token, self.lease_ttl)).await,
-                        Ok(true)
+                        Ok(false)
                     );
                 }
                 any
             };
             renewing(self.lease_ttl, renew, self.run_batch_loader(loader, keys)).await
         };
-        held.iter_mut().for_each(HeldLease::disarm);
+        // The guards stay armed until every lease is filled or given back:
+        // a caller cancelled during those calls still releases the rest.
         let mut loaded = match loaded {
             Ok(map) => map,
             Err(error) => {
-                for (l, token) in led.into_iter().zip(tokens) {
+                for (l, token) in led.iter().zip(&tokens) {
                     if let Some(token) = token {
-                        let _ = self.call(store.release(&l.store_key, token)).await;
+                        let _ = self.call(store.release(&l.store_key, *token)).await;
                     }
+                }
+                held.iter_mut().for_each(HeldLease::disarm);
+                for l in led {
                     l.leader.publish(Err(error.clone()));
                 }
                 return Err(error);
@@ -355,6 +360,7 @@ impl<V: Clone + Send + Sync + 'static> NsInner<V> {
         if !sets.is_empty() {
             let _ = self.call(store.set_many(sets)).await;
         }
+        held.iter_mut().for_each(HeldLease::disarm);
         for (i, Led { key, leader, .. }) in led.into_iter().enumerate() {
             if !to_load[i] {
                 leader.publish(Ok(Settled {

@@ -71,12 +71,17 @@ impl Drop for HeldLease {
 }
 
 /// Runs `load` while renewing the lease `token` on `key` every third of
-/// `lease_ttl`. A renewal that fails or is refused stops the renewals (the
-/// lease is gone, and the fill will say so); the load runs on either way.
+/// `lease_ttl`. `renew` answers whether to go on: the callers stop only
+/// when the store says the lease is gone (the fill will say so too), not
+/// on a renewal that failed or timed out. The load runs on either way.
 ///
 /// Why a `select!` in the caller's task rather than a spawned renewer: the
 /// renewals must stop the moment the load ends or is cancelled, and a
-/// spawned task would outlive a cancelled caller.
+/// spawned task would outlive a cancelled caller. The renewal in flight is
+/// a branch of its own, polled beside the load, so a slow renewal never
+/// holds back a load that has finished (it is dropped unanswered: the fill
+/// that follows says whether the lease held). Shown by
+/// `a_slow_renewal_does_not_hold_back_a_finished_load` in `tests/regressions.rs`.
 pub(crate) async fn renewing<T, R, Fut>(lease_ttl: Duration, mut renew: R, load: impl Future<Output = T>) -> T
 where
     R: FnMut() -> Fut,
@@ -87,10 +92,15 @@ where
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tokio::pin!(load);
     let mut renewing = true;
+    let mut in_flight: Option<std::pin::Pin<Box<Fut>>> = None;
     loop {
         tokio::select! {
             out = &mut load => return out,
-            _ = ticks.tick(), if renewing => renewing = renew().await,
+            _ = ticks.tick(), if renewing && in_flight.is_none() => in_flight = Some(Box::pin(renew())),
+            renewed = async { in_flight.as_mut().expect("guarded by is_some").await }, if in_flight.is_some() => {
+                in_flight = None;
+                renewing = renewed;
+            }
         }
     }
 }

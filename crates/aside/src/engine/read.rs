@@ -37,6 +37,8 @@ const LEASE_POLL_MAX: Duration = Duration::from_millis(50);
 const LOCK_TTL: Duration = Duration::from_secs(5);
 const LOCK_RETRY: Duration = Duration::from_millis(100);
 
+/// How long the lease of a loader without a load timeout is renewed.
+const UNTIMED_LOADER_RENEWAL: Duration = Duration::from_secs(60);
 /// Tag of a flight whose leader holds no lease yet.
 const NO_LEASE_YET: u64 = 0;
 
@@ -371,7 +373,7 @@ impl<V: Clone + Send + Sync + 'static> NsInner<V> {
                 settled_at,
                 expires_at_ms: None,
             }),
-            Err(e) => self.fall_back(current, settled_at).ok_or(e),
+            Err(e) => self.fall_back(current).ok_or(e),
         }
     }
 
@@ -391,7 +393,7 @@ impl<V: Clone + Send + Sync + 'static> NsInner<V> {
         let (value, took) = match self.run_loader(loader).await {
             Ok(loaded) => loaded,
             Err(e) => {
-                let served = self.fall_back(&current, settled_at).ok_or(e)?;
+                let served = self.fall_back(&current).ok_or(e)?;
                 self.note_failed_load(key, &current);
                 return Ok(served);
             }
@@ -500,8 +502,10 @@ impl<V: Clone + Send + Sync + 'static> NsInner<V> {
                     let loaded = match self.run_loader_leased(full, token, loader).await {
                         Ok(loaded) => loaded,
                         Err(e) => {
-                            lease.disarm();
+                            // Disarmed only once released: cancelled during
+                            // the release, the guard gives the lease back.
                             let _ = self.call(store.release(full, token)).await;
+                            lease.disarm();
                             return Err(e);
                         }
                     };
@@ -602,12 +606,15 @@ impl<V: Clone + Send + Sync + 'static> NsInner<V> {
         }
     }
 
-    /// How long a lease is renewed under one load: as long as a waiter
-    /// waits for it (the lease wait), or the load timeout when that is
-    /// longer. A hung loader then blocks the key for at most that plus one
-    /// lease TTL.
+    /// How long a lease is renewed under one load: as long as the loader
+    /// may run (its load timeout), or [`UNTIMED_LOADER_RENEWAL`] for a
+    /// loader without one; never less than the lease wait. A slow query
+    /// thus keeps its lease and is cached (`defect_13_a_slow_loader_keeps_its_lease_by_default`
+    /// in `tests/regressions.rs`), while a hung one blocks the key in the
+    /// store for at most that plus one lease TTL (readers elsewhere load
+    /// for themselves after the lease wait meanwhile).
     pub(crate) fn renewal_bound(&self) -> Duration {
-        self.lease_wait.max(self.load_timeout.unwrap_or(Duration::ZERO))
+        self.load_timeout.unwrap_or(UNTIMED_LOADER_RENEWAL).max(self.lease_wait)
     }
 
     /// A guard that releases `token`'s lease if this caller is cancelled
@@ -632,9 +639,11 @@ impl<V: Clone + Send + Sync + 'static> NsInner<V> {
                 // that another caller can fill the key.
                 return false;
             }
-            matches!(
+            // Only the store's "no such lease" ends the renewals: a renewal
+            // that timed out proves nothing, and the next one may land.
+            !matches!(
                 self.call(store.renew_lease(full, token, self.lease_ttl)).await,
-                Ok(true)
+                Ok(false)
             )
         };
         renewing(self.lease_ttl, renew, self.run_loader(loader)).await

@@ -72,7 +72,15 @@ impl<V: Clone + Send + Sync + 'static> NsInner<V> {
     /// When a load failed and a value is still there: a value due for early
     /// refresh is simply still valid; an expired one is served by fail-safe.
     /// `None` when the error must reach the caller.
-    pub(crate) fn fall_back(&self, current: &Option<Current<V>>, settled_at: u64) -> Option<Settled<V>> {
+    ///
+    /// The value was read before this caller took any sequence number, so
+    /// an invalidation may have returned between that read and any stamp
+    /// taken now; it is stamped 0 and no single-flight waiter takes it (a
+    /// waiter reads again and sees the invalidation). Its own caller, whose
+    /// read it is, is served it.
+    pub(crate) fn fall_back(&self, current: &Option<Current<V>>) -> Option<Settled<V>> {
+        const READ_BEFORE_ANY_WAITER: u64 = 0;
+        let settled_at = READ_BEFORE_ANY_WAITER;
         let current = current.as_ref()?;
         if current.expired {
             self.fail_safe?;
@@ -152,7 +160,6 @@ impl<V: Clone + Send + Sync + 'static> NsInner<V> {
     {
         let store = &self.core.store;
         let offered = LeaseToken::random();
-        let settled_at = self.next_seq();
         // As in `load_with_lease`: a lost reply may hide a granted lease.
         let mut offered_lease = self.hold(full, offered);
         let granted = self.call(store.lease_for_refresh(full, offered, self.lease_ttl)).await;
@@ -166,20 +173,23 @@ impl<V: Clone + Send + Sync + 'static> NsInner<V> {
                 let mut lease = self.hold(full, token);
                 let load_began = self.next_seq();
                 let loaded = self.run_loader_leased(full, token, loader).await;
-                lease.disarm();
-                match loaded {
+                // The guard stays armed through the fill or release, so a
+                // caller cancelled during either still gives the lease back.
+                let settled = match loaded {
                     Ok(loaded) => Ok(self.fill_loaded(full, token, loaded, load_began).await),
                     Err(e) => {
-                        let served = self.fall_back(&current, load_began);
+                        let served = self.fall_back(&current);
                         self.note_failed_load(full, &current);
                         drop(self.call(store.release(full, token)).await);
                         served.ok_or(e)
                     }
-                }
+                };
+                lease.disarm();
+                settled
             }
             // Someone else is refreshing, or the store is away: the value we
             // have is what there is (still valid, or served by fail-safe).
-            Ok(None) | Err(_) => match self.fall_back(&current, settled_at) {
+            Ok(None) | Err(_) => match self.fall_back(&current) {
                 Some(settled) => Ok(settled),
                 None => self.load_with_lease(full, loader, held).await,
             },
