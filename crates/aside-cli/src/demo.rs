@@ -154,7 +154,7 @@ pub async fn run(args: DemoArgs) -> Result<()> {
         "running for {} s on the {} store{}, strategy {}...",
         duration,
         cache.store().name(),
-        match (args.tiers, args.store.redis.is_some()) {
+        match (args.tiers, args.store.bus_url().is_some()) {
             (false, _) => "",
             (true, false) => " behind an L1",
             (true, true) => " behind an L1 with a Redis invalidation bus",
@@ -186,7 +186,7 @@ pub async fn run(args: DemoArgs) -> Result<()> {
 async fn build_cache(args: &DemoArgs) -> Result<Aside> {
     let prefix = format!("aside-demo:{:016x}:", rand::random::<u64>());
     let builder = args.store.choice().builder(&prefix).await?;
-    Ok(match (&args.store.redis, args.tiers) {
+    Ok(match (args.store.bus_url(), args.tiers) {
         (Some(url), true) => {
             let bus = RedisBus::connect(url)
                 .await

@@ -1,5 +1,5 @@
 //! Where the cache lives: the store flags every caching subcommand takes
-//! (`--redis`, `--memcached`; in process by default) and the `Aside`s built
+//! (`--redis`, `--redis-cluster`, `--memcached`; in process by default) and the `Aside`s built
 //! on the store they name.
 //!
 //! Owns connecting to the chosen store, with an error naming the server
@@ -23,6 +23,12 @@ pub struct StoreArgs {
     #[arg(long, value_name = "URL", conflicts_with = "memcached")]
     pub redis: Option<String>,
 
+    /// Use the Redis Cluster reached through these nodes (any of them will
+    /// do; give several so that one down node does not matter), instead of
+    /// the in-process store.
+    #[arg(long, value_name = "URL[,URL...]", conflicts_with_all = ["redis", "memcached"])]
+    pub redis_cluster: Option<String>,
+
     /// Use memcached (1.6+) at this address instead of the in-process
     /// store; several servers separated by commas share the keys by
     /// consistent hashing.
@@ -33,7 +39,28 @@ pub struct StoreArgs {
 impl StoreArgs {
     /// The store these flags name.
     pub fn choice(&self) -> StoreChoice {
-        StoreChoice::choose(self.redis.as_deref(), self.memcached.as_deref())
+        match &self.redis_cluster {
+            Some(urls) => StoreChoice::RedisCluster(
+                urls.split(',')
+                    .map(str::trim)
+                    .filter(|u| !u.is_empty())
+                    .map(str::to_owned)
+                    .collect(),
+            ),
+            None => StoreChoice::choose(self.redis.as_deref(), self.memcached.as_deref()),
+        }
+    }
+
+    /// The URL of a Redis server to put an invalidation bus on: `--redis`,
+    /// or the first node of `--redis-cluster` (classic pub/sub reaches every
+    /// node of a cluster).
+    pub fn bus_url(&self) -> Option<&str> {
+        self.redis.as_deref().or_else(|| {
+            self.redis_cluster
+                .as_deref()
+                .and_then(|u| u.split(',').next())
+                .map(str::trim)
+        })
     }
 }
 
@@ -44,6 +71,9 @@ pub enum StoreChoice {
     Memory(Arc<dyn Store>),
     /// A Redis server; every `Aside` gets its own connection, as another service would.
     Redis(String),
+    /// A Redis Cluster reached through these nodes; every `Aside` gets its
+    /// own connections.
+    RedisCluster(Vec<String>),
     /// memcached at these addresses (comma-separated); every `Aside` gets its
     /// own connection pool. memcached has no pub/sub, so engines with an L1
     /// share the in-process bus (they all live in this process).
@@ -66,6 +96,7 @@ impl StoreChoice {
         match self {
             StoreChoice::Memory(_) => "memory",
             StoreChoice::Redis(_) => "redis",
+            StoreChoice::RedisCluster(_) => "redis-cluster",
             StoreChoice::Memcached(_) => "memcached",
         }
     }
@@ -76,6 +107,7 @@ impl StoreChoice {
         match self {
             StoreChoice::Memory(_) => Vec::new(),
             StoreChoice::Redis(url) => vec!["--redis".to_owned(), url.clone()],
+            StoreChoice::RedisCluster(urls) => vec!["--redis-cluster".to_owned(), urls.join(",")],
             StoreChoice::Memcached(addrs) => vec!["--memcached".to_owned(), addrs.clone()],
         }
     }
@@ -107,6 +139,16 @@ impl StoreChoice {
                     .context(format_args!("cannot connect the invalidation bus to Redis at {url}"))?;
                 builder.bus(bus).build()
             }
+            // Classic pub/sub reaches every node of a cluster: the bus
+            // lives on the first node.
+            StoreChoice::RedisCluster(urls) => {
+                let url = urls.first().map_or("", String::as_str);
+                let channel = format!("{prefix}invalidations");
+                let bus = RedisBus::connect_on(url, &channel)
+                    .await
+                    .context(format_args!("cannot connect the invalidation bus to Redis at {url}"))?;
+                builder.bus(bus).build()
+            }
         })
     }
 
@@ -121,6 +163,7 @@ impl StoreChoice {
             StoreChoice::Memory(store) => builder.shared_store(store.clone()),
             // The store's error names the server, its password masked.
             StoreChoice::Redis(url) => builder.store(RedisStore::connect(url).await?),
+            StoreChoice::RedisCluster(urls) => builder.store(RedisStore::connect_cluster(urls).await?),
             StoreChoice::Memcached(addrs) => builder.store(
                 MemcachedStore::connect(addrs)
                     .await

@@ -22,6 +22,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
+pub mod cluster;
 pub mod fault;
 pub mod history;
 pub mod store_contract;

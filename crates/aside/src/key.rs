@@ -4,6 +4,15 @@
 //! or whitespace is refused with a clear error (it could otherwise smuggle a
 //! command into a text protocol such as memcached's); a key longer than the
 //! bound is replaced by a digest, so any length is accepted.
+//!
+//! Also owns the names of an entry's companion keys ([`version_key`],
+//! [`versioned_key`], [`lock_key`]). Each one carries the entry's full key
+//! as its Redis Cluster hash tag (`{user:1}#ver`), so that on a cluster it
+//! lives in the entry's own slot, on the entry's node: a multi-key step
+//! stays valid, and an entry's keys fail over together. The entry's own
+//! key is left as it is (`user:1`): Redis hashes a key without a tag whole,
+//! which is exactly the tag's content, and raw mode keeps sharing plain
+//! keys with other programs. On one server a tag is just two characters.
 
 use std::fmt::{Display, Write};
 
@@ -72,6 +81,43 @@ pub(crate) fn append_key_part<K: Display + ?Sized>(
 /// The first character of a hashed key part, doubled in front of a literal
 /// part that starts with it (see [`append_key_part`]).
 const HASHED: char = '#';
+
+/// The hash tag that puts a key in `full`'s slot: `full` itself when it
+/// already has a tag of its own (a user key such as `{a}b`), else `{full}`.
+///
+/// A full key that holds a `}` but no tag (`a}b`, `a{}b`) cannot be
+/// written as a tag; its companions then land in another slot. Nothing
+/// breaks: no step of aside's touches two keys at once, so the tag only
+/// keeps an entry's keys together on one node.
+fn slot_of(full: &str) -> std::borrow::Cow<'_, str> {
+    let has_tag = full
+        .find('{')
+        .and_then(|open| full[open + 1..].find('}'))
+        .is_some_and(|len| len > 0);
+    if has_tag {
+        std::borrow::Cow::Borrowed(full)
+    } else {
+        std::borrow::Cow::Owned(format!("{{{full}}}"))
+    }
+}
+
+/// The key of the version counter of the entry `full` under the
+/// `Versioned` strategy: `{full}#ver`, in `full`'s Redis Cluster slot.
+pub fn version_key(full: &str) -> String {
+    format!("{}#ver", slot_of(full))
+}
+
+/// The key holding the data of the entry `full` at `version` under the
+/// `Versioned` strategy: `{full}#v{version}`, in `full`'s Redis Cluster slot.
+pub fn versioned_key(full: &str, version: u64) -> String {
+    format!("{}#v{version}", slot_of(full))
+}
+
+/// The key of the article's stampede lock on the entry `full`:
+/// `lock:{full}`, in `full`'s Redis Cluster slot.
+pub fn lock_key(full: &str) -> String {
+    format!("lock:{}", slot_of(full))
+}
 
 /// Checks a namespace name or prefix: printable, no whitespace, no braces
 /// (braces are Redis Cluster hash-tag syntax and are reserved for `aside`).
@@ -155,6 +201,32 @@ mod tests {
             full_key("ns:", "##a", 250).unwrap()
         );
         assert_ne!(full_key("ns:", "#a", 250).unwrap(), full_key("ns:", "a", 250).unwrap());
+    }
+
+    /// On Redis Cluster every companion key lives in its entry's slot,
+    /// whether or not the user's key has a hash tag of its own; the entry's
+    /// own key is untouched.
+    #[test]
+    fn companion_keys_share_their_entry_slot() {
+        assert_eq!(version_key("user:1"), "{user:1}#ver");
+        assert_eq!(versioned_key("user:1", 7), "{user:1}#v7");
+        assert_eq!(lock_key("user:1"), "lock:{user:1}");
+        assert_eq!(version_key("ns:{a}b"), "ns:{a}b#ver");
+        #[cfg(feature = "redis")]
+        // (A key with a `}` but no tag, such as `ns:{}x`, is the documented exception.)
+        for full in [
+            "user:profile:1001",
+            "ns:{a}b",
+            "ns:x{",
+            "ns:#0123",
+            "p:ns:{tag}",
+            "ns:{a}{b}",
+        ] {
+            let slot = crate::store::redis::key_slot(full);
+            for companion in [version_key(full), versioned_key(full, 12), lock_key(full)] {
+                assert_eq!(crate::store::redis::key_slot(&companion), slot, "{full} / {companion}");
+            }
+        }
     }
 
     #[test]

@@ -147,7 +147,7 @@ mod engine;
 #[doc(hidden)]
 pub mod envelope;
 mod error;
-mod key;
+pub mod key;
 pub mod metrics;
 mod namespace;
 mod policy;

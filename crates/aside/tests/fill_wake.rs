@@ -337,3 +337,22 @@ async fn a_waiter_elsewhere_answers_the_instant_the_fill_lands() {
         "the waiter answered {late:?} after the fill landed"
     );
 }
+
+/// On a Redis Cluster, a lease end published by a script on the key's
+/// primary reaches a reader whose store subscribed on another node: classic
+/// pub/sub is broadcast to every node of a cluster.
+#[tokio::test]
+async fn a_cluster_wakes_a_reader_subscribed_on_another_node() {
+    let cluster = aside_testkit::cluster::RedisCluster::start();
+    let urls = cluster.urls();
+    let holder = RedisStore::connect_cluster(&urls).await.unwrap();
+    // The waiter subscribes on the first node it is given: node 0.
+    let waiter = RedisStore::connect_cluster(&urls).await.unwrap();
+    for (i, end) in ENDS.into_iter().enumerate() {
+        let key = (0..)
+            .map(|n| format!("c{i}-{n}"))
+            .find(|k| cluster.primary_of_key(k) != 0)
+            .expect("a key served by another node");
+        a_busy_reader_is_woken(&holder, &waiter, &key, end).await;
+    }
+}

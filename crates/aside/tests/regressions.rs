@@ -299,17 +299,17 @@ async fn defect_09_version_counters_outlive_their_data() {
     read(&ns, &db, 1).await;
     let mut conn = common::redis_conn(&server.url()).await;
     let version_ttl: i64 = redis::cmd("PTTL")
-        .arg("user:1#ver")
+        .arg("{user:1}#ver")
         .query_async(&mut conn)
         .await
         .unwrap();
     let version: u64 = redis::cmd("GET")
-        .arg("user:1#ver")
+        .arg("{user:1}#ver")
         .query_async(&mut conn)
         .await
         .unwrap();
     let data_ttl: i64 = redis::cmd("PTTL")
-        .arg(format!("user:1#v{version}"))
+        .arg(format!("{{user:1}}#v{version}"))
         .query_async(&mut conn)
         .await
         .unwrap();
@@ -736,7 +736,7 @@ async fn a_lost_version_counter_never_reuses_a_version() {
     db.put(User::new(1, 1));
     ns_w.invalidate(&1).await.unwrap();
     // The counter is lost, as in a restart or an eviction.
-    store.delete("user:1#ver").await.unwrap();
+    store.delete("{user:1}#ver").await.unwrap();
     paused.release();
     assert_eq!(fill.await.unwrap(), Some(User::new(1, 0)));
     assert_eq!(
@@ -760,14 +760,14 @@ async fn a_replayed_version_bump_never_restarts_the_count() {
     hooks.fail("incr");
     ns.invalidate(&1).await.unwrap_err();
     // The store restarts: the counter is gone.
-    store.delete("user:1#ver").await.unwrap();
+    store.delete("{user:1}#ver").await.unwrap();
     hooks.heal("incr");
     eventually("the bump is replayed", Duration::from_secs(30), || async {
         aside.stats().invalidations_pending == 0
     })
     .await;
     let raw = store
-        .get("user:1#ver")
+        .get("{user:1}#ver")
         .await
         .unwrap()
         .expect("the replay wrote the counter");

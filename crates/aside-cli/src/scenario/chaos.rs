@@ -152,6 +152,20 @@ fn store_spec(store: &StoreChoice) -> StoreSpec {
             addr: addrs.clone(),
             restart: None,
         },
+        StoreChoice::RedisCluster(urls) => {
+            let urls = urls.clone();
+            StoreSpec::Custom {
+                name: "redis-cluster".to_owned(),
+                connect: Arc::new(move || {
+                    let urls = urls.clone();
+                    Box::pin(async move {
+                        let store = aside::store::redis::RedisStore::connect_cluster(&urls).await?;
+                        Ok(Arc::new(store) as Arc<dyn aside::Store>)
+                    })
+                }),
+                restart: None,
+            }
+        }
     }
 }
 

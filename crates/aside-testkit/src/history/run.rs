@@ -891,13 +891,13 @@ async fn store_value(
             Err(e) => return Err(format!("peek_entry failed: {e}")),
         },
         StrategyKind::Versioned => {
-            let version = match store.get(&format!("{full}#ver")).await {
+            let version = match store.get(&aside::key::version_key(full)).await {
                 Ok(raw) => raw
                     .and_then(|b| std::str::from_utf8(&b).ok().and_then(|s| s.parse::<u64>().ok()))
                     .unwrap_or(0),
                 Err(e) => return Err(format!("get of the version failed: {e}")),
             };
-            match store.get(&format!("{full}#v{version}")).await {
+            match store.get(&aside::key::versioned_key(full, version)).await {
                 Ok(v) => v,
                 Err(e) => return Err(format!("get of version {version} failed: {e}")),
             }

@@ -98,11 +98,11 @@ impl<V: Clone + Send + Sync + 'static> NsInner<V> {
     }
 
     pub(crate) fn version_key(full: &str) -> String {
-        format!("{full}#ver")
+        crate::key::version_key(full)
     }
 
     pub(crate) fn versioned_key(full: &str, version: u64) -> String {
-        format!("{full}#v{version}")
+        crate::key::versioned_key(full, version)
     }
 
     /// TTL of version counters: longer than any data written under them.
@@ -417,7 +417,7 @@ impl<V: Clone + Send + Sync + 'static> NsInner<V> {
         Fut: Future<Output = std::result::Result<Option<V>, E>>,
         E: std::error::Error + Send + Sync + 'static,
     {
-        let lock_key = format!("lock:{full}");
+        let lock_key = crate::key::lock_key(full);
         loop {
             let settled_at = self.next_seq();
             if let Cached::Hit(value, expires_at_ms) = self.read_cached(full).await {

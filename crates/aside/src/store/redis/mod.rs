@@ -15,6 +15,14 @@
 //! connection still fails; the engine counts that and treats it as a miss.
 //! Both timeouts are set explicitly (see [`RedisConfig`]) because a cache
 //! that waits on a dead server is worse than no cache.
+//!
+//! On a Redis Cluster ([`RedisStore::connect_cluster`]) the same code runs
+//! over redis-rs's cluster connection ([`RedisConnection`]): every command
+//! and script has one key, so it is routed by that key's slot; only the
+//! batches differ, split by node in [`cluster`]. Fill notifications still
+//! use classic `PUBLISH`, which a cluster broadcasts to every node: the
+//! subscriber listens on one node, the first of the given URLs that
+//! answers, and moves to the next when it loses it.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -23,7 +31,18 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use futures::StreamExt;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::{RedisError, Script};
+use redis::{Cmd, RedisError, Script};
+
+mod cluster;
+
+use cluster::ClusterBatches;
+pub use cluster::{ClusterHandle, RedisConnection};
+
+/// The Redis Cluster hash slot of `key` (0..16384), as `CLUSTER KEYSLOT`
+/// computes it: of its hash tag if it has one, else of the whole key.
+pub fn key_slot(key: &str) -> u16 {
+    cluster::slot(key.as_bytes())
+}
 
 use super::{
     EntryView, Fill, FillOutcome, FillWakes, FillWatch, LeaseOutcome, LeaseToken, Store, StoreError, StoreResult,
@@ -107,7 +126,9 @@ impl Scripts {
 /// ```
 #[derive(Clone)]
 pub struct RedisStore {
-    conn: ConnectionManager,
+    conn: RedisConnection,
+    /// Batches split by node, on a cluster; `None` on one server.
+    cluster: Option<Arc<ClusterBatches>>,
     scripts: Arc<Scripts>,
     /// The channel the scripts publish lease ends on; empty: none.
     fill_channel: Arc<str>,
@@ -125,7 +146,8 @@ pub struct RedisStore {
 /// next watch taken on a live runtime starts it again there.
 struct FillSubscription {
     wakes: FillWakes,
-    client: redis::Client,
+    /// Where to subscribe: one server, or a cluster's seed nodes, tried in turn.
+    clients: Arc<[redis::Client]>,
     channel: String,
     connect_timeout: Duration,
     task: std::sync::Mutex<tokio::task::AbortHandle>,
@@ -150,22 +172,29 @@ impl Drop for DownOnDrop {
     }
 }
 
-/// One subscription attempt, bounded by `connect_timeout`.
+/// One subscription attempt on each client in turn until one succeeds,
+/// each bounded by `connect_timeout`. Several clients are a cluster's
+/// nodes: classic pub/sub messages reach every node of a cluster, so any
+/// one of them will do.
 async fn subscribe(
-    client: &redis::Client,
+    clients: &[redis::Client],
     channel: &str,
     connect_timeout: Duration,
 ) -> Result<redis::aio::PubSub, String> {
-    let attempt = async {
-        let mut pubsub = client.get_async_pubsub().await?;
-        pubsub.subscribe(channel).await?;
-        Ok::<_, RedisError>(pubsub)
-    };
-    match tokio::time::timeout(connect_timeout, attempt).await {
-        Ok(Ok(pubsub)) => Ok(pubsub),
-        Ok(Err(e)) => Err(e.to_string()),
-        Err(_) => Err(format!("no answer within {connect_timeout:?}")),
+    let mut reason = "no server to subscribe on".to_owned();
+    for client in clients {
+        let attempt = async {
+            let mut pubsub = client.get_async_pubsub().await?;
+            pubsub.subscribe(channel).await?;
+            Ok::<_, RedisError>(pubsub)
+        };
+        match tokio::time::timeout(connect_timeout, attempt).await {
+            Ok(Ok(pubsub)) => return Ok(pubsub),
+            Ok(Err(e)) => reason = e.to_string(),
+            Err(_) => reason = format!("no answer within {connect_timeout:?}"),
+        }
     }
+    Err(reason)
 }
 
 impl FillSubscription {
@@ -173,16 +202,17 @@ impl FillSubscription {
     /// wakes its readers), then keeps the subscription up in a background
     /// task. A failed first attempt is not an error: the task goes on
     /// trying, and readers poll meanwhile.
-    async fn start(client: redis::Client, channel: String, connect_timeout: Duration) -> Self {
+    async fn start(clients: Vec<redis::Client>, channel: String, connect_timeout: Duration) -> Self {
+        let clients: Arc<[redis::Client]> = clients.into();
         let wakes = FillWakes::pending();
-        let first = subscribe(&client, &channel, connect_timeout).await;
+        let first = subscribe(&clients, &channel, connect_timeout).await;
         if first.is_ok() {
             wakes.set_live(true);
         }
-        let task = Self::spawn(&wakes, &client, &channel, connect_timeout, Some(first));
+        let task = Self::spawn(&wakes, &clients, &channel, connect_timeout, Some(first));
         FillSubscription {
             wakes,
-            client,
+            clients,
             channel,
             connect_timeout,
             task: std::sync::Mutex::new(task),
@@ -191,12 +221,12 @@ impl FillSubscription {
 
     fn spawn(
         wakes: &FillWakes,
-        client: &redis::Client,
+        clients: &Arc<[redis::Client]>,
         channel: &str,
         connect_timeout: Duration,
         first: Option<Result<redis::aio::PubSub, String>>,
     ) -> tokio::task::AbortHandle {
-        let (client, channel) = (client.clone(), channel.to_owned());
+        let (client, channel) = (clients.clone(), channel.to_owned());
         let down_on_drop = DownOnDrop(wakes.clone());
         tokio::spawn(async move {
             let wakes = &down_on_drop.0;
@@ -258,7 +288,7 @@ impl FillSubscription {
     fn watch(&self, key: &str) -> FillWatch {
         let mut task = self.task.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         if task.is_finished() && tokio::runtime::Handle::try_current().is_ok() {
-            *task = Self::spawn(&self.wakes, &self.client, &self.channel, self.connect_timeout, None);
+            *task = Self::spawn(&self.wakes, &self.clients, &self.channel, self.connect_timeout, None);
         }
         drop(task);
         self.wakes.watch(key)
@@ -345,18 +375,137 @@ impl RedisStore {
             .map_err(|e| {
                 StoreError::connection(format!("cannot connect to Redis at {}", masked_url(url))).with_source(e)
             })?;
+        Ok(Self::with_connection(RedisConnection::Single(conn), None, vec![client], &config).await)
+    }
+
+    /// Connects to a Redis Cluster through any of its nodes (`urls`, one
+    /// or more), with the default [`RedisConfig`].
+    ///
+    /// # Errors
+    /// [`StoreError::Connection`] when a URL is invalid or no node can be reached.
+    pub async fn connect_cluster<S: AsRef<str>>(urls: &[S]) -> StoreResult<Self> {
+        Self::connect_cluster_with(urls, RedisConfig::default()).await
+    }
+
+    /// Connects to a Redis Cluster through any of its nodes (`urls`), with
+    /// explicit settings: `connect_timeout` bounds connecting to a node,
+    /// `response_timeout` bounds a command including redis-rs's retries
+    /// and redirections, `reconnect_retries` caps those retries.
+    ///
+    /// The store has the same contract as on one server. Every command and
+    /// script touches one key, and the companion keys of an entry (a
+    /// `Versioned` counter and data keys, the article's lock) carry the
+    /// entry's key as their hash tag, so they live in its slot. Batches are
+    /// split by the node that serves each key, one pipeline per node, sent
+    /// at once.
+    ///
+    /// # Errors
+    /// [`StoreError::Connection`] when a URL is invalid or no node can be reached.
+    pub async fn connect_cluster_with<S: AsRef<str>>(urls: &[S], config: RedisConfig) -> StoreResult<Self> {
+        let shown = || {
+            urls.iter()
+                .map(|u| masked_url(u.as_ref()))
+                .collect::<Vec<_>>()
+                .join(",")
+        };
+        let mut clients = Vec::with_capacity(urls.len());
+        for url in urls {
+            let url = url.as_ref();
+            clients.push(redis::Client::open(url).map_err(|e| {
+                StoreError::connection(format!("invalid Redis URL {}", masked_url(url))).with_source(e)
+            })?);
+        }
+        if clients.is_empty() {
+            return Err(StoreError::connection("a Redis Cluster needs at least one node URL"));
+        }
+        let nodes: Vec<_> = clients.iter().map(|c| c.get_connection_info().clone()).collect();
+        let client = redis::cluster::ClusterClientBuilder::new(nodes)
+            .connection_timeout(config.connect_timeout)
+            .response_timeout(config.response_timeout)
+            .retries(u32::try_from(config.reconnect_retries).unwrap_or(u32::MAX))
+            .min_retry_wait(u64::try_from(config.reconnect_min_delay.as_millis()).unwrap_or(u64::MAX))
+            .max_retry_wait(1000)
+            .build()
+            .map_err(|e| StoreError::connection(format!("invalid Redis Cluster URLs {}", shown())).with_source(e))?;
+        let conn = tokio::time::timeout(config.connect_timeout.saturating_mul(2), client.get_async_connection())
+            .await
+            .map_err(|_| {
+                StoreError::connection(format!(
+                    "no Redis Cluster node at {} answered within {:?}",
+                    shown(),
+                    config.connect_timeout.saturating_mul(2)
+                ))
+            })?
+            .map_err(|e| {
+                StoreError::connection(format!("cannot connect to the Redis Cluster at {}", shown())).with_source(e)
+            })?;
+        let handle = cluster::ClusterHandle::new(client, conn, config.connect_timeout);
+        let batches = Arc::new(ClusterBatches::new(handle.clone()));
+        Ok(Self::with_connection(RedisConnection::Cluster(handle), Some(batches), clients, &config).await)
+    }
+
+    async fn with_connection(
+        conn: RedisConnection,
+        cluster: Option<Arc<ClusterBatches>>,
+        clients: Vec<redis::Client>,
+        config: &RedisConfig,
+    ) -> Self {
         let fill_subscription = match &config.fill_channel {
             Some(channel) => Some(Arc::new(
-                FillSubscription::start(client, channel.clone(), config.connect_timeout).await,
+                FillSubscription::start(clients, channel.clone(), config.connect_timeout).await,
             )),
             None => None,
         };
-        Ok(RedisStore {
+        RedisStore {
             conn,
+            cluster,
             scripts: Arc::new(Scripts::new()),
             fill_channel: Arc::from(config.fill_channel.as_deref().unwrap_or("")),
             fill_subscription,
-        })
+        }
+    }
+
+    /// How many pipelines this store's batches have sent to cluster nodes
+    /// (0 on one server), for tests that count round trips.
+    #[doc(hidden)]
+    pub fn cluster_pipelines_sent(&self) -> u64 {
+        self.cluster
+            .as_ref()
+            .map_or(0, |c| c.pipelines.load(std::sync::atomic::Ordering::Relaxed))
+    }
+
+    /// True when this store is on a Redis Cluster.
+    pub fn is_cluster(&self) -> bool {
+        self.cluster.is_some()
+    }
+
+    /// Runs one command per key (`cmds`, in the order of `keys`) in as few
+    /// round trips as the deployment allows: one pipeline on one server,
+    /// one pipeline per node on a cluster. `script` is the source of the
+    /// script the commands `EVALSHA`, loaded and the batch sent again when
+    /// a server does not know it.
+    async fn batch<T: redis::FromRedisValue>(
+        &self,
+        keys: impl Iterator<Item = &str>,
+        cmds: Vec<Cmd>,
+        script: Option<&str>,
+    ) -> StoreResult<Vec<T>> {
+        let Some(cluster) = &self.cluster else {
+            let mut pipe = redis::pipe();
+            for cmd in cmds {
+                pipe.add_command(cmd);
+            }
+            return match script {
+                Some(source) => self.query_scripted(&pipe, source).await,
+                None => pipe.query_async(&mut self.conn.clone()).await.map_err(store_error),
+            };
+        };
+        let cmds = keys.map(|k| cluster::slot(k.as_bytes())).zip(cmds).collect();
+        let values = cluster.run(cmds, script).await.map_err(store_error)?;
+        values
+            .into_iter()
+            .map(|v| redis::from_redis_value(v).map_err(|e| store_error(e.into())))
+            .collect()
     }
 
     /// Runs a pipeline of `EVALSHA`s of `source`; if the server does not
@@ -380,7 +529,7 @@ impl RedisStore {
 
     /// A clone of the underlying connection, for callers that need commands
     /// the [`Store`] trait does not have (tests, `aside inspect`).
-    pub fn connection(&self) -> ConnectionManager {
+    pub fn connection(&self) -> RedisConnection {
         self.conn.clone()
     }
 }
@@ -388,7 +537,11 @@ impl RedisStore {
 #[async_trait]
 impl Store for RedisStore {
     fn name(&self) -> &'static str {
-        "redis"
+        if self.cluster.is_some() {
+            "redis-cluster"
+        } else {
+            "redis"
+        }
     }
 
     fn supports_plain_values(&self) -> bool {
@@ -584,23 +737,20 @@ impl Store for RedisStore {
     }
 
     async fn get_many(&self, keys: &[String]) -> StoreResult<Vec<Option<Bytes>>> {
-        // A pipeline of GETs, not MGET: one round trip either way, and it
-        // stays valid in Redis Cluster when the keys live in different slots.
-        let mut pipe = redis::pipe();
-        for key in keys {
-            pipe.cmd("GET").arg(key);
-        }
-        let values: Vec<Option<Vec<u8>>> = pipe.query_async(&mut self.conn.clone()).await.map_err(store_error)?;
+        // One GET per key, not MGET: one round trip either way, and it stays
+        // valid in Redis Cluster when the keys live in different slots.
+        let cmds = keys.iter().map(|key| redis::cmd("GET").arg(key).clone()).collect();
+        let values: Vec<Option<Vec<u8>>> = self.batch(keys.iter().map(String::as_str), cmds, None).await?;
         Ok(values.into_iter().map(|v| v.map(Bytes::from)).collect())
     }
 
     async fn peek_many(&self, keys: &[String]) -> StoreResult<Vec<EntryView>> {
-        let mut pipe = redis::pipe();
-        for key in keys {
-            pipe.cmd("HMGET").arg(key).arg("v").arg("s").arg("t");
-        }
+        let cmds = keys
+            .iter()
+            .map(|key| redis::cmd("HMGET").arg(key).arg("v").arg("s").arg("t").clone())
+            .collect();
         type Row = (Option<Vec<u8>>, Option<Vec<u8>>, Option<u64>);
-        let rows: Vec<Row> = pipe.query_async(&mut self.conn.clone()).await.map_err(store_error)?;
+        let rows: Vec<Row> = self.batch(keys.iter().map(String::as_str), cmds, None).await?;
         Ok(rows
             .into_iter()
             .map(|(value, stale, lease)| EntryView {
@@ -617,16 +767,25 @@ impl Store for RedisStore {
         lease_ttl: Duration,
     ) -> StoreResult<Vec<LeaseOutcome>> {
         let script = &self.scripts.lookup_or_lease;
-        let mut pipe = redis::pipe();
-        for (key, token) in keys {
-            pipe.cmd("EVALSHA")
-                .arg(script.get_hash())
-                .arg(1)
-                .arg(key)
-                .arg(token.0)
-                .arg(ttl_ms(lease_ttl));
-        }
-        let rows: Vec<(i64, Option<Vec<u8>>)> = self.query_scripted(&pipe, include_str!("lookup_or_lease.lua")).await?;
+        let cmds = keys
+            .iter()
+            .map(|(key, token)| {
+                redis::cmd("EVALSHA")
+                    .arg(script.get_hash())
+                    .arg(1)
+                    .arg(key)
+                    .arg(token.0)
+                    .arg(ttl_ms(lease_ttl))
+                    .clone()
+            })
+            .collect();
+        let rows: Vec<(i64, Option<Vec<u8>>)> = self
+            .batch(
+                keys.iter().map(|(k, _)| k.as_str()),
+                cmds,
+                Some(include_str!("lookup_or_lease.lua")),
+            )
+            .await?;
         rows.into_iter()
             .zip(keys)
             .map(|((code, value), (_, token))| lease_outcome(code, value.map(Bytes::from), *token))
@@ -634,18 +793,27 @@ impl Store for RedisStore {
     }
 
     async fn fill_many(&self, fills: Vec<Fill>) -> StoreResult<Vec<FillOutcome>> {
-        let mut pipe = redis::pipe();
-        for fill in &fills {
-            pipe.cmd("EVALSHA")
-                .arg(self.scripts.fill.get_hash())
-                .arg(1)
-                .arg(&fill.key)
-                .arg(fill.token.0)
-                .arg(fill.value.as_ref())
-                .arg(ttl_ms(fill.ttl))
-                .arg(self.fill_channel.as_ref());
-        }
-        let stored: Vec<i64> = self.query_scripted(&pipe, include_str!("fill.lua")).await?;
+        let cmds = fills
+            .iter()
+            .map(|fill| {
+                redis::cmd("EVALSHA")
+                    .arg(self.scripts.fill.get_hash())
+                    .arg(1)
+                    .arg(&fill.key)
+                    .arg(fill.token.0)
+                    .arg(fill.value.as_ref())
+                    .arg(ttl_ms(fill.ttl))
+                    .arg(self.fill_channel.as_ref())
+                    .clone()
+            })
+            .collect();
+        let stored: Vec<i64> = self
+            .batch(
+                fills.iter().map(|f| f.key.as_str()),
+                cmds,
+                Some(include_str!("fill.lua")),
+            )
+            .await?;
         Ok(stored
             .into_iter()
             .map(|s| {
@@ -659,19 +827,25 @@ impl Store for RedisStore {
     }
 
     async fn set_many(&self, items: Vec<(String, Bytes, Duration)>) -> StoreResult<()> {
-        let mut pipe = redis::pipe();
-        for (key, value, ttl) in &items {
-            pipe.cmd("SET")
-                .arg(key)
-                .arg(value.as_ref())
-                .arg("PX")
-                .arg(ttl_ms(*ttl))
-                .ignore();
-        }
-        pipe.exec_async(&mut self.conn.clone()).await.map_err(store_error)
+        let cmds = items
+            .iter()
+            .map(|(key, value, ttl)| {
+                redis::cmd("SET")
+                    .arg(key)
+                    .arg(value.as_ref())
+                    .arg("PX")
+                    .arg(ttl_ms(*ttl))
+                    .clone()
+            })
+            .collect();
+        let _: Vec<redis::Value> = self.batch(items.iter().map(|(k, _, _)| k.as_str()), cmds, None).await?;
+        Ok(())
     }
 
     async fn ping(&self) -> StoreResult<()> {
+        if let Some(cluster) = &self.cluster {
+            return cluster.ping().await.map_err(store_error);
+        }
         redis::cmd("PING")
             .exec_async(&mut self.conn.clone())
             .await
