@@ -147,6 +147,7 @@ mod engine;
 #[doc(hidden)]
 pub mod envelope;
 mod error;
+#[doc(hidden)]
 pub mod key;
 pub mod metrics;
 mod namespace;
