@@ -351,3 +351,6 @@ fn is_root() -> bool {
         .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
         .unwrap_or(false)
 }
+
+// After `process_controls!`, which it uses.
+pub mod tls;

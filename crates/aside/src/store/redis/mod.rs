@@ -15,6 +15,9 @@
 //! connection still fails; the engine counts that and treats it as a miss.
 //! Both timeouts are set explicitly (see [`RedisConfig`]) because a cache
 //! that waits on a dead server is worse than no cache.
+//!
+//! TLS (`rediss://`, `valkeys://`, a private CA, mTLS) and ACL credentials
+//! are how the client is made: see [`client`], shared with the bus.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -25,9 +28,13 @@ use futures::StreamExt;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{RedisError, Script};
 
+mod client;
+
+pub use self::client::RedisTls;
+pub(crate) use self::client::{check as check_connection, client as build_client, connect_error};
+
 use super::{
     EntryView, Fill, FillOutcome, FillWakes, FillWatch, LeaseOutcome, LeaseToken, Store, StoreError, StoreResult,
-    masked_url,
 };
 
 /// Connection settings of a [`RedisStore`].
@@ -48,6 +55,10 @@ pub struct RedisConfig {
     /// must use the same channel. `None` turns notifications off (readers
     /// poll). Default [`DEFAULT_FILL_CHANNEL`].
     pub fill_channel: Option<String>,
+    /// TLS settings for a `rediss://` or `valkeys://` URL (a private CA, a
+    /// client certificate). Used by the store's connection and by its fill
+    /// subscription. Default: none (the system's roots).
+    pub tls: RedisTls,
 }
 
 /// The default [`RedisConfig::fill_channel`].
@@ -61,6 +72,7 @@ impl Default for RedisConfig {
             reconnect_retries: 2,
             reconnect_min_delay: Duration::from_millis(50),
             fill_channel: Some(DEFAULT_FILL_CHANNEL.to_owned()),
+            tls: RedisTls::default(),
         }
     }
 }
@@ -281,6 +293,8 @@ impl std::fmt::Debug for RedisStore {
 fn store_error(e: RedisError) -> StoreError {
     use redis::{ErrorKind, ServerErrorKind};
     let whole_store = e.is_io_error()
+        // A server that wants a password refuses every key alike.
+        || e.code() == Some("NOAUTH")
         || e.is_connection_dropped()
         || e.is_connection_refusal()
         || e.is_timeout()
@@ -332,19 +346,19 @@ impl RedisStore {
     /// # Errors
     /// [`StoreError::Connection`] when the URL is invalid or the server cannot be reached.
     pub async fn connect_with(url: &str, config: RedisConfig) -> StoreResult<Self> {
-        let client = redis::Client::open(url)
-            .map_err(|e| StoreError::connection(format!("invalid Redis URL {}", masked_url(url))).with_source(e))?;
+        let client = build_client(url, &config.tls)?;
         let manager_config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(config.connect_timeout))
             .set_response_timeout(Some(config.response_timeout))
             .set_number_of_retries(config.reconnect_retries)
             .set_min_delay(config.reconnect_min_delay)
             .set_max_delay(Duration::from_secs(1));
-        let conn = ConnectionManager::new_with_config(client.clone(), manager_config)
+        let mut conn = ConnectionManager::new_with_config(client.clone(), manager_config)
             .await
-            .map_err(|e| {
-                StoreError::connection(format!("cannot connect to Redis at {}", masked_url(url))).with_source(e)
-            })?;
+            .map_err(|e| connect_error("cannot connect to Redis at", url, e))?;
+        check_connection(&mut conn, config.connect_timeout)
+            .await
+            .map_err(|e| connect_error("cannot connect to Redis at", url, e))?;
         let fill_subscription = match &config.fill_channel {
             Some(channel) => Some(Arc::new(
                 FillSubscription::start(client, channel.clone(), config.connect_timeout).await,
@@ -748,5 +762,8 @@ mod tests {
                 "{whole_store:?}"
             );
         }
+        // A server that wants a password (the URL has none) refuses every key.
+        let noauth = redis::make_extension_error("NOAUTH".into(), Some("Authentication required.".into()));
+        assert!(matches!(store_error(noauth), StoreError::Connection { .. }));
     }
 }
