@@ -124,13 +124,6 @@ fn is_tls(url: &str) -> bool {
     scheme.eq_ignore_ascii_case("rediss") || scheme.eq_ignore_ascii_case("valkeys")
 }
 
-/// A client for `url` with `tls`. A TLS URL with an empty `tls` uses the
-/// system's roots.
-///
-/// # Errors
-/// [`StoreError::Connection`] naming the masked URL when it does not parse,
-/// when TLS settings come with a plaintext URL, when only one of the client
-/// certificate and key is given, or when a PEM does not parse.
 /// PINGs a new connection, bounded by `within`: redis-rs connects without a
 /// command when the URL has no credentials, so a server that wants a
 /// password (`NOAUTH`) would otherwise be found out only by the first read.
@@ -147,7 +140,16 @@ pub(crate) async fn check<C: redis::aio::ConnectionLike>(
     }
 }
 
-pub(crate) fn client(url: &str, tls: &RedisTls) -> StoreResult<redis::Client> {
+/// The redis-rs client for `url` with `tls`, as [`RedisStore`](super::RedisStore)
+/// and [`RedisBus`](crate::bus::redis::RedisBus) make it: for callers that
+/// need a connection of their own to the same server (tools, benches). A
+/// TLS URL with an empty `tls` uses the system's roots.
+///
+/// # Errors
+/// [`StoreError::Connection`] naming the masked URL when it does not parse,
+/// when TLS settings come with a plaintext URL, when only one of the client
+/// certificate and key is given, or when a PEM does not parse.
+pub fn client(url: &str, tls: &RedisTls) -> StoreResult<redis::Client> {
     let invalid = |why: &str| StoreError::connection(format!("invalid Redis URL {}: {why}", masked_url(url)));
     if tls.is_empty() {
         return redis::Client::open(url).map_err(|e| invalid(&scrubbed(url, &e)).with_source(e));

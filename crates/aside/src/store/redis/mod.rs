@@ -30,7 +30,7 @@ use redis::{RedisError, Script};
 
 mod client;
 
-pub use self::client::RedisTls;
+pub use self::client::{RedisTls, client};
 pub(crate) use self::client::{check as check_connection, client as build_client, connect_error};
 
 use super::{
