@@ -352,5 +352,6 @@ fn is_root() -> bool {
         .unwrap_or(false)
 }
 
-// After `process_controls!`, which it uses.
+// After `process_controls!`, which they use.
+pub mod sentinel;
 pub mod tls;

@@ -29,12 +29,15 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{RedisError, Script};
 
 mod client;
+mod conn;
 
 pub use self::client::{RedisTls, client};
 pub(crate) use self::client::{check as check_connection, client as build_client, connect_error};
+use self::conn::{Conn, SentinelConn};
 
 use super::{
     EntryView, Fill, FillOutcome, FillWakes, FillWatch, LeaseOutcome, LeaseToken, Store, StoreError, StoreResult,
+    masked_url,
 };
 
 /// Connection settings of a [`RedisStore`].
@@ -119,7 +122,7 @@ impl Scripts {
 /// ```
 #[derive(Clone)]
 pub struct RedisStore {
-    conn: ConnectionManager,
+    conn: Conn,
     scripts: Arc<Scripts>,
     /// The channel the scripts publish lease ends on; empty: none.
     fill_channel: Arc<str>,
@@ -347,30 +350,88 @@ impl RedisStore {
     /// [`StoreError::Connection`] when the URL is invalid or the server cannot be reached.
     pub async fn connect_with(url: &str, config: RedisConfig) -> StoreResult<Self> {
         let client = build_client(url, &config.tls)?;
-        let manager_config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(config.connect_timeout))
-            .set_response_timeout(Some(config.response_timeout))
-            .set_number_of_retries(config.reconnect_retries)
-            .set_min_delay(config.reconnect_min_delay)
-            .set_max_delay(Duration::from_secs(1));
-        let mut conn = ConnectionManager::new_with_config(client.clone(), manager_config)
+        let mut conn = ConnectionManager::new_with_config(client.clone(), Self::manager_config(&config))
             .await
             .map_err(|e| connect_error("cannot connect to Redis at", url, e))?;
         check_connection(&mut conn, config.connect_timeout)
             .await
             .map_err(|e| connect_error("cannot connect to Redis at", url, e))?;
+        Ok(Self::on(Conn::Fixed(conn), client, config).await)
+    }
+
+    /// Connects to the primary that the Sentinels at `sentinels` (`redis://`
+    /// URLs) name for `master`, and follows it through failovers: after a
+    /// command fails as a lost primary fails, Sentinel is asked again in the
+    /// background and commands go to the new primary once it is promoted
+    /// (the failing commands are misses meanwhile). Default settings; see
+    /// [`RedisStore::connect_sentinel_with`]. The primary is reached in
+    /// plaintext without credentials (TLS and ACL users through Sentinel
+    /// are not supported yet).
+    ///
+    /// # Errors
+    /// [`StoreError::Connection`] when no Sentinel answers or the primary
+    /// it names cannot be reached.
+    pub async fn connect_sentinel(sentinels: &[&str], master: &str) -> StoreResult<Self> {
+        Self::connect_sentinel_with(sentinels, master, RedisConfig::default()).await
+    }
+
+    /// [`RedisStore::connect_sentinel`] with explicit settings. The fill
+    /// subscription stays on the first primary (after a failover, readers
+    /// waiting on a lease poll instead of being woken).
+    ///
+    /// # Errors
+    /// [`StoreError::Connection`] when no Sentinel answers or the primary
+    /// it names cannot be reached.
+    pub async fn connect_sentinel_with(sentinels: &[&str], master: &str, config: RedisConfig) -> StoreResult<Self> {
+        let shown = || sentinels.iter().map(|u| masked_url(u)).collect::<Vec<_>>().join(",");
+        let failed = |e: RedisError| {
+            StoreError::connection(format!(
+                "cannot find the primary of {master} through Sentinel at {}: {e}",
+                shown()
+            ))
+            .with_source(e)
+        };
+        // An owned name: redis-rs takes a `String` here without TLS, and
+        // `impl AsRef<str>` with it.
+        #[allow(clippy::unnecessary_to_owned)]
+        let sentinel = redis::sentinel::SentinelClient::build(
+            sentinels.to_vec(),
+            master.to_owned(),
+            None,
+            redis::sentinel::SentinelServerType::Master,
+        )
+        .map_err(failed)?;
+        // Asking Sentinel, then checking the primary's role, then connecting.
+        let resolve_timeout = config.connect_timeout * 4;
+        let (conn, client) = SentinelConn::connect(sentinel, Self::manager_config(&config), resolve_timeout)
+            .await
+            .map_err(failed)?;
+        Ok(Self::on(Conn::Sentinel(conn), client, config).await)
+    }
+
+    fn manager_config(config: &RedisConfig) -> ConnectionManagerConfig {
+        ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(config.connect_timeout))
+            .set_response_timeout(Some(config.response_timeout))
+            .set_number_of_retries(config.reconnect_retries)
+            .set_min_delay(config.reconnect_min_delay)
+            .set_max_delay(Duration::from_secs(1))
+    }
+
+    /// The store on `conn`, with its fill subscription through `client`.
+    async fn on(conn: Conn, client: redis::Client, config: RedisConfig) -> Self {
         let fill_subscription = match &config.fill_channel {
             Some(channel) => Some(Arc::new(
                 FillSubscription::start(client, channel.clone(), config.connect_timeout).await,
             )),
             None => None,
         };
-        Ok(RedisStore {
+        RedisStore {
             conn,
             scripts: Arc::new(Scripts::new()),
             fill_channel: Arc::from(config.fill_channel.as_deref().unwrap_or("")),
             fill_subscription,
-        })
+        }
     }
 
     /// Runs a pipeline of `EVALSHA`s of `source`; if the server does not
@@ -395,7 +456,7 @@ impl RedisStore {
     /// A clone of the underlying connection, for callers that need commands
     /// the [`Store`] trait does not have (tests, `aside inspect`).
     pub fn connection(&self) -> ConnectionManager {
-        self.conn.clone()
+        self.conn.manager()
     }
 }
 
