@@ -18,7 +18,7 @@ use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use aside::bus::redis::RedisBus;
+use aside::bus::redis::DEFAULT_CHANNEL;
 use aside::{Aside, Strategy};
 use clap::Args;
 
@@ -154,7 +154,7 @@ pub async fn run(args: DemoArgs) -> Result<()> {
         "running for {} s on the {} store{}, strategy {}...",
         duration,
         cache.store().name(),
-        match (args.tiers, args.store.bus_url().is_some()) {
+        match (args.tiers, args.store.redis_target().is_some()) {
             (false, _) => "",
             (true, false) => " behind an L1",
             (true, true) => " behind an L1 with a Redis invalidation bus",
@@ -186,13 +186,9 @@ pub async fn run(args: DemoArgs) -> Result<()> {
 async fn build_cache(args: &DemoArgs) -> Result<Aside> {
     let prefix = format!("aside-demo:{:016x}:", rand::random::<u64>());
     let builder = args.store.choice().builder(&prefix).await?;
-    Ok(match (args.store.bus_url(), args.tiers) {
-        (Some(url), true) => {
-            let bus = RedisBus::connect(url)
-                .await
-                .context(format!("cannot connect the invalidation bus to Redis at {url}"))?;
-            builder.bus(bus).build()
-        }
+    Ok(match (args.store.redis_target(), args.tiers) {
+        // The bus's error names the server, its password masked.
+        (Some(target), true) => builder.bus(target.bus(DEFAULT_CHANNEL).await?).build(),
         _ => builder.build(),
     })
 }

@@ -4,22 +4,140 @@
 //!
 //! Owns connecting to the chosen store, with an error naming the server
 //! when it cannot be reached, and the key prefixes that keep runs sharing
-//! a server apart (nothing is ever flushed).
+//! a server apart (nothing is ever flushed). A Redis is a [`RedisTarget`]:
+//! its URL (`rediss://user:password@host:port` for TLS and an ACL user)
+//! and the TLS files of `--redis-ca`, `--redis-cert` and `--redis-key`; its
+//! password never shows in a message or in `Debug`.
 
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use aside::bus::redis::RedisBus;
+use aside::store::masked_url;
 use aside::store::memcached::MemcachedStore;
-use aside::store::redis::RedisStore;
+use aside::store::redis::{RedisConfig, RedisStore, RedisTls};
 use aside::{Aside, AsideBuilder, MemoryStore, Store};
 use aside_testkit::fault::MemoryBus;
 
 use crate::error::{Context, Result};
 
+/// The TLS files of a Redis connection (`--redis-ca`, `--redis-cert`,
+/// `--redis-key`), shared by every subcommand that reaches Redis.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct RedisTlsArgs {
+    /// A PEM file of the CA to trust for a `rediss://` Redis, instead of
+    /// the system's roots (a private CA, a self-signed server).
+    #[arg(long, value_name = "FILE")]
+    pub redis_ca: Option<PathBuf>,
+
+    /// A PEM client certificate (chain) to present to a Redis that asks
+    /// for one (mTLS); needs --redis-key.
+    #[arg(long, value_name = "FILE", requires = "redis_key")]
+    pub redis_cert: Option<PathBuf>,
+
+    /// The PEM private key of --redis-cert.
+    #[arg(long, value_name = "FILE", requires = "redis_cert")]
+    pub redis_key: Option<PathBuf>,
+}
+
+/// A Redis server and how to reach it.
+#[derive(Clone)]
+pub struct RedisTarget {
+    /// `redis://`, `rediss://`, `valkey://` or `valkeys://`, with the ACL
+    /// user and password if any.
+    pub url: String,
+    /// The TLS files.
+    pub tls: RedisTlsArgs,
+}
+
+impl std::fmt::Debug for RedisTarget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisTarget")
+            .field("url", &masked_url(&self.url))
+            .field("tls", &self.tls)
+            .finish()
+    }
+}
+
+impl RedisTarget {
+    /// The URL with its password masked, for messages and reports.
+    pub fn masked(&self) -> String {
+        masked_url(&self.url)
+    }
+
+    /// True when a TLS file is given.
+    pub fn has_tls_files(&self) -> bool {
+        self.tls.redis_ca.is_some() || self.tls.redis_cert.is_some()
+    }
+
+    /// The TLS settings, read from the files.
+    ///
+    /// # Errors
+    /// When a file cannot be read.
+    pub fn tls(&self) -> Result<RedisTls> {
+        let read = |flag: &str, path: &PathBuf| {
+            std::fs::read(path).context(format_args!("cannot read {flag} {}", path.display()))
+        };
+        let mut tls = RedisTls::new();
+        if let Some(ca) = &self.tls.redis_ca {
+            tls = tls.with_ca(read("--redis-ca", ca)?);
+        }
+        if let (Some(cert), Some(key)) = (&self.tls.redis_cert, &self.tls.redis_key) {
+            tls = tls.with_client_identity(read("--redis-cert", cert)?, read("--redis-key", key)?);
+        }
+        Ok(tls)
+    }
+
+    /// The store's settings: the defaults, with these TLS settings.
+    ///
+    /// # Errors
+    /// When a TLS file cannot be read.
+    pub fn config(&self) -> Result<RedisConfig> {
+        let mut config = RedisConfig::default();
+        config.tls = self.tls()?;
+        Ok(config)
+    }
+
+    /// A store on this server.
+    ///
+    /// # Errors
+    /// When a TLS file cannot be read or the server cannot be reached (the
+    /// store's error names the server, its password masked).
+    pub async fn store(&self) -> Result<RedisStore> {
+        Ok(RedisStore::connect_with(&self.url, self.config()?).await?)
+    }
+
+    /// A bus on this server, on `channel`.
+    ///
+    /// # Errors
+    /// When a TLS file cannot be read or the server cannot be reached.
+    pub async fn bus(&self, channel: &str) -> Result<RedisBus> {
+        Ok(RedisBus::connect_with(&self.url, channel, &self.tls()?).await?)
+    }
+
+    /// The flags that name this server to another process.
+    pub fn flags(&self) -> Vec<String> {
+        let mut flags = vec!["--redis".to_owned(), self.url.clone()];
+        for (flag, path) in [
+            ("--redis-ca", &self.tls.redis_ca),
+            ("--redis-cert", &self.tls.redis_cert),
+            ("--redis-key", &self.tls.redis_key),
+        ] {
+            if let Some(path) = path {
+                flags.push(flag.to_owned());
+                flags.push(path.display().to_string());
+            }
+        }
+        flags
+    }
+}
+
 /// The store flags every subcommand that caches takes.
-#[derive(Debug, Clone, clap::Args)]
+#[derive(Clone, clap::Args)]
 pub struct StoreArgs {
-    /// Use the Redis server at this URL instead of the in-process store.
+    /// Use the Redis server at this URL instead of the in-process store:
+    /// `redis://host:port`, or `rediss://user:password@host:port` for TLS
+    /// and an ACL user (`valkey://`, `valkeys://` too).
     #[arg(long, value_name = "URL", conflicts_with = "memcached")]
     pub redis: Option<String>,
 
@@ -29,6 +147,10 @@ pub struct StoreArgs {
     #[arg(long, value_name = "URL[,URL...]", conflicts_with_all = ["redis", "memcached"])]
     pub redis_cluster: Option<String>,
 
+    /// TLS files for a `rediss://` Redis.
+    #[command(flatten)]
+    pub redis_tls: RedisTlsArgs,
+
     /// Use memcached (1.6+) at this address instead of the in-process
     /// store; several servers separated by commas share the keys by
     /// consistent hashing.
@@ -36,31 +158,56 @@ pub struct StoreArgs {
     pub memcached: Option<String>,
 }
 
+impl std::fmt::Debug for StoreArgs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StoreArgs")
+            .field("redis", &self.redis.as_deref().map(masked_url))
+            .field(
+                "redis_cluster",
+                &self
+                    .redis_cluster
+                    .as_deref()
+                    .map(|urls| urls.split(',').map(masked_url).collect::<Vec<_>>().join(",")),
+            )
+            .field("redis_tls", &self.redis_tls)
+            .field("memcached", &self.memcached)
+            .finish()
+    }
+}
+
 impl StoreArgs {
     /// The store these flags name.
     pub fn choice(&self) -> StoreChoice {
-        match &self.redis_cluster {
-            Some(urls) => StoreChoice::RedisCluster(
-                urls.split(',')
-                    .map(str::trim)
-                    .filter(|u| !u.is_empty())
-                    .map(str::to_owned)
-                    .collect(),
-            ),
-            None => StoreChoice::choose(self.redis.as_deref(), self.memcached.as_deref()),
+        if let Some(urls) = &self.redis_cluster {
+            let nodes = urls
+                .split(',')
+                .map(str::trim)
+                .filter(|u| !u.is_empty())
+                .map(str::to_owned)
+                .collect();
+            return StoreChoice::RedisCluster(nodes);
+        }
+        match (&self.memcached, &self.redis) {
+            (None, Some(url)) => StoreChoice::Redis(RedisTarget {
+                url: url.clone(),
+                tls: self.redis_tls.clone(),
+            }),
+            _ => StoreChoice::choose(self.redis.as_deref(), self.memcached.as_deref()),
         }
     }
 
-    /// The URL of a Redis server to put an invalidation bus on: `--redis`,
-    /// or the first node of `--redis-cluster` (classic pub/sub reaches every
-    /// node of a cluster).
-    pub fn bus_url(&self) -> Option<&str> {
-        self.redis.as_deref().or_else(|| {
-            self.redis_cluster
-                .as_deref()
-                .and_then(|u| u.split(',').next())
-                .map(str::trim)
-        })
+    /// The Redis to put an invalidation bus on, if any: `--redis`, or the
+    /// first node of `--redis-cluster` (classic pub/sub reaches every node
+    /// of a cluster).
+    pub fn redis_target(&self) -> Option<RedisTarget> {
+        match self.choice() {
+            StoreChoice::Redis(target) => Some(target),
+            StoreChoice::RedisCluster(nodes) => nodes.first().map(|url| RedisTarget {
+                url: url.clone(),
+                tls: self.redis_tls.clone(),
+            }),
+            _ => None,
+        }
     }
 }
 
@@ -70,7 +217,7 @@ pub enum StoreChoice {
     /// One in-process store, shared by the run's `Aside`s as one Redis would be.
     Memory(Arc<dyn Store>),
     /// A Redis server; every `Aside` gets its own connection, as another service would.
-    Redis(String),
+    Redis(RedisTarget),
     /// A Redis Cluster reached through these nodes; every `Aside` gets its
     /// own connections.
     RedisCluster(Vec<String>),
@@ -81,12 +228,15 @@ pub enum StoreChoice {
 }
 
 impl StoreChoice {
-    /// memcached at `memcached` if given, else Redis at `redis` if given,
-    /// else a new in-process store.
+    /// memcached at `memcached` if given, else Redis at `redis` (no TLS
+    /// files) if given, else a new in-process store.
     pub fn choose(redis: Option<&str>, memcached: Option<&str>) -> Self {
         match (memcached, redis) {
             (Some(addrs), _) => StoreChoice::Memcached(addrs.to_owned()),
-            (None, Some(url)) => StoreChoice::Redis(url.to_owned()),
+            (None, Some(url)) => StoreChoice::Redis(RedisTarget {
+                url: url.to_owned(),
+                tls: RedisTlsArgs::default(),
+            }),
             (None, None) => StoreChoice::Memory(Arc::new(MemoryStore::new())),
         }
     }
@@ -106,7 +256,7 @@ impl StoreChoice {
     pub fn flags(&self) -> Vec<String> {
         match self {
             StoreChoice::Memory(_) => Vec::new(),
-            StoreChoice::Redis(url) => vec!["--redis".to_owned(), url.clone()],
+            StoreChoice::Redis(target) => target.flags(),
             StoreChoice::RedisCluster(urls) => vec!["--redis-cluster".to_owned(), urls.join(",")],
             StoreChoice::Memcached(addrs) => vec!["--memcached".to_owned(), addrs.clone()],
         }
@@ -132,22 +282,18 @@ impl StoreChoice {
         let builder = self.builder(prefix).await?;
         Ok(match self {
             StoreChoice::Memory(_) | StoreChoice::Memcached(_) => builder.bus(local.clone()).build(),
-            StoreChoice::Redis(url) => {
-                let channel = format!("{prefix}invalidations");
-                let bus = RedisBus::connect_on(url, &channel)
-                    .await
-                    .context(format_args!("cannot connect the invalidation bus to Redis at {url}"))?;
-                builder.bus(bus).build()
-            }
+            // The bus's error names the server, its password masked.
+            StoreChoice::Redis(target) => builder
+                .bus(target.bus(&format!("{prefix}invalidations")).await?)
+                .build(),
             // Classic pub/sub reaches every node of a cluster: the bus
             // lives on the first node.
             StoreChoice::RedisCluster(urls) => {
-                let url = urls.first().map_or("", String::as_str);
-                let channel = format!("{prefix}invalidations");
-                let bus = RedisBus::connect_on(url, &channel)
-                    .await
-                    .context(format_args!("cannot connect the invalidation bus to Redis at {url}"))?;
-                builder.bus(bus).build()
+                let first = RedisTarget {
+                    url: urls.first().cloned().unwrap_or_default(),
+                    tls: RedisTlsArgs::default(),
+                };
+                builder.bus(first.bus(&format!("{prefix}invalidations")).await?).build()
             }
         })
     }
@@ -162,7 +308,7 @@ impl StoreChoice {
         Ok(match self {
             StoreChoice::Memory(store) => builder.shared_store(store.clone()),
             // The store's error names the server, its password masked.
-            StoreChoice::Redis(url) => builder.store(RedisStore::connect(url).await?),
+            StoreChoice::Redis(target) => builder.store(target.store().await?),
             StoreChoice::RedisCluster(urls) => builder.store(RedisStore::connect_cluster(urls).await?),
             StoreChoice::Memcached(addrs) => builder.store(
                 MemcachedStore::connect(addrs)

@@ -352,3 +352,7 @@ fn is_root() -> bool {
         .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
         .unwrap_or(false)
 }
+
+// After `process_controls!`, which they use.
+pub mod sentinel;
+pub mod tls;

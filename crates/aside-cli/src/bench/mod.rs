@@ -44,13 +44,19 @@ use self::drive::{Pass, drive};
 use self::subjects::{Article, AsideGet, AsideTier, MokaGet, RawGet};
 use crate::db::Db;
 use crate::error::{CliError, Context, Result};
+use crate::store::{RedisTarget, RedisTlsArgs};
 
 /// Flags of `aside bench`.
 #[derive(Debug, clap::Args)]
 pub struct BenchArgs {
     /// The Redis the Redis subjects use (keys under a random prefix, deleted at the end).
+    /// `rediss://user:password@host:port` for TLS and an ACL user.
     #[arg(long, default_value = "redis://127.0.0.1:6379")]
     pub redis: String,
+
+    /// TLS files for a `rediss://` Redis (the peers take none).
+    #[command(flatten)]
+    pub redis_tls: RedisTlsArgs,
 
     /// Reads per subject, per concurrency, per pass.
     #[arg(long, default_value_t = 50_000, value_parser = clap::value_parser!(u64).range(1..=100_000_000))]
@@ -182,7 +188,18 @@ enum Prepared {
 }
 
 impl Prepared {
-    async fn new(id: SubjectId, url: &str, prefix: &str, db: &Db, ids: &[u64]) -> Result<Self> {
+    async fn new(id: SubjectId, redis: &RedisTarget, prefix: &str, db: &Db, ids: &[u64]) -> Result<Self> {
+        let peer = matches!(
+            id,
+            SubjectId::CachedRedis | SubjectId::AmalgamRedis | SubjectId::AmalgamL1
+        );
+        if peer && redis.has_tls_files() {
+            return Err(CliError::new(format!(
+                "{} is a peer and takes no --redis-ca, --redis-cert or --redis-key",
+                id.name()
+            )));
+        }
+        let url = redis;
         Ok(match id {
             SubjectId::RedisGet => Prepared::RawGet(RawGet::prepare(url, prefix, db, ids).await?),
             SubjectId::Article => Prepared::Article(Article::prepare(url, prefix, db, ids).await?),
@@ -193,11 +210,13 @@ impl Prepared {
             }
             SubjectId::AsideL1 => Prepared::Aside(AsideGet::prepare(AsideTier::L1, url, prefix, db, ids).await?),
             #[cfg(feature = "peers")]
-            SubjectId::CachedRedis => Prepared::Cached(peers::CachedRedis::prepare(url, prefix, db, ids).await?),
+            SubjectId::CachedRedis => Prepared::Cached(peers::CachedRedis::prepare(&url.url, prefix, db, ids).await?),
             #[cfg(feature = "peers")]
-            SubjectId::AmalgamRedis => Prepared::Amalgam(peers::Amalgam::prepare(false, url, prefix, db, ids).await?),
+            SubjectId::AmalgamRedis => {
+                Prepared::Amalgam(peers::Amalgam::prepare(false, &url.url, prefix, db, ids).await?)
+            }
             #[cfg(feature = "peers")]
-            SubjectId::AmalgamL1 => Prepared::Amalgam(peers::Amalgam::prepare(true, url, prefix, db, ids).await?),
+            SubjectId::AmalgamL1 => Prepared::Amalgam(peers::Amalgam::prepare(true, &url.url, prefix, db, ids).await?),
             #[cfg(not(feature = "peers"))]
             SubjectId::CachedRedis | SubjectId::AmalgamRedis | SubjectId::AmalgamL1 => {
                 return Err(CliError::new(format!(
@@ -303,13 +322,17 @@ pub async fn run(args: BenchArgs) -> Result<()> {
     let tag = format!("aside-bench-{:08x}", rand::random::<u32>());
     let prefix = format!("{tag}:");
 
+    let redis = RedisTarget {
+        url: args.redis.clone(),
+        tls: args.redis_tls.clone(),
+    };
     let chatty = !args.json;
     let mut prepared = Vec::new();
     for &id in &subjects {
         if chatty {
             eprintln!("preparing {} ...", id.name());
         }
-        prepared.push((id, Prepared::new(id, &args.redis, &prefix, &db, &ids).await?));
+        prepared.push((id, Prepared::new(id, &redis, &prefix, &db, &ids).await?));
     }
     let mut samples: BTreeMap<(usize, SubjectId), Samples> = BTreeMap::new();
     for round in 1..=args.repeat {
@@ -337,12 +360,12 @@ pub async fn run(args: BenchArgs) -> Result<()> {
     } else {
         run_redis_benchmark(&args).await
     };
-    delete_keys(&args.redis, &tag).await?;
+    delete_keys(&redis, &tag).await?;
     db.close().await;
 
     let report = Report {
         bench: "hit",
-        redis: args.redis.clone(),
+        redis: redis.masked(),
         ops: args.ops,
         keys: args.keys,
         repeat: args.repeat,
@@ -423,7 +446,10 @@ async fn run_redis_benchmark(args: &BenchArgs) -> Vec<RedisBenchmark> {
         .ok()
         .map(|c| c.get_connection_info().addr().clone());
     let Some(redis::ConnectionAddr::Tcp(host, port)) = addr else {
-        eprintln!("redis-benchmark: skipped, {} is not a plain TCP address", args.redis);
+        eprintln!(
+            "redis-benchmark: skipped, {} is not a plain TCP address",
+            aside::store::masked_url(&args.redis)
+        );
         return Vec::new();
     };
     let mut out = Vec::new();
@@ -469,8 +495,8 @@ fn parse_redis_benchmark(csv: &str, concurrency: usize) -> Option<RedisBenchmark
 
 /// Deletes every key of this run: `SCAN MATCH *{tag}*` (the peers add
 /// prefixes of their own in front of the keys they are given).
-async fn delete_keys(url: &str, tag: &str) -> Result<()> {
-    let mut conn = subjects::connection(url).await?;
+async fn delete_keys(redis: &RedisTarget, tag: &str) -> Result<()> {
+    let mut conn = subjects::connection(redis).await?;
     let pattern = format!("*{tag}*");
     let mut cursor: u64 = 0;
     loop {
@@ -575,6 +601,7 @@ mod tests {
     fn every_subject_runs_with_its_floor() {
         let args = BenchArgs {
             redis: String::new(),
+            redis_tls: RedisTlsArgs::default(),
             ops: 1,
             concurrency: vec![1],
             keys: 1,

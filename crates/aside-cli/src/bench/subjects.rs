@@ -12,7 +12,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use aside::store::redis::{RedisConfig, RedisStore};
+use aside::store::redis::RedisConfig;
 use aside::{Aside, Namespace};
 use redis::AsyncCommands;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
@@ -20,6 +20,7 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use super::drive::Op;
 use crate::db::{Db, User};
 use crate::error::{CliError, Context, Result};
+use crate::store::RedisTarget;
 
 /// TTL of every cached profile: far longer than a run.
 pub const TTL: Duration = Duration::from_secs(600);
@@ -38,15 +39,16 @@ pub fn check(id: u64, user: Option<&User>) -> Result<()> {
 ///
 /// # Errors
 /// When Redis cannot be reached.
-pub async fn connection(url: &str) -> Result<ConnectionManager> {
+pub async fn connection(redis: &RedisTarget) -> Result<ConnectionManager> {
     let defaults = RedisConfig::default();
-    let client = redis::Client::open(url).context(format_args!("bad Redis URL {url}"))?;
+    // Its error names the server, its password masked.
+    let client = aside::store::redis::client(&redis.url, &redis.tls()?)?;
     let config = ConnectionManagerConfig::new()
         .set_connection_timeout(Some(defaults.connect_timeout))
         .set_response_timeout(Some(defaults.response_timeout));
     ConnectionManager::new_with_config(client, config)
         .await
-        .context(format_args!("cannot connect to Redis at {url}"))
+        .context(format_args!("cannot connect to Redis at {}", redis.masked()))
 }
 
 /// The Redis floor: `GET` and `serde_json::from_slice`, nothing else.
@@ -61,8 +63,8 @@ impl RawGet {
     ///
     /// # Errors
     /// Redis or database failures.
-    pub async fn prepare(url: &str, prefix: &str, db: &Db, ids: &[u64]) -> Result<Self> {
-        let mut conn = connection(url).await?;
+    pub async fn prepare(redis: &RedisTarget, prefix: &str, db: &Db, ids: &[u64]) -> Result<Self> {
+        let mut conn = connection(redis).await?;
         for &id in ids {
             let user = db.load_user(id).await.context("cannot read a user")?;
             check(id, user.as_ref())?;
@@ -109,9 +111,9 @@ impl Article {
     ///
     /// # Errors
     /// Redis or database failures.
-    pub async fn prepare(url: &str, prefix: &str, db: &Db, ids: &[u64]) -> Result<Self> {
+    pub async fn prepare(redis: &RedisTarget, prefix: &str, db: &Db, ids: &[u64]) -> Result<Self> {
         let article = Article {
-            conn: connection(url).await?,
+            conn: connection(redis).await?,
             db: db.clone(),
             prefix: prefix.into(),
         };
@@ -205,10 +207,10 @@ impl AsideGet {
     ///
     /// # Errors
     /// Redis or database failures.
-    pub async fn prepare(tier: AsideTier, url: &str, prefix: &str, db: &Db, ids: &[u64]) -> Result<Self> {
+    pub async fn prepare(tier: AsideTier, redis: &RedisTarget, prefix: &str, db: &Db, ids: &[u64]) -> Result<Self> {
         let aside = match tier {
             AsideTier::Memory => Aside::builder().store(aside::MemoryStore::new()),
-            AsideTier::Redis | AsideTier::L1 => Aside::builder().store(RedisStore::connect(url).await?),
+            AsideTier::Redis | AsideTier::L1 => Aside::builder().store(redis.store().await?),
         }
         .prefix(prefix)
         .build();

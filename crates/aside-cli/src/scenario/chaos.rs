@@ -144,8 +144,8 @@ pub async fn run(setting: &Setting) -> Result<()> {
 fn store_spec(store: &StoreChoice) -> StoreSpec {
     match store {
         StoreChoice::Memory(_) => StoreSpec::Memory,
-        StoreChoice::Redis(url) => StoreSpec::Redis {
-            url: url.clone(),
+        StoreChoice::Redis(target) => StoreSpec::Redis {
+            url: target.url.clone(),
             restart: None,
         },
         StoreChoice::Memcached(addrs) => StoreSpec::Memcached {
@@ -172,9 +172,17 @@ fn store_spec(store: &StoreChoice) -> StoreSpec {
 /// Runs one campaign on `store`.
 ///
 /// # Errors
-/// None of its own: a store that cannot be reached shows as harness errors
-/// in the report, which [`run_chaos`]'s caller turns into an error.
+/// TLS files (the history checker connects by URL only); otherwise none of
+/// its own: a store that cannot be reached shows as harness errors in the
+/// report, which [`run_chaos`]'s caller turns into an error.
 pub async fn run_chaos(store: &StoreChoice, run: u32, options: &ChaosOptions) -> Result<ChaosResult> {
+    if let StoreChoice::Redis(target) = store
+        && target.has_tls_files()
+    {
+        return Err(CliError::new(
+            "--scenario chaos does not take --redis-ca, --redis-cert or --redis-key yet",
+        ));
+    }
     let mut config = CampaignConfig::new(store_spec(store), options.programs);
     config.time_budget = Some(options.duration);
     config.replay = options.seed;

@@ -14,7 +14,8 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use tokio::sync::mpsc;
 
 use super::{Bus, BusEvent, Invalidation};
-use crate::store::{StoreError, masked_url};
+use crate::store::StoreError;
+use crate::store::redis::{RedisTls, build_client, check_connection, connect_error};
 
 /// The default channel.
 pub const DEFAULT_CHANNEL: &str = "aside:invalidations";
@@ -53,16 +54,28 @@ impl RedisBus {
     /// # Errors
     /// [`StoreError::Connection`] when the server cannot be reached.
     pub async fn connect_on(url: &str, channel: &str) -> Result<Self, StoreError> {
-        // The URL in the message has its password masked.
-        let unreachable = |e: redis::RedisError| {
-            StoreError::connection(format!("cannot connect to Redis at {}", masked_url(url))).with_source(e)
-        };
-        let client = redis::Client::open(url).map_err(unreachable)?;
+        Self::connect_with(url, channel, &RedisTls::default()).await
+    }
+
+    /// Connects to the server at `url`, on `channel`, with TLS settings for
+    /// a `rediss://` or `valkeys://` URL (the same as the store's
+    /// [`RedisConfig::tls`](crate::store::redis::RedisConfig::tls)).
+    ///
+    /// # Errors
+    /// [`StoreError::Connection`] when the URL or the TLS settings are
+    /// invalid or the server cannot be reached; the message names the
+    /// server with its password masked.
+    pub async fn connect_with(url: &str, channel: &str, tls: &RedisTls) -> Result<Self, StoreError> {
+        let client = build_client(url, tls)?;
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(Duration::from_millis(500)))
             .set_response_timeout(Some(Duration::from_millis(250)))
             .set_number_of_retries(2);
-        let publisher = ConnectionManager::new_with_config(client.clone(), config)
+        let unreachable = |e| connect_error("cannot connect the invalidation bus to Redis at", url, e);
+        let mut publisher = ConnectionManager::new_with_config(client.clone(), config)
+            .await
+            .map_err(unreachable)?;
+        check_connection(&mut publisher, Duration::from_millis(500))
             .await
             .map_err(unreachable)?;
         Ok(RedisBus {

@@ -191,8 +191,10 @@ impl StoreError {
 
 /// `url` with the password of its user-info part, if any, replaced by
 /// `***` (`redis://user:***@host/`; a user-info with no `:` is masked
-/// whole, since some clients read it as the password), for messages.
-pub(crate) fn masked_url(raw: &str) -> String {
+/// whole, since some clients read it as the password), and secret query
+/// parameters masked too, for messages and reports. A string that does not
+/// parse as a URL keeps only its scheme.
+pub fn masked_url(raw: &str) -> String {
     let Ok(mut url) = url::Url::parse(raw) else {
         // Not a URL the parser agrees on (an unescaped `/` or `#` in a
         // password, say): any part of it may be the secret.

@@ -24,6 +24,7 @@ use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
+use super::sentinel::SentinelHandle;
 use futures::future::{BoxFuture, join_all};
 use redis::aio::{ConnectionLike, ConnectionManager};
 use redis::cluster_async::ClusterConnection;
@@ -50,6 +51,9 @@ pub enum RedisConnection {
     /// A Redis Cluster: a multiplexed connection per node, routed by slot,
     /// replaced when it keeps failing (see [`ClusterHandle`]).
     Cluster(ClusterHandle),
+    /// The primary that Redis Sentinel names, followed through failovers
+    /// (see [`SentinelHandle`]).
+    Sentinel(SentinelHandle),
 }
 
 impl std::fmt::Debug for RedisConnection {
@@ -57,6 +61,7 @@ impl std::fmt::Debug for RedisConnection {
         f.write_str(match self {
             RedisConnection::Single(_) => "RedisConnection::Single",
             RedisConnection::Cluster(_) => "RedisConnection::Cluster",
+            RedisConnection::Sentinel(_) => "RedisConnection::Sentinel",
         })
     }
 }
@@ -180,6 +185,7 @@ impl ConnectionLike for RedisConnection {
     fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
         match self {
             RedisConnection::Single(c) => c.req_packed_command(cmd),
+            RedisConnection::Sentinel(s) => s.req_packed_command(cmd),
             RedisConnection::Cluster(handle) => Box::pin(async move {
                 if is_script_load(cmd) {
                     // redis-rs sends SCRIPT LOAD (what `Script` sends after
@@ -206,6 +212,7 @@ impl ConnectionLike for RedisConnection {
     ) -> RedisFuture<'a, Vec<Value>> {
         match self {
             RedisConnection::Single(c) => c.req_packed_commands(pipeline, offset, count),
+            RedisConnection::Sentinel(s) => s.req_packed_commands(pipeline, offset, count),
             RedisConnection::Cluster(handle) => Box::pin(async move {
                 let result = handle.current().req_packed_commands(pipeline, offset, count).await;
                 handle.observe(&result);
@@ -217,6 +224,7 @@ impl ConnectionLike for RedisConnection {
     fn get_db(&self) -> i64 {
         match self {
             RedisConnection::Single(c) => c.get_db(),
+            RedisConnection::Sentinel(s) => s.manager().get_db(),
             RedisConnection::Cluster(_) => 0,
         }
     }

@@ -23,6 +23,9 @@
 //! use classic `PUBLISH`, which a cluster broadcasts to every node: the
 //! subscriber listens on one node, the first of the given URLs that
 //! answers, and moves to the next when it loses it.
+//!
+//! TLS (`rediss://`, `valkeys://`, a private CA, mTLS) and ACL credentials
+//! are how the client is made: see [`client`], shared with the bus.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -43,6 +46,14 @@ pub use cluster::{ClusterHandle, RedisConnection};
 pub fn key_slot(key: &str) -> u16 {
     cluster::slot(key.as_bytes())
 }
+
+mod client;
+mod sentinel;
+
+pub use self::client::{RedisTls, client};
+pub(crate) use self::client::{check as check_connection, client as build_client, connect_error};
+use self::sentinel::SentinelConn;
+pub use self::sentinel::SentinelHandle;
 
 use super::{
     EntryView, Fill, FillOutcome, FillWakes, FillWatch, LeaseOutcome, LeaseToken, Store, StoreError, StoreResult,
@@ -67,6 +78,10 @@ pub struct RedisConfig {
     /// must use the same channel. `None` turns notifications off (readers
     /// poll). Default [`DEFAULT_FILL_CHANNEL`].
     pub fill_channel: Option<String>,
+    /// TLS settings for a `rediss://` or `valkeys://` URL (a private CA, a
+    /// client certificate). Used by the store's connection and by its fill
+    /// subscription. Default: none (the system's roots).
+    pub tls: RedisTls,
 }
 
 /// The default [`RedisConfig::fill_channel`].
@@ -80,6 +95,7 @@ impl Default for RedisConfig {
             reconnect_retries: 2,
             reconnect_min_delay: Duration::from_millis(50),
             fill_channel: Some(DEFAULT_FILL_CHANNEL.to_owned()),
+            tls: RedisTls::default(),
         }
     }
 }
@@ -311,6 +327,8 @@ impl std::fmt::Debug for RedisStore {
 fn store_error(e: RedisError) -> StoreError {
     use redis::{ErrorKind, ServerErrorKind};
     let whole_store = e.is_io_error()
+        // A server that wants a password refuses every key alike.
+        || e.code() == Some("NOAUTH")
         || e.is_connection_dropped()
         || e.is_connection_refusal()
         || e.is_timeout()
@@ -362,20 +380,74 @@ impl RedisStore {
     /// # Errors
     /// [`StoreError::Connection`] when the URL is invalid or the server cannot be reached.
     pub async fn connect_with(url: &str, config: RedisConfig) -> StoreResult<Self> {
-        let client = redis::Client::open(url)
-            .map_err(|e| StoreError::connection(format!("invalid Redis URL {}", masked_url(url))).with_source(e))?;
-        let manager_config = ConnectionManagerConfig::new()
+        let client = build_client(url, &config.tls)?;
+        let mut conn = ConnectionManager::new_with_config(client.clone(), Self::manager_config(&config))
+            .await
+            .map_err(|e| connect_error("cannot connect to Redis at", url, e))?;
+        check_connection(&mut conn, config.connect_timeout)
+            .await
+            .map_err(|e| connect_error("cannot connect to Redis at", url, e))?;
+        Ok(Self::with_connection(RedisConnection::Single(conn), None, vec![client], &config).await)
+    }
+
+    /// Connects to the primary that the Sentinels at `sentinels` (`redis://`
+    /// URLs) name for `master`, and follows it through failovers: after a
+    /// command fails as a lost primary fails, Sentinel is asked again in the
+    /// background and commands go to the new primary once it is promoted
+    /// (the failing commands are misses meanwhile). Default settings; see
+    /// [`RedisStore::connect_sentinel_with`]. The primary is reached in
+    /// plaintext without credentials (TLS and ACL users through Sentinel
+    /// are not supported yet).
+    ///
+    /// # Errors
+    /// [`StoreError::Connection`] when no Sentinel answers or the primary
+    /// it names cannot be reached.
+    pub async fn connect_sentinel(sentinels: &[&str], master: &str) -> StoreResult<Self> {
+        Self::connect_sentinel_with(sentinels, master, RedisConfig::default()).await
+    }
+
+    /// [`RedisStore::connect_sentinel`] with explicit settings. The fill
+    /// subscription stays on the first primary (after a failover, readers
+    /// waiting on a lease poll instead of being woken).
+    ///
+    /// # Errors
+    /// [`StoreError::Connection`] when no Sentinel answers or the primary
+    /// it names cannot be reached.
+    pub async fn connect_sentinel_with(sentinels: &[&str], master: &str, config: RedisConfig) -> StoreResult<Self> {
+        let shown = || sentinels.iter().map(|u| masked_url(u)).collect::<Vec<_>>().join(",");
+        let failed = |e: RedisError| {
+            StoreError::connection(format!(
+                "cannot find the primary of {master} through Sentinel at {}: {e}",
+                shown()
+            ))
+            .with_source(e)
+        };
+        // An owned name: redis-rs takes a `String` here without TLS, and
+        // `impl AsRef<str>` with it.
+        #[allow(clippy::unnecessary_to_owned)]
+        let sentinel = redis::sentinel::SentinelClient::build(
+            sentinels.to_vec(),
+            master.to_owned(),
+            None,
+            redis::sentinel::SentinelServerType::Master,
+        )
+        .map_err(failed)?;
+        // Asking Sentinel, then checking the primary's role, then connecting.
+        let resolve_timeout = config.connect_timeout * 4;
+        let (conn, client) = SentinelConn::connect(sentinel, Self::manager_config(&config), resolve_timeout)
+            .await
+            .map_err(failed)?;
+        let conn = RedisConnection::Sentinel(SentinelHandle(conn));
+        Ok(Self::with_connection(conn, None, vec![client], &config).await)
+    }
+
+    fn manager_config(config: &RedisConfig) -> ConnectionManagerConfig {
+        ConnectionManagerConfig::new()
             .set_connection_timeout(Some(config.connect_timeout))
             .set_response_timeout(Some(config.response_timeout))
             .set_number_of_retries(config.reconnect_retries)
             .set_min_delay(config.reconnect_min_delay)
-            .set_max_delay(Duration::from_secs(1));
-        let conn = ConnectionManager::new_with_config(client.clone(), manager_config)
-            .await
-            .map_err(|e| {
-                StoreError::connection(format!("cannot connect to Redis at {}", masked_url(url))).with_source(e)
-            })?;
-        Ok(Self::with_connection(RedisConnection::Single(conn), None, vec![client], &config).await)
+            .set_max_delay(Duration::from_secs(1))
     }
 
     /// Connects to a Redis Cluster through any of its nodes (`urls`, one
@@ -922,5 +994,8 @@ mod tests {
                 "{whole_store:?}"
             );
         }
+        // A server that wants a password (the URL has none) refuses every key.
+        let noauth = redis::make_extension_error("NOAUTH".into(), Some("Authentication required.".into()));
+        assert!(matches!(store_error(noauth), StoreError::Connection { .. }));
     }
 }

@@ -1,0 +1,189 @@
+//! The connection of a [`RedisStore`](super::RedisStore) found through
+//! Redis Sentinel: the primary Sentinel names, followed through failovers.
+//!
+//! Owns following a failover. `ConnectionManager` reconnects to the address
+//! it was made with, which after a failover is a dead server or a demoted
+//! replica. So a command that fails the way a lost primary fails (I/O,
+//! refused, timeout, `READONLY`, `MASTERDOWN`) starts one background task that
+//! asks Sentinel for the primary and, when it has moved, swaps in a
+//! connection to the new one. The failing command still fails (the engine
+//! treats it as a miss and falls to the loader); the next commands go to
+//! the new primary. Why a background task and not a retry in the request:
+//! a failover takes seconds, and no read may wait that long.
+//!
+//! Concurrency: the current connection sits behind a `std::sync::RwLock`
+//! held only to clone or replace it (never across an await); one resolve
+//! runs at a time (an `AtomicBool`); the task holds a `Weak`, so it ends
+//! with the store.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock, Weak};
+use std::time::Duration;
+
+use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
+use redis::sentinel::SentinelClient;
+use redis::{Cmd, ConnectionAddr, ErrorKind, Pipeline, RedisError, RedisFuture, RedisResult, ServerErrorKind, Value};
+
+/// A store's connection to the primary Sentinel names, followed through
+/// failovers: cheap to clone, every clone shares the current connection.
+#[derive(Clone)]
+pub struct SentinelHandle(pub(crate) Arc<SentinelConn>);
+
+impl SentinelHandle {
+    /// The connection commands go to now.
+    pub(crate) fn manager(&self) -> ConnectionManager {
+        self.0.current().1
+    }
+
+    pub(crate) fn req_packed_command<'a>(&'a self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        Box::pin(async move {
+            let mut manager = self.manager();
+            let answer = manager.req_packed_command(cmd).await;
+            self.0.after(&answer);
+            answer
+        })
+    }
+
+    pub(crate) fn req_packed_commands<'a>(
+        &'a self,
+        pipeline: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        Box::pin(async move {
+            let mut manager = self.manager();
+            let answer = manager.req_packed_commands(pipeline, offset, count).await;
+            self.0.after(&answer);
+            answer
+        })
+    }
+}
+
+/// True for an error that a primary gone away (or demoted) gives.
+fn lost_primary(e: &RedisError) -> bool {
+    e.is_io_error()
+        || e.is_connection_dropped()
+        || e.is_connection_refusal()
+        || e.is_timeout()
+        || matches!(
+            e.kind(),
+            ErrorKind::Server(ServerErrorKind::ReadOnly | ServerErrorKind::MasterDown)
+        )
+}
+
+/// The primary of one Sentinel-monitored master name.
+pub(crate) struct SentinelConn {
+    current: RwLock<(ConnectionAddr, ConnectionManager)>,
+    sentinel: tokio::sync::Mutex<SentinelClient>,
+    config: ConnectionManagerConfig,
+    /// Bounds one question to Sentinel plus the connect to the primary.
+    resolve_timeout: Duration,
+    resolving: AtomicBool,
+}
+
+impl SentinelConn {
+    /// Asks Sentinel for the primary of its master name and connects to it.
+    ///
+    /// # Errors
+    /// When no Sentinel answers, none names a primary that says it is one,
+    /// or the primary cannot be reached, within `resolve_timeout`.
+    pub(crate) async fn connect(
+        sentinel: SentinelClient,
+        config: ConnectionManagerConfig,
+        resolve_timeout: Duration,
+    ) -> RedisResult<(Arc<Self>, redis::Client)> {
+        let sentinel = tokio::sync::Mutex::new(sentinel);
+        let client = Self::ask(&sentinel, resolve_timeout).await?;
+        let manager = Self::manager_for(&client, &config, resolve_timeout).await?;
+        let conn = Arc::new(SentinelConn {
+            current: RwLock::new((client.get_connection_info().addr().clone(), manager)),
+            sentinel,
+            config,
+            resolve_timeout,
+            resolving: AtomicBool::new(false),
+        });
+        Ok((conn, client))
+    }
+
+    async fn ask(sentinel: &tokio::sync::Mutex<SentinelClient>, within: Duration) -> RedisResult<redis::Client> {
+        let ask = async { sentinel.lock().await.async_get_client().await };
+        tokio::time::timeout(within, ask).await.unwrap_or_else(|_| {
+            Err(RedisError::from((
+                ErrorKind::Io,
+                "Sentinel did not name a primary in time",
+            )))
+        })
+    }
+
+    async fn manager_for(
+        client: &redis::Client,
+        config: &ConnectionManagerConfig,
+        within: Duration,
+    ) -> RedisResult<ConnectionManager> {
+        let connect = ConnectionManager::new_with_config(client.clone(), config.clone());
+        tokio::time::timeout(within, connect)
+            .await
+            .unwrap_or_else(|_| Err(RedisError::from((ErrorKind::Io, "the primary did not answer in time"))))
+    }
+
+    fn current(&self) -> (ConnectionAddr, ConnectionManager) {
+        self.current
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    /// After a command: on a lost-primary error, starts the resolve task
+    /// unless one runs.
+    fn after<T>(self: &Arc<Self>, answer: &RedisResult<T>) {
+        let Err(e) = answer else { return };
+        if !lost_primary(e) || self.resolving.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        if tokio::runtime::Handle::try_current().is_err() {
+            self.resolving.store(false, Ordering::Release);
+            return;
+        }
+        let weak = Arc::downgrade(self);
+        tokio::spawn(async move {
+            Self::follow(weak).await;
+        });
+    }
+
+    /// Asks Sentinel until it names a primary that answers (with backoff,
+    /// for the seconds a failover takes); swaps the connection when the
+    /// primary moved. Ends when the store is dropped, or gives up after
+    /// about a minute (the next failing command starts it again).
+    async fn follow(weak: Weak<Self>) {
+        let mut backoff = Duration::from_millis(100);
+        for _ in 0..60 {
+            let Some(this) = weak.upgrade() else { return };
+            match this.resolve_once().await {
+                Ok(()) => {
+                    this.resolving.store(false, Ordering::Release);
+                    return;
+                }
+                Err(e) => tracing::debug!(error = %e, "Sentinel: no primary yet"),
+            }
+            drop(this);
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_secs(1));
+        }
+        if let Some(this) = weak.upgrade() {
+            this.resolving.store(false, Ordering::Release);
+        }
+    }
+
+    async fn resolve_once(&self) -> RedisResult<()> {
+        let client = Self::ask(&self.sentinel, self.resolve_timeout).await?;
+        let addr = client.get_connection_info().addr().clone();
+        if addr == self.current().0 {
+            // Still the primary: its ConnectionManager reconnects in place.
+            return Ok(());
+        }
+        let manager = Self::manager_for(&client, &self.config, self.resolve_timeout).await?;
+        tracing::warn!(primary = %addr, "Sentinel: the primary moved, commands follow it");
+        *self.current.write().unwrap_or_else(std::sync::PoisonError::into_inner) = (addr, manager);
+        Ok(())
+    }
+}

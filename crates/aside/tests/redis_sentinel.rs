@@ -1,0 +1,103 @@
+//! A store that finds its primary through Redis Sentinel (issue 14): it
+//! connects by master name, and when the primary is killed (SIGKILL) and
+//! Sentinel promotes the replica, reads never fail (they fall to the
+//! loader meanwhile) and hits resume on the same `Aside`, without a restart.
+
+mod common;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use aside::store::redis::RedisStore;
+use aside::{Aside, BreakerConfig, Source, Strategy};
+use aside_testkit::sentinel::{MASTER_NAME, SentinelSetup};
+use common::{Db, User, eventually};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_survive_a_failover_and_hits_resume_on_the_new_primary() {
+    let mut setup = SentinelSetup::start().await;
+    let urls = setup.sentinel_urls();
+    let urls: Vec<&str> = urls.iter().map(String::as_str).collect();
+    let store = RedisStore::connect_sentinel(&urls, MASTER_NAME).await.unwrap();
+    let aside = Aside::builder()
+        .store(store)
+        .breaker(
+            BreakerConfig::default()
+                .failure_threshold(3)
+                .open_for(Duration::from_millis(200)),
+        )
+        .op_timeout(Duration::from_millis(300))
+        .build();
+    let users = aside
+        .namespace::<u64, User>("user")
+        .strategy(Strategy::Lease)
+        .build()
+        .unwrap();
+    let db = Db::with_users(20);
+    for id in 1..=20 {
+        users.fetch(&id, || db.get(id)).await.unwrap();
+    }
+    assert_eq!(users.fetch(&1, || db.get(1)).await.unwrap().source, Source::Hit);
+
+    // Readers run through the failover; every read must answer.
+    let stop = Arc::new(AtomicBool::new(false));
+    let reads = Arc::new(AtomicU64::new(0));
+    let readers: Vec<_> = (0..4)
+        .map(|r| {
+            let (users, db, stop, reads) = (users.clone(), db.clone(), stop.clone(), reads.clone());
+            tokio::spawn(async move {
+                let mut i = r;
+                while !stop.load(Ordering::Relaxed) {
+                    let id = i % 20 + 1;
+                    let fetched = users.fetch(&id, || db.get(id)).await;
+                    let value = fetched.unwrap_or_else(|e| panic!("a read failed during the failover: {e}"));
+                    assert_eq!(value.value, Some(User::new(id, 0)));
+                    reads.fetch_add(1, Ordering::Relaxed);
+                    i += 1;
+                    tokio::task::yield_now().await;
+                }
+            })
+        })
+        .collect();
+
+    let old = setup.primary.port();
+    setup.primary.kill();
+    eventually("Sentinel promotes the replica", Duration::from_secs(60), || async {
+        setup.primary_port_now().await == Some(setup.replica.port())
+    })
+    .await;
+    assert_ne!(setup.replica.port(), old);
+
+    // Hits resume on the same Aside: a key filled after the failover is a
+    // hit on the next read, from the new primary.
+    eventually("hits resume on the new primary", Duration::from_secs(60), || async {
+        let id = 7;
+        users.fetch(&id, || db.get(id)).await.unwrap();
+        users.fetch(&id, || db.get(id)).await.unwrap().source == Source::Hit
+    })
+    .await;
+    stop.store(true, Ordering::Relaxed);
+    for reader in readers {
+        reader.await.expect("no reader failed");
+    }
+    assert!(reads.load(Ordering::Relaxed) > 0);
+    // The store really is the promoted replica: it holds what was filled.
+    let mut conn = common::redis_conn(&setup.replica.url()).await;
+    let keys: Vec<String> = redis::cmd("KEYS").arg("*user*").query_async(&mut conn).await.unwrap();
+    assert!(!keys.is_empty(), "the new primary holds the entries");
+}
+
+#[tokio::test]
+async fn no_sentinel_answering_is_a_clear_error() {
+    let port = aside_testkit::free_port();
+    let url = format!("redis://127.0.0.1:{port}");
+    let err = tokio::time::timeout(
+        Duration::from_secs(30),
+        RedisStore::connect_sentinel(&[url.as_str()], "nobody"),
+    )
+    .await
+    .expect("a connect ends within its bound")
+    .expect_err("no Sentinel answers");
+    assert!(err.to_string().contains("Sentinel"), "{err}");
+}
