@@ -150,6 +150,20 @@ pub struct StoreArgs {
     /// consistent hashing.
     #[arg(long, value_name = "ADDR[,ADDR...]")]
     pub memcached: Option<String>,
+
+    /// Use the Redis primary that these Sentinels (`redis://` URLs) name
+    /// for --redis-master, and follow it through failovers.
+    #[arg(
+        long,
+        value_name = "URL[,URL...]",
+        conflicts_with_all = ["redis", "memcached"],
+        requires = "redis_master"
+    )]
+    pub redis_sentinel: Option<String>,
+
+    /// The master name the Sentinels of --redis-sentinel monitor.
+    #[arg(long, value_name = "NAME", requires = "redis_sentinel")]
+    pub redis_master: Option<String>,
 }
 
 impl std::fmt::Debug for StoreArgs {
@@ -158,6 +172,14 @@ impl std::fmt::Debug for StoreArgs {
             .field("redis", &self.redis.as_deref().map(masked_url))
             .field("redis_tls", &self.redis_tls)
             .field("memcached", &self.memcached)
+            .field(
+                "redis_sentinel",
+                &self
+                    .redis_sentinel
+                    .as_deref()
+                    .map(|urls| urls.split(',').map(masked_url).collect::<Vec<_>>()),
+            )
+            .field("redis_master", &self.redis_master)
             .finish()
     }
 }
@@ -165,6 +187,12 @@ impl std::fmt::Debug for StoreArgs {
 impl StoreArgs {
     /// The store these flags name.
     pub fn choice(&self) -> StoreChoice {
+        if let (Some(sentinels), Some(master)) = (&self.redis_sentinel, &self.redis_master) {
+            return StoreChoice::RedisSentinel {
+                sentinels: sentinels.clone(),
+                master: master.clone(),
+            };
+        }
         match (&self.memcached, &self.redis) {
             (None, Some(url)) => StoreChoice::Redis(RedisTarget {
                 url: url.clone(),
@@ -190,6 +218,15 @@ pub enum StoreChoice {
     Memory(Arc<dyn Store>),
     /// A Redis server; every `Aside` gets its own connection, as another service would.
     Redis(RedisTarget),
+    /// The Redis primary that these Sentinels (comma-separated URLs) name
+    /// for `master`, followed through failovers; every `Aside` gets its own
+    /// connection. Engines with an L1 share the in-process bus.
+    RedisSentinel {
+        /// The Sentinels' URLs, comma-separated.
+        sentinels: String,
+        /// The master name they monitor.
+        master: String,
+    },
     /// memcached at these addresses (comma-separated); every `Aside` gets its
     /// own connection pool. memcached has no pub/sub, so engines with an L1
     /// share the in-process bus (they all live in this process).
@@ -215,6 +252,7 @@ impl StoreChoice {
         match self {
             StoreChoice::Memory(_) => "memory",
             StoreChoice::Redis(_) => "redis",
+            StoreChoice::RedisSentinel { .. } => "redis-sentinel",
             StoreChoice::Memcached(_) => "memcached",
         }
     }
@@ -225,6 +263,12 @@ impl StoreChoice {
         match self {
             StoreChoice::Memory(_) => Vec::new(),
             StoreChoice::Redis(target) => target.flags(),
+            StoreChoice::RedisSentinel { sentinels, master } => vec![
+                "--redis-sentinel".to_owned(),
+                sentinels.clone(),
+                "--redis-master".to_owned(),
+                master.clone(),
+            ],
             StoreChoice::Memcached(addrs) => vec!["--memcached".to_owned(), addrs.clone()],
         }
     }
@@ -248,7 +292,9 @@ impl StoreChoice {
     pub async fn aside_on_bus(&self, prefix: &str, local: &MemoryBus) -> Result<Aside> {
         let builder = self.builder(prefix).await?;
         Ok(match self {
-            StoreChoice::Memory(_) | StoreChoice::Memcached(_) => builder.bus(local.clone()).build(),
+            StoreChoice::Memory(_) | StoreChoice::Memcached(_) | StoreChoice::RedisSentinel { .. } => {
+                builder.bus(local.clone()).build()
+            }
             // The bus's error names the server, its password masked.
             StoreChoice::Redis(target) => builder
                 .bus(target.bus(&format!("{prefix}invalidations")).await?)
@@ -267,6 +313,10 @@ impl StoreChoice {
             StoreChoice::Memory(store) => builder.shared_store(store.clone()),
             // The store's error names the server, its password masked.
             StoreChoice::Redis(target) => builder.store(target.store().await?),
+            StoreChoice::RedisSentinel { sentinels, master } => {
+                let urls: Vec<&str> = sentinels.split(',').map(str::trim).collect();
+                builder.store(RedisStore::connect_sentinel(&urls, master).await?)
+            }
             StoreChoice::Memcached(addrs) => builder.store(
                 MemcachedStore::connect(addrs)
                     .await
