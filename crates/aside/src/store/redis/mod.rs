@@ -33,7 +33,7 @@ mod conn;
 
 pub use self::client::{RedisTls, client};
 pub(crate) use self::client::{check as check_connection, client as build_client, connect_error};
-use self::conn::{Conn, SentinelConn};
+use self::conn::{ClientSource, Conn, SentinelConn};
 
 use super::{
     EntryView, Fill, FillOutcome, FillWakes, FillWatch, LeaseOutcome, LeaseToken, Store, StoreError, StoreResult,
@@ -140,7 +140,7 @@ pub struct RedisStore {
 /// next watch taken on a live runtime starts it again there.
 struct FillSubscription {
     wakes: FillWakes,
-    client: redis::Client,
+    client: ClientSource,
     channel: String,
     connect_timeout: Duration,
     task: std::sync::Mutex<tokio::task::AbortHandle>,
@@ -167,12 +167,12 @@ impl Drop for DownOnDrop {
 
 /// One subscription attempt, bounded by `connect_timeout`.
 async fn subscribe(
-    client: &redis::Client,
+    client: &ClientSource,
     channel: &str,
     connect_timeout: Duration,
 ) -> Result<redis::aio::PubSub, String> {
     let attempt = async {
-        let mut pubsub = client.get_async_pubsub().await?;
+        let mut pubsub = client.current().get_async_pubsub().await?;
         pubsub.subscribe(channel).await?;
         Ok::<_, RedisError>(pubsub)
     };
@@ -188,7 +188,7 @@ impl FillSubscription {
     /// wakes its readers), then keeps the subscription up in a background
     /// task. A failed first attempt is not an error: the task goes on
     /// trying, and readers poll meanwhile.
-    async fn start(client: redis::Client, channel: String, connect_timeout: Duration) -> Self {
+    async fn start(client: ClientSource, channel: String, connect_timeout: Duration) -> Self {
         let wakes = FillWakes::pending();
         let first = subscribe(&client, &channel, connect_timeout).await;
         if first.is_ok() {
@@ -206,7 +206,7 @@ impl FillSubscription {
 
     fn spawn(
         wakes: &FillWakes,
-        client: &redis::Client,
+        client: &ClientSource,
         channel: &str,
         connect_timeout: Duration,
         first: Option<Result<redis::aio::PubSub, String>>,
@@ -356,7 +356,7 @@ impl RedisStore {
         check_connection(&mut conn, config.connect_timeout)
             .await
             .map_err(|e| connect_error("cannot connect to Redis at", url, e))?;
-        Ok(Self::on(Conn::Fixed(conn), client, config).await)
+        Ok(Self::on(Conn::Fixed(conn), ClientSource::Fixed(Box::new(client)), config).await)
     }
 
     /// Connects to the primary that the Sentinels at `sentinels` (`redis://`
@@ -376,8 +376,7 @@ impl RedisStore {
     }
 
     /// [`RedisStore::connect_sentinel`] with explicit settings. The fill
-    /// subscription stays on the first primary (after a failover, readers
-    /// waiting on a lease poll instead of being woken).
+    /// subscription follows the primary too, once it reconnects.
     ///
     /// # Errors
     /// [`StoreError::Connection`] when no Sentinel answers or the primary
@@ -403,10 +402,10 @@ impl RedisStore {
         .map_err(failed)?;
         // Asking Sentinel, then checking the primary's role, then connecting.
         let resolve_timeout = config.connect_timeout * 4;
-        let (conn, client) = SentinelConn::connect(sentinel, Self::manager_config(&config), resolve_timeout)
+        let conn = SentinelConn::connect(sentinel, Self::manager_config(&config), resolve_timeout)
             .await
             .map_err(failed)?;
-        Ok(Self::on(Conn::Sentinel(conn), client, config).await)
+        Ok(Self::on(Conn::Sentinel(conn.clone()), ClientSource::Sentinel(conn), config).await)
     }
 
     fn manager_config(config: &RedisConfig) -> ConnectionManagerConfig {
@@ -419,7 +418,7 @@ impl RedisStore {
     }
 
     /// The store on `conn`, with its fill subscription through `client`.
-    async fn on(conn: Conn, client: redis::Client, config: RedisConfig) -> Self {
+    async fn on(conn: Conn, client: ClientSource, config: RedisConfig) -> Self {
         let fill_subscription = match &config.fill_channel {
             Some(channel) => Some(Arc::new(
                 FillSubscription::start(client, channel.clone(), config.connect_timeout).await,
