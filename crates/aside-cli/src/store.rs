@@ -156,6 +156,20 @@ pub struct StoreArgs {
     /// consistent hashing.
     #[arg(long, value_name = "ADDR[,ADDR...]")]
     pub memcached: Option<String>,
+
+    /// Use the Redis primary that these Sentinels (`redis://` URLs) name
+    /// for --redis-master, and follow it through failovers.
+    #[arg(
+        long,
+        value_name = "URL[,URL...]",
+        conflicts_with_all = ["redis", "memcached"],
+        requires = "redis_master"
+    )]
+    pub redis_sentinel: Option<String>,
+
+    /// The master name the Sentinels of --redis-sentinel monitor.
+    #[arg(long, value_name = "NAME", requires = "redis_sentinel")]
+    pub redis_master: Option<String>,
 }
 
 impl std::fmt::Debug for StoreArgs {
@@ -171,6 +185,14 @@ impl std::fmt::Debug for StoreArgs {
             )
             .field("redis_tls", &self.redis_tls)
             .field("memcached", &self.memcached)
+            .field(
+                "redis_sentinel",
+                &self
+                    .redis_sentinel
+                    .as_deref()
+                    .map(|urls| urls.split(',').map(masked_url).collect::<Vec<_>>()),
+            )
+            .field("redis_master", &self.redis_master)
             .finish()
     }
 }
@@ -186,6 +208,12 @@ impl StoreArgs {
                 .map(str::to_owned)
                 .collect();
             return StoreChoice::RedisCluster(nodes);
+        }
+        if let (Some(sentinels), Some(master)) = (&self.redis_sentinel, &self.redis_master) {
+            return StoreChoice::RedisSentinel {
+                sentinels: sentinels.clone(),
+                master: master.clone(),
+            };
         }
         match (&self.memcached, &self.redis) {
             (None, Some(url)) => StoreChoice::Redis(RedisTarget {
@@ -221,6 +249,15 @@ pub enum StoreChoice {
     /// A Redis Cluster reached through these nodes; every `Aside` gets its
     /// own connections.
     RedisCluster(Vec<String>),
+    /// The Redis primary that these Sentinels (comma-separated URLs) name
+    /// for `master`, followed through failovers; every `Aside` gets its own
+    /// connection. Engines with an L1 share the in-process bus.
+    RedisSentinel {
+        /// The Sentinels' URLs, comma-separated.
+        sentinels: String,
+        /// The master name they monitor.
+        master: String,
+    },
     /// memcached at these addresses (comma-separated); every `Aside` gets its
     /// own connection pool. memcached has no pub/sub, so engines with an L1
     /// share the in-process bus (they all live in this process).
@@ -247,6 +284,7 @@ impl StoreChoice {
             StoreChoice::Memory(_) => "memory",
             StoreChoice::Redis(_) => "redis",
             StoreChoice::RedisCluster(_) => "redis-cluster",
+            StoreChoice::RedisSentinel { .. } => "redis-sentinel",
             StoreChoice::Memcached(_) => "memcached",
         }
     }
@@ -258,6 +296,12 @@ impl StoreChoice {
             StoreChoice::Memory(_) => Vec::new(),
             StoreChoice::Redis(target) => target.flags(),
             StoreChoice::RedisCluster(urls) => vec!["--redis-cluster".to_owned(), urls.join(",")],
+            StoreChoice::RedisSentinel { sentinels, master } => vec![
+                "--redis-sentinel".to_owned(),
+                sentinels.clone(),
+                "--redis-master".to_owned(),
+                master.clone(),
+            ],
             StoreChoice::Memcached(addrs) => vec!["--memcached".to_owned(), addrs.clone()],
         }
     }
@@ -281,7 +325,9 @@ impl StoreChoice {
     pub async fn aside_on_bus(&self, prefix: &str, local: &MemoryBus) -> Result<Aside> {
         let builder = self.builder(prefix).await?;
         Ok(match self {
-            StoreChoice::Memory(_) | StoreChoice::Memcached(_) => builder.bus(local.clone()).build(),
+            StoreChoice::Memory(_) | StoreChoice::Memcached(_) | StoreChoice::RedisSentinel { .. } => {
+                builder.bus(local.clone()).build()
+            }
             // The bus's error names the server, its password masked.
             StoreChoice::Redis(target) => builder
                 .bus(target.bus(&format!("{prefix}invalidations")).await?)
@@ -310,6 +356,10 @@ impl StoreChoice {
             // The store's error names the server, its password masked.
             StoreChoice::Redis(target) => builder.store(target.store().await?),
             StoreChoice::RedisCluster(urls) => builder.store(RedisStore::connect_cluster(urls).await?),
+            StoreChoice::RedisSentinel { sentinels, master } => {
+                let urls: Vec<&str> = sentinels.split(',').map(str::trim).collect();
+                builder.store(RedisStore::connect_sentinel(&urls, master).await?)
+            }
             StoreChoice::Memcached(addrs) => builder.store(
                 MemcachedStore::connect(addrs)
                     .await

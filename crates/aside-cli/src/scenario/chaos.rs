@@ -141,13 +141,22 @@ pub async fn run(setting: &Setting) -> Result<()> {
 
 /// The store a campaign runs on. Servers named by the user are never
 /// restarted (nor flushed): no `restart` is given.
-fn store_spec(store: &StoreChoice) -> StoreSpec {
-    match store {
+fn store_spec(store: &StoreChoice) -> Result<StoreSpec> {
+    Ok(match store {
         StoreChoice::Memory(_) => StoreSpec::Memory,
-        StoreChoice::Redis(target) => StoreSpec::Redis {
+        StoreChoice::Redis(target) if !target.has_tls_files() => StoreSpec::Redis {
             url: target.url.clone(),
             restart: None,
         },
+        // The history checker connects by URL only.
+        StoreChoice::Redis(_) => {
+            return Err(CliError::new(
+                "--scenario chaos does not take --redis-ca, --redis-cert or --redis-key yet",
+            ));
+        }
+        StoreChoice::RedisSentinel { .. } => {
+            return Err(CliError::new("--scenario chaos does not take --redis-sentinel yet"));
+        }
         StoreChoice::Memcached(addrs) => StoreSpec::Memcached {
             addr: addrs.clone(),
             restart: None,
@@ -166,24 +175,17 @@ fn store_spec(store: &StoreChoice) -> StoreSpec {
                 restart: None,
             }
         }
-    }
+    })
 }
 
 /// Runs one campaign on `store`.
 ///
 /// # Errors
-/// TLS files (the history checker connects by URL only); otherwise none of
-/// its own: a store that cannot be reached shows as harness errors in the
+/// TLS files or Sentinel (the history checker connects by URL only);
+/// otherwise none of its own: a store that cannot be reached shows as harness errors in the
 /// report, which [`run_chaos`]'s caller turns into an error.
 pub async fn run_chaos(store: &StoreChoice, run: u32, options: &ChaosOptions) -> Result<ChaosResult> {
-    if let StoreChoice::Redis(target) = store
-        && target.has_tls_files()
-    {
-        return Err(CliError::new(
-            "--scenario chaos does not take --redis-ca, --redis-cert or --redis-key yet",
-        ));
-    }
-    let mut config = CampaignConfig::new(store_spec(store), options.programs);
+    let mut config = CampaignConfig::new(store_spec(store)?, options.programs);
     config.time_budget = Some(options.duration);
     config.replay = options.seed;
     if options.chatty {

@@ -162,8 +162,9 @@ pub struct RedisStore {
 /// next watch taken on a live runtime starts it again there.
 struct FillSubscription {
     wakes: FillWakes,
-    /// Where to subscribe: one server, or a cluster's seed nodes, tried in turn.
-    clients: Arc<[redis::Client]>,
+    /// Where to subscribe: one server, a cluster's seed nodes, or the
+    /// primary Sentinel names now.
+    source: ClientSource,
     channel: String,
     connect_timeout: Duration,
     task: std::sync::Mutex<tokio::task::AbortHandle>,
@@ -175,6 +176,27 @@ impl Drop for FillSubscription {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .abort();
+    }
+}
+
+/// Where the fill subscription connects: one server or a cluster's seed
+/// nodes (tried in turn), or the primary Sentinel named last (so the
+/// subscription follows a failover too).
+#[derive(Clone)]
+enum ClientSource {
+    /// One server, or the nodes of a cluster.
+    Fixed(Arc<[redis::Client]>),
+    /// The current primary of a [`SentinelConn`].
+    Sentinel(Arc<SentinelConn>),
+}
+
+impl ClientSource {
+    /// The clients to try, in order, now.
+    fn candidates(&self) -> Vec<redis::Client> {
+        match self {
+            ClientSource::Fixed(clients) => clients.to_vec(),
+            ClientSource::Sentinel(sentinel) => vec![sentinel.current().2],
+        }
     }
 }
 
@@ -193,12 +215,12 @@ impl Drop for DownOnDrop {
 /// nodes: classic pub/sub messages reach every node of a cluster, so any
 /// one of them will do.
 async fn subscribe(
-    clients: &[redis::Client],
+    source: &ClientSource,
     channel: &str,
     connect_timeout: Duration,
 ) -> Result<redis::aio::PubSub, String> {
     let mut reason = "no server to subscribe on".to_owned();
-    for client in clients {
+    for client in source.candidates() {
         let attempt = async {
             let mut pubsub = client.get_async_pubsub().await?;
             pubsub.subscribe(channel).await?;
@@ -218,8 +240,7 @@ impl FillSubscription {
     /// wakes its readers), then keeps the subscription up in a background
     /// task. A failed first attempt is not an error: the task goes on
     /// trying, and readers poll meanwhile.
-    async fn start(clients: Vec<redis::Client>, channel: String, connect_timeout: Duration) -> Self {
-        let clients: Arc<[redis::Client]> = clients.into();
+    async fn start(clients: ClientSource, channel: String, connect_timeout: Duration) -> Self {
         let wakes = FillWakes::pending();
         let first = subscribe(&clients, &channel, connect_timeout).await;
         if first.is_ok() {
@@ -228,7 +249,7 @@ impl FillSubscription {
         let task = Self::spawn(&wakes, &clients, &channel, connect_timeout, Some(first));
         FillSubscription {
             wakes,
-            clients,
+            source: clients,
             channel,
             connect_timeout,
             task: std::sync::Mutex::new(task),
@@ -237,7 +258,7 @@ impl FillSubscription {
 
     fn spawn(
         wakes: &FillWakes,
-        clients: &Arc<[redis::Client]>,
+        clients: &ClientSource,
         channel: &str,
         connect_timeout: Duration,
         first: Option<Result<redis::aio::PubSub, String>>,
@@ -304,7 +325,7 @@ impl FillSubscription {
     fn watch(&self, key: &str) -> FillWatch {
         let mut task = self.task.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         if task.is_finished() && tokio::runtime::Handle::try_current().is_ok() {
-            *task = Self::spawn(&self.wakes, &self.clients, &self.channel, self.connect_timeout, None);
+            *task = Self::spawn(&self.wakes, &self.source, &self.channel, self.connect_timeout, None);
         }
         drop(task);
         self.wakes.watch(key)
@@ -387,7 +408,13 @@ impl RedisStore {
         check_connection(&mut conn, config.connect_timeout)
             .await
             .map_err(|e| connect_error("cannot connect to Redis at", url, e))?;
-        Ok(Self::with_connection(RedisConnection::Single(conn), None, vec![client], &config).await)
+        Ok(Self::with_connection(
+            RedisConnection::Single(conn),
+            None,
+            ClientSource::Fixed(vec![client].into()),
+            &config,
+        )
+        .await)
     }
 
     /// Connects to the primary that the Sentinels at `sentinels` (`redis://`
@@ -407,8 +434,7 @@ impl RedisStore {
     }
 
     /// [`RedisStore::connect_sentinel`] with explicit settings. The fill
-    /// subscription stays on the first primary (after a failover, readers
-    /// waiting on a lease poll instead of being woken).
+    /// subscription follows the primary too, once it reconnects.
     ///
     /// # Errors
     /// [`StoreError::Connection`] when no Sentinel answers or the primary
@@ -434,11 +460,12 @@ impl RedisStore {
         .map_err(failed)?;
         // Asking Sentinel, then checking the primary's role, then connecting.
         let resolve_timeout = config.connect_timeout * 4;
-        let (conn, client) = SentinelConn::connect(sentinel, Self::manager_config(&config), resolve_timeout)
+        let conn = SentinelConn::connect(sentinel, Self::manager_config(&config), resolve_timeout)
             .await
             .map_err(failed)?;
+        let source = ClientSource::Sentinel(conn.clone());
         let conn = RedisConnection::Sentinel(SentinelHandle(conn));
-        Ok(Self::with_connection(conn, None, vec![client], &config).await)
+        Ok(Self::with_connection(conn, None, source, &config).await)
     }
 
     fn manager_config(config: &RedisConfig) -> ConnectionManagerConfig {
@@ -513,13 +540,14 @@ impl RedisStore {
             })?;
         let handle = cluster::ClusterHandle::new(client, conn, config.connect_timeout);
         let batches = Arc::new(ClusterBatches::new(handle.clone()));
-        Ok(Self::with_connection(RedisConnection::Cluster(handle), Some(batches), clients, &config).await)
+        let source = ClientSource::Fixed(clients.into());
+        Ok(Self::with_connection(RedisConnection::Cluster(handle), Some(batches), source, &config).await)
     }
 
     async fn with_connection(
         conn: RedisConnection,
         cluster: Option<Arc<ClusterBatches>>,
-        clients: Vec<redis::Client>,
+        clients: ClientSource,
         config: &RedisConfig,
     ) -> Self {
         let fill_subscription = match &config.fill_channel {

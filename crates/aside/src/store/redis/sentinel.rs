@@ -8,7 +8,8 @@
 //! asks Sentinel for the primary and, when it has moved, swaps in a
 //! connection to the new one. The failing command still fails (the engine
 //! treats it as a miss and falls to the loader); the next commands go to
-//! the new primary. Why a background task and not a retry in the request:
+//! the new primary, and so does the fill subscription when it reconnects
+//! (see [`ClientSource`]). Why a background task and not a retry in the request:
 //! a failover takes seconds, and no read may wait that long.
 //!
 //! Concurrency: the current connection sits behind a `std::sync::RwLock`
@@ -73,7 +74,7 @@ fn lost_primary(e: &RedisError) -> bool {
 
 /// The primary of one Sentinel-monitored master name.
 pub(crate) struct SentinelConn {
-    current: RwLock<(ConnectionAddr, ConnectionManager)>,
+    current: RwLock<(ConnectionAddr, ConnectionManager, redis::Client)>,
     sentinel: tokio::sync::Mutex<SentinelClient>,
     config: ConnectionManagerConfig,
     /// Bounds one question to Sentinel plus the connect to the primary.
@@ -91,18 +92,18 @@ impl SentinelConn {
         sentinel: SentinelClient,
         config: ConnectionManagerConfig,
         resolve_timeout: Duration,
-    ) -> RedisResult<(Arc<Self>, redis::Client)> {
+    ) -> RedisResult<Arc<Self>> {
         let sentinel = tokio::sync::Mutex::new(sentinel);
         let client = Self::ask(&sentinel, resolve_timeout).await?;
         let manager = Self::manager_for(&client, &config, resolve_timeout).await?;
         let conn = Arc::new(SentinelConn {
-            current: RwLock::new((client.get_connection_info().addr().clone(), manager)),
+            current: RwLock::new((client.get_connection_info().addr().clone(), manager, client)),
             sentinel,
             config,
             resolve_timeout,
             resolving: AtomicBool::new(false),
         });
-        Ok((conn, client))
+        Ok(conn)
     }
 
     async fn ask(sentinel: &tokio::sync::Mutex<SentinelClient>, within: Duration) -> RedisResult<redis::Client> {
@@ -126,7 +127,7 @@ impl SentinelConn {
             .unwrap_or_else(|_| Err(RedisError::from((ErrorKind::Io, "the primary did not answer in time"))))
     }
 
-    fn current(&self) -> (ConnectionAddr, ConnectionManager) {
+    pub(crate) fn current(&self) -> (ConnectionAddr, ConnectionManager, redis::Client) {
         self.current
             .read()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -183,7 +184,7 @@ impl SentinelConn {
         }
         let manager = Self::manager_for(&client, &self.config, self.resolve_timeout).await?;
         tracing::warn!(primary = %addr, "Sentinel: the primary moved, commands follow it");
-        *self.current.write().unwrap_or_else(std::sync::PoisonError::into_inner) = (addr, manager);
+        *self.current.write().unwrap_or_else(std::sync::PoisonError::into_inner) = (addr, manager, client);
         Ok(())
     }
 }
