@@ -8,9 +8,9 @@
 
 use std::time::Duration;
 
+use crate::store::redis::{Reconnecting, RedisConfig, redis_client};
 use async_trait::async_trait;
 use futures::StreamExt;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use tokio::sync::mpsc;
 
 use super::{Bus, BusEvent, Invalidation};
@@ -23,7 +23,8 @@ pub const DEFAULT_CHANNEL: &str = "aside:invalidations";
 #[derive(Clone)]
 pub struct RedisBus {
     client: redis::Client,
-    publisher: ConnectionManager,
+    publisher: Reconnecting,
+    connect_timeout: Duration,
     channel: String,
 }
 
@@ -37,6 +38,22 @@ impl std::fmt::Debug for RedisBus {
 
 fn connection_error(e: redis::RedisError) -> StoreError {
     StoreError::connection("the Redis bus connection failed").with_source(e)
+}
+
+/// A subscribed pub/sub connection, within `bound`: a server that accepts
+/// and never answers must not hang the caller.
+async fn subscribe(client: &redis::Client, channel: &str, bound: Duration) -> Result<redis::aio::PubSub, StoreError> {
+    let attempt = async {
+        let mut pubsub = client.get_async_pubsub().await?;
+        pubsub.subscribe(channel).await?;
+        Ok(pubsub)
+    };
+    match tokio::time::timeout(bound, attempt).await {
+        Ok(subscribed) => subscribed.map_err(connection_error),
+        Err(_) => Err(StoreError::connection(format!(
+            "the Redis bus did not subscribe within {bound:?}"
+        ))),
+    }
 }
 
 impl RedisBus {
@@ -57,17 +74,19 @@ impl RedisBus {
         let unreachable = |e: redis::RedisError| {
             StoreError::connection(format!("cannot connect to Redis at {}", masked_url(url))).with_source(e)
         };
-        let client = redis::Client::open(url).map_err(unreachable)?;
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(Duration::from_millis(500)))
-            .set_response_timeout(Some(Duration::from_millis(250)))
-            .set_number_of_retries(2);
-        let publisher = ConnectionManager::new_with_config(client.clone(), config)
+        // The store's defaults: bounded connects and answers, keepalive and
+        // a user timeout on every socket.
+        // A publisher whose requests time out a few times in a row is
+        // replaced, as the store's connection is.
+        let config = RedisConfig::default();
+        let client = redis_client(url, &config).map_err(unreachable)?;
+        let publisher = Reconnecting::connect(client.clone(), &config)
             .await
             .map_err(unreachable)?;
         Ok(RedisBus {
             client,
             publisher,
+            connect_timeout: config.connect_timeout,
             channel: channel.to_owned(),
         })
     }
@@ -87,10 +106,9 @@ impl Bus for RedisBus {
     }
 
     async fn subscribe(&self) -> Result<mpsc::Receiver<BusEvent>, StoreError> {
-        let mut pubsub = self.client.get_async_pubsub().await.map_err(connection_error)?;
-        pubsub.subscribe(&self.channel).await.map_err(connection_error)?;
+        let pubsub = subscribe(&self.client, &self.channel, self.connect_timeout).await?;
         let (tx, rx) = mpsc::channel(1024);
-        let (client, channel) = (self.client.clone(), self.channel.clone());
+        let (client, channel, connect_timeout) = (self.client.clone(), self.channel.clone(), self.connect_timeout);
         tokio::spawn(async move {
             let mut stream = pubsub.into_on_message();
             loop {
@@ -109,9 +127,7 @@ impl Bus for RedisBus {
                     if tx.is_closed() {
                         return;
                     }
-                    if let Ok(mut pubsub) = client.get_async_pubsub().await
-                        && pubsub.subscribe(&channel).await.is_ok()
-                    {
+                    if let Ok(pubsub) = subscribe(&client, &channel, connect_timeout).await {
                         break pubsub.into_on_message();
                     }
                     tokio::time::sleep(backoff).await;

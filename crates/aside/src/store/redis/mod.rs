@@ -14,7 +14,9 @@
 //! and reconnects in the background. The command that meets a broken
 //! connection still fails; the engine counts that and treats it as a miss.
 //! Both timeouts are set explicitly (see [`RedisConfig`]) because a cache
-//! that waits on a dead server is worse than no cache.
+//! that waits on a dead server is worse than no cache. Every socket gets
+//! TCP keepalive and `TCP_USER_TIMEOUT`, and a connection that times out a
+//! few times in a row is replaced rather than reused (see `conn`).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -22,8 +24,12 @@ use std::time::Duration;
 use async_trait::async_trait;
 use bytes::Bytes;
 use futures::StreamExt;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::aio::ConnectionManager;
 use redis::{RedisError, Script};
+
+mod conn;
+pub(crate) use conn::Reconnecting;
+pub(crate) use conn::client as redis_client;
 
 use super::{
     EntryView, Fill, FillOutcome, FillWakes, FillWatch, LeaseOutcome, LeaseToken, Store, StoreError, StoreResult,
@@ -40,6 +46,17 @@ pub struct RedisConfig {
     pub response_timeout: Duration,
     /// Reconnect attempts per broken connection before commands fail. Default 2.
     pub reconnect_retries: usize,
+    /// Consecutive commands without an answer within `response_timeout`
+    /// after which the connection is replaced by a new one (redis-rs keeps
+    /// using a connection whose requests time out). 0: never. Default 3.
+    pub replace_after_timeouts: u32,
+    /// TCP keepalive on every connection: idle time before the first probe,
+    /// and between probes. `None`: the system's default (usually off). Default 5 s.
+    pub tcp_keepalive: Option<Duration>,
+    /// `TCP_USER_TIMEOUT` on every connection (Linux): how long sent data
+    /// may stay unacknowledged before the kernel closes the connection.
+    /// `None`: the system's default (about 15 minutes). Default 5 s.
+    pub tcp_user_timeout: Option<Duration>,
     /// First delay between reconnect attempts (exponential after). Default 50 ms.
     pub reconnect_min_delay: Duration,
     /// The pub/sub channel on which the end of a lease that readers wait for
@@ -59,6 +76,9 @@ impl Default for RedisConfig {
             connect_timeout: Duration::from_millis(500),
             response_timeout: Duration::from_millis(250),
             reconnect_retries: 2,
+            replace_after_timeouts: 3,
+            tcp_keepalive: Some(Duration::from_secs(5)),
+            tcp_user_timeout: Some(Duration::from_secs(5)),
             reconnect_min_delay: Duration::from_millis(50),
             fill_channel: Some(DEFAULT_FILL_CHANNEL.to_owned()),
         }
@@ -93,7 +113,8 @@ impl Scripts {
 
 /// A store on a Redis or Valkey server.
 ///
-/// Cloning is cheap; clones share one multiplexed connection.
+/// Cloning is cheap; clones share one multiplexed connection (replaced
+/// after [`RedisConfig::replace_after_timeouts`] timeouts in a row).
 ///
 /// # Examples
 ///
@@ -107,7 +128,7 @@ impl Scripts {
 /// ```
 #[derive(Clone)]
 pub struct RedisStore {
-    conn: ConnectionManager,
+    conn: Reconnecting,
     scripts: Arc<Scripts>,
     /// The channel the scripts publish lease ends on; empty: none.
     fill_channel: Arc<str>,
@@ -332,19 +353,11 @@ impl RedisStore {
     /// # Errors
     /// [`StoreError::Connection`] when the URL is invalid or the server cannot be reached.
     pub async fn connect_with(url: &str, config: RedisConfig) -> StoreResult<Self> {
-        let client = redis::Client::open(url)
+        let client = redis_client(url, &config)
             .map_err(|e| StoreError::connection(format!("invalid Redis URL {}", masked_url(url))).with_source(e))?;
-        let manager_config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(config.connect_timeout))
-            .set_response_timeout(Some(config.response_timeout))
-            .set_number_of_retries(config.reconnect_retries)
-            .set_min_delay(config.reconnect_min_delay)
-            .set_max_delay(Duration::from_secs(1));
-        let conn = ConnectionManager::new_with_config(client.clone(), manager_config)
-            .await
-            .map_err(|e| {
-                StoreError::connection(format!("cannot connect to Redis at {}", masked_url(url))).with_source(e)
-            })?;
+        let conn = Reconnecting::connect(client.clone(), &config).await.map_err(|e| {
+            StoreError::connection(format!("cannot connect to Redis at {}", masked_url(url))).with_source(e)
+        })?;
         let fill_subscription = match &config.fill_channel {
             Some(channel) => Some(Arc::new(
                 FillSubscription::start(client, channel.clone(), config.connect_timeout).await,
@@ -381,7 +394,13 @@ impl RedisStore {
     /// A clone of the underlying connection, for callers that need commands
     /// the [`Store`] trait does not have (tests, `aside inspect`).
     pub fn connection(&self) -> ConnectionManager {
-        self.conn.clone()
+        self.conn.current()
+    }
+
+    /// How many times the connection was replaced after
+    /// [`RedisConfig::replace_after_timeouts`] timeouts in a row.
+    pub fn connection_replacements(&self) -> u64 {
+        self.conn.replacements()
     }
 }
 
