@@ -260,3 +260,25 @@ async fn invalidate_returns_with_the_bus_blackholed(bus: impl aside::bus::Bus, p
     }
     assert_eq!(read(&ns, &db, 2).await.0, Some(User::new(2, 0)));
 }
+
+/// A Redis bus subscription whose connection goes half-open is noticed
+/// (its pings go unanswered), subscribed again on a new connection, and
+/// the listener is told that messages may have been lost (`Reset`, which
+/// clears the L1s). Before, it waited for messages on the dead connection
+/// for good.
+#[tokio::test]
+async fn a_half_open_redis_bus_subscription_is_noticed_and_made_again() {
+    use aside::bus::{Bus, BusEvent};
+    let server = RedisServer::start();
+    let proxy = FaultProxy::start(([127, 0, 0, 1], server.port()).into()).await;
+    let bus = aside::bus::redis::RedisBus::connect(&proxy.redis_url()).await.unwrap();
+    let mut events = bus.subscribe().await.unwrap();
+    let connections = proxy.accepted();
+    proxy.half_open();
+    let event = tokio::time::timeout(GENEROUS, events.recv())
+        .await
+        .expect("the lost subscription is noticed")
+        .expect("the subscription task lives on");
+    assert!(matches!(event, BusEvent::Reset), "{event:?}");
+    assert!(proxy.accepted() > connections, "subscribed on a new connection");
+}

@@ -8,12 +8,12 @@
 
 use std::time::Duration;
 
-use crate::store::redis::{Reconnecting, RedisConfig, redis_client};
 use async_trait::async_trait;
 use futures::StreamExt;
 use tokio::sync::mpsc;
 
 use super::{Bus, BusEvent, Invalidation};
+use crate::store::redis::{Reconnecting, RedisConfig, redis_client, watched_messages};
 use crate::store::{StoreError, masked_url};
 
 /// The default channel.
@@ -110,7 +110,7 @@ impl Bus for RedisBus {
         let (tx, rx) = mpsc::channel(1024);
         let (client, channel, connect_timeout) = (self.client.clone(), self.channel.clone(), self.connect_timeout);
         tokio::spawn(async move {
-            let mut stream = pubsub.into_on_message();
+            let mut stream = Box::pin(watched_messages(pubsub, connect_timeout));
             loop {
                 while let Some(msg) = stream.next().await {
                     // A message that does not parse is another program's: skip it.
@@ -128,7 +128,7 @@ impl Bus for RedisBus {
                         return;
                     }
                     if let Ok(pubsub) = subscribe(&client, &channel, connect_timeout).await {
-                        break pubsub.into_on_message();
+                        break Box::pin(watched_messages(pubsub, connect_timeout));
                     }
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(Duration::from_secs(2));

@@ -3,8 +3,10 @@
 //! after a run of timeouts.
 //!
 //! Owns how a redis-rs client is built from a URL and a [`RedisConfig`]
-//! ([`client`]) and [`Reconnecting`], the `ConnectionLike` every command of
-//! [`super::RedisStore`] goes through.
+//! ([`client`]), [`Reconnecting`], the `ConnectionLike` every command of
+//! [`super::RedisStore`] goes through, and [`watched_messages`], the
+//! messages of a pub/sub connection that is pinged so that a silently lost
+//! one ends instead of staying quiet for good.
 //!
 //! Why replace: redis-rs's `ConnectionManager` reconnects only when the
 //! connection reports an error that says it is broken (I/O, a dropped
@@ -31,10 +33,42 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
+use futures::{Stream, StreamExt};
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::io::tcp::{TcpSettings, socket2};
 use redis::{Cmd, IntoConnectionInfo, Pipeline, RedisFuture, RedisResult, Value};
 use tokio::time::Instant;
+
+/// How often a pub/sub connection with no other traffic is pinged.
+pub(crate) const PUBSUB_PING_EVERY: Duration = Duration::from_secs(2);
+
+/// The messages of `pubsub`, ending when the connection closes or when a
+/// ping sent every [`PUBSUB_PING_EVERY`] goes unanswered for `bound`: a
+/// subscription whose connection a network silently lost would otherwise
+/// wait for messages forever, and its owner would never resubscribe.
+pub(crate) fn watched_messages(pubsub: redis::aio::PubSub, bound: Duration) -> impl Stream<Item = redis::Msg> + Send {
+    let (sink, stream) = pubsub.split();
+    let next_ping = Instant::now() + PUBSUB_PING_EVERY;
+    futures::stream::unfold(
+        (sink, stream, next_ping),
+        move |(mut sink, mut stream, mut next_ping)| async move {
+            loop {
+                tokio::select! {
+                    message = stream.next() => return message.map(|m| (m, (sink, stream, next_ping))),
+                    () = tokio::time::sleep_until(next_ping) => {
+                        match tokio::time::timeout(bound, sink.ping::<Value>()).await {
+                            Ok(Ok(_)) => next_ping = Instant::now() + PUBSUB_PING_EVERY,
+                            _ => {
+                                tracing::warn!("a Redis pub/sub connection stopped answering pings: dropped");
+                                return None;
+                            }
+                        }
+                    }
+                }
+            }
+        },
+    )
+}
 
 use super::RedisConfig;
 
@@ -128,7 +162,9 @@ impl Shared {
 
     fn timed_out(&self) {
         let n = self.timeouts.fetch_add(1, Ordering::AcqRel) + 1;
-        if self.replace_after == 0 || n < self.replace_after {
+        // A manager needs a runtime (a request dropped at a runtime's
+        // shutdown has none): the next timeout replaces it.
+        if self.replace_after == 0 || n < self.replace_after || tokio::runtime::Handle::try_current().is_err() {
             return;
         }
         // One caller wins the replacement; the count starts again.

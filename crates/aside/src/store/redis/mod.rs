@@ -28,8 +28,8 @@ use redis::aio::ConnectionManager;
 use redis::{RedisError, Script};
 
 mod conn;
-pub(crate) use conn::Reconnecting;
 pub(crate) use conn::client as redis_client;
+pub(crate) use conn::{Reconnecting, watched_messages};
 
 use super::{
     EntryView, Fill, FillOutcome, FillWakes, FillWatch, LeaseOutcome, LeaseToken, Store, StoreError, StoreResult,
@@ -256,7 +256,8 @@ impl FillSubscription {
                 };
                 backoff = Duration::from_millis(50);
                 warned = false;
-                let mut messages = subscribed.into_on_message();
+                let messages = watched_messages(subscribed, connect_timeout);
+                futures::pin_mut!(messages);
                 while let Some(message) = messages.next().await {
                     // A payload that is not a key of ours wakes nobody.
                     if let Ok(key) = std::str::from_utf8(message.get_payload_bytes()) {
