@@ -76,6 +76,13 @@ async fn a_blackholed_redis_is_skipped_and_hits_resume_after_it_heals() {
     assert_eq!(proxy.accepted(), 1);
 
     proxy.blackhole();
+    let errors = aside.stats().store_errors;
+    assert_eq!(read(&ns, &db, 1).await.0, Some(User::new(1, 0)));
+    assert_eq!(
+        aside.stats().store_errors,
+        errors + 1,
+        "one store call per read: a read waits at most one operation timeout"
+    );
     for id in 1..=10 {
         assert_eq!(read(&ns, &db, id).await.0, Some(User::new(id, 0)));
     }
@@ -208,6 +215,13 @@ async fn a_blackholed_memcached_is_skipped_and_hits_resume_after_it_heals() {
     assert_eq!(read(&ns, &db, 1).await.1, Source::Hit);
 
     proxy.blackhole();
+    let errors = aside.stats().store_errors;
+    assert_eq!(read(&ns, &db, 1).await.0, Some(User::new(1, 0)));
+    assert_eq!(
+        aside.stats().store_errors,
+        errors + 1,
+        "one store call per read: a read waits at most one operation timeout"
+    );
     for id in 1..=10 {
         assert_eq!(read(&ns, &db, id).await.0, Some(User::new(id, 0)));
     }

@@ -221,6 +221,16 @@ impl Core {
         Error::with_source(ErrorKind::Store, format!("{} store failed", self.store.name()), e)
     }
 
+    /// True when `error` (of a store call made through [`Core::call_for`])
+    /// says the store failed as a whole, or was skipped, rather than
+    /// answering about one key.
+    pub(crate) fn store_down(error: &Error) -> bool {
+        !std::error::Error::source(error)
+            .and_then(|source| source.downcast_ref::<crate::store::StoreError>())
+            .is_some_and(crate::store::StoreError::is_server)
+            && matches!(error.kind(), ErrorKind::Store | ErrorKind::Timeout)
+    }
+
     /// Heals a key whose read failed with a server error about that key
     /// (a Redis key of the wrong type, a memcached plain value where an
     /// entry belongs): deletes it, bounded and behind the breaker, so that
