@@ -480,3 +480,44 @@ async fn sigterm_lets_in_flight_requests_finish() {
     .expect("waited");
     assert!(status.success(), "exits cleanly: {status:?}");
 }
+
+/// A Redis answering 200 ms late (through the test kit's fault proxy):
+/// requests keep being answered, the breaker opens, and `/healthz` says
+/// `degraded` with the breaker's state and why; once the latency is gone,
+/// it says `ok` again. At the base it said `ok` throughout, while
+/// every hit waited on the slow Redis.
+// Multi-threaded: `Server::start` blocks this thread while the proxy's
+// tasks must run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn healthz_reports_a_slow_redis() {
+    use aside_testkit::proxy::FaultProxy;
+    let redis = aside_testkit::RedisServer::start();
+    let proxy = FaultProxy::start(([127, 0, 0, 1], redis.port()).into()).await;
+    let server = Server::start(&["--redis", &proxy.redis_url()]);
+    let client = reqwest::Client::new();
+    let health = get(&client, server.url("/healthz")).await;
+    assert_eq!(health.body["status"], "ok", "{}", health.body);
+    assert!(health.body["store_latency_ms"].is_number(), "{}", health.body);
+
+    proxy.set_latency(Duration::from_millis(100));
+    let bound = Duration::from_secs(60);
+    aside_testkit::eventually("/healthz reports the slow store", bound, || async {
+        for id in 1..=10 {
+            let user = get(&client, server.url(&format!("/users/{id}"))).await;
+            assert_eq!(user.status, StatusCode::OK, "answered while slow: {}", user.body);
+        }
+        let health = get(&client, server.url("/healthz")).await;
+        assert_eq!(health.status, StatusCode::OK, "{}", health.body);
+        health.body["status"] == "degraded"
+            && health.body["breaker"] != "closed"
+            && health.body["breaker_reason"].is_string()
+    })
+    .await;
+
+    proxy.heal();
+    aside_testkit::eventually("/healthz is ok again", bound, || async {
+        let health = get(&client, server.url("/healthz")).await;
+        health.body["status"] == "ok" && health.body["breaker"] == "closed"
+    })
+    .await;
+}

@@ -25,6 +25,7 @@ use std::time::Duration;
 pub mod cluster;
 pub mod fault;
 pub mod history;
+pub mod proxy;
 pub mod store_contract;
 
 /// How long a server may take to say it is ready.

@@ -154,7 +154,7 @@ mod namespace;
 mod policy;
 pub mod store;
 
-pub use breaker::{BreakerConfig, BreakerState};
+pub use breaker::{BreakerConfig, BreakerReason, BreakerState, BreakerStatus};
 pub use codec::{Codec, Json, MessagePack};
 pub use error::{Error, ErrorKind, Result};
 pub use key::DEFAULT_MAX_KEY_LEN;
@@ -229,6 +229,12 @@ impl Aside {
     /// The breaker's state now.
     pub fn breaker_state(&self) -> BreakerState {
         self.core.breaker.state()
+    }
+
+    /// The breaker's state, why it opened, how many recent store calls were
+    /// slow and how long its last probe took (for health checks).
+    pub fn breaker_status(&self) -> BreakerStatus {
+        self.core.breaker.status()
     }
 
     /// Shuts down gracefully: runs the `DoubleDelete` second deletes still

@@ -23,6 +23,8 @@ pub const LOADS: &str = "aside_loads_total";
 pub const LOAD_ERRORS: &str = "aside_load_errors_total";
 /// Store calls that failed or timed out.
 pub const STORE_ERRORS: &str = "aside_store_errors_total";
+/// Store calls that answered, but slower than the breaker's slow-call threshold.
+pub const STORE_SLOW: &str = "aside_store_slow_total";
 /// Store calls skipped because the breaker was open.
 pub const STORE_SKIPPED: &str = "aside_store_skipped_total";
 /// Entries that failed to decode (deleted and reloaded).
@@ -65,9 +67,10 @@ pub(crate) enum Event {
     InvalidationReplayed,
     InvalidationDropped,
     L1Hit,
+    StoreSlow,
 }
 
-const EVENTS: usize = 15;
+const EVENTS: usize = 16;
 
 impl Event {
     const ALL: [(Event, &'static str); EVENTS] = [
@@ -86,6 +89,7 @@ impl Event {
         (Event::InvalidationReplayed, INVALIDATIONS_REPLAYED),
         (Event::InvalidationDropped, INVALIDATIONS_DROPPED),
         (Event::L1Hit, L1_HITS),
+        (Event::StoreSlow, STORE_SLOW),
     ];
 }
 
@@ -175,6 +179,9 @@ pub struct Stats {
     pub store_errors: u64,
     /// Store calls skipped by the open breaker.
     pub store_skipped: u64,
+    /// Store calls slower than the breaker's slow-call threshold
+    /// ([`crate::BreakerConfig::slow_call`]), timeouts included.
+    pub store_slow: u64,
     /// Entries that failed to decode.
     pub decode_errors: u64,
     /// Values too large to cache.
@@ -219,6 +226,7 @@ impl Stats {
             load_errors: c.get(Event::LoadError),
             store_errors: c.get(Event::StoreError),
             store_skipped: c.get(Event::StoreSkipped),
+            store_slow: c.get(Event::StoreSlow),
             decode_errors: c.get(Event::DecodeError),
             oversized: c.get(Event::Oversized),
             fills_refused: c.get(Event::FillRefused),

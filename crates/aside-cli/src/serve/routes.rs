@@ -298,20 +298,35 @@ fn check_json(name: &str, result: &Result<(), String>) -> serde_json::Value {
     }
 }
 
-/// 200 when the database answers (`status` is `degraded` if the store does
-/// not), 503 otherwise.
+/// 200 when the database answers, 503 otherwise. `status` is `degraded`
+/// when the store does not answer, answers slower than the breaker's
+/// slow-call threshold, or is skipped by an open breaker (a cache waited on
+/// for 200 ms, or bypassed, is not `ok`). `store_latency_ms` is this
+/// check's ping; `breaker_reason` says why the breaker opened (`failures`,
+/// `slow`), `store_slow_calls` how many recent calls were slow.
 async fn healthz(State(state): Shared) -> Response {
-    let (database, store) = tokio::join!(ping(state.db.ping()), ping(state.aside.store().ping()));
+    let timed_store_ping = async {
+        let started = tokio::time::Instant::now();
+        let answer = ping(state.aside.store().ping()).await;
+        (answer, started.elapsed())
+    };
+    let (database, (store, store_latency)) = tokio::join!(ping(state.db.ping()), timed_store_ping);
+    let breaker = state.aside.breaker_status();
+    let slow = store.is_ok() && store_latency > aside::BreakerConfig::default().slow_call;
     let (status, code) = match (&database, &store) {
-        (Ok(()), Ok(())) => ("ok", StatusCode::OK),
-        (Ok(()), Err(_)) => ("degraded", StatusCode::OK),
         (Err(_), _) => ("unavailable", StatusCode::SERVICE_UNAVAILABLE),
+        (Ok(()), Err(_)) => ("degraded", StatusCode::OK),
+        (Ok(()), Ok(())) if slow || breaker.state != aside::BreakerState::Closed => ("degraded", StatusCode::OK),
+        (Ok(()), Ok(())) => ("ok", StatusCode::OK),
     };
     let body = json!({
         "status": status,
         "database": check_json(state.db.backend(), &database),
         "store": check_json(state.aside.store().name(), &store),
-        "breaker": state.aside.breaker_state(),
+        "store_latency_ms": store.is_ok().then_some(store_latency.as_secs_f64() * 1e3),
+        "breaker": breaker.state,
+        "breaker_reason": breaker.reason,
+        "store_slow_calls": breaker.slow_calls,
         "cache": state.cache_on,
     });
     (code, Json(body)).into_response()

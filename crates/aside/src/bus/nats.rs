@@ -11,7 +11,9 @@
 //! therefore bounded by 250 ms (an `invalidate` must not hang
 //! on a dead bus), and fails once it is out of time. A subscription is
 //! confirmed with a bounded flush too, so that it counts as up only once
-//! the server has registered it.
+//! the server has registered it. The client pings the server every
+//! [`PING_INTERVAL`] (async-nats's default is a minute), so a connection
+//! that a network silently lost is noticed and replaced in seconds.
 
 use std::time::Duration;
 
@@ -27,6 +29,9 @@ pub const DEFAULT_SUBJECT: &str = "aside.invalidations";
 
 /// Bound on one publish (the message handed over and flushed to the server).
 const PUBLISH_TIMEOUT: Duration = Duration::from_millis(250);
+
+/// How often the client pings the server; two unanswered pings and it reconnects.
+pub const PING_INTERVAL: Duration = Duration::from_secs(2);
 
 /// Bound on confirming a new subscription with the server.
 const SUBSCRIBE_TIMEOUT: Duration = Duration::from_secs(2);
@@ -66,6 +71,7 @@ impl NatsBus {
         let on_event = lost.clone();
         let client = async_nats::ConnectOptions::new()
             .connection_timeout(Duration::from_secs(1))
+            .ping_interval(PING_INTERVAL)
             .subscription_capacity(16 * 1024)
             .event_callback(move |event| {
                 let on_event = on_event.clone();
@@ -113,10 +119,9 @@ impl Bus for NatsBus {
     }
 
     async fn subscribe(&self) -> Result<mpsc::Receiver<BusEvent>, StoreError> {
-        let mut messages = self
-            .client
-            .subscribe(self.subject.clone())
+        let mut messages = tokio::time::timeout(SUBSCRIBE_TIMEOUT, self.client.subscribe(self.subject.clone()))
             .await
+            .map_err(|_| StoreError::connection(format!("NATS subscribe not sent within {SUBSCRIBE_TIMEOUT:?}")))?
             .map_err(|e| StoreError::connection("NATS subscribe failed").with_source(e))?;
         // `subscribe` only queues the SUB; the server has it once a flush
         // (a PING after it) comes back.

@@ -10,12 +10,13 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use futures::StreamExt;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use tokio::sync::mpsc;
 
 use super::{Bus, BusEvent, Invalidation};
 use crate::store::StoreError;
-use crate::store::redis::{RedisTls, build_client, check_connection, connect_error};
+use crate::store::redis::{
+    Reconnecting, RedisConfig, RedisTls, check_connection, client_for, connect_error, watched_messages,
+};
 
 /// The default channel.
 pub const DEFAULT_CHANNEL: &str = "aside:invalidations";
@@ -24,7 +25,8 @@ pub const DEFAULT_CHANNEL: &str = "aside:invalidations";
 #[derive(Clone)]
 pub struct RedisBus {
     client: redis::Client,
-    publisher: ConnectionManager,
+    publisher: Reconnecting,
+    connect_timeout: Duration,
     channel: String,
 }
 
@@ -38,6 +40,22 @@ impl std::fmt::Debug for RedisBus {
 
 fn connection_error(e: redis::RedisError) -> StoreError {
     StoreError::connection("the Redis bus connection failed").with_source(e)
+}
+
+/// A subscribed pub/sub connection, within `bound`: a server that accepts
+/// and never answers must not hang the caller.
+async fn subscribe(client: &redis::Client, channel: &str, bound: Duration) -> Result<redis::aio::PubSub, StoreError> {
+    let attempt = async {
+        let mut pubsub = client.get_async_pubsub().await?;
+        pubsub.subscribe(channel).await?;
+        Ok(pubsub)
+    };
+    match tokio::time::timeout(bound, attempt).await {
+        Ok(subscribed) => subscribed.map_err(connection_error),
+        Err(_) => Err(StoreError::connection(format!(
+            "the Redis bus did not subscribe within {bound:?}"
+        ))),
+    }
 }
 
 impl RedisBus {
@@ -59,28 +77,33 @@ impl RedisBus {
 
     /// Connects to the server at `url`, on `channel`, with TLS settings for
     /// a `rediss://` or `valkeys://` URL (the same as the store's
-    /// [`RedisConfig::tls`](crate::store::redis::RedisConfig::tls)).
+    /// [`RedisConfig::tls`](crate::store::redis::RedisConfig::tls)), and
+    /// otherwise the store's defaults: bounded connects and answers,
+    /// keepalive and a user timeout on every socket, and a publisher whose
+    /// requests time out a few times in a row replaced, as the store's
+    /// connection is.
     ///
     /// # Errors
     /// [`StoreError::Connection`] when the URL or the TLS settings are
     /// invalid or the server cannot be reached; the message names the
     /// server with its password masked.
     pub async fn connect_with(url: &str, channel: &str, tls: &RedisTls) -> Result<Self, StoreError> {
-        let client = build_client(url, tls)?;
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(Duration::from_millis(500)))
-            .set_response_timeout(Some(Duration::from_millis(250)))
-            .set_number_of_retries(2);
+        let config = RedisConfig {
+            tls: tls.clone(),
+            ..RedisConfig::default()
+        };
+        let client = client_for(url, &config)?;
         let unreachable = |e| connect_error("cannot connect the invalidation bus to Redis at", url, e);
-        let mut publisher = ConnectionManager::new_with_config(client.clone(), config)
+        let mut publisher = Reconnecting::connect(client.clone(), &config)
             .await
             .map_err(unreachable)?;
-        check_connection(&mut publisher, Duration::from_millis(500))
+        check_connection(&mut publisher, config.connect_timeout)
             .await
             .map_err(unreachable)?;
         Ok(RedisBus {
             client,
             publisher,
+            connect_timeout: config.connect_timeout,
             channel: channel.to_owned(),
         })
     }
@@ -100,12 +123,11 @@ impl Bus for RedisBus {
     }
 
     async fn subscribe(&self) -> Result<mpsc::Receiver<BusEvent>, StoreError> {
-        let mut pubsub = self.client.get_async_pubsub().await.map_err(connection_error)?;
-        pubsub.subscribe(&self.channel).await.map_err(connection_error)?;
+        let pubsub = subscribe(&self.client, &self.channel, self.connect_timeout).await?;
         let (tx, rx) = mpsc::channel(1024);
-        let (client, channel) = (self.client.clone(), self.channel.clone());
+        let (client, channel, connect_timeout) = (self.client.clone(), self.channel.clone(), self.connect_timeout);
         tokio::spawn(async move {
-            let mut stream = pubsub.into_on_message();
+            let mut stream = Box::pin(watched_messages(pubsub, connect_timeout));
             loop {
                 while let Some(msg) = stream.next().await {
                     // A message that does not parse is another program's: skip it.
@@ -122,10 +144,8 @@ impl Bus for RedisBus {
                     if tx.is_closed() {
                         return;
                     }
-                    if let Ok(mut pubsub) = client.get_async_pubsub().await
-                        && pubsub.subscribe(&channel).await.is_ok()
-                    {
-                        break pubsub.into_on_message();
+                    if let Ok(pubsub) = subscribe(&client, &channel, connect_timeout).await {
+                        break Box::pin(watched_messages(pubsub, connect_timeout));
                     }
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(Duration::from_secs(2));

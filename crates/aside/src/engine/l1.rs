@@ -81,7 +81,7 @@ impl<V: Clone + Send + Sync + 'static> NsInner<V> {
             Cached::Miss {
                 current: Some(current), ..
             } if !current.expired => (current.value, current.expires_at_ms),
-            Cached::Miss { .. } => return Ok(None),
+            Cached::Miss { .. } | Cached::Down => return Ok(None),
         };
         if let Some(epoch) = epoch {
             self.l1_keep(&full, value.clone(), epoch, expires_at_ms);

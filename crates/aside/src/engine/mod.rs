@@ -30,9 +30,9 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::breaker::{Breaker, BreakerState};
+use crate::breaker::{Admit, Breaker, BreakerState};
 use crate::error::{Error, ErrorKind};
-use crate::metrics::{self, Counters, Event, NamespaceMetrics, Stats};
+use crate::metrics::{Counters, Event, NamespaceMetrics, Stats};
 use crate::store::{Store, StoreResult};
 
 pub(crate) mod batch;
@@ -137,7 +137,9 @@ impl Core {
     /// Runs one store operation behind the breaker and the timeout, counting
     /// under a namespace's metrics.
     ///
-    /// Only failures of the store as a whole feed the breaker: a broken
+    /// The breaker is fed the call's outcome and its duration (it opens on
+    /// failures and on slowness; see [`crate::breaker`]); while it is open
+    /// the store is not touched. Only failures of the store as a whole feed the breaker: a broken
     /// connection, a timeout. A server's answer about one key (Redis's
     /// `WRONGTYPE`, a value memcached refuses; [`crate::store::StoreError::is_per_key`])
     /// is counted as a store error and returned, but proves the server
@@ -156,30 +158,38 @@ impl Core {
             // The hot path of the embedded store: no timer, no breaker.
             return fut.await.map_err(|e| self.store_error(e));
         }
-        if !self.breaker.allow() {
-            self.record(ns, Event::StoreSkipped);
-            return Err(Error::new(ErrorKind::Store, "circuit breaker open: store skipped"));
+        match self.breaker.admit() {
+            Admit::Call => {}
+            admit => {
+                if admit == Admit::SkipAndProbe {
+                    self.breaker.spawn_probe(&self.store, self.op_timeout);
+                }
+                self.record(ns, Event::StoreSkipped);
+                return Err(Error::new(ErrorKind::Store, "circuit breaker open: store skipped"));
+            }
         }
-        let before = self.breaker.state();
+        let started = tokio::time::Instant::now();
         let answer = tokio::time::timeout(self.op_timeout, fut).await;
-        match &answer {
-            Ok(Ok(_)) => self.breaker.record_success(),
+        let elapsed = started.elapsed();
+        if self.breaker.is_slow(elapsed) {
+            self.record(ns, Event::StoreSlow);
+        }
+        let opened = match &answer {
+            Ok(Ok(_)) => self.breaker.record_success(elapsed),
             Ok(Err(e)) if e.is_per_key() => {
                 self.record(ns, Event::StoreError);
-                self.breaker.record_success();
+                self.breaker.record_success(elapsed)
             }
             Ok(Err(_)) | Err(_) => {
                 self.record(ns, Event::StoreError);
-                self.breaker.record_failure();
+                self.breaker.record_failure(elapsed)
             }
+        };
+        if opened {
+            // The one call that opened it starts the background probe.
+            self.breaker.spawn_probe(&self.store, self.op_timeout);
         }
-        let result = self.answer(answer);
-        let after = self.breaker.state();
-        if before != after {
-            metrics::record_breaker_state(after);
-            tracing::warn!(store = self.store.name(), ?after, "cache store breaker changed state");
-        }
-        result
+        self.answer(answer)
     }
 
     /// One store operation bounded by the timeout, ignoring the breaker.
@@ -209,6 +219,16 @@ impl Core {
 
     fn store_error(&self, e: crate::store::StoreError) -> Error {
         Error::with_source(ErrorKind::Store, format!("{} store failed", self.store.name()), e)
+    }
+
+    /// True when `error` (of a store call made through [`Core::call_for`])
+    /// says the store failed as a whole, or was skipped, rather than
+    /// answering about one key.
+    pub(crate) fn store_down(error: &Error) -> bool {
+        !std::error::Error::source(error)
+            .and_then(|source| source.downcast_ref::<crate::store::StoreError>())
+            .is_some_and(crate::store::StoreError::is_server)
+            && matches!(error.kind(), ErrorKind::Store | ErrorKind::Timeout)
     }
 
     /// Heals a key whose read failed with a server error about that key

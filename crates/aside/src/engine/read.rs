@@ -66,6 +66,10 @@ pub(crate) enum Cached<V> {
         lease: Option<LeaseToken>,
         current: Option<Current<V>>,
     },
+    /// The store failed as a whole (down, timed out, or skipped by the
+    /// breaker): the rest of this read goes to the loader without touching
+    /// it again, so a read costs at most one operation timeout.
+    Down,
 }
 
 pub(crate) const fn plain_miss<V>() -> Cached<V> {
@@ -152,6 +156,17 @@ impl<V: Clone + Send + Sync + 'static> NsInner<V> {
         self.core.heal_after_read_error(&self.metrics, key, error).await;
     }
 
+    /// After a failed read of `key`: [`Cached::Down`] when the store failed
+    /// as a whole, else heals the key (a server error about it) and reads as
+    /// a plain miss.
+    pub(crate) async fn miss_after(&self, key: &str, error: &Error) -> Cached<V> {
+        if crate::engine::Core::store_down(error) {
+            return Cached::Down;
+        }
+        self.heal(key, error).await;
+        plain_miss()
+    }
+
     /// The current version of `full`. A counter that is absent (never
     /// written, expired, evicted, or lost with a store restart) is started
     /// at the clock in microseconds rather than at 0: numbers counted from
@@ -202,7 +217,9 @@ impl<V: Clone + Send + Sync + 'static> NsInner<V> {
     {
         let mut first_look = true;
         loop {
-            let (version, lease, current) = match self.read_cached(full).await {
+            let looked = self.read_cached(full).await;
+            let down = matches!(looked, Cached::Down);
+            let (version, lease, current) = match looked {
                 Cached::Hit(value, expires) if first_look => {
                     self.record(Event::Hit);
                     let fetched = Fetched {
@@ -226,6 +243,9 @@ impl<V: Clone + Send + Sync + 'static> NsInner<V> {
                     lease,
                     current,
                 } => (version, lease, current),
+                // Loaded without touching the store again, still under
+                // single-flight (see `load_missing`).
+                Cached::Down => (None, None, None),
             };
             if let Some(current) = &current
                 && current.expired
@@ -253,7 +273,7 @@ impl<V: Clone + Send + Sync + 'static> NsInner<V> {
             }
             let settled = match self.stampede {
                 Stampede::None => {
-                    self.load_missing(full, version, &mut loader, &AtomicU64::new(0), current)
+                    self.load_missing(full, version, &mut loader, &AtomicU64::new(0), current, down)
                         .await?
                 }
                 Stampede::LockSleep => self.load_under_lock(full, &mut loader).await?,
@@ -299,7 +319,7 @@ impl<V: Clone + Send + Sync + 'static> NsInner<V> {
                     let (shared, role) = self
                         .flight
                         .run_tagged(&flight_key, join, |held| async move {
-                            self.load_missing(full, version, loader, &held, current).await
+                            self.load_missing(full, version, loader, &held, current, down).await
                         })
                         .await;
                     let settled = shared?;
@@ -434,7 +454,9 @@ impl<V: Clone + Send + Sync + 'static> NsInner<V> {
             {
                 Ok(false) => tokio::time::sleep(LOCK_RETRY).await,
                 Ok(true) => {
-                    let settled = self.load_missing(full, None, loader, &AtomicU64::new(0), None).await;
+                    let settled = self
+                        .load_missing(full, None, loader, &AtomicU64::new(0), None, false)
+                        .await;
                     let _ = self.call(self.core.store.delete(&lock_key)).await;
                     return settled;
                 }

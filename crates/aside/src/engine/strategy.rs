@@ -80,14 +80,13 @@ impl<V: Clone + Send + Sync + 'static> NsInner<V> {
                     lease: view.lease,
                     current: None,
                 },
-                Err(e) => {
-                    self.heal(full, &e).await;
-                    plain_miss()
-                }
+                Err(e) => self.miss_after(full, &e).await,
             },
             Strategy::Versioned => {
-                let Ok(version) = self.read_version(full).await else {
-                    return plain_miss();
+                let version = match self.read_version(full).await {
+                    Ok(version) => version,
+                    Err(e) if crate::engine::Core::store_down(&e) => return Cached::Down,
+                    Err(_) => return plain_miss(),
                 };
                 let data_key = Self::versioned_key(full, version);
                 // Only the data key heals: deleting the counter would take it
@@ -113,10 +112,7 @@ impl<V: Clone + Send + Sync + 'static> NsInner<V> {
                 let entry = match self.call(store.get(full)).await {
                     Ok(Some(bytes)) => self.decode_hit(full, &bytes).await,
                     Ok(None) => None,
-                    Err(e) => {
-                        self.heal(full, &e).await;
-                        None
-                    }
+                    Err(e) => return self.miss_after(full, &e).await,
                 };
                 entry.map_or_else(plain_miss, |e| self.judge(e, None, None))
             }
@@ -222,12 +218,18 @@ impl<V: Clone + Send + Sync + 'static> NsInner<V> {
         loader: &mut F,
         held: &AtomicU64,
         current: Option<Current<V>>,
+        store_down: bool,
     ) -> Shared<V>
     where
         F: FnMut() -> Fut,
         Fut: Future<Output = std::result::Result<Option<V>, E>>,
         E: std::error::Error + Send + Sync + 'static,
     {
+        if store_down {
+            // The lookup found the store failing as a whole: one timeout
+            // per read is enough.
+            return self.load_uncached(loader, &None).await;
+        }
         if self.core.retry.is_pending(&self.pending_key(full)) {
             // An invalidation of this key has not reached the store: neither
             // trust nor refill it until it has.

@@ -150,9 +150,28 @@ pub(crate) async fn check<C: redis::aio::ConnectionLike>(
 /// when TLS settings come with a plaintext URL, when only one of the client
 /// certificate and key is given, or when a PEM does not parse.
 pub fn client(url: &str, tls: &RedisTls) -> StoreResult<redis::Client> {
+    client_over(url, tls, None)
+}
+
+/// [`client`] with the TCP settings of a store's [`RedisConfig`](super::RedisConfig)
+/// (keepalive, user timeout) on every socket: what the store, its fill
+/// subscription and the bus connect with.
+pub(crate) fn client_for(url: &str, config: &super::RedisConfig) -> StoreResult<redis::Client> {
+    client_over(url, &config.tls, Some(super::conn::tcp_settings(config)))
+}
+
+fn client_over(url: &str, tls: &RedisTls, tcp: Option<redis::io::tcp::TcpSettings>) -> StoreResult<redis::Client> {
+    use redis::IntoConnectionInfo;
     let invalid = |why: &str| StoreError::connection(format!("invalid Redis URL {}: {why}", masked_url(url)));
+    let info = url
+        .into_connection_info()
+        .map_err(|e| invalid(&scrubbed(url, &e)).with_source(e))?;
+    let info = match tcp {
+        Some(tcp) => info.set_tcp_settings(tcp),
+        None => info,
+    };
     if tls.is_empty() {
-        return redis::Client::open(url).map_err(|e| invalid(&scrubbed(url, &e)).with_source(e));
+        return redis::Client::open(info).map_err(|e| invalid(&scrubbed(url, &e)).with_source(e));
     }
     if !is_tls(url) {
         return Err(invalid(
@@ -172,11 +191,11 @@ pub fn client(url: &str, tls: &RedisTls) -> StoreResult<redis::Client> {
     if !holds(&tls.client_cert_pem, "CERTIFICATE") {
         return Err(invalid("the client certificate is not a PEM certificate"));
     }
-    with_tls(url, tls).map_err(|e| invalid(&scrubbed(url, &e)).with_source(e))
+    with_tls(info, tls).map_err(|e| invalid(&scrubbed(url, &e)).with_source(e))
 }
 
 #[cfg(feature = "redis-tls")]
-fn with_tls(url: &str, tls: &RedisTls) -> Result<redis::Client, redis::RedisError> {
+fn with_tls(info: redis::ConnectionInfo, tls: &RedisTls) -> Result<redis::Client, redis::RedisError> {
     use redis::{ClientTlsConfig, ErrorKind, TlsCertificates};
     let client_tls = match (&tls.client_cert_pem, &tls.client_key_pem) {
         (Some(cert), Some(key)) => Some(ClientTlsConfig {
@@ -192,7 +211,7 @@ fn with_tls(url: &str, tls: &RedisTls) -> Result<redis::Client, redis::RedisErro
         }
     };
     redis::Client::build_with_tls(
-        url,
+        info,
         TlsCertificates {
             client_tls,
             root_cert: tls.ca_pem.clone(),
@@ -201,7 +220,7 @@ fn with_tls(url: &str, tls: &RedisTls) -> Result<redis::Client, redis::RedisErro
 }
 
 #[cfg(not(feature = "redis-tls"))]
-fn with_tls(_url: &str, _tls: &RedisTls) -> Result<redis::Client, redis::RedisError> {
+fn with_tls(_info: redis::ConnectionInfo, _tls: &RedisTls) -> Result<redis::Client, redis::RedisError> {
     Err(redis::RedisError::from((
         redis::ErrorKind::InvalidClientConfig,
         "TLS needs aside's `redis-tls` feature",

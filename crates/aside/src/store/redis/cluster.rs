@@ -26,7 +26,7 @@ use std::time::Duration;
 
 use super::sentinel::SentinelHandle;
 use futures::future::{BoxFuture, join_all};
-use redis::aio::{ConnectionLike, ConnectionManager};
+use redis::aio::ConnectionLike;
 use redis::cluster_async::ClusterConnection;
 use redis::cluster_routing::{
     MultipleNodeRoutingInfo, ResponsePolicy, Route, RoutingInfo, SingleNodeRoutingInfo, SlotAddr,
@@ -47,7 +47,7 @@ const SLOT_COUNT: u16 = 16384;
 #[non_exhaustive]
 pub enum RedisConnection {
     /// One server (or a primary), multiplexed, reconnecting in the background.
-    Single(ConnectionManager),
+    Single(super::Reconnecting),
     /// A Redis Cluster: a multiplexed connection per node, routed by slot,
     /// replaced when it keeps failing (see [`ClusterHandle`]).
     Cluster(ClusterHandle),

@@ -14,7 +14,9 @@
 //! and reconnects in the background. The command that meets a broken
 //! connection still fails; the engine counts that and treats it as a miss.
 //! Both timeouts are set explicitly (see [`RedisConfig`]) because a cache
-//! that waits on a dead server is worse than no cache.
+//! that waits on a dead server is worse than no cache. Every socket gets
+//! TCP keepalive and `TCP_USER_TIMEOUT`, and a connection that times out a
+//! few times in a row is replaced rather than reused (see [`Reconnecting`]).
 //!
 //! On a Redis Cluster ([`RedisStore::connect_cluster`]) the same code runs
 //! over redis-rs's cluster connection ([`RedisConnection`]): every command
@@ -33,7 +35,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use bytes::Bytes;
 use futures::StreamExt;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::aio::ConnectionManagerConfig;
 use redis::{Cmd, RedisError, Script};
 
 mod cluster;
@@ -51,9 +53,13 @@ mod client;
 mod sentinel;
 
 pub use self::client::{RedisTls, client};
-pub(crate) use self::client::{check as check_connection, client as build_client, connect_error};
+pub(crate) use self::client::{check as check_connection, client_for, connect_error};
 use self::sentinel::SentinelConn;
 pub use self::sentinel::SentinelHandle;
+
+mod conn;
+pub use conn::Reconnecting;
+pub(crate) use conn::watched_messages;
 
 use super::{
     EntryView, Fill, FillOutcome, FillWakes, FillWatch, LeaseOutcome, LeaseToken, Store, StoreError, StoreResult,
@@ -70,6 +76,17 @@ pub struct RedisConfig {
     pub response_timeout: Duration,
     /// Reconnect attempts per broken connection before commands fail. Default 2.
     pub reconnect_retries: usize,
+    /// Consecutive commands without an answer within `response_timeout`
+    /// after which the connection is replaced by a new one (redis-rs keeps
+    /// using a connection whose requests time out). 0: never. Default 3.
+    pub replace_after_timeouts: u32,
+    /// TCP keepalive on every connection: idle time before the first probe,
+    /// and between probes. `None`: the system's default (usually off). Default 5 s.
+    pub tcp_keepalive: Option<Duration>,
+    /// `TCP_USER_TIMEOUT` on every connection (Linux): how long sent data
+    /// may stay unacknowledged before the kernel closes the connection.
+    /// `None`: the system's default (about 15 minutes). Default 5 s.
+    pub tcp_user_timeout: Option<Duration>,
     /// First delay between reconnect attempts (exponential after). Default 50 ms.
     pub reconnect_min_delay: Duration,
     /// The pub/sub channel on which the end of a lease that readers wait for
@@ -93,6 +110,9 @@ impl Default for RedisConfig {
             connect_timeout: Duration::from_millis(500),
             response_timeout: Duration::from_millis(250),
             reconnect_retries: 2,
+            replace_after_timeouts: 3,
+            tcp_keepalive: Some(Duration::from_secs(5)),
+            tcp_user_timeout: Some(Duration::from_secs(5)),
             reconnect_min_delay: Duration::from_millis(50),
             fill_channel: Some(DEFAULT_FILL_CHANNEL.to_owned()),
             tls: RedisTls::default(),
@@ -128,7 +148,8 @@ impl Scripts {
 
 /// A store on a Redis or Valkey server.
 ///
-/// Cloning is cheap; clones share one multiplexed connection.
+/// Cloning is cheap; clones share one multiplexed connection (replaced
+/// after [`RedisConfig::replace_after_timeouts`] timeouts in a row).
 ///
 /// # Examples
 ///
@@ -302,7 +323,8 @@ impl FillSubscription {
                 };
                 backoff = Duration::from_millis(50);
                 warned = false;
-                let mut messages = subscribed.into_on_message();
+                let messages = watched_messages(subscribed, connect_timeout);
+                futures::pin_mut!(messages);
                 while let Some(message) = messages.next().await {
                     // A payload that is not a key of ours wakes nobody.
                     if let Ok(key) = std::str::from_utf8(message.get_payload_bytes()) {
@@ -401,8 +423,8 @@ impl RedisStore {
     /// # Errors
     /// [`StoreError::Connection`] when the URL is invalid or the server cannot be reached.
     pub async fn connect_with(url: &str, config: RedisConfig) -> StoreResult<Self> {
-        let client = build_client(url, &config.tls)?;
-        let mut conn = ConnectionManager::new_with_config(client.clone(), Self::manager_config(&config))
+        let client = client_for(url, &config)?;
+        let mut conn = Reconnecting::connect(client.clone(), &config)
             .await
             .map_err(|e| connect_error("cannot connect to Redis at", url, e))?;
         check_connection(&mut conn, config.connect_timeout)
@@ -631,6 +653,16 @@ impl RedisStore {
     /// the [`Store`] trait does not have (tests, `aside inspect`).
     pub fn connection(&self) -> RedisConnection {
         self.conn.clone()
+    }
+
+    /// How many times the connection was replaced after
+    /// [`RedisConfig::replace_after_timeouts`] timeouts in a row (one
+    /// server only; 0 on a cluster or through Sentinel).
+    pub fn connection_replacements(&self) -> u64 {
+        match &self.conn {
+            RedisConnection::Single(conn) => conn.replacements(),
+            _ => 0,
+        }
     }
 }
 
