@@ -162,7 +162,7 @@ pub struct StoreArgs {
     #[arg(
         long,
         value_name = "URL[,URL...]",
-        conflicts_with_all = ["redis", "memcached"],
+        conflicts_with_all = ["redis", "memcached", "redis_ca", "redis_cert", "redis_key"],
         requires = "redis_master"
     )]
     pub redis_sentinel: Option<String>,
@@ -207,7 +207,7 @@ impl StoreArgs {
                 .filter(|u| !u.is_empty())
                 .map(str::to_owned)
                 .collect();
-            return StoreChoice::RedisCluster(nodes);
+            return StoreChoice::RedisCluster(nodes, self.redis_tls.clone());
         }
         if let (Some(sentinels), Some(master)) = (&self.redis_sentinel, &self.redis_master) {
             return StoreChoice::RedisSentinel {
@@ -230,10 +230,7 @@ impl StoreArgs {
     pub fn redis_target(&self) -> Option<RedisTarget> {
         match self.choice() {
             StoreChoice::Redis(target) => Some(target),
-            StoreChoice::RedisCluster(nodes) => nodes.first().map(|url| RedisTarget {
-                url: url.clone(),
-                tls: self.redis_tls.clone(),
-            }),
+            StoreChoice::RedisCluster(nodes, tls) => nodes.first().map(|url| RedisTarget { url: url.clone(), tls }),
             _ => None,
         }
     }
@@ -248,7 +245,7 @@ pub enum StoreChoice {
     Redis(RedisTarget),
     /// A Redis Cluster reached through these nodes; every `Aside` gets its
     /// own connections.
-    RedisCluster(Vec<String>),
+    RedisCluster(Vec<String>, RedisTlsArgs),
     /// The Redis primary that these Sentinels (comma-separated URLs) name
     /// for `master`, followed through failovers; every `Aside` gets its own
     /// connection. Engines with an L1 share the in-process bus.
@@ -283,7 +280,7 @@ impl StoreChoice {
         match self {
             StoreChoice::Memory(_) => "memory",
             StoreChoice::Redis(_) => "redis",
-            StoreChoice::RedisCluster(_) => "redis-cluster",
+            StoreChoice::RedisCluster(..) => "redis-cluster",
             StoreChoice::RedisSentinel { .. } => "redis-sentinel",
             StoreChoice::Memcached(_) => "memcached",
         }
@@ -295,7 +292,15 @@ impl StoreChoice {
         match self {
             StoreChoice::Memory(_) => Vec::new(),
             StoreChoice::Redis(target) => target.flags(),
-            StoreChoice::RedisCluster(urls) => vec!["--redis-cluster".to_owned(), urls.join(",")],
+            StoreChoice::RedisCluster(urls, tls) => {
+                let first = RedisTarget {
+                    url: String::new(),
+                    tls: tls.clone(),
+                };
+                let mut flags = vec!["--redis-cluster".to_owned(), urls.join(",")];
+                flags.extend(first.flags().into_iter().skip(2));
+                flags
+            }
             StoreChoice::RedisSentinel { sentinels, master } => vec![
                 "--redis-sentinel".to_owned(),
                 sentinels.clone(),
@@ -334,10 +339,10 @@ impl StoreChoice {
                 .build(),
             // Classic pub/sub reaches every node of a cluster: the bus
             // lives on the first node.
-            StoreChoice::RedisCluster(urls) => {
+            StoreChoice::RedisCluster(urls, tls) => {
                 let first = RedisTarget {
                     url: urls.first().cloned().unwrap_or_default(),
-                    tls: RedisTlsArgs::default(),
+                    tls: tls.clone(),
                 };
                 builder.bus(first.bus(&format!("{prefix}invalidations")).await?).build()
             }
@@ -355,7 +360,14 @@ impl StoreChoice {
             StoreChoice::Memory(store) => builder.shared_store(store.clone()),
             // The store's error names the server, its password masked.
             StoreChoice::Redis(target) => builder.store(target.store().await?),
-            StoreChoice::RedisCluster(urls) => builder.store(RedisStore::connect_cluster(urls).await?),
+            // The TLS files apply to every node.
+            StoreChoice::RedisCluster(urls, tls) => {
+                let target = RedisTarget {
+                    url: String::new(),
+                    tls: tls.clone(),
+                };
+                builder.store(RedisStore::connect_cluster_with(urls, target.config()?).await?)
+            }
             StoreChoice::RedisSentinel { sentinels, master } => {
                 let urls: Vec<&str> = sentinels.split(',').map(str::trim).collect();
                 builder.store(RedisStore::connect_sentinel(&urls, master).await?)

@@ -12,6 +12,11 @@
 //! loader alone, interleaved in blocks of 1,000 so both see the same
 //! machine. The loader answers from memory, so the difference is aside's
 //! whole cost on a skipped store. Prints percentiles in microseconds.
+//!
+//! Then, on a second proxy, a Redis that answers 200 ms late: how many
+//! reads until the breaker opens on latency, and how long after the
+//! latency goes away the first hit comes back (the background probe closes
+//! the breaker).
 
 use std::time::{Duration, Instant};
 
@@ -107,5 +112,41 @@ async fn main() {
         a99 - l99,
         stats.store_skipped,
         stats.store_errors
+    );
+    slow_redis(&server).await;
+}
+
+/// A Redis 200 ms late: reads until the breaker opens, then the time from
+/// the latency's end to the first hit.
+async fn slow_redis(server: &RedisServer) {
+    let proxy = FaultProxy::start(([127, 0, 0, 1], server.port()).into()).await;
+    let mut config = RedisConfig::default();
+    config.fill_channel = None;
+    config.response_timeout = Duration::from_secs(1);
+    let store = RedisStore::connect_with(&proxy.redis_url(), config)
+        .await
+        .expect("connect through the proxy");
+    let aside = Aside::builder().store(store).op_timeout(Duration::from_secs(1)).build();
+    let users = aside.namespace::<u64, User>("slow").build().expect("a namespace");
+    users.get_or_load(&1, || load(1)).await.expect("warm");
+    proxy.set_latency(Duration::from_millis(200));
+    let mut reads = 0;
+    while aside.breaker_state() == BreakerState::Closed {
+        users.get_or_load(&1, || load(1)).await.expect("reads never fail");
+        reads += 1;
+    }
+    println!("200 ms of latency: the breaker opened after {reads} reads");
+    proxy.set_latency(Duration::ZERO);
+    let healed = Instant::now();
+    loop {
+        let fetched = users.fetch(&1, || load(1)).await.expect("reads never fail");
+        if fetched.source == aside::Source::Hit {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    println!(
+        "latency gone: first hit after {:.0} ms (the breaker probes every `open_for`, 1 s by default)",
+        healed.elapsed().as_secs_f64() * 1e3
     );
 }

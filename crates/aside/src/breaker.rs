@@ -37,10 +37,13 @@ pub struct BreakerConfig {
     /// Default 1 s.
     pub open_for: Duration,
     /// A store call that takes longer than this is slow (and so is a
-    /// probe's ping: the breaker closes only on a faster one). Default 100 ms.
+    /// probe's ping: the breaker closes only on a faster one). Default
+    /// 150 ms: well above a healthy store's answer even on a busy host,
+    /// below the default operation timeout (250 ms).
     pub slow_call: Duration,
     /// Slow calls among the last [`BreakerConfig::slow_window`] that open
-    /// the breaker. Default 5.
+    /// the breaker. Default 10 (half the window), so a burst of scheduling
+    /// delays on a loaded host does not skip a healthy store.
     pub slow_calls: u32,
     /// How many of the latest store calls are weighed for slowness (at most 64). Default 20.
     pub slow_window: u32,
@@ -51,8 +54,8 @@ impl Default for BreakerConfig {
         BreakerConfig {
             failure_threshold: 5,
             open_for: Duration::from_secs(1),
-            slow_call: Duration::from_millis(100),
-            slow_calls: 5,
+            slow_call: Duration::from_millis(150),
+            slow_calls: 10,
             slow_window: 20,
         }
     }
@@ -482,7 +485,7 @@ mod tests {
     }
 
     const FAST: Duration = Duration::from_millis(1);
-    const SLOW: Duration = Duration::from_millis(150);
+    const SLOW: Duration = Duration::from_millis(200);
 
     #[tokio::test(start_paused = true)]
     async fn opens_after_the_failure_threshold_and_admits_nobody_while_open() {

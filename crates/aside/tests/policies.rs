@@ -173,7 +173,10 @@ async fn a_slow_loader_times_out() {
 }
 
 async fn early_refresh(store: impl Store) {
-    let aside = Aside::builder().store(store).build();
+    // The latency rule off: a store slowed by a loaded host must not be
+    // skipped here, or every reader would load (and wait for the release).
+    let patient = aside::BreakerConfig::default().slow_call(Duration::from_secs(3600));
+    let aside = Aside::builder().store(store).breaker(patient).build();
     // Due from the start (after 0 % of the TTL): every read draws a refresh.
     let ns = aside
         .namespace::<u64, String>("early")
@@ -206,11 +209,13 @@ async fn early_refresh(store: impl Store) {
             .unwrap()
         }));
     }
-    let mut served_current = 0;
-    while served_current < 19 {
-        served_current = readers.iter().filter(|r| r.is_finished()).count();
-        tokio::task::yield_now().await;
-    }
+    // Bounded: a reader that waited for the refresh would wait forever
+    // (the refresh is released only after this).
+    aside_testkit::eventually("19 readers served the current value", Duration::from_secs(60), || {
+        let served_current = readers.iter().filter(|r| r.is_finished()).count();
+        async move { served_current >= 19 }
+    })
+    .await;
     release.add_permits(20);
     let mut sources = Vec::new();
     for r in readers {

@@ -385,10 +385,13 @@ pub async fn run(args: BenchArgs) -> Result<()> {
 }
 
 fn chosen_subjects(args: &BenchArgs) -> Result<Vec<SubjectId>> {
+    let tls_files = args.redis_tls.redis_ca.is_some() || args.redis_tls.redis_cert.is_some();
     let mut subjects = if args.subjects.is_empty() {
+        // The peers cannot take TLS files: with them, the default leaves
+        // the peers out (naming one with --subjects is an error).
         SubjectId::ALL
             .into_iter()
-            .filter(|s| cfg!(feature = "peers") || !s.is_peer())
+            .filter(|s| !s.is_peer() || (cfg!(feature = "peers") && !tls_files))
             .collect()
     } else {
         args.subjects.clone()

@@ -161,7 +161,12 @@ fn store_spec(store: &StoreChoice) -> Result<StoreSpec> {
             addr: addrs.clone(),
             restart: None,
         },
-        StoreChoice::RedisCluster(urls) => {
+        StoreChoice::RedisCluster(_, tls) if tls.redis_ca.is_some() || tls.redis_cert.is_some() => {
+            return Err(CliError::new(
+                "--scenario chaos does not take --redis-ca, --redis-cert or --redis-key yet",
+            ));
+        }
+        StoreChoice::RedisCluster(urls, _) => {
             let urls = urls.clone();
             StoreSpec::Custom {
                 name: "redis-cluster".to_owned(),

@@ -195,6 +195,28 @@ fn client_over(url: &str, tls: &RedisTls, tcp: Option<redis::io::tcp::TcpSetting
 }
 
 #[cfg(feature = "redis-tls")]
+impl RedisTls {
+    /// These settings as redis-rs's certificates, for the connections a
+    /// client builder makes itself (a cluster's nodes); `None` when empty.
+    pub(crate) fn certificates(&self) -> Option<redis::TlsCertificates> {
+        if self.is_empty() {
+            return None;
+        }
+        let client_tls = match (&self.client_cert_pem, &self.client_key_pem) {
+            (Some(cert), Some(key)) => Some(redis::ClientTlsConfig {
+                client_cert: cert.clone(),
+                client_key: key.clone(),
+            }),
+            _ => None,
+        };
+        Some(redis::TlsCertificates {
+            client_tls,
+            root_cert: self.ca_pem.clone(),
+        })
+    }
+}
+
+#[cfg(feature = "redis-tls")]
 fn with_tls(info: redis::ConnectionInfo, tls: &RedisTls) -> Result<redis::Client, redis::RedisError> {
     use redis::{ClientTlsConfig, ErrorKind, TlsCertificates};
     let client_tls = match (&tls.client_cert_pem, &tls.client_key_pem) {

@@ -35,7 +35,6 @@ use std::time::Duration;
 use async_trait::async_trait;
 use bytes::Bytes;
 use futures::StreamExt;
-use redis::aio::ConnectionManagerConfig;
 use redis::{Cmd, RedisError, Script};
 
 mod cluster;
@@ -470,33 +469,27 @@ impl RedisStore {
             ))
             .with_source(e)
         };
+        // The primary's sockets get the store's keepalive and user timeout.
+        let to_primary =
+            redis::sentinel::SentinelNodeConnectionInfo::default().set_tcp_settings(conn::tcp_settings(&config));
         // An owned name: redis-rs takes a `String` here without TLS, and
         // `impl AsRef<str>` with it.
         #[allow(clippy::unnecessary_to_owned)]
         let sentinel = redis::sentinel::SentinelClient::build(
             sentinels.to_vec(),
             master.to_owned(),
-            None,
+            Some(to_primary),
             redis::sentinel::SentinelServerType::Master,
         )
         .map_err(failed)?;
         // Asking Sentinel, then checking the primary's role, then connecting.
         let resolve_timeout = config.connect_timeout * 4;
-        let conn = SentinelConn::connect(sentinel, Self::manager_config(&config), resolve_timeout)
+        let conn = SentinelConn::connect(sentinel, config.clone(), resolve_timeout)
             .await
             .map_err(failed)?;
         let source = ClientSource::Sentinel(conn.clone());
         let conn = RedisConnection::Sentinel(SentinelHandle(conn));
         Ok(Self::with_connection(conn, None, source, &config).await)
-    }
-
-    fn manager_config(config: &RedisConfig) -> ConnectionManagerConfig {
-        ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(config.connect_timeout))
-            .set_response_timeout(Some(config.response_timeout))
-            .set_number_of_retries(config.reconnect_retries)
-            .set_min_delay(config.reconnect_min_delay)
-            .set_max_delay(Duration::from_secs(1))
     }
 
     /// Connects to a Redis Cluster through any of its nodes (`urls`, one
@@ -531,16 +524,21 @@ impl RedisStore {
         };
         let mut clients = Vec::with_capacity(urls.len());
         for url in urls {
-            let url = url.as_ref();
-            clients.push(redis::Client::open(url).map_err(|e| {
-                StoreError::connection(format!("invalid Redis URL {}", masked_url(url))).with_source(e)
-            })?);
+            // TLS, the keepalive and the user timeout, as on one server;
+            // also what the fill subscription connects with.
+            clients.push(client_for(url.as_ref(), &config)?);
         }
         if clients.is_empty() {
             return Err(StoreError::connection("a Redis Cluster needs at least one node URL"));
         }
         let nodes: Vec<_> = clients.iter().map(|c| c.get_connection_info().clone()).collect();
-        let client = redis::cluster::ClusterClientBuilder::new(nodes)
+        let builder = redis::cluster::ClusterClientBuilder::new(nodes).tcp_settings(conn::tcp_settings(&config));
+        #[cfg(feature = "redis-tls")]
+        let builder = match config.tls.certificates() {
+            Some(certs) => builder.certs(certs),
+            None => builder,
+        };
+        let client = builder
             .connection_timeout(config.connect_timeout)
             .response_timeout(config.response_timeout)
             .retries(u32::try_from(config.reconnect_retries).unwrap_or(u32::MAX))

@@ -21,7 +21,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock, Weak};
 use std::time::Duration;
 
-use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
+use redis::aio::ConnectionLike;
+
+use super::{Reconnecting, RedisConfig};
 use redis::sentinel::SentinelClient;
 use redis::{Cmd, ConnectionAddr, ErrorKind, Pipeline, RedisError, RedisFuture, RedisResult, ServerErrorKind, Value};
 
@@ -32,7 +34,7 @@ pub struct SentinelHandle(pub(crate) Arc<SentinelConn>);
 
 impl SentinelHandle {
     /// The connection commands go to now.
-    pub(crate) fn manager(&self) -> ConnectionManager {
+    pub(crate) fn manager(&self) -> Reconnecting {
         self.0.current().1
     }
 
@@ -74,9 +76,9 @@ fn lost_primary(e: &RedisError) -> bool {
 
 /// The primary of one Sentinel-monitored master name.
 pub(crate) struct SentinelConn {
-    current: RwLock<(ConnectionAddr, ConnectionManager, redis::Client)>,
+    current: RwLock<(ConnectionAddr, Reconnecting, redis::Client)>,
     sentinel: tokio::sync::Mutex<SentinelClient>,
-    config: ConnectionManagerConfig,
+    config: RedisConfig,
     /// Bounds one question to Sentinel plus the connect to the primary.
     resolve_timeout: Duration,
     resolving: AtomicBool,
@@ -90,7 +92,7 @@ impl SentinelConn {
     /// or the primary cannot be reached, within `resolve_timeout`.
     pub(crate) async fn connect(
         sentinel: SentinelClient,
-        config: ConnectionManagerConfig,
+        config: RedisConfig,
         resolve_timeout: Duration,
     ) -> RedisResult<Arc<Self>> {
         let sentinel = tokio::sync::Mutex::new(sentinel);
@@ -116,18 +118,14 @@ impl SentinelConn {
         })
     }
 
-    async fn manager_for(
-        client: &redis::Client,
-        config: &ConnectionManagerConfig,
-        within: Duration,
-    ) -> RedisResult<ConnectionManager> {
-        let connect = ConnectionManager::new_with_config(client.clone(), config.clone());
+    async fn manager_for(client: &redis::Client, config: &RedisConfig, within: Duration) -> RedisResult<Reconnecting> {
+        let connect = Reconnecting::connect(client.clone(), config);
         tokio::time::timeout(within, connect)
             .await
             .unwrap_or_else(|_| Err(RedisError::from((ErrorKind::Io, "the primary did not answer in time"))))
     }
 
-    pub(crate) fn current(&self) -> (ConnectionAddr, ConnectionManager, redis::Client) {
+    pub(crate) fn current(&self) -> (ConnectionAddr, Reconnecting, redis::Client) {
         self.current
             .read()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -179,7 +177,8 @@ impl SentinelConn {
         let client = Self::ask(&self.sentinel, self.resolve_timeout).await?;
         let addr = client.get_connection_info().addr().clone();
         if addr == self.current().0 {
-            // Still the primary: its ConnectionManager reconnects in place.
+            // Still the primary: its connection reconnects in place, and is
+            // replaced after a run of timeouts (a silently lost one).
             return Ok(());
         }
         let manager = Self::manager_for(&client, &self.config, self.resolve_timeout).await?;
