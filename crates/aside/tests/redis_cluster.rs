@@ -349,3 +349,19 @@ async fn a_cluster_connect_error_names_the_nodes_without_their_password() {
     let none: [&str; 0] = [];
     assert!(RedisStore::connect_cluster(&none).await.is_err());
 }
+
+/// The store's TLS settings reach every node's client (the merge of the
+/// cluster and TLS work once built the nodes from the bare URLs, so a CA
+/// given for a cluster was silently ignored): TLS settings with a
+/// plaintext node URL are refused before any connection is tried.
+#[tokio::test]
+async fn the_cluster_store_takes_the_tls_settings() {
+    let mut config = aside::store::redis::RedisConfig::default();
+    config.tls = aside::store::redis::RedisTls::new().with_ca("-----BEGIN CERTIFICATE-----\n");
+    let err = RedisStore::connect_cluster_with(&["redis://ada:hunter2@127.0.0.1:1"], config)
+        .await
+        .expect_err("TLS settings with a redis:// URL");
+    let shown = format!("{err} {err:?}");
+    assert!(shown.contains("rediss://"), "{shown}");
+    assert!(!shown.contains("hunter2"), "{shown}");
+}
