@@ -410,9 +410,19 @@ async fn defect_13_a_slow_loader_keeps_its_lease_on_memcached() {
     use aside::store::memcached::MemcachedStore;
     let server = aside_testkit::MemcachedServer::start();
     let mut instances = Vec::new();
+    // Patient timeouts and no latency rule: on a loaded host a slow answer
+    // must not send a reader to the loader, which is not what this tests.
+    let mut config = aside::store::memcached::MemcachedConfig::default();
+    config.response_timeout = Duration::from_secs(10);
     for _ in 0..2 {
         let aside = Aside::builder()
-            .store(MemcachedStore::connect(&server.addr()).await.unwrap())
+            .store(
+                MemcachedStore::connect_with(&server.addr(), config.clone())
+                    .await
+                    .unwrap(),
+            )
+            .op_timeout(Duration::from_secs(10))
+            .breaker(aside::BreakerConfig::default().slow_call(Duration::from_secs(3600)))
             .build();
         let ns = aside
             .namespace::<u64, User>("user")
