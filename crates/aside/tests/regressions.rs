@@ -855,6 +855,19 @@ async fn lease_given_back(store: &Arc<dyn Store>, key: &str) {
     .await;
 }
 
+/// A gated store, its hooks, and a namespace on it whose leases outlive
+/// any test (a lease left behind is seen, never run out), shaped by `extra`.
+fn long_leases(
+    extra: impl FnOnce(aside::NamespaceBuilder<u64, User>) -> aside::NamespaceBuilder<u64, User>,
+) -> (Arc<dyn Store>, Arc<common::Hooks>, Aside, Namespace<u64, User>) {
+    let (store, hooks) = gated();
+    let aside = patient(&store);
+    let users = extra(aside.namespace::<u64, User>("user").lease_ttl(Duration::from_secs(300)))
+        .build()
+        .unwrap();
+    (store, hooks, aside, users)
+}
+
 /// Cancels `read` once the paused store call is reached (and held there).
 async fn cancel_when_reached<T: Send + 'static>(paused: common::Paused, read: tokio::task::JoinHandle<T>) {
     paused.reached.notified().await;
@@ -866,13 +879,7 @@ async fn cancel_when_reached<T: Send + 'static>(paused: common::Paused, read: to
 /// the guard was disarmed before the release, so the lease stayed for its TTL.
 #[tokio::test]
 async fn a_leader_cancelled_while_releasing_after_a_loader_error_gives_the_lease_back() {
-    let (store, hooks) = gated();
-    let aside = patient(&store);
-    let users = aside
-        .namespace::<u64, User>("user")
-        .lease_ttl(Duration::from_secs(300))
-        .build()
-        .unwrap();
+    let (store, hooks, _aside, users) = long_leases(|ns| ns);
     let paused = hooks.pause_next("release");
     let read = tokio::spawn({
         let users = users.clone();
@@ -890,14 +897,7 @@ async fn a_leader_cancelled_while_releasing_after_a_loader_error_gives_the_lease
 /// disarmed before the fill, so the refresh lease stayed for its TTL.
 #[tokio::test]
 async fn a_refresh_cancelled_during_its_fill_gives_the_lease_back() {
-    let (store, hooks) = gated();
-    let aside = patient(&store);
-    let users = aside
-        .namespace::<u64, User>("user")
-        .lease_ttl(Duration::from_secs(300))
-        .early_refresh(aside::EarlyRefresh::AfterFraction(0.0))
-        .build()
-        .unwrap();
+    let (store, hooks, _aside, users) = long_leases(|ns| ns.early_refresh(aside::EarlyRefresh::AfterFraction(0.0)));
     users.set(&1, &User::new(1, 0)).await.unwrap();
     let paused = hooks.pause_next("fill");
     let read = tokio::spawn({
@@ -916,13 +916,7 @@ async fn a_refresh_cancelled_during_its_fill_gives_the_lease_back() {
 /// before the fill, so every lease of the batch stayed for its TTL.
 #[tokio::test]
 async fn a_batch_cancelled_during_its_fill_gives_the_leases_back() {
-    let (store, hooks) = gated();
-    let aside = patient(&store);
-    let users = aside
-        .namespace::<u64, User>("user")
-        .lease_ttl(Duration::from_secs(300))
-        .build()
-        .unwrap();
+    let (store, hooks, _aside, users) = long_leases(|ns| ns);
     let db = Db::with_users(2);
     let paused = hooks.pause_next("fill_many");
     let read = tokio::spawn({
