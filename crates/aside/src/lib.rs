@@ -148,6 +148,8 @@ mod engine;
 pub mod envelope;
 mod error;
 #[doc(hidden)]
+pub mod fuzzing;
+#[doc(hidden)]
 pub mod key;
 pub mod metrics;
 mod namespace;
