@@ -499,7 +499,7 @@ fn parse_redis_benchmark(csv: &str, concurrency: usize) -> Option<RedisBenchmark
 /// Deletes every key of this run: `SCAN MATCH *{tag}*` (the peers add
 /// prefixes of their own in front of the keys they are given).
 async fn delete_keys(redis: &RedisTarget, tag: &str) -> Result<()> {
-    let mut conn = subjects::connection(redis).await?;
+    let mut conn = subjects::patient_connection(redis).await?;
     let pattern = format!("*{tag}*");
     let mut cursor: u64 = 0;
     loop {
