@@ -5,6 +5,8 @@
 //! - [`fault`]: `Store` and `Bus` wrappers that inject seeded faults and pauses.
 //! - [`history`]: random programs over every public operation, run by several
 //!   `Aside` instances, checked against the invariants of DESIGN section 8.
+//! - [`hostile`]: a memcached that lies (huge sizes, cut or endless values,
+//!   garbage), for the bounds a client must keep against its peers.
 //! - [`store_contract`]: the rules every `Store` must keep, as functions a
 //!   store author runs on their store (and [`store_contract_tests!`]).
 //!
@@ -25,6 +27,7 @@ use std::time::Duration;
 pub mod cluster;
 pub mod fault;
 pub mod history;
+pub mod hostile;
 pub mod proxy;
 pub mod store_contract;
 

@@ -7,3 +7,10 @@
 //! decoder of data that arrives from the network or from a user's file,
 //! and must return (with an error or a value) without panicking and
 //! without committing memory the bytes do not justify. Not a stable API.
+
+/// memcached's meta responses and `stats` lines, as a server sent them
+/// (the first byte picks which).
+#[cfg(feature = "memcached")]
+pub fn memcached_responses(data: &[u8]) {
+    crate::store::memcached::parse_untrusted(data);
+}

@@ -12,7 +12,7 @@ use bytes::Bytes;
 
 use super::state::NsInner;
 use crate::envelope::{self, FLAG_NEGATIVE, Header};
-use crate::error::Result;
+use crate::error::{Error, ErrorKind, Result};
 use crate::metrics::Event;
 use crate::policy::jittered;
 
@@ -43,6 +43,18 @@ pub(crate) enum Freshness {
 
 impl<V: Clone + Send + Sync + 'static> NsInner<V> {
     pub(crate) fn decode(&self, bytes: &[u8]) -> Result<Entry<V>> {
+        // This namespace never writes more (`encode_for`), so a longer
+        // entry is not its own: refused before a codec sees it.
+        if bytes.len() > self.max_value_bytes {
+            return Err(Error::new(
+                ErrorKind::Codec,
+                format!(
+                    "corrupt entry: {} bytes, over the namespace's {}-byte limit",
+                    bytes.len(),
+                    self.max_value_bytes
+                ),
+            ));
+        }
         if self.raw {
             let value = self.codec.decode(bytes)?;
             return Ok(Entry {

@@ -92,8 +92,11 @@
 //! **Keys** follow memcached's rules: at most 250 bytes (longer keys are
 //! replaced by a prefix and their SHA-1), no whitespace or control bytes
 //! (refused, so a key can never inject a command). **Values** over the
-//! server's `item_size_max` (read at connect) less a per-item overhead are
-//! refused with [`StoreError::Refused`] before anything is sent.
+//! server's `item_size_max` (read at connect, and believed only up to
+//! [`MemcachedConfig::max_item_bytes`]) less a per-item overhead are
+//! refused with [`StoreError::Refused`] before anything is sent; a response
+//! announcing a value over that bound is refused unread, and the
+//! connection closed (docs/BOUNDS.md).
 //!
 //! **Several servers** share keys by consistent hashing (`ring`); batch
 //! operations send one pipeline per server, concurrently. **Connections**
@@ -118,6 +121,8 @@ use super::{EntryView, Fill, FillOutcome, LeaseOutcome, LeaseToken, Store, Store
 mod pool;
 mod proto;
 mod ring;
+
+pub(crate) use proto::parse_untrusted;
 
 use pool::{Limits, Server};
 use proto::{Meta, Status};
@@ -159,7 +164,16 @@ pub struct MemcachedConfig {
     pub health_check_after: Duration,
     /// Points per server on the consistent-hashing ring. Default 160.
     pub points_per_server: usize,
+    /// The largest item this client writes or reads, whatever a server
+    /// claims: the bound is the smallest of this, each server's
+    /// `item_size_max` and [`MAX_ITEM_BYTES`]. A response announcing a
+    /// longer value is refused unread. Default 64 MiB.
+    pub max_item_bytes: usize,
 }
+
+/// The hard cap on [`MemcachedConfig::max_item_bytes`]: memcached's own
+/// ceiling for `item_size_max` (1 GiB).
+pub const MAX_ITEM_BYTES: usize = 1024 * 1024 * 1024;
 
 impl Default for MemcachedConfig {
     fn default() -> Self {
@@ -169,6 +183,7 @@ impl Default for MemcachedConfig {
             max_connections_per_server: 32,
             health_check_after: Duration::from_secs(10),
             points_per_server: 160,
+            max_item_bytes: 64 * 1024 * 1024,
         }
     }
 }
@@ -195,7 +210,8 @@ pub struct MemcachedStore {
 struct Inner {
     servers: Vec<Server>,
     ring: ring::Ring,
-    /// The smallest `item_size_max` of the servers.
+    /// The smallest `item_size_max` of the servers, at most the
+    /// client's `max_item_bytes`: the bound on what is written and read.
     item_size_max: usize,
 }
 
@@ -424,7 +440,9 @@ impl MemcachedStore {
             health_check_after: config.health_check_after,
         };
         let mut servers = Vec::with_capacity(names.len());
-        let mut item_size_max = usize::MAX;
+        // A server's claim is believed only up to the client's own bound:
+        // a peer claiming terabytes must not make us allocate them.
+        let mut item_size_max = config.max_item_bytes.min(MAX_ITEM_BYTES);
         for name in &names {
             let server = Server::new(name.clone(), limits);
             let mut conn = server.open().await?;

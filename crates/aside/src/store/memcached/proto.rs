@@ -6,12 +6,15 @@
 //! exactly one response line (no `q` flag), so a pipeline of n requests is
 //! answered by n responses in order. Nothing read from the network can make
 //! it panic: lines are bounded, value lengths are checked against the
-//! server's item size limit before anything is allocated, and anything
+//! store's bound (the smallest of the server's `item_size_max` and the
+//! client's [`MemcachedConfig::max_item_bytes`](super::MemcachedConfig))
+//! before anything is allocated, a value's buffer grows only as its bytes
+//! arrive, and anything
 //! unexpected is a [`StoreError::Server`]. After an error the connection is
 //! in an unknown state, so the pool closes it instead of reusing it.
 
-use bytes::{Bytes, BytesMut};
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use bytes::Bytes;
+use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 
 use crate::store::{StoreError, StoreResult};
@@ -21,6 +24,8 @@ use crate::store::{StoreError, StoreResult};
 const MAX_LINE: u64 = 2048;
 /// Most `STAT` lines accepted from `stats settings`.
 const MAX_STATS: usize = 512;
+/// The capacity a value's buffer starts with, whatever length is claimed.
+const INITIAL_VALUE_CAPACITY: usize = 64 * 1024;
 
 /// The status of one meta response.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -107,8 +112,7 @@ pub(super) fn encode(buf: &mut Vec<u8>, cmd: &str, key: &str, value: Option<&[u8
 /// One open connection to one server.
 #[derive(Debug)]
 pub(super) struct Conn {
-    stream: BufReader<TcpStream>,
-    line: Vec<u8>,
+    responses: Responses<BufReader<TcpStream>>,
     /// The generation (see `pool::Server::generation_of`) of the server
     /// process this connection reached, set by the pool when it opens it.
     pub(super) generation: u16,
@@ -120,19 +124,23 @@ impl Conn {
         let stream = TcpStream::connect(addr).await.map_err(io_error)?;
         stream.set_nodelay(true).map_err(io_error)?;
         Ok(Conn {
-            stream: BufReader::with_capacity(16 * 1024, stream),
-            line: Vec::with_capacity(128),
+            responses: Responses::new(BufReader::with_capacity(16 * 1024, stream)),
             generation: 0,
         })
+    }
+
+    async fn send(&mut self, request: &[u8]) -> StoreResult<()> {
+        let stream = self.responses.stream.get_mut();
+        stream.write_all(request).await.map_err(io_error)
     }
 
     /// Writes a pipeline of `count` requests, then reads `count` responses.
     /// Values longer than `max_value` are refused unread.
     pub(super) async fn exchange(&mut self, request: &[u8], count: usize, max_value: usize) -> StoreResult<Vec<Meta>> {
-        self.stream.get_mut().write_all(request).await.map_err(io_error)?;
+        self.send(request).await?;
         let mut out = Vec::with_capacity(count);
         for _ in 0..count {
-            out.push(self.read_meta(max_value).await?);
+            out.push(self.responses.read_meta(max_value).await?);
         }
         Ok(out)
     }
@@ -166,7 +174,29 @@ impl Conn {
 
     /// Sends a `stats` request and reads its `STAT name value` lines.
     async fn stats(&mut self, request: &[u8]) -> StoreResult<Vec<(String, String)>> {
-        self.stream.get_mut().write_all(request).await.map_err(io_error)?;
+        self.send(request).await?;
+        self.responses.read_stats().await
+    }
+}
+
+/// The read side of a connection: bounded parsing of responses from any
+/// buffered reader (a connection, or the fuzz target's bytes).
+#[derive(Debug)]
+pub(super) struct Responses<R> {
+    stream: R,
+    line: Vec<u8>,
+}
+
+impl<R: AsyncBufRead + Unpin> Responses<R> {
+    pub(super) fn new(stream: R) -> Self {
+        Responses {
+            stream,
+            line: Vec::with_capacity(128),
+        }
+    }
+
+    /// Reads `STAT name value` lines up to `END`.
+    pub(super) async fn read_stats(&mut self) -> StoreResult<Vec<(String, String)>> {
         let mut out = Vec::new();
         loop {
             let line = self.read_line().await?;
@@ -203,7 +233,31 @@ impl Conn {
         String::from_utf8(std::mem::take(&mut self.line)).map_err(|_| protocol("response line is not UTF-8"))
     }
 
-    async fn read_meta(&mut self, max_value: usize) -> StoreResult<Meta> {
+    /// Reads a value of `n` bytes and its `\r\n`. `n` was checked against
+    /// the bound, but it is still only the peer's claim: the buffer starts
+    /// small and grows as bytes arrive (at most doubling), so a peer that
+    /// claims a large value and sends little commits little memory.
+    async fn read_value(&mut self, n: usize) -> StoreResult<Bytes> {
+        let want = n.saturating_add(2);
+        let mut value = Vec::with_capacity(want.min(INITIAL_VALUE_CAPACITY));
+        let got = (&mut self.stream)
+            .take(want as u64)
+            .read_to_end(&mut value)
+            .await
+            .map_err(io_error)?;
+        if got < want {
+            return Err(StoreError::connection(format!(
+                "connection closed after {got} of the {want} bytes of a value"
+            )));
+        }
+        if !value.ends_with(b"\r\n") {
+            return Err(protocol("value not terminated by \\r\\n"));
+        }
+        value.truncate(n);
+        Ok(Bytes::from(value))
+    }
+
+    pub(super) async fn read_meta(&mut self, max_value: usize) -> StoreResult<Meta> {
         let line = self.read_line().await?;
         let mut tokens = line.split(' ');
         let head = tokens.next().unwrap_or_default();
@@ -250,16 +304,32 @@ impl Conn {
             }
         }
         if let Some(n) = len {
-            let mut value = BytesMut::zeroed(n + 2);
-            self.stream.read_exact(&mut value).await.map_err(io_error)?;
-            if !value.ends_with(b"\r\n") {
-                return Err(protocol("value not terminated by \\r\\n"));
-            }
-            value.truncate(n);
-            meta.value = Some(value.freeze());
+            meta.value = Some(self.read_value(n).await?);
         }
         Ok(meta)
     }
+}
+
+/// The fuzz target's entry (`aside::fuzzing::memcached_responses`): the
+/// first byte of `data` picks what is parsed (meta responses, or `stats`
+/// lines), the rest is what a server sent. A byte slice never makes a read
+/// wait, so one poll runs the parse to its end.
+pub(crate) fn parse_untrusted(data: &[u8]) {
+    /// Small, so values both under and over the bound are reached.
+    const BOUND: usize = 4096;
+    let Some((&mode, wire)) = data.split_first() else {
+        return;
+    };
+    let parse = std::pin::pin!(async {
+        let mut responses = Responses::new(wire);
+        if mode & 1 == 0 {
+            while responses.read_meta(BOUND).await.is_ok() {}
+        } else {
+            let _ = responses.read_stats().await;
+        }
+    });
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    assert!(parse.poll(&mut cx).is_ready(), "a parse of in-memory bytes waited");
 }
 
 #[cfg(test)]
@@ -286,6 +356,18 @@ mod tests {
         let out = conn.exchange(b"", 1, max_value).await;
         server.await.unwrap();
         out
+    }
+
+    proptest::proptest! {
+        /// Arbitrary bytes, alone or after a valid header, end in a value
+        /// or an error; `fuzz/` runs the same entry with coverage guidance.
+        #[test]
+        fn any_bytes_parse_without_panicking(
+            head in proptest::sample::select(vec![&b""[..], b"\0VA 5 c1\r\n", b"\0VA 4096 c1\r\n", b"\x01STAT a b\r\n"]),
+            tail in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..512),
+        ) {
+            parse_untrusted(&[head, &tail[..]].concat());
+        }
     }
 
     #[tokio::test]
