@@ -512,7 +512,10 @@ async fn sigterm_lets_in_flight_requests_finish() {
     let server = Server::start(&["--ttl", "0", "--db-read-delay-ms", "1500"]);
     let client = reqwest::Client::new();
     let slow = tokio::spawn(client.get(server.url("/users/3")).send());
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    aside_testkit::eventually("the request is in flight", Duration::from_secs(60), || async {
+        sample(&metrics(&client, &server).await, "aside_serve_requests_in_flight") == 1.0
+    })
+    .await;
     server.terminate();
     let response = slow.await.expect("joined").expect("the in-flight request is answered");
     assert_eq!(response.status(), StatusCode::OK);
