@@ -866,3 +866,60 @@ async fn admin_listen_serves_metrics_and_healthz_apart() {
     assert_eq!(admin_sample(&client, &server, &pings("database")).await, database_pings);
     assert_eq!(admin_sample(&client, &server, &pings("store")).await, store_pings);
 }
+
+/// Reads from `stream` until the server closes it (true) or 60 s pass
+/// (false: the failsafe).
+async fn closed_by_the_server(stream: &mut tokio::net::TcpStream) -> bool {
+    use tokio::io::AsyncReadExt;
+    let mut buffer = [0u8; 1024];
+    let read = tokio::time::timeout(Duration::from_secs(60), async {
+        loop {
+            match stream.read(&mut buffer).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    });
+    read.await.is_ok()
+}
+
+/// With `--max-connections 2` and two connections open, a third is closed
+/// at once; once one of the two closes, requests are served again.
+#[tokio::test]
+async fn a_connection_past_the_limit_is_closed() {
+    let server = Server::start(&[
+        "--max-connections",
+        "2",
+        "--header-timeout-ms",
+        "600000",
+        "--admin-listen",
+        "127.0.0.1:0",
+    ]);
+    let client = reqwest::Client::new();
+    let open = "aside_serve_open_connections{listener=\"public\"}";
+    let first = tokio::net::TcpStream::connect(server.addr()).await.expect("connects");
+    let _second = tokio::net::TcpStream::connect(server.addr()).await.expect("connects");
+    aside_testkit::eventually("two connections open", Duration::from_secs(60), || async {
+        admin_sample(&client, &server, open).await == 2.0
+    })
+    .await;
+    let mut third = tokio::net::TcpStream::connect(server.addr()).await.expect("connects");
+    assert!(
+        closed_by_the_server(&mut third).await,
+        "a third connection was still open after 60 s"
+    );
+    assert_eq!(
+        admin_sample(
+            &client,
+            &server,
+            "aside_serve_connections_refused_total{listener=\"public\"}"
+        )
+        .await,
+        1.0
+    );
+    drop(first);
+    aside_testkit::eventually("a request is served again", Duration::from_secs(60), || async {
+        matches!(client.get(server.url("/users/1")).send().await, Ok(r) if r.status() == StatusCode::OK)
+    })
+    .await;
+}

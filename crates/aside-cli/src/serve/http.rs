@@ -6,8 +6,9 @@
 //! with hyper's timer set so that a client that does not finish sending a
 //! request's headers within `--header-timeout-ms` is disconnected (axum's
 //! `serve` sets no timer, so it waited forever); at most
-//! `--max-connections` open connections per listener (past it accepting
-//! pauses, and new clients wait in the kernel's backlog, until one closes);
+//! `--max-connections` open connections per listener (past it a new one is
+//! closed as soon as it is accepted: the client learns at once, instead of
+//! waiting in the kernel's backlog behind connections that may be hostile);
 //! graceful shutdown (in-flight requests finish, idle connections close);
 //! and the two request middlewares: the concurrency limit (a 503 at once
 //! past `--max-concurrency` requests in flight, never a queue) and the
@@ -30,7 +31,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::error::{Context, Result};
-use crate::serve::metrics::{IN_FLIGHT, OPEN_CONNECTIONS, REFUSED};
+use crate::serve::metrics::{CONNECTIONS_REFUSED, IN_FLIGHT, OPEN_CONNECTIONS, REFUSED};
 use crate::serve::routes::ApiError;
 
 /// After a failed `accept` (out of file descriptors, say): how long to wait
@@ -66,16 +67,19 @@ impl Endpoint {
         self.listener.local_addr().context("cannot read the bound address")
     }
 
-    /// Waits for a free slot, then for a connection. Cancel-safe: dropped
-    /// before a connection arrives, it gives its slot back and loses none.
+    /// The next connection within the limit, with its slot; one past it is
+    /// closed (and counted). Cancel-safe: `TcpListener::accept` is, and the
+    /// rest does not wait.
     async fn accept(&self) -> (TcpStream, OwnedSemaphorePermit) {
         loop {
-            // The semaphore is never closed.
-            let Ok(slot) = self.slots.clone().acquire_owned().await else {
-                return std::future::pending().await;
-            };
             match self.listener.accept().await {
-                Ok((stream, _peer)) => return (stream, slot),
+                Ok((stream, _peer)) => match self.slots.clone().try_acquire_owned() {
+                    Ok(slot) => return (stream, slot),
+                    Err(_) => {
+                        ::metrics::counter!(CONNECTIONS_REFUSED, "listener" => self.name).increment(1);
+                        drop(stream);
+                    }
+                },
                 Err(e) => {
                     tracing::warn!("cannot accept a connection on the {} listener: {e}", self.name);
                     tokio::time::sleep(ACCEPT_BACKOFF).await;

@@ -31,6 +31,8 @@ pub const IN_FLIGHT: &str = "aside_serve_requests_in_flight";
 pub const REFUSED: &str = "aside_serve_requests_refused_total";
 /// Open connections, by listener (`public`, `admin`).
 pub const OPEN_CONNECTIONS: &str = "aside_serve_open_connections";
+/// Connections closed at once for being past `--max-connections`, by listener.
+pub const CONNECTIONS_REFUSED: &str = "aside_serve_connections_refused_total";
 /// Pings of the background health check, by target (`database`, `store`).
 pub const HEALTH_PINGS: &str = "aside_serve_health_pings_total";
 
@@ -62,6 +64,10 @@ pub fn install() -> Result<PrometheusHandle> {
     metrics::describe_gauge!(IN_FLIGHT, "Requests being handled on the public routes.");
     metrics::describe_counter!(REFUSED, "Requests refused, by reason: concurrency or timeout.");
     metrics::describe_gauge!(OPEN_CONNECTIONS, "Open HTTP connections, by listener.");
+    metrics::describe_counter!(
+        CONNECTIONS_REFUSED,
+        "Connections closed at once past the connection limit, by listener."
+    );
     metrics::describe_counter!(HEALTH_PINGS, "Pings of the background health check, by target.");
     let upkeep = handle.clone();
     tokio::spawn(async move {

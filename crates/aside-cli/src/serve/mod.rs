@@ -58,8 +58,8 @@ pub struct ServeArgs {
     #[arg(long, default_value_t = 30_000, value_parser = clap::value_parser!(u64).range(1..=3_600_000))]
     pub request_timeout_ms: u64,
 
-    /// Open connections per listener; past it new ones wait in the
-    /// kernel's backlog until one closes.
+    /// Open connections per listener; past it a new one is closed as soon
+    /// as it is accepted.
     #[arg(long, default_value_t = 4096, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     pub max_connections: u32,
 

@@ -265,7 +265,7 @@ async fn invalidate<R: Record>(state: &AppState, ns: &Namespace<u64, R>, id: u64
     if state.cache_on
         && let Err(e) = ns.invalidate(&id).await
     {
-        tracing::warn!("cannot invalidate {} {id}: {e}", R::TABLE);
+        tracing::warn!("cannot invalidate {} {id}: {}", R::TABLE, redact::text(&e.to_string()));
     }
 }
 
