@@ -4,7 +4,8 @@
 //! failure into one `error: ...` line on stderr and a non-zero exit. Each
 //! subcommand lives in its own module (`demo`, `warm`, `serve`, `bench`);
 //! what several share is a module of its own that imports none of them:
-//! the store flags (`store`), the flag parsers (`parse`), table layout and
+//! the store flags (`store`), the flag parsers (`parse`), credential
+//! masking (`redact`), table layout and
 //! number formats (`table`), the database (`db`), the key sampler (`zipf`),
 //! the workload runner (`workload`) and its report (`report`). The hidden
 //! subcommand `stampede-worker` is one reader process of
@@ -16,6 +17,7 @@ mod db;
 mod demo;
 mod error;
 mod parse;
+mod redact;
 mod report;
 mod scenario;
 mod serve;
@@ -90,7 +92,9 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e}");
+            // Every message masks the URLs it names; this is the net under
+            // text quoted from other crates.
+            eprintln!("error: {}", redact::text(&e.to_string()));
             ExitCode::FAILURE
         }
     }

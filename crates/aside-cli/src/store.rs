@@ -13,13 +13,13 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use aside::bus::redis::RedisBus;
-use aside::store::masked_url;
 use aside::store::memcached::MemcachedStore;
 use aside::store::redis::{RedisConfig, RedisStore, RedisTls};
 use aside::{Aside, AsideBuilder, MemoryStore, Store};
 use aside_testkit::fault::MemoryBus;
 
 use crate::error::{Context, Result};
+use crate::redact;
 
 /// The TLS files of a Redis connection (`--redis-ca`, `--redis-cert`,
 /// `--redis-key`), shared by every subcommand that reaches Redis.
@@ -53,7 +53,7 @@ pub struct RedisTarget {
 impl std::fmt::Debug for RedisTarget {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RedisTarget")
-            .field("url", &masked_url(&self.url))
+            .field("url", &redact::url(&self.url))
             .field("tls", &self.tls)
             .finish()
     }
@@ -62,7 +62,7 @@ impl std::fmt::Debug for RedisTarget {
 impl RedisTarget {
     /// The URL with its password masked, for messages and reports.
     pub fn masked(&self) -> String {
-        masked_url(&self.url)
+        redact::url(&self.url)
     }
 
     /// True when a TLS file is given.
@@ -175,23 +175,11 @@ pub struct StoreArgs {
 impl std::fmt::Debug for StoreArgs {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("StoreArgs")
-            .field("redis", &self.redis.as_deref().map(masked_url))
-            .field(
-                "redis_cluster",
-                &self
-                    .redis_cluster
-                    .as_deref()
-                    .map(|urls| urls.split(',').map(masked_url).collect::<Vec<_>>().join(",")),
-            )
+            .field("redis", &self.redis.as_deref().map(redact::url))
+            .field("redis_cluster", &self.redis_cluster.as_deref().map(redact::urls))
             .field("redis_tls", &self.redis_tls)
             .field("memcached", &self.memcached)
-            .field(
-                "redis_sentinel",
-                &self
-                    .redis_sentinel
-                    .as_deref()
-                    .map(|urls| urls.split(',').map(masked_url).collect::<Vec<_>>()),
-            )
+            .field("redis_sentinel", &self.redis_sentinel.as_deref().map(redact::urls))
             .field("redis_master", &self.redis_master)
             .finish()
     }
@@ -375,7 +363,7 @@ impl StoreChoice {
             StoreChoice::Memcached(addrs) => builder.store(
                 MemcachedStore::connect(addrs)
                     .await
-                    .context(format_args!("cannot connect to memcached at {addrs}"))?,
+                    .context(format_args!("cannot connect to memcached at {}", redact::urls(addrs)))?,
             ),
         })
     }

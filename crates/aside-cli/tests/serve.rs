@@ -6,7 +6,7 @@
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
+use std::sync::{Arc, Mutex, mpsc};
 use std::time::Duration;
 
 use reqwest::StatusCode;
@@ -20,42 +20,64 @@ fn postgres_admin_url() -> String {
 /// A running `aside serve`, killed on drop.
 struct Server {
     child: Child,
+    /// `http://ADDR` of `listening on ADDR`.
     base: String,
-    _stderr: tempfile::NamedTempFile,
+    /// `http://ADDR` of `admin listening on ADDR`, with `--admin-listen`.
+    admin: Option<String>,
+    /// Every line printed on stdout so far.
+    stdout: Arc<Mutex<String>>,
+    stderr: tempfile::NamedTempFile,
 }
 
 impl Server {
     /// Starts `aside serve` on a free port with `args`, and waits for its
     /// `listening on ADDR` line (at most 60 s).
     fn start(args: &[&str]) -> Server {
+        Self::start_with_env(args, &[])
+    }
+
+    /// [`Server::start`] with these environment variables set.
+    fn start_with_env(args: &[&str], env: &[(&str, &str)]) -> Server {
         let stderr = tempfile::NamedTempFile::new().expect("a temporary file");
         let mut child = Command::new(env!("CARGO_BIN_EXE_aside"))
             .args(["serve", "--listen", "127.0.0.1:0", "--seed-users", "100"])
             .args(args)
+            .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .stderr(stderr.reopen().expect("reopened"))
             .spawn()
             .expect("the aside binary starts");
         let stdout = child.stdout.take().expect("piped stdout");
+        let printed = Arc::new(Mutex::new(String::new()));
         let (tx, rx) = mpsc::channel();
+        let lines = printed.clone();
         std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines() {
                 let Ok(line) = line else { break };
-                if let Some(addr) = line.strip_prefix("listening on ") {
-                    let _ = tx.send(addr.to_owned());
+                lines.lock().expect("not poisoned").push_str(&format!("{line}\n"));
+                if let Some(addr) = line.strip_prefix("admin listening on ") {
+                    let _ = tx.send((true, addr.to_owned()));
+                } else if let Some(addr) = line.strip_prefix("listening on ") {
+                    let _ = tx.send((false, addr.to_owned()));
                 }
             }
         });
         let mut server = Server {
             child,
             base: String::new(),
-            _stderr: stderr,
+            admin: None,
+            stdout: printed,
+            stderr,
         };
-        match rx.recv_timeout(Duration::from_secs(60)) {
-            Ok(addr) => server.base = format!("http://{addr}"),
-            Err(_) => {
-                let log = std::fs::read_to_string(server._stderr.path()).unwrap_or_default();
-                panic!("aside serve did not report listening: {log}");
+        // `admin listening on` comes first, when it comes.
+        loop {
+            match rx.recv_timeout(Duration::from_secs(60)) {
+                Ok((true, addr)) => server.admin = Some(format!("http://{addr}")),
+                Ok((false, addr)) => {
+                    server.base = format!("http://{addr}");
+                    break;
+                }
+                Err(_) => panic!("aside serve did not report listening: {}", server.output()),
             }
         }
         server
@@ -63,6 +85,26 @@ impl Server {
 
     fn url(&self, path: &str) -> String {
         format!("{}{path}", self.base)
+    }
+
+    /// A URL on the admin listener.
+    fn admin_url(&self, path: &str) -> String {
+        format!("{}{path}", self.admin.as_deref().expect("started with --admin-listen"))
+    }
+
+    /// The public listener's address.
+    fn addr(&self) -> std::net::SocketAddr {
+        self.base
+            .strip_prefix("http://")
+            .and_then(|addr| addr.parse().ok())
+            .expect("an address")
+    }
+
+    /// Everything printed so far: stdout, then stderr.
+    fn output(&self) -> String {
+        let stdout = self.stdout.lock().expect("not poisoned").clone();
+        let stderr = std::fs::read_to_string(self.stderr.path()).unwrap_or_default();
+        format!("{stdout}{stderr}")
     }
 
     /// Sends SIGTERM.
@@ -366,6 +408,23 @@ impl PgDatabase {
         let url = format!("{base}/{name}");
         PgDatabase { name, url }
     }
+
+    /// Drops the database now, ending its connections: a database gone
+    /// from under a running server.
+    async fn drop_now(&self) {
+        drop_database(&self.name).await.expect("DROP DATABASE");
+    }
+}
+
+async fn drop_database(name: &str) -> Result<(), sqlx::Error> {
+    use sqlx::Connection;
+    let mut conn = sqlx::PgConnection::connect(&postgres_admin_url()).await?;
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
+    )))
+    .execute(&mut conn)
+    .await?;
+    Ok(())
 }
 
 impl Drop for PgDatabase {
@@ -375,19 +434,7 @@ impl Drop for PgDatabase {
         // and a runtime of its own.
         let dropped = std::thread::spawn(move || {
             let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-            runtime.block_on(async {
-                use sqlx::Connection;
-                let mut conn = sqlx::PgConnection::connect(&postgres_admin_url())
-                    .await
-                    .map_err(std::io::Error::other)?;
-                sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
-                    "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
-                )))
-                .execute(&mut conn)
-                .await
-                .map_err(std::io::Error::other)?;
-                Ok::<_, std::io::Error>(())
-            })
+            runtime.block_on(async { drop_database(&name).await.map_err(std::io::Error::other) })
         })
         .join();
         if !matches!(dropped, Ok(Ok(()))) {
@@ -465,7 +512,10 @@ async fn sigterm_lets_in_flight_requests_finish() {
     let server = Server::start(&["--ttl", "0", "--db-read-delay-ms", "1500"]);
     let client = reqwest::Client::new();
     let slow = tokio::spawn(client.get(server.url("/users/3")).send());
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    aside_testkit::eventually("the request is in flight", Duration::from_secs(60), || async {
+        sample(&metrics(&client, &server).await, "aside_serve_requests_in_flight") == 1.0
+    })
+    .await;
     server.terminate();
     let response = slow.await.expect("joined").expect("the in-flight request is answered");
     assert_eq!(response.status(), StatusCode::OK);
@@ -493,7 +543,7 @@ async fn healthz_reports_a_slow_redis() {
     use aside_testkit::proxy::FaultProxy;
     let redis = aside_testkit::RedisServer::start();
     let proxy = FaultProxy::start(([127, 0, 0, 1], redis.port()).into()).await;
-    let server = Server::start(&["--redis", &proxy.redis_url()]);
+    let server = Server::start(&["--redis", &proxy.redis_url(), "--health-interval-ms", "100"]);
     let client = reqwest::Client::new();
     let health = get(&client, server.url("/healthz")).await;
     assert_eq!(health.body["status"], "ok", "{}", health.body);
@@ -518,6 +568,358 @@ async fn healthz_reports_a_slow_redis() {
     aside_testkit::eventually("/healthz is ok again", bound, || async {
         let health = get(&client, server.url("/healthz")).await;
         health.body["status"] == "ok" && health.body["breaker"] == "closed"
+    })
+    .await;
+}
+
+/// Sends a request's headers one byte every 200 ms (a request that would
+/// take 80 s) and reads whatever comes back. True when the server closes
+/// the connection (a read of 0 bytes, or an error), false when 60 s pass
+/// first: the test's failsafe, not what it measures.
+async fn trickle_is_cut_off(addr: std::net::SocketAddr) -> bool {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connects");
+    let request = format!(
+        "GET /users/1 HTTP/1.1\r\nHost: aside\r\nX-Padding: {}\r\n\r\n",
+        "a".repeat(400)
+    );
+    let mut bytes = request.bytes();
+    let failsafe = tokio::time::Instant::now() + Duration::from_secs(60);
+    let mut tick = tokio::time::interval(Duration::from_millis(200));
+    let mut buffer = [0u8; 1024];
+    loop {
+        tokio::select! {
+            read = stream.read(&mut buffer) => match read {
+                Ok(0) | Err(_) => return true,
+                Ok(_) => {} // what the server says before it closes, if anything
+            },
+            _ = tick.tick() => {
+                let Some(byte) = bytes.next() else { return false };
+                if tokio::time::Instant::now() > failsafe {
+                    return false;
+                }
+                if stream.write_all(&[byte]).await.is_err() {
+                    return true;
+                }
+            }
+        }
+    }
+}
+
+/// Slowloris: connections that trickle their headers are closed at the
+/// header timeout, and the service still answers. At the base
+/// (axum's `serve`, no timer) they stayed open for as long as they trickled.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_header_senders_are_disconnected() {
+    let server = Server::start(&["--header-timeout-ms", "1000"]);
+    let addr = server.addr();
+    let trickles: Vec<_> = (0..5).map(|_| tokio::spawn(trickle_is_cut_off(addr))).collect();
+    for trickle in trickles {
+        assert!(
+            trickle.await.expect("joined"),
+            "a connection sending a header byte every 200 ms was still open after 60 s"
+        );
+    }
+    let client = reqwest::Client::new();
+    assert_eq!(get(&client, server.url("/users/1")).await.status, StatusCode::OK);
+}
+
+/// Lines of `/metrics` of the service's own HTTP series.
+fn http_lines(text: &str) -> usize {
+    text.lines().filter(|line| line.starts_with("http_")).count()
+}
+
+/// 1,000 requests with made-up methods add no series to `/metrics`: they
+/// all count as `method="other"`. At the base each method made
+/// series of its own (500 methods: 501 series, 841 KB).
+#[tokio::test]
+async fn made_up_methods_add_no_metric_series() {
+    let server = Server::start(&[]);
+    let client = reqwest::Client::new();
+    let paths = ["/users/1", "/users", "/nowhere", "/metrics", "/healthz"];
+    let made_up = |name: &str| reqwest::Method::from_bytes(name.as_bytes()).expect("a method token");
+    // One made-up method on each path makes the series they all share, and
+    // a first /metrics the one of /metrics.
+    for path in paths {
+        send(client.request(made_up("FIRST"), server.url(path))).await;
+    }
+    metrics(&client, &server).await;
+    let before = metrics(&client, &server).await;
+    for i in 0..1000 {
+        let reply = send(client.request(made_up(&format!("MADE-UP-{i}")), server.url(paths[i % paths.len()]))).await;
+        assert!(reply.status.is_client_error(), "{}: {}", reply.status, reply.body);
+    }
+    let after = metrics(&client, &server).await;
+    assert!(after.contains("method=\"other\""), "{after}");
+    assert_eq!(
+        http_lines(&after),
+        http_lines(&before),
+        "made-up methods added series:\n{after}"
+    );
+}
+
+/// The sample of `series` on the admin listener's `/metrics`.
+async fn admin_sample(client: &reqwest::Client, server: &Server, series: &str) -> f64 {
+    let response = client
+        .get(server.admin_url("/metrics"))
+        .send()
+        .await
+        .expect("/metrics answers");
+    sample(&response.text().await.expect("a body"), series)
+}
+
+/// With `--max-concurrency 1`, a request while another is in flight gets a
+/// 503 at once, naming the limit; the admin routes stay reachable.
+#[tokio::test]
+async fn a_request_past_the_concurrency_limit_gets_503() {
+    let server = Server::start(&[
+        "--max-concurrency",
+        "1",
+        "--ttl",
+        "0",
+        "--db-read-delay-ms",
+        "60000",
+        "--request-timeout-ms",
+        "600000",
+        "--admin-listen",
+        "127.0.0.1:0",
+    ]);
+    let client = reqwest::Client::new();
+    let first = tokio::spawn(client.get(server.url("/users/1")).send());
+    aside_testkit::eventually("the first request is in flight", Duration::from_secs(60), || async {
+        admin_sample(&client, &server, "aside_serve_requests_in_flight").await == 1.0
+    })
+    .await;
+    let second = get(&client, server.url("/users/2")).await;
+    assert_error(&second, StatusCode::SERVICE_UNAVAILABLE, "over the limit");
+    assert!(
+        second.body["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("concurrency limit")),
+        "{}",
+        second.body
+    );
+    assert_eq!(get(&client, server.admin_url("/healthz")).await.status, StatusCode::OK);
+    assert_eq!(
+        admin_sample(
+            &client,
+            &server,
+            "aside_serve_requests_refused_total{reason=\"concurrency\"}"
+        )
+        .await,
+        1.0
+    );
+    first.abort();
+}
+
+/// A request not answered within `--request-timeout-ms` gets a 504.
+#[tokio::test]
+async fn a_request_past_the_request_timeout_gets_504() {
+    let server = Server::start(&[
+        "--ttl",
+        "0",
+        "--db-read-delay-ms",
+        "60000",
+        "--request-timeout-ms",
+        "300",
+    ]);
+    let client = reqwest::Client::new();
+    let reply = get(&client, server.url("/users/1")).await;
+    assert_error(&reply, StatusCode::GATEWAY_TIMEOUT, "a slow read");
+    assert_eq!(reply.body, json!({"error": "the request took longer than 300 ms"}));
+}
+
+const SECRET: &str = "s3cr3t-pw";
+
+/// A server that cannot be reached, and a database that can, named with a
+/// password: the password shows in no output and no response. At the
+/// issue's base `cannot connect to PostgreSQL at postgres://...` printed it.
+#[tokio::test]
+async fn no_output_or_response_shows_a_password() {
+    let closed = aside_testkit::free_port();
+    let redis = format!("redis://admin:{SECRET}@127.0.0.1:{closed}");
+    let runs: [&[&str]; 5] = [
+        &["--redis", &redis],
+        &["--redis-sentinel", &redis, "--redis-master", "primary"],
+        &[
+            "--database-url",
+            &format!("postgres://postgres:{SECRET}@127.0.0.1:{closed}/test"),
+        ],
+        &[
+            "--database-url",
+            &format!("postgres://127.0.0.1:{closed}/test?password={SECRET}"),
+        ],
+        &["--database-url", &format!("mysql://root:{SECRET}@127.0.0.1:{closed}/x")],
+    ];
+    for args in runs {
+        let out = Command::new(env!("CARGO_BIN_EXE_aside"))
+            .args(["serve", "--listen", "127.0.0.1:0"])
+            .args(args)
+            .env("RUST_LOG", "info")
+            .output()
+            .expect("the aside binary runs");
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(!out.status.success(), "{args:?} should fail: {text}");
+        assert!(!text.contains(SECRET), "{args:?} printed the password: {text}");
+        assert!(text.contains("***"), "{args:?}: the server is named, masked: {text}");
+    }
+
+    // A database reached with a password (PostgreSQL's local server takes
+    // it, or ignores it with trust authentication): nothing shows it.
+    let database = PgDatabase::create().await;
+    let url = database
+        .url
+        .replacen("postgres://postgres@", &format!("postgres://postgres:{SECRET}@"), 1);
+    assert!(url.contains(SECRET), "the test's URL carries the password: {url}");
+    let server = Server::start_with_env(&["--database-url", &url], &[("RUST_LOG", "info")]);
+    let client = reqwest::Client::new();
+    for path in [
+        "/users/1",
+        "/users/x",
+        "/users?ids=1,2",
+        "/nowhere",
+        "/healthz",
+        "/metrics",
+    ] {
+        let response = client.get(server.url(path)).send().await.expect("answers");
+        let body = response.text().await.expect("a body");
+        assert!(!body.contains(SECRET), "{path} showed the password: {body}");
+    }
+    server.terminate();
+    let output = server.output();
+    assert!(output.contains("listening on"), "{output}");
+    assert!(!output.contains(SECRET), "printed the password: {output}");
+}
+
+/// A database gone mid-run: reads and writes answer 503 `database
+/// unavailable`, with none of sqlx's text; the failure is in the log, and
+/// `/healthz` reports it from its background check. At the base the
+/// body carried `database error: ...` with sqlx's message.
+#[tokio::test]
+async fn database_failures_answer_without_internal_text() {
+    let database = PgDatabase::create().await;
+    let server = Server::start(&[
+        "--database-url",
+        &database.url,
+        "--ttl",
+        "0",
+        "--health-interval-ms",
+        "100",
+    ]);
+    let client = reqwest::Client::new();
+    assert_eq!(get(&client, server.url("/users/1")).await.status, StatusCode::OK);
+    database.drop_now().await;
+
+    let unavailable = json!({"error": "database unavailable"});
+    let new = json!({"name": "Ada", "email": "ada@example.com", "avatar": "a.png"});
+    for (what, reply) in [
+        ("read", get(&client, server.url("/users/1")).await),
+        ("batch read", get(&client, server.url("/users?ids=1,2")).await),
+        ("write", send(client.put(server.url("/users/1")).json(&new)).await),
+    ] {
+        assert_eq!(reply.status, StatusCode::SERVICE_UNAVAILABLE, "{what}: {}", reply.body);
+        assert_eq!(reply.body, unavailable, "{what}");
+    }
+    aside_testkit::eventually("/healthz reports the database", Duration::from_secs(60), || async {
+        let health = get(&client, server.url("/healthz")).await;
+        health.status == StatusCode::SERVICE_UNAVAILABLE
+            && health.body["database"] == json!({"name": "postgres", "ok": false, "error": "database unavailable"})
+    })
+    .await;
+    let log = server.output();
+    assert!(log.contains("request failed"), "the failure is logged: {log}");
+}
+
+/// `--admin-listen`: `/metrics` and `/healthz` there and not on the public
+/// listener, the public routes the other way round; `/healthz` answers from
+/// the background check, so 50 calls ping nothing (at the base each
+/// call pinged the database and the store).
+#[tokio::test]
+async fn admin_listen_serves_metrics_and_healthz_apart() {
+    let server = Server::start(&["--admin-listen", "127.0.0.1:0", "--health-interval-ms", "3600000"]);
+    let client = reqwest::Client::new();
+    assert_ne!(server.admin, Some(server.base.clone()));
+    for path in ["/metrics", "/healthz"] {
+        assert_error(&get(&client, server.url(path)).await, StatusCode::NOT_FOUND, path);
+    }
+    assert_error(
+        &get(&client, server.admin_url("/users/1")).await,
+        StatusCode::NOT_FOUND,
+        "users on the admin listener",
+    );
+    assert_eq!(get(&client, server.url("/users/1")).await.status, StatusCode::OK);
+
+    let pings = |target: &'static str| format!("aside_serve_health_pings_total{{target=\"{target}\"}}");
+    let database_pings = admin_sample(&client, &server, &pings("database")).await;
+    let store_pings = admin_sample(&client, &server, &pings("store")).await;
+    assert!(database_pings >= 1.0 && store_pings >= 1.0, "the start-up check");
+    for _ in 0..50 {
+        let health = get(&client, server.admin_url("/healthz")).await;
+        assert_eq!(health.status, StatusCode::OK, "{}", health.body);
+        assert_eq!(health.body["status"], "ok", "{}", health.body);
+        assert!(health.body["checked_ms_ago"].is_u64(), "{}", health.body);
+    }
+    assert_eq!(admin_sample(&client, &server, &pings("database")).await, database_pings);
+    assert_eq!(admin_sample(&client, &server, &pings("store")).await, store_pings);
+}
+
+/// Reads from `stream` until the server closes it (true) or 60 s pass
+/// (false: the failsafe).
+async fn closed_by_the_server(stream: &mut tokio::net::TcpStream) -> bool {
+    use tokio::io::AsyncReadExt;
+    let mut buffer = [0u8; 1024];
+    let read = tokio::time::timeout(Duration::from_secs(60), async {
+        loop {
+            match stream.read(&mut buffer).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    });
+    read.await.is_ok()
+}
+
+/// With `--max-connections 2` and two connections open, a third is closed
+/// at once; once one of the two closes, requests are served again.
+#[tokio::test]
+async fn a_connection_past_the_limit_is_closed() {
+    let server = Server::start(&[
+        "--max-connections",
+        "2",
+        "--header-timeout-ms",
+        "600000",
+        "--admin-listen",
+        "127.0.0.1:0",
+    ]);
+    let client = reqwest::Client::new();
+    let open = "aside_serve_open_connections{listener=\"public\"}";
+    let first = tokio::net::TcpStream::connect(server.addr()).await.expect("connects");
+    let _second = tokio::net::TcpStream::connect(server.addr()).await.expect("connects");
+    aside_testkit::eventually("two connections open", Duration::from_secs(60), || async {
+        admin_sample(&client, &server, open).await == 2.0
+    })
+    .await;
+    let mut third = tokio::net::TcpStream::connect(server.addr()).await.expect("connects");
+    assert!(
+        closed_by_the_server(&mut third).await,
+        "a third connection was still open after 60 s"
+    );
+    assert_eq!(
+        admin_sample(
+            &client,
+            &server,
+            "aside_serve_connections_refused_total{listener=\"public\"}"
+        )
+        .await,
+        1.0
+    );
+    drop(first);
+    aside_testkit::eventually("a request is served again", Duration::from_secs(60), || async {
+        matches!(client.get(server.url("/users/1")).send().await, Ok(r) if r.status() == StatusCode::OK)
     })
     .await;
 }

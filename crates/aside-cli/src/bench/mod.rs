@@ -451,7 +451,7 @@ async fn run_redis_benchmark(args: &BenchArgs) -> Vec<RedisBenchmark> {
     let Some(redis::ConnectionAddr::Tcp(host, port)) = addr else {
         eprintln!(
             "redis-benchmark: skipped, {} is not a plain TCP address",
-            aside::store::masked_url(&args.redis)
+            crate::redact::url(&args.redis)
         );
         return Vec::new();
     };

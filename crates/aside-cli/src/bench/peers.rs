@@ -88,9 +88,12 @@ impl Amalgam {
     /// # Errors
     /// Redis or database failures.
     pub async fn prepare(l1: bool, url: &str, prefix: &str, db: &Db, ids: &[u64]) -> Result<Self> {
-        let l2 = RedisDistributedCache::connect(url)
-            .await
-            .map_err(|e| CliError::new(format!("amalgam: cannot connect to Redis at {url}: {e}")))?;
+        let l2 = RedisDistributedCache::connect(url).await.map_err(|e| {
+            CliError::new(format!(
+                "amalgam: cannot connect to Redis at {}: {e}",
+                crate::redact::url(url)
+            ))
+        })?;
         let options = EntryOptions::new(TTL).with_skip_memory(!l1, !l1);
         let cache = amalgam::Cache::<User>::builder()
             .distributed(Arc::new(l2) as Arc<dyn DistributedCache>)

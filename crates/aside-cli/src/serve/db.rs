@@ -20,6 +20,7 @@ use sqlx::{AssertSqlSafe, FromRow};
 use tempfile::TempDir;
 
 use crate::error::{CliError, Context, Result};
+use crate::redact;
 use crate::serve::metrics;
 
 pub use crate::db::User;
@@ -158,23 +159,27 @@ impl Database {
                     .acquire_timeout(ACQUIRE_TIMEOUT)
                     .connect(url)
                     .await
-                    .context(format_args!("cannot connect to PostgreSQL at {url}"))?;
+                    .context(format_args!("cannot connect to PostgreSQL at {}", redact::url(url)))?;
                 (Pool::Postgres(pool), None)
             }
             Some(url) if url.starts_with("sqlite:") => {
                 let options = SqliteConnectOptions::from_str(url)
-                    .context(format_args!("bad SQLite URL {url}"))?
+                    .context(format_args!("bad SQLite URL {}", redact::url(url)))?
                     .create_if_missing(true)
                     .journal_mode(SqliteJournalMode::Wal)
                     .synchronous(SqliteSynchronous::Normal)
                     .busy_timeout(Duration::from_secs(5));
                 // Each connection to an in-memory database has its own database.
                 let connections = if url.contains("memory") { 1 } else { MAX_CONNECTIONS };
-                (Pool::Sqlite(Self::sqlite_pool(options, connections, url).await?), None)
+                (
+                    Pool::Sqlite(Self::sqlite_pool(options, connections, &redact::url(url)).await?),
+                    None,
+                )
             }
             Some(url) => {
                 return Err(CliError::new(format!(
-                    "unsupported database URL {url}: expected postgres://... or sqlite://PATH"
+                    "unsupported database URL {}: expected postgres://... or sqlite://PATH",
+                    redact::url(url)
                 )));
             }
             None => {

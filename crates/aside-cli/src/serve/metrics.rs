@@ -3,13 +3,15 @@
 //!
 //! Owns installing the recorder (which must happen before the namespaces
 //! are built, so that aside's counters register with it), its periodic
-//! upkeep, and the request-latency histogram, labelled by method, route
-//! template (`/users/{id}`, never the raw path, so the label set stays
-//! bounded) and status.
+//! upkeep, and the request-latency histogram, labelled by method (one of a
+//! fixed set: a made-up method counts as `other`), route template
+//! (`/users/{id}`, never the raw path; `unmatched` for no route) and
+//! status, so no request can add a series of its own.
 
 use std::time::{Duration, Instant};
 
 use axum::extract::{MatchedPath, Request};
+use axum::http::Method;
 use axum::middleware::Next;
 use axum::response::Response;
 use metrics::Unit;
@@ -21,6 +23,18 @@ use crate::error::{Context, Result};
 pub const HTTP_DURATION: &str = "http_request_duration_seconds";
 /// Database reads (loader calls reaching the database), by table.
 pub const DB_READS: &str = "aside_serve_db_reads_total";
+/// Requests being handled on the public routes (past the concurrency limit
+/// they are refused, not counted here).
+pub const IN_FLIGHT: &str = "aside_serve_requests_in_flight";
+/// Requests refused, by reason: `concurrency` (over `--max-concurrency`) or
+/// `timeout` (over `--request-timeout-ms`).
+pub const REFUSED: &str = "aside_serve_requests_refused_total";
+/// Open connections, by listener (`public`, `admin`).
+pub const OPEN_CONNECTIONS: &str = "aside_serve_open_connections";
+/// Connections closed at once for being past `--max-connections`, by listener.
+pub const CONNECTIONS_REFUSED: &str = "aside_serve_connections_refused_total";
+/// Pings of the background health check, by target (`database`, `store`).
+pub const HEALTH_PINGS: &str = "aside_serve_health_pings_total";
 
 /// Histogram buckets, in seconds: 100 µs to 5 s.
 const BUCKETS: [f64; 14] = [
@@ -47,6 +61,14 @@ pub fn install() -> Result<PrometheusHandle> {
         "HTTP request latency by method, route and status."
     );
     metrics::describe_counter!(DB_READS, "Database reads by table: what the cache did not absorb.");
+    metrics::describe_gauge!(IN_FLIGHT, "Requests being handled on the public routes.");
+    metrics::describe_counter!(REFUSED, "Requests refused, by reason: concurrency or timeout.");
+    metrics::describe_gauge!(OPEN_CONNECTIONS, "Open HTTP connections, by listener.");
+    metrics::describe_counter!(
+        CONNECTIONS_REFUSED,
+        "Connections closed at once past the connection limit, by listener."
+    );
+    metrics::describe_counter!(HEALTH_PINGS, "Pings of the background health check, by target.");
     let upkeep = handle.clone();
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(UPKEEP_EVERY);
@@ -61,7 +83,7 @@ pub fn install() -> Result<PrometheusHandle> {
 /// Middleware: records each request's latency under its route template.
 pub async fn track(request: Request, next: Next) -> Response {
     let started = Instant::now();
-    let method = request.method().as_str().to_owned();
+    let method = method_label(request.method());
     let route = request
         .extensions()
         .get::<MatchedPath>()
@@ -71,4 +93,35 @@ pub async fn track(request: Request, next: Next) -> Response {
     metrics::histogram!(HTTP_DURATION, "method" => method, "route" => route, "status" => status)
         .record(started.elapsed().as_secs_f64());
     response
+}
+
+/// The `method` label: the method if it is one of the usual seven, `other`
+/// otherwise (any token is a valid HTTP method, so the raw one would let
+/// each client mint series).
+fn method_label(method: &Method) -> &'static str {
+    match *method {
+        Method::GET => "GET",
+        Method::PUT => "PUT",
+        Method::POST => "POST",
+        Method::DELETE => "DELETE",
+        Method::HEAD => "HEAD",
+        Method::OPTIONS => "OPTIONS",
+        Method::PATCH => "PATCH",
+        _ => "other",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn method_labels_are_a_fixed_set() {
+        assert_eq!(method_label(&Method::GET), "GET");
+        assert_eq!(method_label(&Method::PATCH), "PATCH");
+        for made_up in ["FOO", "get", "TRACE", "CONNECT", "X-ANYTHING"] {
+            let method = Method::from_bytes(made_up.as_bytes()).unwrap();
+            assert_eq!(method_label(&method), "other", "{made_up}");
+        }
+    }
 }

@@ -4,12 +4,17 @@
 //! Owns the command's flags and its start-up and shut-down: the metrics
 //! recorder first (so aside's counters register with it), then the
 //! database (migrated, and seeded when empty), the store (in-process unless
-//! `--redis` or `--memcached`), the two namespaces, and the server, which prints
-//! `listening on ADDR` on stdout once bound and, on SIGINT or SIGTERM,
-//! stops accepting and lets in-flight requests finish. The routes are in
-//! `routes`, the database in `db`, the metrics in `metrics`.
+//! `--redis` or `--memcached`), the two namespaces, the background health
+//! check, and the server, which prints `admin listening on ADDR` (with
+//! `--admin-listen`) then `listening on ADDR` on stdout once bound and, on
+//! SIGINT or SIGTERM, stops accepting and lets in-flight requests finish.
+//! The routes are in `routes`, the connections and the limits on them in
+//! `http`, the health state in `health`, the database in `db`, the
+//! metrics in `metrics`.
 
 mod db;
+mod health;
+mod http;
 mod metrics;
 mod routes;
 
@@ -24,18 +29,49 @@ use clap::Args;
 use crate::error::{Context, Result};
 use crate::store::StoreArgs;
 use db::Database;
-use routes::AppState;
+use health::HealthMonitor;
+use http::{ConcurrencyLimit, Endpoint};
+use routes::{AppState, RequestLimits};
 
 /// How long a cached "no such row" is kept (at most the TTL).
 const NEGATIVE_TTL: Duration = Duration::from_secs(30);
 
-/// Flags of `aside serve`.
-#[derive(Debug, Clone, Args)]
+/// Flags of `aside serve`. `Debug` masks the database URL's password.
+#[derive(Clone, Args)]
 pub struct ServeArgs {
     /// Address to listen on (port 0: any free port; the address bound is
     /// printed as `listening on ADDR`).
     #[arg(long, default_value = "127.0.0.1:8080", value_name = "ADDR")]
     pub listen: SocketAddr,
+
+    /// Serve `/metrics` and `/healthz` on this address instead of on
+    /// --listen's (printed as `admin listening on ADDR`).
+    #[arg(long, value_name = "ADDR")]
+    pub admin_listen: Option<SocketAddr>,
+
+    /// A client that has not sent a request's headers within this many
+    /// milliseconds is disconnected (idle keep-alive connections too).
+    #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..=3_600_000))]
+    pub header_timeout_ms: u64,
+
+    /// A request not answered within this many milliseconds gets a 504.
+    #[arg(long, default_value_t = 30_000, value_parser = clap::value_parser!(u64).range(1..=3_600_000))]
+    pub request_timeout_ms: u64,
+
+    /// Open connections per listener; past it a new one is closed as soon
+    /// as it is accepted.
+    #[arg(long, default_value_t = 4096, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub max_connections: u32,
+
+    /// Requests in flight on the public routes; past it a request gets a
+    /// 503 at once (`/metrics` and `/healthz` are not counted).
+    #[arg(long, default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub max_concurrency: u32,
+
+    /// How often the database and the store are pinged for `/healthz`, in
+    /// milliseconds (`/healthz` itself pings nothing).
+    #[arg(long, default_value_t = 2_000, value_parser = clap::value_parser!(u64).range(10..=3_600_000))]
+    pub health_interval_ms: u64,
 
     /// Database: `postgres://...` or `sqlite://PATH` (created if missing);
     /// by default a temporary SQLite file deleted at exit.
@@ -68,6 +104,44 @@ pub struct ServeArgs {
     /// and `{prefix}product:{id}`.
     #[arg(long, default_value = "")]
     pub prefix: String,
+}
+
+impl std::fmt::Debug for ServeArgs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Destructured, so that a new flag cannot be left out.
+        let ServeArgs {
+            listen,
+            admin_listen,
+            header_timeout_ms,
+            request_timeout_ms,
+            max_connections,
+            max_concurrency,
+            health_interval_ms,
+            database_url,
+            store,
+            consistency,
+            seed_users,
+            db_read_delay_ms,
+            ttl,
+            prefix,
+        } = self;
+        f.debug_struct("ServeArgs")
+            .field("listen", listen)
+            .field("admin_listen", admin_listen)
+            .field("header_timeout_ms", header_timeout_ms)
+            .field("request_timeout_ms", request_timeout_ms)
+            .field("max_connections", max_connections)
+            .field("max_concurrency", max_concurrency)
+            .field("health_interval_ms", health_interval_ms)
+            .field("database_url", &database_url.as_deref().map(crate::redact::url))
+            .field("store", store)
+            .field("consistency", consistency)
+            .field("seed_users", seed_users)
+            .field("db_read_delay_ms", db_read_delay_ms)
+            .field("ttl", ttl)
+            .field("prefix", prefix)
+            .finish()
+    }
 }
 
 /// Runs the service until SIGINT or SIGTERM.
@@ -114,6 +188,12 @@ async fn serve(args: &ServeArgs, db: Database, metrics: metrics_exporter_prometh
         .build()
         .context("cannot configure the product namespace")?;
 
+    let health = HealthMonitor::start(
+        db.clone(),
+        aside.clone(),
+        Duration::from_millis(args.health_interval_ms),
+    )
+    .await;
     let state = Arc::new(AppState {
         aside,
         db,
@@ -121,11 +201,31 @@ async fn serve(args: &ServeArgs, db: Database, metrics: metrics_exporter_prometh
         products,
         cache_on,
         metrics,
+        health,
     });
-    let listener = tokio::net::TcpListener::bind(args.listen)
-        .await
-        .context(format_args!("cannot listen on {}", args.listen))?;
+    let limits = RequestLimits {
+        timeout: Duration::from_millis(args.request_timeout_ms),
+        concurrency: ConcurrencyLimit::new(args.max_concurrency as usize),
+    };
+    let max_connections = args.max_connections as usize;
+    let listener = bind(args.listen).await?;
     let bound = listener.local_addr().context("cannot read the bound address")?;
+    let (public, admin) = match args.admin_listen {
+        Some(addr) => {
+            let admin = Endpoint::new(
+                "admin",
+                bind(addr).await?,
+                routes::admin(state.clone(), &limits, true),
+                max_connections,
+            );
+            (routes::public(state.clone(), &limits), Some(admin))
+        }
+        None => (
+            routes::public(state.clone(), &limits).merge(routes::admin(state.clone(), &limits, false)),
+            None,
+        ),
+    };
+    let public = Endpoint::new("public", listener, public, max_connections);
     eprintln!(
         "aside serve: {} database, {} store, strategy {}, cache {}",
         state.db.backend(),
@@ -133,18 +233,28 @@ async fn serve(args: &ServeArgs, db: Database, metrics: metrics_exporter_prometh
         args.consistency,
         if cache_on { "on" } else { "off (--ttl 0)" }
     );
-    // Tests and scripts wait for this line.
+    // Tests and scripts wait for the last line, `listening on`.
     let mut stdout = std::io::stdout();
+    if let Some(admin) = &admin {
+        writeln!(stdout, "admin listening on {}", admin.local_addr()?).context("cannot write to stdout")?;
+    }
     writeln!(stdout, "listening on {bound}")
         .and_then(|()| stdout.flush())
         .context("cannot write to stdout")?;
 
-    axum::serve(listener, routes::router(state))
-        .with_graceful_shutdown(shutdown_signal())
-        .await
-        .context("the server failed")?;
+    let header_timeout = Duration::from_millis(args.header_timeout_ms);
+    // Past the longest a request may take, and a client to send one.
+    let drain = header_timeout + limits.timeout + Duration::from_secs(1);
+    http::serve(public, admin, header_timeout, drain, shutdown_signal()).await;
+    state.health.stop();
     eprintln!("aside serve: stopped");
     Ok(())
+}
+
+async fn bind(addr: SocketAddr) -> Result<tokio::net::TcpListener> {
+    tokio::net::TcpListener::bind(addr)
+        .await
+        .context(format_args!("cannot listen on {addr}"))
 }
 
 /// Resolves on SIGINT or SIGTERM.

@@ -1,10 +1,15 @@
 //! `aside serve`'s HTTP routes: users and products read through the cache,
-//! written to the database then invalidated, plus `/metrics` and `/healthz`.
+//! written to the database then invalidated (the public routes), plus
+//! `/metrics` and `/healthz` (the admin routes, on their own listener with
+//! `--admin-listen`).
 //!
-//! Owns the handlers, the shared state they run on, and how failures become
-//! responses: every one is a JSON `{"error": "..."}`, with 400 for a
-//! malformed id, body or query string (axum's extractor rejections are
-//! mapped here), 404 for a missing row, 503 when the database fails.
+//! Owns the handlers, the shared state they run on, which middleware each
+//! set of routes gets, and how failures become responses: every one is a
+//! JSON `{"error": "..."}`, with 400 for a malformed id, body or query
+//! string (axum's extractor rejections are mapped here), 404 for a missing
+//! row, 503 when the database or the store fails. A failure's own text
+//! (sqlx's, aside's) goes to the log, redacted, never into a response: the
+//! body names the problem (`database unavailable`, `cache unavailable`).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -19,13 +24,13 @@ use axum::{Json, Router, middleware};
 use metrics_exporter_prometheus::PrometheusHandle;
 use serde_json::json;
 
+use crate::redact;
 use crate::serve::db::{Database, Product, ProductFields, Record, User, UserFields};
+use crate::serve::health::HealthMonitor;
+use crate::serve::http::{ConcurrencyLimit, limit_concurrency, limit_time};
 
 /// Most ids one batch `GET` may ask for.
 pub const MAX_BATCH: usize = 1000;
-
-/// Bound on each ping of `/healthz`.
-const PING_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// What every handler shares.
 #[derive(Debug)]
@@ -42,22 +47,58 @@ pub struct AppState {
     pub cache_on: bool,
     /// Renders `/metrics`.
     pub metrics: PrometheusHandle,
+    /// What `/healthz` reports.
+    pub health: HealthMonitor,
 }
 
 type Shared = State<Arc<AppState>>;
 
-/// The service's routes, with request timing on every one.
-pub fn router(state: Arc<AppState>) -> Router {
+/// The bounds every request runs under.
+#[derive(Debug, Clone)]
+pub struct RequestLimits {
+    /// The longest a request may take (504 past it).
+    pub timeout: Duration,
+    /// Requests in flight on the public routes (503 past it).
+    pub concurrency: ConcurrencyLimit,
+}
+
+/// The users and products routes, with an answer for any other path:
+/// each request timed, bounded in time, and refused past the concurrency
+/// limit.
+pub fn public(state: Arc<AppState>, limits: &RequestLimits) -> Router {
     Router::new()
         .route("/users", get(get_users))
         .route("/users/{id}", get(get_user).put(put_user))
         .route("/products", get(get_products))
         .route("/products/{id}", get(get_product).put(put_product))
-        .route("/metrics", get(render_metrics))
-        .route("/healthz", get(healthz))
-        .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no such route") })
+        .fallback(no_such_route)
+        .layer(middleware::from_fn_with_state(limits.timeout, limit_time))
+        .layer(middleware::from_fn_with_state(
+            limits.concurrency.clone(),
+            limit_concurrency,
+        ))
         .layer(middleware::from_fn(crate::serve::metrics::track))
         .with_state(state)
+}
+
+/// `/metrics` and `/healthz`, timed and bounded in time but outside the
+/// concurrency limit (an overloaded service can still be looked at). With
+/// `alone` (on a listener of their own) any other path gets a 404;
+/// without, the routes are for merging into [`public`]'s, whose fallback
+/// answers the rest.
+pub fn admin(state: Arc<AppState>, limits: &RequestLimits, alone: bool) -> Router {
+    let routes = Router::new()
+        .route("/metrics", get(render_metrics))
+        .route("/healthz", get(healthz));
+    let routes = if alone { routes.fallback(no_such_route) } else { routes };
+    routes
+        .layer(middleware::from_fn_with_state(limits.timeout, limit_time))
+        .layer(middleware::from_fn(crate::serve::metrics::track))
+        .with_state(state)
+}
+
+async fn no_such_route() -> ApiError {
+    ApiError::new(StatusCode::NOT_FOUND, "no such route")
 }
 
 /// A failed request: its status and a JSON `{"error": message}` body.
@@ -68,7 +109,8 @@ pub struct ApiError {
 }
 
 impl ApiError {
-    fn new(status: StatusCode, message: impl Into<String>) -> Self {
+    /// A failure answered with `status` and `message`.
+    pub fn new(status: StatusCode, message: impl Into<String>) -> Self {
         ApiError {
             status,
             message: message.into(),
@@ -111,20 +153,24 @@ impl From<JsonRejection> for ApiError {
     }
 }
 
+/// The cache's failure: logged, and answered with what failed.
 impl From<aside::Error> for ApiError {
     fn from(e: aside::Error) -> Self {
-        tracing::warn!("request failed: {e}");
+        tracing::warn!("request failed: {}", redact::text(&e.to_string()));
         match e.kind() {
-            aside::ErrorKind::Loader => Self::new(StatusCode::SERVICE_UNAVAILABLE, format!("database error: {e}")),
-            _ => Self::new(StatusCode::INTERNAL_SERVER_ERROR, format!("cache error: {e}")),
+            aside::ErrorKind::Loader => Self::new(StatusCode::SERVICE_UNAVAILABLE, "database unavailable"),
+            aside::ErrorKind::Store => Self::new(StatusCode::SERVICE_UNAVAILABLE, "cache unavailable"),
+            aside::ErrorKind::Timeout => Self::new(StatusCode::GATEWAY_TIMEOUT, "timed out"),
+            _ => Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal error"),
         }
     }
 }
 
+/// The database's failure (a write): logged, and answered with what failed.
 impl From<sqlx::Error> for ApiError {
     fn from(e: sqlx::Error) -> Self {
-        tracing::warn!("database write failed: {e}");
-        Self::new(StatusCode::SERVICE_UNAVAILABLE, format!("database error: {e}"))
+        tracing::warn!("database write failed: {}", redact::text(&e.to_string()));
+        Self::new(StatusCode::SERVICE_UNAVAILABLE, "database unavailable")
     }
 }
 
@@ -219,7 +265,7 @@ async fn invalidate<R: Record>(state: &AppState, ns: &Namespace<u64, R>, id: u64
     if state.cache_on
         && let Err(e) = ns.invalidate(&id).await
     {
-        tracing::warn!("cannot invalidate {} {id}: {e}", R::TABLE);
+        tracing::warn!("cannot invalidate {} {id}: {}", R::TABLE, redact::text(&e.to_string()));
     }
 }
 
@@ -282,38 +328,33 @@ async fn render_metrics(State(state): Shared) -> Response {
         .into_response()
 }
 
-/// `Ok(())`, or what went wrong, within [`PING_TIMEOUT`].
-async fn ping<E: std::fmt::Display>(check: impl Future<Output = Result<(), E>>) -> Result<(), String> {
-    match tokio::time::timeout(PING_TIMEOUT, check).await {
-        Ok(Ok(())) => Ok(()),
-        Ok(Err(e)) => Err(e.to_string()),
-        Err(_) => Err(format!("no answer within {} ms", PING_TIMEOUT.as_millis())),
-    }
-}
-
-fn check_json(name: &str, result: &Result<(), String>) -> serde_json::Value {
+fn check_json(name: &str, result: Result<(), &str>) -> serde_json::Value {
     match result {
         Ok(()) => json!({ "name": name, "ok": true }),
         Err(e) => json!({ "name": name, "ok": false, "error": e }),
     }
 }
 
-/// 200 when the database answers, 503 otherwise. `status` is `degraded`
-/// when the store does not answer, answers slower than the breaker's
-/// slow-call threshold, or is skipped by an open breaker (a cache waited on
-/// for 200 ms, or bypassed, is not `ok`). `store_latency_ms` is this
-/// check's ping; `breaker_reason` says why the breaker opened (`failures`,
-/// `slow`), `store_slow_calls` how many recent calls were slow.
+/// 200 when the database answered the last background check, 503
+/// otherwise (or when that check is older than the monitor trusts).
+/// `status` is `degraded` when the store did not answer, answered slower
+/// than the breaker's slow-call threshold, or is skipped by an open breaker
+/// (a cache waited on for 200 ms, or bypassed, is not `ok`).
+/// `store_latency_ms` is the last check's ping, `checked_ms_ago` its age;
+/// `breaker_reason` says why the breaker opened (`failures`, `slow`),
+/// `store_slow_calls` how many recent calls were slow. Pings nothing.
 async fn healthz(State(state): Shared) -> Response {
-    let timed_store_ping = async {
-        let started = tokio::time::Instant::now();
-        let answer = ping(state.aside.store().ping()).await;
-        (answer, started.elapsed())
+    let checked = state.health.latest();
+    let age = checked.taken_at.elapsed();
+    let database = if age > state.health.stale_after() {
+        Err("health check stalled")
+    } else {
+        checked.database
     };
-    let (database, (store, store_latency)) = tokio::join!(ping(state.db.ping()), timed_store_ping);
+    let store = checked.store;
     let breaker = state.aside.breaker_status();
-    let slow = store.is_ok() && store_latency > aside::BreakerConfig::default().slow_call;
-    let (status, code) = match (&database, &store) {
+    let slow = store.is_ok() && checked.store_latency > aside::BreakerConfig::default().slow_call;
+    let (status, code) = match (database, store) {
         (Err(_), _) => ("unavailable", StatusCode::SERVICE_UNAVAILABLE),
         (Ok(()), Err(_)) => ("degraded", StatusCode::OK),
         (Ok(()), Ok(())) if slow || breaker.state != aside::BreakerState::Closed => ("degraded", StatusCode::OK),
@@ -321,9 +362,10 @@ async fn healthz(State(state): Shared) -> Response {
     };
     let body = json!({
         "status": status,
-        "database": check_json(state.db.backend(), &database),
-        "store": check_json(state.aside.store().name(), &store),
-        "store_latency_ms": store.is_ok().then_some(store_latency.as_secs_f64() * 1e3),
+        "database": check_json(state.db.backend(), database),
+        "store": check_json(state.aside.store().name(), store),
+        "store_latency_ms": store.is_ok().then_some(checked.store_latency.as_secs_f64() * 1e3),
+        "checked_ms_ago": u64::try_from(age.as_millis()).unwrap_or(u64::MAX),
         "breaker": breaker.state,
         "breaker_reason": breaker.reason,
         "store_slow_calls": breaker.slow_calls,

@@ -1,0 +1,77 @@
+//! Credentials out of everything the tool prints: the one place a URL is
+//! made safe to show.
+//!
+//! Owns masking the secrets of URLs (`redis://admin:***@host`,
+//! `postgres://app:***@db/app`, a `?password=` query pair) before they reach
+//! stdout, stderr, a log line or an HTTP response. Every message of the tool
+//! that names a server goes through [`url`] (or [`urls`] for a list); text
+//! the tool did not write itself (another crate's error, logged) goes
+//! through [`text`]. The masking rule is the library's
+//! ([`aside::store::masked_url`]), so the library's errors and the tool's
+//! messages mask alike.
+
+use std::sync::LazyLock;
+
+use regex::Regex;
+
+/// `url` with its password (or a lone user part, which redis-rs takes as
+/// the password) and any `password`, `pass` or `token` query value shown
+/// as `***`. Text that does not parse as a URL keeps only its scheme.
+pub fn url(raw: &str) -> String {
+    aside::store::masked_url(raw)
+}
+
+/// A comma-separated list of URLs or addresses, each masked by [`url`].
+pub fn urls(list: &str) -> String {
+    list.split(',')
+        .map(|item| url(item.trim()))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// A URL that may carry credentials inside free text: a scheme, `://`,
+/// then anything up to an `@` with no whitespace between (a password may
+/// hold an unescaped `/`), and the rest of the word.
+static URL_WITH_CREDENTIALS: LazyLock<Regex> =
+    LazyLock::new(|| Regex::new(r"[A-Za-z][A-Za-z0-9+.\-]*://[^\s@]*@\S*").expect("a valid pattern"));
+
+/// `text` with every URL in it that carries credentials masked by [`url`]
+/// (URLs without credentials are left as written): for error text from
+/// other crates, which may quote the URL it was given.
+pub fn text(text: &str) -> String {
+    URL_WITH_CREDENTIALS
+        .replace_all(text, |found: &regex::Captures<'_>| url(&found[0]))
+        .into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn masks_passwords_in_urls_lists_and_text() {
+        assert_eq!(
+            url("redis://admin:s3cr3t@127.0.0.1:6379/0"),
+            "redis://admin:***@127.0.0.1:6379/0"
+        );
+        assert_eq!(url("postgres://app:pw@db:5432/app"), "postgres://app:***@db:5432/app");
+        assert_eq!(
+            url("postgres://db/app?password=pw&sslmode=require"),
+            "postgres://db/app?password=***&sslmode=require"
+        );
+        assert_eq!(url("redis://127.0.0.1:6379"), "redis://127.0.0.1:6379");
+        assert_eq!(url("127.0.0.1:11211"), "127.0.0.1:11211");
+        assert_eq!(
+            urls("redis://a:x@h1:1, redis://h2:2"),
+            "redis://a:***@h1:1,redis://h2:2"
+        );
+        assert_eq!(
+            text("cannot connect to mysql://root:pw@db/x: refused; see http://example.com/help"),
+            "cannot connect to mysql://root:***@db/x: refused; see http://example.com/help"
+        );
+        for secret in ["redis://a:b/c@h", "redis://a:b#c@h"] {
+            assert!(!url(secret).contains('b'), "{secret} -> {}", url(secret));
+            assert!(!text(&format!("at {secret}: refused")).contains('b'), "{secret}");
+        }
+    }
+}
