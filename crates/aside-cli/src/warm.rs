@@ -8,13 +8,16 @@
 //! through [`aside::Namespace::warm`] with the batch loader
 //! [`crate::db::Db::load_users`] (one `SELECT ... WHERE id IN (...)` per
 //! batch) against the demo's users database. Lines whose id does not parse
-//! are counted and skipped.
+//! are counted and skipped; so are lines longer than `--max-line-bytes`,
+//! which are read through in chunks and never held in memory (the line
+//! parsing itself is [`aside_cli::input`]'s).
 
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader, IsTerminal};
+use std::io::{BufReader, IsTerminal};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use aside_cli::input::{self, WarmLine};
 use clap::Args;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use regex::Regex;
@@ -28,6 +31,9 @@ use crate::table::count;
 
 /// The namespace warmed: the demo's user profiles.
 const NAMESPACE: &str = "user:profile";
+
+/// Most `--max-line-bytes` may allow (16 MiB): the bound is on memory.
+const MAX_LINE_BYTES_CAP: u64 = 16 << 20;
 
 /// Flags of `aside warm`.
 #[derive(Debug, Clone, Args)]
@@ -45,6 +51,13 @@ pub struct WarmArgs {
     /// How many ids to warm: the most frequent ones.
     #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..=100_000_000))]
     pub top: u64,
+
+    /// Longest input line kept, in bytes (newline not counted): a longer
+    /// line is read through without being held in memory, skipped and
+    /// counted (`long_lines`).
+    #[arg(long, value_name = "BYTES", default_value_t = input::DEFAULT_MAX_LINE_BYTES as u64,
+          value_parser = clap::value_parser!(u64).range(1..=MAX_LINE_BYTES_CAP))]
+    pub max_line_bytes: u64,
 
     /// Ids per loader call (one `SELECT ... WHERE id IN (...)` each).
     #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..=10_000))]
@@ -97,11 +110,26 @@ struct Ids {
     unmatched: u64,
     /// Lines whose id did not parse.
     bad_lines: u64,
+    /// Lines past the length bound (skipped unread).
+    long_lines: u64,
     /// Times each id was seen.
     counts: HashMap<u64, u64>,
 }
 
 impl Ids {
+    /// Counts what one line yielded.
+    fn record(&mut self, line: WarmLine) {
+        self.lines += 1;
+        match line {
+            WarmLine::Id(id) => *self.counts.entry(id).or_insert(0) += 1,
+            WarmLine::Unmatched => self.unmatched += 1,
+            WarmLine::BadId => self.bad_lines += 1,
+            WarmLine::TooLong => self.long_lines += 1,
+            // Blank lines (and any kind added later) count only as lines.
+            _ => {}
+        }
+    }
+
     /// Ids seen (with repeats).
     fn keys_read(&self) -> u64 {
         self.counts.values().sum()
@@ -115,44 +143,13 @@ impl Ids {
     }
 }
 
-/// An id as the database holds it: a non-negative `i64`.
-fn parse_id(text: &str) -> Option<u64> {
-    text.trim().parse::<u64>().ok().filter(|id| i64::try_from(*id).is_ok())
-}
-
 /// Reads `path`: every line an id, or with `pattern` the first capture group
-/// of its first match. Invalid UTF-8 is replaced, not fatal.
-fn read_ids(path: &Path, pattern: Option<&Regex>) -> Result<Ids> {
+/// of its first match; lines past `max_line_bytes` are skipped unread.
+fn read_ids(path: &Path, pattern: Option<&Regex>, max_line_bytes: usize) -> Result<Ids> {
     let file = std::fs::File::open(path).context(format!("cannot open {}", path.display()))?;
-    let mut reader = BufReader::new(file);
     let mut ids = Ids::default();
-    let mut buf = Vec::new();
-    loop {
-        buf.clear();
-        let n = reader
-            .read_until(b'\n', &mut buf)
-            .context(format!("cannot read {}", path.display()))?;
-        if n == 0 {
-            break;
-        }
-        ids.lines += 1;
-        let line = String::from_utf8_lossy(&buf);
-        let id = match pattern {
-            None if line.trim().is_empty() => continue,
-            None => parse_id(&line),
-            Some(regex) => match regex.captures(&line) {
-                None => {
-                    ids.unmatched += 1;
-                    continue;
-                }
-                Some(found) => found.get(1).and_then(|m| parse_id(m.as_str())),
-            },
-        };
-        match id {
-            Some(id) => *ids.counts.entry(id).or_insert(0) += 1,
-            None => ids.bad_lines += 1,
-        }
-    }
+    input::read_warm_lines(BufReader::new(file), pattern, max_line_bytes, |line| ids.record(line))
+        .context(format!("cannot read {}", path.display()))?;
     Ok(ids)
 }
 
@@ -171,6 +168,8 @@ pub struct WarmSummary {
     pub unmatched: u64,
     /// Lines whose id did not parse (skipped).
     pub bad_lines: u64,
+    /// Lines longer than `--max-line-bytes` (skipped unread).
+    pub long_lines: u64,
     /// Distinct ids.
     pub distinct: u64,
     /// Ids warmed: the `--top` most frequent.
@@ -195,7 +194,8 @@ pub struct WarmSummary {
 pub async fn run(args: WarmArgs) -> Result<()> {
     let reading = Instant::now();
     let (path, pattern) = (args.from.clone(), args.pattern.clone());
-    let ids = tokio::task::spawn_blocking(move || read_ids(&path, pattern.as_ref()))
+    let max_line_bytes = usize::try_from(args.max_line_bytes).unwrap_or(usize::MAX);
+    let ids = tokio::task::spawn_blocking(move || read_ids(&path, pattern.as_ref(), max_line_bytes))
         .await
         .map_err(|e| CliError::new(format!("reading {} failed: {e}", args.from.display())))??;
     let keys = ids.top(usize::try_from(args.top).unwrap_or(usize::MAX));
@@ -255,6 +255,7 @@ pub async fn run(args: WarmArgs) -> Result<()> {
         keys_read: ids.keys_read(),
         unmatched: ids.unmatched,
         bad_lines: ids.bad_lines,
+        long_lines: ids.long_lines,
         distinct: ids.counts.len() as u64,
         warmed: keys.len() as u64,
         found: found as u64,
@@ -305,6 +306,11 @@ fn table(s: &WarmSummary, args: &WarmArgs) -> String {
             },
         ),
         ("bad lines", count(s.bad_lines), "id did not parse: skipped".to_owned()),
+        (
+            "long lines",
+            count(s.long_lines),
+            format!("over {} bytes: skipped", count(args.max_line_bytes)),
+        ),
         ("distinct ids", count(s.distinct), String::new()),
         (
             "warmed",
@@ -353,7 +359,7 @@ mod tests {
     #[test]
     fn key_lists_count_bad_lines_and_skip_blank_ones() {
         let file = write("3\n1\n\n3\nx7\n 2 \n-1\n3\n99999999999999999999\n");
-        let ids = read_ids(file.path(), None).unwrap();
+        let ids = read_ids(file.path(), None, input::DEFAULT_MAX_LINE_BYTES).unwrap();
         assert_eq!(ids.lines, 9);
         assert_eq!(ids.bad_lines, 3);
         assert_eq!(ids.keys_read(), 5);
@@ -367,7 +373,7 @@ mod tests {
             "GET /users/5 200\nGET /health 200\nGET /users/5/avatar 200\nGET /users/abc 404\nPOST /users/9 201\n",
         );
         let pattern = parse_pattern(r"GET /users/(\w+)").unwrap();
-        let ids = read_ids(file.path(), Some(&pattern)).unwrap();
+        let ids = read_ids(file.path(), Some(&pattern), input::DEFAULT_MAX_LINE_BYTES).unwrap();
         assert_eq!((ids.lines, ids.unmatched, ids.bad_lines, ids.keys_read()), (5, 2, 1, 2));
         assert_eq!(ids.top(5), [5]);
     }
@@ -382,6 +388,11 @@ mod tests {
     #[test]
     fn ties_rank_smaller_ids_first() {
         let file = write("9\n4\n9\n4\n1\n");
-        assert_eq!(read_ids(file.path(), None).unwrap().top(3), [4, 9, 1]);
+        assert_eq!(
+            read_ids(file.path(), None, input::DEFAULT_MAX_LINE_BYTES)
+                .unwrap()
+                .top(3),
+            [4, 9, 1]
+        );
     }
 }

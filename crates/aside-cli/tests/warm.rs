@@ -96,6 +96,31 @@ fn warms_ids_pulled_out_of_an_access_log() {
 }
 
 #[test]
+fn lines_past_the_length_bound_are_skipped_and_counted() {
+    // 100 good ids around one line of 10 MB of digits (an id if it were
+    // read whole: it must not be).
+    let mut text: String = (1..=50).map(|k| format!("{k}\n")).collect();
+    text.push_str(&"7".repeat(10 << 20));
+    text.push('\n');
+    text.extend((51..=100).map(|k| format!("{k}\n")));
+    let file = file_with(&text);
+    let path = file.path().to_str().unwrap();
+
+    let summary = warm_json(&["--from", path, "--users", "500"]);
+    assert_eq!(summary["long_lines"], 1, "{summary}");
+    assert_eq!(summary["lines"], 101, "{summary}");
+    assert_eq!(summary["bad_lines"], 0, "{summary}");
+    assert_eq!(summary["keys_read"], 100, "{summary}");
+    assert_eq!(summary["warmed"], 100, "{summary}");
+    assert_eq!(summary["found"], 100, "every good id is warmed: {summary}");
+
+    // `--max-line-bytes 2`: id 100 is past it too.
+    let tight = warm_json(&["--from", path, "--users", "500", "--max-line-bytes", "2"]);
+    assert_eq!(tight["long_lines"], 2, "{tight}");
+    assert_eq!(tight["found"], 99, "{tight}");
+}
+
+#[test]
 fn a_missing_file_is_a_clear_error() {
     let dir = tempfile::tempdir().expect("a temporary directory");
     let missing = dir.path().join("nope.log");

@@ -15,6 +15,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use aside::{Aside, FetchOptions, Namespace, Source};
+use aside_cli::input;
 use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderValue, StatusCode, header};
@@ -174,13 +175,10 @@ impl From<sqlx::Error> for ApiError {
     }
 }
 
-/// An id from the path: a `u64` the database can hold.
-fn path_id(path: Result<Path<u64>, PathRejection>) -> Result<u64, ApiError> {
-    let Path(id) = path?;
-    if i64::try_from(id).is_err() {
-        return Err(ApiError::bad_request(format!("id {id} is out of range")));
-    }
-    Ok(id)
+/// An id from the path: a `u64` the database can hold ([`input::path_id`]).
+fn path_id(path: Result<Path<String>, PathRejection>) -> Result<u64, ApiError> {
+    let Path(segment) = path?;
+    input::path_id(&segment).map_err(ApiError::bad_request)
 }
 
 /// The query string of a batch `GET`: `?ids=1,2,3`.
@@ -189,27 +187,10 @@ pub struct IdsQuery {
     ids: String,
 }
 
-/// Parses `1,2,3` into distinct ids, in order.
+/// Parses `1,2,3` into distinct ids, in order ([`input::id_list`]).
 fn parse_ids(query: Result<Query<IdsQuery>, QueryRejection>) -> Result<Vec<u64>, ApiError> {
     let Query(IdsQuery { ids }) = query?;
-    let mut parsed = Vec::new();
-    for item in ids.split(',') {
-        let item = item.trim();
-        let id = item
-            .parse::<u64>()
-            .ok()
-            .filter(|id| i64::try_from(*id).is_ok())
-            .ok_or_else(|| ApiError::bad_request(format!("ids: {item:?} is not an id; expected ids=1,2,3")))?;
-        if !parsed.contains(&id) {
-            parsed.push(id);
-        }
-        if parsed.len() > MAX_BATCH {
-            return Err(ApiError::bad_request(format!(
-                "ids: at most {MAX_BATCH} ids per request"
-            )));
-        }
-    }
-    Ok(parsed)
+    input::id_list(&ids, MAX_BATCH).map_err(ApiError::bad_request)
 }
 
 fn source_name(source: Source) -> &'static str {
@@ -269,11 +250,11 @@ async fn invalidate<R: Record>(state: &AppState, ns: &Namespace<u64, R>, id: u64
     }
 }
 
-async fn get_user(State(state): Shared, id: Result<Path<u64>, PathRejection>) -> Result<Response, ApiError> {
+async fn get_user(State(state): Shared, id: Result<Path<String>, PathRejection>) -> Result<Response, ApiError> {
     read_one(&state, &state.users, path_id(id)?).await
 }
 
-async fn get_product(State(state): Shared, id: Result<Path<u64>, PathRejection>) -> Result<Response, ApiError> {
+async fn get_product(State(state): Shared, id: Result<Path<String>, PathRejection>) -> Result<Response, ApiError> {
     read_one(&state, &state.products, path_id(id)?).await
 }
 
@@ -290,7 +271,7 @@ async fn get_products(
 
 async fn put_user(
     State(state): Shared,
-    id: Result<Path<u64>, PathRejection>,
+    id: Result<Path<String>, PathRejection>,
     body: Result<Json<UserFields>, JsonRejection>,
 ) -> Result<Json<User>, ApiError> {
     let id = path_id(id)?;
@@ -306,7 +287,7 @@ async fn put_user(
 
 async fn put_product(
     State(state): Shared,
-    id: Result<Path<u64>, PathRejection>,
+    id: Result<Path<String>, PathRejection>,
     body: Result<Json<ProductFields>, JsonRejection>,
 ) -> Result<Json<Product>, ApiError> {
     let id = path_id(id)?;

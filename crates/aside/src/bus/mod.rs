@@ -43,6 +43,14 @@ impl Invalidation {
             origin,
         }
     }
+
+    /// Decodes a received message (JSON, as every bus publishes it). `None`
+    /// for bytes that are not an invalidation: another program's message on
+    /// the same channel, which the listener skips. Allocates no more than
+    /// the payload's own size justifies (the strings and keys it holds).
+    pub(crate) fn decode(payload: &[u8]) -> Option<Invalidation> {
+        serde_json::from_slice(payload).ok()
+    }
 }
 
 /// What a subscription delivers.

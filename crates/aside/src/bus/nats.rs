@@ -137,10 +137,10 @@ impl Bus for NatsBus {
             loop {
                 let event = tokio::select! {
                     message = messages.next() => match message {
-                        Some(message) => match serde_json::from_slice::<Invalidation>(&message.payload) {
-                            Ok(invalidation) => BusEvent::Invalidation(invalidation),
+                        Some(message) => match Invalidation::decode(&message.payload) {
+                            Some(invalidation) => BusEvent::Invalidation(invalidation),
                             // Another program's message: skip it.
-                            Err(_) => continue,
+                            None => continue,
                         },
                         None => return,
                     },

@@ -131,7 +131,7 @@ impl Bus for RedisBus {
             loop {
                 while let Some(msg) = stream.next().await {
                     // A message that does not parse is another program's: skip it.
-                    if let Ok(message) = serde_json::from_slice::<Invalidation>(msg.get_payload_bytes())
+                    if let Some(message) = Invalidation::decode(msg.get_payload_bytes())
                         && tx.send(BusEvent::Invalidation(message)).await.is_err()
                     {
                         return;
