@@ -2,7 +2,7 @@
 //!
 //! Owns argument parsing, logging set-up, the runtime, and turning a
 //! failure into one `error: ...` line on stderr and a non-zero exit. Each
-//! subcommand lives in its own module (`demo`, `warm`, `serve`, `bench`);
+//! subcommand lives in its own module (`demo`, `warm`, `serve`, `bench`, `soak`);
 //! what several share is a module of its own that imports none of them:
 //! the store flags (`store`), the flag parsers (`parse`), credential
 //! masking (`redact`), table layout and
@@ -21,6 +21,7 @@ mod redact;
 mod report;
 mod scenario;
 mod serve;
+mod soak;
 mod store;
 mod table;
 mod warm;
@@ -55,15 +56,19 @@ enum Command {
     /// its L1, against a raw redis-rs GET, a raw moka get, the article's
     /// code and (feature `peers`) the `cached` and `amalgam-cache` crates.
     Bench(bench::BenchArgs),
+    /// Runs the history checker against a store behind a fault proxy for
+    /// a long time (store restarts, latency spikes, blackholes), and reports
+    /// stale reads, stale entries, wrong answers and resident memory.
+    Soak(soak::SoakArgs),
     /// One process of `demo --scenario stampede --processes N`: readers of
     /// the hot key, started by the demo, released by `go` on stdin.
     #[command(hide = true)]
     StampedeWorker(scenario::stampede::workers::WorkerArgs),
 }
 
-/// Logs to stderr, `warn` and above unless `RUST_LOG` says otherwise.
-fn init_logging() {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn"));
+/// Logs to stderr, `default` and above unless `RUST_LOG` says otherwise.
+fn init_logging(default: &str) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
@@ -72,7 +77,13 @@ fn init_logging() {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging();
+    // A soak injects faults by the thousand, and each one's warning would
+    // bury its progress and its summary.
+    init_logging(if matches!(cli.command, Command::Soak(_)) {
+        "error"
+    } else {
+        "warn"
+    });
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(runtime) => runtime,
         Err(e) => {
@@ -86,6 +97,7 @@ fn main() -> ExitCode {
             Command::Warm(args) => warm::run(args).await,
             Command::Serve(args) => serve::run(args).await,
             Command::Bench(args) => bench::run(args).await,
+            Command::Soak(args) => soak::run(args).await,
             Command::StampedeWorker(args) => scenario::stampede::workers::serve(args).await,
         }
     });

@@ -299,6 +299,7 @@ pub struct AsideBuilder {
     op_timeout: Option<Duration>,
     breaker: BreakerConfig,
     retry_capacity: Option<usize>,
+    retry_capacity_bytes: Option<usize>,
     max_key_len: Option<usize>,
     bus: Option<Arc<dyn bus::Bus>>,
 }
@@ -307,6 +308,9 @@ pub struct AsideBuilder {
 pub const DEFAULT_OP_TIMEOUT: Duration = Duration::from_millis(250);
 /// Default capacity of the invalidation retry queue ([`AsideBuilder::retry_capacity`]).
 pub const DEFAULT_RETRY_CAPACITY: usize = 10_000;
+/// Default bound in bytes of the invalidation retry queue
+/// ([`AsideBuilder::retry_capacity_bytes`]), 16 MiB.
+pub const DEFAULT_RETRY_CAPACITY_BYTES: usize = 16 << 20;
 
 impl AsideBuilder {
     /// The store (default: a [`MemoryStore`] of
@@ -348,6 +352,18 @@ impl AsideBuilder {
         self
     }
 
+    /// Bound in bytes of the queue of invalidations awaiting replay
+    /// (default [`DEFAULT_RETRY_CAPACITY_BYTES`], 16 MiB): each entry
+    /// counts its store key twice, its full key, its namespace's name and
+    /// about 160 bytes of bookkeeping. Past this bound, as past
+    /// [`AsideBuilder::retry_capacity`], the oldest queued invalidations are
+    /// dropped, counted ([`Stats::invalidations_dropped`]) and logged at
+    /// error level; the newest one is always kept.
+    pub fn retry_capacity_bytes(mut self, bytes: usize) -> Self {
+        self.retry_capacity_bytes = Some(bytes);
+        self
+    }
+
     /// An invalidation bus: every invalidation is published on it, and the
     /// L1 tiers of every `Aside` on the same bus evict what others invalidate.
     pub fn bus(mut self, bus: impl bus::Bus) -> Self {
@@ -369,7 +385,10 @@ impl AsideBuilder {
             store,
             breaker::Breaker::new(self.breaker),
             self.op_timeout.unwrap_or(DEFAULT_OP_TIMEOUT),
-            self.retry_capacity.unwrap_or(DEFAULT_RETRY_CAPACITY),
+            engine::RetryBounds {
+                entries: self.retry_capacity.unwrap_or(DEFAULT_RETRY_CAPACITY),
+                bytes: self.retry_capacity_bytes.unwrap_or(DEFAULT_RETRY_CAPACITY_BYTES),
+            },
             self.prefix,
             self.max_key_len.unwrap_or(key::DEFAULT_MAX_KEY_LEN).max(64),
         );

@@ -57,6 +57,8 @@ pub enum Invariant {
     Liveness,
     /// The harness itself failed (a connection, a task): not the library's fault.
     Harness,
+    /// A read returned the row of another key (a reply given to the wrong request).
+    WrongAnswer,
 }
 
 impl Invariant {
@@ -104,6 +106,17 @@ impl Violation {
             promised: true,
             key: None,
             instance: None,
+            detail,
+            excerpt: Vec::new(),
+        }
+    }
+
+    pub(crate) fn wrong_answer(key: u64, instance: usize, detail: String) -> Self {
+        Violation {
+            invariant: Invariant::WrongAnswer,
+            promised: true,
+            key: Some(key),
+            instance: Some(instance),
             detail,
             excerpt: Vec::new(),
         }

@@ -67,7 +67,9 @@ pub use program::{Change, EarlyRefreshKind, NsConfig, Op, Program, Shape, Step, 
 pub use record::{
     Db, Delivery, DeliveryEvent, History, KeyState, LoadGuard, LoadKind, LoadRecord, OpRecord, Outcome, Recorder, Row,
 };
-pub use run::{BusSpec, ConnectFn, DbDown, ProgramRun, RunStats, StoreSpec, memcached_flush_all, redis_flushall};
+pub use run::{
+    BusSpec, ConnectFn, DbDown, FaultSwitch, ProgramRun, RunStats, StoreSpec, memcached_flush_all, redis_flushall,
+};
 
 use crate::fault::FaultCounts;
 
@@ -129,6 +131,9 @@ pub struct CampaignConfig {
     pub bus_lag: Duration,
     /// Called after every program.
     pub progress: Option<ProgressFn>,
+    /// Told when each program's faults are switched on and off (see
+    /// [`FaultSwitch`]): for faults injected outside the fault layer.
+    pub fault_switch: Option<FaultSwitch>,
 }
 
 impl std::fmt::Debug for CampaignConfig {
@@ -163,6 +168,7 @@ impl CampaignConfig {
             time_budget: None,
             bus_lag: Duration::from_secs(1),
             progress: None,
+            fault_switch: None,
         }
     }
 
@@ -305,6 +311,8 @@ pub struct CampaignReport {
     pub load_overlaps: u64,
     /// Hangs and quiescence never reached.
     pub liveness: u64,
+    /// Reads that returned the row of another key.
+    pub wrong_answers: u64,
     /// Harness failures (connections, tasks).
     pub harness_errors: u64,
     /// Stale reads measured under `Delete` / `DoubleDelete` (not promised).
@@ -343,7 +351,7 @@ impl CampaignReport {
     /// One line: programs, operations, faults, findings.
     pub fn summary(&self) -> String {
         format!(
-            "history on {}: {} programs x {} instances, {} operations, {} faults injected ({} errors before, {} after, {} delays, {} hangs, {} restarts, {} bus faults, {} db errors), {} stale reads, {} stale entries, {} load overlaps, {} liveness, {} harness errors; measured: {} stale reads and {} stale entries under delete/double-delete, {} overlapping loads explained by faults or writes, {} across instances, {} unexplained batch overlaps, {} operations slower than the lease TTL; db reads per call {:.3}; {:.1} s; failing seeds: {:?}",
+            "history on {}: {} programs x {} instances, {} operations, {} faults injected ({} errors before, {} after, {} delays, {} hangs, {} restarts, {} bus faults, {} db errors), {} stale reads, {} stale entries, {} wrong answers, {} load overlaps, {} liveness, {} harness errors; measured: {} stale reads and {} stale entries under delete/double-delete, {} overlapping loads explained by faults or writes, {} across instances, {} unexplained batch overlaps, {} operations slower than the lease TTL; db reads per call {:.3}; {:.1} s; failing seeds: {:?}",
             self.store,
             self.programs,
             self.instances,
@@ -362,6 +370,7 @@ impl CampaignReport {
             self.faults_by_kind.db_error,
             self.stale_reads,
             self.stale_entries,
+            self.wrong_answers,
             self.load_overlaps,
             self.liveness,
             self.harness_errors,
@@ -405,6 +414,7 @@ impl CampaignReport {
                 (false, i) if i.is_stale_entry() => self.measured_stale_entries += 1,
                 (_, Invariant::I3) => self.load_overlaps += 1,
                 (_, Invariant::Liveness) => self.liveness += 1,
+                (_, Invariant::WrongAnswer) => self.wrong_answers += 1,
                 (_, Invariant::Harness) => self.harness_errors += 1,
                 _ => {}
             }
@@ -453,6 +463,19 @@ pub async fn run_program(program: &Program, store: &StoreSpec, bus: &BusSpec, bu
         bus: bus.clone(),
         bus_lag,
         run_id: run_id(),
+        fault_switch: None,
+    };
+    run::run_program(program, &env).await
+}
+
+/// Runs one program of `config`'s campaign and checks it.
+async fn run_in_campaign(program: &Program, config: &CampaignConfig) -> ProgramRun {
+    let env = run::RunEnv {
+        store: config.store.clone(),
+        bus: config.bus.clone(),
+        bus_lag: config.bus_lag,
+        run_id: run_id(),
+        fault_switch: config.fault_switch.clone(),
     };
     run::run_program(program, &env).await
 }
@@ -482,7 +505,7 @@ pub async fn run_campaign(config: &CampaignConfig) -> CampaignReport {
         }
         let seed = config.seed(i);
         let program = Program::generate(seed, &config.shape);
-        let run = run_program(&program, &config.store, &config.bus, config.bus_lag).await;
+        let run = run_in_campaign(&program, config).await;
         report.add(program.config.strategy, &run);
         let failures: Vec<Violation> = run.violations.iter().filter(|v| v.fails()).cloned().collect();
         if let Some(progress) = &config.progress {
@@ -549,7 +572,7 @@ async fn shrink(config: &CampaignConfig, program: &Program, invariant: Invariant
                     break 'outer;
                 }
                 runs += 1;
-                let run = run_program(&trial, &config.store, &config.bus, config.bus_lag).await;
+                let run = run_in_campaign(&trial, config).await;
                 if let Some(progress) = &config.progress {
                     progress(&Progress {
                         store: config.store.name(),

@@ -193,8 +193,16 @@ const OP_DEADLINE: Duration = Duration::from_secs(20);
 /// The longest quiescence may take.
 const QUIESCE_DEADLINE: Duration = Duration::from_secs(30);
 
+/// Told, and awaited, when a program's faults are switched on (`true`,
+/// before its operations start) and off (`false`, when they are done and
+/// quiescence begins). For faults injected outside the fault layer, such as
+/// a [`crate::proxy::FaultProxy`]'s: they must stop before the off switch
+/// returns, and the store must answer again (a connection the proxy killed
+/// replaced), or the checks after quiescence blame the library for them.
+pub type FaultSwitch = Arc<dyn Fn(bool) -> BoxFuture<'static, ()> + Send + Sync>;
+
 /// Tunables of a run that are not part of the program.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub(crate) struct RunEnv {
     pub(crate) store: StoreSpec,
     pub(crate) bus: BusSpec,
@@ -202,6 +210,20 @@ pub(crate) struct RunEnv {
     pub(crate) bus_lag: Duration,
     /// A number making namespace names unique between runs.
     pub(crate) run_id: u64,
+    /// Told when the program's faults go on and off.
+    pub(crate) fault_switch: Option<FaultSwitch>,
+}
+
+impl std::fmt::Debug for RunEnv {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RunEnv")
+            .field("store", &self.store)
+            .field("bus", &self.bus)
+            .field("bus_lag", &self.bus_lag)
+            .field("run_id", &self.run_id)
+            .field("fault_switch", &self.fault_switch.is_some())
+            .finish()
+    }
 }
 
 /// Counters of one program run.
@@ -228,6 +250,8 @@ pub struct RunStats {
     pub slow_ops: u64,
     /// The slowest operation, ms.
     pub max_op_ms: f64,
+    /// Reads that returned the row of another key.
+    pub wrong_answers: u64,
     /// Milliseconds from start to the end of the checks.
     pub elapsed_ms: u64,
 }
@@ -287,6 +311,8 @@ struct Harness {
     locks: Vec<tokio::sync::RwLock<()>>,
     next_op: std::sync::atomic::AtomicU64,
     last_write: std::sync::Mutex<Option<Instant>>,
+    /// Reads that returned the row of another key.
+    wrong_answers: std::sync::Mutex<Vec<Violation>>,
 }
 
 fn ms(n: u64) -> Duration {
@@ -451,10 +477,27 @@ impl Harness {
         });
     }
 
+    /// The version of the row a read of `key` returned; a row of another
+    /// key is a wrong answer, recorded as a violation.
+    fn answer(&self, who: Who, op: u64, key: u64, row: Option<Row>) -> Option<u64> {
+        let row = row?;
+        if row.key != key {
+            let detail = format!(
+                "op{op}: a read of key {key} on instance {} returned the row of key {} (v{})",
+                who.instance, row.key, row.version
+            );
+            self.wrong_answers
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(Violation::wrong_answer(key, who.instance, detail));
+        }
+        Some(row.version)
+    }
+
     async fn exec(self: &Arc<Self>, i: Who, ns: &Namespace<u64, Row>, op: &Op, id: u64) -> Outcome {
         let fetched = |k: u64, r: aside::Result<Fetched<Row>>| match r {
             Ok(f) => Outcome::Read {
-                values: vec![(k, f.value.map(|row| row.version))],
+                values: vec![(k, self.answer(i, id, k, f.value))],
                 source: Some(f.source),
                 none_is_absent: true,
             },
@@ -463,7 +506,7 @@ impl Harness {
         match op {
             Op::GetOrLoad(k) => match ns.get_or_load(k, self.loader(i, id, *k, LoadKind::Cached)).await {
                 Ok(v) => Outcome::Read {
-                    values: vec![(*k, v.map(|row| row.version))],
+                    values: vec![(*k, self.answer(i, id, *k, v))],
                     source: None,
                     none_is_absent: true,
                 },
@@ -498,7 +541,7 @@ impl Harness {
             }
             Op::Get(k) => match ns.get(k).await {
                 Ok(v) => Outcome::Read {
-                    values: vec![(*k, v.map(|row| row.version))],
+                    values: vec![(*k, self.answer(i, id, *k, v))],
                     source: None,
                     none_is_absent: false,
                 },
@@ -506,7 +549,10 @@ impl Harness {
             },
             Op::GetMany(keys) => match ns.get_many_or_load(keys, self.batch_loader(i, id)).await {
                 Ok(found) => Outcome::Read {
-                    values: keys.iter().map(|k| (*k, found.get(k).map(|row| row.version))).collect(),
+                    values: keys
+                        .iter()
+                        .map(|k| (*k, self.answer(i, id, *k, found.get(k).copied())))
+                        .collect(),
                     source: None,
                     none_is_absent: true,
                 },
@@ -706,9 +752,13 @@ pub(crate) async fn run_program(program: &Program, env: &RunEnv) -> ProgramRun {
         locks: (0..program.keys).map(|_| tokio::sync::RwLock::new(())).collect(),
         next_op: std::sync::atomic::AtomicU64::new(1),
         last_write: std::sync::Mutex::new(None),
+        wrong_answers: std::sync::Mutex::new(Vec::new()),
     });
 
     plan.set_enabled(true);
+    if let Some(switch) = &env.fault_switch {
+        switch(true).await;
+    }
     let mut tasks = tokio::task::JoinSet::new();
     for ((instance, _task), steps) in program.tasks() {
         let (harness, inst) = (harness.clone(), instances[instance].clone());
@@ -731,6 +781,9 @@ pub(crate) async fn run_program(program: &Program, env: &RunEnv) -> ProgramRun {
     // Quiescence: faults off, background work done, replays drained,
     // delayed deletes run, and the bus delivered.
     plan.set_enabled(false);
+    if let Some(switch) = &env.fault_switch {
+        switch(false).await;
+    }
     if let Err(v) = quiesce(&harness, &instances, &store, program).await {
         violations.push(v);
     }
@@ -766,6 +819,9 @@ pub(crate) async fn run_program(program: &Program, env: &RunEnv) -> ProgramRun {
     let overlaps = check::load_overlaps(&history);
     violations.extend(overlaps.violations);
     violations.extend(check::liveness(&history));
+    let wrong_answers = std::mem::take(&mut *harness.wrong_answers.lock().unwrap_or_else(|e| e.into_inner()));
+    let wrong_answer_count = wrong_answers.len() as u64;
+    violations.extend(wrong_answers);
 
     let stats = RunStats {
         operations: history.ops.len() as u64,
@@ -782,6 +838,7 @@ pub(crate) async fn run_program(program: &Program, env: &RunEnv) -> ProgramRun {
             .filter(|o| o.end_ms - o.start_ms > program.config.lease_ttl_ms as f64)
             .count() as u64,
         max_op_ms: history.ops.iter().map(|o| o.end_ms - o.start_ms).fold(0.0, f64::max),
+        wrong_answers: wrong_answer_count,
         elapsed_ms: started.elapsed().as_millis() as u64,
     };
 

@@ -49,6 +49,7 @@ pub(crate) mod tier;
 pub(crate) mod timer;
 pub(crate) mod write;
 
+pub(crate) use retry::RetryBounds;
 use retry::{PendingOp, RetryQueue};
 use timer::DelayedDeletes;
 
@@ -109,7 +110,7 @@ impl Core {
         store: Arc<dyn Store>,
         breaker: Breaker,
         op_timeout: Duration,
-        retry_capacity: usize,
+        retry_bounds: RetryBounds,
         prefix: String,
         max_key_len: usize,
     ) -> Self {
@@ -121,7 +122,7 @@ impl Core {
             breaker,
             op_timeout,
             counters: Counters::default(),
-            retry: Arc::new(RetryQueue::new(retry_capacity)),
+            retry: Arc::new(RetryQueue::new(retry_bounds)),
             delayed: DelayedDeletes::new(),
             prefix,
             max_key_len,
@@ -277,11 +278,12 @@ impl Core {
     pub(crate) fn queue_invalidation(self: &Arc<Self>, namespace: &str, full: &str, key: &str, op: PendingOp) {
         self.counters.add(Event::InvalidationQueued);
         self.metrics.add(Event::InvalidationQueued);
-        if let Some(dropped) = self.retry.push(self, namespace, full, key, op) {
+        for (dropped, overflow) in self.retry.push(self, namespace, full, key, op) {
             self.counters.add(Event::InvalidationDropped);
             self.metrics.add(Event::InvalidationDropped);
             tracing::error!(
                 key = dropped,
+                bound = overflow.name(),
                 "invalidation retry queue full: oldest invalidation dropped"
             );
         }
@@ -326,7 +328,10 @@ mod tests {
             Arc::new(store),
             Breaker::new(BreakerConfig::default()),
             Duration::from_millis(500),
-            16,
+            RetryBounds {
+                entries: 16,
+                bytes: usize::MAX,
+            },
             String::new(),
             250,
         );

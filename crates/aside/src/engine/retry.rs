@@ -4,8 +4,9 @@
 //! must bypass the store until theirs is applied, replaying them once the
 //! store answers again, publishing each replayed one on the bus, and
 //! draining them on a graceful shutdown. An invalidation is never forgotten
-//! silently: when the queue is full the oldest one is dropped, counted and
-//! logged; so are those a shutdown could not replay in time. The queue
+//! silently: when the queue is full (past its bound in entries or in bytes)
+//! the oldest ones are dropped, counted and logged; so are those a shutdown
+//! could not replay in time. The queue
 //! lives in memory only: a process that crashes loses what it holds, and
 //! those keys stay stale until their TTL.
 //!
@@ -20,6 +21,13 @@
 //! sequence is no longer the key's are skipped, and compacted away once
 //! they outnumber the live ones, so completing an entry costs O(1)
 //! amortised instead of a scan of the whole order.
+//!
+//! The byte bound counts what a live entry holds: its store key twice (the
+//! map's key and its order item), its full key, its namespace's name, and
+//! [`ENTRY_OVERHEAD`] for the map slot, the order item and the allocations'
+//! headers. Stale order items are not counted: compaction keeps them fewer
+//! than twice the live entries (plus 64), so the memory held stays within a
+//! small multiple of the bound.
 //!
 //! One worker task (spawned on the first failure, so building an `Aside`
 //! needs no runtime) waits on a `Notify`, then probes the store with
@@ -67,9 +75,48 @@ struct Slot {
     full: String,
 }
 
+/// Bytes counted per live entry besides its keys and namespace name: the
+/// map slot (a `String`, a `Slot`, the hash table's control byte), the
+/// order item (a `String` and a sequence number) and the allocators'
+/// headers of the three strings and the namespace's `Arc`.
+pub(crate) const ENTRY_OVERHEAD: usize = 160;
+
+/// What one live entry of store key `key` costs against the byte bound.
+fn entry_bytes(key: &str, slot: &Slot) -> usize {
+    2 * key.len() + slot.full.len() + slot.namespace.len() + ENTRY_OVERHEAD
+}
+
+/// The two bounds of a [`RetryQueue`]; past either, the oldest live entries go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct RetryBounds {
+    /// Most live entries (at least 1).
+    pub(crate) entries: usize,
+    /// Most bytes held by live entries, counted by `entry_bytes`. The newest
+    /// entry is kept even when it alone is larger.
+    pub(crate) bytes: usize,
+}
+
+/// Which bound made a push drop an entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Overflow {
+    Entries,
+    Bytes,
+}
+
+impl Overflow {
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Overflow::Entries => "entries",
+            Overflow::Bytes => "bytes",
+        }
+    }
+}
+
 #[derive(Debug, Default)]
 struct Pending {
     slots: HashMap<String, Slot>,
+    /// Bytes the live entries hold, as `entry_bytes` counts them.
+    bytes: usize,
     /// Replay order; an item whose sequence is not its key's slot's is stale.
     order: VecDeque<(String, u64)>,
     next_seq: u64,
@@ -78,6 +125,32 @@ struct Pending {
 impl Pending {
     fn is_live(&self, key: &str, seq: u64) -> bool {
         self.slots.get(key).is_some_and(|s| s.seq == seq)
+    }
+
+    /// Removes the live entry of `key`, keeping the byte count.
+    fn remove(&mut self, key: &str) {
+        if let Some(slot) = self.slots.remove(key) {
+            self.bytes -= entry_bytes(key, &slot);
+        }
+    }
+
+    /// Inserts (or replaces) the entry of `key`, keeping the byte count.
+    fn insert(&mut self, key: &str, slot: Slot) {
+        self.bytes += entry_bytes(key, &slot);
+        if let Some(old) = self.slots.insert(key.to_owned(), slot) {
+            self.bytes -= entry_bytes(key, &old);
+        }
+    }
+
+    /// Which bound the live entries exceed, if any; one entry never does.
+    fn overflow(&self, bounds: RetryBounds) -> Option<Overflow> {
+        if self.slots.len() > bounds.entries {
+            Some(Overflow::Entries)
+        } else if self.bytes > bounds.bytes && self.slots.len() > 1 {
+            Some(Overflow::Bytes)
+        } else {
+            None
+        }
     }
 
     /// Drops stale order items once they are the majority: amortised O(1) per push.
@@ -100,7 +173,7 @@ struct Queued {
 
 #[derive(Debug)]
 pub(crate) struct RetryQueue {
-    capacity: usize,
+    bounds: RetryBounds,
     pending: Mutex<Pending>,
     len: AtomicUsize,
     wake: Notify,
@@ -113,9 +186,12 @@ pub(crate) struct RetryQueue {
 }
 
 impl RetryQueue {
-    pub(crate) fn new(capacity: usize) -> Self {
+    pub(crate) fn new(bounds: RetryBounds) -> Self {
         RetryQueue {
-            capacity: capacity.max(1),
+            bounds: RetryBounds {
+                entries: bounds.entries.max(1),
+                bytes: bounds.bytes,
+            },
             pending: Mutex::new(Pending::default()),
             len: AtomicUsize::new(0),
             wake: Notify::new(),
@@ -141,7 +217,8 @@ impl RetryQueue {
     }
 
     /// Queues `op` for the store key `key` (the entry `full` of
-    /// `namespace`); returns a dropped key if the queue overflowed.
+    /// `namespace`); returns the keys the push dropped, oldest first, with
+    /// the bound each overflowed (none while the queue is within both).
     pub(crate) fn push(
         self: &Arc<Self>,
         core: &Arc<Core>,
@@ -149,7 +226,7 @@ impl RetryQueue {
         full: &str,
         key: &str,
         op: PendingOp,
-    ) -> Option<String> {
+    ) -> Vec<(String, Overflow)> {
         let dropped = {
             let mut pending = self.lock();
             let seq = pending.next_seq;
@@ -160,16 +237,16 @@ impl RetryQueue {
                 namespace: Arc::from(namespace),
                 full: full.to_owned(),
             };
-            pending.slots.insert(key.to_owned(), slot);
+            pending.insert(key, slot);
             pending.order.push_back((key.to_owned(), seq));
-            let mut dropped = None;
-            while pending.slots.len() > self.capacity {
+            let mut dropped = Vec::new();
+            while let Some(overflow) = pending.overflow(self.bounds) {
                 let Some((old, seq)) = pending.order.pop_front() else {
                     break;
                 };
                 if pending.is_live(&old, seq) {
-                    pending.slots.remove(&old);
-                    dropped = Some(old);
+                    pending.remove(&old);
+                    dropped.push((old, overflow));
                 }
             }
             pending.compact();
@@ -225,7 +302,7 @@ impl RetryQueue {
         let mut pending = self.lock();
         let done = pending.is_live(key, seq);
         if done {
-            pending.slots.remove(key);
+            pending.remove(key);
             pending.compact();
         }
         self.len.store(pending.slots.len(), Ordering::Release);
@@ -238,12 +315,19 @@ impl RetryQueue {
         let mut pending = self.lock();
         pending.slots.clear();
         pending.order.clear();
+        pending.bytes = 0;
         self.len.store(0, Ordering::Release);
         taken
     }
 
     pub(crate) fn replayed(&self) -> u64 {
         self.replayed.load(Ordering::Acquire)
+    }
+
+    /// Bytes the live entries hold now, as the byte bound counts them.
+    #[cfg(test)]
+    fn bytes(&self) -> usize {
+        self.lock().bytes
     }
 }
 
@@ -384,12 +468,19 @@ pub(crate) async fn drain(core: &Core, deadline: Instant) -> Drained {
 mod tests {
     use super::*;
 
-    fn core(capacity: usize) -> Arc<Core> {
+    fn entries(entries: usize) -> RetryBounds {
+        RetryBounds {
+            entries,
+            bytes: usize::MAX,
+        }
+    }
+
+    fn core(bounds: RetryBounds) -> Arc<Core> {
         Arc::new(Core::new(
             Arc::new(crate::MemoryStore::new()),
             crate::breaker::Breaker::new(crate::BreakerConfig::default()),
             Duration::from_millis(250),
-            capacity,
+            bounds,
             String::new(),
             250,
         ))
@@ -403,8 +494,8 @@ mod tests {
     /// lost. Only the push that was replayed is completed.
     #[test]
     fn a_newer_invalidation_survives_the_replay_of_an_older_one() {
-        let core = core(16);
-        let queue = RetryQueue::new(16);
+        let core = core(entries(16));
+        let queue = RetryQueue::new(entries(16));
         let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
         let _guard = runtime.enter();
         let queue = Arc::new(queue);
@@ -428,8 +519,8 @@ mod tests {
     /// completion, quadratic in a drain); stale order items stay bounded.
     #[test]
     fn the_order_stays_bounded_and_overflow_drops_the_oldest_live_entry() {
-        let core = core(4);
-        let queue = Arc::new(RetryQueue::new(4));
+        let core = core(entries(4));
+        let queue = Arc::new(RetryQueue::new(entries(4)));
         let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
         let _guard = runtime.enter();
         for round in 0..10_000 {
@@ -448,5 +539,70 @@ mod tests {
         }
         let kept: Vec<String> = queue.snapshot().into_iter().map(|q| q.key).collect();
         assert_eq!(kept, ["ns:a", "ns:c", "ns:d", "ns:e"]);
+    }
+
+    /// Issue 15: the queue is bounded in bytes besides entries. Past the
+    /// byte bound the oldest live entries go, each returned (for the
+    /// caller to count and log), and the byte count follows pushes,
+    /// re-pushes of a key, completions and a drain.
+    #[test]
+    fn the_byte_bound_drops_the_oldest_entries() {
+        // Three entries of this size fit; a fourth does not.
+        let one = |k: &str| 2 * format!("ns:{k}").len() + format!("ns:{k}").len() + "ns".len() + ENTRY_OVERHEAD;
+        let bounds = RetryBounds {
+            entries: 1_000,
+            bytes: 3 * one("a") + one("a") / 2,
+        };
+        let core = core(bounds);
+        let queue = Arc::new(RetryQueue::new(bounds));
+        let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        let _guard = runtime.enter();
+        let push = |k: &str| {
+            let key = format!("ns:{k}");
+            queue.push(&core, "ns", &key, &key, INVALIDATE)
+        };
+        for k in ["a", "b", "c"] {
+            assert!(push(k).is_empty(), "{k} fits");
+        }
+        assert_eq!(queue.bytes(), 3 * one("a"));
+        // Re-pushing a key replaces its entry: no growth, nothing dropped.
+        assert!(push("a").is_empty());
+        assert_eq!(queue.bytes(), 3 * one("a"));
+        // `b` is now the oldest live entry (`a` was re-pushed).
+        assert_eq!(push("d"), [("ns:b".to_owned(), Overflow::Bytes)]);
+        assert_eq!(queue.len(), 3);
+        assert_eq!(queue.bytes(), 3 * one("a"));
+        let kept: Vec<String> = queue.snapshot().into_iter().map(|q| q.key).collect();
+        assert_eq!(kept, ["ns:c", "ns:a", "ns:d"]);
+        // One entry far past the bound drops every older one, and stays.
+        let long = "x".repeat(4 * one("a"));
+        let dropped: Vec<String> = push(&long).into_iter().map(|(k, _)| k).collect();
+        assert_eq!(dropped, ["ns:c", "ns:a", "ns:d"]);
+        assert_eq!(queue.len(), 1);
+        let seq = queue.lock().slots[&format!("ns:{long}")].seq;
+        assert!(queue.complete(&format!("ns:{long}"), seq));
+        assert_eq!((queue.len(), queue.bytes()), (0, 0));
+    }
+
+    /// What the byte bound drops is counted as dropped, as the entry
+    /// bound's is ([`Stats::invalidations_dropped`]).
+    #[test]
+    fn entries_the_byte_bound_drops_are_counted() {
+        let core = core(RetryBounds {
+            entries: 1_000,
+            bytes: 2_000,
+        });
+        let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        let _guard = runtime.enter();
+        for i in 0..100 {
+            let key = format!("ns:{i:04}");
+            core.queue_invalidation("ns", &key, &key, INVALIDATE);
+        }
+        let stats = core.stats();
+        let per_entry = 2 * 7 + 7 + 2 + ENTRY_OVERHEAD;
+        let kept = (2_000 / per_entry) as u64;
+        assert_eq!(stats.invalidations_pending, kept);
+        assert_eq!(stats.invalidations_dropped, 100 - kept);
+        assert_eq!(stats.invalidations_queued, 100);
     }
 }
