@@ -62,9 +62,11 @@ fn bus_message_corpus() {
     replay("bus_message", aside::fuzzing::bus_message);
 }
 
-// Slot: the memcached response parser's corpus,
-// `replay("memcached_responses", aside::fuzzing::memcached_responses)`,
-// joins here with its entry point.
+#[cfg(feature = "memcached")]
+#[test]
+fn memcached_responses_corpus() {
+    replay("memcached_responses", aside::fuzzing::memcached_responses);
+}
 
 mod seeds {
     //! The seed corpus of the library's targets, from the real encoders:
