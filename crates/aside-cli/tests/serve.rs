@@ -923,3 +923,32 @@ async fn a_connection_past_the_limit_is_closed() {
     })
     .await;
 }
+
+/// A body past axum's 2 MB limit gets a 413 once the limit is crossed. The
+/// body is one byte over the limit, so the server has read all it was sent
+/// when it answers, and no reset of unread bytes can swallow the answer.
+#[tokio::test]
+async fn a_body_past_the_limit_gets_413() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    const LIMIT: usize = 2 * 1024 * 1024;
+    let server = Server::start(&[]);
+    let mut stream = tokio::net::TcpStream::connect(server.addr()).await.expect("connects");
+    let head = format!(
+        "PUT /users/2 HTTP/1.1\r\nHost: aside\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        LIMIT + 1
+    );
+    stream.write_all(head.as_bytes()).await.expect("head sent");
+    let mut body = vec![b' '; LIMIT + 1];
+    body[0] = b'"';
+    stream.write_all(&body).await.expect("body sent");
+    let mut answer = Vec::new();
+    let mut chunk = [0u8; 4096];
+    while !answer.windows(4).any(|w| w == b"\r\n\r\n") {
+        match stream.read(&mut chunk).await.expect("the answer is readable") {
+            0 => break,
+            n => answer.extend_from_slice(&chunk[..n]),
+        }
+    }
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+}
