@@ -7,7 +7,7 @@
 //! on an in-process store that refuses invalidations, invalidates N keys
 //! (all queued, not timed), lets the store answer again, and times
 //! [`Aside::shutdown`], which replays the whole queue; the bench panics if
-//! a drain replays fewer than N or drops any.
+//! a drain drops any or leaves any queued.
 //!
 //! Run it with:
 //!
@@ -153,12 +153,11 @@ fn drain(c: &mut Criterion) {
                     let started = std::time::Instant::now();
                     let report = rt.block_on(aside.shutdown(Duration::from_secs(600)));
                     spent += started.elapsed();
+                    // Nothing dropped and nothing left: every entry was
+                    // replayed (by the drain, or the worker beside it, whose
+                    // replay counter may still be catching up: not checked).
                     assert_eq!(black_box(report).dropped, 0, "a drain dropped invalidations");
-                    // The worker may have replayed a few before the shutdown
-                    // began: the total, not the shutdown's share, is checked.
-                    let stats = aside.stats();
-                    assert_eq!(stats.invalidations_replayed, n, "a drain replayed fewer than queued");
-                    assert_eq!(stats.invalidations_pending, 0);
+                    assert_eq!(aside.stats().invalidations_pending, 0, "a drain left invalidations");
                 }
                 spent
             });

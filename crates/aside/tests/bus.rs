@@ -228,3 +228,39 @@ mod over_nats {
         assert_eq!(users.fetch(&1, || db.get(1)).await.unwrap().source, Source::Loaded);
     }
 }
+
+/// Issue 15, found by `aside soak`: a subscription whose receiver was
+/// dropped (its `Aside` gone) stayed subscribed, its connection pinged,
+/// until the next message found the receiver gone: on a quiet channel,
+/// for good. Every dropped `Aside` with a Redis bus leaked a connection.
+#[tokio::test]
+async fn a_dropped_subscription_leaves_the_server() {
+    use aside::bus::Bus;
+    let server = RedisServer::start();
+    let bus = RedisBus::connect_on(&server.url(), "quiet").await.unwrap();
+    let client = redis::Client::open(server.url()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let subscribers = |mut conn: redis::aio::MultiplexedConnection| async move {
+        let (_, n): (String, u64) = redis::cmd("PUBSUB")
+            .arg("NUMSUB")
+            .arg("quiet")
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        n
+    };
+    let events = bus.subscribe().await.unwrap();
+    assert_eq!(subscribers(conn.clone()).await, 1);
+    drop(events);
+    eventually(
+        "the dropped subscription leaves the channel",
+        Duration::from_secs(30),
+        || {
+            let conn = conn.clone();
+            async move { subscribers(conn).await == 0 }
+        },
+    )
+    .await;
+    // The connection is usable afterwards (nothing above borrowed it for good).
+    let _: () = redis::cmd("PING").query_async(&mut conn).await.unwrap();
+}

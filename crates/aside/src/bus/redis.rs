@@ -129,7 +129,16 @@ impl Bus for RedisBus {
         tokio::spawn(async move {
             let mut stream = Box::pin(watched_messages(pubsub, connect_timeout));
             loop {
-                while let Some(msg) = stream.next().await {
+                loop {
+                    // The listener gone (its `Aside` dropped), the subscription
+                    // ends at once: waiting for the next message to find out
+                    // kept it, and its pinged connection, alive for good on a
+                    // quiet channel.
+                    let msg = tokio::select! {
+                        msg = stream.next() => msg,
+                        () = tx.closed() => return,
+                    };
+                    let Some(msg) = msg else { break };
                     // A message that does not parse is another program's: skip it.
                     if let Some(message) = Invalidation::decode(msg.get_payload_bytes())
                         && tx.send(BusEvent::Invalidation(message)).await.is_err()

@@ -183,6 +183,10 @@ pub(crate) struct RetryQueue {
     closed: AtomicBool,
     /// Entries replayed so far, by the worker or a shutdown.
     replayed: AtomicU64,
+    /// Held by a replay round: one at a time. A shutdown's drain and the
+    /// worker would otherwise both walk the same entries, sending every
+    /// invalidation to the store twice and fighting over `pending`.
+    replaying: tokio::sync::Mutex<()>,
 }
 
 impl RetryQueue {
@@ -198,6 +202,7 @@ impl RetryQueue {
             worker: Mutex::new(None),
             closed: AtomicBool::new(false),
             replayed: AtomicU64::new(0),
+            replaying: tokio::sync::Mutex::new(()),
         }
     }
 
@@ -364,6 +369,7 @@ async fn replay_worker(core: Weak<Core>, queue: Arc<RetryQueue>) {
 /// made, but the store still held the old value then, and other processes
 /// may have read it back into their L1s since; only now is it gone.
 async fn replay_once(core: &Core, queue: &RetryQueue) -> bool {
+    let _round = queue.replaying.lock().await;
     let mut replayed: HashMap<Arc<str>, Vec<String>> = HashMap::new();
     let mut complete = true;
     for Queued { key, seq, slot } in queue.snapshot() {
