@@ -952,3 +952,93 @@ async fn a_body_past_the_limit_gets_413() {
     let answer = String::from_utf8_lossy(&answer);
     assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
 }
+
+/// The name `GET /users/3` answers, once the answer is no longer the
+/// row's old one; panics after 60 s (the failsafe: an entry left stale
+/// stays so for its TTL, 600 s).
+async fn name_once_updated(client: &reqwest::Client, server: &Server) -> String {
+    let failsafe = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let name = get(client, server.url("/users/3")).await.body["name"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        if name != "User 3" {
+            return name;
+        }
+        assert!(
+            tokio::time::Instant::now() < failsafe,
+            "GET /users/3 still answers the old row after 60 s"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+fn new_user() -> Value {
+    json!({"name": "NEW", "email": "new@example.com", "avatar": "https://avatars.example.com/new.png"})
+}
+
+/// A PUT dropped by the request timeout after its database write (Redis is
+/// frozen, so the invalidation is still waiting) still invalidates: the
+/// write and its invalidation run in a task of their own. When the request
+/// future owned them, the dropped invalidation left the old row cached,
+/// with nothing queued, until its TTL.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_put_cut_off_by_the_request_timeout_still_invalidates() {
+    let redis = aside_testkit::RedisServer::start();
+    let server = Server::start(&["--redis", &redis.url(), "--request-timeout-ms", "50"]);
+    let client = reqwest::Client::new();
+    get(&client, server.url("/users/3")).await;
+    assert_eq!(get(&client, server.url("/users/3")).await.cache.as_deref(), Some("hit"));
+
+    redis.freeze();
+    let put = send(client.put(server.url("/users/3")).json(&new_user())).await;
+    assert_eq!(put.status, StatusCode::GATEWAY_TIMEOUT, "the request must be cut off");
+    redis.thaw();
+    assert_eq!(name_once_updated(&client, &server).await, "NEW");
+}
+
+/// SIGTERM replays the invalidations queued while Redis was unreachable
+/// before the process exits: a server restarted on the same database and
+/// Redis then reads the new row. Without the replay the queue died with
+/// the process and the old row stayed cached until its TTL.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_replays_queued_invalidations() {
+    let redis = aside_testkit::RedisServer::start();
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let url = format!("sqlite://{}", dir.path().join("serve.db").display());
+    let args = ["--redis", &redis.url(), "--database-url", &url];
+    let mut server = Server::start(&args);
+    let client = reqwest::Client::new();
+    get(&client, server.url("/users/3")).await;
+
+    redis.freeze();
+    let put = send(client.put(server.url("/users/3")).json(&new_user())).await;
+    assert_eq!(put.status, StatusCode::OK);
+    server.terminate();
+    // Redis comes back only once the server is replaying, or gone.
+    aside_testkit::eventually("the server replays or exits", Duration::from_secs(60), || {
+        let replaying = server.output().contains("replaying queued invalidations");
+        let exited = server.child.try_wait().expect("waitable").is_some();
+        async move { replaying || exited }
+    })
+    .await;
+    redis.thaw();
+    let status = tokio::task::spawn_blocking(move || {
+        let status = server.child.wait();
+        (server, status)
+    })
+    .await
+    .expect("joined");
+    let (stopped, status) = status;
+    assert!(status.expect("waited").success(), "{}", stopped.output());
+    assert!(
+        stopped.output().contains("1 replayed, 0 dropped"),
+        "{}",
+        stopped.output()
+    );
+
+    let restarted = Server::start(&args);
+    let user = get(&client, restarted.url("/users/3")).await;
+    assert_eq!(user.body["name"], "NEW", "{:?}", user.cache);
+}

@@ -33,6 +33,9 @@ use health::HealthMonitor;
 use http::{ConcurrencyLimit, Endpoint};
 use routes::{AppState, RequestLimits};
 
+/// How long a shutdown may spend replaying queued invalidations.
+const SHUTDOWN_REPLAY_BOUND: Duration = Duration::from_secs(10);
+
 /// How long a cached "no such row" is kept (at most the TTL).
 const NEGATIVE_TTL: Duration = Duration::from_secs(30);
 
@@ -247,7 +250,17 @@ async fn serve(args: &ServeArgs, db: Database, metrics: metrics_exporter_prometh
     let drain = header_timeout + limits.timeout + Duration::from_secs(1);
     http::serve(public, admin, header_timeout, drain, shutdown_signal()).await;
     state.health.stop();
-    eprintln!("aside serve: stopped");
+    // The retry queue lives in this process only: replay what it holds
+    // now, or the next process serves those entries stale until their TTL.
+    eprintln!(
+        "aside serve: replaying queued invalidations (at most {} s)",
+        SHUTDOWN_REPLAY_BOUND.as_secs()
+    );
+    let report = state.aside.shutdown(SHUTDOWN_REPLAY_BOUND).await;
+    eprintln!(
+        "aside serve: stopped; queued invalidations: {} replayed, {} dropped",
+        report.replayed, report.dropped
+    );
     Ok(())
 }
 

@@ -242,6 +242,21 @@ async fn read_many<R: Record>(state: &AppState, ns: &Namespace<u64, R>, ids: &[u
 
 /// After a database write: drops the cached row (unless the cache is off).
 /// A store that did not take it is aside's to retry; the write stands.
+/// Runs a write and its invalidation in a task of their own, and waits for
+/// it. A request future is dropped midway when it passes the request
+/// timeout or its client hangs up; dropped between the database write and
+/// the invalidation, it would leave the old row cached until its TTL, with
+/// nothing queued to fix it. A task runs to its end whatever becomes of
+/// the request.
+async fn detached<T: Send + 'static>(
+    write: impl Future<Output = Result<T, ApiError>> + Send + 'static,
+) -> Result<T, ApiError> {
+    tokio::spawn(write).await.unwrap_or_else(|e| {
+        tracing::error!("a write task failed: {e}");
+        Err(ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal error"))
+    })
+}
+
 async fn invalidate<R: Record>(state: &AppState, ns: &Namespace<u64, R>, id: u64) {
     if state.cache_on
         && let Err(e) = ns.invalidate(&id).await
@@ -276,12 +291,15 @@ async fn put_user(
 ) -> Result<Json<User>, ApiError> {
     let id = path_id(id)?;
     let Json(fields) = body?;
-    let row = state
-        .db
-        .update_user(id, &fields)
-        .await?
-        .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, format!("no users row with id {id}")))?;
-    invalidate(&state, &state.users, id).await;
+    let row = detached(async move {
+        let row = state.db.update_user(id, &fields).await?;
+        if row.is_some() {
+            invalidate(&state, &state.users, id).await;
+        }
+        Ok(row)
+    })
+    .await?
+    .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, format!("no users row with id {id}")))?;
     Ok(Json(row))
 }
 
@@ -292,12 +310,15 @@ async fn put_product(
 ) -> Result<Json<Product>, ApiError> {
     let id = path_id(id)?;
     let Json(fields) = body?;
-    let row = state
-        .db
-        .update_product(id, &fields)
-        .await?
-        .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, format!("no products row with id {id}")))?;
-    invalidate(&state, &state.products, id).await;
+    let row = detached(async move {
+        let row = state.db.update_product(id, &fields).await?;
+        if row.is_some() {
+            invalidate(&state, &state.products, id).await;
+        }
+        Ok(row)
+    })
+    .await?
+    .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, format!("no products row with id {id}")))?;
     Ok(Json(row))
 }
 
