@@ -18,6 +18,11 @@ use regex::Regex;
 /// the password) and any `password`, `pass` or `token` query value shown
 /// as `***`. Text that does not parse as a URL keeps only its scheme.
 pub fn url(raw: &str) -> String {
+    // A libpq-style `host=db password=...` string is no URL, and any part
+    // of it may be a secret.
+    if !raw.contains("://") && raw.contains('=') {
+        return "***".to_owned();
+    }
     aside::store::masked_url(raw)
 }
 
@@ -40,7 +45,13 @@ static URL_WITH_CREDENTIALS: LazyLock<Regex> =
 /// other crates, which may quote the URL it was given.
 pub fn text(text: &str) -> String {
     URL_WITH_CREDENTIALS
-        .replace_all(text, |found: &regex::Captures<'_>| url(&found[0]))
+        .replace_all(text, |found: &regex::Captures<'_>| {
+            // The word may end in punctuation of the sentence around it
+            // (`at redis://u:p@h:6379: refused`), which is no part of the URL.
+            let word = &found[0];
+            let bare = word.trim_end_matches([':', ';', ',', '.', ')', ']', '\'', '"']);
+            format!("{}{}", url(bare), &word[bare.len()..])
+        })
         .into_owned()
 }
 
@@ -69,6 +80,16 @@ mod tests {
             text("cannot connect to mysql://root:pw@db/x: refused; see http://example.com/help"),
             "cannot connect to mysql://root:***@db/x: refused; see http://example.com/help"
         );
+        // Punctuation after a URL stays outside it, and a masked URL keeps its host.
+        assert_eq!(
+            text("cannot connect to Redis at redis://admin:***@127.0.0.1:6379: Connection refused"),
+            "cannot connect to Redis at redis://admin:***@127.0.0.1:6379: Connection refused"
+        );
+        assert_eq!(
+            text("at redis://u:pw@h:1, redis://v:pw2@h:2."),
+            "at redis://u:***@h:1, redis://v:***@h:2."
+        );
+        assert_eq!(url("host=db password=s3cr3t"), "***");
         for secret in ["redis://a:b/c@h", "redis://a:b#c@h"] {
             assert!(!url(secret).contains('b'), "{secret} -> {}", url(secret));
             assert!(!text(&format!("at {secret}: refused")).contains('b'), "{secret}");

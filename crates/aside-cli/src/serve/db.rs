@@ -64,6 +64,33 @@ pub struct UserFields {
     pub avatar: String,
 }
 
+/// The longest text field a row takes, in bytes (400 past it): a row is
+/// cached and served in batches of up to 1,000, so its size is bounded.
+pub const MAX_FIELD_BYTES: usize = 1024;
+
+fn check_field(name: &str, value: &str) -> Result<(), String> {
+    if value.len() > MAX_FIELD_BYTES {
+        return Err(format!("{name}: {} bytes, at most {MAX_FIELD_BYTES}", value.len()));
+    }
+    Ok(())
+}
+
+impl UserFields {
+    /// Refuses a field over [`MAX_FIELD_BYTES`], naming it.
+    pub fn check(&self) -> Result<(), String> {
+        check_field("name", &self.name)?;
+        check_field("email", &self.email)?;
+        check_field("avatar", &self.avatar)
+    }
+}
+
+impl ProductFields {
+    /// Refuses a field over [`MAX_FIELD_BYTES`], naming it.
+    pub fn check(&self) -> Result<(), String> {
+        check_field("name", &self.name)
+    }
+}
+
 /// The new contents of a product row: the body of `PUT /products/{id}`.
 #[derive(Debug, Clone, serde::Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -89,6 +89,9 @@ impl Endpoint {
     }
 }
 
+/// The largest request head (request line and headers) read, in bytes.
+pub const MAX_HEAD_BYTES: usize = 64 * 1024;
+
 /// Serves `public` (and `admin`, if any) until `shutdown` resolves, then
 /// stops accepting and waits at most `drain` for open connections to end.
 pub async fn serve(
@@ -102,6 +105,9 @@ pub async fn serve(
     let mut http = http1::Builder::new();
     // The timer is what makes hyper enforce the header timeout.
     http.timer(TokioTimer::new()).header_read_timeout(header_timeout);
+    // A request head past this is refused (431) instead of buffered: every
+    // open connection may hold this much.
+    http.max_buf_size(MAX_HEAD_BYTES);
     tokio::pin!(shutdown);
     loop {
         let (endpoint, (stream, slot)) = tokio::select! {

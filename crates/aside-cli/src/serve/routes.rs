@@ -63,6 +63,10 @@ pub struct RequestLimits {
     pub concurrency: ConcurrencyLimit,
 }
 
+/// The largest request body taken (413 past it): a row's fields are a
+/// few hundred bytes, and every request in flight may hold this much.
+pub const MAX_BODY_BYTES: usize = 64 * 1024;
+
 /// The users and products routes, with an answer for any other path:
 /// each request timed, bounded in time, and refused past the concurrency
 /// limit.
@@ -73,6 +77,7 @@ pub fn public(state: Arc<AppState>, limits: &RequestLimits) -> Router {
         .route("/products", get(get_products))
         .route("/products/{id}", get(get_product).put(put_product))
         .fallback(no_such_route)
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(middleware::from_fn_with_state(limits.timeout, limit_time))
         .layer(middleware::from_fn_with_state(
             limits.concurrency.clone(),
@@ -291,6 +296,7 @@ async fn put_user(
 ) -> Result<Json<User>, ApiError> {
     let id = path_id(id)?;
     let Json(fields) = body?;
+    fields.check().map_err(ApiError::bad_request)?;
     let row = detached(async move {
         let row = state.db.update_user(id, &fields).await?;
         if row.is_some() {
@@ -310,6 +316,7 @@ async fn put_product(
 ) -> Result<Json<Product>, ApiError> {
     let id = path_id(id)?;
     let Json(fields) = body?;
+    fields.check().map_err(ApiError::bad_request)?;
     let row = detached(async move {
         let row = state.db.update_product(id, &fields).await?;
         if row.is_some() {
