@@ -1065,3 +1065,57 @@ async fn sigterm_replays_queued_invalidations() {
     let user = get(&client, restarted.url("/users/3")).await;
     assert_eq!(user.body["name"], "NEW", "{:?}", user.cache);
 }
+
+/// Opens a connection that pipelines `requests` batch GETs of the 100
+/// seeded users (about 13 KB each) and never reads an answer: once the socket buffers
+/// are full, the server's writes to it make no progress. The connection
+/// stays open as long as the returned read half lives.
+async fn stalled_reader(addr: std::net::SocketAddr, requests: usize) -> tokio::net::tcp::OwnedReadHalf {
+    use tokio::io::AsyncWriteExt;
+    let ids: Vec<String> = (1..=100).map(|id| id.to_string()).collect();
+    let request = format!("GET /users?ids={} HTTP/1.1\r\nHost: aside\r\n\r\n", ids.join(","));
+    let stream = tokio::net::TcpStream::connect(addr).await.expect("connects");
+    let (read, mut write) = stream.into_split();
+    tokio::spawn(async move {
+        for _ in 0..requests {
+            if write.write_all(request.as_bytes()).await.is_err() {
+                return;
+            }
+        }
+        // Keeps the write half, so the connection is never half-closed.
+        std::future::pending::<()>().await;
+    });
+    read
+}
+
+/// Clients that stop reading their answers are disconnected once a write
+/// has made no progress for `--write-timeout-ms`, so they cannot hold
+/// every connection slot. Without a write timeout the two stalled
+/// connections held both slots for good, and every new client was closed
+/// at accept.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_that_stop_reading_do_not_hold_the_connection_slots() {
+    let server = Server::start(&["--max-connections", "2", "--write-timeout-ms", "500"]);
+    let _stalled = [
+        stalled_reader(server.addr(), 2000).await,
+        stalled_reader(server.addr(), 2000).await,
+    ];
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(0)
+        .build()
+        .expect("a client");
+    let failsafe = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Ok(response) = client.get(server.url("/users/1")).send().await
+            && response.status() == StatusCode::OK
+        {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < failsafe,
+            "a new client was still refused after 60 s: {}",
+            server.output()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

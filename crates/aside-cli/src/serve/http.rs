@@ -92,19 +92,30 @@ impl Endpoint {
 /// The largest request head (request line and headers) read, in bytes.
 pub const MAX_HEAD_BYTES: usize = 64 * 1024;
 
+/// How long a connection may make no progress.
+#[derive(Debug, Clone, Copy)]
+pub struct ConnectionTimeouts {
+    /// To send a request's head (hyper's `header_read_timeout`; idle
+    /// keep-alive connections too).
+    pub header: Duration,
+    /// For a pending write to make progress: a client that stopped
+    /// reading its answers is disconnected instead of holding its slot.
+    pub write: Duration,
+}
+
 /// Serves `public` (and `admin`, if any) until `shutdown` resolves, then
 /// stops accepting and waits at most `drain` for open connections to end.
 pub async fn serve(
     public: Endpoint,
     admin: Option<Endpoint>,
-    header_timeout: Duration,
+    timeouts: ConnectionTimeouts,
     drain: Duration,
     shutdown: impl Future<Output = ()>,
 ) {
     let graceful = GracefulShutdown::new();
     let mut http = http1::Builder::new();
     // The timer is what makes hyper enforce the header timeout.
-    http.timer(TokioTimer::new()).header_read_timeout(header_timeout);
+    http.timer(TokioTimer::new()).header_read_timeout(timeouts.header);
     // A request head past this is refused (431) instead of buffered: every
     // open connection may hold this much.
     http.max_buf_size(MAX_HEAD_BYTES);
@@ -118,7 +129,9 @@ pub async fn serve(
         let open = ::metrics::gauge!(OPEN_CONNECTIONS, "listener" => endpoint.name);
         open.increment(1.0);
         let service = TowerToHyperService::new(endpoint.router.clone());
-        let connection = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
+        let mut stream = tokio_io_timeout::TimeoutStream::new(stream);
+        stream.set_write_timeout(Some(timeouts.write));
+        let connection = graceful.watch(http.serve_connection(TokioIo::new(Box::pin(stream)), service));
         tokio::spawn(async move {
             if let Err(e) = connection.await {
                 // A client gone or too slow: its business, not the server's.

@@ -57,6 +57,12 @@ pub struct ServeArgs {
     #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..=3_600_000))]
     pub header_timeout_ms: u64,
 
+    /// A connection whose answer cannot be written for this many
+    /// milliseconds (a client that stopped reading) is closed, freeing
+    /// its slot.
+    #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..=3_600_000))]
+    pub write_timeout_ms: u64,
+
     /// A request not answered within this many milliseconds gets a 504.
     #[arg(long, default_value_t = 30_000, value_parser = clap::value_parser!(u64).range(1..=3_600_000))]
     pub request_timeout_ms: u64,
@@ -116,6 +122,7 @@ impl std::fmt::Debug for ServeArgs {
             listen,
             admin_listen,
             header_timeout_ms,
+            write_timeout_ms,
             request_timeout_ms,
             max_connections,
             max_concurrency,
@@ -132,6 +139,7 @@ impl std::fmt::Debug for ServeArgs {
             .field("listen", listen)
             .field("admin_listen", admin_listen)
             .field("header_timeout_ms", header_timeout_ms)
+            .field("write_timeout_ms", write_timeout_ms)
             .field("request_timeout_ms", request_timeout_ms)
             .field("max_connections", max_connections)
             .field("max_concurrency", max_concurrency)
@@ -248,7 +256,11 @@ async fn serve(args: &ServeArgs, db: Database, metrics: metrics_exporter_prometh
     let header_timeout = Duration::from_millis(args.header_timeout_ms);
     // Past the longest a request may take, and a client to send one.
     let drain = header_timeout + limits.timeout + Duration::from_secs(1);
-    http::serve(public, admin, header_timeout, drain, shutdown_signal()).await;
+    let timeouts = http::ConnectionTimeouts {
+        header: header_timeout,
+        write: Duration::from_millis(args.write_timeout_ms),
+    };
+    http::serve(public, admin, timeouts, drain, shutdown_signal()).await;
     state.health.stop();
     // The retry queue lives in this process only: replay what it holds
     // now, or the next process serves those entries stale until their TTL.
