@@ -20,7 +20,8 @@ use regex::Regex;
 pub fn url(raw: &str) -> String {
     // A libpq-style `host=db password=...` string is no URL, and any part
     // of it may be a secret.
-    if !raw.contains("://") && raw.contains('=') {
+    let key_value = raw.find('=').is_some_and(|eq| !raw[..eq].contains(':'));
+    if !raw.contains("://") && key_value {
         return "***".to_owned();
     }
     aside::store::masked_url(raw)
@@ -34,22 +35,25 @@ pub fn urls(list: &str) -> String {
         .join(",")
 }
 
-/// A URL that may carry credentials inside free text: a scheme, `://`,
-/// then anything up to an `@` with no whitespace between (a password may
-/// hold an unescaped `/`), and the rest of the word.
-static URL_WITH_CREDENTIALS: LazyLock<Regex> =
-    LazyLock::new(|| Regex::new(r"[A-Za-z][A-Za-z0-9+.\-]*://[^\s@]*@\S*").expect("a valid pattern"));
+/// A URL inside free text: a scheme, `://`, and the rest of the word (a
+/// password may hold an unescaped `/`).
+static URL_IN_TEXT: LazyLock<Regex> =
+    LazyLock::new(|| Regex::new(r"[A-Za-z][A-Za-z0-9+.\-]*://\S+").expect("a valid pattern"));
 
-/// `text` with every URL in it that carries credentials masked by [`url`]
-/// (URLs without credentials are left as written): for error text from
+/// `text` with every URL in it that has a user-info part or a query
+/// masked by [`url`] (other URLs are left as written): for error text from
 /// other crates, which may quote the URL it was given.
 pub fn text(text: &str) -> String {
-    URL_WITH_CREDENTIALS
+    URL_IN_TEXT
         .replace_all(text, |found: &regex::Captures<'_>| {
             // The word may end in punctuation of the sentence around it
             // (`at redis://u:p@h:6379: refused`), which is no part of the URL.
             let word = &found[0];
             let bare = word.trim_end_matches([':', ';', ',', '.', ')', ']', '\'', '"']);
+            // Only a user-info part or a query can hold a secret.
+            if !bare.contains(['@', '?']) {
+                return word.to_owned();
+            }
             format!("{}{}", url(bare), &word[bare.len()..])
         })
         .into_owned()
@@ -90,6 +94,11 @@ mod tests {
             "at redis://u:***@h:1, redis://v:***@h:2."
         );
         assert_eq!(url("host=db password=s3cr3t"), "***");
+        assert_eq!(url("sqlite:/tmp/x.db?mode=ro"), "sqlite:/tmp/x.db?mode=ro");
+        assert_eq!(
+            text("error connecting to postgres://db/app?password=pw: refused"),
+            "error connecting to postgres://db/app?password=***: refused"
+        );
         for secret in ["redis://a:b/c@h", "redis://a:b#c@h"] {
             assert!(!url(secret).contains('b'), "{secret} -> {}", url(secret));
             assert!(!text(&format!("at {secret}: refused")).contains('b'), "{secret}");

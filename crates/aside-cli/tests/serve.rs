@@ -982,11 +982,10 @@ async fn oversized_bodies_heads_and_fields_are_refused() {
 async fn name_once_updated(client: &reqwest::Client, server: &Server) -> String {
     let failsafe = tokio::time::Instant::now() + Duration::from_secs(60);
     loop {
-        let name = get(client, server.url("/users/3")).await.body["name"]
-            .as_str()
-            .unwrap_or_default()
-            .to_owned();
-        if name != "User 3" {
+        let reply = get(client, server.url("/users/3")).await;
+        // A 504 (a slow answer under a short request timeout) says nothing.
+        let name = reply.body["name"].as_str().unwrap_or("User 3").to_owned();
+        if reply.status == StatusCode::OK && name != "User 3" {
             return name;
         }
         assert!(
@@ -994,6 +993,19 @@ async fn name_once_updated(client: &reqwest::Client, server: &Server) -> String 
             "GET /users/3 still answers the old row after 60 s"
         );
         tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Reads user 3 until it is a hit (a slow answer may be cut off by a
+/// short request timeout, so answers that are not 200 are read again).
+async fn cached_user_3(client: &reqwest::Client, server: &Server) {
+    let failsafe = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let reply = get(client, server.url("/users/3")).await;
+        if reply.status == StatusCode::OK && reply.cache.as_deref() == Some("hit") {
+            return;
+        }
+        assert!(tokio::time::Instant::now() < failsafe, "user 3 never cached");
     }
 }
 
@@ -1011,8 +1023,7 @@ async fn a_put_cut_off_by_the_request_timeout_still_invalidates() {
     let redis = aside_testkit::RedisServer::start();
     let server = Server::start(&["--redis", &redis.url(), "--request-timeout-ms", "50"]);
     let client = reqwest::Client::new();
-    get(&client, server.url("/users/3")).await;
-    assert_eq!(get(&client, server.url("/users/3")).await.cache.as_deref(), Some("hit"));
+    cached_user_3(&client, &server).await;
 
     redis.freeze();
     let put = send(client.put(server.url("/users/3")).json(&new_user())).await;
@@ -1027,17 +1038,32 @@ async fn a_put_cut_off_by_the_request_timeout_still_invalidates() {
 /// the process and the old row stayed cached until its TTL.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_replays_queued_invalidations() {
+    put_then_sigterm_replays(&[], StatusCode::OK).await;
+}
+
+/// As above for a PUT cut off by the request timeout while its
+/// invalidation waits on a frozen Redis: the shutdown waits for the write
+/// task to queue its invalidation before it replays the queue (it once
+/// replayed an empty queue and exited, the task killed with it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_waits_for_cut_off_writes_then_replays() {
+    put_then_sigterm_replays(&["--request-timeout-ms", "50"], StatusCode::GATEWAY_TIMEOUT).await;
+}
+
+async fn put_then_sigterm_replays(extra: &[&str], put_status: StatusCode) {
     let redis = aside_testkit::RedisServer::start();
     let dir = tempfile::tempdir().expect("a temporary directory");
     let url = format!("sqlite://{}", dir.path().join("serve.db").display());
-    let args = ["--redis", &redis.url(), "--database-url", &url];
+    let redis_url = redis.url();
+    let mut args = vec!["--redis", redis_url.as_str(), "--database-url", url.as_str()];
+    args.extend_from_slice(extra);
     let mut server = Server::start(&args);
     let client = reqwest::Client::new();
-    get(&client, server.url("/users/3")).await;
+    cached_user_3(&client, &server).await;
 
     redis.freeze();
     let put = send(client.put(server.url("/users/3")).json(&new_user())).await;
-    assert_eq!(put.status, StatusCode::OK);
+    assert_eq!(put.status, put_status);
     server.terminate();
     // Redis comes back only once the server is replaying, or gone.
     aside_testkit::eventually("the server replays or exits", Duration::from_secs(60), || {
@@ -1047,13 +1073,12 @@ async fn sigterm_replays_queued_invalidations() {
     })
     .await;
     redis.thaw();
-    let status = tokio::task::spawn_blocking(move || {
+    let (stopped, status) = tokio::task::spawn_blocking(move || {
         let status = server.child.wait();
         (server, status)
     })
     .await
     .expect("joined");
-    let (stopped, status) = status;
     assert!(status.expect("waited").success(), "{}", stopped.output());
     assert!(
         stopped.output().contains("1 replayed, 0 dropped"),
@@ -1061,7 +1086,7 @@ async fn sigterm_replays_queued_invalidations() {
         stopped.output()
     );
 
-    let restarted = Server::start(&args);
+    let restarted = Server::start(&args[..4]);
     let user = get(&client, restarted.url("/users/3")).await;
     assert_eq!(user.body["name"], "NEW", "{:?}", user.cache);
 }

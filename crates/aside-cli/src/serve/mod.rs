@@ -213,6 +213,7 @@ async fn serve(args: &ServeArgs, db: Database, metrics: metrics_exporter_prometh
         cache_on,
         metrics,
         health,
+        writes: tokio_util::task::TaskTracker::new(),
     });
     let limits = RequestLimits {
         timeout: Duration::from_millis(args.request_timeout_ms),
@@ -262,6 +263,19 @@ async fn serve(args: &ServeArgs, db: Database, metrics: metrics_exporter_prometh
     };
     http::serve(public, admin, timeouts, drain, shutdown_signal()).await;
     state.health.stop();
+    // Writes whose requests were cut off may still be running: their
+    // invalidations must be made (or queued) before the queue is replayed.
+    state.writes.close();
+    if tokio::time::timeout(SHUTDOWN_REPLAY_BOUND, state.writes.wait())
+        .await
+        .is_err()
+    {
+        eprintln!(
+            "aside serve: {} writes still running after {} s; their invalidations may be lost",
+            state.writes.len(),
+            SHUTDOWN_REPLAY_BOUND.as_secs()
+        );
+    }
     // The retry queue lives in this process only: replay what it holds
     // now, or the next process serves those entries stale until their TTL.
     eprintln!(

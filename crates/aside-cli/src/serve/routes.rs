@@ -50,6 +50,9 @@ pub struct AppState {
     pub metrics: PrometheusHandle,
     /// What `/healthz` reports.
     pub health: HealthMonitor,
+    /// The writes in flight, each with its invalidation ([`detached`]):
+    /// a shutdown waits for them before it replays the retry queue.
+    pub writes: tokio_util::task::TaskTracker,
 }
 
 type Shared = State<Arc<AppState>>;
@@ -252,11 +255,14 @@ async fn read_many<R: Record>(state: &AppState, ns: &Namespace<u64, R>, ids: &[u
 /// timeout or its client hangs up; dropped between the database write and
 /// the invalidation, it would leave the old row cached until its TTL, with
 /// nothing queued to fix it. A task runs to its end whatever becomes of
-/// the request.
+/// the request, and `writes` lets a shutdown wait for it. (A client that
+/// got a 504 may so see its write land later: 504 says the outcome is
+/// unknown.)
 async fn detached<T: Send + 'static>(
+    writes: &tokio_util::task::TaskTracker,
     write: impl Future<Output = Result<T, ApiError>> + Send + 'static,
 ) -> Result<T, ApiError> {
-    tokio::spawn(write).await.unwrap_or_else(|e| {
+    writes.spawn(write).await.unwrap_or_else(|e| {
         tracing::error!("a write task failed: {e}");
         Err(ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal error"))
     })
@@ -297,7 +303,8 @@ async fn put_user(
     let id = path_id(id)?;
     let Json(fields) = body?;
     fields.check().map_err(ApiError::bad_request)?;
-    let row = detached(async move {
+    let writes = state.writes.clone();
+    let row = detached(&writes, async move {
         let row = state.db.update_user(id, &fields).await?;
         if row.is_some() {
             invalidate(&state, &state.users, id).await;
@@ -317,7 +324,8 @@ async fn put_product(
     let id = path_id(id)?;
     let Json(fields) = body?;
     fields.check().map_err(ApiError::bad_request)?;
-    let row = detached(async move {
+    let writes = state.writes.clone();
+    let row = detached(&writes, async move {
         let row = state.db.update_product(id, &fields).await?;
         if row.is_some() {
             invalidate(&state, &state.products, id).await;

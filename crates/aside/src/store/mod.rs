@@ -202,6 +202,17 @@ pub fn masked_url(raw: &str) -> String {
             .split_once("://")
             .map_or_else(|| raw.to_owned(), |(scheme, _)| format!("{scheme}://***"));
     };
+    // An `@` the parser did not take as the end of a user-info part means
+    // the authority ended early (at a `/`, `?` or `#` inside a password or
+    // token): the secret is now in the path or the query.
+    let rest = raw.split_once("://").map_or("", |(_, rest)| rest);
+    let before_query = rest.split(['?', '#']).next().unwrap_or_default();
+    let at_outside_a_pair = url
+        .query()
+        .is_some_and(|q| q.split('&').any(|pair| pair.contains('@') && !pair.contains('=')));
+    if url.username().is_empty() && url.password().is_none() && (before_query.contains('@') || at_outside_a_pair) {
+        return format!("{}://***", url.scheme());
+    }
     if url.password().is_some() {
         let _ = url.set_password(Some("***"));
     } else if !url.username().is_empty() {
@@ -212,7 +223,10 @@ pub fn masked_url(raw: &str) -> String {
         let pairs: Vec<(String, String)> = url
             .query_pairs()
             .map(|(name, value)| {
-                let secret = matches!(name.to_ascii_lowercase().as_str(), "pass" | "password" | "token");
+                let lower = name.to_ascii_lowercase();
+                let secret = ["pass", "pwd", "secret", "token"]
+                    .iter()
+                    .any(|word| lower.contains(word));
                 (
                     name.into_owned(),
                     if secret { "***".to_owned() } else { value.into_owned() },
@@ -523,6 +537,15 @@ mod tests {
             ),
             ("redis://ada:hun/ter2@cache:6379/", "redis://***"),
             ("redis://ada:hunter2#@cache:6379/", "redis://***"),
+            // The authority ends early at a `/` or `?` of the secret.
+            ("redis://Zm9vYmFy/YmF6cXV4@cache:1", "redis://***"),
+            ("redis://default:2024/Secret@cache:1", "redis://***"),
+            ("redis://default:8080?Secret@cache:1", "redis://***"),
+            ("redis://h1,redis://u:SECRET@h2", "redis://***"),
+            (
+                "postgres://db/app?sslpassword=hunter2&sslmode=require",
+                "postgres://db/app?sslpassword=***&sslmode=require",
+            ),
         ] {
             assert_eq!(masked_url(url), shown, "{url}");
         }
