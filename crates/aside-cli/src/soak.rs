@@ -42,7 +42,7 @@ use aside::store::memcached::MemcachedStore;
 use aside::store::redis::RedisStore;
 use aside_testkit::history::{self, BusSpec, CampaignConfig, CampaignReport, FaultSwitch, Progress, StoreSpec};
 use aside_testkit::proxy::FaultProxy;
-use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use indicatif::ProgressBar;
 use rand::Rng;
 use serde::Serialize;
 use tokio::time::Instant;
@@ -160,7 +160,7 @@ pub async fn run(args: SoakArgs) -> Result<()> {
     let memory = Arc::new(MemorySamples::start());
     let sampler = tokio::spawn(memory.clone().sample_every_second());
     let live = Arc::new(Live::default());
-    let bar = progress_bar(duration, !args.json && std::io::stderr().is_terminal());
+    let bar = crate::workload::elapsed_bar(duration, !args.json && std::io::stderr().is_terminal());
     let started = Instant::now();
     let ticker = {
         let (bar, live) = (bar.clone(), live.clone());
@@ -567,19 +567,6 @@ impl Live {
         self.faults.fetch_add(p.faults, Ordering::Relaxed);
         self.failures.fetch_add(p.failures as u64, Ordering::Relaxed);
     }
-}
-
-fn progress_bar(duration: Duration, visible: bool) -> ProgressBar {
-    if !visible {
-        return ProgressBar::hidden();
-    }
-    let length = u64::try_from(duration.as_millis()).unwrap_or(u64::MAX);
-    let bar = ProgressBar::with_draw_target(Some(length), ProgressDrawTarget::stderr());
-    let style = ProgressStyle::with_template("{spinner:.green} [{bar:30.cyan/blue}] {msg}")
-        .unwrap_or_else(|_| ProgressStyle::default_bar())
-        .progress_chars("=> ");
-    bar.set_style(style);
-    bar
 }
 
 fn update_progress(bar: &ProgressBar, live: &Live, network: Option<&Network>, started: Instant, duration: Duration) {

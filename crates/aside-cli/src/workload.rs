@@ -236,7 +236,7 @@ pub async fn run_workload(workload: &Workload, target: &Target) -> Result<Summar
         tasks.spawn(run_task(ctx));
     }
 
-    let bar = progress_bar(workload);
+    let bar = elapsed_bar(workload.duration, workload.progress);
     let mut ticker = tokio::time::interval(PROGRESS_TICK);
     let ctrl_c = tokio::signal::ctrl_c();
     tokio::pin!(ctrl_c);
@@ -403,13 +403,13 @@ async fn run_task(ctx: TaskContext) -> Result<Tally> {
     Ok(tally)
 }
 
-/// A bar on stderr measuring elapsed time against the duration, or a hidden
-/// one when progress is off.
-fn progress_bar(workload: &Workload) -> ProgressBar {
-    if !workload.progress {
+/// A bar on stderr measuring elapsed time against `duration`, or a hidden
+/// one when not `visible` (the workload's and `aside soak`'s).
+pub(crate) fn elapsed_bar(duration: Duration, visible: bool) -> ProgressBar {
+    if !visible {
         return ProgressBar::hidden();
     }
-    let length = u64::try_from(workload.duration.as_millis()).unwrap_or(u64::MAX);
+    let length = u64::try_from(duration.as_millis()).unwrap_or(u64::MAX);
     let bar = ProgressBar::with_draw_target(Some(length), ProgressDrawTarget::stderr());
     let style = ProgressStyle::with_template("{spinner:.green} [{bar:30.cyan/blue}] {msg}")
         .unwrap_or_else(|_| ProgressStyle::default_bar())

@@ -3,6 +3,7 @@
 //! - This module starts `redis-server`, `memcached` and `nats-server` on free
 //!   loopback ports, and can kill, restart, freeze and thaw them for fault tests.
 //! - [`fault`]: `Store` and `Bus` wrappers that inject seeded faults and pauses.
+//! - [`fuzz_corpus`]: replays a committed fuzz corpus as an ordinary test.
 //! - [`history`]: random programs over every public operation, run by several
 //!   `Aside` instances, checked against the invariants of DESIGN section 8.
 //! - [`hostile`]: a memcached that lies (huge sizes, cut or endless values,
@@ -26,6 +27,7 @@ use std::time::Duration;
 
 pub mod cluster;
 pub mod fault;
+pub mod fuzz_corpus;
 pub mod history;
 pub mod hostile;
 pub mod proxy;
