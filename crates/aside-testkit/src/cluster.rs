@@ -17,7 +17,7 @@ use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use super::{reap, require_binary, spawn_until_ready};
+use super::{reap, require_binary, spawn_until_ready, start_on_a_free_port};
 
 /// How long the cluster may take to agree on its state (creation, a failover).
 const CLUSTER_TIMEOUT: Duration = Duration::from_secs(60);
@@ -114,7 +114,7 @@ fn cluster_nodes(port: u16) -> Option<Vec<NodeLine>> {
 }
 
 impl Node {
-    fn spawn(&mut self) {
+    fn spawn(&mut self) -> Result<(), String> {
         let bin = require_binary("redis-server", "apt-get install -y redis-server");
         let mut cmd = Command::new(bin);
         cmd.args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
@@ -132,8 +132,16 @@ impl Node {
             cmd,
             "Ready to accept connections",
             "redis-server (cluster node)",
-            false,
-        ));
+        )?);
+        Ok(())
+    }
+}
+
+/// Each node is killed on its own drop, so a cluster that fails halfway
+/// through [`RedisCluster::start`] leaves no process behind.
+impl Drop for Node {
+    fn drop(&mut self) {
+        reap(&mut self.child);
     }
 }
 
@@ -148,14 +156,16 @@ impl RedisCluster {
         let mut ports = Vec::new();
         let mut nodes = Vec::new();
         for _ in 0..NODES {
-            let port = free_cluster_port(&ports);
-            ports.push(port);
             let mut node = Node {
-                port,
+                port: 0,
                 dir: tempfile::tempdir().expect("temp dir"),
                 child: None,
             };
-            node.spawn();
+            start_on_a_free_port(|| {
+                node.port = free_cluster_port(&ports);
+                node.spawn()
+            });
+            ports.push(node.port);
             nodes.push(node);
         }
         let cluster = RedisCluster { nodes };
@@ -310,10 +320,25 @@ impl RedisCluster {
     }
 }
 
-impl Drop for RedisCluster {
-    fn drop(&mut self) {
-        for node in &mut self.nodes {
-            reap(&mut node.child);
-        }
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_node_is_killed_on_its_own_drop() {
+        let mut node = Node {
+            port: 0,
+            dir: tempfile::tempdir().unwrap(),
+            child: None,
+        };
+        start_on_a_free_port(|| {
+            node.port = free_cluster_port(&[]);
+            node.spawn()
+        });
+        let pid = node.child.as_ref().unwrap().id();
+        // As when a later node of `RedisCluster::start` fails to start.
+        drop(vec![node]);
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"));
+        assert!(stat.is_err(), "the node {pid} outlived its handle: {stat:?}");
     }
 }

@@ -18,12 +18,13 @@
 //! connecting, with a bound), not by sleeping. A missing binary fails
 //! the test with the command that installs it.
 
+use std::collections::VecDeque;
 use std::io::{BufRead, BufReader};
 use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex, mpsc};
+use std::time::{Duration, Instant};
 
 pub mod cluster;
 pub mod fault;
@@ -33,8 +34,9 @@ pub mod hostile;
 pub mod proxy;
 pub mod store_contract;
 
-/// How long a server may take to say it is ready.
-const READY_TIMEOUT: Duration = Duration::from_secs(20);
+/// How long a server may take to say it is ready: generous, because a
+/// machine running the whole suite on two cores is slow to start one.
+const READY_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Polls `check` every 10 ms until it holds, for what has no event to wait
 /// on (a TTL running out, a server's state); panics naming `what` after
@@ -72,37 +74,97 @@ fn require_binary(name: &str, install: &str) -> PathBuf {
     found.unwrap_or_else(|| panic!("`{name}` is not installed; install it with `{install}` (scripts/test does this)"))
 }
 
-/// Spawns `cmd` and waits until a line of its log contains `ready` (the log
-/// is stdout, or stderr with `log_on_stderr`). The rest of the log is
-/// drained on a thread so the server never blocks on a full pipe.
-fn spawn_until_ready(mut cmd: Command, ready: &'static str, what: &str, log_on_stderr: bool) -> Child {
-    if log_on_stderr {
-        cmd.stdout(Stdio::null()).stderr(Stdio::piped());
-    } else {
-        cmd.stdout(Stdio::piped()).stderr(Stdio::inherit());
-    }
-    let mut child = cmd.spawn().unwrap_or_else(|e| panic!("cannot start {what}: {e}"));
-    let stdout: Box<dyn std::io::Read + Send> = if log_on_stderr {
-        Box::new(child.stderr.take().expect("stderr is piped"))
-    } else {
-        Box::new(child.stdout.take().expect("stdout is piped"))
-    };
+/// How many lines of a server's log a start failure reports.
+const LOG_TAIL_LINES: usize = 20;
+
+/// How many fresh ports a server gets before its start counts as failed.
+const START_ATTEMPTS: usize = 5;
+
+/// Spawns `cmd` and waits until a line of its log (stdout or stderr)
+/// contains `ready`.
+///
+/// Both streams are piped and drained on threads for the server's whole
+/// life, so it never blocks on a full pipe, and never inherits the test's
+/// own stderr: a server that outlived its test would otherwise hold the
+/// pipe of whatever reads `cargo test`'s output open, and that reader would
+/// wait for it for good.
+///
+/// # Errors
+/// When the server exits (closes both streams) or stays silent for
+/// [`READY_TIMEOUT`]: the message names `what` and carries the last lines
+/// of its log, such as `Address already in use`.
+fn spawn_until_ready(mut cmd: Command, ready: &'static str, what: &str) -> Result<Child, String> {
+    cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    let mut child = cmd.spawn().map_err(|e| format!("cannot start {what}: {e}"))?;
+    let log = Arc::new(Mutex::new(VecDeque::with_capacity(LOG_TAIL_LINES)));
     let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        let mut announced = false;
-        for line in BufReader::new(stdout).lines() {
-            let Ok(line) = line else { break };
-            if !announced && line.contains(ready) {
-                announced = true;
-                let _ = tx.send(());
+    let streams: [Box<dyn std::io::Read + Send>; 2] = [
+        Box::new(child.stdout.take().expect("stdout is piped")),
+        Box::new(child.stderr.take().expect("stderr is piped")),
+    ];
+    for stream in streams {
+        let (tx, log) = (tx.clone(), log.clone());
+        std::thread::spawn(move || {
+            for line in BufReader::new(stream).lines() {
+                let Ok(line) = line else { break };
+                if line.contains(ready) {
+                    let _ = tx.send(true);
+                }
+                let mut log = log.lock().unwrap_or_else(|e| e.into_inner());
+                if log.len() == LOG_TAIL_LINES {
+                    log.pop_front();
+                }
+                log.push_back(line);
             }
-        }
-    });
-    if rx.recv_timeout(READY_TIMEOUT).is_err() {
-        let _ = child.kill();
-        panic!("{what} did not become ready within {READY_TIMEOUT:?}");
+            let _ = tx.send(false);
+        });
     }
-    child
+    drop(tx);
+    let deadline = Instant::now() + READY_TIMEOUT;
+    let mut closed = 0;
+    let failure = loop {
+        match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+            Ok(true) => return Ok(child),
+            Ok(false) => {
+                closed += 1;
+                if closed == 2 {
+                    break "exited before it was ready".to_owned();
+                }
+            }
+            Err(mpsc::RecvTimeoutError::Timeout) => break format!("did not become ready within {READY_TIMEOUT:?}"),
+            Err(mpsc::RecvTimeoutError::Disconnected) => break "exited before it was ready".to_owned(),
+        }
+    };
+    let _ = child.kill();
+    let status = child.wait().map(|s| s.to_string()).unwrap_or_default();
+    let log = log.lock().unwrap_or_else(|e| e.into_inner());
+    let tail: Vec<&str> = log.iter().map(String::as_str).collect();
+    Err(format!(
+        "{what} {failure} ({status}); its last lines:\n{}",
+        tail.join("\n")
+    ))
+}
+
+/// Runs `attempt` (which picks a fresh port and starts a server on it)
+/// until it succeeds, at most [`START_ATTEMPTS`] times.
+///
+/// A port found free can be taken before the server binds it: by another
+/// test's server, or by a client's outgoing connection, whose ephemeral
+/// ports span most of the range (a Cluster node also needs its port +
+/// 10000 for the bus). Such a start fails with `Address already in use`
+/// and is tried again on another port.
+///
+/// # Panics
+/// With the last failure's message when every attempt failed.
+fn start_on_a_free_port(mut attempt: impl FnMut() -> Result<(), String>) {
+    let mut failures = Vec::new();
+    for _ in 0..START_ATTEMPTS {
+        match attempt() {
+            Ok(()) => return,
+            Err(e) => failures.push(e),
+        }
+    }
+    panic!("{}", failures.join("\n---\n"));
 }
 
 /// Sends `sig` (`-STOP`, `-CONT`) to a running server.
@@ -152,7 +214,7 @@ fn reap(child: &mut Option<Child>) {
 /// The process controls every server shares: `is_running`, `kill`,
 /// `restart` (`$restarts` says what a restart keeps), `freeze`, `thaw`, and
 /// a `Drop` that thaws and kills. The type needs `child: Option<Child>` and
-/// a `spawn(&mut self)`.
+/// a `spawn(&mut self) -> Result<(), String>`.
 macro_rules! process_controls {
     ($server:ty, $restarts:literal) => {
         impl $server {
@@ -167,9 +229,14 @@ macro_rules! process_controls {
             }
 
             #[doc = concat!("Starts the server again ", $restarts, ".")]
+            ///
+            /// # Panics
+            /// When the server does not come back (its port was taken meanwhile, say).
             pub fn restart(&mut self) {
                 self.kill();
-                self.spawn();
+                if let Err(e) = self.spawn() {
+                    panic!("{e}");
+                }
             }
 
             /// Stops the process (SIGSTOP): connections stay open but nothing
@@ -215,15 +282,18 @@ impl RedisServer {
     pub fn start() -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
         let mut server = RedisServer {
-            port: free_port(),
+            port: 0,
             dir,
             child: None,
         };
-        server.spawn();
+        start_on_a_free_port(|| {
+            server.port = free_port();
+            server.spawn()
+        });
         server
     }
 
-    fn spawn(&mut self) {
+    fn spawn(&mut self) -> Result<(), String> {
         let bin = require_binary("redis-server", "apt-get install -y redis-server");
         let mut cmd = Command::new(bin);
         cmd.args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
@@ -231,12 +301,8 @@ impl RedisServer {
             .args(["--logfile", "", "--daemonize", "no", "--protected-mode", "no"])
             .arg("--dir")
             .arg(self.dir.path());
-        self.child = Some(spawn_until_ready(
-            cmd,
-            "Ready to accept connections",
-            "redis-server",
-            false,
-        ));
+        self.child = Some(spawn_until_ready(cmd, "Ready to accept connections", "redis-server")?);
+        Ok(())
     }
 
     /// The server's port.
@@ -264,19 +330,20 @@ impl NatsServer {
     /// # Panics
     /// When `nats-server` is not installed or does not start.
     pub fn start() -> Self {
-        let mut server = NatsServer {
-            port: free_port(),
-            child: None,
-        };
-        server.spawn();
+        let mut server = NatsServer { port: 0, child: None };
+        start_on_a_free_port(|| {
+            server.port = free_port();
+            server.spawn()
+        });
         server
     }
 
-    fn spawn(&mut self) {
+    fn spawn(&mut self) -> Result<(), String> {
         let bin = require_binary("nats-server", "apt-get install -y nats-server");
         let mut cmd = Command::new(bin);
         cmd.args(["-a", "127.0.0.1", "-p", &self.port.to_string()]);
-        self.child = Some(spawn_until_ready(cmd, "Server is ready", "nats-server", true));
+        self.child = Some(spawn_until_ready(cmd, "Server is ready", "nats-server")?);
+        Ok(())
     }
 
     /// `nats://127.0.0.1:{port}`.
@@ -299,15 +366,18 @@ impl MemcachedServer {
     /// # Panics
     /// When `memcached` is not installed or does not accept connections in time.
     pub fn start() -> Self {
-        let mut server = MemcachedServer {
-            port: free_port(),
-            child: None,
-        };
-        server.spawn();
+        let mut server = MemcachedServer { port: 0, child: None };
+        start_on_a_free_port(|| {
+            server.port = free_port();
+            server.spawn()
+        });
         server
     }
 
-    fn spawn(&mut self) {
+    /// Starts memcached and waits until its port answers `stats` with this
+    /// process's pid: memcached logs nothing when ready, and a connection
+    /// that merely succeeds could reach another server that took the port.
+    fn spawn(&mut self) -> Result<(), String> {
         let bin = require_binary("memcached", "apt-get install -y memcached");
         let mut cmd = Command::new(bin);
         cmd.args(["-p", &self.port.to_string(), "-U", "0", "-l", "127.0.0.1", "-m", "64"]);
@@ -315,24 +385,36 @@ impl MemcachedServer {
             // memcached refuses to run as root unless told which user to be.
             cmd.args(["-u", "root"]);
         }
-        cmd.stdout(Stdio::null()).stderr(Stdio::inherit());
-        let mut child = cmd.spawn().unwrap_or_else(|e| panic!("cannot start memcached: {e}"));
-        // memcached logs nothing when ready: wait until it accepts a connection.
-        let deadline = std::time::Instant::now() + READY_TIMEOUT;
+        // Not the test's stderr: see `spawn_until_ready`. Its few lines
+        // (a bind error) are kept for the failure message.
+        cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped());
+        let mut child = cmd.spawn().map_err(|e| format!("cannot start memcached: {e}"))?;
+        let mut stderr = child.stderr.take().expect("stderr is piped");
+        let log = std::thread::spawn(move || {
+            let mut text = String::new();
+            let _ = std::io::Read::read_to_string(&mut stderr, &mut text);
+            text
+        });
+        let deadline = Instant::now() + READY_TIMEOUT;
         loop {
-            if std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
-                break;
+            if memcached_pid(self.port) == Some(child.id()) {
+                self.child = Some(child);
+                return Ok(());
             }
-            if let Ok(Some(status)) = child.try_wait() {
-                panic!("memcached exited before accepting connections: {status}");
-            }
-            if std::time::Instant::now() > deadline {
+            let exited = matches!(child.try_wait(), Ok(Some(_)));
+            if exited || Instant::now() > deadline {
                 let _ = child.kill();
-                panic!("memcached did not accept connections within {READY_TIMEOUT:?}");
+                let status = child.wait().map(|s| s.to_string()).unwrap_or_default();
+                let failure = if exited {
+                    "exited before it was ready".to_owned()
+                } else {
+                    format!("did not answer within {READY_TIMEOUT:?}")
+                };
+                let log = log.join().unwrap_or_default();
+                return Err(format!("memcached {failure} ({status}); its output:\n{log}"));
             }
             std::thread::sleep(Duration::from_millis(5));
         }
-        self.child = Some(child);
     }
 
     /// The server's port.
@@ -351,6 +433,24 @@ process_controls!(
     "on the same port (memcached keeps nothing: it comes back empty)"
 );
 
+/// The pid that the memcached on `port` reports in `stats`, if one answers.
+fn memcached_pid(port: u16) -> Option<u32> {
+    use std::io::Write;
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    stream.write_all(b"stats\r\n").ok()?;
+    for line in BufReader::new(stream).lines() {
+        let line = line.ok()?;
+        if let Some(pid) = line.strip_prefix("STAT pid ") {
+            return pid.trim().parse().ok();
+        }
+        if line.starts_with("END") {
+            return None;
+        }
+    }
+    None
+}
+
 fn is_root() -> bool {
     Command::new("id")
         .arg("-u")
@@ -362,3 +462,73 @@ fn is_root() -> bool {
 // After `process_controls!`, which they use.
 pub mod sentinel;
 pub mod tls;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn is_alive(pid: u32) -> bool {
+        std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .ok()
+            .and_then(|stat| Some(stat.rsplit_once(')')?.1.split_whitespace().next()? != "Z"))
+            .unwrap_or(false)
+    }
+
+    #[test]
+    fn a_server_whose_port_is_taken_fails_at_once_with_its_own_words() {
+        let taken = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = taken.local_addr().unwrap().port();
+        let bin = require_binary("redis-server", "apt-get install -y redis-server");
+        let mut cmd = Command::new(bin);
+        cmd.args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", ""])
+            .args(["--logfile", "", "--daemonize", "no"]);
+        let started = Instant::now();
+        let err = spawn_until_ready(cmd, "Ready to accept connections", "redis-server").unwrap_err();
+        assert!(err.contains("exited before it was ready"), "{err}");
+        assert!(err.contains("Address already in use"), "the log tail is kept: {err}");
+        assert!(
+            started.elapsed() < READY_TIMEOUT,
+            "an exit is seen when it happens, not at the timeout"
+        );
+    }
+
+    #[test]
+    fn a_start_retries_on_a_new_port_until_one_is_free() {
+        let taken = TcpListener::bind("127.0.0.1:0").unwrap();
+        let taken_port = taken.local_addr().unwrap().port();
+        let mut ports = vec![free_port(), taken_port];
+        let mut server = RedisServer {
+            port: 0,
+            dir: tempfile::tempdir().unwrap(),
+            child: None,
+        };
+        start_on_a_free_port(|| {
+            server.port = ports.pop().expect("two attempts at most");
+            server.spawn()
+        });
+        assert_ne!(server.port(), taken_port);
+        assert!(server.is_running());
+    }
+
+    #[test]
+    fn memcached_on_a_taken_port_is_not_mistaken_for_ready() {
+        // Another memcached answers on the port: it is not ours.
+        let other = MemcachedServer::start();
+        let mut server = MemcachedServer {
+            port: other.port(),
+            child: None,
+        };
+        let err = server.spawn().unwrap_err();
+        assert!(err.contains("exited before it was ready"), "{err}");
+        assert!(server.child.is_none());
+    }
+
+    #[test]
+    fn a_server_is_killed_when_its_handle_is_dropped() {
+        let server = RedisServer::start();
+        let pid = server.child.as_ref().unwrap().id();
+        assert!(is_alive(pid));
+        drop(server);
+        assert!(!is_alive(pid), "redis-server {pid} outlived its handle");
+    }
+}

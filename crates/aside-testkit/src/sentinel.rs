@@ -12,7 +12,7 @@
 use std::process::{Child, Command};
 use std::time::Duration;
 
-use super::{free_port, reap, require_binary, signal, spawn_until_ready, wait_until_stopped};
+use super::{free_port, reap, require_binary, signal, spawn_until_ready, start_on_a_free_port, wait_until_stopped};
 
 /// The master name the Sentinels monitor.
 pub const MASTER_NAME: &str = "aside-primary";
@@ -27,19 +27,27 @@ pub struct RedisNode {
 }
 
 impl RedisNode {
-    fn start(port: u16, args: Vec<String>, sentinel: bool) -> Self {
+    /// Starts a node on a free port, with the arguments (or, for a
+    /// Sentinel, the config lines) that `args` makes for that port.
+    fn start(args: impl Fn(u16) -> Vec<String>, sentinel: bool) -> Self {
         let mut node = RedisNode {
-            port,
+            port: 0,
             dir: tempfile::tempdir().expect("temp dir"),
-            args,
+            args: Vec::new(),
             sentinel,
             child: None,
         };
-        node.spawn();
+        start_on_a_free_port(|| {
+            node.port = free_port();
+            node.args = args(node.port);
+            // A Sentinel's file is written once per port: a retry rewrites it.
+            let _ = std::fs::remove_file(node.dir.path().join("sentinel.conf"));
+            node.spawn()
+        });
         node
     }
 
-    fn spawn(&mut self) {
+    fn spawn(&mut self) -> Result<(), String> {
         let bin = require_binary("redis-server", "apt-get install -y redis-server");
         let mut cmd = Command::new(bin);
         if self.sentinel {
@@ -57,7 +65,8 @@ impl RedisNode {
         } else {
             ("Ready to accept connections", "redis-server (Sentinel setup)")
         };
-        self.child = Some(spawn_until_ready(cmd, ready, what, false));
+        self.child = Some(spawn_until_ready(cmd, ready, what)?);
+        Ok(())
     }
 
     /// The node's port.
@@ -114,31 +123,36 @@ impl SentinelSetup {
     /// When `redis-server` is not installed, a process does not start, or
     /// the setup is not ready within the bound.
     pub async fn start() -> Self {
-        let primary_port = free_port();
-        let primary = RedisNode::start(primary_port, data_args(primary_port), false);
-        let replica_port = free_port();
-        let mut replica_args = data_args(replica_port);
-        replica_args.extend([
-            "--replicaof".to_owned(),
-            "127.0.0.1".to_owned(),
-            primary_port.to_string(),
-        ]);
-        let replica = RedisNode::start(replica_port, replica_args, false);
+        let primary = RedisNode::start(data_args, false);
+        let primary_port = primary.port;
+        let replica = RedisNode::start(
+            |port| {
+                let mut args = data_args(port);
+                args.extend([
+                    "--replicaof".to_owned(),
+                    "127.0.0.1".to_owned(),
+                    primary_port.to_string(),
+                ]);
+                args
+            },
+            false,
+        );
         let sentinels = (0..3)
             .map(|_| {
-                let port = free_port();
-                let config = vec![
-                    format!("port {port}"),
-                    "bind 127.0.0.1".to_owned(),
-                    "daemonize no".to_owned(),
-                    "protected-mode no".to_owned(),
-                    "logfile \"\"".to_owned(),
-                    format!("sentinel monitor {MASTER_NAME} 127.0.0.1 {primary_port} 2"),
-                    format!("sentinel down-after-milliseconds {MASTER_NAME} 1000"),
-                    format!("sentinel failover-timeout {MASTER_NAME} 5000"),
-                    format!("sentinel parallel-syncs {MASTER_NAME} 1"),
-                ];
-                RedisNode::start(port, config, true)
+                let config = |port: u16| {
+                    vec![
+                        format!("port {port}"),
+                        "bind 127.0.0.1".to_owned(),
+                        "daemonize no".to_owned(),
+                        "protected-mode no".to_owned(),
+                        "logfile \"\"".to_owned(),
+                        format!("sentinel monitor {MASTER_NAME} 127.0.0.1 {primary_port} 2"),
+                        format!("sentinel down-after-milliseconds {MASTER_NAME} 1000"),
+                        format!("sentinel failover-timeout {MASTER_NAME} 5000"),
+                        format!("sentinel parallel-syncs {MASTER_NAME} 1"),
+                    ]
+                };
+                RedisNode::start(config, true)
             })
             .collect();
         let setup = SentinelSetup {

@@ -17,7 +17,7 @@ use rcgen::{
     KeyUsagePurpose,
 };
 
-use super::{free_port, reap, require_binary, signal, spawn_until_ready, wait_until_stopped};
+use super::{free_port, reap, require_binary, signal, spawn_until_ready, start_on_a_free_port, wait_until_stopped};
 
 /// A certificate authority made in the test, which issues server and client
 /// certificates.
@@ -184,18 +184,21 @@ impl SecureRedisServer {
         write("client.pem", &client.cert_pem);
         write("client.key", &client.key_pem);
         let mut redis = SecureRedisServer {
-            port: free_port(),
+            port: 0,
             options,
             ca: ca.cert_pem(),
             client,
             dir,
             child: None,
         };
-        redis.spawn();
+        start_on_a_free_port(|| {
+            redis.port = free_port();
+            redis.spawn()
+        });
         redis
     }
 
-    fn spawn(&mut self) {
+    fn spawn(&mut self) -> Result<(), String> {
         let bin = require_binary("redis-server", "apt-get install -y redis-server");
         let dir = self.dir.path();
         let mut cmd = Command::new(bin);
@@ -239,8 +242,8 @@ impl SecureRedisServer {
             cmd,
             "Ready to accept connections",
             "redis-server (TLS/ACL)",
-            false,
-        ));
+        )?);
+        Ok(())
     }
 
     /// The server's port.

@@ -40,7 +40,7 @@ const LOCK_RETRY: Duration = Duration::from_millis(100);
 /// How long the lease of a loader without a load timeout is renewed.
 const UNTIMED_LOADER_RENEWAL: Duration = Duration::from_secs(60);
 /// Tag of a flight whose leader holds no lease yet.
-const NO_LEASE_YET: u64 = 0;
+pub(crate) const NO_LEASE_YET: u64 = 0;
 
 /// A value still in the store that a load is about to replace: due for an
 /// early refresh (still valid) or past its logical expiry (fail-safe only).

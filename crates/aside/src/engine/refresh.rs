@@ -11,8 +11,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use std::sync::Arc;
 
-use super::read::{Cached, Current};
-use super::state::{Fetched, NsInner, Settled, Shared, Source};
+use super::read::{Cached, Current, NO_LEASE_YET};
+use super::state::{Fetched, NsInner, Settled, Shared, Source, Stampede};
 use super::strategy::Replacing;
 use crate::error::Result;
 use crate::metrics::Event;
@@ -203,7 +203,7 @@ impl<V: Clone + Send + Sync + 'static> NsInner<V> {
     pub(crate) async fn fetch_owned<F, Fut, E>(
         this: &Arc<Self>,
         full: &str,
-        mut loader: F,
+        loader: F,
     ) -> Result<(Fetched<V>, Option<u64>)>
     where
         F: FnMut() -> Fut + Send + 'static,
@@ -220,39 +220,18 @@ impl<V: Clone + Send + Sync + 'static> NsInner<V> {
                 Ok((fetched, expires_at_ms))
             }
             Cached::Miss {
-                current: Some(current), ..
+                version,
+                lease,
+                current: Some(current),
             } if !current.expired => {
-                // Due for early refresh: answer now, refresh in the background
-                // unless a refresh of this key already runs here. The key is
-                // claimed before spawning, so a spawn that runs late cannot
-                // refresh a second time.
+                // Due for early refresh: answer now, refresh in the background.
                 this.record(Event::Hit);
-                let claimed = this
-                    .refreshing
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .insert(full.to_owned());
                 let fetched = Fetched {
                     value: current.value.clone(),
                     source: Source::Hit,
                 };
                 let expires_at_ms = current.expires_at_ms;
-                if claimed {
-                    let inner = this.clone();
-                    let full = full.to_owned();
-                    tokio::spawn(async move {
-                        // Released on drop: a failed or cancelled refresh frees the key too.
-                        let claim = Claim {
-                            inner: &inner,
-                            key: &full,
-                        };
-                        let held = AtomicU64::new(0);
-                        let _ = inner
-                            .reload(&full, &mut loader, &held, Replacing::Current(current))
-                            .await;
-                        drop(claim);
-                    });
-                }
+                this.refresh_in_background(full, version, lease, current, loader);
                 Ok((fetched, expires_at_ms))
             }
             Cached::Miss {
@@ -279,6 +258,78 @@ impl<V: Clone + Send + Sync + 'static> NsInner<V> {
             }
             _ => this.fetch_timed(full, loader).await,
         }
+    }
+}
+
+impl<V: Clone + Send + Sync + 'static> NsInner<V> {
+    /// Spawns the refresh of a value due for early refresh, found by
+    /// `fetch_owned`'s lookup (with the version and lease that lookup saw),
+    /// unless a load of the key already runs in this process.
+    ///
+    /// Why through the single-flight and not beside it: a foreground read
+    /// that finds the value due (`fetch`, `get_or_load`) refreshes it as the
+    /// leader of the key's flight, and skips the refresh when a flight is
+    /// running. A background refresh outside the flight was invisible to
+    /// those reads, and they to it: under `Delete` and `Versioned`, whose
+    /// fills take no lease, both loaded at once (the history checker's I3).
+    /// The background refresh now leads that same flight, or joins the one
+    /// running; the `refreshing` claim still keeps two background refreshes
+    /// of a key from being spawned under the strategies without a flight.
+    fn refresh_in_background<F, Fut, E>(
+        self: &Arc<Self>,
+        full: &str,
+        version: Option<u64>,
+        lease: Option<LeaseToken>,
+        current: Current<V>,
+        mut loader: F,
+    ) where
+        F: FnMut() -> Fut + Send + 'static,
+        Fut: Future<Output = std::result::Result<Option<V>, E>> + Send + 'static,
+        E: std::error::Error + Send + Sync + 'static,
+    {
+        let flight_key = match version {
+            Some(v) => Self::versioned_key(full, v),
+            None => full.to_owned(),
+        };
+        let coalesce = self.stampede == Stampede::Coalesce;
+        if coalesce && self.flight.contains(&flight_key) {
+            return;
+        }
+        // Claimed before spawning, so a spawn that runs late cannot refresh a second time.
+        if !self
+            .refreshing
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(full.to_owned())
+        {
+            return;
+        }
+        let inner = self.clone();
+        let full = full.to_owned();
+        tokio::spawn(async move {
+            // Released on drop: a failed or cancelled refresh frees the key too.
+            let claim = Claim {
+                inner: &inner,
+                key: &full,
+            };
+            let refresh = |held: Arc<AtomicU64>| {
+                let (inner, full, loader) = (&inner, &full, &mut loader);
+                async move {
+                    inner
+                        .load_missing(full, version, loader, &held, Some(current), false)
+                        .await
+                }
+            };
+            if coalesce {
+                // Joins a flight only if its lease is the one the lookup saw
+                // (or it holds none yet), as a foreground refresh would.
+                let join = |held: u64| held == NO_LEASE_YET || lease.is_some_and(|t| t.0 == held);
+                let _ = inner.flight.run_tagged(&flight_key, join, refresh).await;
+            } else {
+                let _ = refresh(Arc::new(AtomicU64::new(0))).await;
+            }
+            drop(claim);
+        });
     }
 }
 
