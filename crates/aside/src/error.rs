@@ -77,6 +77,15 @@ impl Error {
         E: std::error::Error + Send + Sync + 'static,
     {
         let message = source.to_string();
+        // A registered loader's error arrives type-erased: keep the
+        // loader's own error as the source, for `loader_error`.
+        if let Some(erased) = (&source as &dyn std::any::Any).downcast_ref::<crate::read_through::LoaderError>() {
+            return Error {
+                kind: ErrorKind::Loader,
+                message: Arc::from(message),
+                source: Some(erased.0.clone()),
+            };
+        }
         Error::with_source(ErrorKind::Loader, message, source)
     }
 

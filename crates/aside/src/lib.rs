@@ -154,6 +154,7 @@ pub mod key;
 pub mod metrics;
 mod namespace;
 mod policy;
+mod read_through;
 pub mod store;
 
 pub use breaker::{BreakerConfig, BreakerReason, BreakerState, BreakerStatus};

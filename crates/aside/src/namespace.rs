@@ -22,6 +22,7 @@ pub use crate::engine::state::{Fetched, Source, Stampede};
 use crate::error::{Error, ErrorKind, Result};
 use crate::key;
 use crate::policy::{EarlyRefresh, Strategy};
+use crate::read_through::{self, Loader};
 
 /// Per-call options of [`Namespace::fetch_with`].
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -90,6 +91,8 @@ impl WarmOptions {
 /// Cloning is cheap (an `Arc`); clones share single-flight state.
 pub struct Namespace<K: ?Sized, V> {
     pub(crate) inner: Arc<NsInner<V>>,
+    /// The loader plain reads load through ([`NamespaceBuilder::loader`]).
+    read_through: Option<Loader<K, V>>,
     _key: PhantomData<fn(&K)>,
 }
 
@@ -97,6 +100,7 @@ impl<K: ?Sized, V> Clone for Namespace<K, V> {
     fn clone(&self) -> Self {
         Namespace {
             inner: self.inner.clone(),
+            read_through: self.read_through.clone(),
             _key: PhantomData,
         }
     }
@@ -108,6 +112,7 @@ impl<K: ?Sized, V> std::fmt::Debug for Namespace<K, V> {
             .field("name", &self.inner.name)
             .field("strategy", &self.inner.strategy)
             .field("ttl", &self.inner.ttl)
+            .field("read_through", &self.read_through.is_some())
             .finish_non_exhaustive()
     }
 }
@@ -390,23 +395,103 @@ where
         self.inner.fetch_many_keys(keys, loader).await
     }
 
-    /// Returns the cached value of `key` without loading. A store failure
-    /// reads as `None` (and is counted).
+    /// Reads `key`: through the namespace's registered loader when it has
+    /// one ([`NamespaceBuilder::loader`], read-through), else from the cache
+    /// only, as [`Namespace::peek`].
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> aside::Result<()> {
+    /// let cache = aside::Aside::builder().build();
+    /// // Read-through: the loader is registered once, and reads load through it.
+    /// let names = cache
+    ///     .namespace::<u64, String>("name")
+    ///     .loader(|id: &u64| {
+    ///         let id = *id;
+    ///         async move { Ok::<_, std::io::Error>((id == 7).then(|| "Ada".to_string())) }
+    ///     })
+    ///     .build()?;
+    /// assert_eq!(names.get(&7).await?.as_deref(), Some("Ada"));
+    /// assert_eq!(names.get(&8).await?, None); // loaded: there is no row 8
+    ///
+    /// // Without a loader, `get` reads the cache only.
+    /// let plain = cache.namespace::<u64, String>("plain").build()?;
+    /// assert_eq!(plain.get(&7).await?, None); // a miss, and nothing is loaded
+    /// plain.set(&7, &"Ada".to_string()).await?;
+    /// assert_eq!(plain.get(&7).await?.as_deref(), Some("Ada"));
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    /// [`ErrorKind::InvalidKey`] for a bad key. With a registered loader, as
+    /// [`Namespace::get_or_load`]. Without one, a store failure reads as
+    /// `None` (and is counted).
+    ///
+    /// # Concurrent calls
+    /// With a registered loader, as [`Namespace::get_or_load`]: one load per
+    /// key per process at a time, and with leases one across processes.
+    pub async fn get(&self, key: &K) -> Result<Option<V>> {
+        match &self.read_through {
+            Some(loader) => Ok(self.fetch(key, || loader(key)).await?.value),
+            None => self.peek(key).await,
+        }
+    }
+
+    /// Reads `key` through the namespace's registered loader, and says
+    /// where the value came from: [`Namespace::fetch`] with that loader.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> aside::Result<()> {
+    /// use aside::Source;
+    /// let names = aside::Aside::builder()
+    ///     .build()
+    ///     .namespace::<u64, String>("name")
+    ///     .loader(|_: &u64| async { Ok::<_, std::io::Error>(Some("Ada".to_string())) })
+    ///     .build()?;
+    /// assert_eq!(names.read(&7).await?.source, Source::Loaded);
+    /// assert_eq!(names.read(&7).await?.source, Source::Hit);
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    /// [`ErrorKind::Config`] when the namespace has no registered loader;
+    /// otherwise as [`Namespace::get_or_load`].
+    ///
+    /// # Concurrent calls
+    /// As [`Namespace::fetch`].
+    pub async fn read(&self, key: &K) -> Result<Fetched<V>> {
+        let Some(loader) = &self.read_through else {
+            return Err(Error::new(
+                ErrorKind::Config,
+                format!(
+                    "namespace {} has no registered loader: register one with NamespaceBuilder::loader, or pass one to fetch",
+                    self.inner.name
+                ),
+            ));
+        };
+        self.fetch(key, || loader(key)).await
+    }
+
+    /// Returns the cached value of `key` without loading, whether or not a
+    /// loader is registered. A store failure reads as `None` (and is counted).
     ///
     /// # Examples
     ///
     /// ```
     /// # #[tokio::main(flavor = "current_thread")] async fn main() -> aside::Result<()> {
     /// let names = aside::Aside::builder().build().namespace::<u64, String>("name").build()?;
-    /// assert_eq!(names.get(&7).await?, None); // a miss, and nothing is loaded
+    /// assert_eq!(names.peek(&7).await?, None); // a miss, and nothing is loaded
     /// names.set(&7, &"Ada".to_string()).await?;
-    /// assert_eq!(names.get(&7).await?.as_deref(), Some("Ada"));
+    /// assert_eq!(names.peek(&7).await?.as_deref(), Some("Ada"));
     /// # Ok(()) }
     /// ```
     ///
     /// # Errors
     /// [`ErrorKind::InvalidKey`] for a bad key.
-    pub async fn get(&self, key: &K) -> Result<Option<V>> {
+    pub async fn peek(&self, key: &K) -> Result<Option<V>> {
         self.inner.get_key(key).await
     }
 
@@ -517,6 +602,7 @@ pub struct NamespaceBuilder<K: ?Sized, V> {
     settings: Settings<V>,
     strategy: Option<Strategy>,
     lease_wait: Option<Duration>,
+    read_through: Option<Loader<K, V>>,
     _key: PhantomData<fn(&K)>,
 }
 
@@ -566,6 +652,7 @@ where
             },
             strategy: None,
             lease_wait: None,
+            read_through: None,
             _key: PhantomData,
         }
     }
@@ -752,6 +839,46 @@ impl<K: Display + ?Sized, V: Clone + Send + Sync + 'static> NamespaceBuilder<K, 
         self
     }
 
+    /// Registers the namespace's loader (read-through): [`Namespace::get`]
+    /// and [`Namespace::read`] then load a missing key through it, with
+    /// everything [`Namespace::get_or_load`] has (single-flight, leases, early
+    /// refresh, fail-safe, the L1). The loader takes the key and returns the
+    /// row, or `None` when there is none. Calls that pass a loader of their
+    /// own (`get_or_load`, `fetch`, ...) still use theirs.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> aside::Result<()> {
+    /// #[derive(Debug)]
+    /// struct DbDown;
+    /// impl std::fmt::Display for DbDown {
+    ///     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+    ///         f.write_str("database down")
+    ///     }
+    /// }
+    /// impl std::error::Error for DbDown {}
+    ///
+    /// let names = aside::Aside::builder()
+    ///     .build()
+    ///     .namespace::<u64, String>("name")
+    ///     .loader(|_: &u64| async { Err::<Option<String>, _>(DbDown) })
+    ///     .build()?;
+    /// let err = names.get(&7).await.unwrap_err();
+    /// assert_eq!(err.kind(), aside::ErrorKind::Loader);
+    /// assert!(err.loader_error::<DbDown>().is_some()); // the loader's own error
+    /// # Ok(()) }
+    /// ```
+    pub fn loader<F, Fut, E>(mut self, loader: F) -> Self
+    where
+        F: Fn(&K) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = std::result::Result<Option<V>, E>> + Send + 'static,
+        E: std::error::Error + Send + Sync + 'static,
+    {
+        self.read_through = Some(read_through::erase(loader));
+        self
+    }
+
     /// Builds the namespace.
     ///
     /// # Errors
@@ -812,6 +939,7 @@ impl<K: Display + ?Sized, V: Clone + Send + Sync + 'static> NamespaceBuilder<K, 
         let inner = NsInner::new(settings);
         Ok(Namespace {
             inner,
+            read_through: self.read_through,
             _key: PhantomData,
         })
     }

@@ -16,8 +16,9 @@
 //!   negative caching, early refresh, fail-safe, stale serving, a load
 //!   timeout, TTLs short enough to expire. Three tasks per instance run
 //!   random operations: `get_or_load`, `fetch`, `fetch_with(skip_cache)`,
-//!   `fetch_with(force_refresh)`, `fetch_owned`, a cancelled `fetch`, `get`,
-//!   `get_many_or_load`, `warm`, and writes: database write then
+//!   `fetch_with(force_refresh)`, `fetch_owned`, a cancelled `fetch`,
+//!   `read` (through the loader every namespace registers: read-through),
+//!   `peek` (cache only), `get_many_or_load`, `warm`, and writes: database write then
 //!   `invalidate`, `invalidate_many`, or `set`, and silent writes (another
 //!   program's, never invalidated). Loaders read the row at the moment they
 //!   run, with seeded delays before and after (a slow query), and fail when

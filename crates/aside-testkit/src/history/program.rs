@@ -246,7 +246,9 @@ pub enum Op {
     FetchOwned(u64),
     /// `fetch`, cancelled after this many microseconds if not done.
     CancelledFetch(u64, u64),
-    /// `get` (cache only).
+    /// `read`: through the namespace's registered loader (read-through).
+    ReadThrough(u64),
+    /// `peek` (cache only).
     Get(u64),
     /// `get_many_or_load`.
     GetMany(Vec<u64>),
@@ -274,6 +276,7 @@ impl Op {
             | Op::FetchOwned(k)
             | Op::CancelledFetch(k, _)
             | Op::Get(k)
+            | Op::ReadThrough(k)
             | Op::Invalidate(k, _)
             | Op::SilentWrite(k, _)
             | Op::Set(k) => vec![*k],
@@ -299,7 +302,8 @@ impl Op {
             Op::FetchForceRefresh(_) => "fetch_with(force_refresh)",
             Op::FetchOwned(_) => "fetch_owned",
             Op::CancelledFetch(..) => "fetch(cancelled)",
-            Op::Get(_) => "get",
+            Op::Get(_) => "peek",
+            Op::ReadThrough(_) => "read",
             Op::GetMany(_) => "get_many_or_load",
             Op::Warm(_) => "warm",
             Op::Invalidate(..) => "invalidate",
@@ -512,7 +516,8 @@ fn random_change(rng: &mut StdRng) -> Change {
 fn random_op(rng: &mut StdRng, keys: u64) -> Op {
     let k = rng.random_range(1..=keys);
     match rng.random_range(0..100) {
-        0..=14 => Op::GetOrLoad(k),
+        0..=9 => Op::GetOrLoad(k),
+        10..=14 => Op::ReadThrough(k),
         15..=27 => Op::Fetch(k),
         28..=34 => Op::FetchOwned(k),
         35..=43 => Op::Get(k),

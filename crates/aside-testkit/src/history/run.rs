@@ -319,9 +319,28 @@ fn ms(n: u64) -> Duration {
     Duration::from_millis(n)
 }
 
-fn build_namespace(aside: &Aside, name: &str, c: &NsConfig) -> aside::Result<Namespace<u64, Row>> {
+/// The namespace of one handle of one instance, with `c`'s policies and a
+/// registered loader (read-through) that records its loads as `who`'s, for
+/// the operation it runs in.
+fn build_namespace(
+    aside: &Aside,
+    name: &str,
+    c: &NsConfig,
+    harness: &Arc<Harness>,
+    who: Who,
+) -> aside::Result<Namespace<u64, Row>> {
+    let harness = harness.clone();
     let mut b = aside
         .namespace::<u64, Row>(name)
+        .loader(move |key: &u64| {
+            let (harness, key) = (harness.clone(), *key);
+            async move {
+                // Called in the reading task, inside its operation.
+                let op = fault::current_op().unwrap_or(u64::MAX);
+                let mut rows = harness.load(who, op, &[key], LoadKind::Cached).await?;
+                Ok::<_, DbDown>(rows.remove(&key))
+            }
+        })
         .strategy(c.aside_strategy())
         .ttl(ms(c.ttl_ms))
         .jitter(c.jitter)
@@ -539,7 +558,8 @@ impl Harness {
                     Err(_) => Outcome::Cancelled,
                 }
             }
-            Op::Get(k) => match ns.get(k).await {
+            Op::ReadThrough(k) => fetched(*k, ns.read(k).await),
+            Op::Get(k) => match ns.peek(k).await {
                 Ok(v) => Outcome::Read {
                     values: vec![(*k, self.answer(i, id, *k, v))],
                     source: None,
@@ -678,6 +698,17 @@ pub(crate) async fn run_program(program: &Program, env: &RunEnv) -> ProgramRun {
     let ns_name = format!("h{}-{:x}", env.run_id, program.seed);
     let memory_bus = Arc::new(MemoryBus::new());
     let rec = Arc::new(Recorder::new(clock.clone()));
+    let harness = Arc::new(Harness {
+        plan: plan.clone(),
+        db: Db::new(program.keys, &program.initially_present, clock.clone(), rec.started()),
+        rec: rec.clone(),
+        rng: std::sync::Mutex::new(StdRng::seed_from_u64(program.seed ^ 0x10ad)),
+        loaders_alive: Arc::new(()),
+        locks: (0..program.keys).map(|_| tokio::sync::RwLock::new(())).collect(),
+        next_op: std::sync::atomic::AtomicU64::new(1),
+        last_write: std::sync::Mutex::new(None),
+        wrong_answers: std::sync::Mutex::new(Vec::new()),
+    });
     let mut instances = Vec::with_capacity(program.instances);
     for index in 0..program.instances {
         let inner_bus: Arc<dyn Bus> = match &env.bus {
@@ -696,15 +727,19 @@ pub(crate) async fn run_program(program: &Program, env: &RunEnv) -> ProgramRun {
             .op_timeout(ms(program.config.op_timeout_ms))
             .breaker(BreakerConfig::default().failure_threshold(3).open_for(ms(50)))
             .build();
-        let build = || {
-            build_namespace(&aside, &ns_name, &program.config)
+        let build = |handle: usize| {
+            let who = Who {
+                instance: index,
+                handle,
+            };
+            build_namespace(&aside, &ns_name, &program.config, &harness, who)
                 .map_err(|e| format!("the namespace {} does not build: {e}", program.config.label()))
         };
-        let ns = match build() {
+        let ns = match build(0) {
             Ok(ns) => ns,
             Err(e) => return ProgramRun::harness_error(e),
         };
-        let twin = match program.config.twin_namespaces.then(build).transpose() {
+        let twin = match program.config.twin_namespaces.then(|| build(1)).transpose() {
             Ok(twin) => twin,
             Err(e) => return ProgramRun::harness_error(e),
         };
@@ -743,17 +778,6 @@ pub(crate) async fn run_program(program: &Program, env: &RunEnv) -> ProgramRun {
     let full_keys: Vec<String> = (1..=program.keys)
         .map(|k| instances[0].ns.store_key(&k).unwrap_or_default())
         .collect();
-    let harness = Arc::new(Harness {
-        plan: plan.clone(),
-        db: Db::new(program.keys, &program.initially_present, clock.clone(), rec.started()),
-        rec: rec.clone(),
-        rng: std::sync::Mutex::new(StdRng::seed_from_u64(program.seed ^ 0x10ad)),
-        loaders_alive: Arc::new(()),
-        locks: (0..program.keys).map(|_| tokio::sync::RwLock::new(())).collect(),
-        next_op: std::sync::atomic::AtomicU64::new(1),
-        last_write: std::sync::Mutex::new(None),
-        wrong_answers: std::sync::Mutex::new(Vec::new()),
-    });
 
     plan.set_enabled(true);
     if let Some(switch) = &env.fault_switch {
@@ -1041,7 +1065,7 @@ async fn check_quiescent(
     for (index, _, ns) in &handles {
         for key in 1..=program.keys {
             let Some(db) = harness.db.current(key) else { continue };
-            match ns.get(&key).await {
+            match ns.peek(&key).await {
                 Ok(Some(found)) if !acceptable(key, Some(found)) => violations.push(check::stale_entry(
                     Invariant::I2Get,
                     promised,
