@@ -34,7 +34,9 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use aside::bus::{Bus, BusEvent, Invalidation};
-use aside::store::{EntryView, Fill, FillOutcome, FillWatch, LeaseOutcome, LeaseToken, Store, StoreError, StoreResult};
+use aside::store::{
+    EntryView, Fill, FillOutcome, FillWatch, LeaseOutcome, LeaseToken, Store, StoreError, StoreResult, VersionedPut,
+};
 use async_trait::async_trait;
 use bytes::Bytes;
 use futures::future::BoxFuture;
@@ -916,6 +918,18 @@ impl Store for FaultStore {
     async fn put_entry(&self, key: &str, value: Bytes, ttl: Duration) -> StoreResult<()> {
         self.run("put_entry", key, |s| async move { s.put_entry(key, value, ttl).await })
             .await
+    }
+
+    fn supports_versioned_writes(&self) -> bool {
+        self.inner().supports_versioned_writes()
+    }
+
+    async fn put_entry_if_newer(&self, put: VersionedPut) -> StoreResult<bool> {
+        let key = put.key.clone();
+        self.run("put_entry_if_newer", &key, |s| async move {
+            s.put_entry_if_newer(put).await
+        })
+        .await
     }
 
     async fn invalidate(&self, key: &str, keep_stale: Option<Duration>) -> StoreResult<()> {

@@ -86,9 +86,11 @@ const HASHED: char = '#';
 /// already has a tag of its own (a user key such as `{a}b`), else `{full}`.
 ///
 /// A full key that holds a `}` but no tag (`a}b`, `a{}b`) cannot be
-/// written as a tag; its companions then land in another slot. Nothing
-/// breaks: no step of aside's touches two keys at once, so the tag only
-/// keeps an entry's keys together on one node.
+/// written as a tag; its companions then land in another slot. Only
+/// `put_entry_if_newer` touches two keys at once (the entry and its write
+/// mark): on a Cluster such a key's versioned write fails (CROSSSLOT), and
+/// the engine invalidates instead. Every other step touches one key, so
+/// the tag only keeps an entry's keys together on one node.
 fn slot_of(full: &str) -> std::borrow::Cow<'_, str> {
     let has_tag = full
         .find('{')
@@ -111,6 +113,13 @@ pub fn version_key(full: &str) -> String {
 /// `Versioned` strategy: `{full}#v{version}`, in `full`'s Redis Cluster slot.
 pub fn versioned_key(full: &str, version: u64) -> String {
     format!("{}#v{version}", slot_of(full))
+}
+
+/// The key where the highest version written through
+/// [`Namespace::write_through`](crate::Namespace::write_through) to the
+/// entry `full` is kept: `{full}#wv`, in `full`'s Redis Cluster slot.
+pub fn write_mark_key(full: &str) -> String {
+    format!("{}#wv", slot_of(full))
 }
 
 /// The key of the article's stampede lock on the entry `full`:

@@ -164,7 +164,7 @@ pub use key::DEFAULT_MAX_KEY_LEN;
 pub use metrics::Stats;
 pub use namespace::{
     DEFAULT_LEASE_TTL, DEFAULT_MAX_VALUE_BYTES, DEFAULT_TTL, FetchOptions, Fetched, MAX_DURATION, MIN_LEASE_TTL,
-    Namespace, NamespaceBuilder, Source, Stampede, WarmOptions,
+    Namespace, NamespaceBuilder, Source, Stampede, WarmOptions, WriteThrough,
 };
 pub use policy::{DEFAULT_DOUBLE_DELETE_DELAY, EarlyRefresh, Strategy};
 pub use store::Store;

@@ -18,7 +18,7 @@ use serde::de::DeserializeOwned;
 use crate::codec::{Codec, Json};
 use crate::engine::Core;
 use crate::engine::state::{FailSafe, NsInner, Settings};
-pub use crate::engine::state::{Fetched, Source, Stampede};
+pub use crate::engine::state::{Fetched, Source, Stampede, WriteThrough};
 use crate::error::{Error, ErrorKind, Result};
 use crate::key;
 use crate::policy::{EarlyRefresh, Strategy};
@@ -525,6 +525,58 @@ where
     pub async fn set(&self, key: &K, value: &V) -> Result<()> {
         let full = self.store_key(key)?;
         self.inner.write(&full, value).await
+    }
+
+    /// Writes `value` to the cache after the database write that made it
+    /// the row at `version` (write-through, fenced by the caller's version:
+    /// a row version, or `updated_at` in a monotonic unit).
+    ///
+    /// The store keeps the highest version written to the key (longer than
+    /// the entry lives) and compares atomically: a write whose version is
+    /// not above it is refused ([`WriteThrough::Superseded`]), so of two
+    /// writers racing on one key the newer row stays cached whatever order
+    /// their cache writes land in, even if the entry was invalidated or
+    /// expired in between. Like [`Namespace::set`], it revokes any lease in
+    /// flight, so a load that read the older row cannot fill over it.
+    ///
+    /// Needs [`Strategy::Lease`] (fills are fenced) and a store with
+    /// versioned writes (memory, Redis): otherwise the key is invalidated
+    /// instead ([`WriteThrough::Invalidated`]).
+    ///
+    /// Every writer of a key must write through with versions: a plain
+    /// [`Namespace::set`] or an [`Namespace::invalidate`] does not know the
+    /// version, so a versioned write of an older row that lands after it
+    /// would still be above the mark, and be cached. Serialise such mixed
+    /// writers of one key (the row lock held across the database write and
+    /// the cache operation), as the history checker does.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> aside::Result<()> {
+    /// use aside::WriteThrough;
+    /// let names = aside::Aside::builder().build().namespace::<u64, String>("name").build()?;
+    /// // UPDATE users SET name = 'Grace', version = 2 WHERE id = 7, then:
+    /// assert_eq!(names.write_through(&7, &"Grace".to_string(), 2).await?, WriteThrough::Written);
+    /// // A writer of version 1 whose cache write arrives late changes nothing.
+    /// assert_eq!(names.write_through(&7, &"Ada".to_string(), 1).await?, WriteThrough::Superseded);
+    /// assert_eq!(names.peek(&7).await?.as_deref(), Some("Grace"));
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    /// [`ErrorKind::Store`] or [`ErrorKind::Timeout`] when the store did not
+    /// answer; an invalidation of the key is then queued for replay, as for
+    /// `set`. [`ErrorKind::Codec`] when the value cannot be encoded or
+    /// exceeds the size limit (the key is invalidated).
+    ///
+    /// # Concurrent calls
+    /// Writers of one key need no lock of their own: the store orders them
+    /// by version. Reads racing with the write see the old row or the new
+    /// one, never a row older than the last write that returned.
+    pub async fn write_through(&self, key: &K, value: &V, version: u64) -> Result<WriteThrough> {
+        let full = self.store_key(key)?;
+        self.inner.write_versioned(&full, value, version).await
     }
 
     /// Invalidates `key` after a database write, with the namespace's strategy.

@@ -260,6 +260,9 @@ pub enum Op {
     InvalidateMany(Vec<(u64, Change)>),
     /// Database write of a new version, then `set` of it.
     Set(u64),
+    /// Database write of a new version, then `write_through` of it with
+    /// its version (no row lock between such writers: the store orders them).
+    WriteThrough(u64),
     /// A database write nobody invalidates (another program's): the cache
     /// may serve the old row until its TTL, no longer.
     SilentWrite(u64, Change),
@@ -279,7 +282,8 @@ impl Op {
             | Op::ReadThrough(k)
             | Op::Invalidate(k, _)
             | Op::SilentWrite(k, _)
-            | Op::Set(k) => vec![*k],
+            | Op::Set(k)
+            | Op::WriteThrough(k) => vec![*k],
             Op::GetMany(keys) | Op::Warm(keys) => keys.clone(),
             Op::InvalidateMany(changes) => changes.iter().map(|(k, _)| *k).collect(),
         }
@@ -289,7 +293,7 @@ impl Op {
     pub fn is_write(&self) -> bool {
         matches!(
             self,
-            Op::Invalidate(..) | Op::InvalidateMany(_) | Op::Set(_) | Op::SilentWrite(..)
+            Op::Invalidate(..) | Op::InvalidateMany(_) | Op::Set(_) | Op::WriteThrough(_) | Op::SilentWrite(..)
         )
     }
 
@@ -309,6 +313,7 @@ impl Op {
             Op::Invalidate(..) => "invalidate",
             Op::InvalidateMany(_) => "invalidate_many",
             Op::Set(_) => "set",
+            Op::WriteThrough(_) => "write_through",
             Op::SilentWrite(..) => "silent write",
         }
     }
@@ -324,6 +329,7 @@ impl fmt::Display for Op {
                 write!(f, "db [{}]; invalidate_many", keys.join(", "))
             }
             Op::Set(k) => write!(f, "db Update {k}; set({k})"),
+            Op::WriteThrough(k) => write!(f, "db Update {k}; write_through({k})"),
             Op::SilentWrite(k, c) => write!(f, "db {c:?} {k} (no invalidation)"),
             op => write!(f, "{}({:?})", op.name(), op.keys()),
         }
@@ -532,6 +538,7 @@ fn random_op(rng: &mut StdRng, keys: u64) -> Op {
             let keys = random_keys(rng, keys);
             Op::InvalidateMany(keys.into_iter().map(|k| (k, random_change(rng))).collect())
         }
-        _ => Op::Set(k),
+        88..=93 => Op::Set(k),
+        _ => Op::WriteThrough(k),
     }
 }

@@ -299,6 +299,60 @@ struct Who {
     handle: usize,
 }
 
+/// Which writers may hold a [`RowLock`] together: those of one kind,
+/// except `Exclusive`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Writers {
+    /// Database write, then an invalidation (or no cache operation).
+    Invalidating,
+    /// Database write, then `write_through` with the row's version.
+    Versioned,
+    /// Database write, then a plain `set`: alone.
+    Exclusive,
+}
+
+/// The database's row lock as the harness models it: held across a
+/// writer's database write and its cache operation by any number of
+/// writers of one kind at a time (see [`Writers`]).
+#[derive(Debug, Default)]
+struct RowLock {
+    /// The kind holding it and how many hold it.
+    held: std::sync::Mutex<(Option<Writers>, usize)>,
+    released: tokio::sync::Notify,
+}
+
+/// A hold on a [`RowLock`], given back on drop.
+struct RowHold<'a>(&'a RowLock);
+
+impl RowLock {
+    async fn hold(&self, kind: Writers) -> RowHold<'_> {
+        loop {
+            // Registered before the check, so a release in between wakes us.
+            let released = self.released.notified();
+            {
+                let mut held = self.held.lock().unwrap_or_else(|e| e.into_inner());
+                let joinable = held.0 == Some(kind) && kind != Writers::Exclusive;
+                if held.1 == 0 || joinable {
+                    *held = (Some(kind), held.1 + 1);
+                    return RowHold(self);
+                }
+            }
+            released.await;
+        }
+    }
+}
+
+impl Drop for RowHold<'_> {
+    fn drop(&mut self) {
+        let mut held = self.0.held.lock().unwrap_or_else(|e| e.into_inner());
+        held.1 -= 1;
+        if held.1 == 0 {
+            held.0 = None;
+            self.0.released.notify_waiters();
+        }
+    }
+}
+
 /// What every task of one run shares.
 struct Harness {
     plan: FaultPlan,
@@ -308,7 +362,7 @@ struct Harness {
     /// Every loader closure holds a clone: when only this one is left, no
     /// background work of the library still holds a loader.
     loaders_alive: Arc<()>,
-    locks: Vec<tokio::sync::RwLock<()>>,
+    locks: Vec<RowLock>,
     next_op: std::sync::atomic::AtomicU64,
     last_write: std::sync::Mutex<Option<Instant>>,
     /// Reads that returned the row of another key.
@@ -455,7 +509,7 @@ impl Harness {
         }
     }
 
-    fn lock(&self, key: u64) -> Option<&tokio::sync::RwLock<()>> {
+    fn lock(&self, key: u64) -> Option<&RowLock> {
         self.locks.get(key.checked_sub(1)? as usize)
     }
 
@@ -603,8 +657,9 @@ impl Harness {
                 };
                 // Writers that invalidate share the row lock: their database
                 // writes are serialised by the database, and invalidations
-                // commute. A `set` takes it exclusively (see `Op::Set`).
-                let _row = lock.read().await;
+                // commute. A `set` takes it exclusively (see `Op::Set`), and
+                // versioned writers share it among themselves only.
+                let _row = lock.hold(Writers::Invalidating).await;
                 let states: Vec<KeyState> = self.db.write(*k, *change).into_iter().collect();
                 let result = ns.invalidate(k).await;
                 self.wrote();
@@ -617,7 +672,7 @@ impl Harness {
                 let mut guards = Vec::new();
                 for k in &keys {
                     if let Some(lock) = self.lock(*k) {
-                        guards.push(lock.read().await);
+                        guards.push(lock.hold(Writers::Invalidating).await);
                     }
                 }
                 let states: Vec<KeyState> = changes.iter().filter_map(|(k, c)| self.db.write(*k, *c)).collect();
@@ -630,13 +685,34 @@ impl Harness {
                 let Some(lock) = self.lock(*k) else {
                     return Outcome::Failed(format!("no key {k}"));
                 };
-                let _row = lock.read().await;
+                let _row = lock.hold(Writers::Invalidating).await;
                 Outcome::Write {
                     states: self.db.write(*k, *change).into_iter().collect(),
                     cache_op: false,
                     ok: true,
                     error: None,
                 }
+            }
+            Op::WriteThrough(k) => {
+                let Some(lock) = self.lock(*k) else {
+                    return Outcome::Failed(format!("no key {k}"));
+                };
+                // Shared with other versioned writers only: they need no
+                // order of their own (the store compares versions), but an
+                // invalidation or a plain `set`, which do not know versions,
+                // may be overtaken by an older row's late versioned write
+                // (the documented precondition of `write_through`).
+                let _row = lock.hold(Writers::Versioned).await;
+                let Some(state) = self.db.write(*k, Change::Update) else {
+                    return Outcome::Failed(format!("no key {k}"));
+                };
+                let row = Row {
+                    key: *k,
+                    version: state.version,
+                };
+                let result = ns.write_through(k, &row, state.version).await;
+                self.wrote();
+                write_outcome(vec![state], result.map(drop))
             }
             Op::Set(k) => {
                 let Some(lock) = self.lock(*k) else {
@@ -646,7 +722,7 @@ impl Harness {
                 // the `set`: two `set`s of one key may otherwise reach the
                 // store in the other order than the database (last store
                 // write wins), which no cache-aside library can prevent.
-                let _row = lock.write().await;
+                let _row = lock.hold(Writers::Exclusive).await;
                 let Some(state) = self.db.write(*k, Change::Update) else {
                     return Outcome::Failed(format!("no key {k}"));
                 };
@@ -704,7 +780,7 @@ pub(crate) async fn run_program(program: &Program, env: &RunEnv) -> ProgramRun {
         rec: rec.clone(),
         rng: std::sync::Mutex::new(StdRng::seed_from_u64(program.seed ^ 0x10ad)),
         loaders_alive: Arc::new(()),
-        locks: (0..program.keys).map(|_| tokio::sync::RwLock::new(())).collect(),
+        locks: (0..program.keys).map(|_| RowLock::default()).collect(),
         next_op: std::sync::atomic::AtomicU64::new(1),
         last_write: std::sync::Mutex::new(None),
         wrong_answers: std::sync::Mutex::new(Vec::new()),

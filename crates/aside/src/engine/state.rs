@@ -61,6 +61,21 @@ pub(crate) struct Settled<V> {
 
 pub(crate) type Shared<V> = Result<Settled<V>>;
 
+/// What [`crate::Namespace::write_through`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum WriteThrough {
+    /// The value is cached: its version was the newest written.
+    Written,
+    /// Not cached: a write of the same or a newer version came first, and
+    /// its value (or a later one) is what readers get.
+    Superseded,
+    /// The key was invalidated instead, because this namespace or store
+    /// cannot compare versions (a strategy other than `Lease`, a store
+    /// without versioned writes): the next read loads the row.
+    Invalidated,
+}
+
 /// How concurrent misses of one key are kept from all reaching the database.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 #[non_exhaustive]

@@ -1,4 +1,5 @@
-//! The write path: invalidations and write-through `set`.
+//! The write path: invalidations, write-through `set`, and the versioned
+//! write-through.
 //!
 //! Owns what happens to the cache after the database changed: the L1
 //! evictions around the store operation (which `strategy` chooses), the bus
@@ -6,9 +7,11 @@
 //! store does not take is returned to the caller AND queued for replay, so
 //! an outage never leaves an old value behind for good.
 
-use super::state::NsInner;
+use super::state::{NsInner, WriteThrough};
 use crate::bus::Invalidation;
-use crate::error::Result;
+use crate::error::{Error, ErrorKind, Result};
+use crate::policy::Strategy;
+use crate::store::VersionedPut;
 
 use super::retry::PendingOp;
 use super::timer::SecondDelete;
@@ -62,6 +65,68 @@ impl<V: Clone + Send + Sync + 'static> NsInner<V> {
             self.publish(vec![full.to_owned()]).await;
         }
         result
+    }
+}
+
+impl<V: Clone + Send + Sync + 'static> NsInner<V> {
+    /// Writes `value`, the row at `version`, unless a write of the same or
+    /// a newer version of the key came first (see
+    /// `Store::put_entry_if_newer`): two writers racing never leave the
+    /// older row cached, whatever order their cache writes land in.
+    ///
+    /// Where the version cannot be compared in the store (a strategy other
+    /// than `Lease`, whose fills would not be fenced against it; a store
+    /// without the operation), the key is invalidated instead: the next
+    /// read loads the row, which is never older than this write. A value
+    /// the codec refuses is invalidated too, and the error returned: after
+    /// a database write, the old cached value must not stay.
+    pub(crate) async fn write_versioned(&self, full: &str, value: &V, version: u64) -> Result<WriteThrough> {
+        if self.strategy != Strategy::Lease || !self.core.store.supports_versioned_writes() {
+            self.invalidate_all(&[full.to_owned()]).await?;
+            return Ok(WriteThrough::Invalidated);
+        }
+        let encoded = self.encode(Some(value), std::time::Duration::ZERO).and_then(|e| {
+            e.ok_or_else(|| {
+                Error::new(
+                    ErrorKind::Codec,
+                    format!("value over the {} byte limit", self.max_value_bytes),
+                )
+            })
+        });
+        let (bytes, ttl) = match encoded {
+            Ok(encoded) => encoded,
+            Err(e) => {
+                let _ = self.invalidate_all(&[full.to_owned()]).await;
+                return Err(e);
+            }
+        };
+        self.l1_evict(full);
+        let put = VersionedPut {
+            key: full.to_owned(),
+            mark_key: crate::key::write_mark_key(full),
+            value: bytes,
+            version,
+            ttl,
+            mark_ttl: self.version_ttl(),
+        };
+        let result = self.call(self.core.store.put_entry_if_newer(put)).await;
+        // As in `write`: a reader that read the old value between the first
+        // eviction and the store write must not keep it.
+        self.l1_evict_written(full);
+        match result {
+            Ok(true) => {
+                self.publish(vec![full.to_owned()]).await;
+                Ok(WriteThrough::Written)
+            }
+            // The newer write evicted the L1s and published when it landed.
+            Ok(false) => Ok(WriteThrough::Superseded),
+            Err(e) => {
+                // The old value may still be cached: make sure it goes (and
+                // queue the invalidation for replay if the store is away).
+                let _ = self.invalidate_all(&[full.to_owned()]).await;
+                Err(e)
+            }
+        }
     }
 }
 

@@ -22,7 +22,10 @@ use moka::future::Cache;
 use moka::ops::compute::Op;
 use tokio::time::Instant;
 
-use super::{EntryView, FillOutcome, FillWakes, FillWatch, LeaseOutcome, LeaseToken, Store, StoreError, StoreResult};
+use super::{
+    EntryView, FillOutcome, FillWakes, FillWatch, LeaseOutcome, LeaseToken, Store, StoreError, StoreResult,
+    VersionedPut,
+};
 
 /// Default capacity: 256 MiB of keys and values.
 pub const DEFAULT_CAPACITY_BYTES: u64 = 256 * 1024 * 1024;
@@ -100,6 +103,38 @@ pub struct MemoryStore {
     cache: Cache<Arc<str>, Timed>,
     /// Readers waiting for a lease to end, woken by the writes that end it.
     wakes: FillWakes,
+    /// The write marks of `put_entry_if_newer`: the highest version and
+    /// when it expires, per mark key. Read and written only inside the
+    /// entry's `compute`, so the check and both writes are atomic per key;
+    /// a plain mutex because that closure cannot await (it is held for a
+    /// map lookup, never across an `.await`).
+    marks: Arc<std::sync::Mutex<Marks>>,
+}
+
+/// Write marks, with expired ones pruned when the map doubles.
+#[derive(Debug, Default)]
+struct Marks {
+    by_key: std::collections::HashMap<String, (u64, Instant)>,
+    prune_at: usize,
+}
+
+impl Marks {
+    /// Records `version` for `key` if above the live mark; true if it was.
+    fn advance(&mut self, key: &str, version: u64, ttl: Duration) -> bool {
+        let now = Instant::now();
+        if let Some((mark, until)) = self.by_key.get(key)
+            && *until > now
+            && *mark >= version
+        {
+            return false;
+        }
+        if self.by_key.len() >= self.prune_at {
+            self.by_key.retain(|_, (_, until)| *until > now);
+            self.prune_at = (self.by_key.len() * 2).max(1024);
+        }
+        self.by_key.insert(key.to_owned(), (version, now + ttl));
+        true
+    }
 }
 
 impl std::fmt::Debug for MemoryStore {
@@ -138,6 +173,7 @@ impl MemoryStore {
             .build();
         MemoryStore {
             cache,
+            marks: Arc::default(),
             wakes: FillWakes::live(),
         }
     }
@@ -361,6 +397,35 @@ impl Store for MemoryStore {
             .await;
         self.wakes.wake(key);
         Ok(())
+    }
+
+    fn supports_versioned_writes(&self) -> bool {
+        true
+    }
+
+    async fn put_entry_if_newer(&self, put: VersionedPut) -> StoreResult<bool> {
+        let VersionedPut {
+            key,
+            mark_key,
+            value,
+            version,
+            ttl,
+            mark_ttl,
+        } = put;
+        let written = self
+            .compute(&key, |_| {
+                let mut marks = self.marks.lock().unwrap_or_else(|e| e.into_inner());
+                if marks.advance(&mark_key, version, mark_ttl) {
+                    (entry(Some(value), false, None, Some(ttl)), true)
+                } else {
+                    (Op::Nop, false)
+                }
+            })
+            .await;
+        if written {
+            self.wakes.wake(&key);
+        }
+        Ok(written)
     }
 
     async fn invalidate(&self, key: &str, keep_stale: Option<Duration>) -> StoreResult<()> {

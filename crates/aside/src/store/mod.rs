@@ -323,6 +323,24 @@ pub enum FillOutcome {
     Refused,
 }
 
+/// A versioned write of an entry: [`Store::put_entry_if_newer`].
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct VersionedPut {
+    /// The entry.
+    pub key: String,
+    /// Where the highest version written to the entry is kept.
+    pub mark_key: String,
+    /// The encoded entry.
+    pub value: Bytes,
+    /// The row's version: written only if above the mark.
+    pub version: u64,
+    /// The entry's TTL.
+    pub ttl: Duration,
+    /// The mark's TTL: longer than any entry lives.
+    pub mark_ttl: Duration,
+}
+
 /// A cache backend.
 ///
 /// A store implements [`Store::name`] and the lease state machine:
@@ -447,6 +465,32 @@ pub trait Store: Send + Sync + 'static {
 
     /// Writes an entry unconditionally, revoking any lease in flight.
     async fn put_entry(&self, key: &str, value: Bytes, ttl: Duration) -> StoreResult<()>;
+
+    /// True when the store implements [`Store::put_entry_if_newer`]
+    /// atomically. Without it, a versioned write-through
+    /// ([`Namespace::write_through`](crate::Namespace::write_through))
+    /// invalidates instead. Default: false.
+    fn supports_versioned_writes(&self) -> bool {
+        false
+    }
+
+    /// Writes an entry as [`Store::put_entry`] does (revoking any lease in
+    /// flight, waking its waiters), but only if `put.version` is above every
+    /// version written to `put.key` this way before; returns whether it wrote.
+    ///
+    /// The highest version is kept under `put.mark_key` for `put.mark_ttl`, which
+    /// the caller makes longer than any entry lives, so an invalidation,
+    /// expiry or eviction of the entry does not forget it: a writer that
+    /// arrives late with an older version is refused even when the entry is
+    /// gone. The comparison and both writes are one atomic step (a script on
+    /// Redis, the key's lock in memory). `mark_key` is in `key`'s Redis
+    /// Cluster slot ([`crate::key::write_mark_key`]).
+    ///
+    /// Default: [`StoreError::Unsupported`].
+    async fn put_entry_if_newer(&self, put: VersionedPut) -> StoreResult<bool> {
+        let _ = put;
+        Err(StoreError::unsupported("put_entry_if_newer"))
+    }
 
     /// Removes an entry's value and revokes its lease. With `keep_stale`,
     /// the old value stays for that long, flagged stale.

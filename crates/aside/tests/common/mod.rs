@@ -272,6 +272,14 @@ impl<S: Store> Store for Instrumented<S> {
         self.hooks.enter("put_entry").await?;
         self.inner.put_entry(key, value, ttl).await
     }
+    fn supports_versioned_writes(&self) -> bool {
+        self.inner.supports_versioned_writes()
+    }
+    async fn put_entry_if_newer(&self, put: aside::store::VersionedPut) -> StoreResult<bool> {
+        self.tick();
+        self.hooks.enter("put_entry_if_newer").await?;
+        self.inner.put_entry_if_newer(put).await
+    }
     async fn invalidate(&self, key: &str, keep_stale: Option<Duration>) -> StoreResult<()> {
         self.tick();
         self.hooks.enter("invalidate").await?;

@@ -62,7 +62,7 @@ pub(crate) use conn::watched_messages;
 
 use super::{
     EntryView, Fill, FillOutcome, FillWakes, FillWatch, LeaseOutcome, LeaseToken, Store, StoreError, StoreResult,
-    masked_url,
+    VersionedPut, masked_url,
 };
 
 /// Connection settings of a [`RedisStore`].
@@ -124,6 +124,7 @@ struct Scripts {
     fill: Script,
     lease_for_refresh: Script,
     put_entry: Script,
+    put_entry_if_newer: Script,
     release: Script,
     renew_lease: Script,
     invalidate_keep_stale: Script,
@@ -137,6 +138,7 @@ impl Scripts {
             fill: Script::new(include_str!("fill.lua")),
             lease_for_refresh: Script::new(include_str!("lease_for_refresh.lua")),
             put_entry: Script::new(include_str!("put_entry.lua")),
+            put_entry_if_newer: Script::new(include_str!("put_entry_if_newer.lua")),
             release: Script::new(include_str!("release.lua")),
             renew_lease: Script::new(include_str!("renew_lease.lua")),
             invalidate_keep_stale: Script::new(include_str!("invalidate_keep_stale.lua")),
@@ -840,6 +842,27 @@ impl Store for RedisStore {
             .await
             .map_err(store_error)?;
         Ok(())
+    }
+
+    fn supports_versioned_writes(&self) -> bool {
+        true
+    }
+
+    async fn put_entry_if_newer(&self, put: VersionedPut) -> StoreResult<bool> {
+        let written: i64 = self
+            .scripts
+            .put_entry_if_newer
+            .key(&put.key)
+            .key(&put.mark_key)
+            .arg(put.value.as_ref())
+            .arg(ttl_ms(put.ttl))
+            .arg(put.version.to_string())
+            .arg(ttl_ms(put.mark_ttl))
+            .arg(self.fill_channel.as_ref())
+            .invoke_async(&mut self.conn.clone())
+            .await
+            .map_err(store_error)?;
+        Ok(written == 1)
     }
 
     async fn invalidate(&self, key: &str, keep_stale: Option<Duration>) -> StoreResult<()> {
