@@ -22,6 +22,14 @@ fn gated() -> (Arc<dyn Store>, Arc<common::Hooks>) {
     (Arc::new(store), hooks)
 }
 
+/// A namespace of users (`strategy`, an L1 if `l1`) in a patient `Aside`
+/// over a gated store, with the store, its hooks, and a database of one user.
+fn gated_users(strategy: Strategy, l1: bool) -> (Arc<dyn Store>, Arc<common::Hooks>, Namespace<u64, User>, Db) {
+    let (store, hooks) = gated();
+    let ns = users(&patient(&store), strategy, l1);
+    (store, hooks, ns, Db::with_users(1))
+}
+
 /// An `Aside` over `store` whose store calls may pause as long as a test needs.
 fn patient(store: &Arc<dyn Store>) -> Aside {
     Aside::builder()
@@ -65,16 +73,24 @@ async fn read(ns: &Namespace<u64, User>, db: &Db, id: u64) -> Option<User> {
     .unwrap()
 }
 
+/// A forced refresh of `id` through `ns`, loading from `db`.
+async fn refresh(ns: &Namespace<u64, User>, db: &Db, id: u64) -> aside::Fetched<User> {
+    let db = db.clone();
+    ns.fetch_with(&id, FetchOptions::force_refresh(), move || {
+        let db = db.clone();
+        async move { db.get(id).await }
+    })
+    .await
+    .unwrap()
+}
+
 /// Defect 1: a reader that missed the L1 after the writer's eviction but
 /// before its store operation read the old value and installed it in the
 /// L1, where nothing removed it. For `invalidate` and for `set`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn defect_01_no_old_value_enters_the_l1_during_a_write() {
     for (op, via_set) in [("invalidate", false), ("put_entry", true)] {
-        let (store, hooks) = gated();
-        let aside = patient(&store);
-        let ns = users(&aside, Strategy::Lease, true);
-        let db = Db::with_users(1);
+        let (_, hooks, ns, db) = gated_users(Strategy::Lease, true);
         assert_eq!(read(&ns, &db, 1).await, Some(User::new(1, 0)));
 
         db.put(User::new(1, 1));
@@ -229,10 +245,7 @@ async fn defect_06_same_name_namespaces_evict_each_other() {
 #[tokio::test]
 async fn defect_07_batch_reads_respect_a_pending_invalidation() {
     for strategy in [Strategy::Versioned, Strategy::Lease, Strategy::Delete] {
-        let (store, hooks) = gated();
-        let aside = patient(&store);
-        let ns = users(&aside, strategy, false);
-        let db = Db::with_users(1);
+        let (_, hooks, ns, db) = gated_users(strategy, false);
         read(&ns, &db, 1).await;
         db.put(User::new(1, 1));
         for op in ["incr", "invalidate", "delete"] {
@@ -343,15 +356,7 @@ async fn defect_11_the_l1_honours_the_entry_life_and_forced_refreshes() {
     );
 
     db.put(User::new(1, 1));
-    let db2 = db.clone();
-    let refreshed = ns
-        .fetch_with(&1, FetchOptions::force_refresh(), move || {
-            let db = db2.clone();
-            async move { db.get(1).await }
-        })
-        .await
-        .unwrap();
-    assert_eq!(refreshed.value, Some(User::new(1, 1)));
+    assert_eq!(refresh(&ns, &db, 1).await.value, Some(User::new(1, 1)));
     assert_eq!(
         read(&ns, &db, 1).await,
         Some(User::new(1, 1)),
@@ -492,10 +497,7 @@ async fn defect_14_a_cancelled_leader_gives_its_lease_back() {
 /// limit) never released the lease, so every later read waited it out.
 #[tokio::test]
 async fn defect_15_a_failed_fill_gives_the_lease_back() {
-    let (store, hooks) = gated();
-    let aside = patient(&store);
-    let ns = users(&aside, Strategy::Lease, false);
-    let db = Db::with_users(1);
+    let (store, hooks, ns, db) = gated_users(Strategy::Lease, false);
     hooks.fail("fill");
     assert_eq!(read(&ns, &db, 1).await, Some(User::new(1, 0)));
     hooks.heal("fill");
@@ -1002,5 +1004,49 @@ async fn a_refresh_that_falls_back_never_hands_its_old_value_to_a_later_reader()
         users.get(&1).await.unwrap(),
         Some(User::new(1, 1)),
         "a tier serves the old value"
+    );
+}
+
+/// I1Refresh: a forced refresh replaced the stored value and installed
+/// its own in the L1 under the epoch it took before loading, the one a
+/// reader of the same handle had also taken after the refresh's eviction.
+/// That reader, which had read the old value from the store before the
+/// refresh filled, installed it after the refresh did, fenced by the same
+/// epoch: later reads of the handle were served the replaced value from
+/// the L1.
+#[tokio::test]
+async fn a_forced_refresh_is_not_undone_in_the_l1_by_a_read_that_began_before_its_fill() {
+    let (_, hooks, users, db) = gated_users(Strategy::Lease, true);
+    users.set(&1, &User::new(1, 0)).await.unwrap();
+    // The database moves on; the forced refresh is what brings the row in.
+    db.put(User::new(1, 1));
+    let lease_asked = hooks.pause_next("lease_for_refresh");
+    let refreshing = tokio::spawn({
+        let (users, db) = (users.clone(), db.clone());
+        async move { refresh(&users, &db, 1).await }
+    });
+    // The refresh has evicted its L1 copy and taken its epoch.
+    lease_asked.reached.notified().await;
+    let old_read = hooks.pause_answer("peek_entry");
+    let reader = tokio::spawn({
+        let (users, db) = (users.clone(), db.clone());
+        async move { read(&users, &db, 1).await }
+    });
+    // The reader missed the L1 and has read the old value from the store.
+    old_read.reached.notified().await;
+    lease_asked.release();
+    let refreshed = refreshing.await.unwrap();
+    assert_eq!(
+        (refreshed.value, refreshed.source),
+        (Some(User::new(1, 1)), Source::Loaded)
+    );
+    old_read.release();
+    // The reader began before the refresh's fill: the old value is an
+    // answer it may give. A read that begins after the refresh may not.
+    let answers = (reader.await.unwrap(), read(&users, &db, 1).await);
+    assert_eq!(
+        answers,
+        (Some(User::new(1, 0)), Some(User::new(1, 1))),
+        "a read after the forced refresh got the value it replaced"
     );
 }

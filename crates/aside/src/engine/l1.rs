@@ -190,6 +190,18 @@ impl<V: Clone + Send + Sync + 'static> NsInner<V> {
         }
     }
 
+    /// Installs what a forced refresh returned, after it replaced the
+    /// value below: the epoch is moved on from `epoch` first, so that a
+    /// reader that read the replaced value cannot install it over this one
+    /// (see `engine::tier`). Nothing is installed if an invalidation came
+    /// after `epoch` was taken.
+    pub(crate) fn l1_replace(&self, full: &str, fetched: &Fetched<V>, epoch: u64, expires_at_ms: Option<u64>) {
+        let Some(l1) = &self.l1 else { return };
+        if let Some(epoch) = l1.advance(full, epoch) {
+            self.l1_install(full, fetched, epoch, expires_at_ms);
+        }
+    }
+
     /// Installs `value`, read below the L1 after `epoch` was taken, if it
     /// may be kept: not "not found" unless it is cached below too, only for
     /// the value's remaining logical life, and only while the bus (when

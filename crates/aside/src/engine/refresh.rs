@@ -64,7 +64,10 @@ impl<V: Clone + Send + Sync + 'static> NsInner<V> {
             source: settled.source,
         };
         if let Some(epoch) = epoch {
-            self.l1_install(full, &fetched, epoch, settled.expires_at_ms);
+            // Not a plain install: a reader of this handle that took the
+            // same epoch after the eviction above may have read the old
+            // value before the refill, and would install it after us.
+            self.l1_replace(full, &fetched, epoch, settled.expires_at_ms);
         }
         Ok(fetched)
     }

@@ -14,6 +14,14 @@
 //! either the filler sees the bump or the invalidation's eviction comes
 //! after the install.
 //!
+//! A forced refresh replaces the value below while readers of the same key
+//! may hold the old one, read from the store before its fill, with an
+//! epoch taken after the refresh's own eviction: no invalidation comes
+//! between to fence them. So the refresh moves the epoch on itself
+//! ([`L1::advance`]), from the one it took before loading, and installs
+//! its value under the new one: those readers' fills are refused, and the
+//! move fails (nothing is installed) if an invalidation came first.
+//!
 //! Entries are keyed by the part of the full key after the namespace's
 //! prefix, which is the same for every entry: shorter keys hash faster, and
 //! a hit can build its key without the prefix (see `Namespace::fetch`).
@@ -130,6 +138,23 @@ impl<V: Clone + Send + Sync + 'static> L1<V> {
         }
     }
 
+    /// Moves `full`'s stripe on from `epoch` and evicts `full`, unless the
+    /// stripe moved since; returns the new epoch to install under. For a
+    /// forced refresh that replaced the value below after taking `epoch`:
+    /// readers that took it too may have read the replaced value, and their
+    /// fills are now refused (or removed, if they came first). A
+    /// compare-and-swap, not an increment, so that an invalidation since
+    /// `epoch` is never passed over: `None` then, and nothing to install.
+    pub(crate) fn advance(&self, full: &str, epoch: u64) -> Option<u64> {
+        let key = self.local(full);
+        let next = epoch.wrapping_add(1);
+        self.stripe(key)
+            .compare_exchange(epoch, next, Ordering::SeqCst, Ordering::SeqCst)
+            .ok()?;
+        self.cache.invalidate(key);
+        Some(next)
+    }
+
     /// Evicts everything (the bus lost messages, so any entry may be stale).
     pub(crate) fn clear(&self) {
         for epoch in &self.epochs {
@@ -206,6 +231,26 @@ mod tests {
             },
             "ns:".len(),
         )
+    }
+
+    #[test]
+    fn a_replacement_refuses_fills_of_its_epoch_and_yields_to_an_invalidation() {
+        let l1 = l1();
+        let a = "ns:a";
+        let life = Duration::from_secs(60);
+        let epoch = l1.epoch(a);
+        let next = l1.advance(a, epoch).expect("nothing moved the stripe");
+        // A reader that took the same epoch, and read the replaced value.
+        l1.install(a, Some(1), epoch, life);
+        assert_eq!(l1.get(a), None);
+        l1.install(a, Some(2), next, life);
+        assert_eq!(l1.get(a), Some(Some(2)));
+        l1.evict(a);
+        assert_eq!(
+            l1.advance(a, next),
+            None,
+            "an invalidation since the epoch was passed over"
+        );
     }
 
     #[test]

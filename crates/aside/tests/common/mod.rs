@@ -107,6 +107,7 @@ pub struct Instrumented<S> {
 #[derive(Default)]
 pub struct Hooks {
     pause: Mutex<Option<PausedOp>>,
+    hold: Mutex<Option<PausedOp>>,
     failing: Mutex<std::collections::HashSet<&'static str>>,
     late: Mutex<HashMap<&'static str, Duration>>,
 }
@@ -134,6 +135,15 @@ impl Hooks {
         Paused { reached, release }
     }
 
+    /// The next call of `op` is applied, then waits before answering until
+    /// released: its caller acts on what the store held when `reached` fired.
+    pub fn pause_answer(&self, op: &'static str) -> Paused {
+        let reached = Arc::new(tokio::sync::Notify::new());
+        let release = Arc::new(tokio::sync::Semaphore::new(0));
+        *self.hold.lock().unwrap() = Some((op, reached.clone(), release.clone()));
+        Paused { reached, release }
+    }
+
     /// Every call of `op` fails (before reaching the store) until `heal`.
     pub fn fail(&self, op: &'static str) {
         self.failing.lock().unwrap().insert(op);
@@ -146,6 +156,7 @@ impl Hooks {
     }
 
     async fn leave(&self, op: &'static str) {
+        wait_if_paused(&self.hold, op).await;
         let late = self.late.lock().unwrap().get(op).copied();
         if let Some(after) = late {
             tokio::time::sleep(after).await;
@@ -157,21 +168,26 @@ impl Hooks {
     }
 
     async fn enter(&self, op: &'static str) -> StoreResult<()> {
-        let paused = {
-            let mut pause = self.pause.lock().unwrap();
-            match pause.as_ref() {
-                Some((name, _, _)) if *name == op => pause.take(),
-                _ => None,
-            }
-        };
-        if let Some((_, reached, release)) = paused {
-            reached.notify_one();
-            release.acquire().await.expect("never closed").forget();
-        }
+        wait_if_paused(&self.pause, op).await;
         if self.failing.lock().unwrap().contains(op) {
             return Err(aside::store::StoreError::connection(format!("{op} failed by the test")));
         }
         Ok(())
+    }
+}
+
+/// Takes the pause in `slot` if it is `op`'s, and waits there until released.
+async fn wait_if_paused(slot: &Mutex<Option<PausedOp>>, op: &'static str) {
+    let paused = {
+        let mut pause = slot.lock().unwrap();
+        match pause.as_ref() {
+            Some((name, _, _)) if *name == op => pause.take(),
+            _ => None,
+        }
+    };
+    if let Some((_, reached, release)) = paused {
+        reached.notify_one();
+        release.acquire().await.expect("never closed").forget();
     }
 }
 
@@ -233,6 +249,7 @@ impl<S: Store> Store for Instrumented<S> {
         if let Some(gate) = &self.peek_gate {
             gate.acquire().await.expect("gate open").forget();
         }
+        self.hooks.leave("peek_entry").await;
         view
     }
     async fn lookup_or_lease(&self, key: &str, token: LeaseToken, ttl: Duration) -> StoreResult<LeaseOutcome> {
