@@ -924,6 +924,19 @@ impl Store for FaultStore {
         self.inner().supports_versioned_writes()
     }
 
+    fn supports_fences(&self) -> bool {
+        self.inner().supports_fences()
+    }
+
+    async fn take_fence(&self, key: &str, token: LeaseToken, ttl: Duration) -> StoreResult<bool> {
+        self.run(
+            "take_fence",
+            key,
+            |s| async move { s.take_fence(key, token, ttl).await },
+        )
+        .await
+    }
+
     async fn put_entry_if_newer(&self, put: VersionedPut) -> StoreResult<bool> {
         let key = put.key.clone();
         self.run("put_entry_if_newer", &key, |s| async move {

@@ -8,6 +8,8 @@
 //!   `Aside` instances, checked against the invariants of DESIGN section 8.
 //! - [`hostile`]: a memcached that lies (huge sizes, cut or endless values,
 //!   garbage), for the bounds a client must keep against its peers.
+//! - [`linearizability`]: a register checker for histories of reads and
+//!   writes of one key.
 //! - [`store_contract`]: the rules every `Store` must keep, as functions a
 //!   store author runs on their store (and [`store_contract_tests!`]).
 //!
@@ -31,6 +33,7 @@ pub mod fault;
 pub mod fuzz_corpus;
 pub mod history;
 pub mod hostile;
+pub mod linearizability;
 pub mod proxy;
 pub mod store_contract;
 

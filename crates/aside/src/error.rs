@@ -18,6 +18,8 @@ pub enum ErrorKind {
     Codec,
     /// The caller's loader returned an error.
     Loader,
+    /// The caller's database write ([`crate::Namespace::update`]) returned an error.
+    Write,
     /// The configuration is invalid.
     Config,
     /// A key cannot be used (control characters, whitespace, empty).
@@ -31,6 +33,7 @@ impl fmt::Display for ErrorKind {
             ErrorKind::Timeout => "timeout",
             ErrorKind::Codec => "codec error",
             ErrorKind::Loader => "loader error",
+            ErrorKind::Write => "write error",
             ErrorKind::Config => "configuration error",
             ErrorKind::InvalidKey => "invalid key",
         })

@@ -579,6 +579,63 @@ where
         self.inner.write_versioned(&full, value, version).await
     }
 
+    /// Runs `write`, the database write of `key`, under a fence on the key,
+    /// so that reads and updates of the key through `aside` are
+    /// linearizable: once `update` returns, no read anywhere returns the old
+    /// row, and no read during it returns the old row after another read
+    /// returned the new one. `write` returns the row it wrote (`None` for a
+    /// deleted row), which is cached if nothing broke the fence.
+    ///
+    /// While the fence holds (the whole write, its lease renewed), readers
+    /// of the key in every process wait for it to end, or past their lease
+    /// wait read the database without filling; no lease taken before it can
+    /// fill. A crashed writer's fence runs out after the lease TTL. Needs
+    /// [`Strategy::Lease`]. Plain [`Namespace::invalidate`] keeps its weaker
+    /// promise (a read after it returns sees the new row), and costs no
+    /// wait. Linearizability across processes holds for namespaces without
+    /// an L1 (another process's L1 hears of the update over the bus, later).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> aside::Result<()> {
+    /// let names = aside::Aside::builder().build().namespace::<u64, String>("name").build()?;
+    /// let row = names
+    ///     .update(&7, || async {
+    ///         // UPDATE users SET name = 'Grace' WHERE id = 7 RETURNING name
+    ///         Ok::<_, std::io::Error>(Some("Grace".to_string()))
+    ///     })
+    ///     .await?;
+    /// assert_eq!(row.as_deref(), Some("Grace"));
+    /// assert_eq!(names.peek(&7).await?.as_deref(), Some("Grace")); // cached by the update
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    /// - [`ErrorKind::Config`] for a namespace without the lease strategy.
+    /// - [`ErrorKind::Store`] or [`ErrorKind::Timeout`] before `write` ran,
+    ///   when the fence could not be taken: nothing was written.
+    /// - [`ErrorKind::Write`] when `write` failed (its error is the source);
+    ///   the key is invalidated all the same.
+    /// - [`ErrorKind::Store`] or [`ErrorKind::Timeout`] after `write`
+    ///   succeeded, when the end of the fence could not reach the store: the
+    ///   invalidation is queued and replayed, and the fence runs out by its
+    ///   TTL meanwhile.
+    ///
+    /// # Concurrent calls
+    /// Updates of one key take turns: each revokes the fence before it, so
+    /// the earlier one's fill is refused and it invalidates instead; the
+    /// database orders the writes themselves.
+    pub async fn update<F, Fut, E>(&self, key: &K, write: F) -> Result<Option<V>>
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = std::result::Result<Option<V>, E>>,
+        E: std::error::Error + Send + Sync + 'static,
+    {
+        let full = self.store_key(key)?;
+        self.inner.update_fenced(&full, write).await
+    }
+
     /// Invalidates `key` after a database write, with the namespace's strategy.
     ///
     /// # Examples

@@ -505,7 +505,7 @@ pub(crate) fn ttl_bound(history: &History, config: &NsConfig) -> Vec<Violation> 
             let last_set = history
                 .ops
                 .iter()
-                .filter(|o| matches!(o.op, Op::Set(_) | Op::WriteThrough(_)) && o.start < read.start)
+                .filter(|o| matches!(o.op, Op::Set(_) | Op::WriteThrough(_) | Op::Update(..)) && o.start < read.start)
                 .filter(|o| o.wrote(*key).is_some_and(|s| read_it(&s)))
                 .map(|o| o.end_ms)
                 .fold(None, |m: Option<f64>, e| Some(m.map_or(e, |m| m.max(e))));

@@ -20,7 +20,8 @@
 //!   `read` (through the loader every namespace registers: read-through),
 //!   `peek` (cache only), `get_many_or_load`, `warm`, and writes: database write then
 //!   `invalidate`, `invalidate_many`, `set`, or `write_through` with the
-//!   row's version, and silent writes (another
+//!   row's version; `update` (the database write under the key's fence);
+//!   and silent writes (another
 //!   program's, never invalidated). Loaders read the row at the moment they
 //!   run, with seeded delays before and after (a slow query), and fail when
 //!   the plan injects a database error. Some configurations build the

@@ -260,6 +260,8 @@ pub enum Op {
     InvalidateMany(Vec<(u64, Change)>),
     /// Database write of a new version, then `set` of it.
     Set(u64),
+    /// `update`: the database write under the key's fence.
+    Update(u64, Change),
     /// Database write of a new version, then `write_through` of it with
     /// its version (no row lock between such writers: the store orders them).
     WriteThrough(u64),
@@ -281,6 +283,7 @@ impl Op {
             | Op::Get(k)
             | Op::ReadThrough(k)
             | Op::Invalidate(k, _)
+            | Op::Update(k, _)
             | Op::SilentWrite(k, _)
             | Op::Set(k)
             | Op::WriteThrough(k) => vec![*k],
@@ -293,7 +296,12 @@ impl Op {
     pub fn is_write(&self) -> bool {
         matches!(
             self,
-            Op::Invalidate(..) | Op::InvalidateMany(_) | Op::Set(_) | Op::WriteThrough(_) | Op::SilentWrite(..)
+            Op::Invalidate(..)
+                | Op::InvalidateMany(_)
+                | Op::Set(_)
+                | Op::WriteThrough(_)
+                | Op::Update(..)
+                | Op::SilentWrite(..)
         )
     }
 
@@ -313,6 +321,7 @@ impl Op {
             Op::Invalidate(..) => "invalidate",
             Op::InvalidateMany(_) => "invalidate_many",
             Op::Set(_) => "set",
+            Op::Update(..) => "update",
             Op::WriteThrough(_) => "write_through",
             Op::SilentWrite(..) => "silent write",
         }
@@ -329,6 +338,7 @@ impl fmt::Display for Op {
                 write!(f, "db [{}]; invalidate_many", keys.join(", "))
             }
             Op::Set(k) => write!(f, "db Update {k}; set({k})"),
+            Op::Update(k, c) => write!(f, "update({k}): db {c:?} {k} under its fence"),
             Op::WriteThrough(k) => write!(f, "db Update {k}; write_through({k})"),
             Op::SilentWrite(k, c) => write!(f, "db {c:?} {k} (no invalidation)"),
             op => write!(f, "{}({:?})", op.name(), op.keys()),
@@ -532,7 +542,8 @@ fn random_op(rng: &mut StdRng, keys: u64) -> Op {
         52..=54 => Op::FetchSkipCache(k),
         55..=58 => Op::FetchForceRefresh(k),
         59..=63 => Op::CancelledFetch(k, rng.random_range(0..3_000)),
-        64..=77 => Op::Invalidate(k, random_change(rng)),
+        64..=72 => Op::Invalidate(k, random_change(rng)),
+        73..=77 => Op::Update(k, random_change(rng)),
         78..=81 => Op::SilentWrite(k, random_change(rng)),
         82..=87 => {
             let keys = random_keys(rng, keys);

@@ -693,6 +693,29 @@ impl Harness {
                     error: None,
                 }
             }
+            Op::Update(k, change) => {
+                let Some(lock) = self.lock(*k) else {
+                    return Outcome::Failed(format!("no key {k}"));
+                };
+                // Shared with invalidating writers: an update's fence
+                // orders it against them and against readers by itself.
+                let _row = lock.hold(Writers::Invalidating).await;
+                let written = std::sync::Mutex::new(None);
+                let result = ns
+                    .update(k, || async {
+                        let state = self.db.write(*k, *change);
+                        let row = state.and_then(|s| s.row());
+                        *written.lock().unwrap_or_else(|e| e.into_inner()) = state;
+                        Ok::<_, DbDown>(row)
+                    })
+                    .await;
+                self.wrote();
+                match written.into_inner().unwrap_or_else(|e| e.into_inner()) {
+                    Some(state) => write_outcome(vec![state], result.map(drop)),
+                    // Refused before the write (no fence, or no lease strategy).
+                    None => Outcome::Failed(result.err().map_or_else(String::new, |e| e.to_string())),
+                }
+            }
             Op::WriteThrough(k) => {
                 let Some(lock) = self.lock(*k) else {
                     return Outcome::Failed(format!("no key {k}"));

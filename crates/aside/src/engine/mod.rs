@@ -47,6 +47,7 @@ pub(crate) mod state;
 pub(crate) mod strategy;
 pub(crate) mod tier;
 pub(crate) mod timer;
+pub(crate) mod update;
 pub(crate) mod write;
 
 pub(crate) use retry::RetryBounds;

@@ -403,6 +403,28 @@ impl Store for MemoryStore {
         true
     }
 
+    fn supports_fences(&self) -> bool {
+        true
+    }
+
+    async fn take_fence(&self, key: &str, token: LeaseToken, ttl: Duration) -> StoreResult<bool> {
+        let now = Instant::now();
+        let fenced = self
+            .compute(key, |current| match current {
+                Some(Slot::Entry {
+                    lease: Some((held, deadline)),
+                    ..
+                }) if held.is_fence() && deadline > now => (Op::Nop, false),
+                _ => (entry(None, false, Some((token, now + ttl)), Some(ttl)), true),
+            })
+            .await;
+        if fenced {
+            // Readers waiting on a revoked lease look again, and wait on the fence.
+            self.wakes.wake(key);
+        }
+        Ok(fenced)
+    }
+
     async fn put_entry_if_newer(&self, put: VersionedPut) -> StoreResult<bool> {
         let VersionedPut {
             key,

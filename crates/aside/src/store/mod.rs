@@ -248,10 +248,24 @@ pub type StoreResult<T> = Result<T, StoreError>;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct LeaseToken(pub u64);
 
+/// The bit that marks a lease as a linearizable update's fence.
+const FENCE_BIT: u64 = 1 << 63;
+
 impl LeaseToken {
-    /// A fresh random token.
+    /// A fresh random token for a reader's lease (its top bit clear).
     pub fn random() -> Self {
-        LeaseToken(rand::random::<u64>() | 1)
+        LeaseToken((rand::random::<u64>() & !FENCE_BIT) | 1)
+    }
+
+    /// A fresh random token for an update's fence ([`Store::take_fence`]):
+    /// its top bit set, so a store tells it from a reader's lease.
+    pub fn fence() -> Self {
+        LeaseToken(rand::random::<u64>() | FENCE_BIT | 1)
+    }
+
+    /// True for a token made by [`LeaseToken::fence`].
+    pub fn is_fence(self) -> bool {
+        self.0 & FENCE_BIT != 0
     }
 }
 
@@ -465,6 +479,28 @@ pub trait Store: Send + Sync + 'static {
 
     /// Writes an entry unconditionally, revoking any lease in flight.
     async fn put_entry(&self, key: &str, value: Bytes, ttl: Duration) -> StoreResult<()>;
+
+    /// True when the store implements [`Store::take_fence`]. Without it,
+    /// [`Namespace::update`](crate::Namespace::update) is refused
+    /// (a configuration error). Default: false.
+    fn supports_fences(&self) -> bool {
+        false
+    }
+
+    /// Fences `key` for a linearizable update, atomically: unless another
+    /// update's live fence holds it (a lease whose token
+    /// [`LeaseToken::is_fence`]), removes the entry (its value, stale copy
+    /// and any reader's lease, which is revoked: its fill will be refused,
+    /// its waiters are woken) and leases it to `token` for `ttl`. Returns
+    /// false, changing nothing, when another fence holds it. The fence is a
+    /// lease like any other: renewed by [`Store::renew_lease`], ended by
+    /// [`Store::fill`], [`Store::release`] or [`Store::invalidate`].
+    ///
+    /// Default: [`StoreError::Unsupported`].
+    async fn take_fence(&self, key: &str, token: LeaseToken, ttl: Duration) -> StoreResult<bool> {
+        let _ = (key, token, ttl);
+        Err(StoreError::unsupported("take_fence"))
+    }
 
     /// True when the store implements [`Store::put_entry_if_newer`]
     /// atomically. Without it, a versioned write-through

@@ -292,6 +292,14 @@ impl<S: Store> Store for Instrumented<S> {
     fn supports_versioned_writes(&self) -> bool {
         self.inner.supports_versioned_writes()
     }
+    fn supports_fences(&self) -> bool {
+        self.inner.supports_fences()
+    }
+    async fn take_fence(&self, key: &str, token: LeaseToken, ttl: Duration) -> StoreResult<bool> {
+        self.tick();
+        self.hooks.enter("take_fence").await?;
+        self.inner.take_fence(key, token, ttl).await
+    }
     async fn put_entry_if_newer(&self, put: aside::store::VersionedPut) -> StoreResult<bool> {
         self.tick();
         self.hooks.enter("put_entry_if_newer").await?;

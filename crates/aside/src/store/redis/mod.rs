@@ -125,6 +125,7 @@ struct Scripts {
     lease_for_refresh: Script,
     put_entry: Script,
     put_entry_if_newer: Script,
+    take_fence: Script,
     release: Script,
     renew_lease: Script,
     invalidate_keep_stale: Script,
@@ -139,6 +140,7 @@ impl Scripts {
             lease_for_refresh: Script::new(include_str!("lease_for_refresh.lua")),
             put_entry: Script::new(include_str!("put_entry.lua")),
             put_entry_if_newer: Script::new(include_str!("put_entry_if_newer.lua")),
+            take_fence: Script::new(include_str!("take_fence.lua")),
             release: Script::new(include_str!("release.lua")),
             renew_lease: Script::new(include_str!("renew_lease.lua")),
             invalidate_keep_stale: Script::new(include_str!("invalidate_keep_stale.lua")),
@@ -846,6 +848,24 @@ impl Store for RedisStore {
 
     fn supports_versioned_writes(&self) -> bool {
         true
+    }
+
+    fn supports_fences(&self) -> bool {
+        true
+    }
+
+    async fn take_fence(&self, key: &str, token: LeaseToken, ttl: Duration) -> StoreResult<bool> {
+        let fenced: i64 = self
+            .scripts
+            .take_fence
+            .key(key)
+            .arg(token.0)
+            .arg(ttl_ms(ttl))
+            .arg(self.fill_channel.as_ref())
+            .invoke_async(&mut self.conn.clone())
+            .await
+            .map_err(store_error)?;
+        Ok(fenced == 1)
     }
 
     async fn put_entry_if_newer(&self, put: VersionedPut) -> StoreResult<bool> {
