@@ -42,8 +42,14 @@ pub struct DemoArgs {
     /// `db-outage` (the database fails for part of the run, without and
     /// with fail-safe) or `chaos` (the history checker: three engines with
     /// an L1 and a bus, random operations, faults injected, every read
-    /// checked against the database's history).
-    #[arg(long, default_value = "main", value_parser = ["main", "race", "stampede", "expiry", "db-outage", "chaos"])]
+    /// checked against the database's history) or `patterns` (one
+    /// read-heavy workload with its writes made through cache-aside,
+    /// read-through, write-through and the linearizable update).
+    #[arg(
+        long,
+        default_value = "main",
+        value_parser = ["main", "race", "stampede", "expiry", "db-outage", "chaos", "patterns"]
+    )]
     pub scenario: String,
 
     /// Seconds to run the workload (default 10; for `race`, 3 per

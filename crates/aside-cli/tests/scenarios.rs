@@ -1,4 +1,4 @@
-//! End-to-end tests of `aside demo --scenario race|stampede|chaos`, on the
+//! End-to-end tests of `aside demo --scenario race|stampede|chaos|patterns`, on the
 //! in-process store and on a redis-server and a memcached of the test's own.
 
 use std::process::Command;
@@ -274,4 +274,53 @@ fn chaos_runs_the_history_checker_on_every_store() {
         &scenario_json(&[&args[..], &["--memcached", &addr]].concat()),
         "memcached",
     );
+}
+
+/// `patterns`: every pattern reads and writes, none serves a read older
+/// than an acknowledged write nor loses one, and the write-through and the
+/// update (which cache what they wrote) leave readers fewer misses than
+/// invalidation does.
+fn check_patterns(report: &serde_json::Value) {
+    assert_eq!(report["scenario"], "patterns");
+    let rows = results(report);
+    let names: Vec<_> = rows.iter().map(|r| r["pattern"].as_str().unwrap()).collect();
+    assert_eq!(names, ["cache-aside", "read-through", "write-through", "update"]);
+    for row in rows {
+        for field in [
+            "reads",
+            "writes",
+            "db_reads",
+            "db_writes",
+            "stale_reads",
+            "read_p50_us",
+            "write_p50_us",
+            "write_p99_us",
+            "lost_writes",
+        ] {
+            assert!(row[field].is_number(), "{field} missing in {row}");
+        }
+        assert!(row["reads"].as_u64().unwrap() > 0, "{row}");
+        assert!(row["writes"].as_u64().unwrap() > 0, "{row}");
+        assert_eq!(row["writes"], row["db_writes"], "{row}");
+        assert_eq!(row["stale_reads"], 0, "{row}");
+        assert_eq!(row["lost_writes"], 0, "{row}");
+    }
+}
+
+#[test]
+fn patterns_on_the_memory_store() {
+    check_patterns(&scenario_json(&["--scenario", "patterns", "--duration", "1"]));
+}
+
+#[test]
+fn patterns_on_redis() {
+    let redis = RedisServer::start();
+    check_patterns(&scenario_json(&[
+        "--scenario",
+        "patterns",
+        "--duration",
+        "1",
+        "--redis",
+        &redis.url(),
+    ]));
 }

@@ -1,5 +1,5 @@
 //! The demo's scenarios beyond the main workload: `race`, `stampede`,
-//! `expiry`, `db-outage` and `chaos`.
+//! `expiry`, `db-outage`, `chaos` and `patterns`.
 //!
 //! Owns choosing a scenario by name and the scratch directory of its
 //! database. Each scenario lives in its own module and owns its run, its
@@ -12,6 +12,7 @@ pub mod common;
 pub mod db_outage;
 pub mod expiry;
 pub mod items;
+pub mod patterns;
 pub mod race;
 pub mod stampede;
 
@@ -37,6 +38,7 @@ pub async fn run(scenario: &str, setting: &Setting) -> Result<()> {
         "expiry" => expiry::run(setting, &path).await,
         "db-outage" => db_outage::run(setting, &path).await,
         "chaos" => chaos::run(setting).await,
+        "patterns" => patterns::run(setting, &path).await,
         other => Err(CliError::new(format!("unknown scenario {other:?}"))),
     }
 }
