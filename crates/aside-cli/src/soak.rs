@@ -142,6 +142,10 @@ pub struct SoakSummary {
     pub rss_max_mb: f64,
     /// Keys of the soak deleted from a shared Redis at the end.
     pub keys_deleted: u64,
+    /// What the process held over time: resident memory with the live
+    /// tasks, file descriptors and proxied connections, every 10 s (or
+    /// 1/120 of a longer soak), and at the end.
+    pub samples: Vec<Sample>,
 }
 
 #[derive(Serialize)]
@@ -157,7 +161,11 @@ struct Printed<'a> {
 pub async fn run(args: SoakArgs) -> Result<()> {
     let duration = Duration::from_secs(args.duration);
     let target = Target::connect(&args).await?;
-    let memory = Arc::new(MemorySamples::start());
+    let connections = target.network.clone().map(|n| {
+        let count: Box<dyn Fn() -> usize + Send + Sync> = Box::new(move || n.proxy.active());
+        count
+    });
+    let memory = Arc::new(MemorySamples::start(duration, connections));
     let sampler = tokio::spawn(memory.clone().sample_every_second());
     let live = Arc::new(Live::default());
     let bar = crate::workload::elapsed_bar(duration, !args.json && std::io::stderr().is_terminal());
@@ -193,7 +201,7 @@ pub async fn run(args: SoakArgs) -> Result<()> {
     bar.finish_and_clear();
     let keys_deleted = target.clean_up().await?;
     sampler.abort();
-    memory.sample();
+    memory.sample_at_end();
     let summary = summarize(&target, &report, &memory, started.elapsed(), keys_deleted);
     if args.json {
         let printed = serde_json::to_string(&Printed { soak: &summary }).context("cannot print the summary")?;
@@ -231,7 +239,6 @@ fn summarize(
     keys_deleted: u64,
 ) -> SoakSummary {
     let network_faults = target.network.as_ref().map(|n| n.counts()).unwrap_or_default();
-    let mb = |kb: u64| (kb as f64 / 1024.0 * 10.0).round() / 10.0;
     let samples = memory.snapshot();
     SoakSummary {
         store: target.spec.name(),
@@ -248,11 +255,12 @@ fn summarize(
         liveness: report.liveness,
         harness_errors: report.harness_errors,
         failing_seeds: report.failures.iter().map(|f| f.seed).collect(),
-        rss_start_mb: mb(samples.start_kb),
-        rss_after_first_minute_mb: samples.first_minute_kb.map(mb),
-        rss_end_mb: mb(samples.last_kb),
-        rss_max_mb: mb(samples.max_kb),
+        rss_start_mb: mib(samples.start_kb),
+        rss_after_first_minute_mb: samples.first_minute_kb.map(mib),
+        rss_end_mb: mib(samples.last_kb),
+        rss_max_mb: mib(samples.max_kb),
         keys_deleted,
+        samples: samples.series,
     }
 }
 
@@ -587,34 +595,69 @@ fn update_progress(bar: &ProgressBar, live: &Live, network: Option<&Network>, st
     ));
 }
 
-/// Resident-memory samples, in KiB.
+/// Resident-memory samples, in KiB, and the series of [`Sample`]s.
 struct MemorySamples {
     started: std::time::Instant,
     samples: Mutex<Samples>,
     sampling: AtomicBool,
+    /// Time between two samples of the series.
+    every: Duration,
+    /// Connections open through the fault proxy, when there is one.
+    connections: Option<Box<dyn Fn() -> usize + Send + Sync>>,
 }
 
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Default)]
 struct Samples {
     start_kb: u64,
     first_minute_kb: Option<u64>,
     last_kb: u64,
     max_kb: u64,
+    series: Vec<Sample>,
+}
+
+/// What the process held at one moment of the soak: with the resident set,
+/// the live objects whose leak would make it grow (tasks, file descriptors,
+/// proxied connections), so that growth of live objects can be told from
+/// the allocator's own (see docs/BOUNDS.md, "The soak's memory").
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct Sample {
+    /// Seconds since the soak began.
+    pub t_s: u64,
+    /// Resident memory, MiB.
+    pub rss_mb: f64,
+    /// Tokio tasks alive.
+    pub tasks: usize,
+    /// File descriptors open (sockets included); absent when `/proc/self/fd` cannot be read.
+    pub fds: Option<usize>,
+    /// Connections open through the fault proxy (absent without one).
+    pub proxy_connections: Option<usize>,
+}
+
+/// Rounds KiB to MiB with one decimal.
+fn mib(kb: u64) -> f64 {
+    (kb as f64 / 1024.0 * 10.0).round() / 10.0
 }
 
 impl MemorySamples {
-    fn start() -> Self {
+    /// Starts sampling a soak of `duration`: the series gets a sample every
+    /// 10 s, or every 1/120 of a longer soak.
+    fn start(duration: Duration, connections: Option<Box<dyn Fn() -> usize + Send + Sync>>) -> Self {
         let now = resident_kb().unwrap_or(0);
-        MemorySamples {
+        let memory = MemorySamples {
             started: std::time::Instant::now(),
             samples: Mutex::new(Samples {
                 start_kb: now,
                 first_minute_kb: None,
                 last_kb: now,
                 max_kb: now,
+                series: Vec::new(),
             }),
             sampling: AtomicBool::new(true),
-        }
+            every: (duration / 120).max(Duration::from_secs(10)),
+            connections,
+        };
+        memory.sample();
+        memory
     }
 
     fn sample(&self) {
@@ -624,11 +667,38 @@ impl MemorySamples {
             }
             return;
         };
+        let elapsed = self.started.elapsed();
         let mut samples = self.samples.lock().unwrap_or_else(|e| e.into_inner());
         samples.last_kb = kb;
         samples.max_kb = samples.max_kb.max(kb);
-        if samples.first_minute_kb.is_none() && self.started.elapsed() >= Duration::from_secs(60) {
+        if samples.first_minute_kb.is_none() && elapsed >= Duration::from_secs(60) {
             samples.first_minute_kb = Some(kb);
+        }
+        let due = samples.series.len() as u32 * self.every;
+        if elapsed >= due {
+            let sample = self.sample_now(elapsed, kb);
+            samples.series.push(sample);
+        }
+    }
+
+    /// The last sample, taken at the end of the soak whenever it falls.
+    fn sample_at_end(&self) {
+        self.sample();
+        let elapsed = self.started.elapsed();
+        let mut samples = self.samples.lock().unwrap_or_else(|e| e.into_inner());
+        if samples.series.last().is_none_or(|s| s.t_s < elapsed.as_secs()) {
+            let sample = self.sample_now(elapsed, samples.last_kb);
+            samples.series.push(sample);
+        }
+    }
+
+    fn sample_now(&self, elapsed: Duration, kb: u64) -> Sample {
+        Sample {
+            t_s: elapsed.as_secs(),
+            rss_mb: mib(kb),
+            tasks: tokio::runtime::Handle::try_current().map_or(0, |h| h.metrics().num_alive_tasks()),
+            fds: std::fs::read_dir("/proc/self/fd").ok().map(Iterator::count),
+            proxy_connections: self.connections.as_ref().map(|count| count()),
         }
     }
 
@@ -641,7 +711,7 @@ impl MemorySamples {
     }
 
     fn snapshot(&self) -> Samples {
-        *self.samples.lock().unwrap_or_else(|e| e.into_inner())
+        self.samples.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 }
 
