@@ -623,8 +623,14 @@ struct Samples {
 pub struct Sample {
     /// Seconds since the soak began.
     pub t_s: u64,
-    /// Resident memory, MiB.
+    /// Resident memory, MiB: the sum of the two below.
     pub rss_mb: f64,
+    /// Of which anonymous (heap, stacks): where a leak grows, MiB.
+    pub rss_anon_mb: Option<f64>,
+    /// Of which file-backed: the pages of the executable and its libraries
+    /// read so far, which grow as code runs for the first time, up to their
+    /// size, and which the kernel may drop and read again, MiB.
+    pub rss_file_mb: Option<f64>,
     /// Tokio tasks alive.
     pub tasks: usize,
     /// File descriptors open (sockets included); absent when `/proc/self/fd` cannot be read.
@@ -642,7 +648,7 @@ impl MemorySamples {
     /// Starts sampling a soak of `duration`: the series gets a sample every
     /// 10 s, or every 1/120 of a longer soak.
     fn start(duration: Duration, connections: Option<Box<dyn Fn() -> usize + Send + Sync>>) -> Self {
-        let now = resident_kb().unwrap_or(0);
+        let now = resident().map_or(0, |r| r.total_kb);
         let memory = MemorySamples {
             started: std::time::Instant::now(),
             samples: Mutex::new(Samples {
@@ -661,13 +667,13 @@ impl MemorySamples {
     }
 
     fn sample(&self) {
-        let Some(kb) = resident_kb() else {
+        let Some(now) = resident() else {
             if self.sampling.swap(false, Ordering::Relaxed) {
                 tracing::warn!("cannot read /proc/self/status: resident memory not sampled");
             }
             return;
         };
-        let elapsed = self.started.elapsed();
+        let (kb, elapsed) = (now.total_kb, self.started.elapsed());
         let mut samples = self.samples.lock().unwrap_or_else(|e| e.into_inner());
         samples.last_kb = kb;
         samples.max_kb = samples.max_kb.max(kb);
@@ -676,7 +682,7 @@ impl MemorySamples {
         }
         let due = samples.series.len() as u32 * self.every;
         if elapsed >= due {
-            let sample = self.sample_now(elapsed, kb);
+            let sample = self.sample_now(elapsed, now);
             samples.series.push(sample);
         }
     }
@@ -686,16 +692,20 @@ impl MemorySamples {
         self.sample();
         let elapsed = self.started.elapsed();
         let mut samples = self.samples.lock().unwrap_or_else(|e| e.into_inner());
-        if samples.series.last().is_none_or(|s| s.t_s < elapsed.as_secs()) {
-            let sample = self.sample_now(elapsed, samples.last_kb);
+        if samples.series.last().is_none_or(|s| s.t_s < elapsed.as_secs())
+            && let Some(now) = resident()
+        {
+            let sample = self.sample_now(elapsed, now);
             samples.series.push(sample);
         }
     }
 
-    fn sample_now(&self, elapsed: Duration, kb: u64) -> Sample {
+    fn sample_now(&self, elapsed: Duration, now: Resident) -> Sample {
         Sample {
             t_s: elapsed.as_secs(),
-            rss_mb: mib(kb),
+            rss_mb: mib(now.total_kb),
+            rss_anon_mb: now.anon_kb.map(mib),
+            rss_file_mb: now.file_kb.map(mib),
             tasks: tokio::runtime::Handle::try_current().map_or(0, |h| h.metrics().num_alive_tasks()),
             fds: std::fs::read_dir("/proc/self/fd").ok().map(Iterator::count),
             proxy_connections: self.connections.as_ref().map(|count| count()),
@@ -715,20 +725,32 @@ impl MemorySamples {
     }
 }
 
-/// The process's resident set, KiB (`VmRSS` of `/proc/self/status`).
-fn resident_kb() -> Option<u64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    parse_vm_rss(&status)
+/// The process's resident set, KiB, from `/proc/self/status`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Resident {
+    /// `VmRSS`.
+    total_kb: u64,
+    /// `RssAnon`.
+    anon_kb: Option<u64>,
+    /// `RssFile` (with `RssShmem`, which the soak has none of).
+    file_kb: Option<u64>,
 }
 
-fn parse_vm_rss(status: &str) -> Option<u64> {
-    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
-    line.trim_start_matches("VmRSS:")
-        .trim()
-        .trim_end_matches("kB")
-        .trim()
-        .parse()
-        .ok()
+fn resident() -> Option<Resident> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    parse_resident(&status)
+}
+
+fn parse_resident(status: &str) -> Option<Resident> {
+    let field = |name: &str| {
+        let line = status.lines().find(|l| l.strip_prefix(name).is_some_and(|l| l.starts_with(':')))?;
+        line[name.len() + 1..].trim().trim_end_matches("kB").trim().parse::<u64>().ok()
+    };
+    Some(Resident {
+        total_kb: field("VmRSS")?,
+        anon_kb: field("RssAnon"),
+        file_kb: field("RssFile").map(|file| file + field("RssShmem").unwrap_or(0)),
+    })
 }
 
 fn table(s: &SoakSummary) -> String {
@@ -778,10 +800,18 @@ mod tests {
 
     #[test]
     fn the_resident_set_is_read_from_proc_status() {
-        let status = "Name:\taside\nVmPeak:\t  9000 kB\nVmRSS:\t   12345 kB\nThreads:\t4\n";
-        assert_eq!(parse_vm_rss(status), Some(12345));
-        assert_eq!(parse_vm_rss("Name:\taside\n"), None);
-        assert!(resident_kb().is_some_and(|kb| kb > 0));
+        let status = "Name:\taside\nVmPeak:\t  9000 kB\nVmRSS:\t   12345 kB\nRssAnon:\t    4000 kB\n\
+                      RssFile:\t    8300 kB\nRssShmem:\t      45 kB\nThreads:\t4\n";
+        let expected = Resident {
+            total_kb: 12345,
+            anon_kb: Some(4000),
+            file_kb: Some(8345),
+        };
+        assert_eq!(parse_resident(status), Some(expected));
+        let old_kernel = parse_resident("VmRSS:\t   12345 kB\n").unwrap();
+        assert_eq!((old_kernel.anon_kb, old_kernel.file_kb), (None, None));
+        assert_eq!(parse_resident("Name:\taside\n"), None);
+        assert!(resident().is_some_and(|r| r.total_kb > 0 && r.anon_kb.is_some()));
     }
 
     #[test]
