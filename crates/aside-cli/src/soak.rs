@@ -743,8 +743,15 @@ fn resident() -> Option<Resident> {
 
 fn parse_resident(status: &str) -> Option<Resident> {
     let field = |name: &str| {
-        let line = status.lines().find(|l| l.strip_prefix(name).is_some_and(|l| l.starts_with(':')))?;
-        line[name.len() + 1..].trim().trim_end_matches("kB").trim().parse::<u64>().ok()
+        let line = status
+            .lines()
+            .find(|l| l.strip_prefix(name).is_some_and(|l| l.starts_with(':')))?;
+        line[name.len() + 1..]
+            .trim()
+            .trim_end_matches("kB")
+            .trim()
+            .parse::<u64>()
+            .ok()
     };
     Some(Resident {
         total_kb: field("VmRSS")?,

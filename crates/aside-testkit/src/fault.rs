@@ -1079,6 +1079,18 @@ impl SilentBus {
         let senders = self.senders.lock().unwrap_or_else(|e| e.into_inner());
         (senders.len(), senders.iter().filter(|tx| !tx.is_closed()).count())
     }
+
+    /// Waits until `subscribed` subscriptions were made and none of their
+    /// receivers is held any more.
+    ///
+    /// # Panics
+    /// After 10 s, naming `what`.
+    pub async fn until_let_go(&self, subscribed: usize, what: &str) {
+        crate::eventually(what, Duration::from_secs(10), || async {
+            self.subscriptions() == (subscribed, 0)
+        })
+        .await;
+    }
 }
 
 #[async_trait]

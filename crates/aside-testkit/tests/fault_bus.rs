@@ -2,10 +2,8 @@
 //! subscriber is gone, with no message to find it out by.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use aside::bus::Bus;
-use aside_testkit::eventually;
 use aside_testkit::fault::{FaultBus, FaultPlan, FaultRates, SilentBus};
 
 /// Issue 15, the fault layer's half, found by `aside soak`: a `FaultBus`
@@ -20,10 +18,5 @@ async fn a_fault_bus_lets_go_of_the_inner_subscription_when_its_subscriber_goes(
     let events = bus.subscribe().await.unwrap();
     assert_eq!(inner.subscriptions(), (1, 1));
     drop(events);
-    eventually(
-        "the inner subscription is let go of",
-        Duration::from_secs(10),
-        || async { inner.subscriptions() == (1, 0) },
-    )
-    .await;
+    inner.until_let_go(1, "the inner subscription is let go of").await;
 }

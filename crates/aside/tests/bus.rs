@@ -284,10 +284,6 @@ async fn a_dropped_aside_lets_go_of_its_subscription_on_a_quiet_bus() {
     .await;
     drop(users);
     drop(aside);
-    eventually(
-        "the subscription is let go of, with no message on the bus",
-        Duration::from_secs(10),
-        || async { bus.subscriptions() == (1, 0) },
-    )
-    .await;
+    bus.until_let_go(1, "the subscription is let go of, with no message on the bus")
+        .await;
 }
