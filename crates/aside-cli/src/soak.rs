@@ -29,7 +29,16 @@
 //!
 //! Memory: the resident set (`VmRSS` of `/proc/self/status`) is sampled
 //! every second; the summary gives it at the start, after the first
-//! minute, at the end and its maximum.
+//! minute, at the end and its maximum. Every 10 s (1/120 of a longer soak)
+//! and at the end, `samples` records it split into anonymous and
+//! file-backed pages, with the live Tokio tasks, open file descriptors and
+//! proxied connections: a leak of live objects (issue 15: a bus
+//! subscription per program) shows as steady growth of the counts and of
+//! anonymous memory, while the executable's pages read as new code paths
+//! first run grow the file-backed part, bounded by the binary's size. The
+//! soak leaves the allocator as it is (no `MALLOC_ARENA_MAX`): glibc's
+//! arenas were measured and were not the growth (docs/BOUNDS.md, "The
+//! soak's memory").
 
 use std::io::IsTerminal;
 use std::net::SocketAddr;
@@ -142,6 +151,10 @@ pub struct SoakSummary {
     pub rss_max_mb: f64,
     /// Keys of the soak deleted from a shared Redis at the end.
     pub keys_deleted: u64,
+    /// What the process held over time: resident memory with the live
+    /// tasks, file descriptors and proxied connections, every 10 s (or
+    /// 1/120 of a longer soak), and at the end.
+    pub samples: Vec<Sample>,
 }
 
 #[derive(Serialize)]
@@ -157,7 +170,11 @@ struct Printed<'a> {
 pub async fn run(args: SoakArgs) -> Result<()> {
     let duration = Duration::from_secs(args.duration);
     let target = Target::connect(&args).await?;
-    let memory = Arc::new(MemorySamples::start());
+    let connections = target.network.clone().map(|n| {
+        let count: Box<dyn Fn() -> usize + Send + Sync> = Box::new(move || n.proxy.active());
+        count
+    });
+    let memory = Arc::new(MemorySamples::start(duration, connections));
     let sampler = tokio::spawn(memory.clone().sample_every_second());
     let live = Arc::new(Live::default());
     let bar = crate::workload::elapsed_bar(duration, !args.json && std::io::stderr().is_terminal());
@@ -193,7 +210,7 @@ pub async fn run(args: SoakArgs) -> Result<()> {
     bar.finish_and_clear();
     let keys_deleted = target.clean_up().await?;
     sampler.abort();
-    memory.sample();
+    memory.sample_at_end();
     let summary = summarize(&target, &report, &memory, started.elapsed(), keys_deleted);
     if args.json {
         let printed = serde_json::to_string(&Printed { soak: &summary }).context("cannot print the summary")?;
@@ -231,7 +248,6 @@ fn summarize(
     keys_deleted: u64,
 ) -> SoakSummary {
     let network_faults = target.network.as_ref().map(|n| n.counts()).unwrap_or_default();
-    let mb = |kb: u64| (kb as f64 / 1024.0 * 10.0).round() / 10.0;
     let samples = memory.snapshot();
     SoakSummary {
         store: target.spec.name(),
@@ -248,11 +264,12 @@ fn summarize(
         liveness: report.liveness,
         harness_errors: report.harness_errors,
         failing_seeds: report.failures.iter().map(|f| f.seed).collect(),
-        rss_start_mb: mb(samples.start_kb),
-        rss_after_first_minute_mb: samples.first_minute_kb.map(mb),
-        rss_end_mb: mb(samples.last_kb),
-        rss_max_mb: mb(samples.max_kb),
+        rss_start_mb: mib(samples.start_kb),
+        rss_after_first_minute_mb: samples.first_minute_kb.map(mib),
+        rss_end_mb: mib(samples.last_kb),
+        rss_max_mb: mib(samples.max_kb),
         keys_deleted,
+        samples: samples.series,
     }
 }
 
@@ -587,48 +604,120 @@ fn update_progress(bar: &ProgressBar, live: &Live, network: Option<&Network>, st
     ));
 }
 
-/// Resident-memory samples, in KiB.
+/// Resident-memory samples, in KiB, and the series of [`Sample`]s.
 struct MemorySamples {
     started: std::time::Instant,
     samples: Mutex<Samples>,
     sampling: AtomicBool,
+    /// Time between two samples of the series.
+    every: Duration,
+    /// Connections open through the fault proxy, when there is one.
+    connections: Option<Box<dyn Fn() -> usize + Send + Sync>>,
 }
 
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Default)]
 struct Samples {
     start_kb: u64,
     first_minute_kb: Option<u64>,
     last_kb: u64,
     max_kb: u64,
+    series: Vec<Sample>,
+}
+
+/// What the process held at one moment of the soak: with the resident set,
+/// the live objects whose leak would make it grow (tasks, file descriptors,
+/// proxied connections), so that growth of live objects can be told from
+/// the allocator's own (see docs/BOUNDS.md, "The soak's memory").
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct Sample {
+    /// Seconds since the soak began.
+    pub t_s: u64,
+    /// Resident memory, MiB: the sum of the two below.
+    pub rss_mb: f64,
+    /// Of which anonymous (heap, stacks): where a leak grows, MiB.
+    pub rss_anon_mb: Option<f64>,
+    /// Of which file-backed: the pages of the executable and its libraries
+    /// read so far, which grow as code runs for the first time, up to their
+    /// size, and which the kernel may drop and read again, MiB.
+    pub rss_file_mb: Option<f64>,
+    /// Tokio tasks alive.
+    pub tasks: usize,
+    /// File descriptors open (sockets included); absent when `/proc/self/fd` cannot be read.
+    pub fds: Option<usize>,
+    /// Connections open through the fault proxy (absent without one).
+    pub proxy_connections: Option<usize>,
+}
+
+/// Rounds KiB to MiB with one decimal.
+fn mib(kb: u64) -> f64 {
+    (kb as f64 / 1024.0 * 10.0).round() / 10.0
 }
 
 impl MemorySamples {
-    fn start() -> Self {
-        let now = resident_kb().unwrap_or(0);
-        MemorySamples {
+    /// Starts sampling a soak of `duration`: the series gets a sample every
+    /// 10 s, or every 1/120 of a longer soak.
+    fn start(duration: Duration, connections: Option<Box<dyn Fn() -> usize + Send + Sync>>) -> Self {
+        let now = resident().map_or(0, |r| r.total_kb);
+        let memory = MemorySamples {
             started: std::time::Instant::now(),
             samples: Mutex::new(Samples {
                 start_kb: now,
                 first_minute_kb: None,
                 last_kb: now,
                 max_kb: now,
+                series: Vec::new(),
             }),
             sampling: AtomicBool::new(true),
-        }
+            every: (duration / 120).max(Duration::from_secs(10)),
+            connections,
+        };
+        memory.sample();
+        memory
     }
 
     fn sample(&self) {
-        let Some(kb) = resident_kb() else {
+        let Some(now) = resident() else {
             if self.sampling.swap(false, Ordering::Relaxed) {
                 tracing::warn!("cannot read /proc/self/status: resident memory not sampled");
             }
             return;
         };
+        let (kb, elapsed) = (now.total_kb, self.started.elapsed());
         let mut samples = self.samples.lock().unwrap_or_else(|e| e.into_inner());
         samples.last_kb = kb;
         samples.max_kb = samples.max_kb.max(kb);
-        if samples.first_minute_kb.is_none() && self.started.elapsed() >= Duration::from_secs(60) {
+        if samples.first_minute_kb.is_none() && elapsed >= Duration::from_secs(60) {
             samples.first_minute_kb = Some(kb);
+        }
+        let due = samples.series.len() as u32 * self.every;
+        if elapsed >= due {
+            let sample = self.sample_now(elapsed, now);
+            samples.series.push(sample);
+        }
+    }
+
+    /// The last sample, taken at the end of the soak whenever it falls.
+    fn sample_at_end(&self) {
+        self.sample();
+        let elapsed = self.started.elapsed();
+        let mut samples = self.samples.lock().unwrap_or_else(|e| e.into_inner());
+        if samples.series.last().is_none_or(|s| s.t_s < elapsed.as_secs())
+            && let Some(now) = resident()
+        {
+            let sample = self.sample_now(elapsed, now);
+            samples.series.push(sample);
+        }
+    }
+
+    fn sample_now(&self, elapsed: Duration, now: Resident) -> Sample {
+        Sample {
+            t_s: elapsed.as_secs(),
+            rss_mb: mib(now.total_kb),
+            rss_anon_mb: now.anon_kb.map(mib),
+            rss_file_mb: now.file_kb.map(mib),
+            tasks: tokio::runtime::Handle::try_current().map_or(0, |h| h.metrics().num_alive_tasks()),
+            fds: std::fs::read_dir("/proc/self/fd").ok().map(Iterator::count),
+            proxy_connections: self.connections.as_ref().map(|count| count()),
         }
     }
 
@@ -641,24 +730,43 @@ impl MemorySamples {
     }
 
     fn snapshot(&self) -> Samples {
-        *self.samples.lock().unwrap_or_else(|e| e.into_inner())
+        self.samples.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 }
 
-/// The process's resident set, KiB (`VmRSS` of `/proc/self/status`).
-fn resident_kb() -> Option<u64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    parse_vm_rss(&status)
+/// The process's resident set, KiB, from `/proc/self/status`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Resident {
+    /// `VmRSS`.
+    total_kb: u64,
+    /// `RssAnon`.
+    anon_kb: Option<u64>,
+    /// `RssFile` (with `RssShmem`, which the soak has none of).
+    file_kb: Option<u64>,
 }
 
-fn parse_vm_rss(status: &str) -> Option<u64> {
-    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
-    line.trim_start_matches("VmRSS:")
-        .trim()
-        .trim_end_matches("kB")
-        .trim()
-        .parse()
-        .ok()
+fn resident() -> Option<Resident> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    parse_resident(&status)
+}
+
+fn parse_resident(status: &str) -> Option<Resident> {
+    let field = |name: &str| {
+        let line = status
+            .lines()
+            .find(|l| l.strip_prefix(name).is_some_and(|l| l.starts_with(':')))?;
+        line[name.len() + 1..]
+            .trim()
+            .trim_end_matches("kB")
+            .trim()
+            .parse::<u64>()
+            .ok()
+    };
+    Some(Resident {
+        total_kb: field("VmRSS")?,
+        anon_kb: field("RssAnon"),
+        file_kb: field("RssFile").map(|file| file + field("RssShmem").unwrap_or(0)),
+    })
 }
 
 fn table(s: &SoakSummary) -> String {
@@ -708,10 +816,18 @@ mod tests {
 
     #[test]
     fn the_resident_set_is_read_from_proc_status() {
-        let status = "Name:\taside\nVmPeak:\t  9000 kB\nVmRSS:\t   12345 kB\nThreads:\t4\n";
-        assert_eq!(parse_vm_rss(status), Some(12345));
-        assert_eq!(parse_vm_rss("Name:\taside\n"), None);
-        assert!(resident_kb().is_some_and(|kb| kb > 0));
+        let status = "Name:\taside\nVmPeak:\t  9000 kB\nVmRSS:\t   12345 kB\nRssAnon:\t    4000 kB\n\
+                      RssFile:\t    8300 kB\nRssShmem:\t      45 kB\nThreads:\t4\n";
+        let expected = Resident {
+            total_kb: 12345,
+            anon_kb: Some(4000),
+            file_kb: Some(8345),
+        };
+        assert_eq!(parse_resident(status), Some(expected));
+        let old_kernel = parse_resident("VmRSS:\t   12345 kB\n").unwrap();
+        assert_eq!((old_kernel.anon_kb, old_kernel.file_kb), (None, None));
+        assert_eq!(parse_resident("Name:\taside\n"), None);
+        assert!(resident().is_some_and(|r| r.total_kb > 0 && r.anon_kb.is_some()));
     }
 
     #[test]

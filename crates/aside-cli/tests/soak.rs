@@ -31,6 +31,18 @@ fn check_clean_run(summary: &serde_json::Value, store: &str) {
         assert!(s[field].as_f64().unwrap() > 0.0, "{field}: {summary}");
     }
     assert!(s["rss_max_mb"].as_f64() >= s["rss_end_mb"].as_f64(), "{summary}");
+    // The series: one sample at the start, one at the end, each with the
+    // resident set split in two and the live objects counted.
+    let samples = s["samples"].as_array().expect("a samples array");
+    assert!(samples.len() >= 2, "{summary}");
+    assert_eq!(samples[0]["t_s"], 0, "{summary}");
+    let last = &samples[samples.len() - 1];
+    for field in ["rss_mb", "rss_anon_mb", "rss_file_mb"] {
+        assert!(last[field].as_f64().unwrap() > 0.0, "{field}: {summary}");
+    }
+    // Every task may be done by the end (the in-process store has none left).
+    assert!(last["tasks"].as_u64().is_some(), "{summary}");
+    assert!(last["fds"].as_u64().unwrap() > 0, "{summary}");
 }
 
 #[test]

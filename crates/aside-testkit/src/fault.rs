@@ -2,7 +2,8 @@
 //!
 //! Owns the fault layer of the history checker (issue 12) and nothing of its
 //! checking: [`FaultStore`] wraps any `Arc<dyn Store>`, [`FaultBus`] wraps any
-//! `Arc<dyn Bus>`, [`MemoryBus`] is an in-process bus to wrap, and one
+//! `Arc<dyn Bus>`, [`MemoryBus`] is an in-process bus to wrap ([`SilentBus`]
+//! one that delivers nothing, to see who holds its subscriptions), and one
 //! [`FaultPlan`] shared by all of them decides, from its seed, what happens
 //! to every call:
 //!
@@ -1054,6 +1055,8 @@ impl Bus for MemoryBus {
         tokio::spawn(async move {
             loop {
                 tokio::select! {
+                    // The subscriber gone, so is this task: see `FaultBus::subscribe`.
+                    () = tx.closed() => return,
                     received = messages.recv() => {
                         let event = match received {
                             Ok(message) => BusEvent::Invalidation(message),
@@ -1076,6 +1079,56 @@ impl Bus for MemoryBus {
                 }
             }
         });
+        Ok(rx)
+    }
+}
+
+/// A [`Bus`] that delivers nothing and keeps the sending end of every
+/// subscription, so a test can tell whether each receiver is still held:
+/// whether whoever subscribed let go of the subscription once gone, with
+/// no message to find it out by (issue 15).
+#[derive(Clone, Default)]
+pub struct SilentBus {
+    senders: Arc<Mutex<Vec<mpsc::Sender<BusEvent>>>>,
+}
+
+impl std::fmt::Debug for SilentBus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SilentBus")
+            .field("subscriptions", &self.subscriptions())
+            .finish()
+    }
+}
+
+impl SilentBus {
+    /// Subscriptions made, and how many of their receivers are still held.
+    pub fn subscriptions(&self) -> (usize, usize) {
+        let senders = self.senders.lock().unwrap_or_else(|e| e.into_inner());
+        (senders.len(), senders.iter().filter(|tx| !tx.is_closed()).count())
+    }
+
+    /// Waits until `subscribed` subscriptions were made and none of their
+    /// receivers is held any more.
+    ///
+    /// # Panics
+    /// After 10 s, naming `what`.
+    pub async fn until_let_go(&self, subscribed: usize, what: &str) {
+        crate::eventually(what, Duration::from_secs(10), || async {
+            self.subscriptions() == (subscribed, 0)
+        })
+        .await;
+    }
+}
+
+#[async_trait]
+impl Bus for SilentBus {
+    async fn publish(&self, _: &Invalidation) -> Result<(), StoreError> {
+        Ok(())
+    }
+
+    async fn subscribe(&self) -> Result<mpsc::Receiver<BusEvent>, StoreError> {
+        let (tx, rx) = mpsc::channel(16);
+        self.senders.lock().unwrap_or_else(|e| e.into_inner()).push(tx);
         Ok(rx)
     }
 }
@@ -1184,6 +1237,13 @@ impl Bus for FaultBus {
             let mut outage_open = true;
             loop {
                 tokio::select! {
+                    // The subscriber gone (its `Aside` dropped), this task ends
+                    // at once and drops the inner subscription, which ends the
+                    // transport's. Waiting for the next message to find out
+                    // kept the task, the program's whole `FaultPlan` (journal
+                    // included) and a Redis pub/sub connection alive for good
+                    // on a quiet per-program channel (issue 15).
+                    () = tx.closed() => return,
                     received = inner.recv() => {
                         let Some(event) = received else { return };
                         let alive = match (plan.delivery_fault(), event) {

@@ -264,3 +264,26 @@ async fn a_dropped_subscription_leaves_the_server() {
     // The connection is usable afterwards (nothing above borrowed it for good).
     let _: () = redis::cmd("PING").query_async(&mut conn).await.unwrap();
 }
+
+/// Issue 15, the listener's half, found by `aside soak` (its live tasks and
+/// open sockets grew with every history program): the bus listener of a
+/// dropped `Aside` held its subscription's receiver until the next message
+/// told it the `Aside` was gone. On a quiet channel none came: the
+/// listener, the receiver and the transport's subscription (on Redis, a
+/// pinged pub/sub connection) lived for good. Dropping the `Aside` must
+/// let go of the subscription with no message at all.
+#[tokio::test]
+async fn a_dropped_aside_lets_go_of_its_subscription_on_a_quiet_bus() {
+    let bus = aside_testkit::fault::SilentBus::default();
+    let aside = Aside::builder().bus(bus.clone()).build();
+    // A namespace with an L1 starts the listener.
+    let users = common::users_with_l1(&aside);
+    eventually("the listener subscribes", Duration::from_secs(10), || async {
+        bus.subscriptions() == (1, 1)
+    })
+    .await;
+    drop(users);
+    drop(aside);
+    bus.until_let_go(1, "the subscription is let go of, with no message on the bus")
+        .await;
+}

@@ -965,19 +965,16 @@ pub(crate) async fn run_program(program: &Program, env: &RunEnv) -> ProgramRun {
         elapsed_ms: started.elapsed().as_millis() as u64,
     };
 
-    // Tear down: the instances go, and a last message ends the bus tasks
-    // still waiting for one.
-    let buses: Vec<FaultBus> = instances.iter().map(|i| i.bus.clone()).collect();
+    // Tear down: the instances go, and with each `Aside` its bus listener,
+    // which ends the fault bus's task and the transport's subscription. (A
+    // last message published here to end tasks still waiting for one was
+    // racy: a task that took both of them before its receiver was dropped
+    // waited for a third, for good; issue 15.)
     for inst in &instances {
         inst.listener.abort();
     }
     drop(instances);
     drop(harness);
-    for bus in buses.iter().take(1) {
-        let bye = Invalidation::new(SENTINEL, vec!["bye".into()], 0);
-        let _ = bus.publish(&bye).await;
-        let _ = bus.publish(&bye).await;
-    }
     ProgramRun {
         violations,
         stats,

@@ -4,8 +4,9 @@
 //! namespaces with an L1 (the table of those is `Core::l1_peers`, which local
 //! writes use too). The listener reaches them through [`Subscriber`], which
 //! the engine implements: the bus depends on no engine type. The listener starts on first use (a namespace with an
-//! L1, or a call to `Aside::invalidations`) and stops when the `Aside` is
-//! dropped. Until its first subscription is up, L1 fills are skipped
+//! L1, or a call to `Aside::invalidations`) and is aborted when the `Aside`
+//! and its namespaces are dropped (the router's `Drop`), whether or not a
+//! message ever arrives again. Until its first subscription is up, L1 fills are skipped
 //! ([`Router::is_subscribed`]): an invalidation published meanwhile would
 //! never reach them.
 //!
@@ -149,6 +150,22 @@ impl Router {
                 let _ = self.events.send(message);
             }
             BusEvent::Reset => owner.clear_local(),
+        }
+    }
+}
+
+/// The `Aside` is gone (the router dies with its `Core`): so is the
+/// listener, at once. It held the owner weakly, but found it gone only at
+/// the next bus event; on a quiet channel none came, and the listener, its
+/// receiver, and with it the transport's subscription (a Redis pub/sub
+/// connection, pinged) lived on for good: every dropped `Aside` leaked them
+/// (found by `aside soak`, issue 15: live tasks and open sockets grew with
+/// every history program). Aborting drops the receiver, which ends the
+/// transport's subscription task.
+impl Drop for Router {
+    fn drop(&mut self) {
+        if let Some(listener) = self.listener.get_mut().unwrap_or_else(|e| e.into_inner()).take() {
+            listener.abort();
         }
     }
 }
