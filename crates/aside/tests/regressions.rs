@@ -1204,3 +1204,26 @@ async fn a_resent_versioned_write_still_tells_the_other_processes() {
         "the write cached its row ({outcome:?}) and told no other process"
     );
 }
+
+/// The store side of the resent fence, on both stores with fences: the
+/// same token takes its own fence again, another token is refused.
+#[tokio::test]
+async fn a_fence_is_taken_again_by_its_own_token_only() {
+    use aside::store::LeaseToken;
+    let server = RedisServer::start();
+    let stores: [Arc<dyn Store>; 2] = [
+        Arc::new(MemoryStore::new()),
+        Arc::new(RedisStore::connect(&server.url()).await.unwrap()),
+    ];
+    let ttl = Duration::from_secs(30);
+    for store in stores {
+        let (mine, other) = (LeaseToken::fence(), LeaseToken::fence());
+        assert!(store.take_fence("f", mine, ttl).await.unwrap());
+        assert!(
+            store.take_fence("f", mine, ttl).await.unwrap(),
+            "{}: resent",
+            store.name()
+        );
+        assert!(!store.take_fence("f", other, ttl).await.unwrap(), "{}", store.name());
+    }
+}
