@@ -623,9 +623,11 @@ where
     ///   TTL meanwhile.
     ///
     /// # Concurrent calls
-    /// Updates of one key take turns: each revokes the fence before it, so
-    /// the earlier one's fill is refused and it invalidates instead; the
-    /// database orders the writes themselves.
+    /// Updates of one key take turns: an update that finds another's live
+    /// fence waits for it to end (polling, for at most that update's
+    /// renewal bound and one lease TTL, then [`ErrorKind::Timeout`] with
+    /// nothing written); it never revokes it. The database orders the
+    /// writes themselves.
     pub async fn update<F, Fut, E>(&self, key: &K, write: F) -> Result<Option<V>>
     where
         F: FnOnce() -> Fut,
