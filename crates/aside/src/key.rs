@@ -88,15 +88,12 @@ const HASHED: char = '#';
 /// A full key that holds a `}` but no tag (`a}b`, `a{}b`) cannot be
 /// written as a tag; its companions then land in another slot. Only
 /// `put_entry_if_newer` touches two keys at once (the entry and its write
-/// mark): on a Cluster such a key's versioned write fails (CROSSSLOT), and
-/// the engine invalidates instead. Every other step touches one key, so
-/// the tag only keeps an entry's keys together on one node.
+/// mark): on a Cluster such a key's versioned write would fail
+/// (CROSSSLOT), so the engine invalidates such a key instead
+/// ([`mark_shares_slot`]). Every other step touches one key, so the tag
+/// only keeps an entry's keys together on one node.
 fn slot_of(full: &str) -> std::borrow::Cow<'_, str> {
-    let has_tag = full
-        .find('{')
-        .and_then(|open| full[open + 1..].find('}'))
-        .is_some_and(|len| len > 0);
-    if has_tag {
+    if has_tag(full) {
         std::borrow::Cow::Borrowed(full)
     } else {
         std::borrow::Cow::Owned(format!("{{{full}}}"))
@@ -113,6 +110,20 @@ pub fn version_key(full: &str) -> String {
 /// `Versioned` strategy: `{full}#v{version}`, in `full`'s Redis Cluster slot.
 pub fn versioned_key(full: &str, version: u64) -> String {
     format!("{}#v{version}", slot_of(full))
+}
+
+/// True when `full` has a Redis Cluster hash tag of its own.
+fn has_tag(full: &str) -> bool {
+    full.find('{')
+        .and_then(|open| full[open + 1..].find('}'))
+        .is_some_and(|len| len > 0)
+}
+
+/// True when [`write_mark_key`] of `full` is in `full`'s Redis Cluster
+/// slot: `full` has a tag of its own, or no `}` (then `{full}` tags it
+/// whole).
+pub(crate) fn mark_shares_slot(full: &str) -> bool {
+    has_tag(full) || !full.contains('}')
 }
 
 /// The key where the highest version written through
@@ -149,6 +160,18 @@ pub(crate) fn check_namespace(name: &str) -> Result<(), Error> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[cfg(feature = "redis")]
+    #[test]
+    fn a_write_mark_shares_its_entrys_slot_exactly_when_said_to() {
+        use crate::store::redis::key_slot;
+        for full in [
+            "ns:1", "ns:{a}b", "ns:a}b", "ns:a{}b", "ns:a{b", "ns:}{a}", "ns:{}{a}", "ns:a{b}}",
+        ] {
+            let shares = key_slot(&write_mark_key(full)) == key_slot(full);
+            assert_eq!(mark_shares_slot(full), shares, "{full}");
+        }
+    }
 
     #[test]
     fn formats_like_the_article() {

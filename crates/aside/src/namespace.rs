@@ -594,6 +594,14 @@ where
     /// promise (a read after it returns sees the new row), and costs no
     /// wait. Linearizability across processes holds for namespaces without
     /// an L1 (another process's L1 hears of the update over the bus, later).
+    /// The L1s of this `Aside` install nothing of the key while it runs.
+    ///
+    /// The fence lasts as long as the update holds it. A write still
+    /// running past the renewal bound (the load timeout, or 60 s without
+    /// one), an update cancelled while its database write goes on to
+    /// commit, or a writer that crashes mid-write let the fence go before
+    /// the write lands: readers may then cache the old row until the next
+    /// write or invalidation of the key, as with plain cache-aside.
     ///
     /// # Examples
     ///
@@ -623,9 +631,11 @@ where
     ///   TTL meanwhile.
     ///
     /// # Concurrent calls
-    /// Updates of one key take turns: each revokes the fence before it, so
-    /// the earlier one's fill is refused and it invalidates instead; the
-    /// database orders the writes themselves.
+    /// Updates of one key take turns: an update that finds another's live
+    /// fence waits for it to end (polling, for at most that update's
+    /// renewal bound and one lease TTL, then [`ErrorKind::Timeout`] with
+    /// nothing written); it never revokes it. The database orders the
+    /// writes themselves.
     pub async fn update<F, Fut, E>(&self, key: &K, write: F) -> Result<Option<V>>
     where
         F: FnOnce() -> Fut,

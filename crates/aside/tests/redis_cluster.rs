@@ -365,3 +365,29 @@ async fn the_cluster_store_takes_the_tls_settings() {
     assert!(shown.contains("rediss://"), "{shown}");
     assert!(!shown.contains("hunter2"), "{shown}");
 }
+
+/// `write_through` on a Cluster. A key whose own braces keep its write mark
+/// out of its slot (`a}b`, `a{}b`: no tag of its own, and none can be made)
+/// is documented (`key::slot_of`) to be invalidated instead: the versioned
+/// write's CROSSSLOT must not fail a call whose database write succeeded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_versioned_write_on_a_cluster_keeps_or_invalidates_every_key() {
+    use aside::WriteThrough;
+    let cluster = RedisCluster::start();
+    let aside = aside_on(&cluster).await;
+    let names = aside.namespace::<str, String>("name").build().unwrap();
+    assert_eq!(
+        names.write_through("plain", &"v1".to_owned(), 1).await.unwrap(),
+        WriteThrough::Written
+    );
+    assert_eq!(names.peek("plain").await.unwrap().as_deref(), Some("v1"));
+    for key in ["a}b", "a{}b"] {
+        names.set(key, &"old".to_owned()).await.unwrap();
+        let outcome = names.write_through(key, &"new".to_owned(), 1).await;
+        assert!(
+            matches!(outcome, Ok(WriteThrough::Written | WriteThrough::Invalidated)),
+            "{key}: {outcome:?}"
+        );
+        assert_ne!(names.peek(key).await.unwrap().as_deref(), Some("old"), "{key}");
+    }
+}

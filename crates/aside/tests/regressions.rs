@@ -1050,3 +1050,180 @@ async fn a_forced_refresh_is_not_undone_in_the_l1_by_a_read_that_began_before_it
         "a read after the forced refresh got the value it replaced"
     );
 }
+
+// Review of 4f1bdfa..99ef487 (issues 15 and 16): write-through and the
+// linearizable update.
+
+/// The signals of an update whose database write a test steps through:
+/// `started` once the fence is held, then the row is written when `commit`
+/// is sent (`committed` says so), and the write returns on `finish`.
+struct SteppedWrite {
+    started: tokio::sync::oneshot::Receiver<()>,
+    commit: tokio::sync::oneshot::Sender<()>,
+    committed: tokio::sync::oneshot::Receiver<()>,
+    finish: tokio::sync::oneshot::Sender<()>,
+    update: tokio::task::JoinHandle<aside::Result<Option<User>>>,
+}
+
+fn stepped_update(users: &Namespace<u64, User>, db: &Db, row: User) -> SteppedWrite {
+    use tokio::sync::oneshot::channel;
+    let (started_tx, started) = channel();
+    let (commit, commit_rx) = channel();
+    let (committed_tx, committed) = channel();
+    let (finish, finish_rx) = channel::<()>();
+    let update = tokio::spawn({
+        let (users, db) = (users.clone(), db.clone());
+        async move {
+            let id = row.id;
+            users
+                .update(&id, || async move {
+                    let _ = started_tx.send(());
+                    let _ = commit_rx.await;
+                    db.put(row.clone());
+                    let _ = committed_tx.send(());
+                    let _ = finish_rx.await;
+                    Ok::<_, DbDown>(Some(row))
+                })
+                .await
+        }
+    });
+    SteppedWrite {
+        started,
+        commit,
+        committed,
+        finish,
+        update,
+    }
+}
+
+/// An update promises linearizable reads in its own process, whose L1 it
+/// "evicts around it". But a read during the fence that goes to the
+/// database (its store call failed; equally a lease wait that ran out)
+/// installs what it read in the L1, and nothing evicts it before the
+/// update ends: once the write committed and a read returned the new row,
+/// a later read returns the old one from the L1.
+#[tokio::test]
+async fn an_update_keeps_the_old_row_out_of_its_own_processes_l1() {
+    let (_, hooks, users, db) = gated_users(Strategy::Lease, true);
+    let mut write = stepped_update(&users, &db, User::new(1, 1));
+    (&mut write.started).await.unwrap();
+    // During the fence, before the commit: a read whose store call fails
+    // asks the database, and gets the old row (a correct answer now).
+    hooks.fail("lookup_or_lease");
+    assert_eq!(read(&users, &db, 1).await, Some(User::new(1, 0)));
+    hooks.heal("lookup_or_lease");
+    write.commit.send(()).unwrap();
+    (&mut write.committed).await.unwrap();
+    // The write committed: a read of the database through aside sees it.
+    let fresh = users
+        .fetch_with(&1, FetchOptions::skip_cache(), || db.get(1))
+        .await
+        .unwrap();
+    assert_eq!(fresh.value, Some(User::new(1, 1)));
+    // A read after that one must not return the old row. It either answers
+    // at once (from the L1) or waits for the fence (reaching the store).
+    let mut finish = Some(write.finish);
+    let reached = hooks.pause_next("lookup_or_lease");
+    let mut later = tokio::spawn({
+        let (users, db) = (users.clone(), db.clone());
+        async move { common::read(&users, &db, 1).await }
+    });
+    let answer = tokio::select! {
+        answer = &mut later => answer.unwrap(),
+        () = reached.reached.notified() => {
+            reached.release();
+            finish.take().unwrap().send(()).unwrap();
+            later.await.unwrap()
+        }
+    };
+    assert_eq!(
+        answer.0,
+        Some(User::new(1, 1)),
+        "a read returned the old row ({:?}) after another returned the new one, during the update",
+        answer.1
+    );
+    if let Some(finish) = finish {
+        finish.send(()).unwrap();
+    }
+    write.update.await.unwrap().unwrap();
+}
+
+/// redis-rs's cluster client resends a request whose connection dropped
+/// before the reply came, though the server may have run it. A resent
+/// `take_fence` finds the fence it took itself and takes it for another
+/// update's: the update polls, its own fence left unrenewed, until that
+/// runs out a lease TTL later, and every reader of the key waits as long.
+/// (Time is paused: the update's polls advance it.)
+#[tokio::test(start_paused = true)]
+async fn an_update_whose_fence_request_is_resent_is_not_fenced_out_by_itself() {
+    let (store, hooks) = gated();
+    let users = users(&patient(&store), Strategy::Lease, false);
+    hooks.apply_twice("take_fence");
+    let began = tokio::time::Instant::now();
+    let updated = users
+        .update(&1, || async { Ok::<_, DbDown>(Some(User::new(1, 1))) })
+        .await;
+    assert_eq!(updated.unwrap(), Some(User::new(1, 1)));
+    let waited = began.elapsed();
+    assert!(
+        waited < aside::DEFAULT_LEASE_TTL / 2,
+        "the update waited {waited:?} for its own fence to run out"
+    );
+}
+
+/// A resent `put_entry_if_newer` (see above) finds the mark its first run
+/// set: `write_through` reports `Superseded` ("a newer write came first and
+/// published") for the value it cached itself, and publishes nothing, so
+/// the other processes' L1s keep the old row until their TTL.
+#[tokio::test]
+async fn a_resent_versioned_write_still_tells_the_other_processes() {
+    use aside::bus::Bus;
+    let bus = aside_testkit::fault::MemoryBus::new();
+    let mut heard = bus.subscribe().await.unwrap();
+    let (store, hooks) = gated();
+    let aside = Aside::builder()
+        .shared_store(store)
+        .op_timeout(Duration::from_secs(60))
+        .bus(bus.clone())
+        .build();
+    let users = users(&aside, Strategy::Lease, false);
+    hooks.apply_twice("put_entry_if_newer");
+    let outcome = users.write_through(&1, &User::new(1, 1), 1).await.unwrap();
+    assert_eq!(users.peek(&1).await.unwrap(), Some(User::new(1, 1)));
+    // A marker after it: the bus keeps order, so whatever the write
+    // published arrives first.
+    bus.publish(&aside::bus::Invalidation::new("marker", vec![], 0))
+        .await
+        .unwrap();
+    let first = match heard.recv().await.unwrap() {
+        aside::bus::BusEvent::Invalidation(message) => message,
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(
+        first.namespace, "user",
+        "the write cached its row ({outcome:?}) and told no other process"
+    );
+}
+
+/// The store side of the resent fence, on both stores with fences: the
+/// same token takes its own fence again, another token is refused.
+#[tokio::test]
+async fn a_fence_is_taken_again_by_its_own_token_only() {
+    use aside::store::LeaseToken;
+    let server = RedisServer::start();
+    let stores: [Arc<dyn Store>; 2] = [
+        Arc::new(MemoryStore::new()),
+        Arc::new(RedisStore::connect(&server.url()).await.unwrap()),
+    ];
+    let ttl = Duration::from_secs(30);
+    for store in stores {
+        let (mine, other) = (LeaseToken::fence(), LeaseToken::fence());
+        assert!(store.take_fence("f", mine, ttl).await.unwrap());
+        assert!(
+            store.take_fence("f", mine, ttl).await.unwrap(),
+            "{}: resent",
+            store.name()
+        );
+        assert!(!store.take_fence("f", other, ttl).await.unwrap(), "{}", store.name());
+    }
+}

@@ -210,7 +210,7 @@ impl<V: Clone + Send + Sync + 'static> NsInner<V> {
     fn l1_keep(&self, full: &str, value: Option<V>, epoch: u64, expires_at_ms: Option<u64>) {
         let Some(l1) = &self.l1 else { return };
         let cacheable = value.is_some() || self.negative_ttl.is_some();
-        if !cacheable || !self.bus_listening() {
+        if !cacheable || !self.bus_listening() || self.core.l1_peers.is_fenced(full) {
             return;
         }
         let life = match expires_at_ms {

@@ -72,7 +72,8 @@ pub enum WriteThrough {
     Superseded,
     /// The key was invalidated instead, because this namespace or store
     /// cannot compare versions (a strategy other than `Lease`, a store
-    /// without versioned writes): the next read loads the row.
+    /// without versioned writes, a key such as `a}b` whose braces keep its
+    /// write mark out of its Redis Cluster slot): the next read loads the row.
     Invalidated,
 }
 

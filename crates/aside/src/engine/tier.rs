@@ -181,9 +181,33 @@ pub(crate) trait Evictor: Send + Sync {
 /// local write evicts (every namespace of that name, not only the writer's:
 /// the bus does not echo a process's own messages back to it) and what the
 /// bus listener delivers other processes' invalidations to.
+///
+/// Also the keys an update of this `Aside` is fencing now: no L1 of the
+/// `Aside` installs them until the update ends (see [`Peers::fence`]).
 #[derive(Default)]
 pub(crate) struct Peers {
     by_name: std::sync::Mutex<std::collections::HashMap<String, Vec<std::sync::Weak<dyn Evictor>>>>,
+    /// Full keys under an update's fence, with how many updates hold each.
+    fenced: std::sync::Mutex<std::collections::HashMap<String, usize>>,
+}
+
+/// A key kept out of every L1 of an `Aside` while an update fences it;
+/// let go on drop.
+pub(crate) struct L1Fence<'a> {
+    peers: &'a Peers,
+    key: String,
+}
+
+impl Drop for L1Fence<'_> {
+    fn drop(&mut self) {
+        let mut fenced = self.peers.fenced.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(count) = fenced.get_mut(&self.key) {
+            *count -= 1;
+            if *count == 0 {
+                fenced.remove(&self.key);
+            }
+        }
+    }
 }
 
 impl Peers {
@@ -209,6 +233,36 @@ impl Peers {
             !list.is_empty()
         });
         live
+    }
+
+    /// Keeps `key` out of every L1 of this `Aside` until the guard drops.
+    ///
+    /// Why a marker and not only evictions: while an update's write runs,
+    /// a reader of this process may read the old row from the database
+    /// (its store call failed, its lease wait ran out) under an epoch taken
+    /// after the update's eviction, and install it; once the write has
+    /// committed, another reader may return the new row from the database
+    /// and a third the old one from the L1, which no order explains. The
+    /// update evicts once more at its end, after the marker is gone, so an
+    /// install that raced the marker's removal is refused by its epoch or
+    /// evicted.
+    pub(crate) fn fence(&self, key: &str) -> L1Fence<'_> {
+        *self
+            .fenced
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(key.to_owned())
+            .or_default() += 1;
+        L1Fence {
+            peers: self,
+            key: key.to_owned(),
+        }
+    }
+
+    /// True while an update of this `Aside` fences `key`.
+    pub(crate) fn is_fenced(&self, key: &str) -> bool {
+        let fenced = self.fenced.lock().unwrap_or_else(|e| e.into_inner());
+        !fenced.is_empty() && fenced.contains_key(key)
     }
 
     /// Evicts `keys` from every L1 of `namespace` in this `Aside`.

@@ -30,7 +30,8 @@
 //!
 //! Linearizable per key for reads and updates through `aside` in
 //! namespaces without an L1 in other processes (an L1 hears of the update
-//! over the bus, later); the same process's L1 is evicted around it.
+//! over the bus, later). The L1s of the updater's own `Aside` are evicted
+//! around it and install nothing of the key while it runs.
 //! `tests/linearizability.rs` checks histories of three processes with a
 //! register checker, and the history checker drives `update` beside every
 //! other operation.
@@ -67,13 +68,18 @@ impl<V: Clone + Send + Sync + 'static> NsInner<V> {
             ));
         }
         let store = &self.core.store;
-        self.l1_evict(full);
         if !store.supports_fences() {
             return Err(Error::new(
                 ErrorKind::Config,
                 format!("update needs a store with fences (memory, Redis), not {}", store.name()),
             ));
         }
+        // No L1 of this `Aside` keeps the key from here to the end: a read
+        // of the old row from the database during the write must not stay
+        // (see `tier::Peers::fence`).
+        let l1_fence = self.core.l1_peers.fence(full);
+        self.l1_evict(full);
+        self.l1_evict_written(full);
         let token = LeaseToken::fence();
         // Another update holds the key at most as long as its write may run
         // (its renewals stop then) plus one lease TTL.
@@ -129,6 +135,9 @@ impl<V: Clone + Send + Sync + 'static> NsInner<V> {
         };
         // Filled or invalidated (or queued): the guard has nothing to give back.
         fence.disarm();
+        // After the marker is gone: an install that raced its removal is
+        // refused by its epoch, or evicted here.
+        drop(l1_fence);
         self.l1_evict_written(full);
         self.publish(vec![full.to_owned()]).await;
         let row =

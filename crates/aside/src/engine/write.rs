@@ -76,12 +76,16 @@ impl<V: Clone + Send + Sync + 'static> NsInner<V> {
     ///
     /// Where the version cannot be compared in the store (a strategy other
     /// than `Lease`, whose fills would not be fenced against it; a store
-    /// without the operation), the key is invalidated instead: the next
+    /// without the operation; a key whose braces keep its write mark out
+    /// of its Redis Cluster slot), the key is invalidated instead: the next
     /// read loads the row, which is never older than this write. A value
     /// the codec refuses is invalidated too, and the error returned: after
     /// a database write, the old cached value must not stay.
     pub(crate) async fn write_versioned(&self, full: &str, value: &V, version: u64) -> Result<WriteThrough> {
-        if self.strategy != Strategy::Lease || !self.core.store.supports_versioned_writes() {
+        if self.strategy != Strategy::Lease
+            || !self.core.store.supports_versioned_writes()
+            || !crate::key::mark_shares_slot(full)
+        {
             self.invalidate_all(&[full.to_owned()]).await?;
             return Ok(WriteThrough::Invalidated);
         }
@@ -118,8 +122,14 @@ impl<V: Clone + Send + Sync + 'static> NsInner<V> {
                 self.publish(vec![full.to_owned()]).await;
                 Ok(WriteThrough::Written)
             }
-            // The newer write evicted the L1s and published when it landed.
-            Ok(false) => Ok(WriteThrough::Superseded),
+            // Published all the same: a refusal may be this write's own
+            // mark, set by a first run whose reply was lost and that the
+            // client resent (redis-rs's cluster client does), in which case
+            // nobody else told the other processes' L1s.
+            Ok(false) => {
+                self.publish(vec![full.to_owned()]).await;
+                Ok(WriteThrough::Superseded)
+            }
             Err(e) => {
                 // The old value may still be cached: make sure it goes (and
                 // queue the invalidation for replay if the store is away).

@@ -414,7 +414,8 @@ impl Store for MemoryStore {
                 Some(Slot::Entry {
                     lease: Some((held, deadline)),
                     ..
-                }) if held.is_fence() && deadline > now => (Op::Nop, false),
+                // Its own fence (a request resent after a lost reply) is taken again.
+                }) if held.is_fence() && held != token && deadline > now => (Op::Nop, false),
                 _ => (entry(None, false, Some((token, now + ttl)), Some(ttl)), true),
             })
             .await;

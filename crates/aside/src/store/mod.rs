@@ -489,7 +489,8 @@ pub trait Store: Send + Sync + 'static {
 
     /// Fences `key` for a linearizable update, atomically: unless another
     /// update's live fence holds it (a lease whose token
-    /// [`LeaseToken::is_fence`]), removes the entry (its value, stale copy
+    /// [`LeaseToken::is_fence`], other than `token`: a request resent after
+    /// its reply was lost must find its own fence taken, not refused), removes the entry (its value, stale copy
     /// and any reader's lease, which is revoked: its fill will be refused,
     /// its waiters are woken) and leases it to `token` for `ttl`. Returns
     /// false, changing nothing, when another fence holds it. The fence is a

@@ -110,6 +110,7 @@ pub struct Hooks {
     hold: Mutex<Option<PausedOp>>,
     failing: Mutex<std::collections::HashSet<&'static str>>,
     late: Mutex<HashMap<&'static str, Duration>>,
+    twice: Mutex<std::collections::HashSet<&'static str>>,
 }
 
 type PausedOp = (&'static str, Arc<tokio::sync::Notify>, Arc<tokio::sync::Semaphore>);
@@ -161,6 +162,19 @@ impl Hooks {
         if let Some(after) = late {
             tokio::time::sleep(after).await;
         }
+    }
+
+    /// The next call of `op` is applied twice, and answers what the second
+    /// application returned: a client that resent the request after its
+    /// connection dropped before the first reply came (redis-rs's cluster
+    /// client retries such a request, whether or not the server ran it).
+    pub fn apply_twice(&self, op: &'static str) {
+        self.twice.lock().unwrap().insert(op);
+    }
+
+    /// True once for a call of `op` that `apply_twice` chose.
+    fn resend(&self, op: &'static str) -> bool {
+        self.twice.lock().unwrap().remove(op)
     }
 
     pub fn heal(&self, op: &'static str) {
@@ -298,11 +312,17 @@ impl<S: Store> Store for Instrumented<S> {
     async fn take_fence(&self, key: &str, token: LeaseToken, ttl: Duration) -> StoreResult<bool> {
         self.tick();
         self.hooks.enter("take_fence").await?;
+        if self.hooks.resend("take_fence") {
+            let _ = self.inner.take_fence(key, token, ttl).await;
+        }
         self.inner.take_fence(key, token, ttl).await
     }
     async fn put_entry_if_newer(&self, put: aside::store::VersionedPut) -> StoreResult<bool> {
         self.tick();
         self.hooks.enter("put_entry_if_newer").await?;
+        if self.hooks.resend("put_entry_if_newer") {
+            let _ = self.inner.put_entry_if_newer(put.clone()).await;
+        }
         self.inner.put_entry_if_newer(put).await
     }
     async fn invalidate(&self, key: &str, keep_stale: Option<Duration>) -> StoreResult<()> {

@@ -8,7 +8,8 @@
 //! lease some reader waited for publishes the key on
 //! [`RedisConfig::fill_channel`]; each store's subscriber task wakes the
 //! readers of its process (see [`crate::store::wake`]). Each script touches exactly one key, so it is valid in Redis
-//! Cluster as is.
+//! Cluster as is, but for `put_entry_if_newer.lua`, which touches the entry
+//! and its write mark, in the entry's slot (see [`crate::key::write_mark_key`]).
 //!
 //! Why `ConnectionManager`: it multiplexes every caller over one connection
 //! and reconnects in the background. The command that meets a broken
@@ -511,7 +512,8 @@ impl RedisStore {
     /// and redirections, `reconnect_retries` caps those retries.
     ///
     /// The store has the same contract as on one server. Every command and
-    /// script touches one key, and the companion keys of an entry (a
+    /// script touches one key (but `put_entry_if_newer`, the entry and its
+    /// write mark), and the companion keys of an entry (a
     /// `Versioned` counter and data keys, the article's lock) carry the
     /// entry's key as their hash tag, so they live in its slot. Batches are
     /// split by the node that serves each key, one pipeline per node, sent
