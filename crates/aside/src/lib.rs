@@ -156,6 +156,8 @@ mod namespace;
 mod policy;
 mod read_through;
 pub mod store;
+#[cfg(feature = "redis")]
+pub mod writeback;
 
 pub use breaker::{BreakerConfig, BreakerReason, BreakerState, BreakerStatus};
 pub use codec::{Codec, Json, MessagePack};
