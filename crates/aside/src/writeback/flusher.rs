@@ -28,7 +28,7 @@ use std::hash::Hash;
 use std::marker::PhantomData;
 use std::str::FromStr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use redis::{RedisError, Value};
@@ -36,160 +36,13 @@ use serde::de::DeserializeOwned;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
+use super::config::FlusherConfig;
 use super::entry::{self, Corrupt, LoggedWrite, RawEntry};
 use super::sink::WriteBackSink;
+use super::stats::{FlusherMonitor, FlusherStats, Meters, Tally};
 use crate::codec::{Codec, Json};
 use crate::error::{Error, ErrorKind, Result};
-use crate::metrics as names;
-use crate::store::redis::{Reconnecting, RedisConfig, check_connection, client_for, connect_error, store_error};
-
-/// Default consumer group of a [`Flusher`].
-pub const DEFAULT_GROUP: &str = "aside-flushers";
-
-/// Settings of a [`Flusher`].
-#[derive(Debug, Clone)]
-#[non_exhaustive]
-pub struct FlusherConfig {
-    /// The stream to flush.
-    pub stream: String,
-    /// The consumer group (created at `0` if missing, so it sees writes
-    /// logged before any flusher ran). Default [`DEFAULT_GROUP`].
-    pub group: String,
-    /// This flusher's name in the group. A flusher started again under the
-    /// same name reads its own pending entries first; under a new name it
-    /// claims them once idle. Default `flusher-{pid}`.
-    pub consumer: String,
-    /// Entries per read, and so per batch at most. Default 100.
-    pub batch_size: usize,
-    /// How long a read waits for new entries. Default 1 s.
-    pub block: Duration,
-    /// How long an entry must be pending with another consumer before this
-    /// one claims it: longer than a batch can take, or a live but slow
-    /// flusher's batch is applied twice (harmless, but wasted). Default 30 s.
-    pub min_idle: Duration,
-    /// First delay after a failure (sink or Redis), doubled up to
-    /// `retry_max`. Default 50 ms.
-    pub retry_min: Duration,
-    /// Longest delay between retries. Default 5 s.
-    pub retry_max: Duration,
-    /// After a stop is asked for, how long the batch in hand may still
-    /// retry before it is left pending (for another flusher). Default 10 s.
-    pub shutdown_grace: Duration,
-    /// Where entries that cannot be applied go. Default `{stream}:dead`.
-    pub dead_stream: Option<String>,
-    /// Bound of the dead-letter stream (approximate trim). Default 10,000.
-    pub dead_max_len: u64,
-    /// The flusher's connection. Its response timeout bounds every command
-    /// but the blocking read, which gets `block` more. Default
-    /// [`RedisConfig::default`].
-    pub redis: RedisConfig,
-}
-
-impl FlusherConfig {
-    /// The defaults, flushing `stream`.
-    pub fn new(stream: impl Into<String>) -> Self {
-        FlusherConfig {
-            stream: stream.into(),
-            group: DEFAULT_GROUP.to_owned(),
-            consumer: format!("flusher-{}", std::process::id()),
-            batch_size: 100,
-            block: Duration::from_secs(1),
-            min_idle: Duration::from_secs(30),
-            retry_min: Duration::from_millis(50),
-            retry_max: Duration::from_secs(5),
-            shutdown_grace: Duration::from_secs(10),
-            dead_stream: None,
-            dead_max_len: 10_000,
-            redis: RedisConfig::default(),
-        }
-    }
-}
-
-/// What a [`Flusher`] has done, from [`Flusher::stats`] or a [`FlusherMonitor`].
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
-#[non_exhaustive]
-pub struct FlusherStats {
-    /// Logged writes committed and acknowledged (a write superseded by a
-    /// newer one of its key in the same batch counts too).
-    pub flushed: u64,
-    /// Batches committed.
-    pub batches: u64,
-    /// Failed attempts retried (sink errors, Redis errors).
-    pub retries: u64,
-    /// Entries parked in the dead-letter stream: corrupt, or refused by
-    /// [`WriteBackSink::validate`].
-    pub corrupt: u64,
-    /// Entries claimed from other consumers (`XAUTOCLAIM`).
-    pub claimed: u64,
-    /// Entries in the log at the last look (`XLEN`).
-    pub log_length: u64,
-    /// Age in ms of the oldest entry in the log at the last look, 0 when empty.
-    pub lag_ms: u64,
-}
-
-#[derive(Debug, Default)]
-struct Tally {
-    flushed: AtomicU64,
-    batches: AtomicU64,
-    retries: AtomicU64,
-    corrupt: AtomicU64,
-    claimed: AtomicU64,
-    log_length: AtomicU64,
-    lag_ms: AtomicU64,
-}
-
-impl Tally {
-    fn snapshot(&self) -> FlusherStats {
-        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
-        FlusherStats {
-            flushed: get(&self.flushed),
-            batches: get(&self.batches),
-            retries: get(&self.retries),
-            corrupt: get(&self.corrupt),
-            claimed: get(&self.claimed),
-            log_length: get(&self.log_length),
-            lag_ms: get(&self.lag_ms),
-        }
-    }
-}
-
-/// Reads a running [`Flusher`]'s stats from elsewhere (a health check, a
-/// test). Cloning is cheap.
-#[derive(Debug, Clone)]
-pub struct FlusherMonitor(Arc<Tally>);
-
-impl FlusherMonitor {
-    /// The stats now.
-    pub fn stats(&self) -> FlusherStats {
-        self.0.snapshot()
-    }
-}
-
-/// The flusher's metric handles, labelled by stream.
-struct Meters {
-    flushed: metrics::Counter,
-    batches: metrics::Counter,
-    retries: metrics::Counter,
-    corrupt: metrics::Counter,
-    claimed: metrics::Counter,
-    log_length: metrics::Gauge,
-    lag: metrics::Gauge,
-}
-
-impl Meters {
-    fn register(stream: &str) -> Self {
-        let s = || stream.to_owned();
-        Meters {
-            flushed: metrics::counter!(names::WB_FLUSHED, "stream" => s()),
-            batches: metrics::counter!(names::WB_BATCHES, "stream" => s()),
-            retries: metrics::counter!(names::WB_RETRIES, "stream" => s()),
-            corrupt: metrics::counter!(names::WB_CORRUPT, "stream" => s()),
-            claimed: metrics::counter!(names::WB_CLAIMED, "stream" => s()),
-            log_length: metrics::gauge!(names::WB_LOG_LENGTH, "stream" => s()),
-            lag: metrics::gauge!(names::WB_FLUSH_LAG, "stream" => s()),
-        }
-    }
-}
+use crate::store::redis::{Reconnecting, check_connection, client_for, connect_error, store_error};
 
 /// A stop asked for, and how long the batch in hand may still take.
 struct Stop {

@@ -51,15 +51,19 @@
 //!   database write that bypasses the log with an unversioned row is
 //!   overwritten by any logged write.
 
+mod config;
 mod entry;
 mod flusher;
 pub mod log;
 mod sink;
+mod stats;
 mod write;
 
+pub use config::{DEFAULT_GROUP, FlusherConfig};
 pub use entry::LoggedWrite;
-pub use flusher::{DEFAULT_GROUP, Flusher, FlusherConfig, FlusherMonitor, FlusherStats};
+pub use flusher::Flusher;
 pub use log::{DEFAULT_MAX_LOG_LEN, LogConfig, WriteBackLog, default_stream};
 pub use sink::WriteBackSink;
+pub use stats::{FlusherMonitor, FlusherStats};
 pub(crate) use write::Target;
 pub use write::WriteBack;
