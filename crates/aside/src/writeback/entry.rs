@@ -177,6 +177,11 @@ fn bytes_of(value: &Value) -> Option<Vec<u8>> {
     }
 }
 
+/// The string at `index` of a reply's parts (an id, a cursor).
+fn text_at(parts: &[Value], index: usize) -> Option<String> {
+    String::from_utf8(bytes_of(parts.get(index)?)?).ok()
+}
+
 fn items(value: &Value) -> Option<&[Value]> {
     match value {
         Value::Array(items) | Value::Set(items) => Some(items),
@@ -189,11 +194,7 @@ fn items(value: &Value) -> Option<&[Value]> {
 /// so that decoding finds what is missing and says so.
 fn entry_of(value: &Value) -> Result<RawEntry, Malformed> {
     let parts = items(value).ok_or(Malformed("an entry is not an array"))?;
-    let id = parts
-        .first()
-        .and_then(bytes_of)
-        .and_then(|b| String::from_utf8(b).ok())
-        .ok_or(Malformed("an entry has no id"))?;
+    let id = text_at(parts, 0).ok_or(Malformed("an entry has no id"))?;
     let fields = match parts.get(1) {
         None | Some(Value::Nil) => None,
         Some(Value::Map(pairs)) => Some(
@@ -250,11 +251,7 @@ pub(crate) fn read_reply(reply: &Value) -> Result<Vec<RawEntry>, Malformed> {
 /// claim itself.
 pub(crate) fn autoclaim_reply(reply: &Value) -> Result<(String, Vec<RawEntry>), Malformed> {
     let parts = items(reply).ok_or(Malformed("XAUTOCLAIM did not answer an array"))?;
-    let cursor = parts
-        .first()
-        .and_then(bytes_of)
-        .and_then(|b| String::from_utf8(b).ok())
-        .ok_or(Malformed("XAUTOCLAIM gave no cursor"))?;
+    let cursor = text_at(parts, 0).ok_or(Malformed("XAUTOCLAIM gave no cursor"))?;
     let entries = entries_of(parts.get(1).unwrap_or(&Value::Nil))?;
     Ok((cursor, entries))
 }
