@@ -124,11 +124,15 @@ impl Setup {
         }
     }
 
-    /// Starts `aside flush` as `consumer`, stdout and stderr piped.
+    /// Starts `aside flush` as `consumer` on the SQLite file, stdout and
+    /// stderr piped.
     fn flusher(&self, consumer: &str, extra: &[&str]) -> Flusher {
-        let database_url = format!("sqlite://{}", self.path.display());
+        self.flusher_on(&format!("sqlite://{}", self.path.display()), consumer, extra)
+    }
+
+    fn flusher_on(&self, database_url: &str, consumer: &str, extra: &[&str]) -> Flusher {
         let mut child = Command::new(env!("CARGO_BIN_EXE_aside"))
-            .args(["flush", "--redis", &self.redis.url(), "--database-url", &database_url])
+            .args(["flush", "--redis", &self.redis.url(), "--database-url", database_url])
             .args([
                 "--consumer",
                 consumer,
@@ -302,4 +306,40 @@ async fn a_flusher_killed_mid_batch_loses_no_write_and_the_next_claims_its_batch
     let expected: Vec<(i64, i64, String)> = (1..=40).map(|id| (id, 2, user(id as u64, 2).name)).collect();
     assert_eq!(rows, expected, "every key at its last write");
     assert_eq!(setup.applied_twice().await, vec![], "no write changed a row twice");
+}
+
+/// The same flusher on PostgreSQL (the local server, `ASIDE_TEST_POSTGRES`
+/// or `postgres://postgres@127.0.0.1:5432/test`), in a schema of its own:
+/// the users table made by the migration gets its version column, and the
+/// versioned upsert keeps the newest write of each key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drains_into_postgres_with_the_same_versioned_upsert() {
+    let admin =
+        std::env::var("ASIDE_TEST_POSTGRES").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned());
+    let mut pg = sqlx::PgConnection::connect(&admin)
+        .await
+        .unwrap_or_else(|e| panic!("PostgreSQL must run at {admin} (set ASIDE_TEST_POSTGRES): {e}"));
+    let schema = format!("aside_flush_{:016x}", rand::random::<u64>());
+    let sql = |text: String| sqlx::raw_sql(sqlx::AssertSqlSafe(text));
+    sql(format!("CREATE SCHEMA {schema}")).execute(&mut pg).await.unwrap();
+    let separator = if admin.contains('?') { '&' } else { '?' };
+    let url = format!("{admin}{separator}options=-c%20search_path%3D{schema}");
+
+    let setup = Setup::new().await;
+    setup.write(1..=20, 2).await;
+    setup.write(1..=20, 1).await; // older: logged, never applied over version 2
+    let summary = setup.flusher_on(&url, "pg", &["--drain"]).summary();
+    let rows: Vec<(i64, i64, String)> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT id, version, name FROM {schema}.users ORDER BY id"
+    )))
+    .fetch_all(&mut pg)
+    .await
+    .unwrap();
+    sql(format!("DROP SCHEMA {schema} CASCADE"))
+        .execute(&mut pg)
+        .await
+        .unwrap();
+    assert_eq!(summary["flushed"], 40, "{summary}");
+    let expected: Vec<(i64, i64, String)> = (1..=20).map(|id| (id, 2, user(id as u64, 2).name)).collect();
+    assert_eq!(rows, expected);
 }

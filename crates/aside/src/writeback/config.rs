@@ -38,7 +38,8 @@ pub struct FlusherConfig {
     /// Longest delay between retries. Default 5 s.
     pub retry_max: Duration,
     /// After a stop is asked for, how long the batch in hand may still
-    /// retry before it is left pending (for another flusher). Default 10 s.
+    /// take (a commit that hangs, retries) before it is left pending, for
+    /// another flusher or this one's next start. Default 10 s.
     pub shutdown_grace: Duration,
     /// Where entries that cannot be applied go. Default `{stream}:dead`.
     pub dead_stream: Option<String>,

@@ -69,6 +69,14 @@ impl Stop {
         }
     }
 
+    /// Resolves once a stop was asked for and its grace period is over.
+    async fn expired(&mut self) {
+        self.wait().await;
+        if let Some(deadline) = self.deadline {
+            tokio::time::sleep_until(deadline).await;
+        }
+    }
+
     /// Sleeps `delay`, cut short by the end of the grace period; false
     /// when that has come (give the batch up).
     async fn pause(&mut self, delay: Duration) -> bool {
@@ -478,7 +486,14 @@ where
         if !batch.is_empty() {
             let mut backoff = self.config.retry_min;
             loop {
-                match self.sink.upsert(&batch).await {
+                // A sink that hangs is given up at the end of a stop's
+                // grace: the batch stays pending, committed or not, and
+                // its replay is harmless.
+                let attempt = tokio::select! {
+                    result = self.sink.upsert(&batch) => result,
+                    () = stop.expired() => return Err(self.gave_up(batch.len())),
+                };
+                match attempt {
                     Ok(()) => break,
                     Err(e) => {
                         let e = Error::with_source(ErrorKind::Store, "the sink did not commit the batch", e);
@@ -653,5 +668,8 @@ mod tests {
         ask.send(true).unwrap();
         assert!(stop.pause(Duration::from_secs(3)).await, "within the grace");
         assert!(!stop.pause(Duration::from_secs(60)).await, "cut at the grace's end");
+        let started = Instant::now();
+        stop.expired().await;
+        assert_eq!(started.elapsed(), Duration::ZERO, "the grace is over already");
     }
 }
