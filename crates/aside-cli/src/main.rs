@@ -2,9 +2,10 @@
 //!
 //! Owns argument parsing, logging set-up, the runtime, and turning a
 //! failure into one `error: ...` line on stderr and a non-zero exit. Each
-//! subcommand lives in its own module (`demo`, `warm`, `serve`, `bench`, `soak`);
+//! subcommand lives in its own module (`demo`, `warm`, `serve`, `bench`,
+//! `soak`, `flush`; `flush` writes through `serve`'s database module);
 //! what several share is a module of its own that imports none of them:
-//! the store flags (`store`), the flag parsers (`parse`), credential
+//! the store flags (`store`), the stop signals (`signal`), the flag parsers (`parse`), credential
 //! masking (`redact`), table layout and
 //! number formats (`table`), the database (`db`), the key sampler (`zipf`),
 //! the workload runner (`workload`) and its report (`report`). The hidden
@@ -16,11 +17,13 @@ mod bench;
 mod db;
 mod demo;
 mod error;
+mod flush;
 mod parse;
 mod redact;
 mod report;
 mod scenario;
 mod serve;
+mod signal;
 mod soak;
 mod store;
 mod table;
@@ -56,6 +59,10 @@ enum Command {
     /// its L1, against a raw redis-rs GET, a raw moka get, the article's
     /// code and (feature `peers`) the `cached` and `amalgam-cache` crates.
     Bench(bench::BenchArgs),
+    /// Runs the write-back flusher: applies a write-back log (a Redis
+    /// Stream of user profiles) to the users table with versioned upserts,
+    /// until SIGINT or SIGTERM (or, with --drain, until the log is flushed).
+    Flush(flush::FlushArgs),
     /// Runs the history checker against a store behind a fault proxy for
     /// a long time (store restarts, latency spikes, blackholes), and reports
     /// stale reads, stale entries, wrong answers and resident memory.
@@ -98,6 +105,7 @@ fn main() -> ExitCode {
             Command::Serve(args) => serve::run(args).await,
             Command::Bench(args) => bench::run(args).await,
             Command::Soak(args) => soak::run(args).await,
+            Command::Flush(args) => flush::run(args).await,
             Command::StampedeWorker(args) => scenario::stampede::workers::serve(args).await,
         }
     });

@@ -24,6 +24,10 @@ pub enum ErrorKind {
     Config,
     /// A key cannot be used (control characters, whitespace, empty).
     InvalidKey,
+    /// Refused to protect a bounded resource that is full: a write-back log
+    /// at its bound ([`crate::writeback::LogConfig::max_len`]). Nothing was
+    /// done; try again once it drains.
+    Backpressure,
 }
 
 impl fmt::Display for ErrorKind {
@@ -36,6 +40,7 @@ impl fmt::Display for ErrorKind {
             ErrorKind::Write => "write error",
             ErrorKind::Config => "configuration error",
             ErrorKind::InvalidKey => "invalid key",
+            ErrorKind::Backpressure => "back-pressure",
         })
     }
 }
@@ -105,6 +110,11 @@ impl Error {
     /// True when the cache store failed.
     pub fn is_store(&self) -> bool {
         self.kind == ErrorKind::Store
+    }
+
+    /// True when a bounded resource was full ([`ErrorKind::Backpressure`]).
+    pub fn is_backpressure(&self) -> bool {
+        self.kind == ErrorKind::Backpressure
     }
 
     /// True when the loader failed; see [`Error::loader_error`].

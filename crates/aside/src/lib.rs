@@ -98,7 +98,9 @@
 //!   [`Namespace::warm`] ([`WarmOptions`]) and [`Namespace::get`]; what they
 //!   return says where it came from ([`Fetched`], [`Source`]). Writes:
 //!   [`Namespace::set`], [`Namespace::invalidate`],
-//!   [`Namespace::invalidate_many`].
+//!   [`Namespace::invalidate_many`], [`Namespace::write_through`] and, with
+//!   the `redis` feature, `Namespace::write_back` (write-back on a durable
+//!   log; the flusher and its guarantees are in `writeback`).
 //! - Policies per namespace: [`Strategy`], [`Stampede`], [`EarlyRefresh`],
 //!   and the builder's TTL, lease, negative-caching, fail-safe and L1
 //!   settings. Codecs: [`Codec`], [`Json`] (default), [`MessagePack`].
@@ -121,8 +123,8 @@
 //! Every feature of the crate, none of which changes the API of another:
 //!
 //! - `redis` (default): [`store::redis::RedisStore`] on redis-rs (with
-//!   `ConnectionManager`: reconnects on its own), and `bus::redis::RedisBus`
-//!   (pub/sub).
+//!   `ConnectionManager`: reconnects on its own), `bus::redis::RedisBus`
+//!   (pub/sub), and write-back on a Redis Stream (`writeback`).
 //! - `memcached`: `store::memcached::MemcachedStore`, on memcached's meta
 //!   protocol (1.6+), with a client of its own on tokio.
 //! - `nats`: `bus::nats::NatsBus`, an invalidation bus on async-nats.
@@ -156,6 +158,8 @@ mod namespace;
 mod policy;
 mod read_through;
 pub mod store;
+#[cfg(feature = "redis")]
+pub mod writeback;
 
 pub use breaker::{BreakerConfig, BreakerReason, BreakerState, BreakerStatus};
 pub use codec::{Codec, Json, MessagePack};

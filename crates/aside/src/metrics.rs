@@ -48,6 +48,25 @@ pub const L1_HITS: &str = "aside_l1_hits_total";
 /// Breaker state gauge: 0 closed, 1 open, 2 half-open.
 pub const BREAKER_STATE: &str = "aside_breaker_state";
 
+/// Write-back writes the log took (label `stream`).
+pub const WB_LOGGED: &str = "aside_writeback_logged_total";
+/// Write-back writes the log refused: back-pressure, failure or timeout (label `stream`).
+pub const WB_REFUSED: &str = "aside_writeback_refused_total";
+/// Logged writes the flusher committed and acknowledged (label `stream`).
+pub const WB_FLUSHED: &str = "aside_writeback_flushed_total";
+/// Batches the flusher committed (label `stream`).
+pub const WB_BATCHES: &str = "aside_writeback_batches_total";
+/// Failed flusher attempts retried: sink or Redis (label `stream`).
+pub const WB_RETRIES: &str = "aside_writeback_retries_total";
+/// Log entries parked in the dead-letter stream (label `stream`).
+pub const WB_CORRUPT: &str = "aside_writeback_corrupt_total";
+/// Log entries claimed from an idle flusher (label `stream`).
+pub const WB_CLAIMED: &str = "aside_writeback_claimed_total";
+/// Gauge: entries in the log, unflushed or being flushed (label `stream`).
+pub const WB_LOG_LENGTH: &str = "aside_writeback_log_length";
+/// Gauge: age in seconds of the oldest entry in the log, 0 when empty (label `stream`).
+pub const WB_FLUSH_LAG: &str = "aside_writeback_flush_lag_seconds";
+
 /// The events `aside` counts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[allow(missing_docs)]

@@ -93,6 +93,9 @@ pub struct Namespace<K: ?Sized, V> {
     pub(crate) inner: Arc<NsInner<V>>,
     /// The loader plain reads load through ([`NamespaceBuilder::loader`]).
     read_through: Option<Loader<K, V>>,
+    /// The log of [`Namespace::write_back`] ([`NamespaceBuilder::write_back`]).
+    #[cfg(feature = "redis")]
+    pub(crate) write_back: Option<Arc<crate::writeback::Target>>,
     _key: PhantomData<fn(&K)>,
 }
 
@@ -101,6 +104,8 @@ impl<K: ?Sized, V> Clone for Namespace<K, V> {
         Namespace {
             inner: self.inner.clone(),
             read_through: self.read_through.clone(),
+            #[cfg(feature = "redis")]
+            write_back: self.write_back.clone(),
             _key: PhantomData,
         }
     }
@@ -722,6 +727,9 @@ pub struct NamespaceBuilder<K: ?Sized, V> {
     strategy: Option<Strategy>,
     lease_wait: Option<Duration>,
     read_through: Option<Loader<K, V>>,
+    /// The log of [`Namespace::write_back`].
+    #[cfg(feature = "redis")]
+    pub(crate) write_back_log: Option<crate::writeback::WriteBackLog>,
     _key: PhantomData<fn(&K)>,
 }
 
@@ -772,6 +780,8 @@ where
             strategy: None,
             lease_wait: None,
             read_through: None,
+            #[cfg(feature = "redis")]
+            write_back_log: None,
             _key: PhantomData,
         }
     }
@@ -1055,10 +1065,20 @@ impl<K: Display + ?Sized, V: Clone + Send + Sync + 'static> NamespaceBuilder<K, 
         let mut settings = self.settings;
         settings.strategy = strategy;
         settings.lease_wait = self.lease_wait.unwrap_or(settings.lease_ttl);
+        #[cfg(feature = "redis")]
+        let write_back = self.write_back_log.map(|log| {
+            Arc::new(crate::writeback::Target::new(
+                log,
+                &settings.core.prefix,
+                &settings.name,
+            ))
+        });
         let inner = NsInner::new(settings);
         Ok(Namespace {
             inner,
             read_through: self.read_through,
+            #[cfg(feature = "redis")]
+            write_back,
             _key: PhantomData,
         })
     }

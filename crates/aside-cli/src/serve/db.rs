@@ -1,5 +1,7 @@
 //! `aside serve`'s database: the `users` and `products` tables, on SQLite or
-//! PostgreSQL, and every statement the service runs against them.
+//! PostgreSQL, and every statement the service runs against them; `aside
+//! flush` writes its users through it too (the `version` column and the
+//! versioned upsert).
 //!
 //! Owns opening the database from `--database-url` (a temporary SQLite file
 //! by default), the schema (the SQL files of `migrations/`, run in order at
@@ -414,6 +416,55 @@ impl Database {
             .await)
     }
 
+    /// Adds the `version` column of `users` (a `BIGINT`, 0 for existing
+    /// rows) that the versioned upsert of `aside flush` compares, unless
+    /// it is there. Not a migration file: SQLite has no `ADD COLUMN IF NOT
+    /// EXISTS`.
+    ///
+    /// # Errors
+    /// The database's error.
+    pub async fn ensure_user_versions(&self) -> Result<()> {
+        const PROBE: &str = "SELECT version FROM users WHERE 1 = 0";
+        const ADD: &str = "ALTER TABLE users ADD COLUMN version BIGINT NOT NULL DEFAULT 0";
+        if on_pool!(&self.pool, p => sqlx::query(PROBE).execute(p).await.is_ok()) {
+            return Ok(());
+        }
+        on_pool!(&self.pool, p => sqlx::query(ADD).execute(p).await.map(|_| ()))
+            .context("cannot add the version column to the users table")
+    }
+
+    /// Writes `rows` (each a user at a version) in one transaction, each
+    /// only if its version is above the row's: `INSERT ... ON CONFLICT (id)
+    /// DO UPDATE ... WHERE excluded.version > users.version`. A row written
+    /// again at the same version is left as it is, so a replayed batch
+    /// changes nothing. Returns how many rows changed.
+    ///
+    /// # Errors
+    /// The database's error; nothing of the batch is written then.
+    pub async fn upsert_users_versioned(&self, rows: &[(&User, i64)]) -> Result<u64, sqlx::Error> {
+        const SQL: &str = "INSERT INTO users (id, name, email, avatar, version) VALUES ($1, $2, $3, $4, $5) \
+                           ON CONFLICT (id) DO UPDATE SET name = excluded.name, email = excluded.email, \
+                           avatar = excluded.avatar, version = excluded.version \
+                           WHERE excluded.version > users.version";
+        on_pool!(&self.pool, p => {
+            let mut tx = p.begin().await?;
+            let mut changed = 0;
+            for (user, version) in rows {
+                changed += sqlx::query(SQL)
+                    .bind(user.id)
+                    .bind(&user.name)
+                    .bind(&user.email)
+                    .bind(&user.avatar)
+                    .bind(version)
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected();
+            }
+            tx.commit().await?;
+            Ok(changed)
+        })
+    }
+
     /// Checks that the database answers a `SELECT 1`.
     ///
     /// # Errors
@@ -461,6 +512,27 @@ mod tests {
         };
         assert_eq!(db.update_user(7, &fields).await.unwrap().unwrap().name, "Ada");
         assert!(db.update_user(99, &fields).await.unwrap().is_none());
+        db.close().await;
+    }
+
+    #[tokio::test]
+    async fn the_versioned_upsert_keeps_the_newest_row_and_ignores_replays() {
+        let (db, _scratch) = Database::open(None, Duration::ZERO).await.unwrap();
+        db.migrate().await.unwrap();
+        db.ensure_user_versions().await.unwrap();
+        db.ensure_user_versions().await.unwrap(); // idempotent
+        let user = |name: &str| User {
+            id: 7,
+            name: name.into(),
+            email: "e".into(),
+            avatar: "a".into(),
+        };
+        let (v2, v1) = (user("v2"), user("v1"));
+        assert_eq!(db.upsert_users_versioned(&[(&v2, 2)]).await.unwrap(), 1, "inserted");
+        assert_eq!(db.upsert_users_versioned(&[(&v2, 2)]).await.unwrap(), 0, "a replay");
+        assert_eq!(db.upsert_users_versioned(&[(&v1, 1)]).await.unwrap(), 0, "older");
+        let row: User = db.read_one(7).await.unwrap().unwrap();
+        assert_eq!(row.name, "v2");
         db.close().await;
     }
 

@@ -12,7 +12,7 @@
 //! `http`, the health state in `health`, the database in `db`, the
 //! metrics in `metrics`.
 
-mod db;
+pub(crate) mod db;
 mod health;
 mod http;
 mod metrics;
@@ -298,25 +298,6 @@ async fn bind(addr: SocketAddr) -> Result<tokio::net::TcpListener> {
 
 /// Resolves on SIGINT or SIGTERM.
 async fn shutdown_signal() {
-    let interrupt = async {
-        if tokio::signal::ctrl_c().await.is_err() {
-            std::future::pending::<()>().await;
-        }
-    };
-    #[cfg(unix)]
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let terminate = std::future::pending::<()>();
-    tokio::select! {
-        () = interrupt => {}
-        () = terminate => {}
-    }
+    crate::signal::stop_requested().await;
     eprintln!("aside serve: shutting down, finishing in-flight requests");
 }

@@ -371,7 +371,7 @@ impl std::fmt::Debug for RedisStore {
 /// a replica refusing writes, a cluster down). A reply about this request
 /// (`WRONGTYPE`, a script error, a value of an unexpected type) is
 /// [`StoreError::Server`]: a per-key miss.
-fn store_error(e: RedisError) -> StoreError {
+pub(crate) fn store_error(e: RedisError) -> StoreError {
     use redis::{ErrorKind, ServerErrorKind};
     let whole_store = e.is_io_error()
         // A server that wants a password refuses every key alike.
