@@ -280,11 +280,11 @@ fn chaos_runs_the_history_checker_on_every_store() {
 /// than an acknowledged write nor loses one, and the write-through and the
 /// update (which cache what they wrote) leave readers fewer misses than
 /// invalidation does.
-fn check_patterns(report: &serde_json::Value) {
+fn check_patterns(report: &serde_json::Value, expected: &[&str]) {
     assert_eq!(report["scenario"], "patterns");
     let rows = results(report);
     let names: Vec<_> = rows.iter().map(|r| r["pattern"].as_str().unwrap()).collect();
-    assert_eq!(names, ["cache-aside", "read-through", "write-through", "update"]);
+    assert_eq!(names, expected);
     for row in rows {
         for field in [
             "reads",
@@ -301,7 +301,13 @@ fn check_patterns(report: &serde_json::Value) {
         }
         assert!(row["reads"].as_u64().unwrap() > 0, "{row}");
         assert!(row["writes"].as_u64().unwrap() > 0, "{row}");
-        assert_eq!(row["writes"], row["db_writes"], "{row}");
+        let (writes, db_writes) = (row["writes"].as_u64().unwrap(), row["db_writes"].as_u64().unwrap());
+        if row["pattern"] == "write-back" {
+            // The flusher keeps the newest write of a key in a batch.
+            assert!(db_writes <= writes && db_writes > 0, "{row}");
+        } else {
+            assert_eq!(writes, db_writes, "{row}");
+        }
         assert_eq!(row["stale_reads"], 0, "{row}");
         assert_eq!(row["lost_writes"], 0, "{row}");
     }
@@ -309,18 +315,18 @@ fn check_patterns(report: &serde_json::Value) {
 
 #[test]
 fn patterns_on_the_memory_store() {
-    check_patterns(&scenario_json(&["--scenario", "patterns", "--duration", "1"]));
+    // Write-back needs Redis (its log is a Redis Stream).
+    check_patterns(
+        &scenario_json(&["--scenario", "patterns", "--duration", "1"]),
+        &["cache-aside", "read-through", "write-through", "update"],
+    );
 }
 
 #[test]
 fn patterns_on_redis() {
     let redis = RedisServer::start();
-    check_patterns(&scenario_json(&[
-        "--scenario",
-        "patterns",
-        "--duration",
-        "1",
-        "--redis",
-        &redis.url(),
-    ]));
+    check_patterns(
+        &scenario_json(&["--scenario", "patterns", "--duration", "1", "--redis", &redis.url()]),
+        &["cache-aside", "read-through", "write-through", "update", "write-back"],
+    );
 }

@@ -110,6 +110,22 @@ impl Rows {
         Ok(v as u64)
     }
 
+    /// Sets the row to `version` if it is behind it (a write-back flush:
+    /// a versioned upsert, so a replayed write changes nothing); returns
+    /// whether it changed the row.
+    ///
+    /// # Errors
+    /// The SQLite error.
+    pub async fn upsert(&self, id: u64, version: u64) -> Result<bool, sqlx::Error> {
+        let changed = sqlx::query("UPDATE items SET version = ? WHERE id = ? AND version < ?")
+            .bind(version as i64)
+            .bind(id as i64)
+            .bind(version as i64)
+            .execute(&self.pool)
+            .await?;
+        Ok(changed.rows_affected() == 1)
+    }
+
     /// Loader calls so far, in this process.
     pub fn queries(&self) -> u64 {
         self.queries.load(Ordering::Relaxed)

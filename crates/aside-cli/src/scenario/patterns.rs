@@ -13,6 +13,10 @@
 //!   version (`write_through`), so the next read is a hit.
 //! - `update`: a write runs inside `Namespace::update` (the key fenced for
 //!   the database write: linearizable).
+//! - `write-back` (with `--redis` only: the log is a Redis Stream): a write
+//!   is logged and cached (`Namespace::write_back`) and acknowledged; a
+//!   flusher in the same process writes the rows in batches, and is
+//!   drained before the rows are compared.
 //!
 //! Every read is checked against the writes acknowledged before it began:
 //! a read returning an older version than one of them is a stale read. At
@@ -25,6 +29,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use aside::Namespace;
+use aside::writeback::{Flusher, FlusherConfig, LoggedWrite, WriteBackSink};
 use hdrhistogram::Histogram;
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
@@ -38,7 +43,7 @@ use crate::store::{StoreChoice, run_prefix};
 use crate::table::render;
 
 /// The patterns, in report order.
-pub const PATTERNS: [&str; 4] = ["cache-aside", "read-through", "write-through", "update"];
+pub const PATTERNS: [&str; 5] = ["cache-aside", "read-through", "write-through", "update", "write-back"];
 
 /// Highest latency the histograms hold: one minute, in microseconds.
 const MAX_LATENCY_US: u64 = 60_000_000;
@@ -65,7 +70,7 @@ pub struct PatternsOptions {
 /// The outcome of one pattern (the JSON of `--json`).
 #[derive(Debug, Clone, Serialize)]
 pub struct PatternResult {
-    /// `cache-aside`, `read-through`, `write-through` or `update`.
+    /// `cache-aside`, `read-through`, `write-through`, `update` or `write-back`.
     pub pattern: String,
     /// Reads made.
     pub reads: u64,
@@ -73,7 +78,8 @@ pub struct PatternResult {
     pub writes: u64,
     /// Database reads (loader calls).
     pub db_reads: u64,
-    /// Database writes.
+    /// Database writes (for write-back, the writes the flusher applied,
+    /// counted after it drained the log).
     pub db_writes: u64,
     /// Reads older than a write acknowledged before they began.
     pub stale_reads: u64,
@@ -105,6 +111,12 @@ pub async fn run(setting: &Setting, db: &Path) -> Result<()> {
     };
     let mut results = Vec::new();
     for pattern in PATTERNS {
+        if pattern == "write-back" && !matches!(store, StoreChoice::Redis(_)) {
+            if setting.chatty() {
+                eprintln!("patterns: write-back needs --redis (its log is a Redis Stream): skipped");
+            }
+            continue;
+        }
         if setting.chatty() {
             eprintln!(
                 "patterns: {pattern}, {} readers and {} writers on {} keys, {:?} on {} ...",
@@ -128,6 +140,9 @@ struct Run {
     pattern: &'static str,
     /// Per key, the highest version a write acknowledged.
     acked: Vec<AtomicU64>,
+    /// Per key, the last version a write-back writer took (the
+    /// application's row version: the database is written later).
+    taken: Vec<AtomicU64>,
     db_writes: AtomicU64,
     stale_reads: AtomicU64,
     stop: AtomicBool,
@@ -155,6 +170,12 @@ impl Run {
                 let version = self.rows.write(key).await?;
                 self.ns.write_through(&key, &version, version).await.map_err(failed)?;
                 version
+            }
+            "write-back" => {
+                let version = self.taken[(key - 1) as usize].fetch_add(1, Ordering::SeqCst) + 1;
+                self.ns.write_back(&key, &version, version).await.map_err(failed)?;
+                // The flusher counts the database writes.
+                return Ok(version);
             }
             "update" => {
                 let rows = &self.rows;
@@ -194,7 +215,8 @@ pub async fn run_pattern(
     pattern: &'static str,
     opts: &PatternsOptions,
 ) -> Result<PatternResult> {
-    let cache = store.aside(&run_prefix("patterns")).await?;
+    let prefix = run_prefix("patterns");
+    let cache = store.aside(&prefix).await?;
     let builder = cache.namespace::<u64, u64>("item").ttl(opts.ttl);
     let builder = if pattern == "read-through" {
         let loader_rows = rows.clone();
@@ -205,6 +227,23 @@ pub async fn run_pattern(
     } else {
         builder
     };
+    let (builder, flusher) = match (pattern, store) {
+        ("write-back", StoreChoice::Redis(target)) => {
+            let log = aside::writeback::WriteBackLog::connect(&target.url)
+                .await
+                .map_err(|e| CliError::new(format!("cannot connect the write-back log: {e}")))?;
+            let stream = log.stream_for(&prefix, "item");
+            let sink = RowsSink {
+                rows: rows.clone(),
+                applied: Arc::new(AtomicU64::new(0)),
+            };
+            let flusher = Flusher::connect(&target.url, FlusherConfig::new(&stream), sink.clone())
+                .await
+                .map_err(|e| CliError::new(format!("cannot start the flusher: {e}")))?;
+            (builder.write_back(log), Some((flusher, sink, stream)))
+        }
+        _ => (builder, None),
+    };
     let ns = builder
         .build()
         .map_err(|e| CliError::new(format!("cannot build the namespace: {e}")))?;
@@ -213,11 +252,23 @@ pub async fn run_pattern(
         rows: rows.clone(),
         pattern,
         acked: (0..opts.keys).map(|_| AtomicU64::new(0)).collect(),
+        taken: (0..opts.keys).map(|_| AtomicU64::new(0)).collect(),
         db_writes: AtomicU64::new(0),
         stale_reads: AtomicU64::new(0),
         stop: AtomicBool::new(false),
     });
     rows.reset_queries();
+    let stop_flusher = Arc::new(tokio::sync::Notify::new());
+    let flushing = flusher.map(|(mut flusher, sink, stream)| {
+        let stop = stop_flusher.clone();
+        let task = tokio::spawn(async move {
+            flusher.run_until(stop.notified()).await?;
+            // What was logged but not yet flushed when the run stopped.
+            flusher.flush_available().await?;
+            Ok::<_, aside::Error>(())
+        });
+        (task, sink, stream)
+    });
 
     let mut readers = JoinSet::new();
     for _ in 0..opts.readers {
@@ -261,6 +312,15 @@ pub async fn run_pattern(
     run.stop.store(true, Ordering::Relaxed);
     let reads = merged(&mut readers).await?;
     let writes = merged(&mut writers).await?;
+    let mut db_writes = run.db_writes.load(Ordering::Relaxed);
+    if let Some((task, sink, stream)) = flushing {
+        stop_flusher.notify_one();
+        task.await
+            .map_err(|e| CliError::new(format!("the flusher failed: {e}")))?
+            .map_err(|e| CliError::new(format!("the flusher failed: {e}")))?;
+        db_writes = sink.applied.load(Ordering::Relaxed);
+        drop_stream(store, &stream).await;
+    }
 
     let mut lost_writes = 0;
     for key in 1..=opts.keys {
@@ -280,13 +340,51 @@ pub async fn run_pattern(
         reads: reads.len(),
         writes: writes.len(),
         db_reads: rows.queries(),
-        db_writes: run.db_writes.load(Ordering::Relaxed),
+        db_writes,
         stale_reads: run.stale_reads.load(Ordering::Relaxed),
         read_p50_us: quantile(&reads, 0.50),
         write_p50_us: quantile(&writes, 0.50),
         write_p99_us: quantile(&writes, 0.99),
         lost_writes,
     })
+}
+
+/// The write-back flusher's database: versioned upserts of the rows,
+/// counted.
+#[derive(Clone)]
+struct RowsSink {
+    rows: Rows,
+    /// Writes the flusher handed over (each an upsert).
+    applied: Arc<AtomicU64>,
+}
+
+#[async_trait::async_trait]
+impl WriteBackSink<u64, u64> for RowsSink {
+    type Error = sqlx::Error;
+
+    async fn upsert(&self, batch: &[LoggedWrite<u64, u64>]) -> std::result::Result<(), sqlx::Error> {
+        for write in batch {
+            self.rows.upsert(write.key, write.version).await?;
+        }
+        self.applied.fetch_add(batch.len() as u64, Ordering::Relaxed);
+        Ok(())
+    }
+}
+
+/// Removes the run's write-back stream (empty once drained) and its
+/// dead-letter stream from the Redis of `store`: the run's own keys.
+async fn drop_stream(store: &StoreChoice, stream: &str) {
+    let StoreChoice::Redis(target) = store else { return };
+    let Ok(client) = redis::Client::open(target.url.as_str()) else {
+        return;
+    };
+    if let Ok(mut conn) = client.get_multiplexed_async_connection().await {
+        let _: redis::RedisResult<()> = redis::cmd("DEL")
+            .arg(stream)
+            .arg(format!("{stream}:dead"))
+            .query_async(&mut conn)
+            .await;
+    }
 }
 
 /// Joins every task and merges their histograms.

@@ -331,6 +331,10 @@ where
                 }
             }
         }
+        // The stop may have cancelled a read that Redis had answered: its
+        // entries are pending for this consumer. The next run or drain of
+        // this flusher reads them first.
+        self.own_pending_done = false;
         Ok(self.stats())
     }
 
@@ -342,6 +346,11 @@ where
     /// # Errors
     /// The first Redis failure.
     pub async fn flush_available(&mut self) -> Result<FlusherStats> {
+        // Its own pending entries first, always: a read that a stop of
+        // `run_until` cancelled in flight may have been delivered (the
+        // entries are then pending for this consumer, and nobody else
+        // claims them before they are `min_idle` old).
+        self.own_pending_done = false;
         let (_keep, asked) = watch::channel(false);
         let mut stop = Stop {
             asked,
