@@ -1227,3 +1227,38 @@ async fn a_fence_is_taken_again_by_its_own_token_only() {
         assert!(!store.take_fence("f", other, ttl).await.unwrap(), "{}", store.name());
     }
 }
+
+/// The fence bit's edges, on memory and Redis (whose script tells a fence
+/// by comparing decimal strings): a reader's lease with the largest token
+/// below 2^63 is revoked by an update's fence; a fence of token 2^63, the
+/// smallest, and one of u64::MAX hold against another update.
+#[tokio::test]
+async fn the_fence_bit_is_told_exactly_at_its_edges() {
+    use aside::store::{LeaseOutcome, LeaseToken};
+    let server = RedisServer::start();
+    let stores: [Arc<dyn Store>; 2] = [
+        Arc::new(MemoryStore::new()),
+        Arc::new(RedisStore::connect(&server.url()).await.unwrap()),
+    ];
+    let ttl = Duration::from_secs(30);
+    for store in stores {
+        let name = store.name();
+        let reader = LeaseToken((1 << 63) - 1);
+        assert!(!reader.is_fence());
+        let granted = store.lookup_or_lease("r", reader, ttl).await.unwrap();
+        assert!(matches!(granted, LeaseOutcome::Granted { .. }), "{name}");
+        assert!(
+            store.take_fence("r", LeaseToken::fence(), ttl).await.unwrap(),
+            "{name}: a reader's lease is revoked by a fence"
+        );
+        for (key, held) in [("low", LeaseToken(1 << 63)), ("high", LeaseToken(u64::MAX))] {
+            assert!(held.is_fence());
+            assert!(store.take_fence(key, held, ttl).await.unwrap(), "{name}");
+            assert!(
+                !store.take_fence(key, LeaseToken::fence(), ttl).await.unwrap(),
+                "{name}: the fence {} held",
+                held.0
+            );
+        }
+    }
+}
