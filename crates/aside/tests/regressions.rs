@@ -1211,12 +1211,8 @@ async fn a_resent_versioned_write_still_tells_the_other_processes() {
 async fn a_fence_is_taken_again_by_its_own_token_only() {
     use aside::store::LeaseToken;
     let server = RedisServer::start();
-    let stores: [Arc<dyn Store>; 2] = [
-        Arc::new(MemoryStore::new()),
-        Arc::new(RedisStore::connect(&server.url()).await.unwrap()),
-    ];
     let ttl = Duration::from_secs(30);
-    for store in stores {
+    for store in common::memory_and_redis(&server.url()).await {
         let (mine, other) = (LeaseToken::fence(), LeaseToken::fence());
         assert!(store.take_fence("f", mine, ttl).await.unwrap());
         assert!(
@@ -1236,12 +1232,8 @@ async fn a_fence_is_taken_again_by_its_own_token_only() {
 async fn the_fence_bit_is_told_exactly_at_its_edges() {
     use aside::store::{LeaseOutcome, LeaseToken};
     let server = RedisServer::start();
-    let stores: [Arc<dyn Store>; 2] = [
-        Arc::new(MemoryStore::new()),
-        Arc::new(RedisStore::connect(&server.url()).await.unwrap()),
-    ];
     let ttl = Duration::from_secs(30);
-    for store in stores {
+    for store in common::memory_and_redis(&server.url()).await {
         let name = store.name();
         let reader = LeaseToken((1 << 63) - 1);
         assert!(!reader.is_fence());

@@ -144,11 +144,8 @@ async fn a_readers_late_fill_of_the_older_row_does_not_replace_the_newer_one() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_writers_end_at_the_highest_version() {
     let server = RedisServer::start();
-    let stores: [(&str, Arc<dyn Store>); 2] = [
-        ("memory", Arc::new(MemoryStore::new())),
-        ("redis", Arc::new(RedisStore::connect(&server.url()).await.unwrap())),
-    ];
-    for (name, store) in stores {
+    for store in common::memory_and_redis(&server.url()).await {
+        let name = store.name();
         for round in 0..20u64 {
             let users = users(store.clone(), &format!("race{round}"));
             let mut versions: Vec<u64> = (1..=8).collect();

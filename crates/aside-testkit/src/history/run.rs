@@ -716,16 +716,27 @@ impl Harness {
                     None => Outcome::Failed(result.err().map_or_else(String::new, |e| e.to_string())),
                 }
             }
-            Op::WriteThrough(k) => {
+            Op::Set(k) | Op::WriteThrough(k) => {
                 let Some(lock) = self.lock(*k) else {
                     return Outcome::Failed(format!("no key {k}"));
                 };
-                // Shared with other versioned writers only: they need no
-                // order of their own (the store compares versions), but an
-                // invalidation or a plain `set`, which do not know versions,
-                // may be overtaken by an older row's late versioned write
-                // (the documented precondition of `write_through`).
-                let _row = lock.hold(Writers::Versioned).await;
+                // A plain `set` holds the row lock exclusively across the
+                // database write and the `set`: two `set`s of one key may
+                // otherwise reach the store in the other order than the
+                // database (last store write wins), which no cache-aside
+                // library can prevent. Versioned writers share it among
+                // themselves only: they need no order of their own (the
+                // store compares versions), but an invalidation or a plain
+                // `set`, which do not know versions, may be overtaken by an
+                // older row's late versioned write (the documented
+                // precondition of `write_through`).
+                let versioned = matches!(op, Op::WriteThrough(_));
+                let kind = if versioned {
+                    Writers::Versioned
+                } else {
+                    Writers::Exclusive
+                };
+                let _row = lock.hold(kind).await;
                 let Some(state) = self.db.write(*k, Change::Update) else {
                     return Outcome::Failed(format!("no key {k}"));
                 };
@@ -733,27 +744,11 @@ impl Harness {
                     key: *k,
                     version: state.version,
                 };
-                let result = ns.write_through(k, &row, state.version).await;
-                self.wrote();
-                write_outcome(vec![state], result.map(drop))
-            }
-            Op::Set(k) => {
-                let Some(lock) = self.lock(*k) else {
-                    return Outcome::Failed(format!("no key {k}"));
+                let result = if versioned {
+                    ns.write_through(k, &row, state.version).await.map(drop)
+                } else {
+                    ns.set(k, &row).await
                 };
-                // The row lock, exclusively, across the database write and
-                // the `set`: two `set`s of one key may otherwise reach the
-                // store in the other order than the database (last store
-                // write wins), which no cache-aside library can prevent.
-                let _row = lock.hold(Writers::Exclusive).await;
-                let Some(state) = self.db.write(*k, Change::Update) else {
-                    return Outcome::Failed(format!("no key {k}"));
-                };
-                let row = Row {
-                    key: *k,
-                    version: state.version,
-                };
-                let result = ns.set(k, &row).await;
                 self.wrote();
                 write_outcome(vec![state], result)
             }

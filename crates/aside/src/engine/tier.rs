@@ -189,6 +189,9 @@ pub(crate) struct Peers {
     by_name: std::sync::Mutex<std::collections::HashMap<String, Vec<std::sync::Weak<dyn Evictor>>>>,
     /// Full keys under an update's fence, with how many updates hold each.
     fenced: std::sync::Mutex<std::collections::HashMap<String, usize>>,
+    /// How many fences are held: while none is, an L1 install checks this
+    /// counter and skips the mutex above.
+    fences_held: std::sync::atomic::AtomicUsize,
 }
 
 /// A key kept out of every L1 of an `Aside` while an update fences it;
@@ -200,6 +203,7 @@ pub(crate) struct L1Fence<'a> {
 
 impl Drop for L1Fence<'_> {
     fn drop(&mut self) {
+        self.peers.fences_held.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
         let mut fenced = self.peers.fenced.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(count) = fenced.get_mut(&self.key) {
             *count -= 1;
@@ -247,6 +251,9 @@ impl Peers {
     /// install that raced the marker's removal is refused by its epoch or
     /// evicted.
     pub(crate) fn fence(&self, key: &str) -> L1Fence<'_> {
+        // Counted before the update's evictions: a read that begins after
+        // them sees the count, one that began before is refused by its epoch.
+        self.fences_held.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         *self
             .fenced
             .lock()
@@ -261,8 +268,10 @@ impl Peers {
 
     /// True while an update of this `Aside` fences `key`.
     pub(crate) fn is_fenced(&self, key: &str) -> bool {
-        let fenced = self.fenced.lock().unwrap_or_else(|e| e.into_inner());
-        !fenced.is_empty() && fenced.contains_key(key)
+        if self.fences_held.load(std::sync::atomic::Ordering::SeqCst) == 0 {
+            return false;
+        }
+        self.fenced.lock().unwrap_or_else(|e| e.into_inner()).contains_key(key)
     }
 
     /// Evicts `keys` from every L1 of `namespace` in this `Aside`.

@@ -78,7 +78,7 @@ impl<V: Clone + Send + Sync + 'static> NsInner<V> {
         // of the old row from the database during the write must not stay
         // (see `tier::Peers::fence`).
         let l1_fence = self.core.l1_peers.fence(full);
-        self.l1_evict(full);
+        // This namespace's L1 and every other of its name in this `Aside`.
         self.l1_evict_written(full);
         let token = LeaseToken::fence();
         // Another update holds the key at most as long as its write may run

@@ -76,6 +76,15 @@ impl Db {
 /// Waits until `check` holds, polling every 10 ms, failing after `timeout`.
 pub use aside_testkit::eventually;
 
+/// A memory store and a Redis store on the server at `url`: the stores
+/// with fences and versioned writes, for tests of both.
+pub async fn memory_and_redis(url: &str) -> [Arc<dyn Store>; 2] {
+    [
+        Arc::new(aside::MemoryStore::new()),
+        Arc::new(aside::store::redis::RedisStore::connect(url).await.unwrap()),
+    ]
+}
+
 pub async fn redis_conn(url: &str) -> redis::aio::MultiplexedConnection {
     redis::Client::open(url)
         .unwrap()
