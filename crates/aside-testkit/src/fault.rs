@@ -946,6 +946,19 @@ impl Store for FaultStore {
         .await
     }
 
+    async fn invalidate_if_newer(
+        &self,
+        key: &str,
+        mark_key: &str,
+        version: u64,
+        mark_ttl: Duration,
+    ) -> StoreResult<()> {
+        self.run("invalidate_if_newer", key, |s| async move {
+            s.invalidate_if_newer(key, mark_key, version, mark_ttl).await
+        })
+        .await
+    }
+
     async fn invalidate(&self, key: &str, keep_stale: Option<Duration>) -> StoreResult<()> {
         self.run(
             "invalidate",

@@ -158,6 +158,7 @@ mod namespace;
 mod policy;
 mod read_through;
 pub mod store;
+pub mod telemetry;
 #[cfg(feature = "redis")]
 pub mod writeback;
 

@@ -23,6 +23,8 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::key;
 use crate::policy::{EarlyRefresh, Strategy};
 use crate::read_through::{self, Loader};
+use crate::telemetry;
+use tracing::Instrument;
 
 /// Per-call options of [`Namespace::fetch_with`].
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -189,7 +191,7 @@ where
         Fut: Future<Output = std::result::Result<Option<V>, E>>,
         E: std::error::Error + Send + Sync + 'static,
     {
-        Ok(self.fetch(key, loader).await?.value)
+        Ok(self.traced_fetch("get_or_load", key, loader).await?.value)
     }
 
     /// As [`Namespace::get_or_load`], and also says where the value came from.
@@ -218,7 +220,7 @@ where
         Fut: Future<Output = std::result::Result<Option<V>, E>>,
         E: std::error::Error + Send + Sync + 'static,
     {
-        self.inner.fetch_key(key, loader).await
+        self.traced_fetch("fetch", key, loader).await
     }
 
     /// As [`Namespace::fetch`], for a loader that owns what it uses (a
@@ -258,7 +260,12 @@ where
         Fut: Future<Output = std::result::Result<Option<V>, E>> + Send + 'static,
         E: std::error::Error + Send + Sync + 'static,
     {
-        NsInner::fetch_owned_key(&self.inner, key, loader).await
+        let span = self.span("fetch_owned", Some(key));
+        let result = NsInner::fetch_owned_key(&self.inner, key, loader)
+            .instrument(span.clone())
+            .await;
+        telemetry::record_fetched(&span, &result);
+        result
     }
 
     /// As [`Namespace::fetch`], with per-call [`FetchOptions`]: skip the
@@ -291,14 +298,54 @@ where
         Fut: Future<Output = std::result::Result<Option<V>, E>>,
         E: std::error::Error + Send + Sync + 'static,
     {
-        let full = self.store_key(key)?;
-        if options.skip_cache {
-            return self.inner.fetch_uncached(loader).await;
+        let span = self.span("fetch_with", Some(key));
+        let result = async {
+            let full = self.store_key(key)?;
+            if options.skip_cache {
+                return self.inner.fetch_uncached(loader).await;
+            }
+            if options.force_refresh {
+                return self.inner.fetch_refreshed(&full, loader).await;
+            }
+            self.inner.fetch_key(key, loader).await
         }
-        if options.force_refresh {
-            return self.inner.fetch_refreshed(&full, loader).await;
-        }
-        self.inner.fetch_key(key, loader).await
+        .instrument(span.clone())
+        .await;
+        telemetry::record_fetched(&span, &result);
+        result
+    }
+
+    /// The span of operation `op` (on `key`, if one): see [`crate::telemetry`].
+    fn span(&self, op: &'static str, key: Option<&K>) -> tracing::Span {
+        telemetry::op_span(op, &self.inner.name, self.inner.strategy, || {
+            key.and_then(|k| self.inner.full_key(k).ok())
+        })
+    }
+
+    /// A read of `key` in the span of `op`, its outcome recorded.
+    async fn traced_fetch<F, Fut, E>(&self, op: &'static str, key: &K, loader: F) -> Result<Fetched<V>>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = std::result::Result<Option<V>, E>>,
+        E: std::error::Error + Send + Sync + 'static,
+    {
+        let span = self.span(op, Some(key));
+        let result = self.inner.fetch_key(key, loader).instrument(span.clone()).await;
+        telemetry::record_fetched(&span, &result);
+        result
+    }
+
+    /// `operation` in the span of `op`, an error recorded.
+    async fn traced<T>(
+        &self,
+        op: &'static str,
+        key: Option<&K>,
+        operation: impl Future<Output = Result<T>>,
+    ) -> Result<T> {
+        let span = self.span(op, key);
+        let result = operation.instrument(span.clone()).await;
+        telemetry::record_result(&span, &result);
+        result
     }
 
     /// Warms the cache with `keys` (after a deploy or a flush): batches of
@@ -333,6 +380,23 @@ where
     /// Each batch as in [`Namespace::get_many_or_load`]: keys another caller
     /// is loading are awaited, not loaded again.
     pub async fn warm<F, Fut, E>(
+        &self,
+        keys: &[K],
+        options: WarmOptions,
+        loader: F,
+        progress: impl Fn(usize),
+    ) -> Result<usize>
+    where
+        K: std::hash::Hash + Eq + Clone + Sized,
+        F: Fn(Vec<K>) -> Fut,
+        Fut: Future<Output = std::result::Result<std::collections::HashMap<K, V>, E>>,
+        E: std::error::Error + Send + Sync + 'static,
+    {
+        self.traced("warm", None, self.warm_batches(keys, options, loader, progress))
+            .await
+    }
+
+    async fn warm_batches<F, Fut, E>(
         &self,
         keys: &[K],
         options: WarmOptions,
@@ -397,7 +461,8 @@ where
         Fut: Future<Output = std::result::Result<std::collections::HashMap<K, V>, E>>,
         E: std::error::Error + Send + Sync + 'static,
     {
-        self.inner.fetch_many_keys(keys, loader).await
+        self.traced("get_many_or_load", None, self.inner.fetch_many_keys(keys, loader))
+            .await
     }
 
     /// Reads `key`: through the namespace's registered loader when it has
@@ -438,8 +503,8 @@ where
     /// key per process at a time, and with leases one across processes.
     pub async fn get(&self, key: &K) -> Result<Option<V>> {
         match &self.read_through {
-            Some(loader) => Ok(self.fetch(key, || loader(key)).await?.value),
-            None => self.peek(key).await,
+            Some(loader) => Ok(self.traced_fetch("get", key, || loader(key)).await?.value),
+            None => self.traced_peek("get", key).await,
         }
     }
 
@@ -477,7 +542,7 @@ where
                 ),
             ));
         };
-        self.fetch(key, || loader(key)).await
+        self.traced_fetch("read", key, || loader(key)).await
     }
 
     /// Returns the cached value of `key` without loading, whether or not a
@@ -497,7 +562,22 @@ where
     /// # Errors
     /// [`ErrorKind::InvalidKey`] for a bad key.
     pub async fn peek(&self, key: &K) -> Result<Option<V>> {
-        self.inner.get_key(key).await
+        self.traced_peek("peek", key).await
+    }
+
+    /// A cache-only read in the span of `op`: a hit or a miss.
+    async fn traced_peek(&self, op: &'static str, key: &K) -> Result<Option<V>> {
+        let span = self.span(op, Some(key));
+        let result = self.inner.get_key(key).instrument(span.clone()).await;
+        if !span.is_disabled() {
+            let outcome = match &result {
+                Ok(Some(_)) => "hit",
+                Ok(None) => "miss",
+                Err(_) => "error",
+            };
+            span.record("outcome", outcome);
+        }
+        result
     }
 
     /// Writes `value` to the cache (write-through), revoking any lease in
@@ -528,8 +608,11 @@ where
     /// key the last store write wins, which may not be the last database
     /// write: serialise the writers of a key, or `invalidate` instead.
     pub async fn set(&self, key: &K, value: &V) -> Result<()> {
-        let full = self.store_key(key)?;
-        self.inner.write(&full, value).await
+        self.traced("set", Some(key), async {
+            let full = self.store_key(key)?;
+            self.inner.write(&full, value).await
+        })
+        .await
     }
 
     /// Writes `value` to the cache after the database write that made it
@@ -545,7 +628,7 @@ where
     /// flight, so a load that read the older row cannot fill over it.
     ///
     /// Needs [`Strategy::Lease`] (fills are fenced) and a store with
-    /// versioned writes (memory, Redis): otherwise the key is invalidated
+    /// versioned writes (memory, Redis, memcached): otherwise the key is invalidated
     /// instead ([`WriteThrough::Invalidated`]).
     ///
     /// Every writer of a key must write through with versions: a plain
@@ -580,8 +663,11 @@ where
     /// by version. Reads racing with the write see the old row or the new
     /// one, never a row older than the last write that returned.
     pub async fn write_through(&self, key: &K, value: &V, version: u64) -> Result<WriteThrough> {
-        let full = self.store_key(key)?;
-        self.inner.write_versioned(&full, value, version).await
+        self.traced("write_through", Some(key), async {
+            let full = self.store_key(key)?;
+            self.inner.write_versioned(&full, value, version).await
+        })
+        .await
     }
 
     /// Runs `write`, the database write of `key`, under a fence on the key,
@@ -647,8 +733,11 @@ where
         Fut: Future<Output = std::result::Result<Option<V>, E>>,
         E: std::error::Error + Send + Sync + 'static,
     {
-        let full = self.store_key(key)?;
-        self.inner.update_fenced(&full, write).await
+        self.traced("update", Some(key), async {
+            let full = self.store_key(key)?;
+            self.inner.update_fenced(&full, write).await
+        })
+        .await
     }
 
     /// Invalidates `key` after a database write, with the namespace's strategy.
@@ -681,8 +770,11 @@ where
     /// database write cannot be cached; readers that began after this call
     /// wait for one new load between them.
     pub async fn invalidate(&self, key: &K) -> Result<()> {
-        let full = self.store_key(key)?;
-        self.inner.invalidate_all(&[full]).await
+        self.traced("invalidate", Some(key), async {
+            let full = self.store_key(key)?;
+            self.inner.invalidate_all(&[full]).await
+        })
+        .await
     }
 
     /// Invalidates every key, attempting all of them even if some fail.
@@ -713,7 +805,8 @@ where
             .into_iter()
             .map(|k| self.store_key(k))
             .collect::<Result<Vec<_>>>()?;
-        self.inner.invalidate_all(&fulls).await
+        self.traced("invalidate_many", None, self.inner.invalidate_all(&fulls))
+            .await
     }
 }
 

@@ -4,7 +4,9 @@
 //!
 //! Every order of the events is driven on the memory store and on Redis
 //! (the script compares versions as decimal strings: versions above 2^53
-//! too), and concurrent writers with shuffled versions end at the highest.
+//! too) and on memcached (a protocol of CAS-guarded steps, whose every
+//! interleaving its own tests explore), and concurrent writers with
+//! shuffled versions end at the highest.
 //! The history checker (`tests/history.rs`, the `write_through`
 //! operation) drives the same path under faults.
 
@@ -48,6 +50,9 @@ fn orders() -> Vec<Vec<Event>> {
 fn users(store: Arc<dyn Store>, name: &str) -> Namespace<u64, User> {
     Aside::builder()
         .shared_store(store)
+        // What is checked is the order of writes, not their speed: a loaded
+        // machine must not turn a slow write into a failed one.
+        .op_timeout(std::time::Duration::from_secs(30))
         .build()
         .namespace::<u64, User>(name)
         .build()
@@ -87,6 +92,21 @@ async fn every_order_leaves_the_newer_row(store: Arc<dyn Store>, base: u64) {
     }
 }
 
+/// memcached compares by a protocol of CAS-guarded steps, whose own
+/// interleavings `store::memcached::versioned`'s tests explore; here the
+/// whole writes, through the engine.
+#[cfg(feature = "memcached")]
+#[tokio::test]
+async fn every_order_of_two_writers_and_an_invalidation_leaves_the_newer_row_on_memcached() {
+    let server = aside_testkit::MemcachedServer::start();
+    let store = aside::store::memcached::MemcachedStore::connect(&server.addr())
+        .await
+        .unwrap();
+    let store: Arc<dyn Store> = Arc::new(store);
+    every_order_leaves_the_newer_row(store.clone(), 0).await;
+    versions_past_2_to_the_53_compare_exactly(store).await;
+}
+
 #[tokio::test]
 async fn every_order_of_two_writers_and_an_invalidation_leaves_the_newer_row_in_memory() {
     every_order_leaves_the_newer_row(Arc::new(MemoryStore::new()), 0).await;
@@ -97,7 +117,12 @@ async fn every_order_of_two_writers_and_an_invalidation_leaves_the_newer_row_on_
     let server = RedisServer::start();
     let store: Arc<dyn Store> = Arc::new(RedisStore::connect(&server.url()).await.unwrap());
     every_order_leaves_the_newer_row(store.clone(), 0).await;
-    // Above 2^53, where Lua's numbers would round 2^60 + 1 and 2^60 + 2 together.
+    versions_past_2_to_the_53_compare_exactly(store).await;
+}
+
+/// Above 2^53, where Lua's numbers would round 2^60 + 1 and 2^60 + 2
+/// together, and where a longer decimal is a larger version.
+async fn versions_past_2_to_the_53_compare_exactly(store: Arc<dyn Store>) {
     let base = 1u64 << 60;
     let users = users(store, "big");
     assert_eq!(
@@ -144,7 +169,17 @@ async fn a_readers_late_fill_of_the_older_row_does_not_replace_the_newer_one() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_writers_end_at_the_highest_version() {
     let server = RedisServer::start();
-    for store in common::memory_and_redis(&server.url()).await {
+    #[allow(unused_mut)]
+    let mut stores: Vec<Arc<dyn Store>> = common::memory_and_redis(&server.url()).await.into();
+    #[cfg(feature = "memcached")]
+    let memcached = aside_testkit::MemcachedServer::start();
+    #[cfg(feature = "memcached")]
+    stores.push(Arc::new(
+        aside::store::memcached::MemcachedStore::connect(&memcached.addr())
+            .await
+            .unwrap(),
+    ));
+    for store in stores {
         let name = store.name();
         for round in 0..20u64 {
             let users = users(store.clone(), &format!("race{round}"));
@@ -205,4 +240,83 @@ async fn a_value_over_the_size_limit_is_an_error_and_the_old_value_goes() {
     let err = names.write_through(&1, &"x".repeat(100), 2).await.unwrap_err();
     assert_eq!(err.kind(), aside::ErrorKind::Codec);
     assert_eq!(names.peek(&1).await.unwrap(), None, "the old row does not stay cached");
+}
+
+/// A newer writer whose cache write fails falls back to invalidating the
+/// key and raising its write mark in one step (`invalidate_if_newer`), so
+/// an older writer's cache write that lands after the fallback is refused.
+/// With a plain invalidation as the fallback the older row was cached
+/// while the database held the newer one (`tests/history.rs`, seed
+/// 13692431980248563819 on memcached).
+async fn a_failed_newer_write_is_not_undone_by_an_older_one<S: Store + 'static>(store: S) {
+    let store = Instrumented::new(store, Arc::new(AtomicUsize::new(0)));
+    let hooks = store.hooks.clone();
+    let users = users(Arc::new(store), "fallback");
+    let (old, new) = (User::new(1, 1), User::new(1, 2));
+    // The older writer's cache write waits on its way to the store.
+    let paused = hooks.pause_next("put_entry_if_newer");
+    let older = tokio::spawn({
+        let (users, old) = (users.clone(), old.clone());
+        async move { users.write_through(&1, &old, 1).await }
+    });
+    paused.reached.notified().await;
+    // The newer writer's cache write fails: it invalidates instead.
+    hooks.fail("put_entry_if_newer");
+    let failed = users.write_through(&1, &new, 2).await;
+    assert!(failed.is_err(), "{failed:?}");
+    hooks.heal("put_entry_if_newer");
+    // Now the older write lands.
+    paused.release();
+    let late = older.await.unwrap().unwrap();
+    assert_eq!(
+        late,
+        WriteThrough::Superseded,
+        "the older row was written after the newer write"
+    );
+    assert_ne!(users.peek(&1).await.unwrap(), Some(old), "the older row is cached");
+}
+
+#[tokio::test]
+async fn a_failed_newer_write_is_not_undone_by_an_older_one_in_memory() {
+    a_failed_newer_write_is_not_undone_by_an_older_one(MemoryStore::new()).await;
+}
+
+#[tokio::test]
+async fn a_failed_newer_write_is_not_undone_by_an_older_one_on_redis() {
+    let server = RedisServer::start();
+    a_failed_newer_write_is_not_undone_by_an_older_one(RedisStore::connect(&server.url()).await.unwrap()).await;
+}
+
+#[cfg(feature = "memcached")]
+#[tokio::test]
+async fn a_failed_newer_write_is_not_undone_by_an_older_one_on_memcached() {
+    let server = aside_testkit::MemcachedServer::start();
+    let store = aside::store::memcached::MemcachedStore::connect(&server.addr())
+        .await
+        .unwrap();
+    a_failed_newer_write_is_not_undone_by_an_older_one(store).await;
+}
+
+/// The fallback's invalidation, when the store is away, is queued with
+/// its version and replayed as `invalidate_if_newer`: the replay raises the
+/// mark too, so an older write after it is refused.
+#[tokio::test]
+async fn a_queued_fallback_raises_the_mark_when_replayed() {
+    let store = Instrumented::new(MemoryStore::new(), Arc::new(AtomicUsize::new(0)));
+    let hooks = store.hooks.clone();
+    let aside = Aside::builder().shared_store(Arc::new(store)).build();
+    let users = aside.namespace::<u64, User>("replayed").build().unwrap();
+    hooks.fail("put_entry_if_newer");
+    hooks.fail("invalidate_if_newer");
+    assert!(users.write_through(&1, &User::new(1, 2), 2).await.is_err());
+    assert_eq!(aside.stats().invalidations_queued, 1);
+    hooks.heal("put_entry_if_newer");
+    hooks.heal("invalidate_if_newer");
+    let report = aside.shutdown(std::time::Duration::from_secs(60)).await;
+    assert_eq!((report.replayed, report.dropped), (1, 0), "{report:?}");
+    assert_eq!(
+        users.write_through(&1, &User::new(1, 1), 1).await.unwrap(),
+        WriteThrough::Superseded,
+        "the replay raised the mark"
+    );
 }

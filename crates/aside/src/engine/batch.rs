@@ -344,6 +344,7 @@ impl<V: Clone + Send + Sync + 'static> NsInner<V> {
                     for (i, result) in fill_index.into_iter().zip(results) {
                         if result == FillOutcome::Refused {
                             self.record(Event::FillRefused);
+                            crate::telemetry::record_fill_refused();
                         }
                         outcome[i] = result;
                     }

@@ -80,7 +80,7 @@ impl<V: Clone + Send + Sync + 'static> NsInner<V> {
             Ok(entry) => Some(entry),
             Err(e) => {
                 self.record(Event::DecodeError);
-                tracing::warn!(key, error = %e, "undecodable cache entry deleted");
+                tracing::warn!(key = %crate::telemetry::KeyHash(key), error = %e, "undecodable cache entry deleted");
                 let _ = self.call(self.core.store.delete(key)).await;
                 None
             }

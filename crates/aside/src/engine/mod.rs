@@ -261,11 +261,11 @@ impl Core {
         }
         match self.call_for(ns, self.store.delete(key)).await {
             Ok(()) => {
-                tracing::warn!(key, error = %error, "store key unreadable: deleted so that it refills");
+                tracing::warn!(key = %crate::telemetry::KeyHash(key), error = %error, "store key unreadable: deleted so that it refills");
                 true
             }
             Err(e) => {
-                tracing::warn!(key, error = %e, "store key unreadable and could not be deleted");
+                tracing::warn!(key = %crate::telemetry::KeyHash(key), error = %e, "store key unreadable and could not be deleted");
                 false
             }
         }
@@ -283,7 +283,7 @@ impl Core {
             self.counters.add(Event::InvalidationDropped);
             self.metrics.add(Event::InvalidationDropped);
             tracing::error!(
-                key = dropped,
+                key = %crate::telemetry::KeyHash(&dropped),
                 bound = overflow.name(),
                 "invalidation retry queue full: oldest invalidation dropped"
             );

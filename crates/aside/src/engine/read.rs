@@ -616,6 +616,7 @@ impl<V: Clone + Send + Sync + 'static> NsInner<V> {
             Ok(FillOutcome::Stored) => loaded(fill_began),
             Ok(FillOutcome::Refused) => {
                 self.record(Event::FillRefused);
+                crate::telemetry::record_fill_refused();
                 loaded(load_began)
             }
             Err(_) => {

@@ -60,6 +60,33 @@ pub(crate) enum PendingOp {
     Delete,
     /// Bump a version counter.
     Incr { ttl: Duration },
+    /// Delete the value, revoke leases and raise the key's write mark to
+    /// `version` (`Store::invalidate_if_newer`): the fallback of a
+    /// versioned write that failed.
+    InvalidateIfNewer { version: u64, mark_ttl: Duration },
+}
+
+impl PendingOp {
+    /// What one queued slot must do when `next` is pushed onto `self` for
+    /// the same key: `next`, except that a raised write mark is never
+    /// forgotten (a plain invalidation does what a versioned one does
+    /// but raise the mark, so the versioned one covers both).
+    fn merged(self, next: PendingOp) -> PendingOp {
+        match (self, next) {
+            (
+                PendingOp::InvalidateIfNewer { version, mark_ttl },
+                PendingOp::InvalidateIfNewer {
+                    version: next_version,
+                    mark_ttl: next_ttl,
+                },
+            ) => PendingOp::InvalidateIfNewer {
+                version: version.max(next_version),
+                mark_ttl: mark_ttl.max(next_ttl),
+            },
+            (versioned @ PendingOp::InvalidateIfNewer { .. }, PendingOp::Invalidate { .. }) => versioned,
+            (_, next) => next,
+        }
+    }
 }
 
 /// One queued invalidation of a store key.
@@ -236,6 +263,10 @@ impl RetryQueue {
             let mut pending = self.lock();
             let seq = pending.next_seq;
             pending.next_seq += 1;
+            let op = match pending.slots.get(key) {
+                Some(queued) => queued.op.merged(op),
+                None => op,
+            };
             let slot = Slot {
                 op,
                 seq,
@@ -377,6 +408,11 @@ async fn replay_once(core: &Core, queue: &RetryQueue) -> bool {
         let applied = match slot.op {
             PendingOp::Invalidate { keep_stale } => core.call_unguarded(store.invalidate(&key, keep_stale)).await,
             PendingOp::Delete => core.call_unguarded(store.delete(&key)).await,
+            PendingOp::InvalidateIfNewer { version, mark_ttl } => {
+                let mark_key = crate::key::write_mark_key(&key);
+                core.call_unguarded(store.invalidate_if_newer(&key, &mark_key, version, mark_ttl))
+                    .await
+            }
             PendingOp::Incr { ttl } => match core.call_unguarded(store.incr(&key, ttl)).await {
                 // The counter was gone (a restart): move it to a fresh start,
                 // as `NsInner::bump_version` does, so no version is reused.
@@ -395,7 +431,7 @@ async fn replay_once(core: &Core, queue: &RetryQueue) -> bool {
             queue.replayed.fetch_add(1, Ordering::AcqRel);
             core.counters.add(Event::InvalidationReplayed);
             core.metrics.add(Event::InvalidationReplayed);
-            tracing::info!(key, "queued invalidation replayed");
+            tracing::info!(key = %crate::telemetry::KeyHash(&key), "queued invalidation replayed");
         }
         // Published even when a newer push keeps the key queued: this
         // replay did apply an invalidation the other L1s have not seen.

@@ -344,7 +344,7 @@ impl<V: Clone + Send + Sync + 'static> NsInner<V> {
             }
         };
         if let Err(e) = &result {
-            tracing::warn!(key, error = %e, "invalidation failed: queued for replay");
+            tracing::warn!(key = %crate::telemetry::KeyHash(&key), error = %e, "invalidation failed: queued for replay");
             self.core.queue_invalidation(&self.name, full, &key, op);
         }
         result

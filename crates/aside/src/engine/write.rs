@@ -100,7 +100,7 @@ impl<V: Clone + Send + Sync + 'static> NsInner<V> {
         let (bytes, ttl) = match encoded {
             Ok(encoded) => encoded,
             Err(e) => {
-                let _ = self.invalidate_all(&[full.to_owned()]).await;
+                let _ = self.invalidate_if_newer(full, version).await;
                 return Err(e);
             }
         };
@@ -133,10 +133,44 @@ impl<V: Clone + Send + Sync + 'static> NsInner<V> {
             Err(e) => {
                 // The old value may still be cached: make sure it goes (and
                 // queue the invalidation for replay if the store is away).
-                let _ = self.invalidate_all(&[full.to_owned()]).await;
+                let _ = self.invalidate_if_newer(full, version).await;
                 Err(e)
             }
         }
+    }
+
+    /// The fallback of a versioned write that could not complete: the key
+    /// is invalidated AND its write mark raised to `version`, in one store
+    /// step (`Store::invalidate_if_newer`), queued for replay if the store
+    /// is away. A plain invalidation would not do: a writer of an older
+    /// row racing with this one, its cache write landing after the
+    /// invalidation, would be above the mark and cached, while the
+    /// database holds this newer row (`tests/history.rs` found it, seed
+    /// 13692431980248563819 on memcached).
+    async fn invalidate_if_newer(&self, full: &str, version: u64) -> Result<()> {
+        self.l1_evict(full);
+        let mark_ttl = self.version_ttl();
+        let mark_key = crate::key::write_mark_key(full);
+        let store = &self.core.store;
+        let result = self
+            .core
+            .call_for(
+                &self.metrics,
+                store.invalidate_if_newer(full, &mark_key, version, mark_ttl),
+            )
+            .await;
+        self.l1_evict_written(full);
+        if let Err(e) = &result {
+            tracing::warn!(key = %crate::telemetry::KeyHash(full), error = %e, "invalidation failed: queued for replay");
+            self.core.queue_invalidation(
+                &self.name,
+                full,
+                full,
+                PendingOp::InvalidateIfNewer { version, mark_ttl },
+            );
+        }
+        self.publish(vec![full.to_owned()]).await;
+        result
     }
 }
 

@@ -451,6 +451,23 @@ impl Store for MemoryStore {
         Ok(written)
     }
 
+    async fn invalidate_if_newer(
+        &self,
+        key: &str,
+        mark_key: &str,
+        version: u64,
+        mark_ttl: Duration,
+    ) -> StoreResult<()> {
+        self.compute(key, |_| {
+            let mut marks = self.marks.lock().unwrap_or_else(|e| e.into_inner());
+            marks.advance(mark_key, version, mark_ttl);
+            (Op::Remove, ())
+        })
+        .await;
+        self.wakes.wake(key);
+        Ok(())
+    }
+
     async fn invalidate(&self, key: &str, keep_stale: Option<Duration>) -> StoreResult<()> {
         let Some(stale_ttl) = keep_stale else {
             return self.delete(key).await;

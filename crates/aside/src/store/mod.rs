@@ -529,6 +529,28 @@ pub trait Store: Send + Sync + 'static {
         Err(StoreError::unsupported("put_entry_if_newer"))
     }
 
+    /// Removes the entry as [`Store::invalidate`] does without a stale copy
+    /// (revoking any lease, waking its waiters) and raises the write mark
+    /// `mark_key` to `version` unless it is at or above it already, in one
+    /// step that no [`Store::put_entry_if_newer`] of the key interleaves
+    /// with: once it has returned, a versioned write of a row older than
+    /// `version` is refused. The engine uses it when a versioned write
+    /// could not complete, so that its fallback invalidation cannot be
+    /// undone by an older writer whose cache write lands after it.
+    ///
+    /// A store with [`Store::supports_versioned_writes`] implements it.
+    /// Default: a plain [`Store::invalidate`], which raises no mark.
+    async fn invalidate_if_newer(
+        &self,
+        key: &str,
+        mark_key: &str,
+        version: u64,
+        mark_ttl: Duration,
+    ) -> StoreResult<()> {
+        let _ = (mark_key, version, mark_ttl);
+        self.invalidate(key, None).await
+    }
+
     /// Removes an entry's value and revokes its lease. With `keep_stale`,
     /// the old value stays for that long, flagged stale.
     async fn invalidate(&self, key: &str, keep_stale: Option<Duration>) -> StoreResult<()>;

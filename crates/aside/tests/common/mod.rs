@@ -334,6 +334,17 @@ impl<S: Store> Store for Instrumented<S> {
         }
         self.inner.put_entry_if_newer(put).await
     }
+    async fn invalidate_if_newer(
+        &self,
+        key: &str,
+        mark_key: &str,
+        version: u64,
+        mark_ttl: Duration,
+    ) -> StoreResult<()> {
+        self.tick();
+        self.hooks.enter("invalidate_if_newer").await?;
+        self.inner.invalidate_if_newer(key, mark_key, version, mark_ttl).await
+    }
     async fn invalidate(&self, key: &str, keep_stale: Option<Duration>) -> StoreResult<()> {
         self.tick();
         self.hooks.enter("invalidate").await?;

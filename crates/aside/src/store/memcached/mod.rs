@@ -12,6 +12,7 @@
 //! | `lease_for_refresh` | `mg <k> R2592000 c f` | `W` on a current value: refresh lease; the value stays readable (others see `Z`) |
 //! | `release(token)` | `md <k> C<cas>` (vivified), `md <k> I C<cas>` (stale), or a CAS-guarded rewrite of the same value (refresh) | the win flag is cleared only by replacing or re-marking the item |
 //! | `put_entry` | `ms <k> <len> T<ttl> F<entry>` | new item, new CAS: leases in flight are refused |
+//! | `put_entry_if_newer` | `mg`/`ms C` on the write mark, `mg <k> N`, `mg` of the mark, `ms <k> C<cas>` | a CAS protocol of four steps (`versioned`): writes land in version order |
 //! | `get` / `set` / `add` / `delete` | `mg v c f` / `ms T` / `ms T ME` / `md` | plain values have client flags 0 |
 //! | `incr` | `ma <k> N<ttl> J1 T<ttl> v` | a missing key is created at 1 (0 incremented), the TTL refreshed |
 //!
@@ -116,11 +117,12 @@ use std::time::Duration;
 use async_trait::async_trait;
 use bytes::Bytes;
 
-use super::{EntryView, Fill, FillOutcome, LeaseOutcome, LeaseToken, Store, StoreError, StoreResult};
+use super::{EntryView, Fill, FillOutcome, LeaseOutcome, LeaseToken, Store, StoreError, StoreResult, VersionedPut};
 
 mod pool;
 mod proto;
 mod ring;
+mod versioned;
 
 pub(crate) use proto::parse_untrusted;
 
@@ -810,6 +812,38 @@ impl Store for MemcachedStore {
         self.check_size(&key, &value)?;
         let flags = format!("T{} F{ENTRY_FLAG}", secs(ttl));
         expect_stored("ms", &self.exec_one(req(key, "ms", Some(&value), flags)).await?)
+    }
+
+    fn supports_versioned_writes(&self) -> bool {
+        true
+    }
+
+    /// A protocol of CAS-guarded steps, not one atomic call: see
+    /// `versioned` for the steps and why no older row lands after a newer
+    /// one.
+    async fn put_entry_if_newer(&self, put: VersionedPut) -> StoreResult<bool> {
+        self.check_size(&wire_key(&put.key)?, &put.value)?;
+        let mut write = versioned::VersionedWrite::new(put);
+        loop {
+            if let Some(written) = write.advance(self).await? {
+                return Ok(written);
+            }
+        }
+    }
+
+    /// The mark first, then the delete: a versioned write of an older row
+    /// whose step 3 came before the mark moved had its item deleted under
+    /// it (its CAS write finds none, and its next look at the mark
+    /// refuses it); one whose step 3 came after sees the mark.
+    async fn invalidate_if_newer(
+        &self,
+        key: &str,
+        mark_key: &str,
+        version: u64,
+        mark_ttl: Duration,
+    ) -> StoreResult<()> {
+        versioned::raise_mark(self, mark_key, version, mark_ttl).await?;
+        self.invalidate(key, None).await
     }
 
     async fn invalidate(&self, key: &str, keep_stale: Option<Duration>) -> StoreResult<()> {

@@ -8,7 +8,7 @@
 //! lease some reader waited for publishes the key on
 //! [`RedisConfig::fill_channel`]; each store's subscriber task wakes the
 //! readers of its process (see [`crate::store::wake`]). Each script touches exactly one key, so it is valid in Redis
-//! Cluster as is, but for `put_entry_if_newer.lua`, which touches the entry
+//! Cluster as is, but for `put_entry_if_newer.lua` and `invalidate_if_newer.lua`, which touch the entry
 //! and its write mark, in the entry's slot (see [`crate::key::write_mark_key`]).
 //!
 //! Why `ConnectionManager`: it multiplexes every caller over one connection
@@ -126,6 +126,7 @@ struct Scripts {
     lease_for_refresh: Script,
     put_entry: Script,
     put_entry_if_newer: Script,
+    invalidate_if_newer: Script,
     take_fence: Script,
     release: Script,
     renew_lease: Script,
@@ -141,6 +142,7 @@ impl Scripts {
             lease_for_refresh: Script::new(include_str!("lease_for_refresh.lua")),
             put_entry: Script::new(include_str!("put_entry.lua")),
             put_entry_if_newer: Script::new(include_str!("put_entry_if_newer.lua")),
+            invalidate_if_newer: Script::new(include_str!("invalidate_if_newer.lua")),
             take_fence: Script::new(include_str!("take_fence.lua")),
             release: Script::new(include_str!("release.lua")),
             renew_lease: Script::new(include_str!("renew_lease.lua")),
@@ -885,6 +887,26 @@ impl Store for RedisStore {
             .await
             .map_err(store_error)?;
         Ok(written == 1)
+    }
+
+    async fn invalidate_if_newer(
+        &self,
+        key: &str,
+        mark_key: &str,
+        version: u64,
+        mark_ttl: Duration,
+    ) -> StoreResult<()> {
+        self.scripts
+            .invalidate_if_newer
+            .key(key)
+            .key(mark_key)
+            .arg(version.to_string())
+            .arg(ttl_ms(mark_ttl))
+            .arg(self.fill_channel.as_ref())
+            .invoke_async::<i64>(&mut self.conn.clone())
+            .await
+            .map_err(store_error)?;
+        Ok(())
     }
 
     async fn invalidate(&self, key: &str, keep_stale: Option<Duration>) -> StoreResult<()> {
