@@ -18,6 +18,8 @@ mod db;
 mod demo;
 mod error;
 mod flush;
+#[cfg(feature = "otel")]
+mod otel;
 mod parse;
 mod redact;
 mod report;
@@ -73,24 +75,77 @@ enum Command {
     StampedeWorker(scenario::stampede::workers::WorkerArgs),
 }
 
+/// Logs to stderr, `default` and above unless `RUST_LOG` says otherwise;
+/// with `aside serve --otel`, also sends the cache operations' spans (and
+/// the service's own at info) to the collector. Returns the running
+/// exporters, to shut down once the runtime has finished.
+#[cfg(feature = "otel")]
+fn init_logging(default: &str, command: &Command) -> Result<Option<otel::Otel>, error::CliError> {
+    use tracing_subscriber::prelude::*;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
+    let fmt = tracing_subscriber::fmt::layer()
+        .with_writer(std::io::stderr)
+        .with_filter(filter);
+    let otel = match command {
+        Command::Serve(args) => match &args.otel {
+            Some(url) => Some(otel::Otel::start(
+                url,
+                std::time::Duration::from_millis(args.otel_interval_ms),
+            )?),
+            None => None,
+        },
+        _ => None,
+    };
+    match otel {
+        Some((running, layer)) => {
+            let spans = EnvFilter::new("aside::op=debug,info");
+            tracing_subscriber::registry()
+                .with(fmt)
+                .with(layer.with_filter(spans))
+                .init();
+            Ok(Some(running))
+        }
+        None => {
+            tracing_subscriber::registry().with(fmt).init();
+            Ok(None)
+        }
+    }
+}
+
 /// Logs to stderr, `default` and above unless `RUST_LOG` says otherwise.
-fn init_logging(default: &str) {
+#[cfg(not(feature = "otel"))]
+fn init_logging(default: &str, command: &Command) -> Result<Option<std::convert::Infallible>, error::CliError> {
+    if let Command::Serve(args) = command
+        && args.otel.is_some()
+    {
+        return Err(error::CliError::new(
+            "--otel needs the otel feature: cargo build --release -p aside-cli --features otel",
+        ));
+    }
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .init();
+    Ok(None)
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     // A soak injects faults by the thousand, and each one's warning would
     // bury its progress and its summary.
-    init_logging(if matches!(cli.command, Command::Soak(_)) {
+    let default = if matches!(cli.command, Command::Soak(_)) {
         "error"
     } else {
         "warn"
-    });
+    };
+    let otel = match init_logging(default, &cli.command) {
+        Ok(otel) => otel,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(runtime) => runtime,
         Err(e) => {
@@ -109,6 +164,14 @@ fn main() -> ExitCode {
             Command::StampedeWorker(args) => scenario::stampede::workers::serve(args).await,
         }
     });
+    // The exporters send what they hold only once the runtime is done.
+    drop(runtime);
+    #[cfg(feature = "otel")]
+    if let Some(otel) = otel {
+        otel.shutdown();
+    }
+    #[cfg(not(feature = "otel"))]
+    drop(otel);
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -1144,3 +1144,60 @@ async fn clients_that_stop_reading_do_not_hold_the_connection_slots() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// `aside serve --otel URL` sends the cache operations' spans and the
+/// metrics to an OpenTelemetry collector over OTLP/HTTP: a collector of the
+/// test's own records what arrives. The spans are protobuf, in which
+/// strings travel as they are: the span name `aside.fetch_with` and the
+/// namespace must be in a `/v1/traces` body, aside's hit counter in a
+/// `/v1/metrics` one. What is buffered is sent when serve exits on SIGTERM.
+#[cfg(feature = "otel")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn otel_sends_spans_and_metrics_to_the_collector() {
+    use axum::body::Bytes;
+    use axum::extract::State;
+    use axum::http::Uri;
+    type Received = Arc<Mutex<Vec<(String, Vec<u8>)>>>;
+    let received: Received = Arc::default();
+    let collector = axum::Router::new()
+        .fallback(|State(received): State<Received>, uri: Uri, body: Bytes| async move {
+            received.lock().unwrap().push((uri.path().to_owned(), body.to_vec()));
+            ""
+        })
+        .with_state(received.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, collector).await });
+
+    let server = Server::start(&["--otel", &url, "--otel-interval-ms", "200"]);
+    let client = reqwest::Client::new();
+    for _ in 0..2 {
+        assert_eq!(get(&client, server.url("/users/7")).await.status, StatusCode::OK);
+    }
+    server.terminate();
+    let (server, status) = tokio::task::spawn_blocking(move || {
+        let mut server = server;
+        let status = server.child.wait();
+        (server, status)
+    })
+    .await
+    .unwrap();
+    assert!(status.unwrap().success(), "{}", server.output());
+
+    let received = received.lock().unwrap().clone();
+    let holds = |path: &str, needle: &[u8]| {
+        received
+            .iter()
+            .any(|(p, body)| p == path && body.windows(needle.len()).any(|w| w == needle))
+    };
+    let paths: Vec<&str> = received.iter().map(|(p, _)| p.as_str()).collect();
+    assert!(
+        holds("/v1/traces", b"aside.fetch_with"),
+        "no span in {paths:?}: {}",
+        server.output()
+    );
+    assert!(holds("/v1/traces", b"user:profile"), "no namespace in the spans");
+    assert!(holds("/v1/metrics", b"aside_hits_total"), "no hit counter in {paths:?}");
+    // The user's key is hashed in the spans, never sent as it is.
+    assert!(!holds("/v1/traces", b"user:profile:7"), "a key in clear");
+}

@@ -50,11 +50,30 @@ const UPKEEP_EVERY: Duration = Duration::from_secs(5);
 /// # Errors
 /// When a recorder is already installed.
 pub fn install() -> Result<PrometheusHandle> {
-    let handle = PrometheusBuilder::new()
+    let recorder = PrometheusBuilder::new()
         .set_buckets(&BUCKETS)
         .context("cannot configure the Prometheus histogram buckets")?
-        .install_recorder()
-        .context("cannot install the Prometheus metrics recorder")?;
+        .build_recorder();
+    let handle = recorder.handle();
+    // With --otel, every series goes to the collector too.
+    #[cfg(feature = "otel")]
+    let installed = match crate::otel::take_recorder() {
+        Some(otel) => metrics::set_global_recorder(
+            metrics_util::layers::FanoutBuilder::default()
+                .add_recorder(recorder)
+                .add_recorder(otel)
+                .build(),
+        )
+        .is_ok(),
+        None => metrics::set_global_recorder(recorder).is_ok(),
+    };
+    #[cfg(not(feature = "otel"))]
+    let installed = metrics::set_global_recorder(recorder).is_ok();
+    if !installed {
+        return Err(crate::error::CliError::new(
+            "cannot install the Prometheus metrics recorder: one is installed already",
+        ));
+    }
     metrics::describe_histogram!(
         HTTP_DURATION,
         Unit::Seconds,

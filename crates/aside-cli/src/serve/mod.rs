@@ -52,6 +52,16 @@ pub struct ServeArgs {
     #[arg(long, value_name = "ADDR")]
     pub admin_listen: Option<SocketAddr>,
 
+    /// Also send traces (a span per cache operation) and metrics to the
+    /// OpenTelemetry collector at this OTLP/HTTP base URL, such as
+    /// `http://127.0.0.1:4318` (needs the `otel` feature).
+    #[arg(long, value_name = "URL")]
+    pub otel: Option<String>,
+
+    /// How often metrics are sent to the collector of --otel.
+    #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(100..=3_600_000))]
+    pub otel_interval_ms: u64,
+
     /// A client that has not sent a request's headers within this many
     /// milliseconds is disconnected (idle keep-alive connections too).
     #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..=3_600_000))]
@@ -121,6 +131,8 @@ impl std::fmt::Debug for ServeArgs {
         let ServeArgs {
             listen,
             admin_listen,
+            otel,
+            otel_interval_ms,
             header_timeout_ms,
             write_timeout_ms,
             request_timeout_ms,
@@ -138,6 +150,8 @@ impl std::fmt::Debug for ServeArgs {
         f.debug_struct("ServeArgs")
             .field("listen", listen)
             .field("admin_listen", admin_listen)
+            .field("otel", &otel.as_deref().map(crate::redact::url))
+            .field("otel_interval_ms", otel_interval_ms)
             .field("header_timeout_ms", header_timeout_ms)
             .field("write_timeout_ms", write_timeout_ms)
             .field("request_timeout_ms", request_timeout_ms)

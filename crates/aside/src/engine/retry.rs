@@ -485,7 +485,7 @@ pub(crate) async fn drain(core: &Core, deadline: Instant) -> Drained {
     const LOGGED: usize = 100;
     for queued in left.iter().take(LOGGED) {
         tracing::error!(
-            key = queued.key,
+            key = %crate::telemetry::KeyHash(&queued.key),
             namespace = &*queued.slot.namespace,
             "shutdown: queued invalidation dropped; the entry stays stale until its TTL"
         );
