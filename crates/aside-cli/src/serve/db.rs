@@ -74,6 +74,12 @@ fn check_field(name: &str, value: &str) -> Result<(), String> {
     if value.len() > MAX_FIELD_BYTES {
         return Err(format!("{name}: {} bytes, at most {MAX_FIELD_BYTES}", value.len()));
     }
+    // PostgreSQL's text cannot hold NUL: refused here, a PUT gets 400 and a
+    // logged write-back row is parked, instead of a batch that fails for
+    // good on every retry.
+    if value.contains('\0') {
+        return Err(format!("{name}: holds a NUL character, which PostgreSQL cannot store"));
+    }
     Ok(())
 }
 
@@ -488,6 +494,19 @@ enum Value {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// PostgreSQL refuses text with NUL; SQLite takes it. Refused for both,
+    /// so a write-back batch holding one is not retried for good.
+    #[test]
+    fn a_field_with_a_nul_character_is_refused_by_name() {
+        let fields = UserFields {
+            name: "Ada\0".into(),
+            email: "ada@example.com".into(),
+            avatar: String::new(),
+        };
+        let err = fields.check().unwrap_err();
+        assert!(err.starts_with("name:") && err.contains("NUL"), "{err}");
+    }
 
     #[tokio::test]
     async fn migrates_seeds_reads_and_updates_a_temporary_sqlite_file() {

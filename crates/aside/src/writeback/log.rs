@@ -45,6 +45,14 @@ pub fn default_stream(prefix: &str, namespace: &str) -> String {
 pub struct LogConfig {
     /// The stream every namespace using this log appends to. `None` (the
     /// default): one stream per namespace, [`default_stream`].
+    ///
+    /// A stream shared by several namespaces must be drained by ONE
+    /// consumer group whose sink routes each write by
+    /// [`LoggedWrite::namespace`](crate::writeback::LoggedWrite): a flusher
+    /// per namespace (a group each) would delete, after its own commit,
+    /// entries the other has not read, and a sink that ignores the
+    /// namespace parks or misplaces the others' writes. `aside flush`
+    /// drains one namespace's stream.
     pub stream: Option<String>,
     /// The most unflushed writes the stream may hold: at it, an append is
     /// refused with [`ErrorKind::Backpressure`] instead of growing the log
