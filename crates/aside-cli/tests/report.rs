@@ -277,3 +277,68 @@ fn bench_report_charts_ratios_against_the_floors() {
     check_drawn(&rendered, 4);
     assert!(rendered.count(REFERENCE) > 100, "the floor lines are drawn");
 }
+
+/// Runs `aside demo --scenario NAME` with `args` and `--report`, renders
+/// the page, and returns its JSON, what Chromium made of it and its bars.
+fn scenario_page(dir: &Path, scenario: &str, args: &[&str], charts: usize) -> (Value, Rendered, usize) {
+    let page = report_path(dir, &format!("{scenario}.html"));
+    let mut all = vec!["demo", "--scenario", scenario, "--json", "--report"];
+    all.push(page.to_str().expect("a UTF-8 path"));
+    all.extend(args);
+    let json = aside_json(&all);
+    let rendered = render(&page);
+    let bars = check_dom(&rendered, charts, &[&format!("aside demo --scenario {scenario}")]);
+    check_drawn(&rendered, charts);
+    (json, rendered, bars)
+}
+
+fn rows(json: &Value) -> usize {
+    json["results"].as_array().expect("results").len()
+}
+
+#[test]
+fn every_other_scenario_gets_its_charts() {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let dir = dir.path();
+
+    let (json, rendered, bars) = scenario_page(dir, "stampede", &["--clients", "20"], 2);
+    assert_eq!(bars, rows(&json) * (3 + 1), "p50, p99, max and queries per mode");
+    assert!(rendered.dom.contains("Stampede latency per mode"));
+
+    let (json, _, bars) = scenario_page(dir, "expiry", &["--duration", "0.6", "--ttl", "0.2"], 3);
+    assert_eq!(
+        bars,
+        rows(&json) * (4 + 1 + 1),
+        "four latencies, queries and hit ratio per mode"
+    );
+
+    let outage = [
+        "--duration",
+        "0.6",
+        "--outage-start-s",
+        "0.2",
+        "--outage-end-s",
+        "0.4",
+        "--ttl",
+        "0.1",
+    ];
+    let (json, _, bars) = scenario_page(dir, "db-outage", &outage, 2);
+    assert_eq!(
+        bars,
+        rows(&json) * (2 + 2),
+        "answered ratios, errors and stale answers per mode"
+    );
+
+    let (json, rendered, bars) = scenario_page(dir, "patterns", &["--duration", "0.3"], 3);
+    assert_eq!(
+        bars,
+        rows(&json) * (2 + 3 + 2),
+        "per pattern: stale and lost, latencies, database load"
+    );
+    assert!(rendered.dom.contains("cache-aside"));
+
+    let (json, rendered, bars) = scenario_page(dir, "chaos", &["--duration", "1", "--programs", "20"], 3);
+    // Per run: four findings, three counts, and one bar per kind of fault.
+    assert_eq!(bars, rows(&json) * (4 + 3 + 12));
+    assert!(rendered.dom.contains("bus_subscribe_error"));
+}

@@ -67,23 +67,11 @@ fn ratio_chart(tier: &str, rows: &[&BenchResult]) -> Option<Chart> {
     );
     chart.reference = Some((1.0, format!("floor: {floor}")));
     for subject in distinct(rows, |r| r.subject) {
-        if subject == floor {
-            continue;
+        if subject != floor {
+            chart = chart.series(subject_series(rows, &concurrencies, subject, |r| {
+                (r.ratio_to_floor, r.ratio_to_floor_min, r.ratio_to_floor_max)
+            }));
         }
-        let cells: Vec<Option<&&BenchResult>> = concurrencies
-            .iter()
-            .map(|&c| rows.iter().find(|r| r.subject == subject && r.concurrency == c))
-            .collect();
-        chart = chart.series(BarSeries {
-            name: subject.to_owned(),
-            values: cells.iter().map(|r| r.map_or(0.0, |r| r.ratio_to_floor)).collect(),
-            spread: Some(
-                cells
-                    .iter()
-                    .map(|r| r.map_or((0.0, 0.0), |r| (r.ratio_to_floor_min, r.ratio_to_floor_max)))
-                    .collect(),
-            ),
-        });
     }
     if chart.series.is_empty() {
         None
@@ -101,20 +89,32 @@ fn throughput_chart(tier: &str, rows: &[&BenchResult]) -> Chart {
         concurrency_labels(&concurrencies),
     );
     for subject in distinct(rows, |r| r.subject) {
-        let cells: Vec<Option<&&BenchResult>> = concurrencies
-            .iter()
-            .map(|&c| rows.iter().find(|r| r.subject == subject && r.concurrency == c))
-            .collect();
-        chart = chart.series(BarSeries {
-            name: subject.to_owned(),
-            values: cells.iter().map(|r| r.map_or(0.0, |r| r.ops_per_sec)).collect(),
-            spread: Some(
-                cells
-                    .iter()
-                    .map(|r| r.map_or((0.0, 0.0), |r| (r.ops_per_sec_min, r.ops_per_sec_max)))
-                    .collect(),
-            ),
-        });
+        chart = chart.series(subject_series(rows, &concurrencies, subject, |r| {
+            (r.ops_per_sec, r.ops_per_sec_min, r.ops_per_sec_max)
+        }));
     }
     Chart::Bar(chart)
+}
+
+/// One subject's bars, one per concurrency: `figure` gives a row's median,
+/// lowest and highest; a concurrency the subject has no row for gets 0.
+fn subject_series(
+    rows: &[&BenchResult],
+    concurrencies: &[usize],
+    subject: &str,
+    figure: fn(&BenchResult) -> (f64, f64, f64),
+) -> BarSeries {
+    let figures: Vec<(f64, f64, f64)> = concurrencies
+        .iter()
+        .map(|&c| {
+            rows.iter()
+                .find(|r| r.subject == subject && r.concurrency == c)
+                .map_or((0.0, 0.0, 0.0), |r| figure(r))
+        })
+        .collect();
+    BarSeries {
+        name: subject.to_owned(),
+        values: figures.iter().map(|f| f.0).collect(),
+        spread: Some(figures.iter().map(|f| (f.1, f.2)).collect()),
+    }
 }

@@ -6,6 +6,7 @@
 //! dropping a chart) and the main workload's page ([`summary_page`]). The
 //! pages put the run's JSON under the charts as tables.
 
+use aside_testkit::fault::FaultCounts;
 use serde_json::Value;
 
 use super::Page;
@@ -121,14 +122,11 @@ fn label(name: &str, run: u32, runs: usize) -> String {
     }
 }
 
+/// A series of a bar chart: its name, and its value for one result.
+type Field<T> = (&'static str, fn(&T) -> f64);
+
 /// One bar series per `(name, value)` field over the results.
-fn bars<T>(
-    title: &str,
-    y_label: &str,
-    categories: &[String],
-    results: &[T],
-    fields: &[(&str, fn(&T) -> f64)],
-) -> Chart {
+fn bars<T>(title: &str, y_label: &str, categories: &[String], results: &[T], fields: &[Field<T>]) -> Chart {
     let mut chart = BarChart::new(title, y_label, categories.to_vec());
     for (name, value) in fields {
         chart = chart.series(BarSeries::new(*name, results.iter().map(value).collect()));
@@ -141,7 +139,7 @@ impl Charted for RaceResult {
         let runs = results.iter().map(|r| r.run).max().unwrap_or(1) as usize;
         let names: Vec<String> = results.iter().map(|r| label(&r.strategy, r.run, runs)).collect();
         let l1 = results.iter().any(|r| r.l1);
-        let mut stale: Vec<(&str, fn(&Self) -> f64)> = vec![("stale entries left", |r| r.stale_entries as f64)];
+        let mut stale: Vec<Field<Self>> = vec![("stale entries left", |r| r.stale_entries as f64)];
         if l1 {
             stale.push(("stale L2 entries left", |r| r.stale_l2_entries as f64));
         }
@@ -304,8 +302,11 @@ impl Charted for ChaosResult {
     }
 }
 
+/// A kind of fault: its name in the JSON, and its count.
+type FaultKind = (&'static str, fn(&FaultCounts) -> u64);
+
 /// The kinds of faults charted, as named in the JSON.
-const FAULT_KINDS: [(&str, fn(&aside_testkit::fault::FaultCounts) -> u64); 12] = [
+const FAULT_KINDS: [FaultKind; 12] = [
     ("error_before", |c| c.error_before),
     ("error_after", |c| c.error_after),
     ("delay", |c| c.delay),
