@@ -492,23 +492,15 @@ fn finite(value: f64) -> f64 {
     if value.is_finite() { value } else { 0.0 }
 }
 
-/// A tick or bar value: integers with thousands separators, else up to three
-/// significant decimals.
-pub fn format_value(value: f64) -> String {
+/// A tick or bar value: integers with thousands separators, else 4
+/// significant digits.
+fn format_value(value: f64) -> String {
     if value.fract() == 0.0 && value.abs() < 1e15 {
         let sign = if value < 0.0 { "-" } else { "" };
         format!("{sign}{}", crate::table::count(value.abs() as u64))
-    } else if value.abs() >= 100.0 {
-        format!("{value:.0}")
-    } else if value.abs() >= 1.0 {
-        trim_zeros(format!("{value:.2}"))
     } else {
-        trim_zeros(format!("{value:.3}"))
+        super::significant(value)
     }
-}
-
-fn trim_zeros(text: String) -> String {
-    text.trim_end_matches('0').trim_end_matches('.').to_owned()
 }
 
 #[cfg(test)]
@@ -530,7 +522,8 @@ mod tests {
         assert_eq!(format_value(0.25), "0.25");
         assert_eq!(format_value(1.5), "1.5");
         assert_eq!(format_value(0.0), "0");
-        assert_eq!(format_value(123.4), "123");
+        assert_eq!(format_value(123.45), "123.5");
+        assert_eq!(format_value(0.6000000000000001), "0.6");
     }
 
     #[test]
