@@ -101,6 +101,11 @@ pub struct DemoArgs {
     #[arg(long)]
     pub tiers: bool,
 
+    /// Also write the results as one self-contained HTML page with charts
+    /// (for `main`, hit ratio and latency over time).
+    #[arg(long, value_name = "FILE.html")]
+    pub report: Option<PathBuf>,
+
     #[command(flatten)]
     pub scenario_args: ScenarioArgs,
 }
@@ -119,6 +124,7 @@ pub async fn run(args: DemoArgs) -> Result<()> {
             ttl: args.ttl,
             concurrency: args.concurrency as usize,
             json: args.json,
+            report: args.report.clone(),
             args: args.scenario_args.clone(),
         };
         return crate::scenario::run(&args.scenario, &setting).await;
@@ -184,7 +190,12 @@ pub async fn run(args: DemoArgs) -> Result<()> {
     };
     let summary = run_workload(&workload, &target).await;
     db.close().await;
-    print_summary(&summary?, args.json)
+    let summary = summary?;
+    if let Some(path) = &args.report {
+        let json = serde_json::to_value(&summary).context("cannot encode the summary as JSON")?;
+        crate::html::demo::summary_page(&summary, &json).write(path)?;
+    }
+    print_summary(&summary, args.json)
 }
 
 /// The `Aside` of this run: the chosen store, under a prefix unique to the

@@ -8,7 +8,8 @@
 //! the store flags (`store`), the stop signals (`signal`), the flag parsers (`parse`), credential
 //! masking (`redact`), table layout and
 //! number formats (`table`), the database (`db`), the key sampler (`zipf`),
-//! the workload runner (`workload`) and its report (`report`). The hidden
+//! the workload runner (`workload`) and its report (`report`), and the
+//! HTML page of `--report` (`html`). The hidden
 //! subcommand `stampede-worker` is one reader process of
 //! `demo --scenario stampede --processes N`, started by the demo itself.
 #![forbid(unsafe_code)]
@@ -18,6 +19,7 @@ mod db;
 mod demo;
 mod error;
 mod flush;
+mod html;
 #[cfg(feature = "otel")]
 mod otel;
 mod parse;

@@ -11,9 +11,15 @@
 //! cache answered (`Source::Hit`) and a miss otherwise (loaded, coalesced
 //! with another caller's load, or served stale). A write is the database
 //! `UPDATE` followed by `users.invalidate(&id)`, the cache-aside order.
+//!
+//! The run is also cut into intervals of equal length (see [`interval_for`]):
+//! each task counts its reads and hits and records their latencies for the
+//! interval it is in, and hands them over to the shared [`Timeline`] when it
+//! enters the next one, so the hot path takes no lock. The summary's
+//! `timeline` is the hit ratio and latency percentiles of each interval.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, PoisonError};
 use std::time::Duration;
 
 use aside::{Aside, Namespace, Source};
@@ -34,6 +40,11 @@ use crate::zipf::Zipf;
 const MAX_LATENCY_NS: u64 = 60_000_000_000;
 /// How often the progress bar is redrawn.
 const PROGRESS_TICK: Duration = Duration::from_millis(100);
+/// The shortest interval of the timeline.
+const MIN_INTERVAL: Duration = Duration::from_millis(250);
+/// The most intervals in a timeline: a long run gets longer intervals, so
+/// the timeline's memory (one histogram each) stays bounded.
+const MAX_INTERVALS: u32 = 120;
 
 /// The shape of a run: how long, how parallel, how skewed, how write-heavy.
 #[derive(Debug, Clone)]
@@ -133,6 +144,160 @@ pub struct Summary {
     pub fills_refused: u64,
     /// Invalidations the store did not take (queued for replay by aside).
     pub invalidation_errors: u64,
+    /// The run interval by interval (intervals without a read left out).
+    pub timeline: Vec<Interval>,
+}
+
+/// One interval of a run: its reads, hit ratio and read latencies (hits and
+/// misses together).
+#[derive(Debug, Clone, Serialize)]
+pub struct Interval {
+    /// Start of the interval, seconds from the start of the run.
+    pub start_s: f64,
+    /// End of the interval, seconds from the start of the run.
+    pub end_s: f64,
+    /// Reads completed in the interval.
+    pub reads: u64,
+    /// Of them, the hits.
+    pub hits: u64,
+    /// `hits / reads`.
+    pub hit_ratio: f64,
+    /// Median read latency, microseconds.
+    pub p50_us: f64,
+    /// 99th percentile read latency, microseconds.
+    pub p99_us: f64,
+}
+
+/// The length of one interval of the timeline of a run of `duration`:
+/// [`MIN_INTERVAL`], or longer so that there are at most [`MAX_INTERVALS`].
+pub fn interval_for(duration: Duration) -> Duration {
+    (duration / MAX_INTERVALS).max(MIN_INTERVAL)
+}
+
+/// Reads, hits and read latencies of one interval.
+struct Bucket {
+    reads: u64,
+    hits: u64,
+    latency: Histogram<u64>,
+}
+
+impl Bucket {
+    fn new() -> Result<Self> {
+        // Two significant digits: a tenth of the memory of the summary's
+        // histograms, and plenty for a chart.
+        let latency = Histogram::new_with_bounds(1, MAX_LATENCY_NS, 2).context("cannot create a latency histogram")?;
+        Ok(Bucket {
+            reads: 0,
+            hits: 0,
+            latency,
+        })
+    }
+}
+
+/// The intervals of a run, filled by the tasks as they leave each one.
+struct Timeline {
+    interval: Duration,
+    /// How many intervals (`buckets.len()`, read without the lock).
+    count: usize,
+    buckets: std::sync::Mutex<Vec<Option<Bucket>>>,
+}
+
+impl Timeline {
+    fn new(duration: Duration) -> Self {
+        let interval = interval_for(duration);
+        let count = duration.as_nanos().div_ceil(interval.as_nanos()).max(1);
+        let count = usize::try_from(count).unwrap_or(MAX_INTERVALS as usize);
+        Timeline {
+            interval,
+            count,
+            buckets: std::sync::Mutex::new((0..count).map(|_| None).collect()),
+        }
+    }
+
+    /// The interval `elapsed` falls in; a read that ends after the deadline
+    /// counts in the last one.
+    fn index(&self, elapsed: Duration) -> usize {
+        let index = elapsed.as_nanos() / self.interval.as_nanos();
+        let last = self.count - 1;
+        usize::try_from(index).map_or(last, |i| i.min(last))
+    }
+
+    /// Adds one task's `bucket` of interval `index` to the run's.
+    fn add(&self, index: usize, bucket: &Bucket) -> Result<()> {
+        if bucket.reads == 0 {
+            return Ok(());
+        }
+        let mut buckets = self.buckets.lock().unwrap_or_else(PoisonError::into_inner);
+        let slot = match buckets.get_mut(index) {
+            Some(Some(slot)) => slot,
+            Some(empty) => empty.insert(Bucket::new()?),
+            None => return Err(CliError::new(format!("no timeline interval {index}"))),
+        };
+        slot.reads += bucket.reads;
+        slot.hits += bucket.hits;
+        slot.latency
+            .add(&bucket.latency)
+            .context("cannot merge latency histograms")
+    }
+
+    /// The intervals with reads, the last one ending at `elapsed`.
+    fn intervals(&self, elapsed: Duration) -> Vec<Interval> {
+        let width = self.interval.as_secs_f64();
+        let end = elapsed.as_secs_f64();
+        let buckets = self.buckets.lock().unwrap_or_else(PoisonError::into_inner);
+        let last = buckets.len() - 1;
+        buckets
+            .iter()
+            .enumerate()
+            .filter_map(|(i, bucket)| {
+                let bucket = bucket.as_ref()?;
+                let start_s = i as f64 * width;
+                Some(Interval {
+                    start_s,
+                    end_s: if i == last {
+                        end.max(start_s)
+                    } else {
+                        (start_s + width).min(end.max(start_s))
+                    },
+                    reads: bucket.reads,
+                    hits: bucket.hits,
+                    hit_ratio: ratio(bucket.hits, bucket.reads),
+                    p50_us: quantile_us(&bucket.latency, 0.50),
+                    p99_us: quantile_us(&bucket.latency, 0.99),
+                })
+            })
+            .collect()
+    }
+}
+
+/// A task's interval in progress, handed to the [`Timeline`] when the task
+/// enters the next one.
+struct Current {
+    index: usize,
+    bucket: Bucket,
+}
+
+impl Current {
+    /// Counts one read that ended `elapsed` into the run.
+    fn record(&mut self, timeline: &Timeline, elapsed: Duration, hit: bool, latency_ns: u64) -> Result<()> {
+        let index = timeline.index(elapsed);
+        if index != self.index {
+            self.flush(timeline)?;
+            self.index = index;
+        }
+        self.bucket.reads += 1;
+        self.bucket.hits += u64::from(hit);
+        self.bucket.latency.saturating_record(latency_ns);
+        Ok(())
+    }
+
+    fn flush(&mut self, timeline: &Timeline) -> Result<()> {
+        timeline.add(self.index, &self.bucket)?;
+        self.bucket.reads = 0;
+        self.bucket.hits = 0;
+        self.bucket.latency.reset();
+        Ok(())
+    }
 }
 
 /// Live counters shared by the tasks, read by the progress bar.
@@ -220,6 +385,7 @@ pub async fn run_workload(workload: &Workload, target: &Target) -> Result<Summar
     let failure = Arc::new(Mutex::new(None::<CliError>));
     let stats_before = target.cache.stats();
     let queries_before = target.db.queries();
+    let timeline = Arc::new(Timeline::new(workload.duration));
     let started = Instant::now();
     let deadline = started + workload.duration;
 
@@ -231,7 +397,9 @@ pub async fn run_workload(workload: &Workload, target: &Target) -> Result<Summar
             live: live.clone(),
             failure: failure.clone(),
             write_ratio: workload.write_ratio,
+            started,
             deadline,
+            timeline: timeline.clone(),
         };
         tasks.spawn(run_task(ctx));
     }
@@ -316,6 +484,7 @@ pub async fn run_workload(workload: &Workload, target: &Target) -> Result<Summar
         store_skipped: stats.store_skipped - stats_before.store_skipped,
         fills_refused: stats.fills_refused - stats_before.fills_refused,
         invalidation_errors: total.invalidation_errors,
+        timeline: timeline.intervals(elapsed),
     })
 }
 
@@ -341,7 +510,9 @@ struct TaskContext {
     live: Arc<Live>,
     failure: Arc<Mutex<Option<CliError>>>,
     write_ratio: f64,
+    started: Instant,
     deadline: Instant,
+    timeline: Arc<Timeline>,
 }
 
 impl TaskContext {
@@ -355,6 +526,10 @@ impl TaskContext {
 /// One task: operations back to back until the deadline or a stop.
 async fn run_task(ctx: TaskContext) -> Result<Tally> {
     let mut tally = Tally::new()?;
+    let mut current = Current {
+        index: 0,
+        bucket: Bucket::new()?,
+    };
     let mut rng = SmallRng::from_rng(&mut rand::rng());
     let Target { users, db, .. } = &ctx.target;
     while !ctx.live.stop.load(Ordering::Relaxed) && Instant::now() < ctx.deadline {
@@ -377,6 +552,10 @@ async fn run_task(ctx: TaskContext) -> Result<Tally> {
         let started = Instant::now();
         let fetched = users.fetch(&id, || db.load_user(id)).await;
         let latency = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        let hit = matches!(&fetched, Ok(f) if f.source == Source::Hit);
+        if fetched.is_ok() {
+            current.record(&ctx.timeline, ctx.started.elapsed(), hit, latency)?;
+        }
         let fetched = match fetched {
             Ok(fetched) => fetched,
             Err(e) => {
@@ -400,6 +579,7 @@ async fn run_task(ctx: TaskContext) -> Result<Tally> {
             }
         }
     }
+    current.flush(&ctx.timeline)?;
     Ok(tally)
 }
 

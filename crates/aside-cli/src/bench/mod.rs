@@ -85,6 +85,10 @@ pub struct BenchArgs {
     /// Print the report as JSON.
     #[arg(long)]
     pub json: bool,
+
+    /// Also write the report as one self-contained HTML page with charts.
+    #[arg(long, value_name = "FILE.html")]
+    pub report: Option<PathBuf>,
 }
 
 /// A bench subject.
@@ -265,6 +269,10 @@ pub struct BenchResult {
     /// Median throughput over the floor's median throughput at the same
     /// concurrency: 1.0 is as fast as the floor, 0.5 half as fast.
     pub ratio_to_floor: f64,
+    /// Lowest ratio of one round's throughput to the floor's in that round.
+    pub ratio_to_floor_min: f64,
+    /// Highest such ratio.
+    pub ratio_to_floor_max: f64,
     /// Database queries during timed passes: 0 when every read was a hit.
     pub db_queries: u64,
 }
@@ -373,6 +381,10 @@ pub async fn run(args: BenchArgs) -> Result<()> {
         results: summarize(&samples),
         redis_benchmark,
     };
+    if let Some(path) = &args.report {
+        let json = serde_json::to_value(&report).context("cannot encode the report")?;
+        crate::html::bench::page(&report.results, &json).write(path)?;
+    }
     if args.json {
         println!(
             "{}",
@@ -421,10 +433,17 @@ fn summarize(samples: &BTreeMap<(usize, SubjectId), Samples>) -> Vec<BenchResult
     let mut results = Vec::new();
     for (&(concurrency, id), s) in samples {
         let ops_per_sec = median(&s.throughput);
-        let floor = samples
+        let floor_rounds = samples
             .get(&(concurrency, id.floor()))
-            .map(|f| median(&f.throughput))
-            .unwrap_or(0.0);
+            .map_or(&[][..], |f| &f.throughput[..]);
+        let floor = median(floor_rounds);
+        let round_ratios: Vec<f64> = s
+            .throughput
+            .iter()
+            .zip(floor_rounds)
+            .filter(|(_, f)| **f > 0.0)
+            .map(|(t, f)| t / f)
+            .collect();
         results.push(BenchResult {
             subject: id.name(),
             tier: id.tier(),
@@ -436,6 +455,8 @@ fn summarize(samples: &BTreeMap<(usize, SubjectId), Samples>) -> Vec<BenchResult
             p99_us: median(&s.p99_us),
             floor: id.floor().name(),
             ratio_to_floor: if floor > 0.0 { ops_per_sec / floor } else { 0.0 },
+            ratio_to_floor_min: round_ratios.iter().copied().reduce(f64::min).unwrap_or(0.0),
+            ratio_to_floor_max: round_ratios.iter().copied().reduce(f64::max).unwrap_or(0.0),
             db_queries: s.db_queries,
         });
     }
@@ -612,6 +633,7 @@ mod tests {
             subjects: vec![SubjectId::AsideL1],
             no_redis_benchmark: true,
             json: true,
+            report: None,
         };
         assert_eq!(
             chosen_subjects(&args).unwrap(),

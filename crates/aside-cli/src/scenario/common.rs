@@ -12,6 +12,7 @@ use aside::Strategy;
 use serde::Serialize;
 
 use crate::error::{Context, Result};
+use crate::html::demo::Charted;
 use crate::parse;
 use crate::store::StoreChoice;
 
@@ -100,6 +101,8 @@ pub struct Setting {
     pub concurrency: usize,
     /// `--json`: one JSON object on stdout, and no progress lines on stderr.
     pub json: bool,
+    /// `--report`: where to write the results as an HTML page with charts.
+    pub report: Option<PathBuf>,
     /// The scenarios' flags.
     pub args: ScenarioArgs,
 }
@@ -120,18 +123,28 @@ impl Setting {
     }
 
     /// Prints `results` of `scenario`: as one JSON object with `--json`,
-    /// else a title line and the scenario's own `table`.
+    /// else a title line and the scenario's own `table`; with `--report`,
+    /// also writes them with their charts to an HTML page.
     ///
     /// # Errors
-    /// When the JSON cannot be encoded.
-    pub fn print<T: Serialize>(&self, scenario: &'static str, results: &[T], table: fn(&[T]) -> String) -> Result<()> {
+    /// When the JSON cannot be encoded or the page cannot be written.
+    pub fn print<T: Serialize + Charted>(
+        &self,
+        scenario: &'static str,
+        results: &[T],
+        table: fn(&[T]) -> String,
+    ) -> Result<()> {
         let store = self.store.name();
+        let report = Report {
+            scenario,
+            store,
+            results,
+        };
+        if let Some(path) = &self.report {
+            let json = serde_json::to_value(&report).context("cannot encode the report")?;
+            crate::html::demo::scenario_page(scenario, store, results, &json).write(path)?;
+        }
         if self.json {
-            let report = Report {
-                scenario,
-                store,
-                results,
-            };
             println!(
                 "{}",
                 serde_json::to_string(&report).context("cannot encode the report")?
