@@ -151,8 +151,12 @@ pub mod envelope;
 mod error;
 #[doc(hidden)]
 pub mod fuzzing;
+pub mod global;
 #[doc(hidden)]
 pub mod key;
+#[cfg(feature = "macros")]
+#[doc(hidden)]
+pub mod macro_support;
 pub mod metrics;
 mod namespace;
 mod policy;
@@ -173,6 +177,9 @@ pub use namespace::{
 pub use policy::{DEFAULT_DOUBLE_DELETE_DELAY, EarlyRefresh, Strategy};
 pub use store::Store;
 pub use store::memory::MemoryStore;
+
+#[cfg(feature = "macros")]
+pub use aside_macros::cached;
 
 use engine::Core;
 
