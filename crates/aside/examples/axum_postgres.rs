@@ -16,11 +16,15 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+#[path = "support/local_server.rs"]
+mod local_server;
+
 use aside::Aside;
 use axum::Router;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::routing::get;
+use local_server::LocalServer;
 use sqlx::AssertSqlSafe;
 use sqlx::postgres::{PgPool, PgPoolOptions};
 
@@ -125,16 +129,8 @@ async fn serve_and_drive(pool: PgPool, table: String) -> Result<(), Box<dyn std:
     let router = Router::new()
         .route("/products/{id}", get(get_product).put(put_price))
         .with_state(app.clone());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let base = format!("http://{}", listener.local_addr()?);
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(async move {
-        axum::serve(listener, router)
-            .with_graceful_shutdown(async {
-                let _ = stopped.await;
-            })
-            .await
-    });
+    let server = LocalServer::start(router).await?;
+    let base = server.base.clone();
 
     let client = reqwest::Client::new();
     let requests: [(&str, &str, Option<&str>); 7] = [
@@ -172,7 +168,5 @@ async fn serve_and_drive(pool: PgPool, table: String) -> Result<(), Box<dyn std:
         app.db.queries.load(Ordering::Relaxed),
         stats.hit_ratio()
     );
-    let _ = stop.send(());
-    server.await??;
-    Ok(())
+    server.stop().await
 }

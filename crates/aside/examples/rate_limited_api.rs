@@ -18,11 +18,15 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+#[path = "support/local_server.rs"]
+mod local_server;
+
 use aside::{Aside, Namespace};
 use axum::Router;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::routing::get;
+use local_server::LocalServer;
 
 const LIMIT_PER_SECOND: u64 = 25;
 const CURRENCIES: [&str; 12] = [
@@ -133,16 +137,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let router = Router::new()
         .route("/rates/{currency}", get(rate))
         .with_state(limiter.clone());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let base = format!("http://{}", listener.local_addr()?);
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(async move {
-        axum::serve(listener, router)
-            .with_graceful_shutdown(async {
-                let _ = stopped.await;
-            })
-            .await
-    });
+    let server = LocalServer::start(router).await?;
+    let base = server.base.clone();
     let client = reqwest::Client::new();
     let total = lookups().len();
 
@@ -174,7 +170,5 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         "the API refused {} calls in all",
         limiter.refused.load(Ordering::Relaxed)
     );
-    let _ = stop.send(());
-    server.await??;
-    Ok(())
+    server.stop().await
 }

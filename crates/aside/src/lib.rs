@@ -128,6 +128,9 @@
 //! - `memcached`: `store::memcached::MemcachedStore`, on memcached's meta
 //!   protocol (1.6+), with a client of its own on tokio.
 //! - `nats`: `bus::nats::NatsBus`, an invalidation bus on async-nats.
+//! - `macros`: `#[aside::cached(...)]`, an async function's body as the
+//!   loader of a namespace (crate `aside-macros`); the `Aside` it uses comes
+//!   from an argument or from [`global`].
 //!
 //! With no feature, the in-process [`MemoryStore`] (moka) is the only
 //! store, and it is always there.
