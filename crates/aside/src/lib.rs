@@ -128,6 +128,9 @@
 //! - `memcached`: `store::memcached::MemcachedStore`, on memcached's meta
 //!   protocol (1.6+), with a client of its own on tokio.
 //! - `nats`: `bus::nats::NatsBus`, an invalidation bus on async-nats.
+//! - `macros`: `#[aside::cached(...)]`, an async function's body as the
+//!   loader of a namespace (crate `aside-macros`); the `Aside` it uses comes
+//!   from an argument or from [`global`].
 //!
 //! With no feature, the in-process [`MemoryStore`] (moka) is the only
 //! store, and it is always there.
@@ -151,8 +154,12 @@ pub mod envelope;
 mod error;
 #[doc(hidden)]
 pub mod fuzzing;
+pub mod global;
 #[doc(hidden)]
 pub mod key;
+#[cfg(feature = "macros")]
+#[doc(hidden)]
+pub mod macro_support;
 pub mod metrics;
 mod namespace;
 mod policy;
@@ -174,6 +181,9 @@ pub use namespace::{
 pub use policy::{DEFAULT_DOUBLE_DELETE_DELAY, EarlyRefresh, Strategy};
 pub use store::Store;
 pub use store::memory::MemoryStore;
+
+#[cfg(feature = "macros")]
+pub use aside_macros::cached;
 
 use engine::Core;
 
