@@ -44,8 +44,10 @@ use syn::{
 ///   `"{prefix}NAME:{key}"`. Invalidate with a namespace of the same name
 ///   and value type: `cache.namespace::<String, User>("user:profile")`.
 /// - `key = ARG` or `key = (ARG, ARG, ...)`: the arguments that make the
-///   key, each formatted with `Display`, joined by `:` (default: every
-///   argument but `self` and the `aside` one).
+///   key, each formatted with `Display` (default: every argument but
+///   `self` and the `aside` one). One argument is the key as it prints;
+///   several are joined by `:` with `%` and `:` escaped in each (`%25`,
+///   `%3A`), so `("x:y", "z")` and `("x", "y:z")` are two keys.
 /// - Where the `Aside` comes from, exactly one of: `aside = ARG`, an
 ///   argument of type `Aside` or `&Aside`; or `global`, the `Aside`
 ///   registered with `aside::global::set` (a call before it is registered
@@ -375,7 +377,14 @@ fn expand(attr: Attr, mut function: ItemFn) -> syn::Result<TokenStream2> {
         Source::Argument(arg) => quote_spanned!(arg.span()=> __ASIDE_NAMESPACE.on(&#arg, &__aside_spec)),
         Source::Global(span) => quote_spanned!(*span=> __ASIDE_NAMESPACE.on_global(&__aside_spec)),
     };
-    let key_format = vec!["{}"; key.len()].join(":");
+    // One argument: its `Display`. Several: each one's, escaped, joined
+    // by `:` (`macro_support::joined_key`), so that no two argument lists
+    // share a key.
+    let key_expr = if key.len() == 1 {
+        quote!(::std::format!("{}", #(#key),*))
+    } else {
+        quote!(::aside::macro_support::joined_key(&[#(&#key as &dyn ::core::fmt::Display),*]))
+    };
     let clones = arguments.iter().map(|(name, mutable)| {
         let binding = if *mutable { quote!(mut #name) } else { quote!(#name) };
         // The `aside` argument is used by the macro, whatever the body does.
@@ -409,7 +418,7 @@ fn expand(attr: Attr, mut function: ItemFn) -> syn::Result<TokenStream2> {
             function: ::core::concat!(::core::module_path!(), "::", #fn_name),
         };
         let __aside_namespace = #namespace_of?;
-        let __aside_key = ::std::format!(#key_format, #(#key),*);
+        let __aside_key = #key_expr;
         let #read = __aside_namespace
             .get_or_load(&__aside_key, move || {
                 #(#clones)*

@@ -123,6 +123,26 @@ pub fn present<V>(read: Result<Option<V>>, spec: &Spec) -> Result<V> {
     })
 }
 
+/// The key of several arguments: each one's `Display` with `%` and `:`
+/// escaped (`%25`, `%3A`), joined by `:`, so that `("x:y", "z")` and
+/// `("x", "y:z")` never share a key.
+pub fn joined_key(parts: &[&dyn std::fmt::Display]) -> String {
+    let mut key = String::new();
+    for (i, part) in parts.iter().enumerate() {
+        if i > 0 {
+            key.push(':');
+        }
+        for c in part.to_string().chars() {
+            match c {
+                '%' => key.push_str("%25"),
+                ':' => key.push_str("%3A"),
+                c => key.push(c),
+            }
+        }
+    }
+    key
+}
+
 /// Gives the body's async block its type, so that `?` inside it converts
 /// into the function's declared error type.
 pub fn typed<T, E, F>(body: F) -> F

@@ -52,6 +52,27 @@ async fn two_calls_run_the_body_once() {
     assert_eq!(users.peek(&"7".to_owned()).await.unwrap(), Some(first));
 }
 
+#[aside::cached(namespace = "macro:pair", key = (a, b), aside = cache)]
+async fn pair(cache: &Aside, db: &Db, a: String, b: String) -> Result<String, DbDown> {
+    db.query();
+    Ok(format!("{a}|{b}"))
+}
+
+/// Arguments are escaped in a key of several: `("x:y", "z")` and
+/// `("x", "y:z")` joined plainly by `:` were one key, and the second call
+/// was handed the first one's value.
+#[tokio::test]
+async fn argument_lists_that_join_to_the_same_text_do_not_share_a_key() {
+    let (cache, db) = (Aside::builder().build(), Db::default());
+    let first = pair(&cache, &db, "x:y".into(), "z".into()).await.unwrap();
+    let second = pair(&cache, &db, "x".into(), "y:z".into()).await.unwrap();
+    assert_eq!((first.as_str(), second.as_str()), ("x:y|z", "x|y:z"));
+    assert_eq!(db.queries(), 2);
+    let percent = pair(&cache, &db, "x%3Ay".into(), "z".into()).await.unwrap();
+    assert_eq!(percent, "x%3Ay|z", "an escape in the text is escaped too");
+    assert_eq!(db.queries(), 3);
+}
+
 #[tokio::test]
 async fn different_keys_load_separately() {
     let (cache, db) = (Aside::builder().build(), Db::default());
