@@ -4,13 +4,7 @@
 -- KEYS[1]: the entry. KEYS[2]: its write mark. ARGV[1]: the version
 -- (decimal u64). ARGV[2]: the mark's TTL in ms. ARGV[3]: the channel on
 -- which to publish the key if readers wait for its lease (w), or ''.
--- Versions are compared as decimal strings, as in put_entry_if_newer.lua.
-local function above(a, b)
-  if #a ~= #b then
-    return #a > #b
-  end
-  return a > b
-end
+-- `above(a, b)` comes from version_above.lua, prepended.
 local mark = redis.call('GET', KEYS[2])
 if not mark or above(ARGV[1], mark) then
   redis.call('SET', KEYS[2], ARGV[1], 'PX', ARGV[2])

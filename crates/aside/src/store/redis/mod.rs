@@ -141,8 +141,14 @@ impl Scripts {
             fill: Script::new(include_str!("fill.lua")),
             lease_for_refresh: Script::new(include_str!("lease_for_refresh.lua")),
             put_entry: Script::new(include_str!("put_entry.lua")),
-            put_entry_if_newer: Script::new(include_str!("put_entry_if_newer.lua")),
-            invalidate_if_newer: Script::new(include_str!("invalidate_if_newer.lua")),
+            put_entry_if_newer: Script::new(concat!(
+                include_str!("version_above.lua"),
+                include_str!("put_entry_if_newer.lua")
+            )),
+            invalidate_if_newer: Script::new(concat!(
+                include_str!("version_above.lua"),
+                include_str!("invalidate_if_newer.lua")
+            )),
             take_fence: Script::new(include_str!("take_fence.lua")),
             release: Script::new(include_str!("release.lua")),
             renew_lease: Script::new(include_str!("renew_lease.lua")),

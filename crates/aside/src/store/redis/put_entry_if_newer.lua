@@ -6,14 +6,7 @@
 -- in ms. ARGV[5]: the channel on which to publish the key if readers wait
 -- (w), or ''.
 -- Returns 1 written, 0 refused (the same or a newer version came first).
--- Versions are compared as decimal strings (length, then digits): Lua's
--- numbers are doubles, exact only up to 2^53.
-local function above(a, b)
-  if #a ~= #b then
-    return #a > #b
-  end
-  return a > b
-end
+-- `above(a, b)` comes from version_above.lua, prepended.
 local mark = redis.call('GET', KEYS[2])
 if mark and not above(ARGV[3], mark) then
   return 0
