@@ -1051,6 +1051,116 @@ async fn a_forced_refresh_is_not_undone_in_the_l1_by_a_read_that_began_before_it
     );
 }
 
+/// True when an invalidation of `other` fences the L1 fills of `key`
+/// in `users` (their L1 epochs share a stripe): a read of `key` that read
+/// the store before `other` was invalidated installs nothing.
+async fn invalidation_fences(
+    users: &Namespace<u64, User>,
+    hooks: &common::Hooks,
+    db: &Db,
+    key: u64,
+    other: u64,
+) -> bool {
+    users.invalidate(&key).await.unwrap();
+    let looked = hooks.pause_answer("peek_entry");
+    let reader = tokio::spawn({
+        let (users, db) = (users.clone(), db.clone());
+        async move { read(&users, &db, key).await }
+    });
+    looked.reached.notified().await;
+    users.invalidate(&other).await.unwrap();
+    looked.release();
+    reader.await.unwrap();
+    // With the store unreadable, `get` answers only from the L1.
+    hooks.fail("peek_entry");
+    let installed = users.get(&key).await.unwrap().is_some();
+    hooks.heal("peek_entry");
+    users.invalidate(&key).await.unwrap();
+    !installed
+}
+
+/// All of `keys` that `db` has, as a batch loader.
+fn batch_loader(
+    db: &Db,
+) -> impl FnMut(
+    Vec<u64>,
+) -> std::pin::Pin<
+    Box<dyn std::future::Future<Output = Result<std::collections::HashMap<u64, User>, DbDown>> + Send>,
+> + use<> {
+    let db = db.clone();
+    move |keys: Vec<u64>| {
+        let db = db.clone();
+        Box::pin(async move {
+            let mut rows = std::collections::HashMap::new();
+            for key in keys {
+                rows.extend(db.get(key).await?.map(|row| (key, row)));
+            }
+            Ok(rows)
+        })
+    }
+}
+
+/// I1Refresh once more (the history checker, seed 12443787499811566399:
+/// `get_many_or_load` answered v31 from the L1 after `force_refresh`
+/// returned v32). The refresh moved its key's epoch stripe on only by a
+/// compare-and-swap from the epoch it took after its eviction; when
+/// another key of the stripe was invalidated in between, the swap failed
+/// and the epoch stayed where the invalidation left it. A reader that took
+/// that newer epoch and read the old value before the refresh's fill
+/// installed it after the refresh returned, and later reads of the handle,
+/// the batch's included, were served the replaced value from the L1.
+#[tokio::test]
+async fn a_forced_refresh_fences_readers_whose_epoch_another_key_moved() {
+    let (_, hooks, users, db) = gated_users(Strategy::Lease, true);
+    db.put(User::new(2, 0));
+    // The interleaving needs keys on one stripe: checked, so that another
+    // hashing of the stripes fails here rather than passing vacuously.
+    assert!(
+        invalidation_fences(&users, &hooks, &db, 1, 2).await,
+        "keys 1 and 2 no longer share an L1 epoch stripe: pick another pair"
+    );
+    users.set(&1, &User::new(1, 0)).await.unwrap();
+    // The database moves on; the forced refresh is what brings the row in.
+    db.put(User::new(1, 1));
+    let lease_asked = hooks.pause_next("lease_for_refresh");
+    let refreshing = tokio::spawn({
+        let (users, db) = (users.clone(), db.clone());
+        async move { refresh(&users, &db, 1).await }
+    });
+    // The refresh has evicted its L1 copy and taken its epoch.
+    lease_asked.reached.notified().await;
+    // Another key of the stripe is invalidated: the stripe moves on.
+    users.invalidate(&2).await.unwrap();
+    let old_read = hooks.pause_answer("peek_entry");
+    let reader = tokio::spawn({
+        let (users, db) = (users.clone(), db.clone());
+        async move { read(&users, &db, 1).await }
+    });
+    // The reader took the newer epoch and has read the old value from the store.
+    old_read.reached.notified().await;
+    lease_asked.release();
+    let refreshed = refreshing.await.unwrap();
+    assert_eq!(
+        (refreshed.value, refreshed.source),
+        (Some(User::new(1, 1)), Source::Loaded)
+    );
+    old_read.release();
+    // The reader began before the refresh's fill: the old value is an
+    // answer it may give. Reads that begin after the refresh may not.
+    assert_eq!(reader.await.unwrap(), Some(User::new(1, 0)));
+    let batch = users.get_many_or_load(&[1], batch_loader(&db)).await.unwrap();
+    assert_eq!(
+        batch.get(&1),
+        Some(&User::new(1, 1)),
+        "a batch after the forced refresh got the value it replaced"
+    );
+    assert_eq!(
+        read(&users, &db, 1).await,
+        Some(User::new(1, 1)),
+        "a read after the forced refresh got the value it replaced"
+    );
+}
+
 // Review of 4f1bdfa..99ef487 (issues 15 and 16): write-through and the
 // linearizable update.
 

@@ -194,7 +194,8 @@ impl<V: Clone + Send + Sync + 'static> NsInner<V> {
     /// value below: the epoch is moved on from `epoch` first, so that a
     /// reader that read the replaced value cannot install it over this one
     /// (see `engine::tier`). Nothing is installed if an invalidation came
-    /// after `epoch` was taken.
+    /// after `epoch` was taken, but the epoch is moved on all the same: a
+    /// reader that took the newer epoch may hold the replaced value too.
     pub(crate) fn l1_replace(&self, full: &str, fetched: &Fetched<V>, epoch: u64, expires_at_ms: Option<u64>) {
         let Some(l1) = &self.l1 else { return };
         if let Some(epoch) = l1.advance(full, epoch) {

@@ -64,9 +64,11 @@ impl<V: Clone + Send + Sync + 'static> NsInner<V> {
             source: settled.source,
         };
         if let Some(epoch) = epoch {
-            // Not a plain install: a reader of this handle that took the
-            // same epoch after the eviction above may have read the old
-            // value before the refill, and would install it after us.
+            // Not a plain install: a reader of this handle that took an
+            // epoch after the eviction above (this one, or a later one if
+            // another key of the stripe was invalidated meanwhile) may have
+            // read the old value before the refill, and would install it
+            // after us.
             self.l1_replace(full, &fetched, epoch, settled.expires_at_ms);
         }
         Ok(fetched)

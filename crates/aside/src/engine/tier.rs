@@ -10,17 +10,26 @@
 //! invalidation would remove it. An epoch counter closes it: every
 //! invalidation bumps the epoch *before* evicting, and a filler installs
 //! only if the epoch it saw before reading the store is unchanged *after*
-//! installing (removing its entry otherwise). Whatever the interleaving,
-//! either the filler sees the bump or the invalidation's eviction comes
-//! after the install.
+//! installing. A filler checks the epoch and inserts under its stripe's
+//! lock, and every move of the epoch bumps and evicts under the same lock:
+//! either the filler sees the bump or the eviction comes after the
+//! install. (Checking, inserting and checking again without a lock, as the
+//! first version did, left the old value visible between the insert and
+//! the filler's own eviction of it: a read that began after the
+//! invalidation, or after a forced refresh installed its value over it,
+//! could be served it.)
 //!
 //! A forced refresh replaces the value below while readers of the same key
 //! may hold the old one, read from the store before its fill, with an
 //! epoch taken after the refresh's own eviction: no invalidation comes
 //! between to fence them. So the refresh moves the epoch on itself
-//! ([`L1::advance`]), from the one it took before loading, and installs
-//! its value under the new one: those readers' fills are refused, and the
-//! move fails (nothing is installed) if an invalidation came first.
+//! ([`L1::advance`]) and installs its value under the new one: those
+//! readers' fills are refused. It moves the epoch on even when something
+//! else moved it since the refresh took it (an invalidation of this key,
+//! or of any key on its stripe, or a clear): a reader that took the newer
+//! epoch may still have read the replaced value before the refresh's fill,
+//! and only a move after the fill refuses it. The refresh's own value is
+//! then not installed (an invalidation may have come after its load).
 //!
 //! Entries are keyed by the part of the full key after the namespace's
 //! prefix, which is the same for every entry: shorter keys hash faster, and
@@ -77,6 +86,10 @@ pub(crate) struct L1<V> {
     cache: Cache<String, Local<V>>,
     ttl: Duration,
     epochs: [AtomicU64; EPOCH_STRIPES],
+    /// Held by a fill across its epoch check and insert, and by every move
+    /// of the epoch across its bump and eviction (see the module docs).
+    /// Hits take no lock.
+    moves: [std::sync::Mutex<()>; EPOCH_STRIPES],
     /// Length of the namespace's key prefix, cut off every full key.
     prefix_len: usize,
 }
@@ -90,6 +103,7 @@ impl<V: Clone + Send + Sync + 'static> L1<V> {
                 .build(),
             ttl: config.ttl,
             epochs: std::array::from_fn(|_| AtomicU64::new(0)),
+            moves: std::array::from_fn(|_| std::sync::Mutex::new(())),
             prefix_len,
         }
     }
@@ -111,9 +125,21 @@ impl<V: Clone + Send + Sync + 'static> L1<V> {
 
     /// The epoch stripe of an entry key.
     fn stripe(&self, local: &str) -> &AtomicU64 {
+        &self.epochs[Self::stripe_index(local)]
+    }
+
+    fn stripe_index(local: &str) -> usize {
         use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
         let hash = BuildHasherDefault::<DefaultHasher>::default().hash_one(local);
-        &self.epochs[(hash % EPOCH_STRIPES as u64) as usize]
+        (hash % EPOCH_STRIPES as u64) as usize
+    }
+
+    /// Holds the lock of `local`'s stripe: no fill and no move of its epoch
+    /// interleaves with the caller's.
+    fn lock_stripe(&self, local: &str) -> std::sync::MutexGuard<'_, ()> {
+        self.moves[Self::stripe_index(local)]
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
     }
 
     /// The epoch of `full`'s stripe, to hand to [`L1::install`] after
@@ -127,37 +153,44 @@ impl<V: Clone + Send + Sync + 'static> L1<V> {
     /// same stripe happened since.
     pub(crate) fn install(&self, full: &str, value: Option<V>, epoch: u64, life: Duration) {
         let key = self.local(full);
-        let stripe = self.stripe(key);
         let life = life.min(self.ttl);
-        if life.is_zero() || stripe.load(Ordering::SeqCst) != epoch {
+        if life.is_zero() {
             return;
         }
-        self.cache.insert(key.to_owned(), Local { value, life });
-        if stripe.load(Ordering::SeqCst) != epoch {
-            self.cache.invalidate(key);
+        let _no_move = self.lock_stripe(key);
+        if self.stripe(key).load(Ordering::SeqCst) == epoch {
+            self.cache.insert(key.to_owned(), Local { value, life });
         }
     }
 
-    /// Moves `full`'s stripe on from `epoch` and evicts `full`, unless the
-    /// stripe moved since; returns the new epoch to install under. For a
-    /// forced refresh that replaced the value below after taking `epoch`:
-    /// readers that took it too may have read the replaced value, and their
-    /// fills are now refused (or removed, if they came first). A
-    /// compare-and-swap, not an increment, so that an invalidation since
-    /// `epoch` is never passed over: `None` then, and nothing to install.
+    /// Moves `full`'s stripe on and evicts `full`, for a forced refresh
+    /// that replaced the value below after taking `epoch`; returns the new
+    /// epoch to install the refresh's value under, or `None` when the
+    /// stripe had moved since `epoch` (an invalidation is never passed over:
+    /// nothing to install then).
+    ///
+    /// The stripe moves on in both cases. Readers that took any epoch
+    /// before this call may have read the replaced value before the
+    /// refresh's fill, and their fills must be refused (or removed, if they
+    /// came first). A compare-and-swap that gave up when the stripe had
+    /// moved left the readers of the newer epoch free to install the
+    /// replaced value after the refresh returned: an invalidation of another
+    /// key on the stripe between the refresh's eviction and its fill was
+    /// enough (the history checker's I1Refresh, seed 12443787499811566399).
     pub(crate) fn advance(&self, full: &str, epoch: u64) -> Option<u64> {
         let key = self.local(full);
-        let next = epoch.wrapping_add(1);
-        self.stripe(key)
-            .compare_exchange(epoch, next, Ordering::SeqCst, Ordering::SeqCst)
-            .ok()?;
+        let _no_fill = self.lock_stripe(key);
+        let previous = self.stripe(key).fetch_add(1, Ordering::SeqCst);
         self.cache.invalidate(key);
-        Some(next)
+        (previous == epoch).then(|| previous.wrapping_add(1))
     }
 
     /// Evicts everything (the bus lost messages, so any entry may be stale).
     pub(crate) fn clear(&self) {
-        for epoch in &self.epochs {
+        // A fill that inserted before its stripe's bump is removed below,
+        // one after it is refused by its epoch.
+        for (epoch, moves) in self.epochs.iter().zip(&self.moves) {
+            let _no_fill = moves.lock().unwrap_or_else(|e| e.into_inner());
             epoch.fetch_add(1, Ordering::SeqCst);
         }
         self.cache.invalidate_all();
@@ -166,6 +199,7 @@ impl<V: Clone + Send + Sync + 'static> L1<V> {
     /// Evicts `full` (an invalidation, local or from another process).
     pub(crate) fn evict(&self, full: &str) {
         let key = self.local(full);
+        let _no_fill = self.lock_stripe(key);
         self.stripe(key).fetch_add(1, Ordering::SeqCst);
         self.cache.invalidate(key);
     }
@@ -314,6 +348,38 @@ mod tests {
             None,
             "an invalidation since the epoch was passed over"
         );
+    }
+
+    #[test]
+    fn a_replacement_refuses_fills_of_an_epoch_taken_after_another_invalidation() {
+        let l1 = l1();
+        let a = "ns:a";
+        let life = Duration::from_secs(60);
+        // A key on `a`'s stripe.
+        let neighbour = (0..1000)
+            .map(|i| format!("ns:k{i}"))
+            .find(|k| std::ptr::eq(l1.stripe(l1.local(k)), l1.stripe("a")))
+            .expect("64 stripes");
+        // The refresh took its epoch; then the neighbour was invalidated,
+        // and a reader took the newer epoch and read the value the refresh
+        // is replacing (before the refresh's fill).
+        let refresh = l1.epoch(a);
+        l1.evict(&neighbour);
+        let reader = l1.epoch(a);
+        assert_eq!(
+            l1.advance(a, refresh),
+            None,
+            "an invalidation since the epoch was passed over"
+        );
+        l1.install(a, Some(1), reader, life);
+        assert_eq!(
+            l1.get(a),
+            None,
+            "a fill of the replaced value, read before the refresh's fill, was installed after it"
+        );
+        // Fills that read the store after the refresh's fill are kept.
+        l1.install(a, Some(2), l1.epoch(a), life);
+        assert_eq!(l1.get(a), Some(Some(2)));
     }
 
     #[test]
