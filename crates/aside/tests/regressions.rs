@@ -1079,14 +1079,12 @@ async fn invalidation_fences(
     !installed
 }
 
+/// What a batch loader returns.
+type BatchRows =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<std::collections::HashMap<u64, User>, DbDown>> + Send>>;
+
 /// All of `keys` that `db` has, as a batch loader.
-fn batch_loader(
-    db: &Db,
-) -> impl FnMut(
-    Vec<u64>,
-) -> std::pin::Pin<
-    Box<dyn std::future::Future<Output = Result<std::collections::HashMap<u64, User>, DbDown>> + Send>,
-> + use<> {
+fn batch_loader(db: &Db) -> impl FnMut(Vec<u64>) -> BatchRows + use<> {
     let db = db.clone();
     move |keys: Vec<u64>| {
         let db = db.clone();
