@@ -123,3 +123,82 @@ fn bad_flags_are_refused_with_a_message() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("error:") && stderr.contains("Redis"), "{stderr}");
 }
+
+/// `--scenario outage`: Redis blackholed behind the fault proxy, the
+/// breaker opens, and with it open no read reaches the store and every
+/// read is answered by the database. The latencies are reported, not
+/// asserted; only their presence and the scenario's own checks are.
+#[test]
+fn outage_reads_skip_the_blackholed_store_once_the_breaker_opens() {
+    let server = RedisServer::start();
+    let url = server.url();
+    let out = aside(&[
+        "bench",
+        "--scenario",
+        "outage",
+        "--redis",
+        &url,
+        "--ops",
+        "300",
+        "--keys",
+        "50",
+        "--repeat",
+        "2",
+        "--concurrency",
+        "1,4",
+        "--json",
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "bench failed: {stderr}");
+    let report: Value = serde_json::from_slice(&out.stdout).expect("stdout is JSON");
+    assert_eq!(report["scenario"], "outage");
+    assert!(report["reads_until_open"].as_u64().expect("reads_until_open") >= 1);
+    assert_eq!(report["op_timeout_ms"], 250);
+    let results = report["results"].as_array().expect("results");
+    assert_eq!(results.len(), 2, "one row per concurrency: {report}");
+    for (row, concurrency) in results.iter().zip([1, 4]) {
+        assert_eq!(row["concurrency"], concurrency);
+        assert_eq!(row["rounds"], 2);
+        assert_eq!(row["store_calls_while_open"], 0, "a read reached the store: {row}");
+        let reads = row["reads"].as_u64().expect("reads");
+        assert_eq!(reads, 2 * 300, "{row}");
+        assert_eq!(row["db_queries"], reads, "every read went to the database: {row}");
+        for field in ["db_p50_us", "db_p99_us", "aside_p50_us", "aside_p99_us"] {
+            assert!(row[field].as_f64().expect(field) > 0.0, "{field}: {row}");
+        }
+        for field in ["added_p99_us", "added_p99_us_min", "added_p99_us_max", "added_p50_us"] {
+            assert!(row[field].as_f64().is_some(), "{field}: {row}");
+        }
+    }
+    // Its keys were written before the blackhole and deleted then.
+    let keys = Command::new("redis-cli")
+        .args([
+            "-p",
+            &server.port().to_string(),
+            "--scan",
+            "--pattern",
+            "*aside-bench-*",
+        ])
+        .output()
+        .expect("redis-cli runs");
+    assert_eq!(
+        String::from_utf8_lossy(&keys.stdout).trim(),
+        "",
+        "bench keys left behind"
+    );
+}
+
+#[test]
+fn the_outage_scenario_refuses_a_tls_url() {
+    let out = aside(&[
+        "bench",
+        "--scenario",
+        "outage",
+        "--redis",
+        "rediss://127.0.0.1:1",
+        "--json",
+    ]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("plain redis://"), "{stderr}");
+}

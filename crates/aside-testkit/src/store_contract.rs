@@ -263,20 +263,19 @@ pub async fn release_frees_the_key_for_the_next_loader(store: &dyn Store) {
 pub async fn stale_values_are_offered_while_loading(store: &dyn Store) {
     let t = granted(store, "e:10").await;
     store.fill("e:10", t, b("v1"), TTL).await.unwrap();
+    assert_eq!(store.peek_fresh("e:10").await.unwrap(), Some(b("v1")));
     let leased_before = granted(store, "e:11").await;
     store.invalidate("e:10", Some(TTL)).await.unwrap();
     assert_eq!(store.get_entry("e:10").await.unwrap(), Some((b("v1"), true)));
-    let t2 = match store
-        .lookup_or_lease("e:10", LeaseToken::random(), LEASE)
-        .await
-        .unwrap()
-    {
-        LeaseOutcome::Granted { token, stale } => {
-            assert_eq!(stale, Some(b("v1")));
-            token
-        }
-        other => panic!("{other:?}"),
-    };
+    // The read path's first look never takes a stale copy for a hit.
+    assert_eq!(
+        store.peek_fresh("e:10").await.unwrap(),
+        None,
+        "a stale copy read as current"
+    );
+    let view = store.peek_entry("e:10").await.unwrap();
+    assert_eq!((view.value, view.stale), (Some(b("v1")), true));
+    let t2 = granted_over_stale(store, "e:10", b("v1")).await;
     assert_eq!(
         store
             .lookup_or_lease("e:10", LeaseToken::random(), LEASE)
@@ -284,15 +283,37 @@ pub async fn stale_values_are_offered_while_loading(store: &dyn Store) {
             .unwrap(),
         LeaseOutcome::Busy { stale: Some(b("v1")) }
     );
+    assert_eq!(
+        store.peek_fresh("e:10").await.unwrap(),
+        None,
+        "a leased stale copy read as current"
+    );
     // Invalidating a stale entry revokes the lease granted on it.
     store.invalidate("e:10", Some(TTL)).await.unwrap();
+    assert_eq!(store.get_entry("e:10").await.unwrap(), Some((b("v1"), true)));
     assert_eq!(
         store.fill("e:10", t2, b("v2-old"), TTL).await.unwrap(),
         FillOutcome::Refused
     );
+    // A fill under a new lease replaces the stale copy with a current value.
+    let t3 = granted_over_stale(store, "e:10", b("v1")).await;
+    assert_eq!(store.fill("e:10", t3, b("v2"), TTL).await.unwrap(), FillOutcome::Stored);
+    assert_eq!(store.peek_fresh("e:10").await.unwrap(), Some(b("v2")));
+    assert_eq!(store.get_entry("e:10").await.unwrap(), Some((b("v2"), false)));
     // Releasing keeps the stale value.
     store.release("e:11", leased_before).await.unwrap();
     assert_eq!(store.get_entry("e:11").await.unwrap(), None);
+}
+
+/// A lease granted on `key`, which holds the stale copy `stale`.
+async fn granted_over_stale(store: &dyn Store, key: &str, stale: Bytes) -> LeaseToken {
+    match store.lookup_or_lease(key, LeaseToken::random(), LEASE).await.unwrap() {
+        LeaseOutcome::Granted { token, stale: offered } => {
+            assert_eq!(offered, Some(stale));
+            token
+        }
+        other => panic!("{other:?}"),
+    }
 }
 
 /// Entries (and plain values, when the store has them) expire after their TTL.

@@ -328,3 +328,58 @@ async fn connect_errors_never_show_a_password() {
         );
     }
 }
+
+/// The calls a hit makes, counted by the test's own server: one `HGET` of
+/// the entry's current value per hit, and nothing else (no `HMGET` of its
+/// lease and stale copy, no script). A stale copy is never that value: the
+/// read after a keep-stale invalidation is a miss that reloads.
+#[tokio::test]
+async fn a_hit_on_redis_is_one_hget() {
+    let server = RedisServer::start();
+    let aside = aside_on(&server).await;
+    let ns = users(&aside, Strategy::Lease);
+    let db = Db::with_users(3);
+    assert_eq!(read(&ns, &db, 1).await.1, Source::Loaded);
+    let client = redis::Client::open(server.url()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let _: () = redis::cmd("CONFIG")
+        .arg("RESETSTAT")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    for _ in 0..10 {
+        assert_eq!(read(&ns, &db, 1).await.1, Source::Hit);
+    }
+    let stats: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let calls = |command: &str| -> u64 {
+        stats
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("cmdstat_{command}:calls=")))
+            .and_then(|rest| rest.split(',').next())
+            .map_or(0, |n| n.parse().unwrap())
+    };
+    assert_eq!(calls("hget"), 10, "{stats}");
+    let total: u64 = stats
+        .lines()
+        .filter_map(|l| l.split_once(":calls=").map(|(name, rest)| (name, rest)))
+        .filter(|(name, _)| !name.starts_with("cmdstat_config") && !name.starts_with("cmdstat_info"))
+        .map(|(_, rest)| rest.split(',').next().unwrap().parse::<u64>().unwrap())
+        .sum();
+    assert_eq!(total, 10, "a hit made another call: {stats}");
+
+    let keeping = aside
+        .namespace::<u64, User>("user:kept")
+        .serve_stale_while_loading(Duration::from_secs(60))
+        .build()
+        .unwrap();
+    assert_eq!(read(&keeping, &db, 2).await.1, Source::Loaded);
+    keeping.invalidate(&2).await.unwrap();
+    db.put(User::new(2, 1));
+    let (user, source) = read(&keeping, &db, 2).await;
+    assert_eq!(source, Source::Loaded, "the stale copy was read as a hit");
+    assert_eq!(user, Some(User::new(2, 1)));
+}

@@ -29,6 +29,7 @@
 //! its keys at the end; it never flushes anything.
 
 mod drive;
+mod outage;
 #[cfg(feature = "peers")]
 mod peers;
 mod subjects;
@@ -89,6 +90,21 @@ pub struct BenchArgs {
     /// Also write the report as one self-contained HTML page with charts.
     #[arg(long, value_name = "FILE.html")]
     pub report: Option<PathBuf>,
+
+    /// What to measure: `hits` (every subject's cache hit against its
+    /// floor) or `outage` (Redis blackholed behind a fault proxy, the
+    /// breaker open: what aside adds to a read of the database alone).
+    #[arg(long, value_enum, default_value_t = BenchScenario::Hits)]
+    pub scenario: BenchScenario,
+}
+
+/// What `aside bench` measures.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum BenchScenario {
+    /// The cost of a cache hit, every subject against its floor.
+    Hits,
+    /// Redis blackholed, the breaker open: the added latency over the database alone.
+    Outage,
 }
 
 /// A bench subject.
@@ -316,6 +332,12 @@ struct Samples {
 /// Redis unreachable, database failures, a subject that answered wrongly,
 /// or a peer asked for without the `peers` feature.
 pub async fn run(args: BenchArgs) -> Result<()> {
+    if args.scenario == BenchScenario::Outage {
+        if args.report.is_some() {
+            return Err(CliError::new("--report is not available with --scenario outage"));
+        }
+        return outage::run(&args).await;
+    }
     let subjects = chosen_subjects(&args)?;
     let dir = tempfile::Builder::new()
         .prefix("aside-bench-")
@@ -385,13 +407,15 @@ pub async fn run(args: BenchArgs) -> Result<()> {
         let json = serde_json::to_value(&report).context("cannot encode the report")?;
         crate::html::bench::page(&report.results, &json).write(path)?;
     }
-    if args.json {
-        println!(
-            "{}",
-            serde_json::to_string(&report).context("cannot encode the report")?
-        );
+    print_report(args.json, &report, table)
+}
+
+/// Prints `report` as JSON, or as the table `table` renders.
+fn print_report<R: Serialize>(json: bool, report: &R, table: impl Fn(&R) -> String) -> Result<()> {
+    if json {
+        println!("{}", serde_json::to_string(report).context("cannot encode the report")?);
     } else {
-        print!("{}", table(&report));
+        print!("{}", table(report));
     }
     Ok(())
 }
@@ -634,6 +658,7 @@ mod tests {
             no_redis_benchmark: true,
             json: true,
             report: None,
+            scenario: BenchScenario::Hits,
         };
         assert_eq!(
             chosen_subjects(&args).unwrap(),

@@ -220,6 +220,11 @@ pub enum AsideTier {
 }
 
 impl AsideGet {
+    /// A subject reading through `ns`, loading from `db` on a miss.
+    pub fn over(ns: Namespace<u64, User>, db: Db) -> Self {
+        AsideGet { ns, db }
+    }
+
     /// A namespace on `tier`, which has read every profile of `ids` once
     /// (twice with an L1, whose copy is taken by the read after a fill).
     ///

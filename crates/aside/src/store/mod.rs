@@ -424,6 +424,16 @@ pub trait Store: Send + Sync + 'static {
     /// Reads an entry without taking a lease: its value, stale flag and lease.
     async fn peek_entry(&self, key: &str) -> StoreResult<EntryView>;
 
+    /// Reads an entry's current value, if it has one, without taking a
+    /// lease: `None` for no entry, a lease alone, or only a stale copy.
+    /// The read path's first look (a hit needs nothing else); a store
+    /// whose full [`Store::peek_entry`] costs more than a plain read of the
+    /// value overrides it (Redis: one `HGET` instead of an `HMGET`).
+    async fn peek_fresh(&self, key: &str) -> StoreResult<Option<Bytes>> {
+        let view = self.peek_entry(key).await?;
+        Ok(view.value.filter(|_| !view.stale))
+    }
+
     /// Reads an entry's value without taking a lease: `(value, stale)`.
     async fn get_entry(&self, key: &str) -> StoreResult<Option<(Bytes, bool)>> {
         let view = self.peek_entry(key).await?;

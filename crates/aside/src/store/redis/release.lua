@@ -5,7 +5,7 @@ if redis.call('HGET', KEYS[1], 't') ~= ARGV[1] then
   return 0
 end
 local waited = redis.call('HEXISTS', KEYS[1], 'w') == 1
-if redis.call('HEXISTS', KEYS[1], 'v') == 1 then
+if redis.call('HEXISTS', KEYS[1], 'v') == 1 or redis.call('HEXISTS', KEYS[1], 'o') == 1 then
   redis.call('HDEL', KEYS[1], 't', 'e', 'w')
 else
   redis.call('DEL', KEYS[1])
