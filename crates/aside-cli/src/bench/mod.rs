@@ -27,8 +27,12 @@
 //!
 //! The bench works under a random key prefix on the given Redis and deletes
 //! its keys at the end; it never flushes anything.
+//!
+//! `--scenario memory` measures resident memory per cached entry instead
+//! (see [`memory`]); the default, `--scenario hits`, is the above.
 
 mod drive;
+pub mod memory;
 #[cfg(feature = "peers")]
 mod peers;
 mod subjects;
@@ -89,6 +93,26 @@ pub struct BenchArgs {
     /// Also write the report as one self-contained HTML page with charts.
     #[arg(long, value_name = "FILE.html")]
     pub report: Option<PathBuf>,
+
+    /// What to measure: `hits` (every subject's cache hit against its
+    /// floor) or `memory` (resident bytes per cached entry: moka, the
+    /// `MemoryStore`, the L1; needs no Redis).
+    #[arg(long, value_enum, default_value_t = BenchScenario::Hits)]
+    pub scenario: BenchScenario,
+
+    /// Entries each subject holds (`--scenario memory`).
+    #[arg(long, default_value_t = 1_000_000, value_parser = clap::value_parser!(u64).range(1..=100_000_000))]
+    pub entries: u64,
+}
+
+/// What `aside bench` measures.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum BenchScenario {
+    /// The cost of a cache hit per tier, against its floor and peers.
+    Hits,
+    /// Resident memory per cached entry: moka, the `MemoryStore`, the L1
+    /// (see `bench::memory`).
+    Memory,
 }
 
 /// A bench subject.
@@ -316,6 +340,12 @@ struct Samples {
 /// Redis unreachable, database failures, a subject that answered wrongly,
 /// or a peer asked for without the `peers` feature.
 pub async fn run(args: BenchArgs) -> Result<()> {
+    if args.scenario == BenchScenario::Memory {
+        if args.report.is_some() {
+            return Err(CliError::new("--report is not available with --scenario memory"));
+        }
+        return memory::run(args.entries, args.repeat, args.json).await;
+    }
     let subjects = chosen_subjects(&args)?;
     let dir = tempfile::Builder::new()
         .prefix("aside-bench-")
@@ -634,6 +664,8 @@ mod tests {
             no_redis_benchmark: true,
             json: true,
             report: None,
+            scenario: BenchScenario::Hits,
+            entries: 1,
         };
         assert_eq!(
             chosen_subjects(&args).unwrap(),
