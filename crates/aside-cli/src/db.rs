@@ -175,7 +175,7 @@ impl Db {
     }
 
     /// The seeded profile of `id`.
-    fn profile(id: u64) -> User {
+    pub fn profile(id: u64) -> User {
         User {
             id: sql_id(id),
             name: format!("User {id}"),

@@ -11,7 +11,8 @@
 //! the workload runner (`workload`) and its report (`report`), and the
 //! HTML page of `--report` (`html`). The hidden
 //! subcommand `stampede-worker` is one reader process of
-//! `demo --scenario stampede --processes N`, started by the demo itself.
+//! `demo --scenario stampede --processes N`, started by the demo itself;
+//! `bench-memory-worker` is one subject of `bench --scenario memory`.
 #![forbid(unsafe_code)]
 
 mod bench;
@@ -75,6 +76,10 @@ enum Command {
     /// the hot key, started by the demo, released by `go` on stdin.
     #[command(hide = true)]
     StampedeWorker(scenario::stampede::workers::WorkerArgs),
+    /// One subject of `bench --scenario memory`, filled in a process of its
+    /// own so that no other subject's heap is counted.
+    #[command(hide = true)]
+    BenchMemoryWorker(bench::memory::WorkerArgs),
 }
 
 /// Logs to stderr, `default` and above unless `RUST_LOG` says otherwise;
@@ -164,6 +169,7 @@ fn main() -> ExitCode {
             Command::Soak(args) => soak::run(args).await,
             Command::Flush(args) => flush::run(args).await,
             Command::StampedeWorker(args) => scenario::stampede::workers::serve(args).await,
+            Command::BenchMemoryWorker(args) => bench::memory::worker(args).await,
         }
     });
     // The exporters send what they hold only once the runtime is done.

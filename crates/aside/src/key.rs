@@ -78,6 +78,68 @@ pub(crate) fn append_key_part<K: Display + ?Sized>(
     Ok(())
 }
 
+/// Longest key part [`inline_key_part`] writes on the stack; longer ones
+/// take [`append_key_part`]'s buffer. Integers, UUIDs and most composite
+/// keys fit.
+pub(crate) const INLINE_PART: usize = 64;
+
+/// A key part written on the stack by [`inline_key_part`].
+pub(crate) struct InlinePart {
+    bytes: [u8; INLINE_PART],
+    len: usize,
+    /// False once a write did not fit, or held a character
+    /// [`append_key_part`] refuses: the caller must take that path.
+    fast: bool,
+}
+
+impl InlinePart {
+    /// The part's bytes: what [`append_key_part`] appends for the same key.
+    pub(crate) fn as_bytes(&self) -> &[u8] {
+        &self.bytes[..self.len]
+    }
+}
+
+impl Write for InlinePart {
+    fn write_str(&mut self, s: &str) -> std::fmt::Result {
+        // ASCII graphic characters are exactly the ASCII ones that are
+        // neither control nor whitespace; anything else is checked as
+        // `append_key_part` does, char by char.
+        let clean = s.bytes().all(|b| b.is_ascii_graphic()) || !s.chars().any(|c| c.is_control() || c.is_whitespace());
+        let escape = self.len == 0 && s.starts_with(HASHED);
+        let end = self.len + s.len() + usize::from(escape);
+        if !self.fast || !clean || end > INLINE_PART {
+            self.fast = false;
+            // Stops a well-behaved `Display` early; what it writes after an
+            // error is ignored.
+            return Err(std::fmt::Error);
+        }
+        if escape {
+            self.bytes[0] = HASHED as u8;
+            self.len = 1;
+        }
+        self.bytes[self.len..end].copy_from_slice(s.as_bytes());
+        self.len = end;
+        Ok(())
+    }
+}
+
+/// The part of a full key after its `prefix_len`-byte prefix, as
+/// [`append_key_part`] writes it, built on the stack: `None` when that
+/// function must decide (an empty key, a character it refuses, which it
+/// reports with its error, a part too long for the stack or one it
+/// replaces by a digest). An L1 hit thus allocates nothing and touches
+/// no thread-local buffer for the usual short key.
+pub(crate) fn inline_key_part<K: Display + ?Sized>(prefix_len: usize, key: &K, max_len: usize) -> Option<InlinePart> {
+    let mut part = InlinePart {
+        bytes: [0; INLINE_PART],
+        len: 0,
+        fast: true,
+    };
+    let written = write!(part, "{key}");
+    let fits = prefix_len + part.len <= max_len;
+    (written.is_ok() && part.fast && part.len > 0 && fits).then_some(part)
+}
+
 /// The first character of a hashed key part, doubled in front of a literal
 /// part that starts with it (see [`append_key_part`]).
 const HASHED: char = '#';
@@ -259,6 +321,56 @@ mod tests {
                 assert_eq!(crate::store::redis::key_slot(&companion), slot, "{full} / {companion}");
             }
         }
+    }
+
+    /// The stack-built part is byte for byte `append_key_part`'s, or
+    /// declines: a caller may use either.
+    #[test]
+    fn the_inline_part_is_the_appended_part_or_none() {
+        struct Pieces(&'static [&'static str]);
+        impl Display for Pieces {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                self.0.iter().try_for_each(|p| f.write_str(p))
+            }
+        }
+        let max = 250;
+        let long = "z".repeat(INLINE_PART + 1);
+        let near = "n".repeat(max - "ns:".len());
+        // 64 bytes escaped: fits; 65: does not.
+        let exact = format!("#{}", "w".repeat(INLINE_PART - 2));
+        let over = format!("#{}", "w".repeat(INLINE_PART - 1));
+        let cases: Vec<(&dyn Display, bool)> = vec![
+            (&42u64, true),
+            (&"a:b", true),
+            (&"#a", true),
+            (&"##", true),
+            (&"é:ü", true),
+            (&Pieces(&["#", "a", ":", "b"]), true),
+            (&Pieces(&["a", "#"]), true),
+            (&"", false),
+            (&"a b", false),
+            (&"a\u{85}b", false),
+            (&Pieces(&["a", " "]), false),
+            (&long, false),
+            (&near, false),
+            (&exact, true),
+            (&over, false),
+        ];
+        for (key, fast) in cases {
+            let mut appended = String::new();
+            let slow = append_key_part(&mut appended, "ns:".len(), key, max);
+            match inline_key_part("ns:".len(), key, max) {
+                Some(part) => {
+                    assert!(fast, "{key} took the fast path");
+                    assert_eq!(part.as_bytes(), appended.as_bytes(), "{key}");
+                    assert!(slow.is_ok());
+                }
+                None => assert!(!fast, "{key} declined"),
+            }
+        }
+        // A part that fits the stack but not the key bound is hashed.
+        assert!(inline_key_part(240, &"a".repeat(11), 250).is_none());
+        assert!(inline_key_part(240, &"a".repeat(10), 250).is_some());
     }
 
     #[test]

@@ -27,9 +27,13 @@
 //!
 //! The bench works under a random key prefix on the given Redis and deletes
 //! its keys at the end; it never flushes anything.
+//!
+//! `--scenario memory` measures resident memory per cached entry instead
+//! (see [`memory`]); the default, `--scenario hits`, is the above.
 
 mod drive;
 mod outage;
+pub mod memory;
 #[cfg(feature = "peers")]
 mod peers;
 mod subjects;
@@ -92,17 +96,26 @@ pub struct BenchArgs {
     pub report: Option<PathBuf>,
 
     /// What to measure: `hits` (every subject's cache hit against its
-    /// floor) or `outage` (Redis blackholed behind a fault proxy, the
-    /// breaker open: what aside adds to a read of the database alone).
+    /// floor), `memory` (resident bytes per cached entry: moka, the
+    /// `MemoryStore`, the L1; needs no Redis) or `outage` (Redis
+    /// blackholed behind a fault proxy, the breaker open: what aside adds
+    /// to a read of the database alone).
     #[arg(long, value_enum, default_value_t = BenchScenario::Hits)]
     pub scenario: BenchScenario,
+
+    /// Entries each subject holds (`--scenario memory`).
+    #[arg(long, default_value_t = 1_000_000, value_parser = clap::value_parser!(u64).range(1..=100_000_000))]
+    pub entries: u64,
 }
 
 /// What `aside bench` measures.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum BenchScenario {
-    /// The cost of a cache hit, every subject against its floor.
+    /// The cost of a cache hit per tier, against its floor and peers.
     Hits,
+    /// Resident memory per cached entry: moka, the `MemoryStore`, the L1
+    /// (see `bench::memory`).
+    Memory,
     /// Redis blackholed, the breaker open: the added latency over the database alone.
     Outage,
 }
@@ -332,10 +345,15 @@ struct Samples {
 /// Redis unreachable, database failures, a subject that answered wrongly,
 /// or a peer asked for without the `peers` feature.
 pub async fn run(args: BenchArgs) -> Result<()> {
+    if args.scenario != BenchScenario::Hits && args.report.is_some() {
+        return Err(CliError::new(
+            "--report is available with --scenario hits only",
+        ));
+    }
+    if args.scenario == BenchScenario::Memory {
+        return memory::run(args.entries, args.repeat, args.json).await;
+    }
     if args.scenario == BenchScenario::Outage {
-        if args.report.is_some() {
-            return Err(CliError::new("--report is not available with --scenario outage"));
-        }
         return outage::run(&args).await;
     }
     let subjects = chosen_subjects(&args)?;
@@ -659,6 +677,7 @@ mod tests {
             json: true,
             report: None,
             scenario: BenchScenario::Hits,
+            entries: 1,
         };
         assert_eq!(
             chosen_subjects(&args).unwrap(),

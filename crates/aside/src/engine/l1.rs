@@ -42,6 +42,17 @@ impl<V: Clone + Send + Sync + 'static> NsInner<V> {
         if let Some(hit) = self.l1_hit_for(key)? {
             return Ok(hit);
         }
+        self.fetch_key_below_l1(key, loader).await
+    }
+
+    /// [`NsInner::fetch_key`] once the L1 has missed (or is absent).
+    pub(crate) async fn fetch_key_below_l1<K, F, Fut, E>(&self, key: &K, loader: F) -> Result<Fetched<V>>
+    where
+        K: Display + ?Sized,
+        F: FnMut() -> Fut,
+        Fut: Future<Output = std::result::Result<Option<V>, E>>,
+        E: std::error::Error + Send + Sync + 'static,
+    {
         let full = self.full_key(key)?;
         if self.l1.is_none() {
             // Nothing to install: around the read, `below_l1`'s extra future
@@ -140,29 +151,28 @@ impl<V: Clone + Send + Sync + 'static> NsInner<V> {
     }
 
     /// The L1's answer for `key`, counted as a hit, if it has one. Its key
-    /// is built in a buffer of this thread's, so a hit allocates nothing:
-    /// the key would cost as much as the lookup.
+    /// is built on the stack (or, when long or refused, in a buffer of this
+    /// thread's, where `key::append_key_part` reports the error), so a hit
+    /// allocates nothing: the key would cost as much as the lookup.
     pub(crate) fn l1_hit_for<K: Display + ?Sized>(&self, key: &K) -> Result<Option<Fetched<V>>> {
-        if self.l1.is_none() {
-            return Ok(None);
-        }
-        L1_KEY.with_borrow_mut(|buf| {
-            buf.clear();
-            key::append_key_part(buf, self.key_prefix.len(), key, self.core.max_key_len)?;
-            Ok(self.l1_hit_local(buf))
-        })
-    }
-
-    /// The L1's answer for an entry key (a full key without the namespace's
-    /// prefix), counted as a hit, if it has one.
-    fn l1_hit_local(&self, local: &str) -> Option<Fetched<V>> {
-        let value = self.l1.as_ref()?.get_local(local)?;
-        self.record(Event::Hit);
-        self.record(Event::L1Hit);
-        Some(Fetched {
-            value,
-            source: Source::Hit,
-        })
+        let Some(l1) = &self.l1 else { return Ok(None) };
+        let prefix_len = self.key_prefix.len();
+        let value = match key::inline_key_part(prefix_len, key, self.core.max_key_len) {
+            Some(part) => l1.get_local(part.as_bytes()),
+            None => L1_KEY.with_borrow_mut(|buf| {
+                buf.clear();
+                key::append_key_part(buf, prefix_len, key, self.core.max_key_len)?;
+                Ok::<_, crate::Error>(l1.get_local(buf.as_bytes()))
+            })?,
+        };
+        Ok(value.map(|value| {
+            self.record(Event::Hit);
+            self.record(Event::L1Hit);
+            Fetched {
+                value,
+                source: Source::Hit,
+            }
+        }))
     }
 
     /// Runs `read`, a single-key read below the L1 of `full`, and installs

@@ -32,15 +32,25 @@
 //! then not installed (an invalidation may have come after its load).
 //!
 //! Entries are keyed by the part of the full key after the namespace's
-//! prefix, which is the same for every entry: shorter keys hash faster, and
-//! a hit can build its key without the prefix (see `Namespace::fetch`).
+//! prefix (the *local key*), which is the same for every entry, and the
+//! cache itself by a 64-bit hash of the local key: a hit hashes a few
+//! bytes written on the stack (see `key::inline_key_part`) instead of
+//! building a `String` and hashing it with SipHash, and compares no key
+//! strings inside moka. The entry keeps its local key, and a hit whose key
+//! differs (two keys with one hash) is a miss: a collision can never
+//! answer with another key's value. Colliding keys share one slot, so an
+//! install of one replaces the other, and an eviction of either removes
+//! whichever is there: both only cost a reload. The hash is seeded per L1
+//! at random, so which keys collide cannot be chosen from outside.
 //!
 //! Epochs are striped: a key's fills and invalidations use the epoch of
-//! its stripe (one of [`EPOCH_STRIPES`], by a hash of the key), so an
+//! its stripe (one of [`EPOCH_STRIPES`], by the same hash), so an
 //! invalidation makes only the concurrent fills of keys on its stripe skip
 //! the L1 once, not those of the whole namespace, and no map of per-key
 //! epochs grows with the keys. Clearing the L1 bumps every stripe.
 
+use std::hash::{BuildHasherDefault, Hasher};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
@@ -56,24 +66,29 @@ pub(crate) struct L1Config {
 /// Epoch stripes per L1 (see the module documentation).
 const EPOCH_STRIPES: usize = 64;
 
-/// A local copy and how long it may live: the shorter of the L1's TTL and
+/// A local copy, the local key it is the copy of (what a hit checks its
+/// key against), and how long it may live: the shorter of the L1's TTL and
 /// what is left of the entry's own logical life (a tombstone's negative
 /// TTL, a value's TTL as its header gives it).
+///
+/// Cloned by every hit (moka's `get` returns a clone): the key is an
+/// `Arc<str>`, one reference count, not a copy of its bytes.
 #[derive(Clone)]
 struct Local<V> {
+    key: Arc<str>,
     value: Option<V>,
     life: Duration,
 }
 
 struct LocalExpiry;
 
-impl<V> moka::Expiry<String, Local<V>> for LocalExpiry {
-    fn expire_after_create(&self, _: &String, local: &Local<V>, _: std::time::Instant) -> Option<Duration> {
+impl<V> moka::Expiry<u64, Local<V>> for LocalExpiry {
+    fn expire_after_create(&self, _: &u64, local: &Local<V>, _: std::time::Instant) -> Option<Duration> {
         Some(local.life)
     }
     fn expire_after_update(
         &self,
-        _: &String,
+        _: &u64,
         local: &Local<V>,
         _: std::time::Instant,
         _: Option<Duration>,
@@ -82,8 +97,39 @@ impl<V> moka::Expiry<String, Local<V>> for LocalExpiry {
     }
 }
 
+/// moka's hasher of the L1's keys, which are already hashes
+/// ([`L1::hash`]): it passes them through instead of hashing them again.
+#[derive(Default)]
+struct Prehashed(u64);
+
+impl Hasher for Prehashed {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        // Only `write_u64` is called for a `u64` key; this keeps any other
+        // use correct.
+        for &b in bytes {
+            self.0 = (self.0.rotate_left(8) ^ u64::from(b)).wrapping_mul(MIX);
+        }
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
+    }
+}
+
+/// An odd constant with well-spread bits (the golden ratio's fraction).
+const MIX: u64 = 0x9E37_79B9_7F4A_7C15;
+
+/// The high and low halves of `a * b` folded together: every input bit
+/// reaches many output bits in one multiplication.
+fn folded_multiply(a: u64, b: u64) -> u64 {
+    let full = u128::from(a) * u128::from(b);
+    (full as u64) ^ ((full >> 64) as u64)
+}
+
 pub(crate) struct L1<V> {
-    cache: Cache<String, Local<V>>,
+    cache: Cache<u64, Local<V>, BuildHasherDefault<Prehashed>>,
     ttl: Duration,
     epochs: [AtomicU64; EPOCH_STRIPES],
     /// Held by a fill across its epoch check and insert, and by every move
@@ -92,6 +138,11 @@ pub(crate) struct L1<V> {
     moves: [std::sync::Mutex<()>; EPOCH_STRIPES],
     /// Length of the namespace's key prefix, cut off every full key.
     prefix_len: usize,
+    /// This L1's hash seed (see the module documentation).
+    seed: u64,
+    /// Every key's hash, when a test forces collisions.
+    #[cfg(test)]
+    forced_hash: Option<u64>,
 }
 
 impl<V: Clone + Send + Sync + 'static> L1<V> {
@@ -100,11 +151,14 @@ impl<V: Clone + Send + Sync + 'static> L1<V> {
             cache: Cache::builder()
                 .max_capacity(config.max_entries)
                 .expire_after(LocalExpiry)
-                .build(),
+                .build_with_hasher(BuildHasherDefault::default()),
             ttl: config.ttl,
             epochs: std::array::from_fn(|_| AtomicU64::new(0)),
             moves: std::array::from_fn(|_| std::sync::Mutex::new(())),
             prefix_len,
+            seed: rand::random(),
+            #[cfg(test)]
+            forced_hash: None,
         }
     }
 
@@ -113,53 +167,80 @@ impl<V: Clone + Send + Sync + 'static> L1<V> {
         full.get(self.prefix_len..).unwrap_or(full)
     }
 
+    /// The hash of a local key: its moka key and its epoch stripe. Words
+    /// of 8 bytes, each folded in by one multiplication, then the length.
+    fn hash(&self, local: &[u8]) -> u64 {
+        #[cfg(test)]
+        if let Some(forced) = self.forced_hash {
+            return forced;
+        }
+        let mut h = self.seed;
+        let mut words = local.chunks_exact(8);
+        for word in &mut words {
+            let word = u64::from_le_bytes(word.try_into().expect("8 bytes"));
+            h = folded_multiply(h ^ word, MIX);
+        }
+        let rest = words.remainder();
+        let mut last = [0u8; 8];
+        last[..rest.len()].copy_from_slice(rest);
+        h = folded_multiply(h ^ u64::from_le_bytes(last), MIX);
+        folded_multiply(h ^ local.len() as u64, MIX)
+    }
+
     /// The local value of a full key: `Some(None)` is a cached "not found".
     pub(crate) fn get(&self, full: &str) -> Option<Option<V>> {
-        self.cache.get(self.local(full)).map(|l| l.value)
+        self.get_local(self.local(full).as_bytes())
     }
 
-    /// The local value of an entry key (a full key without its prefix).
-    pub(crate) fn get_local(&self, local: &str) -> Option<Option<V>> {
-        self.cache.get(local).map(|l| l.value)
+    /// The local value of an entry key (a full key without its prefix),
+    /// if the entry in its slot is that key's (not a colliding key's).
+    pub(crate) fn get_local(&self, local: &[u8]) -> Option<Option<V>> {
+        let found = self.cache.get(&self.hash(local))?;
+        (found.key.as_bytes() == local).then_some(found.value)
     }
 
-    /// The epoch stripe of an entry key.
-    fn stripe(&self, local: &str) -> &AtomicU64 {
-        &self.epochs[Self::stripe_index(local)]
+    /// The epoch stripe of an entry key's hash.
+    fn stripe(&self, hash: u64) -> &AtomicU64 {
+        &self.epochs[Self::stripe_index(hash)]
     }
 
-    fn stripe_index(local: &str) -> usize {
-        use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
-        let hash = BuildHasherDefault::<DefaultHasher>::default().hash_one(local);
+    fn stripe_index(hash: u64) -> usize {
         (hash % EPOCH_STRIPES as u64) as usize
     }
 
-    /// Holds the lock of `local`'s stripe: no fill and no move of its epoch
-    /// interleaves with the caller's.
-    fn lock_stripe(&self, local: &str) -> std::sync::MutexGuard<'_, ()> {
-        self.moves[Self::stripe_index(local)]
+    /// Holds the lock of the stripe of `hash`: no fill and no move of its
+    /// epoch interleaves with the caller's.
+    fn lock_stripe(&self, hash: u64) -> std::sync::MutexGuard<'_, ()> {
+        self.moves[Self::stripe_index(hash)]
             .lock()
             .unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The hash and epoch stripe of a full key.
+    fn slot(&self, full: &str) -> (u64, &AtomicU64) {
+        let hash = self.hash(self.local(full).as_bytes());
+        (hash, self.stripe(hash))
     }
 
     /// The epoch of `full`'s stripe, to hand to [`L1::install`] after
     /// reading the store.
     pub(crate) fn epoch(&self, full: &str) -> u64 {
-        self.stripe(self.local(full)).load(Ordering::SeqCst)
+        self.slot(full).1.load(Ordering::SeqCst)
     }
 
     /// Installs a value read from the store after `epoch` was taken, for at
     /// most `life` (and the L1's TTL), unless an invalidation of a key on the
     /// same stripe happened since.
     pub(crate) fn install(&self, full: &str, value: Option<V>, epoch: u64, life: Duration) {
-        let key = self.local(full);
+        let (hash, stripe) = self.slot(full);
         let life = life.min(self.ttl);
         if life.is_zero() {
             return;
         }
-        let _no_move = self.lock_stripe(key);
-        if self.stripe(key).load(Ordering::SeqCst) == epoch {
-            self.cache.insert(key.to_owned(), Local { value, life });
+        let _no_move = self.lock_stripe(hash);
+        if stripe.load(Ordering::SeqCst) == epoch {
+            let key = self.local(full).into();
+            self.cache.insert(hash, Local { key, value, life });
         }
     }
 
@@ -178,10 +259,10 @@ impl<V: Clone + Send + Sync + 'static> L1<V> {
     /// key on the stripe between the refresh's eviction and its fill was
     /// enough (the history checker's I1Refresh, seed 12443787499811566399).
     pub(crate) fn advance(&self, full: &str, epoch: u64) -> Option<u64> {
-        let key = self.local(full);
-        let _no_fill = self.lock_stripe(key);
-        let previous = self.stripe(key).fetch_add(1, Ordering::SeqCst);
-        self.cache.invalidate(key);
+        let (hash, stripe) = self.slot(full);
+        let _no_fill = self.lock_stripe(hash);
+        let previous = stripe.fetch_add(1, Ordering::SeqCst);
+        self.cache.invalidate(&hash);
         (previous == epoch).then(|| previous.wrapping_add(1))
     }
 
@@ -196,12 +277,13 @@ impl<V: Clone + Send + Sync + 'static> L1<V> {
         self.cache.invalidate_all();
     }
 
-    /// Evicts `full` (an invalidation, local or from another process).
+    /// Evicts `full` (an invalidation, local or from another process), and
+    /// with it whatever key shares its slot.
     pub(crate) fn evict(&self, full: &str) {
-        let key = self.local(full);
-        let _no_fill = self.lock_stripe(key);
-        self.stripe(key).fetch_add(1, Ordering::SeqCst);
-        self.cache.invalidate(key);
+        let (hash, stripe) = self.slot(full);
+        let _no_fill = self.lock_stripe(hash);
+        stripe.fetch_add(1, Ordering::SeqCst);
+        self.cache.invalidate(&hash);
     }
 }
 
@@ -330,6 +412,56 @@ mod tests {
         )
     }
 
+    /// Two keys with one hash share a slot: neither ever reads the
+    /// other's value, and an eviction by either key's string empties the
+    /// slot (fails with the key check in `get_local` removed).
+    #[test]
+    fn a_hash_collision_is_a_miss_never_the_other_keys_value() {
+        let mut l1 = l1();
+        l1.forced_hash = Some(7);
+        let (a, b) = ("ns:a", "ns:b");
+        let life = Duration::from_secs(60);
+        assert_eq!(l1.hash(b"a"), l1.hash(b"b"), "forced collision");
+
+        l1.install(a, Some(1), l1.epoch(a), life);
+        assert_eq!(l1.get(a), Some(Some(1)));
+        assert_eq!(l1.get(b), None, "`b` read `a`'s value");
+        assert_eq!(l1.get_local(b"b"), None, "`b` read `a`'s value");
+
+        // `b` takes the slot: `a` misses now, and never reads `b`'s value.
+        l1.install(b, Some(2), l1.epoch(b), life);
+        assert_eq!(l1.get(b), Some(Some(2)));
+        assert_eq!(l1.get(a), None, "`a` read `b`'s value");
+
+        // An eviction by either string removes what the slot holds.
+        l1.evict(a);
+        assert_eq!(l1.get(b), None, "evicting `a` left its slot's entry");
+        l1.install(b, Some(3), l1.epoch(b), life);
+        l1.evict(b);
+        assert_eq!(l1.get(b), None, "evicting `b` left it");
+    }
+
+    /// Without collisions forced, distinct keys keep distinct entries, and
+    /// an eviction by string removes exactly the key's entry.
+    #[test]
+    fn entries_are_found_and_evicted_by_their_key_strings() {
+        let l1 = l1();
+        let life = Duration::from_secs(60);
+        let keys: Vec<String> = (0..50).map(|i| format!("ns:k{i}")).collect();
+        for (i, k) in keys.iter().enumerate() {
+            l1.install(k, Some(i as u32), l1.epoch(k), life);
+        }
+        l1.evict(&keys[7]);
+        for (i, k) in keys.iter().enumerate() {
+            let want = (i != 7).then_some(Some(i as u32));
+            assert_eq!(l1.get(k), want, "{k}");
+            assert_eq!(l1.get_local(&k.as_bytes()[3..]), want, "{k}");
+        }
+        // A hash depends on every byte and on the length.
+        assert_ne!(l1.hash(b"abcdefgh1"), l1.hash(b"abcdefgh2"));
+        assert_ne!(l1.hash(b"a"), l1.hash(b"a\0"));
+    }
+
     #[test]
     fn a_replacement_refuses_fills_of_its_epoch_and_yields_to_an_invalidation() {
         let l1 = l1();
@@ -358,7 +490,7 @@ mod tests {
         // A key on `a`'s stripe.
         let neighbour = (0..1000)
             .map(|i| format!("ns:k{i}"))
-            .find(|k| std::ptr::eq(l1.stripe(l1.local(k)), l1.stripe("a")))
+            .find(|k| std::ptr::eq(l1.slot(k).1, l1.slot(a).1))
             .expect("64 stripes");
         // The refresh took its epoch; then the neighbour was invalidated,
         // and a reader took the newer epoch and read the value the refresh
@@ -389,7 +521,7 @@ mod tests {
         // A key on another stripe than `a`'s.
         let other = (0..1000)
             .map(|i| format!("ns:k{i}"))
-            .find(|k| !std::ptr::eq(l1.stripe(l1.local(k)), l1.stripe("a")))
+            .find(|k| !std::ptr::eq(l1.slot(k).1, l1.slot(a).1))
             .expect("64 stripes");
 
         let epoch = l1.epoch(a);
