@@ -42,6 +42,11 @@ impl<V: Clone + Send + Sync + 'static> NsInner<V> {
         if let Some(hit) = self.l1_hit_for(key)? {
             return Ok(hit);
         }
+        // A store of this process that keeps decoded values: a fresh hit
+        // there needs neither the key's `String` nor the read path below.
+        if let Some(hit) = self.local_hit_for(key)? {
+            return Ok(hit);
+        }
         let full = self.full_key(key)?;
         if self.l1.is_none() {
             // Nothing to install: around the read, `below_l1`'s extra future
