@@ -17,7 +17,6 @@ use std::hash::Hash;
 use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
-use bytes::Bytes;
 use tokio::time::Instant;
 
 use super::batch::Found;
