@@ -58,8 +58,10 @@ fn main() {
         .expect("runtime");
     match subject.as_str() {
         "moka-get" => {
-            let moka: moka::sync::Cache<u64, Profile> =
-                moka::sync::Cache::builder().max_capacity(10_000).time_to_live(TTL).build();
+            let moka: moka::sync::Cache<u64, Profile> = moka::sync::Cache::builder()
+                .max_capacity(10_000)
+                .time_to_live(TTL)
+                .build();
             moka.insert(KEY, profile(KEY));
             for _ in 0..1_000 {
                 black_box(moka.get(&KEY));
@@ -138,7 +140,12 @@ fn counted_loader(id: u64) -> impl FnMut() -> std::future::Ready<Result<Option<P
 /// Resident set size in bytes (`/proc/self/statm`, 4 KiB pages).
 fn rss() -> u64 {
     let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
-    statm.split_whitespace().nth(1).and_then(|p| p.parse::<u64>().ok()).unwrap_or(0) * 4096
+    statm
+        .split_whitespace()
+        .nth(1)
+        .and_then(|p| p.parse::<u64>().ok())
+        .unwrap_or(0)
+        * 4096
 }
 
 /// Prints the resident bytes per entry added since `before`.

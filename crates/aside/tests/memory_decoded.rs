@@ -81,7 +81,11 @@ async fn hits_after_the_first_do_not_decode() {
             "{strategy:?}: 10 hits should decode once (the first), not each time"
         );
         assert_eq!(ns.get(&1).await.unwrap(), Some(profile(1)));
-        assert_eq!(decodes.0.load(Ordering::SeqCst) - after_fill, 1, "{strategy:?}: get decoded");
+        assert_eq!(
+            decodes.0.load(Ordering::SeqCst) - after_fill,
+            1,
+            "{strategy:?}: get decoded"
+        );
     }
 }
 
@@ -114,7 +118,12 @@ async fn byte_readers_of_a_decoded_slot_get_the_engines_bytes() {
         .unwrap();
     assert_eq!(none, None);
     let written = store.peek_entry("n:1").await.unwrap().value.expect("tombstone");
-    assert_eq!(neg.get_or_load(&1, || async { Ok::<_, std::io::Error>(Some(profile(2))) }).await.unwrap(), None);
+    assert_eq!(
+        neg.get_or_load(&1, || async { Ok::<_, std::io::Error>(Some(profile(2))) })
+            .await
+            .unwrap(),
+        None
+    );
     assert_eq!(store.peek_entry("n:1").await.unwrap().value, Some(written));
 }
 
@@ -140,10 +149,17 @@ async fn other_types_and_codecs_on_one_key_are_misses_not_panics() {
     assert_eq!(load(&profiles, profile(2)).await, Some(profile(2)));
     assert_eq!(load(&profiles, profile(9)).await, Some(profile(2)));
     // The same type in another codec must not take the JSON entry.
-    assert_eq!(load(&packed, profile(3)).await, Some(profile(3)), "took another codec's entry");
+    assert_eq!(
+        load(&packed, profile(3)).await,
+        Some(profile(3)),
+        "took another codec's entry"
+    );
     assert_eq!(load(&packed, profile(9)).await, Some(profile(3)));
     // Corrupt bytes: a miss, loaded again.
-    store.put_entry("x:1", Bytes::from_static(b"\x00garbage"), TTL).await.unwrap();
+    store
+        .put_entry("x:1", Bytes::from_static(b"\x00garbage"), TTL)
+        .await
+        .unwrap();
     assert_eq!(load(&profiles, profile(4)).await, Some(profile(4)));
     assert_eq!(load(&profiles, profile(9)).await, Some(profile(4)));
     // Batches read decoded slots of either type.

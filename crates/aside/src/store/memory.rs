@@ -800,7 +800,9 @@ mod tests {
         }
     }
 
-    fn decoder(count: &std::sync::atomic::AtomicUsize) -> impl Fn(&Bytes) -> Option<Arc<dyn crate::store::SharedEntry>> + '_ {
+    fn decoder(
+        count: &std::sync::atomic::AtomicUsize,
+    ) -> impl Fn(&Bytes) -> Option<Arc<dyn crate::store::SharedEntry>> + '_ {
         move |b: &Bytes| {
             count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
             Some(Arc::new(TestShared(b.clone())) as Arc<dyn crate::store::SharedEntry>)
@@ -822,13 +824,24 @@ mod tests {
             let view = store.peek_shared("k", &decoder(&decodes)).expect("local");
             assert!(is_decoded(&view));
         }
-        assert_eq!(decodes.load(std::sync::atomic::Ordering::SeqCst), 1, "every hit decoded");
+        assert_eq!(
+            decodes.load(std::sync::atomic::Ordering::SeqCst),
+            1,
+            "every hit decoded"
+        );
         // Plain values (the `Delete` strategies) alike.
         store.set("p", Bytes::from_static(b"v1"), TTL).await.unwrap();
         for _ in 0..5 {
-            assert!(matches!(store.get_shared("p", &decoder(&decodes)), Some(Some(Held::Decoded(_)))));
+            assert!(matches!(
+                store.get_shared("p", &decoder(&decodes)),
+                Some(Some(Held::Decoded(_)))
+            ));
         }
-        assert_eq!(decodes.load(std::sync::atomic::Ordering::SeqCst), 2, "every plain hit decoded");
+        assert_eq!(
+            decodes.load(std::sync::atomic::Ordering::SeqCst),
+            2,
+            "every plain hit decoded"
+        );
         // A byte-level reader gets the bytes back.
         assert_eq!(store.get("p").await.unwrap().as_deref(), Some(&b"v1"[..]));
         assert_eq!(store.peek_entry("k").await.unwrap().value.as_deref(), Some(&b"v1"[..]));
@@ -897,10 +910,11 @@ mod tests {
         store.put_entry("k", Bytes::from_static(b"v1"), TTL).await.unwrap();
         let view = store.peek_shared("k", &|_: &Bytes| None).unwrap();
         assert!(matches!(view.value, Some(Held::Bytes(_))));
-        let Some(Held::Bytes(old)) = view.value else { unreachable!() };
+        let Some(Held::Bytes(old)) = view.value else {
+            unreachable!()
+        };
         store.put_entry("k", Bytes::from_static(b"v2"), TTL).await.unwrap();
         store.keep_decoded("k", &old, Held::Decoded(Arc::new(TestShared(old.clone()))));
         assert_eq!(store.peek_entry("k").await.unwrap().value.as_deref(), Some(&b"v2"[..]));
     }
-
 }
