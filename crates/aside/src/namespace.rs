@@ -330,7 +330,15 @@ where
         E: std::error::Error + Send + Sync + 'static,
     {
         let span = self.span(op, Some(key));
-        let result = self.inner.fetch_key(key, loader).instrument(span.clone()).await;
+        // A hit of a store of this process that keeps decoded values
+        // answers before the read's future is built: moving that future
+        // (kilobytes of state) into `instrument` cost more than the hit
+        // (`benches/hit_profile.rs` under callgrind, `scripts/profile-hits`).
+        let result = match self.inner.local_hit_for(key) {
+            Ok(Some(hit)) => Ok(hit),
+            Err(e) => Err(e),
+            Ok(None) => self.inner.fetch_key(key, loader).instrument(span.clone()).await,
+        };
         telemetry::record_fetched(&span, &result);
         result
     }
