@@ -330,18 +330,24 @@ where
         E: std::error::Error + Send + Sync + 'static,
     {
         let span = self.span(op, Some(key));
-        // An L1 hit answers before the read's future is built: moving that
+        // A hit of the L1, or of a store of this process that keeps decoded
+        // values, answers before the read's future is built: moving that
         // future (kilobytes of state) into `instrument` was most of a hit's
-        // cost (`benches/l1_profile.rs` under callgrind).
+        // cost (`scripts/profile-hits`: `l1_profile` and `hit_profile`
+        // under callgrind).
         let result = match self.inner.l1_hit_for(key) {
             Ok(Some(hit)) => Ok(hit),
             Err(e) => Err(e),
-            Ok(None) => {
-                self.inner
-                    .fetch_key_below_l1(key, loader)
-                    .instrument(span.clone())
-                    .await
-            }
+            Ok(None) => match self.inner.local_hit_for(key) {
+                Ok(Some(hit)) => Ok(hit),
+                Err(e) => Err(e),
+                Ok(None) => {
+                    self.inner
+                        .fetch_key_below_l1(key, loader)
+                        .instrument(span.clone())
+                        .await
+                }
+            },
         };
         telemetry::record_fetched(&span, &result);
         result

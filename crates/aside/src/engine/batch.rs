@@ -23,7 +23,7 @@ use super::single_flight::{Begin, Leader};
 use super::state::{NsInner, Settled, Shared, Source};
 use crate::error::{Error, ErrorKind, Result};
 use crate::metrics::Event;
-use crate::store::{Fill, FillOutcome, LeaseOutcome, LeaseToken};
+use crate::store::{Fill, FillOutcome, Held, LeaseOutcome, LeaseToken};
 
 /// Rounds before the remaining keys are loaded without the cache.
 const MAX_ROUNDS: usize = 3;
@@ -160,6 +160,13 @@ impl<V: Clone + Send + Sync + 'static> NsInner<V> {
     /// and reloads expired ones.
     pub(crate) async fn batch_hit(&self, key: &str, bytes: &[u8]) -> Option<(Option<V>, Option<u64>)> {
         let entry = self.decode_hit(key, bytes).await?;
+        let expires_at_ms = entry.expires_at_ms();
+        (self.freshness(&entry) != Freshness::Expired).then_some((entry.value, expires_at_ms))
+    }
+
+    /// [`NsInner::batch_hit`] of a value as a local store holds it.
+    pub(crate) async fn batch_hit_held(&self, key: &str, held: Held) -> Option<(Option<V>, Option<u64>)> {
+        let entry = self.entry_of(key, held).await?;
         let expires_at_ms = entry.expires_at_ms();
         (self.freshness(&entry) != Freshness::Expired).then_some((entry.value, expires_at_ms))
     }

@@ -42,10 +42,16 @@ impl<V: Clone + Send + Sync + 'static> NsInner<V> {
         if let Some(hit) = self.l1_hit_for(key)? {
             return Ok(hit);
         }
+        // A store of this process that keeps decoded values: a fresh hit
+        // there needs neither the key's `String` nor the read path below.
+        if let Some(hit) = self.local_hit_for(key)? {
+            return Ok(hit);
+        }
         self.fetch_key_below_l1(key, loader).await
     }
 
-    /// [`NsInner::fetch_key`] once the L1 has missed (or is absent).
+    /// [`NsInner::fetch_key`] once the L1 and a store of this process that
+    /// keeps decoded values (`engine::local`) have missed, or are absent.
     pub(crate) async fn fetch_key_below_l1<K, F, Fut, E>(&self, key: &K, loader: F) -> Result<Fetched<V>>
     where
         K: Display + ?Sized,

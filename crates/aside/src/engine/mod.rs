@@ -39,6 +39,7 @@ pub(crate) mod batch;
 pub(crate) mod entry;
 pub(crate) mod l1;
 pub(crate) mod lease;
+pub(crate) mod local;
 pub(crate) mod read;
 pub(crate) mod refresh;
 pub(crate) mod retry;

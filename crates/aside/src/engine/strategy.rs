@@ -17,7 +17,6 @@ use std::hash::Hash;
 use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
-use bytes::Bytes;
 use tokio::time::Instant;
 
 use super::batch::Found;
@@ -26,7 +25,7 @@ use super::retry::PendingOp;
 use super::state::{NsInner, Shared};
 use crate::error::{Error, ErrorKind, Result};
 use crate::policy::Strategy;
-use crate::store::LeaseToken;
+use crate::store::{EntryView, Held, LeaseToken, SharedView};
 
 /// What a load replaces, which decides the lease it takes and what it
 /// falls back to when the loader fails.
@@ -64,6 +63,26 @@ impl<V: Clone + Send + Sync + 'static> NsInner<V> {
         if self.core.retry.is_pending(&self.pending_key(full)) {
             return plain_miss();
         }
+        // A store that keeps decoded values (`engine::local`).
+        if self.strategy == Strategy::Lease
+            && let Some(view) = self.peek_shared(full)
+        {
+            return match view {
+                SharedView {
+                    value: Some(held),
+                    stale: false,
+                    lease,
+                } => match self.entry_of(full, held).await {
+                    Some(entry) => self.judge(entry, None, lease),
+                    None => plain_miss(),
+                },
+                view => Cached::Miss {
+                    version: None,
+                    lease: view.lease,
+                    current: None,
+                },
+            };
+        }
         let store = &self.core.store;
         match self.strategy {
             // The current value only: the lease an entry may hold is not
@@ -90,8 +109,12 @@ impl<V: Clone + Send + Sync + 'static> NsInner<V> {
                 let data_key = Self::versioned_key(full, version);
                 // Only the data key heals: deleting the counter would take it
                 // back to version 0, where an old row may still be.
-                let entry = match self.call(store.get(&data_key)).await {
-                    Ok(Some(bytes)) => self.decode_hit(&data_key, &bytes).await,
+                let read = match self.get_shared(&data_key) {
+                    Some(held) => Ok(held),
+                    None => self.call(store.get(&data_key)).await.map(|b| b.map(Held::Bytes)),
+                };
+                let entry = match read {
+                    Ok(Some(held)) => self.entry_of(&data_key, held).await,
                     Ok(None) => None,
                     Err(e) => {
                         self.heal(&data_key, &e).await;
@@ -108,8 +131,12 @@ impl<V: Clone + Send + Sync + 'static> NsInner<V> {
                 }
             }
             Strategy::Delete | Strategy::DoubleDelete { .. } => {
-                let entry = match self.call(store.get(full)).await {
-                    Ok(Some(bytes)) => self.decode_hit(full, &bytes).await,
+                let read = match self.get_shared(full) {
+                    Some(held) => Ok(held),
+                    None => self.call(store.get(full)).await.map(|b| b.map(Held::Bytes)),
+                };
+                let entry = match read {
+                    Ok(Some(held)) => self.entry_of(full, held).await,
                     Ok(None) => None,
                     Err(e) => return self.miss_after(full, &e).await,
                 };
@@ -136,15 +163,39 @@ impl<V: Clone + Send + Sync + 'static> NsInner<V> {
             .map(|full| self.core.retry.is_pending(&self.pending_key(full)))
             .collect();
         let store = &self.core.store;
-        let looked: Vec<(Option<Bytes>, Option<LeaseToken>)> = match self.strategy {
-            Strategy::Lease => match self.call(store.peek_many(&fulls)).await {
+        // A store of this process that keeps decoded values is read key by
+        // key without its bytes (`engine::local`); `None` from the first
+        // key says the store does not.
+        let shared = match self.strategy {
+            Strategy::Lease => fulls.first().and_then(|f| self.peek_shared(f)).map(|_| {
+                fulls
+                    .iter()
+                    .map(|full| {
+                        let view = self.peek_shared(full).unwrap_or_default();
+                        (view.value.filter(|_| !view.stale), view.lease)
+                    })
+                    .collect::<Vec<_>>()
+            }),
+            Strategy::Delete | Strategy::DoubleDelete { .. } => {
+                fulls.first().and_then(|f| self.get_shared(f)).map(|_| {
+                    fulls
+                        .iter()
+                        .map(|full| (self.get_shared(full).flatten(), None))
+                        .collect::<Vec<_>>()
+                })
+            }
+            Strategy::Versioned => None,
+        };
+        let looked: Vec<(Option<Held>, Option<LeaseToken>)> = match (shared, self.strategy) {
+            (Some(looked), _) => looked,
+            (None, Strategy::Lease) => match self.call(store.peek_many(&fulls)).await {
                 Ok(views) => views
                     .into_iter()
-                    .map(|v| (v.value.filter(|_| !v.stale), v.lease))
+                    .map(|v| (v.value.filter(|_| !v.stale).map(Held::Bytes), v.lease))
                     .collect(),
                 Err(_) => vec![(None, None); keys.len()],
             },
-            Strategy::Versioned => {
+            (None, Strategy::Versioned) => {
                 // Two round trips: the versions, then the data under them.
                 let version_keys: Vec<String> = fulls.iter().map(|f| Self::version_key(f)).collect();
                 let Ok(versions) = self.call(store.get_many(&version_keys)).await else {
@@ -188,16 +239,16 @@ impl<V: Clone + Send + Sync + 'static> NsInner<V> {
                 }
                 return misses;
             }
-            _ => match self.call(store.get_many(&fulls)).await {
-                Ok(values) => values.into_iter().map(|v| (v, None)).collect(),
+            (None, _) => match self.call(store.get_many(&fulls)).await {
+                Ok(values) => values.into_iter().map(|v| (v.map(Held::Bytes), None)).collect(),
                 Err(_) => vec![(None, None); keys.len()],
             },
         };
         let mut misses = Vec::new();
         for (i, (key, full)) in keys.iter().enumerate() {
-            let (bytes, lease) = looked.get(i).cloned().unwrap_or((None, None));
-            let hit = match bytes {
-                Some(bytes) if !pending[i] => self.batch_hit(full, &bytes).await,
+            let (held, lease) = looked.get(i).cloned().unwrap_or((None, None));
+            let hit = match held {
+                Some(held) if !pending[i] => self.batch_hit_held(full, held).await,
                 _ => None,
             };
             self.count_lookup(count, hit.is_some());

@@ -10,6 +10,17 @@
 //! read `Leased(t)` would write its old value after a `delete` or
 //! `put_entry` that had already returned. Only reads go around the lock.
 //!
+//! The cache is moka's `sync::Cache`, not its `future::Cache`: every compute
+//! closure here is a few comparisons that never await, so the key lock is
+//! never held across an `.await` and a blocking lock costs nothing a
+//! waiting task would notice; in exchange a hit is a plain function call
+//! ([`Store::peek_shared`]) with no future to box or poll.
+//!
+//! Values are kept decoded ([`Held::Decoded`]): the first hit of a value
+//! written as bytes decodes it and swaps the slot to the decoded entry (the
+//! bytes are dropped), so later hits clone the value out of it and decode
+//! nothing. Readers that speak bytes get them encoded again on demand.
+//!
 //! Lease deadlines use `tokio::time::Instant`, so tests can drive lease
 //! expiry with `tokio::time::pause()`; value TTLs are moka's (wall clock).
 
@@ -18,13 +29,13 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use moka::future::Cache;
 use moka::ops::compute::Op;
+use moka::sync::Cache;
 use tokio::time::Instant;
 
 use super::{
-    EntryView, FillOutcome, FillWakes, FillWatch, LeaseOutcome, LeaseToken, Store, StoreError, StoreResult,
-    VersionedPut,
+    Decoder, EntryView, FillOutcome, FillWakes, FillWatch, Held, LeaseOutcome, LeaseToken, SharedView, Store,
+    StoreError, StoreResult, VersionedPut,
 };
 
 /// Default capacity: 256 MiB of keys and values.
@@ -32,9 +43,9 @@ pub const DEFAULT_CAPACITY_BYTES: u64 = 256 * 1024 * 1024;
 
 #[derive(Debug, Clone)]
 enum Slot {
-    Plain(Bytes),
+    Plain(Held),
     Entry {
-        value: Option<Bytes>,
+        value: Option<Held>,
         stale: bool,
         lease: Option<(LeaseToken, Instant)>,
     },
@@ -90,6 +101,12 @@ impl moka::Expiry<Arc<str>, Timed> for SlotExpiry {
 ///
 /// Cloning is cheap and clones share the same cache, so two [`crate::Aside`]
 /// instances can share one `MemoryStore` as two services share one Redis.
+///
+/// Values are held decoded after their first hit: a hit clones the value
+/// out of the shared decoded entry and decodes nothing, so for a value type
+/// that is cheap to clone (an `Arc<T>`, say) the value is shared, not
+/// copied, per hit. Readers of bytes (another value type on the same key,
+/// [`Store::peek_entry`], the batch reads) get them encoded again.
 ///
 /// # Examples
 ///
@@ -151,6 +168,11 @@ impl Default for MemoryStore {
     }
 }
 
+/// True when `a` and `b` are the same bytes object (clones of one `Bytes`).
+fn same_bytes(a: &Bytes, b: &Bytes) -> bool {
+    a.as_ptr() == b.as_ptr() && a.len() == b.len()
+}
+
 impl MemoryStore {
     /// A store holding up to [`DEFAULT_CAPACITY_BYTES`].
     pub fn new() -> Self {
@@ -158,14 +180,15 @@ impl MemoryStore {
     }
 
     /// A store holding up to `bytes` of keys and values (approximately:
-    /// moka evicts by TinyLFU once the weight is exceeded).
+    /// moka evicts by TinyLFU once the weight is exceeded). A decoded value
+    /// weighs what its envelope bytes did.
     pub fn with_capacity_bytes(bytes: u64) -> Self {
         let cache = Cache::builder()
             .max_capacity(bytes)
             .weigher(|k: &Arc<str>, v: &Timed| {
                 let value_len = match &v.slot {
-                    Slot::Plain(b) => b.len(),
-                    Slot::Entry { value, .. } => value.as_ref().map_or(0, Bytes::len),
+                    Slot::Plain(held) => held.encoded_len(),
+                    Slot::Entry { value, .. } => value.as_ref().map_or(0, Held::encoded_len),
                 };
                 u32::try_from(k.len() + value_len + 32).unwrap_or(u32::MAX)
             })
@@ -180,28 +203,89 @@ impl MemoryStore {
 
     /// Approximate number of keys held (runs moka's pending maintenance first).
     pub async fn entry_count(&self) -> u64 {
-        self.cache.run_pending_tasks().await;
+        self.cache.run_pending_tasks();
         self.cache.entry_count()
     }
 
     /// Applies `f` to the slot of `key` atomically (moka's per-key lock) and
-    /// returns what `f` reported alongside the change it asked for.
-    async fn compute<R>(&self, key: &str, f: impl FnOnce(Option<Slot>) -> (Op<Timed>, R)) -> R {
+    /// returns what `f` reported alongside the change it asked for. `f`
+    /// never awaits, so the lock is held for a few comparisons only.
+    fn compute<R>(&self, key: &str, f: impl FnOnce(Option<Slot>) -> (Op<Timed>, R)) -> R {
         let mut report = None;
-        self.cache
-            .entry(Arc::from(key))
-            .and_compute_with(|current| {
-                let (op, r) = f(current.map(|e| e.into_value().slot));
-                report = Some(r);
-                std::future::ready(op)
-            })
-            .await;
+        self.cache.entry(Arc::from(key)).and_compute_with(|current| {
+            let (op, r) = f(current.map(|e| e.into_value().slot));
+            report = Some(r);
+            op
+        });
         report.expect("and_compute_with always runs its closure")
+    }
+
+    /// Replaces the bytes `bytes` of `key`'s slot by `decoded`, keeping its
+    /// stale flag, lease and expiry, if the slot still holds those very
+    /// bytes (anything written since wins). Under the key lock: a swap
+    /// racing a fill or an invalidation can neither undo nor resurrect it.
+    fn keep_decoded(&self, key: &str, bytes: &Bytes, decoded: Held) {
+        self.compute(key, |current| {
+            let slot = match current {
+                Some(Slot::Plain(Held::Bytes(b))) if same_bytes(&b, bytes) => Slot::Plain(decoded),
+                Some(Slot::Entry {
+                    value: Some(Held::Bytes(b)),
+                    stale,
+                    lease,
+                }) if same_bytes(&b, bytes) => Slot::Entry {
+                    value: Some(decoded),
+                    stale,
+                    lease,
+                },
+                _ => return (Op::Nop, ()),
+            };
+            // `ttl: None`: the expiry stays what it was.
+            (Op::Put(Timed::new(slot, None)), ())
+        });
+    }
+
+    /// A current value held as bytes, decoded and kept so if it decodes.
+    fn decoded(&self, key: &str, held: Held, decode: Decoder<'_>) -> Held {
+        match held {
+            Held::Bytes(bytes) => match decode(&bytes) {
+                Some(entry) => {
+                    let decoded = Held::Decoded(entry);
+                    self.keep_decoded(key, &bytes, decoded.clone());
+                    decoded
+                }
+                None => Held::Bytes(bytes),
+            },
+            decoded => decoded,
+        }
+    }
+
+    /// The entry of `key` as held, without the lock.
+    fn view(&self, key: &str) -> SharedView {
+        match self.cache.get(key) {
+            Some(Timed {
+                slot: Slot::Entry { value, stale, lease },
+                ..
+            }) => SharedView {
+                value,
+                stale,
+                lease: lease.filter(|(_, deadline)| *deadline > Instant::now()).map(|(t, _)| t),
+            },
+            _ => SharedView::default(),
+        }
     }
 }
 
-fn entry(value: Option<Bytes>, stale: bool, lease: Option<(LeaseToken, Instant)>, ttl: Option<Duration>) -> Op<Timed> {
+fn entry(value: Option<Held>, stale: bool, lease: Option<(LeaseToken, Instant)>, ttl: Option<Duration>) -> Op<Timed> {
     Op::Put(Timed::new(Slot::Entry { value, stale, lease }, ttl))
+}
+
+/// The bytes of a value held in a slot; a decoded value that cannot be
+/// encoded again reads as absent.
+fn bytes_of(held: Held) -> Option<Bytes> {
+    match held {
+        Held::Bytes(b) => Some(b),
+        held => held.to_bytes(),
+    }
 }
 
 #[async_trait]
@@ -218,34 +302,51 @@ impl Store for MemoryStore {
         true
     }
 
-    async fn get(&self, key: &str) -> StoreResult<Option<Bytes>> {
-        Ok(match self.cache.get(key).await {
+    fn peek_shared(&self, key: &str, decode: Decoder<'_>) -> Option<SharedView> {
+        let mut view = self.view(key);
+        if !view.stale {
+            view.value = view.value.map(|held| self.decoded(key, held, decode));
+        }
+        Some(view)
+    }
+
+    fn get_shared(&self, key: &str, decode: Decoder<'_>) -> Option<Option<Held>> {
+        Some(match self.cache.get(key) {
             Some(Timed {
-                slot: Slot::Plain(b), ..
-            }) => Some(b),
+                slot: Slot::Plain(held),
+                ..
+            }) => Some(self.decoded(key, held, decode)),
+            _ => None,
+        })
+    }
+
+    async fn get(&self, key: &str) -> StoreResult<Option<Bytes>> {
+        Ok(match self.cache.get(key) {
+            Some(Timed {
+                slot: Slot::Plain(held),
+                ..
+            }) => bytes_of(held),
             _ => None,
         })
     }
 
     async fn set(&self, key: &str, value: Bytes, ttl: Duration) -> StoreResult<()> {
         // Under the key lock, not `insert`: see the module documentation.
-        let timed = Timed::new(Slot::Plain(value), Some(ttl));
-        self.compute(key, |_| (Op::Put(timed), ())).await;
+        let timed = Timed::new(Slot::Plain(Held::Bytes(value)), Some(ttl));
+        self.compute(key, |_| (Op::Put(timed), ()));
         Ok(())
     }
 
     async fn add(&self, key: &str, value: Bytes, ttl: Duration) -> StoreResult<bool> {
-        Ok(self
-            .compute(key, |current| match current {
-                Some(_) => (Op::Nop, false),
-                None => (Op::Put(Timed::new(Slot::Plain(value), Some(ttl))), true),
-            })
-            .await)
+        Ok(self.compute(key, |current| match current {
+            Some(_) => (Op::Nop, false),
+            None => (Op::Put(Timed::new(Slot::Plain(Held::Bytes(value)), Some(ttl))), true),
+        }))
     }
 
     async fn delete(&self, key: &str) -> StoreResult<()> {
         // Under the key lock, not `invalidate`: see the module documentation.
-        self.compute(key, |_| (Op::Remove, ())).await;
+        self.compute(key, |_| (Op::Remove, ()));
         // An invalidation revokes any lease: its waiters look again.
         self.wakes.wake(key);
         Ok(())
@@ -254,32 +355,27 @@ impl Store for MemoryStore {
     async fn incr(&self, key: &str, ttl: Duration) -> StoreResult<u64> {
         self.compute(key, |current| {
             let previous = match current {
-                Some(Slot::Plain(b)) => std::str::from_utf8(&b).ok().and_then(|s| s.parse::<u64>().ok()),
+                Some(Slot::Plain(Held::Bytes(b))) => std::str::from_utf8(&b).ok().and_then(|s| s.parse::<u64>().ok()),
+                Some(Slot::Plain(_)) => None,
                 _ => Some(0),
             };
             match previous {
                 Some(n) => {
                     let next = n.saturating_add(1);
-                    let slot = Slot::Plain(Bytes::from(next.to_string()));
+                    let slot = Slot::Plain(Held::Bytes(Bytes::from(next.to_string())));
                     (Op::Put(Timed::new(slot, Some(ttl))), Ok(next))
                 }
                 None => (Op::Nop, Err(StoreError::server("value is not an integer"))),
             }
         })
-        .await
     }
 
     async fn peek_entry(&self, key: &str) -> StoreResult<EntryView> {
-        Ok(match self.cache.get(key).await {
-            Some(Timed {
-                slot: Slot::Entry { value, stale, lease },
-                ..
-            }) => EntryView {
-                value,
-                stale,
-                lease: lease.filter(|(_, deadline)| *deadline > Instant::now()).map(|(t, _)| t),
-            },
-            _ => EntryView::default(),
+        let view = self.view(key);
+        Ok(EntryView {
+            value: view.value.and_then(bytes_of),
+            stale: view.stale,
+            lease: view.lease,
         })
     }
 
@@ -290,37 +386,45 @@ impl Store for MemoryStore {
         }
         let now = Instant::now();
         let granted = Some((token, now + lease_ttl));
-        Ok(self
-            .compute(key, |current| match current {
-                Some(Slot::Entry {
-                    value: Some(v),
-                    stale: false,
-                    ..
-                }) => (Op::Nop, LeaseOutcome::Hit(v)),
-                Some(Slot::Entry {
-                    value,
-                    stale,
-                    lease: Some((_, deadline)),
-                }) if deadline > now => (
-                    Op::Nop,
-                    LeaseOutcome::Busy {
-                        stale: value.filter(|_| stale),
-                    },
-                ),
-                Some(Slot::Entry {
-                    value: Some(v),
-                    stale: true,
-                    ..
-                }) => (
-                    entry(Some(v.clone()), true, granted, None),
-                    LeaseOutcome::Granted { token, stale: Some(v) },
-                ),
-                _ => (
+        Ok(self.compute(key, |current| match current {
+            Some(Slot::Entry {
+                value: Some(v),
+                stale: false,
+                ..
+            }) => match v.to_bytes() {
+                Some(bytes) => (Op::Nop, LeaseOutcome::Hit(bytes)),
+                // Cannot be given back as bytes: as good as absent.
+                None => (
                     entry(None, false, granted, Some(lease_ttl)),
                     LeaseOutcome::Granted { token, stale: None },
                 ),
-            })
-            .await)
+            },
+            Some(Slot::Entry {
+                value,
+                stale,
+                lease: Some((_, deadline)),
+            }) if deadline > now => (
+                Op::Nop,
+                LeaseOutcome::Busy {
+                    stale: value.filter(|_| stale).and_then(bytes_of),
+                },
+            ),
+            Some(Slot::Entry {
+                value: Some(v),
+                stale: true,
+                ..
+            }) => {
+                let stale = v.to_bytes();
+                (
+                    entry(Some(v), true, granted, None),
+                    LeaseOutcome::Granted { token, stale },
+                )
+            }
+            _ => (
+                entry(None, false, granted, Some(lease_ttl)),
+                LeaseOutcome::Granted { token, stale: None },
+            ),
+        }))
     }
 
     async fn lease_for_refresh(
@@ -330,40 +434,39 @@ impl Store for MemoryStore {
         lease_ttl: Duration,
     ) -> StoreResult<Option<LeaseToken>> {
         let now = Instant::now();
-        Ok(self
-            .compute(key, |current| match current {
-                Some(Slot::Entry {
+        Ok(self.compute(key, |current| match current {
+            Some(Slot::Entry {
+                value: Some(v),
+                stale: false,
+                lease,
+            }) if lease.is_none_or(|(_, deadline)| deadline <= now) => {
+                // As the Redis script does: the entry must outlive its
+                // lease, or the refresh's fill would find it gone.
+                let slot = Slot::Entry {
                     value: Some(v),
                     stale: false,
-                    lease,
-                }) if lease.is_none_or(|(_, deadline)| deadline <= now) => {
-                    // As the Redis script does: the entry must outlive its
-                    // lease, or the refresh's fill would find it gone.
-                    let slot = Slot::Entry {
-                        value: Some(v),
-                        stale: false,
-                        lease: Some((token, now + lease_ttl)),
-                    };
-                    let timed = Timed {
-                        at_least: Some(lease_ttl),
-                        ..Timed::new(slot, None)
-                    };
-                    (Op::Put(timed), Some(token))
-                }
-                _ => (Op::Nop, None),
-            })
-            .await)
+                    lease: Some((token, now + lease_ttl)),
+                };
+                let timed = Timed {
+                    at_least: Some(lease_ttl),
+                    ..Timed::new(slot, None)
+                };
+                (Op::Put(timed), Some(token))
+            }
+            _ => (Op::Nop, None),
+        }))
     }
 
     async fn fill(&self, key: &str, token: LeaseToken, value: Bytes, ttl: Duration) -> StoreResult<FillOutcome> {
-        let outcome = self
-            .compute(key, |current| match current {
-                Some(Slot::Entry {
-                    lease: Some((held, _)), ..
-                }) if held == token => (entry(Some(value), false, None, Some(ttl)), FillOutcome::Stored),
-                _ => (Op::Nop, FillOutcome::Refused),
-            })
-            .await;
+        let outcome = self.compute(key, |current| match current {
+            Some(Slot::Entry {
+                lease: Some((held, _)), ..
+            }) if held == token => (
+                entry(Some(Held::Bytes(value)), false, None, Some(ttl)),
+                FillOutcome::Stored,
+            ),
+            _ => (Op::Nop, FillOutcome::Refused),
+        });
         if outcome == FillOutcome::Stored {
             self.wakes.wake(key);
         }
@@ -385,16 +488,14 @@ impl Store for MemoryStore {
                 None => (Op::Remove, ()),
             },
             _ => (Op::Nop, ()),
-        })
-        .await;
+        });
         self.wakes.wake(key);
         Ok(())
     }
 
     async fn put_entry(&self, key: &str, value: Bytes, ttl: Duration) -> StoreResult<()> {
         // Under the key lock, not `insert`: see the module documentation.
-        self.compute(key, |_| (entry(Some(value), false, None, Some(ttl)), ()))
-            .await;
+        self.compute(key, |_| (entry(Some(Held::Bytes(value)), false, None, Some(ttl)), ()));
         self.wakes.wake(key);
         Ok(())
     }
@@ -409,16 +510,14 @@ impl Store for MemoryStore {
 
     async fn take_fence(&self, key: &str, token: LeaseToken, ttl: Duration) -> StoreResult<bool> {
         let now = Instant::now();
-        let fenced = self
-            .compute(key, |current| match current {
-                Some(Slot::Entry {
-                    lease: Some((held, deadline)),
-                    ..
-                // Its own fence (a request resent after a lost reply) is taken again.
-                }) if held.is_fence() && held != token && deadline > now => (Op::Nop, false),
-                _ => (entry(None, false, Some((token, now + ttl)), Some(ttl)), true),
-            })
-            .await;
+        let fenced = self.compute(key, |current| match current {
+            Some(Slot::Entry {
+                lease: Some((held, deadline)),
+                ..
+            // Its own fence (a request resent after a lost reply) is taken again.
+            }) if held.is_fence() && held != token && deadline > now => (Op::Nop, false),
+            _ => (entry(None, false, Some((token, now + ttl)), Some(ttl)), true),
+        });
         if fenced {
             // Readers waiting on a revoked lease look again, and wait on the fence.
             self.wakes.wake(key);
@@ -435,16 +534,14 @@ impl Store for MemoryStore {
             ttl,
             mark_ttl,
         } = put;
-        let written = self
-            .compute(&key, |_| {
-                let mut marks = self.marks.lock().unwrap_or_else(|e| e.into_inner());
-                if marks.advance(&mark_key, version, mark_ttl) {
-                    (entry(Some(value), false, None, Some(ttl)), true)
-                } else {
-                    (Op::Nop, false)
-                }
-            })
-            .await;
+        let written = self.compute(&key, |_| {
+            let mut marks = self.marks.lock().unwrap_or_else(|e| e.into_inner());
+            if marks.advance(&mark_key, version, mark_ttl) {
+                (entry(Some(Held::Bytes(value)), false, None, Some(ttl)), true)
+            } else {
+                (Op::Nop, false)
+            }
+        });
         if written {
             self.wakes.wake(&key);
         }
@@ -462,8 +559,7 @@ impl Store for MemoryStore {
             let mut marks = self.marks.lock().unwrap_or_else(|e| e.into_inner());
             marks.advance(mark_key, version, mark_ttl);
             (Op::Remove, ())
-        })
-        .await;
+        });
         self.wakes.wake(key);
         Ok(())
     }
@@ -476,37 +572,34 @@ impl Store for MemoryStore {
             Some(Slot::Entry { value: Some(v), .. }) => (entry(Some(v), true, None, Some(stale_ttl)), ()),
             None => (Op::Nop, ()),
             _ => (Op::Remove, ()),
-        })
-        .await;
+        });
         self.wakes.wake(key);
         Ok(())
     }
 
     async fn renew_lease(&self, key: &str, token: LeaseToken, lease_ttl: Duration) -> StoreResult<bool> {
         let now = Instant::now();
-        Ok(self
-            .compute(key, |current| match current {
-                Some(Slot::Entry {
+        Ok(self.compute(key, |current| match current {
+            Some(Slot::Entry {
+                value,
+                stale,
+                lease: Some((held, deadline)),
+            }) if held == token && deadline > now => {
+                // A lease alone lives as long as the lease; a value keeps
+                // its own TTL, stretched so that it outlives the lease.
+                let slot = Slot::Entry {
                     value,
                     stale,
-                    lease: Some((held, deadline)),
-                }) if held == token && deadline > now => {
-                    // A lease alone lives as long as the lease; a value keeps
-                    // its own TTL, stretched so that it outlives the lease.
-                    let slot = Slot::Entry {
-                        value,
-                        stale,
-                        lease: Some((token, now + lease_ttl)),
-                    };
-                    let renewed = Timed {
-                        at_least: Some(lease_ttl),
-                        ..Timed::new(slot, None)
-                    };
-                    (Op::Put(renewed), true)
-                }
-                _ => (Op::Nop, false),
-            })
-            .await)
+                    lease: Some((token, now + lease_ttl)),
+                };
+                let renewed = Timed {
+                    at_least: Some(lease_ttl),
+                    ..Timed::new(slot, None)
+                };
+                (Op::Put(renewed), true)
+            }
+            _ => (Op::Nop, false),
+        }))
     }
 
     async fn ping(&self) -> StoreResult<()> {
@@ -660,7 +753,7 @@ mod tests {
         // Extending never shortens: a longer TTL than the lease stays.
         let timed = Timed {
             at_least: Some(Duration::from_secs(5)),
-            ..Timed::new(Slot::Plain(Bytes::new()), None)
+            ..Timed::new(Slot::Plain(Held::Bytes(Bytes::new())), None)
         };
         assert_eq!(timed.expiry(Some(Duration::from_secs(1))), Some(Duration::from_secs(5)));
         assert_eq!(timed.expiry(Some(Duration::from_secs(9))), Some(Duration::from_secs(9)));
@@ -689,5 +782,139 @@ mod tests {
             lost.is_empty(),
             "writes undone by a racing fenced write (of {ROUNDS} each): {lost:?}"
         );
+    }
+
+    /// A decoded entry for the store's own tests: its bytes, kept to be
+    /// given back, and a count of the decodes made.
+    struct TestShared(Bytes);
+
+    impl crate::store::SharedEntry for TestShared {
+        fn encode(&self) -> Option<Bytes> {
+            Some(self.0.clone())
+        }
+        fn encoded_len(&self) -> usize {
+            self.0.len()
+        }
+        fn as_any(&self) -> &dyn std::any::Any {
+            self
+        }
+    }
+
+    fn decoder(
+        count: &std::sync::atomic::AtomicUsize,
+    ) -> impl Fn(&Bytes) -> Option<Arc<dyn crate::store::SharedEntry>> + '_ {
+        move |b: &Bytes| {
+            count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            Some(Arc::new(TestShared(b.clone())) as Arc<dyn crate::store::SharedEntry>)
+        }
+    }
+
+    fn is_decoded(view: &SharedView) -> bool {
+        matches!(view.value, Some(Held::Decoded(_)))
+    }
+
+    /// Issue 17: the first hit swaps the bytes for the decoded entry; the
+    /// next hits decode nothing. Fails if the swap is left out.
+    #[tokio::test]
+    async fn a_hit_decodes_once_then_keeps_the_decoded_entry() {
+        let store = MemoryStore::new();
+        let decodes = std::sync::atomic::AtomicUsize::new(0);
+        store.put_entry("k", Bytes::from_static(b"v1"), TTL).await.unwrap();
+        for _ in 0..5 {
+            let view = store.peek_shared("k", &decoder(&decodes)).expect("local");
+            assert!(is_decoded(&view));
+        }
+        assert_eq!(
+            decodes.load(std::sync::atomic::Ordering::SeqCst),
+            1,
+            "every hit decoded"
+        );
+        // Plain values (the `Delete` strategies) alike.
+        store.set("p", Bytes::from_static(b"v1"), TTL).await.unwrap();
+        for _ in 0..5 {
+            assert!(matches!(
+                store.get_shared("p", &decoder(&decodes)),
+                Some(Some(Held::Decoded(_)))
+            ));
+        }
+        assert_eq!(
+            decodes.load(std::sync::atomic::Ordering::SeqCst),
+            2,
+            "every plain hit decoded"
+        );
+        // A byte-level reader gets the bytes back.
+        assert_eq!(store.get("p").await.unwrap().as_deref(), Some(&b"v1"[..]));
+        assert_eq!(store.peek_entry("k").await.unwrap().value.as_deref(), Some(&b"v1"[..]));
+    }
+
+    /// Issue 17: swapping bytes for their decoded form keeps the entry's
+    /// lease, stale flag and state: a refresh lease taken before the first
+    /// hit still fills, an invalidation still revokes it, and a stale copy
+    /// still comes back as bytes.
+    #[tokio::test]
+    async fn a_decoded_slot_survives_a_lease_and_fill_cycle() {
+        let store = MemoryStore::new();
+        let decodes = std::sync::atomic::AtomicUsize::new(0);
+        store.put_entry("k", Bytes::from_static(b"v1"), TTL).await.unwrap();
+        let token = store
+            .lease_for_refresh("k", LeaseToken::random(), TTL)
+            .await
+            .unwrap()
+            .expect("refresh lease");
+        let view = store.peek_shared("k", &decoder(&decodes)).unwrap();
+        assert!(is_decoded(&view));
+        assert_eq!(view.lease, Some(token), "the swap dropped the lease");
+        assert_eq!(
+            store.fill("k", token, Bytes::from_static(b"v2"), TTL).await.unwrap(),
+            FillOutcome::Stored
+        );
+        assert_eq!(store.peek_entry("k").await.unwrap().value.as_deref(), Some(&b"v2"[..]));
+        // Decoded again, then invalidated with a stale copy: a new lease is
+        // granted and the stale value offered as bytes.
+        assert!(is_decoded(&store.peek_shared("k", &decoder(&decodes)).unwrap()));
+        store.invalidate("k", Some(TTL)).await.unwrap();
+        let view = store.peek_shared("k", &decoder(&decodes)).unwrap();
+        assert!(view.stale);
+        match store.lookup_or_lease("k", LeaseToken::random(), TTL).await.unwrap() {
+            LeaseOutcome::Granted { token, stale } => {
+                assert_eq!(stale.as_deref(), Some(&b"v2"[..]));
+                // A lease granted on a decoded stale slot still fills.
+                assert_eq!(
+                    store.fill("k", token, Bytes::from_static(b"v3"), TTL).await.unwrap(),
+                    FillOutcome::Stored
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        // A refresh lease on a decoded value, revoked by an invalidation:
+        // its fill is refused.
+        assert!(is_decoded(&store.peek_shared("k", &decoder(&decodes)).unwrap()));
+        let token = store
+            .lease_for_refresh("k", LeaseToken::random(), TTL)
+            .await
+            .unwrap()
+            .expect("refresh lease");
+        store.invalidate("k", None).await.unwrap();
+        assert_eq!(
+            store.fill("k", token, Bytes::from_static(b"old"), TTL).await.unwrap(),
+            FillOutcome::Refused
+        );
+        assert!(store.peek_entry("k").await.unwrap().value.is_none());
+    }
+
+    /// Bytes that do not decode stay bytes, and a swap never lands over a
+    /// value written since the bytes were read.
+    #[tokio::test]
+    async fn undecodable_bytes_stay_bytes_and_a_late_swap_is_dropped() {
+        let store = MemoryStore::new();
+        store.put_entry("k", Bytes::from_static(b"v1"), TTL).await.unwrap();
+        let view = store.peek_shared("k", &|_: &Bytes| None).unwrap();
+        assert!(matches!(view.value, Some(Held::Bytes(_))));
+        let Some(Held::Bytes(old)) = view.value else {
+            unreachable!()
+        };
+        store.put_entry("k", Bytes::from_static(b"v2"), TTL).await.unwrap();
+        store.keep_decoded("k", &old, Held::Decoded(Arc::new(TestShared(old.clone()))));
+        assert_eq!(store.peek_entry("k").await.unwrap().value.as_deref(), Some(&b"v2"[..]));
     }
 }

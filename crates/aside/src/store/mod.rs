@@ -355,6 +355,92 @@ pub struct VersionedPut {
     pub mark_ttl: Duration,
 }
 
+/// A decoded entry that a store in this process keeps in place of its
+/// envelope bytes ([`Store::peek_shared`]), so that a hit hands out the
+/// decoded value instead of decoding the same bytes again.
+///
+/// The engine implements it for its decoded entry plus the codec that
+/// wrote it; the store never looks inside. It stays able to give the bytes
+/// back ([`SharedEntry::encode`]) for every reader that speaks bytes: a
+/// namespace of another value type sharing the key, `peek_entry`,
+/// `get_entry`, the batch reads, the CLI. A slot holds the bytes or this,
+/// never both for long: keeping both cost 2.14 times raw moka's memory per
+/// entry (issue 17).
+pub trait SharedEntry: std::any::Any + Send + Sync {
+    /// The envelope bytes this entry stands for, as the engine encodes
+    /// them on a fill (the same header, the codec's bytes of the same
+    /// value); `None` if the codec cannot encode the value again, which a
+    /// byte-level reader sees as an absent value.
+    fn encode(&self) -> Option<Bytes>;
+
+    /// The length of the bytes it was decoded from (or encoded to), known
+    /// without encoding: what the store weighs it as.
+    fn encoded_len(&self) -> usize;
+
+    /// Itself, for the engine to downcast to its own type
+    /// (`as_any().downcast_ref`); another namespace's type does not match,
+    /// and that reader decodes [`SharedEntry::encode`]'s bytes instead.
+    fn as_any(&self) -> &dyn std::any::Any;
+}
+
+/// What a slot of a store in this process holds: the envelope bytes, or
+/// the entry decoded from them ([`SharedEntry`]).
+#[derive(Clone)]
+#[non_exhaustive]
+pub enum Held {
+    /// Envelope bytes, as a store over the network holds them.
+    Bytes(Bytes),
+    /// The decoded entry, shared by every reader.
+    Decoded(std::sync::Arc<dyn SharedEntry>),
+}
+
+impl Held {
+    /// The envelope bytes: the slot's own, or the decoded entry's,
+    /// encoded again (`None` if its codec fails).
+    pub fn to_bytes(&self) -> Option<Bytes> {
+        match self {
+            Held::Bytes(b) => Some(b.clone()),
+            Held::Decoded(d) => d.encode(),
+        }
+    }
+
+    /// The length of the envelope bytes (see [`SharedEntry::encoded_len`]).
+    pub fn encoded_len(&self) -> usize {
+        match self {
+            Held::Bytes(b) => b.len(),
+            Held::Decoded(d) => d.encoded_len(),
+        }
+    }
+}
+
+impl std::fmt::Debug for Held {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Held::Bytes(b) => f.debug_tuple("Bytes").field(b).finish(),
+            Held::Decoded(d) => f.debug_tuple("Decoded").field(&d.encoded_len()).finish(),
+        }
+    }
+}
+
+/// The decoder a [`Store::peek_shared`] caller hands the store: decodes
+/// envelope bytes into the caller's [`SharedEntry`], or `None` when they do
+/// not decode (the store then returns the bytes, for the caller to count
+/// and delete as it does any undecodable entry).
+pub type Decoder<'a> = &'a dyn Fn(&Bytes) -> Option<std::sync::Arc<dyn SharedEntry>>;
+
+/// An entry as [`Store::peek_shared`] sees it: [`EntryView`], with the
+/// value as the store holds it.
+#[derive(Debug, Clone, Default)]
+#[non_exhaustive]
+pub struct SharedView {
+    /// The value, current or stale.
+    pub value: Option<Held>,
+    /// True when an invalidation marked the value stale.
+    pub stale: bool,
+    /// The live lease held on the entry, if any.
+    pub lease: Option<LeaseToken>,
+}
+
 /// A cache backend.
 ///
 /// A store implements [`Store::name`] and the lease state machine:
@@ -432,6 +518,29 @@ pub trait Store: Send + Sync + 'static {
     async fn peek_fresh(&self, key: &str) -> StoreResult<Option<Bytes>> {
         let view = self.peek_entry(key).await?;
         Ok(view.value.filter(|_| !view.stale))
+    }
+
+    /// [`Store::peek_entry`] for a store in this process that keeps
+    /// decoded entries: the value as held ([`Held`]), synchronously, with
+    /// no future to box and poll. A current value still held as bytes is
+    /// decoded with `decode` and, if that succeeds, kept decoded from then
+    /// on in place of the bytes (under the key's lock, only if the slot
+    /// still holds those bytes: the lease state machine never sees it), so
+    /// later hits do not decode. Stale values stay as they are.
+    ///
+    /// The default is `None`: the store moves bytes (Redis, memcached), and
+    /// the engine reads it with [`Store::peek_entry`].
+    fn peek_shared(&self, key: &str, decode: Decoder<'_>) -> Option<SharedView> {
+        let _ = (key, decode);
+        None
+    }
+
+    /// [`Store::get`] as [`Store::peek_shared`] is to
+    /// [`Store::peek_entry`]: `Some(None)` is a miss, `None` that the
+    /// store does not keep decoded values (the default).
+    fn get_shared(&self, key: &str, decode: Decoder<'_>) -> Option<Option<Held>> {
+        let _ = (key, decode);
+        None
     }
 
     /// Reads an entry's value without taking a lease: `(value, stale)`.

@@ -1,0 +1,165 @@
+//! Decoded values in a store of this process (issue 17): what the engine
+//! hands a [`MemoryStore`](crate::store::memory::MemoryStore) to keep in
+//! place of envelope bytes, and the hit path that reads it without
+//! decoding, allocating a key, or boxing a future.
+//!
+//! Owns [`Decoded`], the engine's [`SharedEntry`] (a decoded [`Entry`] and
+//! the codec that can encode it again), how a held value becomes an
+//! [`Entry`] of this namespace's type (a downcast, or the bytes decoded
+//! when another type holds the slot), and [`NsInner::local_hit_for`]. It
+//! changes nothing of the lease state machine: the store swaps bytes for
+//! their decoded form only under the key's lock, and only while the slot
+//! still holds those bytes.
+
+use std::any::Any;
+use std::fmt::Display;
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+use super::entry::{Entry, Freshness};
+use super::state::{Fetched, NsInner, Source};
+use crate::codec::Codec;
+use crate::envelope;
+use crate::error::Result;
+use crate::key;
+use crate::metrics::Event;
+use crate::policy::Strategy;
+use crate::store::{Held, SharedEntry, SharedView};
+
+thread_local! {
+    /// The key buffer of local-store hits on this thread (see
+    /// [`NsInner::local_hit_for`]): a hit builds its full key here rather
+    /// than in a new `String`.
+    static LOCAL_KEY: std::cell::RefCell<String> = const { std::cell::RefCell::new(String::new()) };
+}
+
+/// A decoded entry as a local store holds it: the value (shared by every
+/// hit, which clones it out) and what it takes to give its bytes back.
+pub(crate) struct Decoded<V> {
+    entry: Entry<V>,
+    /// The codec that decoded it: encodes it again for byte-level readers,
+    /// and tells a namespace with the same value type but another codec
+    /// that this entry is not its own (its bytes would not decode).
+    codec: Arc<dyn Codec<V>>,
+    raw: bool,
+    /// The length of the bytes it was decoded from.
+    len: usize,
+}
+
+impl<V: Send + Sync + 'static> SharedEntry for Decoded<V> {
+    fn encode(&self) -> Option<Bytes> {
+        let payload = match &self.entry.value {
+            Some(v) => self.codec.encode(v).ok()?,
+            None => Vec::new(),
+        };
+        match (self.raw, &self.entry.header) {
+            (true, _) => Some(Bytes::from(payload)),
+            (false, Some(header)) => Some(Bytes::from(envelope::seal(header, &payload))),
+            (false, None) => None,
+        }
+    }
+
+    fn encoded_len(&self) -> usize {
+        self.len
+    }
+
+    fn as_any(&self) -> &dyn Any {
+        self
+    }
+}
+
+impl<V: Clone + Send + Sync + 'static> NsInner<V> {
+    /// Decodes `bytes` into what a local store keeps; `None` when they do
+    /// not decode (the caller's byte path then counts and deletes them).
+    pub(crate) fn decode_shared(&self, bytes: &Bytes) -> Option<Arc<dyn SharedEntry>> {
+        let entry = self.decode(bytes).ok()?;
+        Some(Arc::new(Decoded {
+            entry,
+            codec: self.codec.clone(),
+            raw: self.raw,
+            len: bytes.len(),
+        }))
+    }
+
+    /// This namespace's entry, if `shared` is one: the same value type, the
+    /// same codec and mode, within the size limit (everything `decode`
+    /// checks of bytes). Borrowed: the caller clones the value out.
+    fn own_entry<'a>(&self, shared: &'a dyn SharedEntry) -> Option<&'a Entry<V>> {
+        let decoded = shared.as_any().downcast_ref::<Decoded<V>>()?;
+        let same_codec = Arc::ptr_eq(&decoded.codec, &self.codec) || decoded.codec.id() == self.codec.id();
+        (same_codec && decoded.raw == self.raw && decoded.len <= self.max_value_bytes).then_some(&decoded.entry)
+    }
+
+    /// The entry a held value stands for: its own decoded entry, or else
+    /// its bytes decoded (another namespace's type holds the slot, or the
+    /// bytes did not decode: counted and deleted as on any store).
+    pub(crate) async fn entry_of(&self, key: &str, held: Held) -> Option<Entry<V>> {
+        if let Held::Decoded(shared) = &held
+            && let Some(entry) = self.own_entry(shared.as_ref())
+        {
+            return Some(entry.clone());
+        }
+        let bytes = held.to_bytes().unwrap_or_default();
+        self.decode_hit(key, &bytes).await
+    }
+
+    /// [`crate::store::Store::peek_shared`] with this namespace's decoder.
+    pub(crate) fn peek_shared(&self, full: &str) -> Option<SharedView> {
+        self.core.store.peek_shared(full, &|b: &Bytes| self.decode_shared(b))
+    }
+
+    /// [`crate::store::Store::get_shared`] with this namespace's decoder.
+    pub(crate) fn get_shared(&self, key: &str) -> Option<Option<Held>> {
+        self.core.store.get_shared(key, &|b: &Bytes| self.decode_shared(b))
+    }
+
+    /// A fresh hit of `key` in a store of this process that keeps decoded
+    /// values, counted as a hit; `None` for anything else (a miss, a value
+    /// due for refresh or expired, a pending invalidation, another type's
+    /// entry, a store over the network, an L1 to fill, `Versioned`), which
+    /// the full read path then handles as before. Synchronous, and its key
+    /// is built in a buffer of this thread's: a hit costs the store's
+    /// lookup, a clock read and the value's clone.
+    pub(crate) fn local_hit_for<K: Display + ?Sized>(&self, key: &K) -> Result<Option<Fetched<V>>> {
+        if !self.core.local || self.l1.is_some() || matches!(self.strategy, Strategy::Versioned) {
+            return Ok(None);
+        }
+        LOCAL_KEY.with_borrow_mut(|buf| {
+            buf.clear();
+            buf.push_str(&self.key_prefix);
+            key::append_key_part(buf, self.key_prefix.len(), key, self.core.max_key_len)?;
+            Ok(self.local_hit(buf))
+        })
+    }
+
+    fn local_hit(&self, full: &str) -> Option<Fetched<V>> {
+        // Before the store is read, as `read_cached` does: a check after it
+        // could follow the replay of a queued invalidation that the read
+        // preceded.
+        if self.core.retry.is_pending(full) {
+            return None;
+        }
+        let held = match self.strategy {
+            Strategy::Lease => match self.peek_shared(full)? {
+                SharedView {
+                    value: Some(held),
+                    stale: false,
+                    ..
+                } => held,
+                _ => return None,
+            },
+            _ => self.get_shared(full)??,
+        };
+        let Held::Decoded(shared) = held else { return None };
+        let entry = self.own_entry(shared.as_ref())?;
+        if self.freshness(entry) != Freshness::Fresh {
+            return None;
+        }
+        self.record(Event::Hit);
+        Some(Fetched {
+            value: entry.value.clone(),
+            source: Source::Hit,
+        })
+    }
+}

@@ -1,0 +1,173 @@
+//! Issue 17: the memory store keeps decoded values. A hit decodes once,
+//! byte-level readers get the bytes the engine writes, and namespaces of
+//! other value types or codecs on the same key never take (or panic on)
+//! an entry that is not theirs.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use aside::store::Store;
+use aside::{Aside, Codec, Json, MemoryStore, MessagePack, Namespace, Strategy};
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+
+const TTL: Duration = Duration::from_secs(60);
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct Profile {
+    id: u64,
+    name: String,
+}
+
+fn profile(id: u64) -> Profile {
+    Profile {
+        id,
+        name: format!("user {id}"),
+    }
+}
+
+/// JSON, counting its decodes.
+#[derive(Clone, Default)]
+struct Counting(Arc<AtomicUsize>);
+
+impl<V: Serialize + serde::de::DeserializeOwned> Codec<V> for Counting {
+    fn id(&self) -> u8 {
+        <Json as Codec<V>>::id(&Json)
+    }
+    fn encode(&self, value: &V) -> aside::Result<Vec<u8>> {
+        Json.encode(value)
+    }
+    fn decode(&self, bytes: &[u8]) -> aside::Result<V> {
+        self.0.fetch_add(1, Ordering::SeqCst);
+        Json.decode(bytes)
+    }
+}
+
+fn on(store: &MemoryStore) -> Aside {
+    Aside::builder().store(store.clone()).build()
+}
+
+async fn load<V: Clone + Send + Sync + 'static>(ns: &Namespace<u64, V>, value: V) -> Option<V> {
+    ns.get_or_load(&1, || {
+        let value = value.clone();
+        async move { Ok::<_, std::io::Error>(Some(value)) }
+    })
+    .await
+    .expect("read")
+}
+
+/// A second hit must not decode: fails if the hit path decodes every time.
+#[tokio::test]
+async fn hits_after_the_first_do_not_decode() {
+    for strategy in [Strategy::Lease, Strategy::Delete] {
+        let decodes = Counting::default();
+        let store = MemoryStore::new();
+        let ns = on(&store)
+            .namespace::<u64, Profile>("p")
+            .ttl(TTL)
+            .codec(decodes.clone())
+            .strategy(strategy)
+            .build()
+            .unwrap();
+        assert_eq!(load(&ns, profile(1)).await, Some(profile(1)));
+        let after_fill = decodes.0.load(Ordering::SeqCst);
+        for _ in 0..10 {
+            assert_eq!(load(&ns, profile(9)).await, Some(profile(1)), "a hit");
+        }
+        assert_eq!(
+            decodes.0.load(Ordering::SeqCst) - after_fill,
+            1,
+            "{strategy:?}: 10 hits should decode once (the first), not each time"
+        );
+        assert_eq!(ns.get(&1).await.unwrap(), Some(profile(1)));
+        assert_eq!(
+            decodes.0.load(Ordering::SeqCst) - after_fill,
+            1,
+            "{strategy:?}: get decoded"
+        );
+    }
+}
+
+/// A byte-level reader of a decoded slot gets the bytes the engine wrote.
+#[tokio::test]
+async fn byte_readers_of_a_decoded_slot_get_the_engines_bytes() {
+    let store = MemoryStore::new();
+    let ns = on(&store).namespace::<u64, Profile>("p").ttl(TTL).build().unwrap();
+    assert_eq!(load(&ns, profile(1)).await, Some(profile(1)));
+    let written = store.peek_entry("p:1").await.unwrap().value.expect("filled");
+    // Hit: the slot now holds the decoded entry.
+    assert_eq!(load(&ns, profile(9)).await, Some(profile(1)));
+    let view = store.peek_entry("p:1").await.unwrap();
+    assert_eq!(view.value.as_ref(), Some(&written), "peek_entry of a decoded slot");
+    assert_eq!(store.get_entry("p:1").await.unwrap(), Some((written.clone(), false)));
+    assert_eq!(
+        store.peek_many(&["p:1".to_owned()]).await.unwrap()[0].value.as_ref(),
+        Some(&written)
+    );
+    // Tombstones too (negative caching).
+    let neg = on(&store)
+        .namespace::<u64, Profile>("n")
+        .ttl(TTL)
+        .negative_ttl(TTL)
+        .build()
+        .unwrap();
+    let none = neg
+        .get_or_load(&1, || async { Ok::<_, std::io::Error>(None) })
+        .await
+        .unwrap();
+    assert_eq!(none, None);
+    let written = store.peek_entry("n:1").await.unwrap().value.expect("tombstone");
+    assert_eq!(
+        neg.get_or_load(&1, || async { Ok::<_, std::io::Error>(Some(profile(2))) })
+            .await
+            .unwrap(),
+        None
+    );
+    assert_eq!(store.peek_entry("n:1").await.unwrap().value, Some(written));
+}
+
+/// Two namespaces of one name on one store, with different value types or
+/// codecs: each takes only its own entries (the other's read as
+/// undecodable: a miss, deleted, loaded again), and nothing panics.
+#[tokio::test]
+async fn other_types_and_codecs_on_one_key_are_misses_not_panics() {
+    let store = MemoryStore::new();
+    let profiles = on(&store).namespace::<u64, Profile>("x").ttl(TTL).build().unwrap();
+    let numbers = on(&store).namespace::<u64, u32>("x").ttl(TTL).build().unwrap();
+    let packed = on(&store)
+        .namespace::<u64, Profile>("x")
+        .ttl(TTL)
+        .codec(MessagePack)
+        .build()
+        .unwrap();
+    assert_eq!(load(&profiles, profile(1)).await, Some(profile(1)));
+    assert_eq!(load(&profiles, profile(9)).await, Some(profile(1)), "decoded now");
+    // Another type: the decoded entry is not its own; its bytes do not decode.
+    assert_eq!(load(&numbers, 7).await, Some(7));
+    assert_eq!(load(&numbers, 8).await, Some(7), "its own, decoded");
+    assert_eq!(load(&profiles, profile(2)).await, Some(profile(2)));
+    assert_eq!(load(&profiles, profile(9)).await, Some(profile(2)));
+    // The same type in another codec must not take the JSON entry.
+    assert_eq!(
+        load(&packed, profile(3)).await,
+        Some(profile(3)),
+        "took another codec's entry"
+    );
+    assert_eq!(load(&packed, profile(9)).await, Some(profile(3)));
+    // Corrupt bytes: a miss, loaded again.
+    store
+        .put_entry("x:1", Bytes::from_static(b"\x00garbage"), TTL)
+        .await
+        .unwrap();
+    assert_eq!(load(&profiles, profile(4)).await, Some(profile(4)));
+    assert_eq!(load(&profiles, profile(9)).await, Some(profile(4)));
+    // Batches read decoded slots of either type.
+    let many = numbers
+        .get_many_or_load(&[1, 2], |keys| async move {
+            Ok::<_, std::io::Error>(keys.into_iter().map(|k| (k, 5u32)).collect())
+        })
+        .await
+        .unwrap();
+    assert_eq!(many.get(&1), Some(&5));
+}
