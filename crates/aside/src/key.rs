@@ -108,10 +108,11 @@ impl Write for InlinePart {
         let escape = self.len == 0 && s.starts_with(HASHED);
         let end = self.len + s.len() + usize::from(escape);
         if !self.fast || !clean || end > INLINE_PART {
+            // Declined: the rest is ignored, and the caller takes the
+            // `String` path. Not an error, which a `Display` impl that
+            // unwraps its writes would turn into a panic.
             self.fast = false;
-            // Stops a well-behaved `Display` early; what it writes after an
-            // error is ignored.
-            return Err(std::fmt::Error);
+            return Ok(());
         }
         if escape {
             self.bytes[0] = HASHED as u8;
@@ -367,6 +368,19 @@ mod tests {
                 }
                 None => assert!(!fast, "{key} declined"),
             }
+        }
+        // A `Display` that unwraps its writes: a declined part must not be
+        // an error it would panic on (found by review).
+        struct Unwrapping(String);
+        impl Display for Unwrapping {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(&self.0).unwrap();
+                f.write_str("!").unwrap();
+                Ok(())
+            }
+        }
+        for declined in [Unwrapping(long.clone()), Unwrapping("a b".to_owned())] {
+            assert!(inline_key_part("ns:".len(), &declined, max).is_none());
         }
         // A part that fits the stack but not the key bound is hashed.
         assert!(inline_key_part(240, &"a".repeat(11), 250).is_none());

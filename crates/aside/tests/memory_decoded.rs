@@ -171,3 +171,61 @@ async fn other_types_and_codecs_on_one_key_are_misses_not_panics() {
         .unwrap();
     assert_eq!(many.get(&1), Some(&5));
 }
+
+/// A user profile with a field [`Summary`] does not know.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct Full {
+    id: u64,
+    nick: Option<String>,
+}
+
+/// [`Full`] without its `nick`: it decodes `Full`'s bytes (serde ignores
+/// the unknown field), and encodes to shorter ones.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct Summary {
+    id: u64,
+}
+
+/// Found by review: a reader of a type with fewer fields decoded the
+/// entry first, the slot was swapped to its decoded value, and the writer's
+/// own namespace then read the re-encoded, shorter bytes (`nick: None`) as
+/// a hit. A slot is now kept decoded only when the decoded value encodes
+/// back to the same bytes.
+#[tokio::test]
+async fn a_reader_of_fewer_fields_never_loses_the_writers_data() {
+    let store = MemoryStore::new();
+    let (writer, reader) = (on(&store), on(&store));
+    let full: Namespace<u64, Full> = writer.namespace("u").ttl(TTL).build().unwrap();
+    let summary: Namespace<u64, Summary> = reader.namespace("u").ttl(TTL).build().unwrap();
+    let ada = Full {
+        id: 1,
+        nick: Some("ada".into()),
+    };
+    assert_eq!(load(&full, ada.clone()).await, Some(ada.clone()));
+    for _ in 0..2 {
+        assert_eq!(load(&summary, Summary { id: 9 }).await, Some(Summary { id: 1 }));
+    }
+    for _ in 0..2 {
+        assert_eq!(
+            load(&full, Full { id: 9, nick: None }).await,
+            Some(ada.clone()),
+            "the writer's entry lost a field to another type's reader"
+        );
+    }
+}
+
+/// Found by review: a raw namespace reading a counter swapped its slot to
+/// the decoded number, and every `incr` after that failed ("not an
+/// integer"). `incr` now reads a decoded slot's bytes.
+#[tokio::test]
+async fn a_counter_read_by_a_raw_namespace_still_increments() {
+    let store = MemoryStore::new();
+    let aside = on(&store);
+    let counts: Namespace<String, u64> = aside.namespace("c").raw().ttl(TTL).build().unwrap();
+    assert_eq!(store.incr("c:hits", TTL).await.unwrap(), 1);
+    for _ in 0..2 {
+        assert_eq!(counts.get(&"hits".to_owned()).await.unwrap(), Some(1));
+    }
+    assert_eq!(store.incr("c:hits", TTL).await.unwrap(), 2, "a read broke the counter");
+    assert_eq!(counts.get(&"hits".to_owned()).await.unwrap(), Some(2));
+}

@@ -32,8 +32,8 @@
 //! (see [`memory`]); the default, `--scenario hits`, is the above.
 
 mod drive;
-mod outage;
 pub mod memory;
+mod outage;
 #[cfg(feature = "peers")]
 mod peers;
 mod subjects;
@@ -346,9 +346,7 @@ struct Samples {
 /// or a peer asked for without the `peers` feature.
 pub async fn run(args: BenchArgs) -> Result<()> {
     if args.scenario != BenchScenario::Hits && args.report.is_some() {
-        return Err(CliError::new(
-            "--report is available with --scenario hits only",
-        ));
+        return Err(CliError::new("--report is available with --scenario hits only"));
     }
     if args.scenario == BenchScenario::Memory {
         return memory::run(args.entries, args.repeat, args.json).await;

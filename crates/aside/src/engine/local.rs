@@ -117,12 +117,20 @@ impl<V: Clone + Send + Sync + 'static> NsInner<V> {
     /// A fresh hit of `key` in a store of this process that keeps decoded
     /// values, counted as a hit; `None` for anything else (a miss, a value
     /// due for refresh or expired, a pending invalidation, another type's
-    /// entry, a store over the network, an L1 to fill, `Versioned`), which
+    /// entry, a store over the network, an L1 to fill, `Versioned`, early
+    /// refresh), which
     /// the full read path then handles as before. Synchronous, and its key
     /// is built in a buffer of this thread's: a hit costs the store's
     /// lookup, a clock read and the value's clone.
     pub(crate) fn local_hit_for<K: Display + ?Sized>(&self, key: &K) -> Result<Option<Fetched<V>>> {
-        if !self.core.local || self.l1.is_some() || matches!(self.strategy, Strategy::Versioned) {
+        // Not with early refresh: XFetch's roll here and the read path's
+        // own roll after a "due" would both have to say due, and a refresh
+        // chance of p would become p².
+        if !self.core.local
+            || self.l1.is_some()
+            || self.early_refresh.is_some()
+            || matches!(self.strategy, Strategy::Versioned)
+        {
             return Ok(None);
         }
         LOCAL_KEY.with_borrow_mut(|buf| {

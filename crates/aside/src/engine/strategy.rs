@@ -25,7 +25,7 @@ use super::retry::PendingOp;
 use super::state::{NsInner, Shared};
 use crate::error::{Error, ErrorKind, Result};
 use crate::policy::Strategy;
-use crate::store::{EntryView, Held, LeaseToken, SharedView};
+use crate::store::{Held, LeaseToken, SharedView};
 
 /// What a load replaces, which decides the lease it takes and what it
 /// falls back to when the loader fails.

@@ -244,13 +244,24 @@ impl MemoryStore {
         });
     }
 
-    /// A current value held as bytes, decoded and kept so if it decodes.
+    /// A current value held as bytes, decoded, and kept so if it decodes
+    /// and encodes back to exactly those bytes.
+    ///
+    /// The check is what keeps a namespace of another value type from
+    /// losing data: a type with fewer fields (or a raw reader) decodes the
+    /// bytes fine, but its re-encoding drops what it does not know, and a
+    /// slot swapped to it would serve the shorter bytes to the namespace
+    /// that wrote them. Such a reader gets its value and the slot keeps its
+    /// bytes. The cost is one encode per first hit of a fill, not per hit.
     fn decoded(&self, key: &str, held: Held, decode: Decoder<'_>) -> Held {
         match held {
             Held::Bytes(bytes) => match decode(&bytes) {
                 Some(entry) => {
+                    let exact = entry.encode().is_some_and(|again| again == bytes);
                     let decoded = Held::Decoded(entry);
-                    self.keep_decoded(key, &bytes, decoded.clone());
+                    if exact {
+                        self.keep_decoded(key, &bytes, decoded.clone());
+                    }
                     decoded
                 }
                 None => Held::Bytes(bytes),
@@ -355,8 +366,11 @@ impl Store for MemoryStore {
     async fn incr(&self, key: &str, ttl: Duration) -> StoreResult<u64> {
         self.compute(key, |current| {
             let previous = match current {
-                Some(Slot::Plain(Held::Bytes(b))) => std::str::from_utf8(&b).ok().and_then(|s| s.parse::<u64>().ok()),
-                Some(Slot::Plain(_)) => None,
+                // A counter a raw namespace has read is held decoded: its
+                // bytes are the same digits.
+                Some(Slot::Plain(held)) => held
+                    .to_bytes()
+                    .and_then(|b| std::str::from_utf8(&b).ok().and_then(|s| s.parse::<u64>().ok())),
                 _ => Some(0),
             };
             match previous {

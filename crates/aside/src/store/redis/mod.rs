@@ -2,9 +2,12 @@
 //!
 //! Owns the Redis mapping of the [`Store`] contract. Plain values are
 //! strings (`GET`/`SET PX`/`DEL`/`INCR`), readable by any other client;
-//! leased entries are one hash per key (`v` value, `s` stale flag, `t` lease
-//! token, `e` lease deadline, `w` a reader waits for the lease to end)
-//! changed only by the Lua scripts beside this file. A script that ends a
+//! leased entries are one hash per key (`v` current value, `o` stale copy,
+//! `t` lease token, `e` lease deadline, `w` a reader waits for the lease to
+//! end) changed only by the Lua scripts beside this file. `v` and `o` never
+//! coexist, so a hit is one `HGET` of `v` ([`Store::peek_fresh`]). (Before
+//! issue 17 a stale copy was `v` with a flag `s`: a hash written so by an
+//! older aside reads here as current; see the CHANGELOG.) A script that ends a
 //! lease some reader waited for publishes the key on
 //! [`RedisConfig::fill_channel`]; each store's subscriber task wakes the
 //! readers of its process (see [`crate::store::wake`]). Each script touches exactly one key, so it is valid in Redis
