@@ -36,34 +36,17 @@ use std::time::Duration;
 use aside::envelope::{self, Header};
 use aside::store::redis::RedisStore;
 use aside::{Aside, MemoryStore, Namespace, Stampede};
+mod fixture;
 mod support;
 
 use aside_testkit::RedisServer;
 use criterion::{BenchmarkGroup, Criterion, criterion_group, criterion_main, measurement::WallTime};
+use fixture::{Profile, profile};
 use redis::AsyncCommands;
-use serde::{Deserialize, Serialize};
 
 /// The key every benchmark reads.
 const KEY: u64 = 42;
 const TTL: Duration = Duration::from_secs(3600);
-
-/// A user profile, as the demo caches it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-struct Profile {
-    id: u64,
-    name: String,
-    email: String,
-    avatar: String,
-}
-
-fn profile(id: u64) -> Profile {
-    Profile {
-        id,
-        name: format!("User {id}"),
-        email: format!("user{id}@example.com"),
-        avatar: format!("https://avatars.example.com/u/{id}.png"),
-    }
-}
 
 fn configure(group: &mut BenchmarkGroup<'_, WallTime>) {
     group

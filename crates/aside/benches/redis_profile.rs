@@ -36,29 +36,13 @@ use aside::{Aside, Namespace};
 use aside_testkit::RedisServer;
 use redis::AsyncCommands;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use serde::{Deserialize, Serialize};
+
+mod fixture;
+use fixture::{Profile, profile};
 
 const TTL: Duration = Duration::from_secs(3600);
 const KEY: u64 = 42;
 const WARM_UP: u64 = 200;
-
-/// A user profile, as the demo caches it (about 130 bytes of JSON).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-struct Profile {
-    id: u64,
-    name: String,
-    email: String,
-    avatar: String,
-}
-
-fn profile(id: u64) -> Profile {
-    Profile {
-        id,
-        name: format!("User {id}"),
-        email: format!("user{id}@example.com"),
-        avatar: format!("https://avatars.example.com/u/{id}.png"),
-    }
-}
 
 fn check(found: Option<Profile>) {
     assert_eq!(found.map(|p| p.id), Some(KEY), "not a hit");

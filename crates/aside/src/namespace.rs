@@ -335,19 +335,19 @@ where
         // future (kilobytes of state) into `instrument` was most of a hit's
         // cost (`scripts/profile-hits`: `l1_profile` and `hit_profile`
         // under callgrind).
-        let result = match self.inner.l1_hit_for(key) {
+        let fast = match self.inner.l1_hit_for(key) {
+            Ok(None) => self.inner.local_hit_for(key),
+            l1 => l1,
+        };
+        let result = match fast {
             Ok(Some(hit)) => Ok(hit),
             Err(e) => Err(e),
-            Ok(None) => match self.inner.local_hit_for(key) {
-                Ok(Some(hit)) => Ok(hit),
-                Err(e) => Err(e),
-                Ok(None) => {
-                    self.inner
-                        .fetch_key_below_l1(key, loader)
-                        .instrument(span.clone())
-                        .await
-                }
-            },
+            Ok(None) => {
+                self.inner
+                    .fetch_key_below_l1(key, loader)
+                    .instrument(span.clone())
+                    .await
+            }
         };
         telemetry::record_fetched(&span, &result);
         result
