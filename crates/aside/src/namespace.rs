@@ -24,7 +24,6 @@ use crate::key;
 use crate::policy::{EarlyRefresh, Strategy};
 use crate::read_through::{self, Loader};
 use crate::telemetry;
-use tracing::Instrument;
 
 /// Per-call options of [`Namespace::fetch_with`].
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -261,9 +260,7 @@ where
         E: std::error::Error + Send + Sync + 'static,
     {
         let span = self.span("fetch_owned", Some(key));
-        let result = NsInner::fetch_owned_key(&self.inner, key, loader)
-            .instrument(span.clone())
-            .await;
+        let result = telemetry::in_span(&span, NsInner::fetch_owned_key(&self.inner, key, loader)).await;
         telemetry::record_fetched(&span, &result);
         result
     }
@@ -299,7 +296,7 @@ where
         E: std::error::Error + Send + Sync + 'static,
     {
         let span = self.span("fetch_with", Some(key));
-        let result = async {
+        let result = telemetry::in_span(&span, async {
             let full = self.store_key(key)?;
             if options.skip_cache {
                 return self.inner.fetch_uncached(loader).await;
@@ -308,8 +305,7 @@ where
                 return self.inner.fetch_refreshed(&full, loader).await;
             }
             self.inner.fetch_key(key, loader).await
-        }
-        .instrument(span.clone())
+        })
         .await;
         telemetry::record_fetched(&span, &result);
         result
@@ -342,12 +338,7 @@ where
         let result = match fast {
             Ok(Some(hit)) => Ok(hit),
             Err(e) => Err(e),
-            Ok(None) => {
-                self.inner
-                    .fetch_key_below_l1(key, loader)
-                    .instrument(span.clone())
-                    .await
-            }
+            Ok(None) => telemetry::in_span(&span, self.inner.fetch_key_below_l1(key, loader)).await,
         };
         telemetry::record_fetched(&span, &result);
         result
@@ -361,7 +352,7 @@ where
         operation: impl Future<Output = Result<T>>,
     ) -> Result<T> {
         let span = self.span(op, key);
-        let result = operation.instrument(span.clone()).await;
+        let result = telemetry::in_span(&span, operation).await;
         telemetry::record_result(&span, &result);
         result
     }
@@ -586,7 +577,7 @@ where
     /// A cache-only read in the span of `op`: a hit or a miss.
     async fn traced_peek(&self, op: &'static str, key: &K) -> Result<Option<V>> {
         let span = self.span(op, Some(key));
-        let result = self.inner.get_key(key).instrument(span.clone()).await;
+        let result = telemetry::in_span(&span, self.inner.get_key(key)).await;
         if !span.is_disabled() {
             let outcome = match &result {
                 Ok(Some(_)) => "hit",
@@ -1192,5 +1183,43 @@ impl<K: Display + ?Sized, V: Clone + Send + Sync + 'static> NamespaceBuilder<K, 
             write_back,
             _key: PhantomData,
         })
+    }
+}
+
+#[cfg(test)]
+mod future_size {
+    //! A hit moves its read's future into the caller's frames (and into
+    //! `Instrumented` when a subscriber wants the span): every byte of it is
+    //! copied, several times per hit. The miss path, the L1's fencing and
+    //! the error paths are boxed so that this future holds only what a hit
+    //! needs; inline, `get_or_load`'s future was over 1,800 bytes and its
+    //! copies a quarter of what aside added to a Redis hit
+    //! (`scripts/profile-hits redis`, memcpy). The bounds leave room for a
+    //! compiler's layout, not for the miss path coming back inline.
+
+    use std::mem::size_of_val;
+
+    #[test]
+    fn a_reads_future_holds_only_what_a_hit_needs() {
+        let aside = crate::Aside::builder().build();
+        let ns = aside.namespace::<u64, String>("sizes").build().expect("namespace");
+        let loader = || async { Ok::<_, std::io::Error>(None) };
+        let full = "sizes:1".to_string();
+        let sizes = [
+            ("get_or_load", size_of_val(&ns.get_or_load(&1, loader)), 800),
+            (
+                "fetch_key_below_l1",
+                size_of_val(&ns.inner.fetch_key_below_l1(&1, loader)),
+                640,
+            ),
+            ("read_cached", size_of_val(&ns.inner.read_cached(&full)), 512),
+            ("decode_hit", size_of_val(&ns.inner.decode_hit(&full, b"")), 200),
+        ];
+        for (future, size, bound) in sizes {
+            assert!(
+                size <= bound,
+                "{future}'s future is {size} bytes (bound {bound}): {sizes:?}"
+            );
+        }
     }
 }

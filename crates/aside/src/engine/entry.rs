@@ -78,13 +78,19 @@ impl<V: Clone + Send + Sync + 'static> NsInner<V> {
     pub(crate) async fn decode_hit(&self, key: &str, bytes: &[u8]) -> Option<Entry<V>> {
         match self.decode(bytes) {
             Ok(entry) => Some(entry),
+            // Boxed: inline, the delete's future made every hit's larger.
             Err(e) => {
-                self.record(Event::DecodeError);
-                tracing::warn!(key = %crate::telemetry::KeyHash(key), error = %e, "undecodable cache entry deleted");
-                let _ = self.call(self.core.store.delete(key)).await;
+                Box::pin(self.delete_undecodable(key, e)).await;
                 None
             }
         }
+    }
+
+    /// Counts, logs and deletes an entry of `key` that did not decode.
+    async fn delete_undecodable(&self, key: &str, error: Error) {
+        self.record(Event::DecodeError);
+        tracing::warn!(key = %crate::telemetry::KeyHash(key), error = %error, "undecodable cache entry deleted");
+        let _ = self.call(self.core.store.delete(key)).await;
     }
 
     /// Encodes `value` (a tombstone for `None`) with the namespace's TTL.

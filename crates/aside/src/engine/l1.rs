@@ -66,7 +66,9 @@ impl<V: Clone + Send + Sync + 'static> NsInner<V> {
             // aside --bench hit`, memory_hit).
             return Ok(self.fetch_timed(&full, loader).await?.0);
         }
-        self.below_l1(&full, self.fetch_timed(&full, loader)).await
+        // Boxed for the same reason as `fetch_timed`'s miss path: inline,
+        // the L1's fencing future doubled every Redis hit's future.
+        Box::pin(self.below_l1(&full, self.fetch_timed(&full, loader))).await
     }
 
     /// `Namespace::fetch_owned`.

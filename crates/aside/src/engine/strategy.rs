@@ -59,14 +59,23 @@ impl<V: Clone + Send + Sync + 'static> NsInner<V> {
     }
 
     /// The current value in the store, if any. Store failures read as a miss.
+    ///
+    /// `Lease`'s lookup is inline; the other strategies' run boxed, and so
+    /// does deleting an undecodable entry (`decode_hit`), so that a hit's
+    /// future stays a few hundred bytes rather than the largest of them
+    /// all: hits move it (see [`NsInner::fetch_timed`], and
+    /// `namespace::future_size`, which bounds it).
     pub(crate) async fn read_cached(&self, full: &str) -> Cached<V> {
         if self.core.retry.is_pending(&self.pending_key(full)) {
             return plain_miss();
         }
+        match self.strategy {
+            Strategy::Lease => {}
+            Strategy::Versioned => return Box::pin(self.read_cached_versioned(full)).await,
+            Strategy::Delete | Strategy::DoubleDelete { .. } => return Box::pin(self.read_cached_plain(full)).await,
+        }
         // A store that keeps decoded values (`engine::local`).
-        if self.strategy == Strategy::Lease
-            && let Some(view) = self.peek_shared(full)
-        {
+        if let Some(view) = self.peek_shared(full) {
             return match view {
                 SharedView {
                     value: Some(held),
@@ -83,66 +92,69 @@ impl<V: Clone + Send + Sync + 'static> NsInner<V> {
                 },
             };
         }
-        let store = &self.core.store;
-        match self.strategy {
-            // The current value only: the lease an entry may hold is not
-            // read. Single-flight treats a lookup that saw no lease as one
-            // that ran before the leader's grant (see `fetch_timed`): at
-            // worst a waiter joins a flight whose lease was revoked, and
-            // its `settled_at` sends it round again. Reading the lease too
-            // (an `HMGET` on Redis) cost every hit about 5,300
-            // instructions (`scripts/profile-hits redis`).
-            Strategy::Lease => match self.call(store.peek_fresh(full)).await {
-                Ok(Some(bytes)) => match self.decode_hit(full, &bytes).await {
-                    Some(entry) => self.judge(entry, None, None),
-                    None => plain_miss(),
-                },
-                Ok(None) => plain_miss(),
-                Err(e) => self.miss_after(full, &e).await,
+        // The current value only: the lease an entry may hold is not
+        // read. Single-flight treats a lookup that saw no lease as one
+        // that ran before the leader's grant (see `fetch_timed`): at
+        // worst a waiter joins a flight whose lease was revoked, and
+        // its `settled_at` sends it round again. Reading the lease too
+        // (an `HMGET` on Redis) cost every hit about 5,300
+        // instructions (`scripts/profile-hits redis`).
+        match self.call(self.core.store.peek_fresh(full)).await {
+            Ok(Some(bytes)) => match self.decode_hit(full, &bytes).await {
+                Some(entry) => self.judge(entry, None, None),
+                None => plain_miss(),
             },
-            Strategy::Versioned => {
-                let version = match self.read_version(full).await {
-                    Ok(version) => version,
-                    Err(e) if crate::engine::Core::store_down(&e) => return Cached::Down,
-                    Err(_) => return plain_miss(),
-                };
-                let data_key = Self::versioned_key(full, version);
-                // Only the data key heals: deleting the counter would take it
-                // back to version 0, where an old row may still be.
-                let read = match self.get_shared(&data_key) {
-                    Some(held) => Ok(held),
-                    None => self.call(store.get(&data_key)).await.map(|b| b.map(Held::Bytes)),
-                };
-                let entry = match read {
-                    Ok(Some(held)) => self.entry_of(&data_key, held).await,
-                    Ok(None) => None,
-                    Err(e) => {
-                        self.heal(&data_key, &e).await;
-                        None
-                    }
-                };
-                match entry {
-                    Some(entry) => self.judge(entry, Some(version), None),
-                    None => Cached::Miss {
-                        version: Some(version),
-                        lease: None,
-                        current: None,
-                    },
-                }
-            }
-            Strategy::Delete | Strategy::DoubleDelete { .. } => {
-                let read = match self.get_shared(full) {
-                    Some(held) => Ok(held),
-                    None => self.call(store.get(full)).await.map(|b| b.map(Held::Bytes)),
-                };
-                let entry = match read {
-                    Ok(Some(held)) => self.entry_of(full, held).await,
-                    Ok(None) => None,
-                    Err(e) => return self.miss_after(full, &e).await,
-                };
-                entry.map_or_else(plain_miss, |e| self.judge(e, None, None))
-            }
+            Ok(None) => plain_miss(),
+            Err(e) => self.miss_after(full, &e).await,
         }
+    }
+
+    /// [`NsInner::read_cached`] for `Versioned`: the version, then the data under it.
+    async fn read_cached_versioned(&self, full: &str) -> Cached<V> {
+        let store = &self.core.store;
+        let version = match self.read_version(full).await {
+            Ok(version) => version,
+            Err(e) if crate::engine::Core::store_down(&e) => return Cached::Down,
+            Err(_) => return plain_miss(),
+        };
+        let data_key = Self::versioned_key(full, version);
+        // Only the data key heals: deleting the counter would take it
+        // back to version 0, where an old row may still be.
+        let read = match self.get_shared(&data_key) {
+            Some(held) => Ok(held),
+            None => self.call(store.get(&data_key)).await.map(|b| b.map(Held::Bytes)),
+        };
+        let entry = match read {
+            Ok(Some(held)) => self.entry_of(&data_key, held).await,
+            Ok(None) => None,
+            Err(e) => {
+                self.heal(&data_key, &e).await;
+                None
+            }
+        };
+        match entry {
+            Some(entry) => self.judge(entry, Some(version), None),
+            None => Cached::Miss {
+                version: Some(version),
+                lease: None,
+                current: None,
+            },
+        }
+    }
+
+    /// [`NsInner::read_cached`] for `Delete` and `DoubleDelete`: the plain value.
+    async fn read_cached_plain(&self, full: &str) -> Cached<V> {
+        let store = &self.core.store;
+        let read = match self.get_shared(full) {
+            Some(held) => Ok(held),
+            None => self.call(store.get(full)).await.map(|b| b.map(Held::Bytes)),
+        };
+        let entry = match read {
+            Ok(Some(held)) => self.entry_of(full, held).await,
+            Ok(None) => None,
+            Err(e) => return self.miss_after(full, &e).await,
+        };
+        entry.map_or_else(plain_miss, |e| self.judge(e, None, None))
     }
 
     /// One round trip to the store (two for `Versioned`); hits go into
