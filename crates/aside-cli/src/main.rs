@@ -179,7 +179,7 @@ fn main() -> ExitCode {
         otel.shutdown();
     }
     #[cfg(not(feature = "otel"))]
-    drop(otel);
+    let _ = otel;
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

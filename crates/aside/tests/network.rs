@@ -187,6 +187,34 @@ async fn a_half_open_redis_connection_is_replaced_within_a_few_timeouts() {
     .await;
 }
 
+/// A store used without an `Aside` still bounds every request: the
+/// response timeout is the store's own timer now (redis-rs's is off, so
+/// that an engine's call arms one timer, not two), and it fires for direct
+/// calls, a wait for the blackholed server included. Without it this call
+/// would wait for the kernel to give up on the socket.
+#[tokio::test]
+async fn a_direct_store_call_to_a_blackholed_redis_times_out() {
+    use aside::store::Store;
+    let server = RedisServer::start();
+    let proxy = FaultProxy::start(([127, 0, 0, 1], server.port()).into()).await;
+    let store = redis_through(&proxy, Duration::from_millis(200)).await;
+    store.set("k", "v".into(), Duration::from_secs(60)).await.unwrap();
+    proxy.blackhole();
+    let answer = tokio::time::timeout(GENEROUS, store.get("k"))
+        .await
+        .expect("the store's own response timeout ends the call");
+    let error = answer.expect_err("a blackholed server answers nothing");
+    assert!(
+        !error.is_per_key(),
+        "a timeout is the store's failure, not the key's: {error}"
+    );
+    let sent = tokio::time::timeout(GENEROUS, store.peek_fresh("k")).await;
+    assert!(
+        matches!(sent, Ok(Err(_))),
+        "the hit path's request is bounded too: {sent:?}"
+    );
+}
+
 /// The same blackhole on memcached: reads answer from the loader, the
 /// store is skipped once the breaker is open, hits resume after.
 #[cfg(feature = "memcached")]

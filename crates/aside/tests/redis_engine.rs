@@ -383,3 +383,23 @@ async fn a_hit_on_redis_is_one_hget() {
     assert_eq!(source, Source::Loaded, "the stale copy was read as a hit");
     assert_eq!(user, Some(User::new(2, 1)));
 }
+
+/// `Duration::MAX` is a common way to say "no bound": as the operation
+/// timeout and as the store's response timeout it bounds nothing, and
+/// reads work. (Deadlines are instants: `now + Duration::MAX` overflowed
+/// and panicked on every store call.)
+#[tokio::test]
+async fn timeouts_of_duration_max_bound_nothing_and_panic_nowhere() {
+    use aside::store::redis::RedisConfig;
+    let server = RedisServer::start();
+    let mut config = RedisConfig::default();
+    config.response_timeout = Duration::MAX;
+    let store = RedisStore::connect_with(&server.url(), config).await.unwrap();
+    let aside = Aside::builder().store(store).op_timeout(Duration::MAX).build();
+    let ns = users(&aside, Strategy::Lease);
+    let db = Db::with_users(1);
+    assert_eq!(read(&ns, &db, 1).await, (Some(User::new(1, 0)), Source::Loaded));
+    assert_eq!(read(&ns, &db, 1).await, (Some(User::new(1, 0)), Source::Hit));
+    ns.invalidate(&1).await.unwrap();
+    assert_eq!(read(&ns, &db, 1).await, (Some(User::new(1, 0)), Source::Loaded));
+}

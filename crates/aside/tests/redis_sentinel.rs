@@ -15,6 +15,15 @@ use aside::{Aside, BreakerConfig, Source, Strategy};
 use aside_testkit::sentinel::{MASTER_NAME, SentinelSetup};
 use common::{Db, User, eventually};
 
+/// The users of these tests, under leases.
+fn users(aside: &Aside) -> aside::Namespace<u64, User> {
+    aside
+        .namespace::<u64, User>("user")
+        .strategy(Strategy::Lease)
+        .build()
+        .unwrap()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reads_survive_a_failover_and_hits_resume_on_the_new_primary() {
     let mut setup = SentinelSetup::start().await;
@@ -30,11 +39,7 @@ async fn reads_survive_a_failover_and_hits_resume_on_the_new_primary() {
         )
         .op_timeout(Duration::from_millis(300))
         .build();
-    let users = aside
-        .namespace::<u64, User>("user")
-        .strategy(Strategy::Lease)
-        .build()
-        .unwrap();
+    let users = users(&aside);
     let db = Db::with_users(20);
     for id in 1..=20 {
         users.fetch(&id, || db.get(id)).await.unwrap();
@@ -124,4 +129,45 @@ async fn no_sentinel_answering_is_a_clear_error() {
     .expect("a connect ends within its bound")
     .expect_err("no Sentinel answers");
     assert!(err.to_string().contains("Sentinel"), "{err}");
+}
+
+/// A primary that hangs (SIGSTOP) rather than dies, with the default
+/// timeouts: the engine's operation timeout and the store's response
+/// timeout are both 250 ms, so the engine's deadline comes first and a
+/// plain connection would arm no timer of its own. Sentinel's handle arms
+/// its own anyway (`store::without_caller_deadline`): its timeouts must
+/// reach it as errors, which is what starts the search for the new
+/// primary. The breaker never opens here (a high failure threshold), and
+/// there is no fill subscription (whose pings notice a hung server too), so
+/// no probe or resubscription finds the failover instead: user reads must.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hung_primary_is_left_for_the_promoted_replica_with_the_default_timeouts() {
+    let setup = SentinelSetup::start().await;
+    let urls = setup.sentinel_urls();
+    let urls: Vec<&str> = urls.iter().map(String::as_str).collect();
+    let mut config = aside::store::redis::RedisConfig::default();
+    config.fill_channel = None;
+    let store = RedisStore::connect_sentinel_with(&urls, MASTER_NAME, config)
+        .await
+        .unwrap();
+    let aside = Aside::builder()
+        .store(store)
+        .breaker(BreakerConfig::default().failure_threshold(1_000_000))
+        .build();
+    let users = users(&aside);
+    let db = Db::with_users(1);
+    users.fetch(&1, || db.get(1)).await.unwrap();
+    assert_eq!(users.fetch(&1, || db.get(1)).await.unwrap().source, Source::Hit);
+
+    setup.primary.freeze();
+    eventually("Sentinel promotes the replica", Duration::from_secs(60), || async {
+        setup.primary_port_now().await == Some(setup.replica.port())
+    })
+    .await;
+    eventually("hits resume on the new primary", Duration::from_secs(60), || async {
+        let value = users.fetch(&1, || db.get(1)).await.unwrap();
+        assert_eq!(value.value, Some(User::new(1, 0)));
+        users.fetch(&1, || db.get(1)).await.unwrap().source == Source::Hit
+    })
+    .await;
 }

@@ -172,7 +172,7 @@ impl Core {
             }
         }
         let started = tokio::time::Instant::now();
-        let answer = tokio::time::timeout(self.op_timeout, fut).await;
+        let answer = self.bounded(started, fut).await;
         let elapsed = started.elapsed();
         if self.breaker.is_slow(elapsed) {
             self.record(ns, Event::StoreSlow);
@@ -197,7 +197,28 @@ impl Core {
 
     /// One store operation bounded by the timeout, ignoring the breaker.
     pub(crate) async fn call_unguarded<T>(&self, fut: impl Future<Output = StoreResult<T>>) -> Result<T, Error> {
-        self.answer(tokio::time::timeout(self.op_timeout, fut).await)
+        self.answer(self.bounded(tokio::time::Instant::now(), fut).await)
+    }
+
+    /// `fut` bounded by `op_timeout` from `started`, which it is told
+    /// ([`crate::store::under_deadline`]) so that the store arms no second
+    /// timer. A timeout too large to be a deadline (`Duration::MAX` for
+    /// "no bound") bounds nothing.
+    ///
+    /// Not an `async fn`: that would keep `fut` twice in its state, as its
+    /// argument and inside the future it awaits (`namespace::future_size`).
+    fn bounded<F: Future>(
+        &self,
+        started: tokio::time::Instant,
+        fut: F,
+    ) -> impl Future<Output = Result<F::Output, tokio::time::error::Elapsed>> {
+        match started.checked_add(self.op_timeout) {
+            Some(deadline) => futures::future::Either::Left(tokio::time::timeout_at(
+                deadline,
+                crate::store::under_deadline(deadline, fut),
+            )),
+            None => futures::future::Either::Right(async { Ok(fut.await) }),
+        }
     }
 
     /// The caller's view of a store call bounded by the timeout.

@@ -44,6 +44,42 @@ use std::time::Duration;
 use async_trait::async_trait;
 use bytes::Bytes;
 
+tokio::task_local! {
+    /// The deadline by which the caller of a store operation gives up on
+    /// it (the engine's operation timeout), set for the operation's future;
+    /// `None` where a store must arm its own timer whatever the caller's.
+    static CALLER_DEADLINE: Option<tokio::time::Instant>;
+}
+
+/// Runs store operation `operation` under its caller's `deadline`: a
+/// store that bounds its own requests (`Reconnecting`) arms no timer of its
+/// own when the caller's would fire first, so an engine's call costs one
+/// timer rather than two (issue 17: a tokio timer is a lock, an insert in
+/// the wheel and a removal).
+pub(crate) fn under_deadline<F: std::future::Future>(
+    deadline: tokio::time::Instant,
+    operation: F,
+) -> impl std::future::Future<Output = F::Output> {
+    CALLER_DEADLINE.scope(Some(deadline), operation)
+}
+
+/// Runs `operation` as if its caller had set no deadline: its requests arm
+/// their own timers. For a connection that must see its own timeouts as
+/// errors (Sentinel's handle looks for a new primary on them), not have
+/// its request dropped by the caller's timer first.
+#[cfg(feature = "redis")]
+pub(crate) fn without_caller_deadline<F: std::future::Future>(
+    operation: F,
+) -> impl std::future::Future<Output = F::Output> {
+    CALLER_DEADLINE.scope(None, operation)
+}
+
+/// The deadline of the store operation being polled, when its caller set one.
+#[cfg(feature = "redis")]
+pub(crate) fn caller_deadline() -> Option<tokio::time::Instant> {
+    CALLER_DEADLINE.try_with(|deadline| *deadline).ok().flatten()
+}
+
 #[cfg(feature = "memcached")]
 pub mod memcached;
 pub mod memory;

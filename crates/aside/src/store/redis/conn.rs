@@ -26,9 +26,17 @@
 //! (and the manager cloned, an `Arc` bump) per command and written only on
 //! a replacement; the count is an atomic. A request abandoned by its caller
 //! (the engine's operation timeout fired first) after waiting at least half
-//! the response timeout counts as a timeout too, since the engine's bound
-//! and redis-rs's are usually the same and either may fire first.
+//! the response timeout counts as a timeout too.
+//!
+//! One timer per request: the response timeout is `Reconnecting`'s, not
+//! redis-rs's, and bounds the whole request, a wait for a reconnect in
+//! progress included (redis-rs's bounds only the reply). A request whose
+//! caller set an earlier deadline ([`crate::store::under_deadline`], as the
+//! engine does for every store call) arms none: the caller's timer ends it
+//! first. Before, an engine's hit armed two timers, the engine's and
+//! redis-rs's, for the same 250 ms.
 
+use std::future::Future;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
@@ -91,7 +99,8 @@ pub(crate) fn tcp_settings(config: &RedisConfig) -> TcpSettings {
 fn manager_config(config: &RedisConfig) -> ConnectionManagerConfig {
     ConnectionManagerConfig::new()
         .set_connection_timeout(Some(config.connect_timeout))
-        .set_response_timeout(Some(config.response_timeout))
+        // `Reconnecting::bounded` applies it, once per request.
+        .set_response_timeout(None)
         .set_number_of_retries(config.reconnect_retries)
         .set_min_delay(config.reconnect_min_delay)
         .set_max_delay(Duration::from_secs(1))
@@ -110,6 +119,8 @@ struct Shared {
     replace_after: u32,
     /// An abandoned request that waited this long counts as timed out.
     abandoned_after: Duration,
+    /// The bound of one request, reply and reconnect wait included.
+    response_timeout: Duration,
     replacements: AtomicU64,
 }
 
@@ -125,6 +136,7 @@ impl Reconnecting {
             timeouts: AtomicU32::new(0),
             replace_after: config.replace_after_timeouts,
             abandoned_after: config.response_timeout / 2,
+            response_timeout: config.response_timeout,
             replacements: AtomicU64::new(0),
         })))
     }
@@ -214,14 +226,46 @@ impl Drop for Watch<'_> {
     }
 }
 
+impl Reconnecting {
+    /// Sends `cmd` and returns its reply: what `req_packed_command` does,
+    /// without its boxed future or a clone of `self`. The hit path's way
+    /// in (`RedisStore::peek_fresh`), where both showed in
+    /// `scripts/profile-hits redis`.
+    pub(crate) async fn request(&self, cmd: &Cmd) -> RedisResult<Value> {
+        let mut manager = self.current();
+        self.bounded(manager.req_packed_command(cmd)).await
+    }
+
+    /// `request` bounded by the response timeout, its outcome watched.
+    async fn bounded<T>(&self, request: impl Future<Output = RedisResult<T>>) -> RedisResult<T> {
+        let watch = self.watch();
+        // `None`: a response timeout too large to be a deadline bounds nothing.
+        let bound = watch.started.checked_add(self.0.response_timeout);
+        let result = match bound.filter(|&bound| arms_timer(crate::store::caller_deadline(), bound)) {
+            Some(bound) => match tokio::time::timeout_at(bound, request).await {
+                Ok(result) => result,
+                Err(_) => Err(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    format!("Redis did not answer within {:?}", self.0.response_timeout),
+                )
+                .into()),
+            },
+            None => request.await,
+        };
+        watch.finish(&result);
+        result
+    }
+}
+
+/// Whether a request bounded at `bound` needs a timer of its own: not when
+/// its caller gives up on it at `caller` or before.
+fn arms_timer(caller: Option<Instant>, bound: Instant) -> bool {
+    caller.is_none_or(|caller| caller > bound)
+}
+
 impl ConnectionLike for Reconnecting {
     fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
-        Box::pin(async move {
-            let watch = self.watch();
-            let result = self.current().req_packed_command(cmd).await;
-            watch.finish(&result);
-            result
-        })
+        Box::pin(self.request(cmd))
     }
 
     fn req_packed_commands<'a>(
@@ -231,14 +275,30 @@ impl ConnectionLike for Reconnecting {
         count: usize,
     ) -> RedisFuture<'a, Vec<Value>> {
         Box::pin(async move {
-            let watch = self.watch();
-            let result = self.current().req_packed_commands(pipeline, offset, count).await;
-            watch.finish(&result);
-            result
+            let mut manager = self.current();
+            self.bounded(manager.req_packed_commands(pipeline, offset, count)).await
         })
     }
 
     fn get_db(&self) -> i64 {
         self.current().get_db()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The engine's deadline comes first (it is taken before the request's
+    /// start): no second timer. A caller with a later deadline, or none (a
+    /// direct call, the bus, write-back), gets the store's.
+    #[test]
+    fn a_request_arms_a_timer_only_when_its_caller_would_wait_longer() {
+        let start = Instant::now();
+        let bound = start + Duration::from_millis(250);
+        assert!(!arms_timer(Some(bound), bound), "the engine's default: the same 250 ms");
+        assert!(!arms_timer(Some(start + Duration::from_millis(100)), bound));
+        assert!(arms_timer(Some(start + Duration::from_secs(2)), bound));
+        assert!(arms_timer(None, bound));
     }
 }

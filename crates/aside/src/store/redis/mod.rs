@@ -785,12 +785,18 @@ impl Store for RedisStore {
     /// more instructions per hit, most of them in redis-rs's reply parser
     /// (`scripts/profile-hits redis`: `raw-hmget` against `raw-hget`).
     async fn peek_fresh(&self, key: &str) -> StoreResult<Option<Bytes>> {
-        let value: Option<Vec<u8>> = redis::cmd("HGET")
-            .arg(key)
-            .arg("v")
-            .query_async(&mut self.conn.clone())
-            .await
-            .map_err(store_error)?;
+        let mut cmd = redis::cmd("HGET");
+        cmd.arg(key).arg("v");
+        let value: Option<Vec<u8>> = match &self.conn {
+            // What `query_async` does with the reply, minus the boxed future.
+            RedisConnection::Single(single) => single
+                .request(&cmd)
+                .await
+                .and_then(redis::Value::extract_error)
+                .and_then(|reply| Ok(redis::from_redis_value(reply)?))
+                .map_err(store_error)?,
+            other => cmd.query_async(&mut other.clone()).await.map_err(store_error)?,
+        };
         Ok(value.map(Bytes::from))
     }
 

@@ -41,7 +41,10 @@ impl SentinelHandle {
     pub(crate) fn req_packed_command<'a>(&'a self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
         Box::pin(async move {
             let mut manager = self.manager();
-            let answer = manager.req_packed_command(cmd).await;
+            // Its own timer, always: a timeout must reach `after` as an
+            // error (it starts the search for a new primary), not end with
+            // the caller's timer dropping this future first.
+            let answer = crate::store::without_caller_deadline(manager.req_packed_command(cmd)).await;
             self.0.after(&answer);
             answer
         })
@@ -55,7 +58,8 @@ impl SentinelHandle {
     ) -> RedisFuture<'a, Vec<Value>> {
         Box::pin(async move {
             let mut manager = self.manager();
-            let answer = manager.req_packed_commands(pipeline, offset, count).await;
+            let answer =
+                crate::store::without_caller_deadline(manager.req_packed_commands(pipeline, offset, count)).await;
             self.0.after(&answer);
             answer
         })
