@@ -63,6 +63,13 @@ pub(crate) fn op_span(
     strategy: Strategy,
     key: impl FnOnce() -> Option<String>,
 ) -> Span {
+    // No subscriber wants DEBUG at all: no span. `debug_span!` would still
+    // build a disabled one and, with `tracing`'s `log` feature on (sqlx
+    // turns it on), hand its fields to `log`: about 130 instructions of
+    // every in-process hit (`scripts/profile-hits memory`).
+    if !tracing::level_enabled!(tracing::Level::DEBUG) {
+        return Span::none();
+    }
     let span = tracing::debug_span!(
         target: "aside::op",
         "aside",
@@ -138,6 +145,23 @@ fn source_name(source: Source) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// With no subscriber at all, an operation gets `Span::none()`, not a
+    /// disabled span carrying metadata for `log` (which `debug_span!`
+    /// builds when `tracing`'s `log` feature is on, as sqlx makes it in
+    /// this workspace), so hits pay for no span. `tests/tracing.rs` checks
+    /// what a subscriber that wants the spans sees.
+    #[test]
+    fn with_no_subscriber_an_operation_has_no_span_at_all() {
+        let called = std::cell::Cell::new(false);
+        let span = op_span("get", "users", Strategy::Lease, || {
+            called.set(true);
+            Some("users:1".to_string())
+        });
+        assert!(span.is_disabled());
+        assert!(span.metadata().is_none(), "a disabled span was built: {span:?}");
+        assert!(!called.get(), "the key was formatted for no one");
+    }
 
     #[test]
     fn a_key_hash_is_16_hex_digits_and_stable() {
