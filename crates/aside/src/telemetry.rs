@@ -67,7 +67,10 @@ pub(crate) fn op_span(
     // build a disabled one and, with `tracing`'s `log` feature on (sqlx
     // turns it on), hand its fields to `log`: about 130 instructions of
     // every in-process hit (`scripts/profile-hits memory`).
-    if !tracing::level_enabled!(tracing::Level::DEBUG) {
+    // The same check `debug_span!` opens with (its `level_enabled!` is not
+    // public API): the compile-time and the current global maximum level.
+    use tracing::level_filters::{LevelFilter, STATIC_MAX_LEVEL};
+    if STATIC_MAX_LEVEL < LevelFilter::DEBUG || LevelFilter::current() < LevelFilter::DEBUG {
         return Span::none();
     }
     let span = tracing::debug_span!(
