@@ -274,7 +274,7 @@ impl Aside {
     /// The `Aside` stays usable afterwards; invalidations that fail later
     /// are queued and replayed as usual.
     pub async fn shutdown(&self, timeout: Duration) -> ShutdownReport {
-        let deadline = tokio::time::Instant::now() + timeout;
+        let deadline = crate::engine::deadline_after(timeout);
         let (drained, second_deletes) = self.core.shutdown(deadline).await;
         let report = ShutdownReport {
             replayed: drained.replayed,

@@ -63,6 +63,17 @@ fn users(aside: &Aside, strategy: Strategy, l1: bool) -> Namespace<u64, User> {
     builder.build().unwrap()
 }
 
+/// A batch loader: the users of `ids` that `db` has.
+async fn load_many(db: Db, ids: Vec<u64>) -> Result<std::collections::HashMap<u64, User>, DbDown> {
+    let mut found = std::collections::HashMap::new();
+    for id in ids {
+        if let Some(user) = db.get(id).await? {
+            found.insert(id, user);
+        }
+    }
+    Ok(found)
+}
+
 async fn read(ns: &Namespace<u64, User>, db: &Db, id: u64) -> Option<User> {
     let db = db.clone();
     ns.get_or_load(&id, move || {
@@ -925,18 +936,7 @@ async fn a_batch_cancelled_during_its_fill_gives_the_leases_back() {
         let users = users.clone();
         async move {
             users
-                .get_many_or_load(&[1, 2], move |ids: Vec<u64>| {
-                    let db = db.clone();
-                    async move {
-                        let mut found = std::collections::HashMap::new();
-                        for id in ids {
-                            if let Some(user) = db.get(id).await? {
-                                found.insert(id, user);
-                            }
-                        }
-                        Ok::<_, DbDown>(found)
-                    }
-                })
+                .get_many_or_load(&[1, 2], move |ids: Vec<u64>| load_many(db.clone(), ids))
                 .await
         }
     });
@@ -1367,4 +1367,45 @@ async fn the_fence_bit_is_told_exactly_at_its_edges() {
             );
         }
     }
+}
+
+/// `Duration::MAX` is how a user says "no bound". A namespace refuses
+/// durations over `MAX_DURATION` when it is built, but a double-delete
+/// delay and a shutdown's timeout took any, and the deadline built from
+/// them (`Instant + Duration::MAX`) panicked; now every such deadline
+/// saturates (`engine::deadline_after`). The lease's renewal bound, the
+/// batch miss and the fenced update run at the namespace's own limits.
+#[tokio::test]
+async fn bounds_of_duration_max_mean_no_bound_on_every_path() {
+    let aside = Aside::builder().build();
+    let leased = aside
+        .namespace::<u64, User>("user")
+        .strategy(Strategy::Lease)
+        .load_timeout(aside::MAX_DURATION)
+        .lease_wait(aside::MAX_DURATION)
+        .build()
+        .unwrap();
+    let db = Db::with_users(3);
+    assert_eq!(read(&leased, &db, 1).await, Some(User::new(1, 0)));
+    let found = leased
+        .get_many_or_load(&[2, 3], |ids| load_many(db.clone(), ids))
+        .await
+        .unwrap();
+    assert_eq!(found.len(), 2);
+    let written = leased
+        .update(&1, || async { Ok::<_, std::io::Error>(Some(User::new(1, 1))) })
+        .await
+        .unwrap();
+    assert_eq!(written, Some(User::new(1, 1)));
+
+    let double = aside
+        .namespace::<u64, User>("twice")
+        .strategy(Strategy::DoubleDelete { delay: Duration::MAX })
+        .build()
+        .unwrap();
+    assert_eq!(read(&double, &db, 1).await, Some(User::new(1, 0)));
+    double.invalidate(&1).await.unwrap();
+
+    let report = aside.shutdown(Duration::MAX).await;
+    assert_eq!(report.dropped, 0);
 }

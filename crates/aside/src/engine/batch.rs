@@ -261,7 +261,7 @@ impl<V: Clone + Send + Sync + 'static> NsInner<V> {
         } else {
             // Renewals go on while any of the batch's leases lives: one key
             // invalidated must not let the others run out.
-            let renew_until = Instant::now() + self.renewal_bound();
+            let renew_until = super::deadline_after(self.renewal_bound());
             let leased = &leased;
             let renew = || async move {
                 if Instant::now() >= renew_until {

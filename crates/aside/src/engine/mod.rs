@@ -64,6 +64,14 @@ pub(crate) fn fresh_version() -> u64 {
         .map_or(1, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
 }
 
+/// The instant `after` from now, at most 30 years away: a bound of
+/// `Duration::MAX` means "no bound", and `Instant + Duration::MAX` panics.
+/// Tokio's own timers saturate the same way, at the same 30 years.
+pub(crate) fn deadline_after(after: Duration) -> tokio::time::Instant {
+    const FAR: Duration = Duration::from_secs(86_400 * 365 * 30);
+    tokio::time::Instant::now() + after.min(FAR)
+}
+
 /// State shared by all namespaces of one [`crate::Aside`].
 pub(crate) struct Core {
     pub(crate) store: Arc<dyn Store>,

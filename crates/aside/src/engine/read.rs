@@ -682,7 +682,7 @@ impl<V: Clone + Send + Sync + 'static> NsInner<V> {
         E: std::error::Error + Send + Sync + 'static,
     {
         let store = &self.core.store;
-        let renew_until = Instant::now() + self.renewal_bound();
+        let renew_until = super::deadline_after(self.renewal_bound());
         let renew = move || async move {
             if Instant::now() >= renew_until {
                 // A loader this slow may be hung: let the lease run out so

@@ -17,8 +17,6 @@ use std::hash::Hash;
 use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
-use tokio::time::Instant;
-
 use super::batch::Found;
 use super::read::{Cached, Current, plain_miss};
 use super::retry::PendingOp;
@@ -390,7 +388,7 @@ impl<V: Clone + Send + Sync + 'static> NsInner<V> {
                 let result = self.core.call_for(&self.metrics, store.delete(full)).await;
                 self.core.delayed.schedule(
                     &self.core,
-                    Instant::now() + delay,
+                    super::deadline_after(delay),
                     full.to_owned(),
                     self.self_ref.clone(),
                 );

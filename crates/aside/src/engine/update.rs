@@ -83,7 +83,7 @@ impl<V: Clone + Send + Sync + 'static> NsInner<V> {
         let token = LeaseToken::fence();
         // Another update holds the key at most as long as its write may run
         // (its renewals stop then) plus one lease TTL.
-        let deadline = tokio::time::Instant::now() + self.renewal_bound() + self.lease_ttl;
+        let deadline = super::deadline_after(self.renewal_bound().saturating_add(self.lease_ttl));
         let mut pause = FENCE_POLL_FIRST;
         let mut fence = loop {
             // Held from before the request: a reply lost to the timeout may
@@ -102,7 +102,7 @@ impl<V: Clone + Send + Sync + 'static> NsInner<V> {
             tokio::time::sleep(pause.mul_f64(0.5 + rand::random::<f64>())).await;
             pause = (pause * 2).min(FENCE_POLL_MAX);
         };
-        let renew_until = tokio::time::Instant::now() + self.renewal_bound();
+        let renew_until = super::deadline_after(self.renewal_bound());
         let renew = move || async move {
             tokio::time::Instant::now() < renew_until
                 && !matches!(
