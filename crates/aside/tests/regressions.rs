@@ -1409,3 +1409,38 @@ async fn bounds_of_duration_max_mean_no_bound_on_every_path() {
     let report = aside.shutdown(Duration::MAX).await;
     assert_eq!(report.dropped, 0);
 }
+
+/// An entry whose header says it expires at `u64::MAX` ms (another
+/// writer's, or crafted) is served as fresh, and its first hit, which
+/// puts that expiry on the monotonic clock (`engine::local`), panics
+/// nowhere.
+#[tokio::test]
+async fn an_expiry_at_the_end_of_time_is_served_and_panics_nowhere() {
+    let store = MemoryStore::new();
+    let aside = Aside::builder().prefix("t:").store(store.clone()).build();
+    // A plain entry, as `Store::set` writes it: the `Delete` strategy's.
+    let ns = aside
+        .namespace::<u64, User>("user")
+        .strategy(Strategy::Delete)
+        .build()
+        .unwrap();
+    let header = aside::envelope::Header {
+        codec_id: aside::Codec::<User>::id(&aside::Json),
+        flags: 0,
+        expires_at_ms: u64::MAX,
+        load_time_us: 0,
+    };
+    let payload = serde_json::to_vec(&User::new(1, 7)).unwrap();
+    let bytes = aside::envelope::seal(&header, &payload);
+    store
+        .set("t:user:1", bytes.into(), Duration::from_secs(3600))
+        .await
+        .unwrap();
+    for _ in 0..2 {
+        let fetched = ns
+            .fetch(&1, || async { Ok::<_, DbDown>(Some(User::new(1, 0))) })
+            .await
+            .unwrap();
+        assert_eq!((fetched.value, fetched.source), (Some(User::new(1, 7)), Source::Hit));
+    }
+}

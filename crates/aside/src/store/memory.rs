@@ -117,7 +117,11 @@ impl moka::Expiry<Arc<str>, Timed> for SlotExpiry {
 /// ```
 #[derive(Clone)]
 pub struct MemoryStore {
-    cache: Cache<Arc<str>, Timed>,
+    /// Keyed by full key, hashed with foldhash rather than the standard
+    /// SipHash: a per-store random seed, as hashbrown's own default, and
+    /// about a hundred fewer instructions per hit (`scripts/profile-hits
+    /// memory`).
+    cache: Cache<Arc<str>, Timed, foldhash::fast::RandomState>,
     /// Readers waiting for a lease to end, woken by the writes that end it.
     wakes: FillWakes,
     /// The write marks of `put_entry_if_newer`: the highest version and
@@ -193,7 +197,7 @@ impl MemoryStore {
                 u32::try_from(k.len() + value_len + 32).unwrap_or(u32::MAX)
             })
             .expire_after(SlotExpiry)
-            .build();
+            .build_with_hasher(foldhash::fast::RandomState::default());
         MemoryStore {
             cache,
             marks: Arc::default(),
