@@ -55,6 +55,15 @@ impl fmt::Debug for KeyHash<'_> {
     }
 }
 
+/// True when a subscriber may want the operations' spans (`DEBUG`): the
+/// same check `debug_span!` opens with (its `level_enabled!` is not public
+/// API), the compile-time and the current global maximum level. False, an
+/// in-process hit makes no span at all, not even a disabled one.
+pub(crate) fn ops_traced() -> bool {
+    use tracing::level_filters::{LevelFilter, STATIC_MAX_LEVEL};
+    STATIC_MAX_LEVEL >= LevelFilter::DEBUG && LevelFilter::current() >= LevelFilter::DEBUG
+}
+
 /// The span of one operation. `key` is computed only if the span is
 /// enabled: for a disabled span, building the full key would be wasted.
 pub(crate) fn op_span(
@@ -67,10 +76,7 @@ pub(crate) fn op_span(
     // build a disabled one and, with `tracing`'s `log` feature on (sqlx
     // turns it on), hand its fields to `log`: about 130 instructions of
     // every in-process hit (`scripts/profile-hits memory`).
-    // The same check `debug_span!` opens with (its `level_enabled!` is not
-    // public API): the compile-time and the current global maximum level.
-    use tracing::level_filters::{LevelFilter, STATIC_MAX_LEVEL};
-    if STATIC_MAX_LEVEL < LevelFilter::DEBUG || LevelFilter::current() < LevelFilter::DEBUG {
+    if !ops_traced() {
         return Span::none();
     }
     let span = tracing::debug_span!(
