@@ -329,26 +329,24 @@ where
         // values, answers before the read's future is built: moving that
         // future (kilobytes of state) into `instrument` was most of a hit's
         // cost (`scripts/profile-hits`: `l1_profile` and `hit_profile`
-        // under callgrind). With no subscriber for the spans, such a hit
-        // makes none: creating and dropping even an empty one, and
-        // recording its outcome, cost another ~10% of the hit.
+        // under callgrind). With no subscriber for the spans, a read makes
+        // none: creating and dropping even an empty one, and recording its
+        // outcome, cost another ~10% of such a hit. With one, the span is
+        // made first, so that its life covers the lookup.
+        let span = telemetry::ops_traced().then(|| self.span(op, Some(key)));
         let fast = match self.inner.l1_hit_for(key) {
             Ok(None) => self.inner.local_hit_for(key),
             l1 => l1,
         };
-        let answered = match fast {
-            Ok(Some(hit)) if !telemetry::ops_traced() => return Ok(hit),
-            Ok(None) => {
-                let span = self.span(op, Some(key));
-                let result = telemetry::in_span(&span, self.inner.fetch_key_below_l1(key, loader)).await;
-                telemetry::record_fetched(&span, &result);
-                return result;
-            }
+        let result = match fast {
             Ok(Some(hit)) => Ok(hit),
             Err(e) => Err(e),
+            Ok(None) => telemetry::in_span_if(span.as_ref(), self.inner.fetch_key_below_l1(key, loader)).await,
         };
-        telemetry::record_fetched(&self.span(op, Some(key)), &answered);
-        answered
+        if let Some(span) = &span {
+            telemetry::record_fetched(span, &result);
+        }
+        result
     }
 
     /// `operation` in the span of `op`, an error recorded.

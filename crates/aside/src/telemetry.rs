@@ -108,10 +108,14 @@ pub(crate) fn op_span(
 /// rather than an `async fn`: the latter kept `operation` twice in its
 /// state, as its argument and as the future it awaits.
 pub(crate) fn in_span<F: Future>(span: &Span, operation: F) -> Either<F, Instrumented<F>> {
-    if span.is_disabled() {
-        Either::Left(operation)
-    } else {
-        Either::Right(operation.instrument(span.clone()))
+    in_span_if(Some(span), operation)
+}
+
+/// As [`in_span`], bare also when there is no span at all.
+pub(crate) fn in_span_if<F: Future>(span: Option<&Span>, operation: F) -> Either<F, Instrumented<F>> {
+    match span {
+        Some(span) if !span.is_disabled() => Either::Right(operation.instrument(span.clone())),
+        _ => Either::Left(operation),
     }
 }
 

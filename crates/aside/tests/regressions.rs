@@ -358,7 +358,8 @@ async fn defect_11_the_l1_honours_the_entry_life_and_forced_refreshes() {
     let db = Db::default();
     assert_eq!(read(&ns, &db, 1).await, None);
     db.put(User::new(1, 0));
-    // Let the 50 ms negative TTL pass (moka's clock is the wall clock).
+    // Let the 50 ms negative TTL pass (the L1's deadlines, and moka's, are
+    // on the real monotonic clock, which a paused tokio clock would not move).
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert_eq!(
         read(&ns, &db, 1).await,

@@ -152,6 +152,29 @@ async fn each_read_has_a_span_with_its_namespace_strategy_hashed_key_and_outcome
     captured.assert_no_clear_key();
 }
 
+/// The in-process fast paths (an L1 hit, a key refused before any
+/// lookup) have their spans and outcomes too while a subscriber listens.
+#[tokio::test]
+async fn an_l1_hit_and_a_refused_key_have_their_spans() {
+    let captured = Captured::default();
+    let _guard = captured.install();
+    let names = Aside::builder()
+        .build()
+        .namespace::<String, String>("name")
+        .l1(100, Duration::from_secs(60))
+        .build()
+        .unwrap();
+    let key = SECRET.to_owned();
+    names.get_or_load(&key, || found(SECRET)).await.unwrap();
+    let hit = names.fetch(&key, || found(SECRET)).await.unwrap();
+    assert_eq!(hit.source, aside::Source::Hit);
+    let refused = names.get_or_load(&"a b".to_owned(), || found(SECRET)).await;
+    assert!(refused.is_err(), "a key with a space is refused");
+    assert_eq!(captured.outcomes("get_or_load"), ["miss", "error"]);
+    assert_eq!(captured.outcomes("fetch"), ["hit"]);
+    captured.assert_no_clear_key();
+}
+
 #[tokio::test]
 async fn a_stale_value_served_and_a_refused_fill_show_in_the_span() {
     let captured = Captured::default();

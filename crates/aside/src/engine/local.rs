@@ -14,7 +14,7 @@
 use std::any::Any;
 use std::fmt::Display;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 
@@ -51,6 +51,10 @@ pub(crate) struct Decoded<V> {
     /// decode: a hit then compares it with `Instant::now()` instead of
     /// reading the wall clock and converting it to Unix milliseconds,
     /// which cost about twice as much (`scripts/profile-hits memory`).
+    /// A wall-clock jump, or a suspend of the machine (which the monotonic
+    /// clock does not count), after the decode therefore does not move it
+    /// for this path, where `freshness` (every other read) follows the
+    /// wall clock.
     fresh_until: Option<Instant>,
 }
 
@@ -82,7 +86,10 @@ impl<V: Clone + Send + Sync + 'static> NsInner<V> {
     pub(crate) fn decode_shared(&self, bytes: &Bytes) -> Option<Arc<dyn SharedEntry>> {
         let entry = self.decode(bytes).ok()?;
         let fresh_until = entry.expires_at_ms().map(|at| {
-            let left = Duration::from_millis(at.saturating_sub(envelope::unix_ms()));
+            // At the precision of the wall clock, not of whole milliseconds:
+            // `freshness` calls the entry expired from `at` on exactly.
+            let since_epoch = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+            let left = Duration::from_millis(at).saturating_sub(since_epoch);
             // Cannot overflow: `u64::MAX` ms is some 1.8e16 s, well within
             // the monotonic clock's signed 64-bit seconds (the test
             // `an_expiry_at_the_end_of_time_is_served_and_panics_nowhere`).

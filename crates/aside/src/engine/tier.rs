@@ -54,6 +54,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use moka::ops::compute::Op;
 use moka::sync::Cache;
 
 /// Settings of a namespace's L1.
@@ -63,8 +64,10 @@ pub(crate) struct L1Config {
     pub(crate) ttl: Duration,
 }
 
-/// The longest life an L1 entry is given: an L1 TTL of `Duration::MAX`
-/// ("no bound") would overflow `Instant` and exceed what moka accepts.
+/// The longest life an L1 entry is given. The builder refuses an L1 TTL
+/// over `MAX_DURATION` (ten years), so this only keeps `L1` itself safe
+/// for any TTL: `Duration::MAX` would overflow `Instant` and exceed what
+/// moka accepts.
 const FAR: Duration = Duration::from_secs(86_400 * 365 * 30);
 
 /// Epoch stripes per L1 (see the module documentation).
@@ -80,10 +83,11 @@ const EPOCH_STRIPES: usize = 64;
 ///
 /// The deadline is checked by the hit itself, not by a moka `Expiry`: a
 /// per-entry expiry made every moka read convert clocks and ask the
-/// policy again (about 270 of an L1 hit's instructions under callgrind,
+/// policy again (about 250 of an L1 hit's instructions under callgrind,
 /// `scripts/profile-hits l1`), where one comparison with `Instant::now()`
-/// does. moka's own `time_to_live` (the L1's TTL, the longest any entry
-/// may live) still removes what nobody reads.
+/// does. A read that finds its entry past the deadline removes it (see
+/// [`L1::get_local`]); moka's own `time_to_live` (the L1's TTL, the
+/// longest any entry may live) removes what nobody reads again.
 #[derive(Clone)]
 struct Local<V> {
     key: Arc<str>,
@@ -187,10 +191,31 @@ impl<V: Clone + Send + Sync + 'static> L1<V> {
     }
 
     /// The local value of an entry key (a full key without its prefix),
-    /// if the entry in its slot is that key's (not a colliding key's).
+    /// if the entry in its slot is that key's (not a colliding key's) and
+    /// within its life.
+    ///
+    /// An entry found past its life is removed here, unless the slot was
+    /// filled again meanwhile: left in place, a dead entry that was read
+    /// often would keep its slot (and win moka's admission contests
+    /// against new keys) until the L1's TTL, and its key, if it is never
+    /// installed again (a "not found" without negative caching), would
+    /// keep finding it. A removal never serves anything stale, so it takes
+    /// no epoch.
     pub(crate) fn get_local(&self, local: &[u8]) -> Option<Option<V>> {
-        let found = self.cache.get(&self.hash(local))?;
-        (found.key.as_bytes() == local && Instant::now() < found.until).then_some(found.value)
+        let hash = self.hash(local);
+        let found = self.cache.get(&hash)?;
+        if found.key.as_bytes() != local {
+            return None;
+        }
+        let now = Instant::now();
+        if now < found.until {
+            return Some(found.value);
+        }
+        self.cache.entry(hash).and_compute_with(|current| match current {
+            Some(entry) if entry.value().until <= now => Op::Remove,
+            _ => Op::Nop,
+        });
+        None
     }
 
     /// The epoch stripe of an entry key's hash.
@@ -406,6 +431,26 @@ mod tests {
             },
             "ns:".len(),
         )
+    }
+
+    /// A read that finds its entry past its life removes it, so a dead
+    /// entry neither lingers until the L1's TTL nor holds its slot (fails
+    /// with the removal in `get_local` taken out).
+    #[test]
+    fn an_entry_read_past_its_life_is_removed() {
+        let l1 = l1();
+        let life = Duration::from_nanos(1);
+        l1.install("ns:a", Some(1), l1.epoch("ns:a"), life);
+        let installed = Instant::now();
+        // The clock moves on past the entry's deadline; no timer involved.
+        while Instant::now() <= installed + life {
+            std::hint::spin_loop();
+        }
+        assert_eq!(l1.get("ns:a"), None, "a dead entry was served");
+        l1.cache.run_pending_tasks();
+        assert_eq!(l1.cache.entry_count(), 0, "the dead entry was left in place");
+        l1.install("ns:b", Some(2), l1.epoch("ns:b"), Duration::from_secs(60));
+        assert_eq!(l1.get("ns:b"), Some(Some(2)));
     }
 
     /// An L1 TTL and an entry life of `Duration::MAX` ("no bound") keep the

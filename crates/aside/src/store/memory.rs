@@ -22,7 +22,8 @@
 //! nothing. Readers that speak bytes get them encoded again on demand.
 //!
 //! Lease deadlines use `tokio::time::Instant`, so tests can drive lease
-//! expiry with `tokio::time::pause()`; value TTLs are moka's (wall clock).
+//! expiry with `tokio::time::pause()`; value TTLs are moka's (the real
+//! monotonic clock, which `tokio::time::pause()` does not stop).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -117,11 +118,8 @@ impl moka::Expiry<Arc<str>, Timed> for SlotExpiry {
 /// ```
 #[derive(Clone)]
 pub struct MemoryStore {
-    /// Keyed by full key, hashed with foldhash rather than the standard
-    /// SipHash: a per-store random seed, as hashbrown's own default, and
-    /// about a hundred fewer instructions per hit (`scripts/profile-hits
-    /// memory`).
-    cache: Cache<Arc<str>, Timed, foldhash::fast::RandomState>,
+    /// Keyed by full key, hashed with foldhash ([`key_hasher`]).
+    cache: Cache<Arc<str>, Timed, foldhash::fast::SeedableRandomState>,
     /// Readers waiting for a lease to end, woken by the writes that end it.
     wakes: FillWakes,
     /// The write marks of `put_entry_if_newer`: the highest version and
@@ -172,6 +170,21 @@ impl Default for MemoryStore {
     }
 }
 
+/// The hasher of a store's keys: foldhash rather than the standard SipHash,
+/// about 200 fewer instructions per hit (`scripts/profile-hits memory`).
+///
+/// Keys often come from outside (an id in a URL), so the seeds are the
+/// operating system's randomness (`rand`), not foldhash's own, which it
+/// draws from stack addresses and the time: which keys share a bucket
+/// cannot be worked out in advance. foldhash, like the L1's hash, does not
+/// claim to hold against an attacker who can time the cache and derive its
+/// seed; SipHash would cost the 200 instructions back.
+fn key_hasher() -> foldhash::fast::SeedableRandomState {
+    static SHARED: std::sync::OnceLock<foldhash::SharedSeed> = std::sync::OnceLock::new();
+    let shared = SHARED.get_or_init(|| foldhash::SharedSeed::from_u64(rand::random()));
+    foldhash::fast::SeedableRandomState::with_seed(rand::random(), shared)
+}
+
 /// True when `a` and `b` are the same bytes object (clones of one `Bytes`).
 fn same_bytes(a: &Bytes, b: &Bytes) -> bool {
     a.as_ptr() == b.as_ptr() && a.len() == b.len()
@@ -197,7 +210,7 @@ impl MemoryStore {
                 u32::try_from(k.len() + value_len + 32).unwrap_or(u32::MAX)
             })
             .expire_after(SlotExpiry)
-            .build_with_hasher(foldhash::fast::RandomState::default());
+            .build_with_hasher(key_hasher());
         MemoryStore {
             cache,
             marks: Arc::default(),
@@ -744,7 +757,7 @@ mod tests {
     /// outlive a refresh lease granted on it, the memory store did not, so
     /// a refresh of a value close to its expiry was refused once the value
     /// expired under the lease. (The wait is for the TTL itself, real time
-    /// because value TTLs are moka's wall clock.)
+    /// because value TTLs are moka's real clock.)
     #[tokio::test]
     async fn a_refresh_lease_keeps_its_entry_alive() {
         let store = MemoryStore::new();
