@@ -51,10 +51,12 @@ pub(crate) struct Decoded<V> {
     /// decode: a hit then compares it with `Instant::now()` instead of
     /// reading the wall clock and converting it to Unix milliseconds,
     /// which cost about twice as much (`scripts/profile-hits memory`).
-    /// A wall-clock jump, or a suspend of the machine (which the monotonic
-    /// clock does not count), after the decode therefore does not move it
-    /// for this path, where `freshness` (every other read) follows the
-    /// wall clock.
+    /// A wall-clock jump after the decode therefore does not move it for
+    /// this path, where `freshness` (every other read) follows the wall
+    /// clock; nor does a suspend of the machine on platforms whose
+    /// monotonic clock stops while suspended (Linux, macOS), so that this
+    /// path may serve the entry as fresh for up to the suspend's length
+    /// past its logical expiry.
     fresh_until: Option<Instant>,
 }
 

@@ -54,7 +54,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use moka::ops::compute::Op;
 use moka::sync::Cache;
 
 /// Settings of a namespace's L1.
@@ -194,12 +193,13 @@ impl<V: Clone + Send + Sync + 'static> L1<V> {
     /// if the entry in its slot is that key's (not a colliding key's) and
     /// within its life.
     ///
-    /// An entry found past its life is removed here, unless the slot was
-    /// filled again meanwhile: left in place, a dead entry that was read
-    /// often would keep its slot (and win moka's admission contests
+    /// An entry found past its life is removed here, under its stripe's
+    /// lock, which every install holds too: only a dead entry is removed,
+    /// never one installed meanwhile. Left in place, a dead entry that was
+    /// read often would keep its slot (and win moka's admission contests
     /// against new keys) until the L1's TTL, and its key, if it is never
     /// installed again (a "not found" without negative caching), would
-    /// keep finding it. A removal never serves anything stale, so it takes
+    /// keep finding it. A removal never serves anything stale, so it moves
     /// no epoch.
     pub(crate) fn get_local(&self, local: &[u8]) -> Option<Option<V>> {
         let hash = self.hash(local);
@@ -211,10 +211,10 @@ impl<V: Clone + Send + Sync + 'static> L1<V> {
         if now < found.until {
             return Some(found.value);
         }
-        self.cache.entry(hash).and_compute_with(|current| match current {
-            Some(entry) if entry.value().until <= now => Op::Remove,
-            _ => Op::Nop,
-        });
+        let _no_fill = self.lock_stripe(hash);
+        if self.cache.get(&hash).is_some_and(|current| current.until <= now) {
+            self.cache.invalidate(&hash);
+        }
         None
     }
 
