@@ -24,7 +24,7 @@ pub struct FlusherStats {
     /// Failed attempts retried (sink errors, Redis errors).
     pub retries: u64,
     /// Entries parked in the dead-letter stream: corrupt, or refused by
-    /// [`WriteBackSink::validate`].
+    /// [`WriteBackSink::validate`](super::WriteBackSink::validate).
     pub corrupt: u64,
     /// Entries claimed from other consumers (`XAUTOCLAIM`).
     pub claimed: u64,

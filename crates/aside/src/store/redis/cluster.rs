@@ -70,7 +70,7 @@ impl std::fmt::Debug for RedisConnection {
 const FAILURES_BEFORE_REPLACING: u32 = 3;
 
 /// A cluster connection that is replaced by a new one when it fails
-/// [`FAILURES_BEFORE_REPLACING`] times in a row.
+/// `FAILURES_BEFORE_REPLACING` (3) times in a row.
 ///
 /// Why: redis-rs 1.8 reads the cluster's topology again only when a node
 /// answers `MOVED` (or none can be found). A primary killed outright never

@@ -25,7 +25,7 @@
 //! On a Redis Cluster ([`RedisStore::connect_cluster`]) the same code runs
 //! over redis-rs's cluster connection ([`RedisConnection`]): every command
 //! and script has one key, so it is routed by that key's slot; only the
-//! batches differ, split by node in [`cluster`]. Fill notifications still
+//! batches differ, split by node in `cluster`. Fill notifications still
 //! use classic `PUBLISH`, which a cluster broadcasts to every node: the
 //! subscriber listens on one node, the first of the given URLs that
 //! answers, and moves to the next when it loses it.
