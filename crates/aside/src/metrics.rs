@@ -146,6 +146,13 @@ impl Counters {
         self.0[stripe_index()].0[event as usize].fetch_add(1, Ordering::Relaxed);
     }
 
+    /// Counts an L1 hit, which is a hit too: one stripe lookup for both.
+    pub(crate) fn add_l1_hit(&self) {
+        let stripe = &self.0[stripe_index()].0;
+        stripe[Event::Hit as usize].fetch_add(1, Ordering::Relaxed);
+        stripe[Event::L1Hit as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
     fn get(&self, event: Event) -> u64 {
         self.0
             .iter()

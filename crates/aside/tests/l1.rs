@@ -33,6 +33,7 @@ async fn l1_hits_skip_the_store_and_invalidation_evicts_them() {
     let f = users.fetch(&1, || db.get(1)).await.unwrap();
     assert_eq!((f.value, f.source), (Some(User::new(1, 0)), Source::Hit));
     assert_eq!(aside.stats().l1_hits, 1);
+    assert_eq!(aside.stats().hits, 1, "an L1 hit is a hit too");
     assert_eq!(db.queries(), 1);
 
     db.put(User::new(1, 1));

@@ -128,8 +128,7 @@ impl<V: Clone + Send + Sync + 'static> NsInner<V> {
             }
             match self.l1.as_ref().and_then(|l1| l1.get(&full)) {
                 Some(value) => {
-                    self.record(Event::Hit);
-                    self.record(Event::L1Hit);
+                    self.record_l1_hit();
                     found.extend(value.map(|v| (key.clone(), v)));
                 }
                 None => below.push((key.clone(), full)),
@@ -174,8 +173,7 @@ impl<V: Clone + Send + Sync + 'static> NsInner<V> {
             })?,
         };
         Ok(value.map(|value| {
-            self.record(Event::Hit);
-            self.record(Event::L1Hit);
+            self.record_l1_hit();
             Fetched {
                 value,
                 source: Source::Hit,

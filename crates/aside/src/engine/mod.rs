@@ -145,6 +145,13 @@ impl Core {
         ns.add(event);
     }
 
+    /// Records an L1 hit: [`Event::Hit`] and [`Event::L1Hit`] at once.
+    pub(crate) fn record_l1_hit(&self, ns: &NamespaceMetrics) {
+        self.counters.add_l1_hit();
+        ns.add(Event::Hit);
+        ns.add(Event::L1Hit);
+    }
+
     /// Runs one store operation behind the breaker and the timeout, counting
     /// under a namespace's metrics.
     ///

@@ -88,6 +88,11 @@ impl<V: Clone + Send + Sync + 'static> NsInner<V> {
         self.core.record(&self.metrics, event);
     }
 
+    /// Records an L1 hit, which is a hit too.
+    pub(crate) fn record_l1_hit(&self) {
+        self.core.record_l1_hit(&self.metrics);
+    }
+
     pub(crate) async fn call<T>(&self, fut: impl Future<Output = crate::store::StoreResult<T>>) -> Result<T> {
         self.core.call_for(&self.metrics, fut).await
     }
