@@ -36,7 +36,8 @@ use std::time::Duration;
 
 use aside::bus::{Bus, BusEvent, Invalidation};
 use aside::store::{
-    EntryView, Fill, FillOutcome, FillWatch, LeaseOutcome, LeaseToken, Store, StoreError, StoreResult, VersionedPut,
+    Decoder, EntryView, Fill, FillOutcome, FillWatch, Held, LeaseOutcome, LeaseToken, SharedView, Store, StoreError,
+    StoreResult, VersionedPut,
 };
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -760,6 +761,12 @@ impl FaultStore {
         }
     }
 
+    /// False when the plan draws a fault for a synchronous read, which
+    /// then declines (see [`Store::peek_shared`] here).
+    fn shared_path_open(&self) -> bool {
+        matches!(self.plan.store_fault(false), StoreFault::Pass)
+    }
+
     async fn run<T, F, Fut>(&self, method: &'static str, key: &str, call: F) -> StoreResult<T>
     where
         F: FnOnce(Arc<dyn Store>) -> Fut,
@@ -845,8 +852,29 @@ impl Store for FaultStore {
         false
     }
 
+    /// The inner store's: over a `MemoryStore`, reads take its
+    /// synchronous hit path ([`Store::peek_shared`], [`Store::get_shared`])
+    /// as they do without the fault layer, so that path is checked too.
+    fn shares_decoded(&self) -> bool {
+        self.inner().shares_decoded()
+    }
+
     fn supports_plain_values(&self) -> bool {
         self.inner().supports_plain_values()
+    }
+
+    /// Forwarded, unless the plan draws a fault: the call is synchronous
+    /// and in process, so the one fault it can show is to decline (`None`,
+    /// as a store that keeps no decoded values answers), and the read then
+    /// takes the async path, which draws a fault of its own. Reads thus
+    /// take both paths, in the proportion the plan's rates give.
+    fn peek_shared(&self, key: &str, decode: Decoder<'_>) -> Option<SharedView> {
+        self.shared_path_open().then(|| self.inner().peek_shared(key, decode))?
+    }
+
+    /// As [`Store::peek_shared`].
+    fn get_shared(&self, key: &str, decode: Decoder<'_>) -> Option<Option<Held>> {
+        self.shared_path_open().then(|| self.inner().get_shared(key, decode))?
     }
 
     async fn get(&self, key: &str) -> StoreResult<Option<Bytes>> {

@@ -229,3 +229,39 @@ async fn a_counter_read_by_a_raw_namespace_still_increments() {
     assert_eq!(store.incr("c:hits", TTL).await.unwrap(), 2, "a read broke the counter");
     assert_eq!(counts.get(&"hits".to_owned()).await.unwrap(), Some(2));
 }
+
+/// The test kit's fault layer over a `MemoryStore` passes its synchronous
+/// reads through, so the history checker's memory campaigns cover the hit
+/// path a plain `MemoryStore` gives (it did not: every read there went
+/// through the async calls). A hit through the layer makes no async store
+/// call, under both families of strategies (`peek_shared` for `Lease`,
+/// `get_shared` for the others).
+#[tokio::test]
+async fn the_fault_layer_keeps_the_synchronous_hit_path() {
+    use aside_testkit::fault::{FaultPlan, FaultRates, FaultStore};
+    for strategy in [Strategy::Lease, Strategy::Delete] {
+        let store = Arc::new(FaultStore::memory(FaultPlan::new(7, FaultRates::none())));
+        // What sends reads to the engine's synchronous hit (`engine::local`)
+        // before the read path, whose own `peek_shared` the count below
+        // cannot tell from it.
+        assert!(store.shares_decoded());
+        let aside = Aside::builder().shared_store(store.clone()).build();
+        let ns: Namespace<u64, Profile> = aside
+            .namespace("sync")
+            .ttl(TTL)
+            .strategy(strategy)
+            .build()
+            .expect("namespace");
+        let load = || async { Ok::<_, std::io::Error>(Some(profile(1))) };
+        assert_eq!(ns.get_or_load(&1, load).await.unwrap(), Some(profile(1)));
+        // The first hit may decode the filled bytes; from then on the
+        // value is held decoded.
+        assert_eq!(ns.get_or_load(&1, load).await.unwrap(), Some(profile(1)));
+        let calls = store.calls();
+        for _ in 0..10 {
+            assert_eq!(ns.get_or_load(&1, load).await.unwrap(), Some(profile(1)));
+        }
+        assert_eq!(store.calls(), calls, "{strategy:?}: a hit went through the async calls");
+        assert_eq!(aside.stats().hits, 11, "{strategy:?}");
+    }
+}

@@ -150,7 +150,7 @@ impl<V: Clone + Send + Sync + 'static> NsInner<V> {
         // Not with early refresh: XFetch's roll here and the read path's
         // own roll after a "due" would both have to say due, and a refresh
         // chance of p would become p².
-        if !self.core.local
+        if !self.core.shares_decoded
             || self.l1.is_some()
             || self.early_refresh.is_some()
             || matches!(self.strategy, Strategy::Versioned)

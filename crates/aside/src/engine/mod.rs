@@ -84,6 +84,9 @@ pub(crate) struct Core {
     pub(crate) max_key_len: usize,
     /// The store is in this process: calls skip the breaker and the timeout.
     local: bool,
+    /// The store answers `peek_shared` and `get_shared`: reads try a
+    /// synchronous hit first (`engine::local`).
+    pub(crate) shares_decoded: bool,
     /// The invalidation bus and its routes, when the `Aside` has a bus.
     pub(crate) router: Option<crate::bus::route::Router>,
     /// The namespaces with an L1, by name.
@@ -128,6 +131,7 @@ impl Core {
             router: None,
             l1_peers: tier::Peers::default(),
             local: store.is_local(),
+            shares_decoded: store.shares_decoded(),
             store,
             breaker,
             op_timeout,

@@ -326,6 +326,10 @@ impl Store for MemoryStore {
         true
     }
 
+    fn shares_decoded(&self) -> bool {
+        true
+    }
+
     fn supports_plain_values(&self) -> bool {
         true
     }

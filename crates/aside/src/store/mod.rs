@@ -502,6 +502,21 @@ pub trait Store: Send + Sync + 'static {
         false
     }
 
+    /// True for a store that answers [`Store::peek_shared`] and
+    /// [`Store::get_shared`] (it keeps decoded values in this process): a
+    /// read then first tries a synchronous hit through them, before it
+    /// makes the key's `String` or a future. The default is false, so a
+    /// store over the network is not asked twice per read; a store that
+    /// returns true but answers `None` costs each read a wasted key.
+    ///
+    /// Separate from [`Store::is_local`], which also switches the timeout
+    /// and the breaker off: the test kit's fault layer keeps those on over
+    /// a `MemoryStore` (its injected hangs need the timeout) while its
+    /// reads still take this path, so the history checker covers it.
+    fn shares_decoded(&self) -> bool {
+        false
+    }
+
     /// True when the store implements the plain-value operations
     /// ([`Store::get`], [`Store::set`], [`Store::add`], [`Store::incr`]),
     /// which the `Delete`, `DoubleDelete` and `Versioned` strategies, raw
