@@ -254,3 +254,61 @@ async fn a_queued_invalidation_and_its_replay_log_the_key_hashed() {
     assert_eq!(message("queued invalidation replayed")["key"], hashed);
     captured.assert_no_clear_key();
 }
+
+thread_local! {
+    /// What happened on this test's thread, in order: a span made, a value
+    /// cloned out of a cache.
+    static ORDER: std::cell::RefCell<Vec<&'static str>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// A value whose clones are logged in [`ORDER`]: a hit clones the value
+/// out of the L1 or the store, inside the lookup.
+#[derive(Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+struct Marked(String);
+
+impl Clone for Marked {
+    fn clone(&self) -> Self {
+        ORDER.with_borrow_mut(|order| order.push("clone"));
+        Marked(self.0.clone())
+    }
+}
+
+/// Logs in [`ORDER`] the making of each `aside` span.
+struct SpansMade;
+
+impl<S: Subscriber> Layer<S> for SpansMade {
+    fn on_new_span(&self, attrs: &Attributes<'_>, _: &Id, _: Context<'_, S>) {
+        if attrs.metadata().name() == "aside" {
+            ORDER.with_borrow_mut(|order| order.push("span"));
+        }
+    }
+}
+
+/// An in-process hit (the L1's, the memory store's) makes its span before
+/// its lookup, so the span's life covers the lookup (review finding: it
+/// was made after it). The lookup shows as the clone of the value it
+/// serves.
+#[tokio::test]
+async fn an_in_process_hits_span_is_made_before_its_lookup() {
+    let _guard = tracing::subscriber::set_default(tracing_subscriber::registry().with(SpansMade));
+    for l1 in [false, true] {
+        let mut builder = Aside::builder()
+            .build()
+            .namespace::<u64, Marked>("marked")
+            .ttl(Duration::from_secs(60));
+        if l1 {
+            builder = builder.l1(100, Duration::from_secs(60));
+        }
+        let marked = builder.build().unwrap();
+        let load = || async { Ok::<_, std::io::Error>(Some(Marked("Ada".to_owned()))) };
+        // A miss, then a hit that may decode the filled bytes.
+        marked.get_or_load(&1, load).await.unwrap();
+        marked.get_or_load(&1, load).await.unwrap();
+        ORDER.with_borrow_mut(Vec::clear);
+        let hit = marked.fetch(&1, load).await.unwrap();
+        assert_eq!(hit.source, aside::Source::Hit, "l1: {l1}");
+        let order = ORDER.with_borrow(Clone::clone);
+        assert_eq!(order.first(), Some(&"span"), "l1: {l1}: {order:?}");
+        assert!(order.contains(&"clone"), "l1: {l1}: the hit cloned no value: {order:?}");
+    }
+}
