@@ -23,7 +23,8 @@
 //!
 //! Around every store call and publish are two pause points (a seeded number
 //! of `yield_now`s or a 1-2 ms sleep), so interleavings vary by seed instead
-//! of being left to timing. Faults can be switched off (for quiescence), and
+//! of being left to timing; the synchronous reads that
+//! [`FaultStore::with_shared_reads`] passes through have none. Faults can be switched off (for quiescence), and
 //! everything injected is counted ([`FaultCounts`]) and journaled with the
 //! sequence number of a [`Clock`] the history shares, and the operation that
 //! made the call ([`in_op`], a task-local: calls from the library's own
@@ -664,6 +665,8 @@ pub struct FaultStore {
     restart_lock: tokio::sync::Mutex<()>,
     in_flight: Arc<AtomicUsize>,
     calls: AtomicU64,
+    /// [`FaultStore::with_shared_reads`].
+    shared_reads: bool,
 }
 
 impl std::fmt::Debug for FaultStore {
@@ -715,7 +718,25 @@ impl FaultStore {
             restart_lock: tokio::sync::Mutex::new(()),
             in_flight: Arc::new(AtomicUsize::new(0)),
             calls: AtomicU64::new(0),
+            shared_reads: false,
         }
+    }
+
+    /// Passes the inner store's synchronous reads through
+    /// ([`Store::shares_decoded`], [`Store::peek_shared`],
+    /// [`Store::get_shared`]), so that over a `MemoryStore` reads take the
+    /// hit path a plain `MemoryStore` gives. Those reads draw no fault and
+    /// have no pause point: a store that shares decoded values must answer
+    /// every key (a batch reads a `None` as a miss), and a call in process
+    /// has nothing to delay or lose. The history campaigns turn it on for
+    /// half of their programs (`+shared-reads` in a program's label), so
+    /// store reads still meet faults in the other half.
+    ///
+    /// Off by default: every read is then an async call that draws its
+    /// fault, as over a store on the network.
+    pub fn with_shared_reads(mut self) -> Self {
+        self.shared_reads = true;
+        self
     }
 
     /// A fresh [`aside::MemoryStore`] whose restart swaps in another fresh one.
@@ -759,12 +780,6 @@ impl FaultStore {
         if let Some(fresh) = restart().await {
             *self.inner.write().unwrap_or_else(|e| e.into_inner()) = fresh;
         }
-    }
-
-    /// False when the plan draws a fault for a synchronous read, which
-    /// then declines (see [`Store::peek_shared`] here).
-    fn shared_path_open(&self) -> bool {
-        matches!(self.plan.store_fault(false), StoreFault::Pass)
     }
 
     async fn run<T, F, Fut>(&self, method: &'static str, key: &str, call: F) -> StoreResult<T>
@@ -852,29 +867,30 @@ impl Store for FaultStore {
         false
     }
 
-    /// The inner store's: over a `MemoryStore`, reads take its
-    /// synchronous hit path ([`Store::peek_shared`], [`Store::get_shared`])
-    /// as they do without the fault layer, so that path is checked too.
+    /// The inner store's with [`FaultStore::with_shared_reads`], else false.
     fn shares_decoded(&self) -> bool {
-        self.inner().shares_decoded()
+        self.shared_reads && self.inner().shares_decoded()
     }
 
     fn supports_plain_values(&self) -> bool {
         self.inner().supports_plain_values()
     }
 
-    /// Forwarded, unless the plan draws a fault: the call is synchronous
-    /// and in process, so the one fault it can show is to decline (`None`,
-    /// as a store that keeps no decoded values answers), and the read then
-    /// takes the async path, which draws a fault of its own. Reads thus
-    /// take both paths, in the proportion the plan's rates give.
+    /// Forwarded with [`FaultStore::with_shared_reads`], without a fault
+    /// (see there); else `None`, so the read takes the async path.
     fn peek_shared(&self, key: &str, decode: Decoder<'_>) -> Option<SharedView> {
-        self.shared_path_open().then(|| self.inner().peek_shared(key, decode))?
+        if !self.shared_reads {
+            return None;
+        }
+        self.inner().peek_shared(key, decode)
     }
 
     /// As [`Store::peek_shared`].
     fn get_shared(&self, key: &str, decode: Decoder<'_>) -> Option<Option<Held>> {
-        self.shared_path_open().then(|| self.inner().get_shared(key, decode))?
+        if !self.shared_reads {
+            return None;
+        }
+        self.inner().get_shared(key, decode)
     }
 
     async fn get(&self, key: &str) -> StoreResult<Option<Bytes>> {

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use aside::store::Store;
 use aside::{Aside, Codec, Json, MemoryStore, MessagePack, Namespace, Strategy};
+use aside_testkit::fault::{FaultPlan, FaultRates, FaultStore};
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
@@ -230,20 +231,18 @@ async fn a_counter_read_by_a_raw_namespace_still_increments() {
     assert_eq!(counts.get(&"hits".to_owned()).await.unwrap(), Some(2));
 }
 
-/// The test kit's fault layer over a `MemoryStore` passes its synchronous
-/// reads through, so the history checker's memory campaigns cover the hit
-/// path a plain `MemoryStore` gives (it did not: every read there went
-/// through the async calls). A hit through the layer makes no async store
-/// call, under both families of strategies (`peek_shared` for `Lease`,
-/// `get_shared` for the others).
+/// The test kit's fault layer over a `MemoryStore`, with shared reads on,
+/// passes its synchronous reads through, so the history checker's memory
+/// campaigns cover the hit path a plain `MemoryStore` gives (they did not:
+/// every read there went through the async calls). A hit through the
+/// layer makes no async store call, under both families of strategies
+/// (`peek_shared` for `Lease`, `get_shared` for the others). Off, the
+/// layer keeps every read an async call, where faults are drawn.
 #[tokio::test]
 async fn the_fault_layer_keeps_the_synchronous_hit_path() {
-    use aside_testkit::fault::{FaultPlan, FaultRates, FaultStore};
+    assert!(!FaultStore::memory(FaultPlan::new(7, FaultRates::none())).shares_decoded());
     for strategy in [Strategy::Lease, Strategy::Delete] {
-        let store = Arc::new(FaultStore::memory(FaultPlan::new(7, FaultRates::none())));
-        // What sends reads to the engine's synchronous hit (`engine::local`)
-        // before the read path, whose own `peek_shared` the count below
-        // cannot tell from it.
+        let store = Arc::new(FaultStore::memory(FaultPlan::new(7, FaultRates::none())).with_shared_reads());
         assert!(store.shares_decoded());
         let aside = Aside::builder().shared_store(store.clone()).build();
         let ns: Namespace<u64, Profile> = aside
@@ -263,5 +262,54 @@ async fn the_fault_layer_keeps_the_synchronous_hit_path() {
         }
         assert_eq!(store.calls(), calls, "{strategy:?}: a hit went through the async calls");
         assert_eq!(aside.stats().hits, 11, "{strategy:?}");
+    }
+}
+
+/// A store that shares decoded values answers every key: a batch read
+/// takes a `None` for a key after its first as a miss. Under a plan of
+/// delays only (which never make a real store miss), cached keys read in
+/// batches through the fault layer with shared reads on are all hits and
+/// load nothing (review finding: a layer that declined its synchronous
+/// reads when it drew a fault turned 57 of 200 such reads into misses and
+/// loads).
+#[tokio::test]
+async fn cached_keys_read_in_batches_through_the_fault_layer_are_all_hits() {
+    for strategy in [Strategy::Lease, Strategy::Delete] {
+        let rates = FaultRates {
+            delay: 0.5,
+            ..FaultRates::none()
+        };
+        let plan = FaultPlan::new(11, rates);
+        plan.set_enabled(false);
+        let store = Arc::new(FaultStore::memory(plan.clone()).with_shared_reads());
+        let aside = Aside::builder().shared_store(store.clone()).build();
+        let ns: Namespace<u64, Profile> = aside
+            .namespace("batch")
+            .ttl(TTL)
+            .strategy(strategy)
+            .build()
+            .expect("namespace");
+        let keys: Vec<u64> = (1..=20).collect();
+        let loads = Arc::new(AtomicUsize::new(0));
+        let load = |missing: Vec<u64>| {
+            let loads = loads.clone();
+            async move {
+                loads.fetch_add(missing.len(), Ordering::SeqCst);
+                Ok::<_, std::io::Error>(missing.into_iter().map(|k| (k, profile(k))).collect())
+            }
+        };
+        ns.get_many_or_load(&keys, load).await.unwrap();
+        let filled = loads.load(Ordering::SeqCst);
+        assert_eq!(filled, keys.len());
+        plan.set_enabled(true);
+        for _ in 0..10 {
+            let found = ns.get_many_or_load(&keys, load).await.unwrap();
+            assert_eq!(found.len(), keys.len());
+        }
+        assert_eq!(
+            loads.load(Ordering::SeqCst),
+            filled,
+            "{strategy:?}: a cached key was loaded again"
+        );
     }
 }

@@ -273,7 +273,9 @@ impl Clone for Marked {
     }
 }
 
-/// Logs in [`ORDER`] the making of each `aside` span.
+/// Logs in [`ORDER`] the making of each `aside` span, and each time a
+/// span is entered (the read's future, instrumented, enters its span on
+/// every poll; an in-process hit answers before that future is built).
 struct SpansMade;
 
 impl<S: Subscriber> Layer<S> for SpansMade {
@@ -282,21 +284,32 @@ impl<S: Subscriber> Layer<S> for SpansMade {
             ORDER.with_borrow_mut(|order| order.push("span"));
         }
     }
+    fn on_enter(&self, _: &Id, _: Context<'_, S>) {
+        ORDER.with_borrow_mut(|order| order.push("enter"));
+    }
 }
 
 /// An in-process hit (the L1's, the memory store's) makes its span before
 /// its lookup, so the span's life covers the lookup (review finding: it
-/// was made after it). The lookup shows as the clone of the value it
-/// serves.
+/// was made after it), and answers before the read's future is built (the
+/// span is never entered). The lookup shows as the clone of the value it
+/// serves. The third subject is the test kit's fault layer with shared
+/// reads over a `MemoryStore`, as the history campaigns run it: its hits
+/// must take the same synchronous path (`Store::shares_decoded`), not the
+/// read path's own synchronous look, which runs inside the entered span.
 #[tokio::test]
 async fn an_in_process_hits_span_is_made_before_its_lookup() {
+    use aside_testkit::fault::{FaultPlan, FaultRates, FaultStore};
     let _guard = tracing::subscriber::set_default(tracing_subscriber::registry().with(SpansMade));
-    for l1 in [false, true] {
-        let mut builder = Aside::builder()
-            .build()
-            .namespace::<u64, Marked>("marked")
-            .ttl(Duration::from_secs(60));
-        if l1 {
+    for subject in ["memory", "l1", "fault-layer"] {
+        let aside = match subject {
+            "fault-layer" => Aside::builder()
+                .store(FaultStore::memory(FaultPlan::new(3, FaultRates::none())).with_shared_reads())
+                .build(),
+            _ => Aside::builder().build(),
+        };
+        let mut builder = aside.namespace::<u64, Marked>("marked").ttl(Duration::from_secs(60));
+        if subject == "l1" {
             builder = builder.l1(100, Duration::from_secs(60));
         }
         let marked = builder.build().unwrap();
@@ -306,9 +319,16 @@ async fn an_in_process_hits_span_is_made_before_its_lookup() {
         marked.get_or_load(&1, load).await.unwrap();
         ORDER.with_borrow_mut(Vec::clear);
         let hit = marked.fetch(&1, load).await.unwrap();
-        assert_eq!(hit.source, aside::Source::Hit, "l1: {l1}");
+        assert_eq!(hit.source, aside::Source::Hit, "{subject}");
         let order = ORDER.with_borrow(Clone::clone);
-        assert_eq!(order.first(), Some(&"span"), "l1: {l1}: {order:?}");
-        assert!(order.contains(&"clone"), "l1: {l1}: the hit cloned no value: {order:?}");
+        assert_eq!(order.first(), Some(&"span"), "{subject}: {order:?}");
+        assert!(
+            order.contains(&"clone"),
+            "{subject}: the hit cloned no value: {order:?}"
+        );
+        assert!(
+            !order.contains(&"enter"),
+            "{subject}: the hit took the read's future: {order:?}"
+        );
     }
 }

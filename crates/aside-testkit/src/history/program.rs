@@ -105,6 +105,11 @@ pub struct NsConfig {
     /// Each instance builds the namespace twice (same name, two handles,
     /// each with its own L1): steps marked `twin` use the second.
     pub twin_namespaces: bool,
+    /// The fault layer passes a `MemoryStore`'s synchronous reads through
+    /// (`FaultStore::with_shared_reads`): reads take the hit path a plain
+    /// `MemoryStore` gives, and draw no fault there. No effect on other
+    /// stores. Drawn from the seed's lowest bit, so no other draw moves.
+    pub shared_reads: bool,
 }
 
 impl NsConfig {
@@ -152,6 +157,7 @@ impl NsConfig {
             load_timeout_ms: pick(rng, 0.15).then_some(15),
             op_timeout_ms: 80,
             twin_namespaces: false,
+            shared_reads: false,
         }
         .with_soft_timeout(rng)
     }
@@ -214,6 +220,9 @@ impl NsConfig {
         }
         if self.twin_namespaces {
             s.push_str("+twin-namespaces");
+        }
+        if self.shared_reads {
+            s.push_str("+shared-reads");
         }
         s.push_str(&format!(" ttl={}ms lease={}ms", self.ttl_ms, self.lease_ttl_ms));
         s
@@ -413,7 +422,8 @@ impl Program {
     /// Draws the program of `seed`.
     pub fn generate(seed: u64, shape: &Shape) -> Program {
         let mut rng = StdRng::seed_from_u64(seed);
-        let config = NsConfig::random(&mut rng, &shape.strategies);
+        let mut config = NsConfig::random(&mut rng, &shape.strategies);
+        config.shared_reads = seed & 1 == 1;
         let faults = if !shape.faults {
             FaultRates::none()
         } else {

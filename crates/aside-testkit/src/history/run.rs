@@ -87,7 +87,9 @@ impl StoreSpec {
         }
     }
 
-    async fn connect(&self, plan: &FaultPlan) -> Result<FaultStore, StoreError> {
+    /// The store behind the fault layer; `shared_reads` as
+    /// [`FaultStore::with_shared_reads`] (only a `MemoryStore` has any).
+    async fn connect(&self, plan: &FaultPlan, shared_reads: bool) -> Result<FaultStore, StoreError> {
         let wrap = |inner: Arc<dyn Store>, restart: &Option<RestartFn>| {
             let store = FaultStore::new(inner, plan.clone());
             match restart {
@@ -96,6 +98,7 @@ impl StoreSpec {
             }
         };
         Ok(match self {
+            StoreSpec::Memory if shared_reads => FaultStore::memory(plan.clone()).with_shared_reads(),
             StoreSpec::Memory => FaultStore::memory(plan.clone()),
             StoreSpec::Redis { url, restart } => {
                 let store = aside::store::redis::RedisStore::connect(url).await?;
@@ -785,7 +788,7 @@ pub(crate) async fn run_program(program: &Program, env: &RunEnv) -> ProgramRun {
     let plan = FaultPlan::with_clock(program.seed, program.faults.clone(), clock.clone());
     // No fault while the instances are built.
     plan.set_enabled(false);
-    let store = match env.store.connect(&plan).await {
+    let store = match env.store.connect(&plan, program.config.shared_reads).await {
         Ok(store) => Arc::new(store),
         Err(e) => return ProgramRun::harness_error(format!("cannot connect to the {} store: {e}", env.store.name())),
     };

@@ -506,13 +506,18 @@ pub trait Store: Send + Sync + 'static {
     /// [`Store::get_shared`] (it keeps decoded values in this process): a
     /// read then first tries a synchronous hit through them, before it
     /// makes the key's `String` or a future. The default is false, so a
-    /// store over the network is not asked twice per read; a store that
-    /// returns true but answers `None` costs each read a wasted key.
+    /// store over the network is not asked twice per read.
+    ///
+    /// A store that returns true must answer `Some` from both for every
+    /// key, at all times: a batch read takes a `None` for a key after the
+    /// first as that key's miss. Those calls are synchronous, so neither
+    /// the timeout nor the breaker bounds them: they must not block.
     ///
     /// Separate from [`Store::is_local`], which also switches the timeout
-    /// and the breaker off: the test kit's fault layer keeps those on over
-    /// a `MemoryStore` (its injected hangs need the timeout) while its
-    /// reads still take this path, so the history checker covers it.
+    /// and the breaker off for the async calls: the test kit's fault layer
+    /// (`FaultStore::with_shared_reads`) keeps those on over a
+    /// `MemoryStore`, whose injected hangs need the timeout, while its
+    /// reads take this path, so the history checker covers it.
     fn shares_decoded(&self) -> bool {
         false
     }
