@@ -171,3 +171,51 @@ async fn a_hung_primary_is_left_for_the_promoted_replica_with_the_default_timeou
     })
     .await;
 }
+
+/// A hung primary when the engine gives up first: an operation timeout
+/// (100 ms) well under the store's response timeout (5 s), and `Delete`,
+/// whose reads and fills all run under the engine's deadline (no lease
+/// release runs without one). The engine's timer drops every request to
+/// the hung primary before the store's own timer can report it, so
+/// Sentinel's handle must take a request dropped unanswered at its
+/// caller's deadline for the timeout it is, or nothing ever starts the
+/// search for the new primary and the cache stays off for good (a known
+/// gap until this test: only calls made outside the engine's deadline
+/// reached it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hung_primary_is_left_when_the_engine_gives_up_before_the_store() {
+    let setup = SentinelSetup::start().await;
+    let urls = setup.sentinel_urls();
+    let urls: Vec<&str> = urls.iter().map(String::as_str).collect();
+    let mut config = aside::store::redis::RedisConfig::default();
+    config.fill_channel = None;
+    config.response_timeout = Duration::from_secs(5);
+    let store = RedisStore::connect_sentinel_with(&urls, MASTER_NAME, config)
+        .await
+        .unwrap();
+    let aside = Aside::builder()
+        .store(store)
+        .op_timeout(Duration::from_millis(100))
+        .breaker(BreakerConfig::default().failure_threshold(1_000_000))
+        .build();
+    let users = aside
+        .namespace::<u64, User>("user")
+        .strategy(Strategy::Delete)
+        .build()
+        .unwrap();
+    let db = Db::with_users(1);
+    users.fetch(&1, || db.get(1)).await.unwrap();
+    assert_eq!(users.fetch(&1, || db.get(1)).await.unwrap().source, Source::Hit);
+
+    setup.primary.freeze();
+    eventually("Sentinel promotes the replica", Duration::from_secs(60), || async {
+        setup.primary_port_now().await == Some(setup.replica.port())
+    })
+    .await;
+    eventually("hits resume on the new primary", Duration::from_secs(60), || async {
+        let value = users.fetch(&1, || db.get(1)).await.unwrap();
+        assert_eq!(value.value, Some(User::new(1, 0)));
+        users.fetch(&1, || db.get(1)).await.unwrap().source == Source::Hit
+    })
+    .await;
+}

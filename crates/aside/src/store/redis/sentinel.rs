@@ -41,10 +41,13 @@ impl SentinelHandle {
     pub(crate) fn req_packed_command<'a>(&'a self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
         Box::pin(async move {
             let mut manager = self.manager();
+            let mut given_up = GivenUpAtDeadline::new(&self.0);
             // Its own timer, always: a timeout must reach `after` as an
             // error (it starts the search for a new primary), not end with
-            // the caller's timer dropping this future first.
+            // the caller's timer dropping this future first. When the
+            // caller's deadline is the earlier one, `given_up` reports it.
             let answer = crate::store::without_caller_deadline(manager.req_packed_command(cmd)).await;
+            given_up.answered();
             self.0.after(&answer);
             answer
         })
@@ -58,11 +61,59 @@ impl SentinelHandle {
     ) -> RedisFuture<'a, Vec<Value>> {
         Box::pin(async move {
             let mut manager = self.manager();
+            let mut given_up = GivenUpAtDeadline::new(&self.0);
             let answer =
                 crate::store::without_caller_deadline(manager.req_packed_commands(pipeline, offset, count)).await;
+            given_up.answered();
             self.0.after(&answer);
             answer
         })
+    }
+}
+
+/// A request to the primary whose caller may give up on it first: when
+/// the engine's operation timeout is shorter than the store's response
+/// timeout, the engine's timer drops the request before the store's own
+/// timer can fail it, and `after` never sees the timeout that would start
+/// the search for a new primary. Dropped unanswered at or past its
+/// caller's deadline, the request is reported to `after` as the timeout it
+/// was to its caller (`tests/redis_sentinel.rs`,
+/// `a_hung_primary_is_left_when_the_engine_gives_up_before_the_store`).
+/// Dropped earlier (the caller cancelled for reasons of its own), or with
+/// no caller deadline, it reports nothing.
+struct GivenUpAtDeadline<'a> {
+    conn: &'a Arc<SentinelConn>,
+    deadline: Option<tokio::time::Instant>,
+}
+
+impl<'a> GivenUpAtDeadline<'a> {
+    /// Must be made while the request's future is polled: the caller's
+    /// deadline is a task-local of that poll.
+    fn new(conn: &'a Arc<SentinelConn>) -> Self {
+        GivenUpAtDeadline {
+            conn,
+            deadline: crate::store::caller_deadline(),
+        }
+    }
+
+    /// The request answered (whatever it answered): `after` sees that.
+    fn answered(&mut self) {
+        self.deadline = None;
+    }
+}
+
+impl Drop for GivenUpAtDeadline<'_> {
+    fn drop(&mut self) {
+        if self
+            .deadline
+            .is_some_and(|deadline| tokio::time::Instant::now() >= deadline)
+        {
+            let timeout = std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "the caller's deadline passed before the primary answered",
+            );
+            self.conn.after::<()>(&Err(RedisError::from(timeout)));
+        }
     }
 }
 
