@@ -155,21 +155,7 @@ async fn a_hung_primary_is_left_for_the_promoted_replica_with_the_default_timeou
         .breaker(BreakerConfig::default().failure_threshold(1_000_000))
         .build();
     let users = users(&aside);
-    let db = Db::with_users(1);
-    users.fetch(&1, || db.get(1)).await.unwrap();
-    assert_eq!(users.fetch(&1, || db.get(1)).await.unwrap().source, Source::Hit);
-
-    setup.primary.freeze();
-    eventually("Sentinel promotes the replica", Duration::from_secs(60), || async {
-        setup.primary_port_now().await == Some(setup.replica.port())
-    })
-    .await;
-    eventually("hits resume on the new primary", Duration::from_secs(60), || async {
-        let value = users.fetch(&1, || db.get(1)).await.unwrap();
-        assert_eq!(value.value, Some(User::new(1, 0)));
-        users.fetch(&1, || db.get(1)).await.unwrap().source == Source::Hit
-    })
-    .await;
+    hits_resume_after_the_primary_hangs(&setup, &users).await;
 }
 
 /// A hung primary when the engine gives up first: an operation timeout
@@ -203,6 +189,12 @@ async fn a_hung_primary_is_left_when_the_engine_gives_up_before_the_store() {
         .strategy(Strategy::Delete)
         .build()
         .unwrap();
+    hits_resume_after_the_primary_hangs(&setup, &users).await;
+}
+
+/// Caches a row through `users`, hangs the primary (SIGSTOP), waits for
+/// Sentinel to promote the replica, then for reads to hit again there.
+async fn hits_resume_after_the_primary_hangs(setup: &SentinelSetup, users: &aside::Namespace<u64, User>) {
     let db = Db::with_users(1);
     users.fetch(&1, || db.get(1)).await.unwrap();
     assert_eq!(users.fetch(&1, || db.get(1)).await.unwrap().source, Source::Hit);
