@@ -55,7 +55,8 @@ impl Stop {
     /// True once a stop was asked for (and starts the grace period).
     fn asked(&mut self) -> bool {
         if self.deadline.is_none() && *self.asked.borrow() {
-            self.deadline = Some(Instant::now() + self.grace);
+            // Capped: `Duration::MAX` says "no bound" (`deadline_after`).
+            self.deadline = Some(crate::engine::deadline_after(self.grace));
         }
         self.deadline.is_some()
     }
@@ -80,7 +81,7 @@ impl Stop {
     /// Sleeps `delay`, cut short by the end of the grace period; false
     /// when that has come (give the batch up).
     async fn pause(&mut self, delay: Duration) -> bool {
-        let until = Instant::now() + delay;
+        let until = crate::engine::deadline_after(delay);
         if !self.asked() {
             tokio::select! {
                 () = tokio::time::sleep_until(until) => return true,
@@ -680,5 +681,31 @@ mod tests {
         let started = Instant::now();
         stop.expired().await;
         assert_eq!(started.elapsed(), Duration::ZERO, "the grace is over already");
+    }
+
+    /// `shutdown_grace` and `retry_max` are the user's, and `Duration::MAX`
+    /// is a common way to say "no bound": it bounds nothing and panics
+    /// nowhere (it panicked on `Instant + Duration::MAX`).
+    #[tokio::test(start_paused = true)]
+    async fn a_grace_or_pause_of_duration_max_bounds_nothing_and_panics_nowhere() {
+        let (ask, asked) = watch::channel(false);
+        let mut stop = Stop {
+            asked,
+            grace: Duration::MAX,
+            deadline: None,
+        };
+        let started = Instant::now();
+        let paused = tokio::time::timeout(Duration::from_secs(3600), stop.pause(Duration::MAX)).await;
+        assert!(
+            paused.is_err(),
+            "a pause of Duration::MAX is still pausing an hour later"
+        );
+        ask.send(true).unwrap();
+        assert!(stop.asked());
+        assert!(
+            stop.pause(Duration::from_secs(3600)).await,
+            "an endless grace is not over"
+        );
+        assert!(started.elapsed() >= Duration::from_secs(7200));
     }
 }
