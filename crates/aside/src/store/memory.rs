@@ -151,7 +151,7 @@ impl Marks {
             self.by_key.retain(|_, (_, until)| *until > now);
             self.prune_at = (self.by_key.len() * 2).max(1024);
         }
-        self.by_key.insert(key.to_owned(), (version, now + ttl));
+        self.by_key.insert(key.to_owned(), (version, crate::engine::deadline_after(ttl)));
         true
     }
 }
@@ -420,7 +420,7 @@ impl Store for MemoryStore {
             return Ok(LeaseOutcome::Hit(value));
         }
         let now = Instant::now();
-        let granted = Some((token, now + lease_ttl));
+        let granted = Some((token, crate::engine::deadline_after(lease_ttl)));
         Ok(self.compute(key, |current| match current {
             Some(Slot::Entry {
                 value: Some(v),
@@ -480,7 +480,7 @@ impl Store for MemoryStore {
                 let slot = Slot::Entry {
                     value: Some(v),
                     stale: false,
-                    lease: Some((token, now + lease_ttl)),
+                    lease: Some((token, crate::engine::deadline_after(lease_ttl))),
                 };
                 let timed = Timed {
                     at_least: Some(lease_ttl),
@@ -551,7 +551,7 @@ impl Store for MemoryStore {
                 ..
             // Its own fence (a request resent after a lost reply) is taken again.
             }) if held.is_fence() && held != token && deadline > now => (Op::Nop, false),
-            _ => (entry(None, false, Some((token, now + ttl)), Some(ttl)), true),
+            _ => (entry(None, false, Some((token, crate::engine::deadline_after(ttl))), Some(ttl)), true),
         });
         if fenced {
             // Readers waiting on a revoked lease look again, and wait on the fence.
@@ -625,7 +625,7 @@ impl Store for MemoryStore {
                 let slot = Slot::Entry {
                     value,
                     stale,
-                    lease: Some((token, now + lease_ttl)),
+                    lease: Some((token, crate::engine::deadline_after(lease_ttl))),
                 };
                 let renewed = Timed {
                     at_least: Some(lease_ttl),
@@ -647,6 +647,40 @@ mod tests {
     use std::sync::Barrier;
 
     use super::*;
+
+    /// Every call that takes a duration, with `Duration::MAX` (a common
+    /// way to say "no bound"): each bounds nothing and none panics.
+    #[tokio::test]
+    async fn durations_of_duration_max_bound_nothing_and_panic_nowhere() {
+        let store = MemoryStore::new();
+        let max = Duration::MAX;
+        let v = || Bytes::from_static(b"v");
+        store.set("plain", v(), max).await.unwrap();
+        assert!(store.add("added", v(), max).await.unwrap());
+        assert_eq!(store.incr("counter", max).await.unwrap(), 1);
+        let token = LeaseToken::random();
+        assert!(matches!(
+            store.lookup_or_lease("e", token, max).await.unwrap(),
+            LeaseOutcome::Granted { .. }
+        ));
+        assert!(store.renew_lease("e", token, max).await.unwrap());
+        assert!(matches!(store.fill("e", token, v(), max).await.unwrap(), FillOutcome::Stored));
+        assert!(store.lease_for_refresh("e", LeaseToken::random(), max).await.unwrap().is_some());
+        store.put_entry("p", v(), max).await.unwrap();
+        assert!(store.take_fence("f", LeaseToken::random(), max).await.unwrap());
+        let put = VersionedPut {
+            key: "w".into(),
+            mark_key: "w#wv".into(),
+            value: v(),
+            version: 1,
+            ttl: max,
+            mark_ttl: max,
+        };
+        assert!(store.put_entry_if_newer(put).await.unwrap());
+        store.invalidate("p", Some(max)).await.unwrap();
+        assert_eq!(store.get("plain").await.unwrap(), Some(v()));
+        assert_eq!(store.peek_entry("e").await.unwrap().value, Some(v()));
+    }
 
     const TTL: Duration = Duration::from_secs(60);
     const ROUNDS: usize = 20_000;
