@@ -151,7 +151,8 @@ impl Marks {
             self.by_key.retain(|_, (_, until)| *until > now);
             self.prune_at = (self.by_key.len() * 2).max(1024);
         }
-        self.by_key.insert(key.to_owned(), (version, crate::engine::deadline_after(ttl)));
+        self.by_key
+            .insert(key.to_owned(), (version, crate::engine::deadline_after(ttl)));
         true
     }
 }
@@ -664,8 +665,17 @@ mod tests {
             LeaseOutcome::Granted { .. }
         ));
         assert!(store.renew_lease("e", token, max).await.unwrap());
-        assert!(matches!(store.fill("e", token, v(), max).await.unwrap(), FillOutcome::Stored));
-        assert!(store.lease_for_refresh("e", LeaseToken::random(), max).await.unwrap().is_some());
+        assert!(matches!(
+            store.fill("e", token, v(), max).await.unwrap(),
+            FillOutcome::Stored
+        ));
+        assert!(
+            store
+                .lease_for_refresh("e", LeaseToken::random(), max)
+                .await
+                .unwrap()
+                .is_some()
+        );
         store.put_entry("p", v(), max).await.unwrap();
         assert!(store.take_fence("f", LeaseToken::random(), max).await.unwrap());
         let put = VersionedPut {
