@@ -229,7 +229,12 @@ impl Breaker {
         }
         let seen = inner.probe_seen_ms.load(Ordering::Relaxed);
         let now = inner.now_ms();
-        let overdue_after = 2 * millis(inner.config.open_for) + inner.probe_timeout_ms.load(Ordering::Relaxed) + 100;
+        // Saturating: `open_for` is the user's, and `millis` passes a
+        // duration that fits in `u64` milliseconds as it is.
+        let overdue_after = millis(inner.config.open_for)
+            .saturating_mul(2)
+            .saturating_add(inner.probe_timeout_ms.load(Ordering::Relaxed))
+            .saturating_add(100);
         if now.saturating_sub(seen) < overdue_after {
             return Admit::Skip;
         }
@@ -502,6 +507,23 @@ mod tests {
         for _ in 0..10 {
             assert_eq!(b.admit(), Admit::Skip);
             tokio::time::advance(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// An `open_for` of `u64::MAX` milliseconds (just inside what `millis`
+    /// passes as it is) keeps the breaker open and panics nowhere; it
+    /// overflowed `2 * open_for` (review finding).
+    #[tokio::test(start_paused = true)]
+    async fn an_open_for_at_the_end_of_the_millisecond_range_panics_nowhere() {
+        let b = breaker(
+            BreakerConfig::default()
+                .failure_threshold(1)
+                .open_for(Duration::from_millis(u64::MAX)),
+        );
+        assert!(b.record_failure(FAST));
+        for _ in 0..3 {
+            assert_eq!(b.admit(), Admit::Skip);
+            tokio::time::advance(Duration::from_secs(3600)).await;
         }
     }
 

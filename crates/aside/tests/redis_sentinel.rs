@@ -133,11 +133,10 @@ async fn no_sentinel_answering_is_a_clear_error() {
 
 /// A primary that hangs (SIGSTOP) rather than dies, with the default
 /// timeouts: the engine's operation timeout and the store's response
-/// timeout are both 250 ms, so the engine's deadline comes first and a
-/// plain connection would arm no timer of its own. Sentinel's handle arms
-/// its own anyway (`store::without_caller_deadline`): its timeouts must
-/// reach it as errors, which is what starts the search for the new
-/// primary. The breaker never opens here (a high failure threshold), and
+/// timeout are both 250 ms, so the engine's deadline comes first and the
+/// connection arms no timer of its own. Sentinel's handle takes a request
+/// its caller dropped at that deadline for a timeout (`GivenUpAtDeadline`),
+/// which is what starts the search for the new primary. The breaker never opens here (a high failure threshold), and
 /// there is no fill subscription (whose pings notice a hung server too), so
 /// no probe or resubscription finds the failover instead: user reads must.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -210,4 +209,25 @@ async fn hits_resume_after_the_primary_hangs(setup: &SentinelSetup, users: &asid
         users.fetch(&1, || db.get(1)).await.unwrap().source == Source::Hit
     })
     .await;
+}
+
+/// A `connect_timeout` of `Duration::MAX` (a common way to say "no
+/// bound") bounds nothing and panics nowhere: the Sentinel store derived
+/// its resolve timeout as `connect_timeout * 4`, which overflowed before
+/// any I/O (review finding). Nobody answers here, so the connect fails,
+/// clearly and at once (a refused port).
+#[tokio::test]
+async fn a_connect_timeout_of_duration_max_panics_nowhere() {
+    let port = aside_testkit::free_port();
+    let url = format!("redis://127.0.0.1:{port}");
+    let mut config = aside::store::redis::RedisConfig::default();
+    config.connect_timeout = Duration::MAX;
+    let err = tokio::time::timeout(
+        Duration::from_secs(30),
+        RedisStore::connect_sentinel_with(&[url.as_str()], "nobody", config),
+    )
+    .await
+    .expect("a refused connect ends at once")
+    .expect_err("no Sentinel answers");
+    assert!(err.to_string().contains("Sentinel"), "{err}");
 }

@@ -46,9 +46,8 @@ use bytes::Bytes;
 
 tokio::task_local! {
     /// The deadline by which the caller of a store operation gives up on
-    /// it (the engine's operation timeout), set for the operation's future;
-    /// `None` where a store must arm its own timer whatever the caller's.
-    static CALLER_DEADLINE: Option<tokio::time::Instant>;
+    /// it (the engine's operation timeout), set for the operation's future.
+    static CALLER_DEADLINE: tokio::time::Instant;
 }
 
 /// Runs store operation `operation` under its caller's `deadline`: a
@@ -60,24 +59,13 @@ pub(crate) fn under_deadline<F: std::future::Future>(
     deadline: tokio::time::Instant,
     operation: F,
 ) -> impl std::future::Future<Output = F::Output> {
-    CALLER_DEADLINE.scope(Some(deadline), operation)
-}
-
-/// Runs `operation` as if its caller had set no deadline: its requests arm
-/// their own timers. For a connection that must see its own timeouts as
-/// errors (Sentinel's handle looks for a new primary on them), not have
-/// its request dropped by the caller's timer first.
-#[cfg(feature = "redis")]
-pub(crate) fn without_caller_deadline<F: std::future::Future>(
-    operation: F,
-) -> impl std::future::Future<Output = F::Output> {
-    CALLER_DEADLINE.scope(None, operation)
+    CALLER_DEADLINE.scope(deadline, operation)
 }
 
 /// The deadline of the store operation being polled, when its caller set one.
 #[cfg(feature = "redis")]
 pub(crate) fn caller_deadline() -> Option<tokio::time::Instant> {
-    CALLER_DEADLINE.try_with(|deadline| *deadline).ok().flatten()
+    CALLER_DEADLINE.try_with(|deadline| *deadline).ok()
 }
 
 #[cfg(feature = "memcached")]
@@ -585,7 +573,10 @@ pub trait Store: Send + Sync + 'static {
     /// later hits do not decode. Stale values stay as they are.
     ///
     /// The default is `None`: the store moves bytes (Redis, memcached), and
-    /// the engine reads it with [`Store::peek_entry`].
+    /// the engine reads it with [`Store::peek_entry`]. A store that ever
+    /// answers `Some` must answer `Some` for every key: a batch read asks
+    /// its first key, then takes a `None` for a later key as that key's
+    /// miss (the same holds for [`Store::get_shared`]).
     fn peek_shared(&self, key: &str, decode: Decoder<'_>) -> Option<SharedView> {
         let _ = (key, decode);
         None

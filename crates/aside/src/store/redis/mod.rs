@@ -515,7 +515,8 @@ impl RedisStore {
         )
         .map_err(failed)?;
         // Asking Sentinel, then checking the primary's role, then connecting.
-        let resolve_timeout = config.connect_timeout * 4;
+        // Saturating: the connect timeout is the user's.
+        let resolve_timeout = config.connect_timeout.saturating_mul(4);
         let conn = SentinelConn::connect(sentinel, config.clone(), resolve_timeout)
             .await
             .map_err(failed)?;

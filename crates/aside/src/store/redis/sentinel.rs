@@ -41,12 +41,11 @@ impl SentinelHandle {
     pub(crate) fn req_packed_command<'a>(&'a self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
         Box::pin(async move {
             let mut manager = self.manager();
+            // A timeout must reach `after` (it starts the search for a new
+            // primary): the connection's own timer reports it as an error
+            // when it fires first, `given_up` when the caller's does.
             let mut given_up = GivenUpAtDeadline::new(&self.0);
-            // Its own timer, always: a timeout must reach `after` as an
-            // error (it starts the search for a new primary), not end with
-            // the caller's timer dropping this future first. When the
-            // caller's deadline is the earlier one, `given_up` reports it.
-            let answer = crate::store::without_caller_deadline(manager.req_packed_command(cmd)).await;
+            let answer = manager.req_packed_command(cmd).await;
             given_up.answered();
             self.0.after(&answer);
             answer
@@ -62,8 +61,7 @@ impl SentinelHandle {
         Box::pin(async move {
             let mut manager = self.manager();
             let mut given_up = GivenUpAtDeadline::new(&self.0);
-            let answer =
-                crate::store::without_caller_deadline(manager.req_packed_commands(pipeline, offset, count)).await;
+            let answer = manager.req_packed_commands(pipeline, offset, count).await;
             given_up.answered();
             self.0.after(&answer);
             answer
