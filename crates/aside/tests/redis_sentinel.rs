@@ -144,15 +144,7 @@ async fn a_hung_primary_is_left_for_the_promoted_replica_with_the_default_timeou
     let setup = SentinelSetup::start().await;
     let urls = setup.sentinel_urls();
     let urls: Vec<&str> = urls.iter().map(String::as_str).collect();
-    let mut config = aside::store::redis::RedisConfig::default();
-    config.fill_channel = None;
-    let store = RedisStore::connect_sentinel_with(&urls, MASTER_NAME, config)
-        .await
-        .unwrap();
-    let aside = Aside::builder()
-        .store(store)
-        .breaker(BreakerConfig::default().failure_threshold(1_000_000))
-        .build();
+    let aside = unguarded_aside(&urls).await;
     let users = users(&aside);
     hits_resume_after_the_primary_hangs(&setup, &users).await;
 }
@@ -199,6 +191,12 @@ async fn hits_resume_after_the_primary_hangs(setup: &SentinelSetup, users: &asid
     assert_eq!(users.fetch(&1, || db.get(1)).await.unwrap().source, Source::Hit);
 
     setup.primary.freeze();
+    hits_resume_once_the_replica_is_promoted(setup, users, &db).await;
+}
+
+/// Waits for Sentinel to promote the replica, then for reads through
+/// `users` to hit again there.
+async fn hits_resume_once_the_replica_is_promoted(setup: &SentinelSetup, users: &aside::Namespace<u64, User>, db: &Db) {
     eventually("Sentinel promotes the replica", Duration::from_secs(60), || async {
         setup.primary_port_now().await == Some(setup.replica.port())
     })
@@ -230,4 +228,60 @@ async fn a_connect_timeout_of_duration_max_panics_nowhere() {
     .expect("a refused connect ends at once")
     .expect_err("no Sentinel answers");
     assert!(err.to_string().contains("Sentinel"), "{err}");
+}
+
+/// The search for a new primary runs as a task of the runtime that met
+/// the failure. When that runtime shuts down with the search unrun or
+/// half done (a short-lived runtime of the user's, a test's), the store
+/// must still be able to start another one on the next runtime: the flag
+/// that keeps searches one at a time was cleared only by the task itself,
+/// so a dropped task left it set and the store never followed a failover
+/// again (review finding). Here runtime A meets the hung primary last
+/// thing before it ends; runtime B must see hits resume on the promoted
+/// replica.
+#[test]
+fn a_search_dropped_with_its_runtime_does_not_stop_the_next_one() {
+    let runtime_b = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let setup = runtime_b.block_on(SentinelSetup::start());
+    let urls = setup.sentinel_urls();
+    let urls: Vec<&str> = urls.iter().map(String::as_str).collect();
+    let db = Db::with_users(1);
+    let runtime_a = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let (aside, users) = runtime_a.block_on(async {
+        let aside = unguarded_aside(&urls).await;
+        let users = users(&aside);
+        users.fetch(&1, || db.get(1)).await.unwrap();
+        assert_eq!(users.fetch(&1, || db.get(1)).await.unwrap().source, Source::Hit);
+        setup.primary.freeze();
+        // A store call of its own: it times out on the hung primary and
+        // starts a search, which this runtime then drops unrun.
+        assert!(aside.store().get("any").await.is_err());
+        (aside, users)
+    });
+    drop(runtime_a);
+    runtime_b.block_on(hits_resume_once_the_replica_is_promoted(&setup, &users, &db));
+    drop((users, aside));
+}
+
+/// An `Aside` on the Sentinel store of `urls` with the default timeouts,
+/// no fill subscription (whose pings notice a hung server too) and a
+/// breaker that never opens (no probe finds the failover instead): only
+/// the reads' own failures can start the search for a new primary.
+async fn unguarded_aside(urls: &[&str]) -> Aside {
+    let mut config = aside::store::redis::RedisConfig::default();
+    config.fill_channel = None;
+    let store = RedisStore::connect_sentinel_with(urls, MASTER_NAME, config)
+        .await
+        .unwrap();
+    Aside::builder()
+        .store(store)
+        .breaker(BreakerConfig::default().failure_threshold(1_000_000))
+        .build()
 }

@@ -115,6 +115,20 @@ impl Drop for GivenUpAtDeadline<'_> {
     }
 }
 
+/// Clears a store's `resolving` flag when the search task that set it
+/// ends, however it ends: done, given up, or dropped with its runtime
+/// (`tests/redis_sentinel.rs`,
+/// `a_search_dropped_with_its_runtime_does_not_stop_the_next_one`).
+struct EndsSearch(Weak<SentinelConn>);
+
+impl Drop for EndsSearch {
+    fn drop(&mut self) {
+        if let Some(conn) = self.0.upgrade() {
+            conn.resolving.store(false, Ordering::Release);
+        }
+    }
+}
+
 /// True for an error that a primary gone away (or demoted) gives.
 fn lost_primary(e: &RedisError) -> bool {
     e.is_io_error()
@@ -197,7 +211,12 @@ impl SentinelConn {
             return;
         }
         let weak = Arc::downgrade(self);
+        // The task owns the flag from here: dropped unrun or half done (its
+        // runtime shut down), it still clears it, or no search would ever
+        // start again.
+        let ends = EndsSearch(weak.clone());
         tokio::spawn(async move {
+            let _ends = ends;
             Self::follow(weak).await;
         });
     }
@@ -211,18 +230,12 @@ impl SentinelConn {
         for _ in 0..60 {
             let Some(this) = weak.upgrade() else { return };
             match this.resolve_once().await {
-                Ok(()) => {
-                    this.resolving.store(false, Ordering::Release);
-                    return;
-                }
+                Ok(()) => return,
                 Err(e) => tracing::debug!(error = %e, "Sentinel: no primary yet"),
             }
             drop(this);
             tokio::time::sleep(backoff).await;
             backoff = (backoff * 2).min(Duration::from_secs(1));
-        }
-        if let Some(this) = weak.upgrade() {
-            this.resolving.store(false, Ordering::Release);
         }
     }
 
