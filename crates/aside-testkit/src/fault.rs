@@ -24,11 +24,11 @@
 //! Around every store call and publish are two pause points (a seeded number
 //! of `yield_now`s or a 1-2 ms sleep), so interleavings vary by seed instead
 //! of being left to timing; the synchronous reads that
-//! [`FaultStore::with_shared_reads`] passes through have none. Faults can be switched off (for quiescence), and
-//! everything injected is counted ([`FaultCounts`]) and journaled with the
-//! sequence number of a [`Clock`] the history shares, and the operation that
-//! made the call ([`in_op`], a task-local: calls from the library's own
-//! background tasks carry none).
+//! [`FaultStore::with_shared_reads`] passes through have none. Faults can
+//! be switched off (for quiescence), and everything injected is counted
+//! ([`FaultCounts`]) and journaled with the sequence number of a [`Clock`]
+//! the history shares, and the operation that made the call ([`in_op`], a
+//! task-local: calls from the library's own background tasks carry none).
 
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};

@@ -242,15 +242,8 @@ async fn a_counter_read_by_a_raw_namespace_still_increments() {
 async fn the_fault_layer_keeps_the_synchronous_hit_path() {
     assert!(!FaultStore::memory(FaultPlan::new(7, FaultRates::none())).shares_decoded());
     for strategy in [Strategy::Lease, Strategy::Delete] {
-        let store = Arc::new(FaultStore::memory(FaultPlan::new(7, FaultRates::none())).with_shared_reads());
+        let (store, aside, ns) = through_the_fault_layer(FaultPlan::new(7, FaultRates::none()), strategy);
         assert!(store.shares_decoded());
-        let aside = Aside::builder().shared_store(store.clone()).build();
-        let ns: Namespace<u64, Profile> = aside
-            .namespace("sync")
-            .ttl(TTL)
-            .strategy(strategy)
-            .build()
-            .expect("namespace");
         let load = || async { Ok::<_, std::io::Error>(Some(profile(1))) };
         assert_eq!(ns.get_or_load(&1, load).await.unwrap(), Some(profile(1)));
         // The first hit may decode the filled bytes; from then on the
@@ -263,6 +256,20 @@ async fn the_fault_layer_keeps_the_synchronous_hit_path() {
         assert_eq!(store.calls(), calls, "{strategy:?}: a hit went through the async calls");
         assert_eq!(aside.stats().hits, 11, "{strategy:?}");
     }
+}
+
+/// A namespace of profiles with `strategy` over the test kit's fault layer
+/// on a `MemoryStore`, shared reads on, drawing from `plan`.
+fn through_the_fault_layer(plan: FaultPlan, strategy: Strategy) -> (Arc<FaultStore>, Aside, Namespace<u64, Profile>) {
+    let store = Arc::new(FaultStore::memory(plan).with_shared_reads());
+    let aside = Aside::builder().shared_store(store.clone()).build();
+    let ns = aside
+        .namespace("layered")
+        .ttl(TTL)
+        .strategy(strategy)
+        .build()
+        .expect("namespace");
+    (store, aside, ns)
 }
 
 /// A store that shares decoded values answers every key: a batch read
@@ -281,14 +288,7 @@ async fn cached_keys_read_in_batches_through_the_fault_layer_are_all_hits() {
         };
         let plan = FaultPlan::new(11, rates);
         plan.set_enabled(false);
-        let store = Arc::new(FaultStore::memory(plan.clone()).with_shared_reads());
-        let aside = Aside::builder().shared_store(store.clone()).build();
-        let ns: Namespace<u64, Profile> = aside
-            .namespace("batch")
-            .ttl(TTL)
-            .strategy(strategy)
-            .build()
-            .expect("namespace");
+        let (_store, _aside, ns) = through_the_fault_layer(plan.clone(), strategy);
         let keys: Vec<u64> = (1..=20).collect();
         let loads = Arc::new(AtomicUsize::new(0));
         let load = |missing: Vec<u64>| {

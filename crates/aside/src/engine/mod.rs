@@ -68,8 +68,14 @@ pub(crate) fn fresh_version() -> u64 {
 /// `Duration::MAX` means "no bound", and `Instant + Duration::MAX` panics.
 /// Tokio's own timers saturate the same way, at the same 30 years.
 pub(crate) fn deadline_after(after: Duration) -> tokio::time::Instant {
+    deadline_from(tokio::time::Instant::now(), after)
+}
+
+/// [`deadline_after`] from `now`, for a caller that has read the clock
+/// already and compares other deadlines with that reading.
+pub(crate) fn deadline_from(now: tokio::time::Instant, after: Duration) -> tokio::time::Instant {
     const FAR: Duration = Duration::from_secs(86_400 * 365 * 30);
-    tokio::time::Instant::now() + after.min(FAR)
+    now + after.min(FAR)
 }
 
 /// State shared by all namespaces of one [`crate::Aside`].

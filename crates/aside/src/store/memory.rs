@@ -152,7 +152,7 @@ impl Marks {
             self.prune_at = (self.by_key.len() * 2).max(1024);
         }
         self.by_key
-            .insert(key.to_owned(), (version, crate::engine::deadline_after(ttl)));
+            .insert(key.to_owned(), (version, crate::engine::deadline_from(now, ttl)));
         true
     }
 }
@@ -421,7 +421,7 @@ impl Store for MemoryStore {
             return Ok(LeaseOutcome::Hit(value));
         }
         let now = Instant::now();
-        let granted = Some((token, crate::engine::deadline_after(lease_ttl)));
+        let granted = Some((token, crate::engine::deadline_from(now, lease_ttl)));
         Ok(self.compute(key, |current| match current {
             Some(Slot::Entry {
                 value: Some(v),
@@ -481,7 +481,7 @@ impl Store for MemoryStore {
                 let slot = Slot::Entry {
                     value: Some(v),
                     stale: false,
-                    lease: Some((token, crate::engine::deadline_after(lease_ttl))),
+                    lease: Some((token, crate::engine::deadline_from(now, lease_ttl))),
                 };
                 let timed = Timed {
                     at_least: Some(lease_ttl),
@@ -552,7 +552,7 @@ impl Store for MemoryStore {
                 ..
             // Its own fence (a request resent after a lost reply) is taken again.
             }) if held.is_fence() && held != token && deadline > now => (Op::Nop, false),
-            _ => (entry(None, false, Some((token, crate::engine::deadline_after(ttl))), Some(ttl)), true),
+            _ => (entry(None, false, Some((token, crate::engine::deadline_from(now, ttl))), Some(ttl)), true),
         });
         if fenced {
             // Readers waiting on a revoked lease look again, and wait on the fence.
@@ -626,7 +626,7 @@ impl Store for MemoryStore {
                 let slot = Slot::Entry {
                     value,
                     stale,
-                    lease: Some((token, crate::engine::deadline_after(lease_ttl))),
+                    lease: Some((token, crate::engine::deadline_from(now, lease_ttl))),
                 };
                 let renewed = Timed {
                     at_least: Some(lease_ttl),

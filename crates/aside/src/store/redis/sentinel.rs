@@ -41,14 +41,7 @@ impl SentinelHandle {
     pub(crate) fn req_packed_command<'a>(&'a self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
         Box::pin(async move {
             let mut manager = self.manager();
-            // A timeout must reach `after` (it starts the search for a new
-            // primary): the connection's own timer reports it as an error
-            // when it fires first, `given_up` when the caller's does.
-            let mut given_up = GivenUpAtDeadline::new(&self.0);
-            let answer = manager.req_packed_command(cmd).await;
-            given_up.answered();
-            self.0.after(&answer);
-            answer
+            self.watched(manager.req_packed_command(cmd)).await
         })
     }
 
@@ -60,12 +53,20 @@ impl SentinelHandle {
     ) -> RedisFuture<'a, Vec<Value>> {
         Box::pin(async move {
             let mut manager = self.manager();
-            let mut given_up = GivenUpAtDeadline::new(&self.0);
-            let answer = manager.req_packed_commands(pipeline, offset, count).await;
-            given_up.answered();
-            self.0.after(&answer);
-            answer
+            self.watched(manager.req_packed_commands(pipeline, offset, count)).await
         })
+    }
+
+    /// Runs `request` to the primary and hands its answer to `after`. A
+    /// timeout must reach `after` (it starts the search for a new
+    /// primary): the connection's own timer reports it as an error when it
+    /// fires first, `given_up` when the caller's does.
+    async fn watched<T>(&self, request: impl std::future::Future<Output = RedisResult<T>>) -> RedisResult<T> {
+        let mut given_up = GivenUpAtDeadline::new(&self.0);
+        let answer = request.await;
+        given_up.answered();
+        self.0.after(&answer);
+        answer
     }
 }
 
