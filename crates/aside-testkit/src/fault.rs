@@ -388,6 +388,16 @@ pub enum JournalEvent {
         /// The (first) key of the call.
         key: String,
     },
+    /// The end of an injected [`FaultKind::Restart`]: its flush has
+    /// returned, or the call that drew it was dropped while the flush was
+    /// under way (the flush may then still land later). The restart fell
+    /// somewhere between its [`JournalEvent::Store`] entry and this one.
+    Restarted {
+        /// The tick of the restart's [`JournalEvent::Store`] entry.
+        started: u64,
+        /// False when the call was dropped before its flush returned.
+        completed: bool,
+    },
     /// A fault on a subscription of `instance`.
     Delivery {
         /// The subscribing bus's instance number.
@@ -515,13 +525,16 @@ impl FaultPlan {
         self.inner.counts[kind.index()].fetch_add(1, Ordering::Relaxed);
     }
 
-    fn journal_push(&self, event: JournalEvent) {
+    /// Journals `event` at the next tick, and returns that tick.
+    fn journal_push(&self, event: JournalEvent) -> u64 {
+        let seq = self.inner.clock.tick();
         let entry = JournalEntry {
-            seq: self.inner.clock.tick(),
+            seq,
             op: current_op(),
             event,
         };
         self.inner.journal.lock().unwrap_or_else(|e| e.into_inner()).push(entry);
+        seq
     }
 
     fn with_rng<T>(&self, f: impl FnOnce(&mut StdRng) -> T) -> T {
@@ -701,6 +714,23 @@ impl Drop for AbandonedUnlessAnswered<'_> {
     }
 }
 
+/// Journals the end of a restart's span ([`JournalEvent::Restarted`]),
+/// when its flush returns or when the call is dropped before that.
+struct RestartEnd<'a> {
+    plan: &'a FaultPlan,
+    started: u64,
+    completed: bool,
+}
+
+impl Drop for RestartEnd<'_> {
+    fn drop(&mut self) {
+        self.plan.journal_push(JournalEvent::Restarted {
+            started: self.started,
+            completed: self.completed,
+        });
+    }
+}
+
 impl Drop for InFlight {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::SeqCst);
@@ -810,9 +840,10 @@ impl FaultStore {
                 key: key.to_owned(),
             });
         }
+        let mut journaled_at = 0;
         if let Some(kind) = kind {
             self.plan.count(kind);
-            self.plan.journal_push(JournalEvent::Store {
+            journaled_at = self.plan.journal_push(JournalEvent::Store {
                 kind,
                 method,
                 key: key.to_owned(),
@@ -846,7 +877,17 @@ impl FaultStore {
                 futures::future::pending().await
             }
             StoreFault::Restart => {
+                // The flush lands at some point before `restart` returns
+                // (over a new connection it may take milliseconds), so the
+                // restart is a span in the journal, not a point.
+                let mut end = RestartEnd {
+                    plan: &self.plan,
+                    started: journaled_at,
+                    completed: false,
+                };
                 self.restart().await;
+                end.completed = true;
+                drop(end);
                 call(self.inner()).await
             }
         };

@@ -92,6 +92,9 @@ pub struct Violation {
     pub detail: String,
     /// The relevant history, one event a line, by tick.
     pub excerpt: Vec<String>,
+    /// True when a store restart explains a stale read or entry (see
+    /// [`across_restart`]): measured, not promised, so `promised` is false.
+    pub across_restart: bool,
 }
 
 impl Violation {
@@ -108,6 +111,7 @@ impl Violation {
             instance: None,
             detail,
             excerpt: Vec::new(),
+            across_restart: false,
         }
     }
 
@@ -119,6 +123,7 @@ impl Violation {
             instance: Some(instance),
             detail,
             excerpt: Vec::new(),
+            across_restart: false,
         }
     }
 
@@ -130,6 +135,7 @@ impl Violation {
             instance: None,
             detail,
             excerpt: Vec::new(),
+            across_restart: false,
         }
     }
 }
@@ -140,7 +146,11 @@ impl std::fmt::Display for Violation {
             f,
             "{:?}{}: {}",
             self.invariant,
-            if self.promised { "" } else { " (measured, not promised)" },
+            match (self.promised, self.across_restart) {
+                (true, _) => "",
+                (false, true) => " (measured: across a store restart)",
+                (false, false) => " (measured, not promised)",
+            },
             self.detail
         )?;
         for line in &self.excerpt {
@@ -430,6 +440,7 @@ pub(crate) fn stale_reads(history: &History, config: &NsConfig, bus_lag_ms: f64)
                 continue;
             };
             let got_text = got.map_or("none (row absent)".to_owned(), |v| format!("v{v}"));
+            let across = across_restart(history, *key, *got, w.start);
             let (invariant, what) = match kind {
                 Promise::Write => (Invariant::I1, format!("had returned Ok after writing v{required}")),
                 Promise::FailedWrite => (
@@ -440,7 +451,7 @@ pub(crate) fn stale_reads(history: &History, config: &NsConfig, bus_lag_ms: f64)
             };
             violations.push(Violation {
                 invariant,
-                promised,
+                promised: promised && !across,
                 key: Some(*key),
                 instance: Some(read.instance),
                 detail: format!(
@@ -453,6 +464,7 @@ pub(crate) fn stale_reads(history: &History, config: &NsConfig, bus_lag_ms: f64)
                     w.instance,
                 ),
                 excerpt: excerpt(history, *key, excerpt_from(history, *key, *got, w, read), read.end),
+                across_restart: across,
             });
         }
     }
@@ -532,10 +544,71 @@ pub(crate) fn ttl_bound(history: &History, config: &NsConfig) -> Vec<Violation> 
                     read.start_ms - (refreshed + ttl).max(next.at_ms),
                 ),
                 excerpt: excerpt(history, *key, states[position].seq.saturating_sub(1), read.end),
+                across_restart: false,
             });
         }
     }
     violations
+}
+
+/// The injected store restarts of `history`, as `(start, end)` tick
+/// spans: from the fault's journal entry to its flush's return; to
+/// `u64::MAX` when the call was dropped before that (the flush may land
+/// later).
+fn restarts(history: &History) -> Vec<(u64, u64)> {
+    let ends: std::collections::HashMap<u64, u64> = history
+        .journal
+        .iter()
+        .filter_map(|e| match e.event {
+            JournalEvent::Restarted {
+                started,
+                completed: true,
+            } => Some((started, e.seq)),
+            _ => None,
+        })
+        .collect();
+    history
+        .journal
+        .iter()
+        .filter(|e| {
+            matches!(
+                e.event,
+                JournalEvent::Store {
+                    kind: crate::fault::FaultKind::Restart,
+                    ..
+                }
+            )
+        })
+        .map(|e| (e.seq, ends.get(&e.seq).copied().unwrap_or(u64::MAX)))
+        .collect()
+}
+
+/// True when a store restart explains that `key` holds, or a read
+/// returned, `got` though a write of a newer version began at tick
+/// `newer_from`. The restart's flush may have landed after that write
+/// reached the store, erasing its entry and the mark that orders the
+/// key's writes; and a write or load that obtained `got` was in flight
+/// across the restart, so its store call may have landed after the flush,
+/// with no mark left to refuse it. No store refuses that without marks
+/// that outlive it (docs/BOUNDS.md), so it is measured, not promised.
+pub(crate) fn across_restart(history: &History, key: u64, got: Option<u64>, newer_from: u64) -> bool {
+    let obtained = |s: &super::record::KeyState| s.key == key && s.row().map(|r| r.version) == got;
+    let sources: Vec<(u64, u64)> = history
+        .ops
+        .iter()
+        .filter(|o| o.wrote(key).is_some_and(|s| obtained(&s)))
+        .map(|o| (o.start, o.end))
+        .chain(
+            history
+                .loads
+                .iter()
+                .filter(|l| l.read.iter().any(obtained))
+                .map(|l| (l.start, l.end.unwrap_or(u64::MAX))),
+        )
+        .collect();
+    restarts(history)
+        .into_iter()
+        .any(|(start, end)| end > newer_from && sources.iter().any(|&(from, to)| from < end && to > start))
 }
 
 /// Where the excerpt of a stale read starts: at the promised write, or
@@ -572,10 +645,26 @@ fn excerpt_from(history: &History, key: u64, got: Option<u64>, w: &OpRecord, rea
     from.saturating_sub(1)
 }
 
-/// An I2 violation about `key`, with the last writes of the key as excerpt.
+/// True when a store restart explains that `key` holds `found` after
+/// quiescence ([`across_restart`], against the newest write that went
+/// through the cache).
+pub(crate) fn entry_across_restart(history: &History, key: u64, found: Option<u64>) -> bool {
+    history
+        .ops
+        .iter()
+        .filter(|o| o.has_cache_op() && o.wrote(key).is_some())
+        .map(|o| o.start)
+        .max()
+        .is_some_and(|newest| across_restart(history, key, found, newest))
+}
+
+/// An I2 violation about `key`, with the last writes of the key as
+/// excerpt; `across` says a store restart explains it (then measured, not
+/// promised).
 pub(crate) fn stale_entry(
     invariant: Invariant,
     promised: bool,
+    across: bool,
     history: &History,
     key: u64,
     instance: Option<usize>,
@@ -589,11 +678,12 @@ pub(crate) fn stale_entry(
     let from = writes.iter().rev().nth(2).map_or(0, |w| w.start.saturating_sub(1));
     Violation {
         invariant,
-        promised,
+        promised: promised && !across,
         key: Some(key),
         instance,
         detail,
         excerpt: excerpt(history, key, from, u64::MAX),
+        across_restart: across,
     }
 }
 
@@ -722,6 +812,7 @@ pub(crate) fn load_overlaps(history: &History) -> Overlaps {
                         if b.background { ", background" } else { "" },
                     ),
                     excerpt: excerpt(history, key, a.start.saturating_sub(1), b.end.unwrap_or(a_end)),
+                    across_restart: false,
                 });
             }
         }
@@ -747,6 +838,181 @@ pub(crate) fn liveness(history: &History) -> Vec<Violation> {
                 .first()
                 .map(|k| excerpt(history, *k, o.start.saturating_sub(1), o.end))
                 .unwrap_or_default(),
+            across_restart: false,
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    //! The restart rule of I1 and I2 on hand-made histories: HISTORY.md's
+    //! Redis finding (seed 305242257346774186), and its near misses, which
+    //! must still fail.
+
+    use super::*;
+    use crate::fault::{FaultKind, JournalEntry};
+    use crate::history::program::{Op, StrategyKind};
+    use crate::history::record::{KeyState, Outcome};
+
+    const KEY: u64 = 1;
+
+    fn state(version: u64, seq: u64) -> KeyState {
+        KeyState {
+            key: KEY,
+            version,
+            exists: true,
+            seq,
+            at_ms: seq as f64,
+        }
+    }
+
+    fn op(id: u64, op: Op, start: u64, end: u64, outcome: Outcome) -> OpRecord {
+        OpRecord {
+            id,
+            instance: (id % 2) as usize,
+            task: 0,
+            handle: 0,
+            op,
+            start,
+            end,
+            start_ms: start as f64,
+            end_ms: end as f64,
+            outcome,
+        }
+    }
+
+    fn write_through(id: u64, version: u64, start: u64, end: u64) -> OpRecord {
+        op(
+            id,
+            Op::WriteThrough(KEY),
+            start,
+            end,
+            Outcome::Write {
+                states: vec![state(version, start + 1)],
+                cache_op: true,
+                ok: true,
+                error: None,
+            },
+        )
+    }
+
+    fn config() -> NsConfig {
+        NsConfig {
+            strategy: StrategyKind::Lease,
+            ttl_ms: 60_000,
+            jitter: 0.0,
+            lease_ttl_ms: 1_000,
+            double_delete_ms: 0,
+            l1_ttl_ms: None,
+            negative_ttl_ms: None,
+            early_refresh: None,
+            fail_safe_ms: None,
+            keep_stale_ms: None,
+            soft_load_timeout_ms: None,
+            load_timeout_ms: None,
+            op_timeout_ms: 1_000,
+            twin_namespaces: false,
+            shared_reads: false,
+        }
+    }
+
+    /// The finding's shape, in ticks: op1 writes v2 through (1..30) and
+    /// draws a restart on its store call; op2 writes v3 through (10..15)
+    /// and returns `Ok`; a read (40..41) returns v2. `restart` is the
+    /// span `(drawn, ended, completed)` journaled by op1, if any.
+    fn finding(op1: (u64, u64), restart: Option<(u64, u64, bool)>) -> History {
+        let mut journal = Vec::new();
+        if let Some((drawn, ended, completed)) = restart {
+            journal.push(JournalEntry {
+                seq: drawn,
+                op: Some(1),
+                event: JournalEvent::Store {
+                    kind: FaultKind::Restart,
+                    method: "put_entry_if_newer",
+                    key: "ns:1".to_owned(),
+                },
+            });
+            journal.push(JournalEntry {
+                seq: ended,
+                op: Some(1),
+                event: JournalEvent::Restarted {
+                    started: drawn,
+                    completed,
+                },
+            });
+        }
+        let read = op(
+            3,
+            Op::Fetch(KEY),
+            40,
+            41,
+            Outcome::Read {
+                values: vec![(KEY, Some(2))],
+                source: Some(aside::Source::Hit),
+                none_is_absent: true,
+            },
+        );
+        History {
+            ops: vec![write_through(2, 3, 10, 15), write_through(1, 2, op1.0, op1.1), read],
+            loads: Vec::new(),
+            deliveries: Vec::new(),
+            journal,
+            db: vec![vec![state(1, 0), state(2, op1.0 + 1), state(3, 11)]],
+            full_keys: vec!["ns:1".to_owned()],
+            origins: vec![None, None],
+        }
+    }
+
+    /// `(promised, across_restart)` of each I1 violation found.
+    fn verdicts(history: &History) -> Vec<(bool, bool)> {
+        stale_reads(history, &config(), 0.0)
+            .iter()
+            .inspect(|v| assert_eq!(v.invariant, Invariant::I1, "{v}"))
+            .map(|v| (v.promised, v.across_restart))
+            .collect()
+    }
+
+    #[test]
+    fn a_stale_read_after_a_restart_that_erased_the_newer_write_is_measured() {
+        // The flush returned at tick 20, after op2's write (10..15) may
+        // have reached the store; op1 (1..30) was in flight across it.
+        assert_eq!(verdicts(&finding((1, 30), Some((5, 20, true)))), [(false, true)]);
+        // The flush never returned (its call was dropped): it may land
+        // any time after tick 5.
+        assert_eq!(verdicts(&finding((1, 30), Some((5, 6, false)))), [(false, true)]);
+    }
+
+    #[test]
+    fn a_stale_read_a_restart_does_not_explain_still_fails() {
+        // No restart at all.
+        assert_eq!(verdicts(&finding((1, 30), None)), [(true, false)]);
+        // The flush returned (tick 8) before op2 began (tick 10): op2's
+        // write and its mark came after it.
+        assert_eq!(verdicts(&finding((1, 30), Some((5, 8, true)))), [(true, false)]);
+        // The stale writer ended (tick 4) before the restart began (tick
+        // 5): the flush erased its write too.
+        assert_eq!(verdicts(&finding((1, 4), Some((5, 20, true)))), [(true, false)]);
+        // The stale writer began (tick 21) after the flush returned (20).
+        assert_eq!(verdicts(&finding((21, 30), Some((5, 20, true)))), [(true, false)]);
+    }
+
+    #[test]
+    fn a_stale_entry_after_a_restart_that_erased_the_newer_write_is_measured() {
+        assert!(entry_across_restart(
+            &finding((1, 30), Some((5, 20, true))),
+            KEY,
+            Some(2)
+        ));
+        assert!(!entry_across_restart(
+            &finding((1, 30), Some((5, 8, true))),
+            KEY,
+            Some(2)
+        ));
+        assert!(!entry_across_restart(
+            &finding((1, 4), Some((5, 20, true))),
+            KEY,
+            Some(2)
+        ));
+        assert!(!entry_across_restart(&finding((1, 30), None), KEY, Some(2)));
+    }
 }

@@ -1127,6 +1127,7 @@ async fn check_quiescent(
             Ok(Some(found)) if !acceptable(key, found) => violations.push(check::stale_entry(
                 Invariant::I2Store,
                 promised,
+                check::entry_across_restart(history, key, found.map(|r| r.version)),
                 history,
                 key,
                 None,
@@ -1140,6 +1141,7 @@ async fn check_quiescent(
             Err(e) => violations.push(check::stale_entry(
                 Invariant::I2Store,
                 promised,
+                false,
                 history,
                 key,
                 None,
@@ -1163,6 +1165,7 @@ async fn check_quiescent(
                 Ok(Some(found)) if !acceptable(key, Some(found)) => violations.push(check::stale_entry(
                     Invariant::I2Get,
                     promised,
+                    check::entry_across_restart(history, key, Some(found.version)),
                     history,
                     key,
                     Some(*index),
@@ -1191,6 +1194,7 @@ async fn check_quiescent(
                 Ok(f) if !acceptable(key, f.value) => violations.push(check::stale_entry(
                     Invariant::I2Load,
                     promised,
+                    check::entry_across_restart(history, key, f.value.map(|r| r.version)),
                     history,
                     key,
                     Some(*index),
