@@ -638,7 +638,9 @@ where
     /// not above it is refused ([`WriteThrough::Superseded`]), so of two
     /// writers racing on one key the newer row stays cached whatever order
     /// their cache writes land in, even if the entry was invalidated or
-    /// expired in between. Like [`Namespace::set`], it revokes any lease in
+    /// expired in between (on memcached a refused write deletes the entry
+    /// instead, so the key may be left uncached: see
+    /// [`WriteThrough::Superseded`]). Like [`Namespace::set`], it revokes any lease in
     /// flight, so a load that read the older row cannot fill over it.
     ///
     /// Needs [`Strategy::Lease`] (fills are fenced) and a store with

@@ -80,7 +80,12 @@ async fn every_order_leaves_the_newer_row(store: Arc<dyn Store>, base: u64) {
         );
         let put_new_last =
             order.iter().rposition(|e| *e == Event::PutNew) > order.iter().rposition(|e| *e == Event::Invalidate);
-        if put_new_last {
+        // On memcached a refused (older, later) write deletes the entry
+        // rather than trust that the newer writer's entry landed
+        // (`store::memcached::versioned`, step 5).
+        let refusal_deletes = store.name() == "memcached"
+            && order.iter().rposition(|e| *e == Event::PutOld) > order.iter().rposition(|e| *e == Event::PutNew);
+        if put_new_last && !refusal_deletes {
             assert_eq!(cached, Some(new.clone()), "{order:?}: the newer row is cached");
         }
         // Whatever is cached, a read through the database gets the newer row.
@@ -202,11 +207,27 @@ async fn concurrent_writers_end_at_the_highest_version() {
                 }
             }
             assert!(written >= 1, "{name} round {round}");
-            assert_eq!(
-                users.peek(&1).await.unwrap(),
-                Some(User::new(1, 8)),
-                "{name} round {round}: the highest version is cached"
-            );
+            let cached = users.peek(&1).await.unwrap();
+            if name == "memcached" {
+                // A refused writer deletes the entry (step 5 of
+                // `store::memcached::versioned`), possibly after v8 landed:
+                // a miss, never an older row.
+                assert!(
+                    cached.is_none() || cached == Some(User::new(1, 8)),
+                    "{name} round {round}: {cached:?} cached"
+                );
+            } else {
+                assert_eq!(
+                    cached,
+                    Some(User::new(1, 8)),
+                    "{name} round {round}: the highest version is cached"
+                );
+            }
+            let read = users
+                .get_or_load(&1, || async { Ok::<_, DbDown>(Some(User::new(1, 8))) })
+                .await
+                .unwrap();
+            assert_eq!(read, Some(User::new(1, 8)), "{name} round {round}");
         }
     }
 }

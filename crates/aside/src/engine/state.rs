@@ -68,7 +68,10 @@ pub enum WriteThrough {
     /// The value is cached: its version was the newest written.
     Written,
     /// Not cached: a write of the same or a newer version came first, and
-    /// its value (or a later one) is what readers get.
+    /// its value (or a later one) is what readers get. On memcached, whose
+    /// comparison is not one atomic step, the key is deleted instead (the
+    /// newer writer may not have written its entry yet): the next read
+    /// loads it.
     Superseded,
     /// The key was invalidated instead, because this namespace or store
     /// cannot compare versions (a strategy other than `Lease`, a store

@@ -689,6 +689,14 @@ pub trait Store: Send + Sync + 'static {
     /// Redis, the key's lock in memory). `mark_key` is in `key`'s Redis
     /// Cluster slot ([`crate::key::write_mark_key`]).
     ///
+    /// A store that cannot make it one step (memcached: a protocol of
+    /// CAS-guarded steps, `store::memcached::versioned`) must still never
+    /// return `false` while the entry holds a row older than `put.version`:
+    /// the newer writer may have raised the mark and not yet written its
+    /// entry. memcached deletes the entry before it reports a refusal
+    /// (readers then load; at worst a newer row that had landed costs one
+    /// miss).
+    ///
     /// Default: [`StoreError::Unsupported`].
     async fn put_entry_if_newer(&self, put: VersionedPut) -> StoreResult<bool> {
         let _ = put;
