@@ -389,13 +389,15 @@ pub enum JournalEvent {
         key: String,
     },
     /// The end of an injected [`FaultKind::Restart`]: its flush has
-    /// returned, or the call that drew it was dropped while the flush was
-    /// under way (the flush may then still land later). The restart fell
-    /// somewhere between its [`JournalEvent::Store`] entry and this one.
+    /// returned. The restart fell somewhere between its
+    /// [`JournalEvent::Store`] entry and this one. The flush runs in a task
+    /// of its own, so a caller that gives up on the call does not end the
+    /// span early; `completed` is false only when that task was dropped
+    /// (its runtime shut down) before the flush returned.
     Restarted {
         /// The tick of the restart's [`JournalEvent::Store`] entry.
         started: u64,
-        /// False when the call was dropped before its flush returned.
+        /// False when the restart's task was dropped before its flush returned.
         completed: bool,
     },
     /// A fault on a subscription of `instance`.
@@ -671,11 +673,12 @@ pub type RestartFn = Arc<dyn Fn() -> BoxFuture<'static, Option<Arc<dyn Store>>> 
 
 /// A [`Store`] that injects the faults of its [`FaultPlan`] around an inner store.
 pub struct FaultStore {
-    inner: RwLock<Arc<dyn Store>>,
+    /// Shared with the tasks that run drawn restarts (see `run`).
+    inner: Arc<RwLock<Arc<dyn Store>>>,
     name: &'static str,
     plan: FaultPlan,
     restart: Option<RestartFn>,
-    restart_lock: tokio::sync::Mutex<()>,
+    restart_lock: Arc<tokio::sync::Mutex<()>>,
     in_flight: Arc<AtomicUsize>,
     calls: AtomicU64,
     /// [`FaultStore::with_shared_reads`].
@@ -715,7 +718,8 @@ impl Drop for AbandonedUnlessAnswered<'_> {
 }
 
 /// Journals the end of a restart's span ([`JournalEvent::Restarted`]),
-/// when its flush returns or when the call is dropped before that.
+/// when its flush returns, or when its task is dropped before that (the
+/// runtime shut down).
 struct RestartEnd<'a> {
     plan: &'a FaultPlan,
     started: u64,
@@ -742,10 +746,10 @@ impl FaultStore {
     pub fn new(inner: Arc<dyn Store>, plan: FaultPlan) -> Self {
         FaultStore {
             name: inner.name(),
-            inner: RwLock::new(inner),
+            inner: Arc::new(RwLock::new(inner)),
             plan,
             restart: None,
-            restart_lock: tokio::sync::Mutex::new(()),
+            restart_lock: Arc::new(tokio::sync::Mutex::new(())),
             in_flight: Arc::new(AtomicUsize::new(0)),
             calls: AtomicU64::new(0),
             shared_reads: false,
@@ -805,11 +809,22 @@ impl FaultStore {
     /// Restarts the store empty now (a restart the plan draws is counted as
     /// [`FaultKind::Restart`]; this call is not); does nothing without a restart.
     pub async fn restart(&self) {
-        let Some(restart) = &self.restart else { return };
-        let _one_at_a_time = self.restart_lock.lock().await;
-        if let Some(fresh) = restart().await {
-            *self.inner.write().unwrap_or_else(|e| e.into_inner()) = fresh;
+        if let Some(restart) = self.restart_task() {
+            restart.await;
         }
+    }
+
+    /// A restart as a future that owns what it needs (`None` without a
+    /// restart), so that it can run detached from the call that drew it.
+    fn restart_task(&self) -> Option<impl Future<Output = ()> + Send + 'static> {
+        let restart = self.restart.clone()?;
+        let (inner, lock) = (self.inner.clone(), self.restart_lock.clone());
+        Some(async move {
+            let _one_at_a_time = lock.lock().await;
+            if let Some(fresh) = restart().await {
+                *inner.write().unwrap_or_else(|e| e.into_inner()) = fresh;
+            }
+        })
     }
 
     async fn run<T, F, Fut>(&self, method: &'static str, key: &str, call: F) -> StoreResult<T>
@@ -877,17 +892,33 @@ impl FaultStore {
                 futures::future::pending().await
             }
             StoreFault::Restart => {
-                // The flush lands at some point before `restart` returns
+                // The flush lands at some point before the restart returns
                 // (over a new connection it may take milliseconds), so the
-                // restart is a span in the journal, not a point.
-                let mut end = RestartEnd {
-                    plan: &self.plan,
-                    started: journaled_at,
-                    completed: false,
-                };
-                self.restart().await;
-                end.completed = true;
-                drop(end);
+                // restart is a span in the journal, not a point. It runs in
+                // a task of its own, which journals the span's end when the
+                // flush has returned: a caller that gives up on this call
+                // (the engine's timeout, a cancelled read) does not stop a
+                // flush already sent, and the span must not end before it.
+                // Counted in flight until the flush returns, so that
+                // quiescence waits for it and no flush lands in the checks
+                // or the next program.
+                let plan = self.plan.clone();
+                let restart = self.restart_task();
+                self.in_flight.fetch_add(1, Ordering::SeqCst);
+                let in_flight = InFlight(self.in_flight.clone());
+                let flush = tokio::spawn(async move {
+                    let _in_flight = in_flight;
+                    let mut end = RestartEnd {
+                        plan: &plan,
+                        started: journaled_at,
+                        completed: false,
+                    };
+                    if let Some(restart) = restart {
+                        restart.await;
+                    }
+                    end.completed = true;
+                });
+                let _ = flush.await;
                 call(self.inner()).await
             }
         };

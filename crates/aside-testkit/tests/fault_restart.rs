@@ -93,23 +93,55 @@ async fn a_restart_is_journaled_from_its_draw_to_its_flushs_return() {
     assert_eq!(plan.counts().restart, 1);
 }
 
-/// A call dropped while its restart's flush is under way ends the span
-/// as not completed: the flush may still land later, and the checker must
-/// treat the span as open.
+/// A call dropped while its restart's flush is under way (the engine's
+/// timeout, a cancelled read) does not end the span: a flush already sent
+/// still lands, so the span ends only when the flush returns. (A span
+/// ended at the drop, or left open for good, let the checker excuse stale
+/// reads the restart cannot explain.)
 #[tokio::test]
-async fn a_restart_dropped_before_its_flush_returns_is_journaled_as_not_completed() {
+async fn a_restart_whose_call_is_dropped_ends_when_its_flush_returns() {
     let plan = restart_first_call();
-    let restart: RestartFn = Arc::new(|| Box::pin(futures::future::pending()));
+    let flush_may_return = Arc::new(tokio::sync::Notify::new());
+    let flushed_at = Arc::new(AtomicU64::new(0));
+    let restart: RestartFn = {
+        let (clock, flush_may_return, flushed_at) =
+            (plan.clock().clone(), flush_may_return.clone(), flushed_at.clone());
+        Arc::new(move || {
+            let (clock, flush_may_return, flushed_at) = (clock.clone(), flush_may_return.clone(), flushed_at.clone());
+            Box::pin(async move {
+                flush_may_return.notified().await;
+                flushed_at.store(clock.tick(), Ordering::SeqCst);
+                fresh_store()
+            })
+        })
+    };
     let store = FaultStore::new(Arc::new(MemoryStore::new()), plan.clone()).with_restart(restart);
     let call = store.set("k", Bytes::from_static(b"v"), std::time::Duration::from_secs(60));
-    assert!(
-        Box::pin(call).now_or_never().is_none(),
-        "the call waits on the hung flush"
+    assert!(Box::pin(call).now_or_never().is_none(), "the call waits on the flush");
+    let (drawn, ended) = restart_span(&plan);
+    assert!(ended.is_none(), "the span is still open after the call was dropped");
+    assert_eq!(
+        store.in_flight(),
+        1,
+        "the flush counts as in flight: quiescence waits for it"
     );
 
-    let (drawn, ended) = restart_span(&plan);
-    let (end, started, completed) = ended.expect("the dropped restart's end is journaled");
+    flush_may_return.notify_one();
+    let mut ended = None;
+    for _ in 0..10_000 {
+        ended = restart_span(&plan).1;
+        if ended.is_some() {
+            break;
+        }
+        tokio::task::yield_now().await;
+    }
+    let (end, started, completed) = ended.expect("the span ends once the flush returns");
+    assert_eq!(store.in_flight(), 0, "nothing in flight once the flush returned");
+    let flushed_at = flushed_at.load(Ordering::SeqCst);
     assert_eq!(started, drawn);
-    assert!(!completed, "the flush never returned");
-    assert!(drawn < end);
+    assert!(completed, "the flush returned");
+    assert!(
+        drawn < flushed_at && flushed_at < end,
+        "the flush (tick {flushed_at}) falls inside the span ({drawn}..{end})"
+    );
 }

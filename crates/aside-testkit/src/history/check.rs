@@ -552,18 +552,16 @@ pub(crate) fn ttl_bound(history: &History, config: &NsConfig) -> Vec<Violation> 
 }
 
 /// The injected store restarts of `history`, as `(start, end)` tick
-/// spans: from the fault's journal entry to its flush's return; to
-/// `u64::MAX` when the call was dropped before that (the flush may land
-/// later).
+/// spans: from the fault's journal entry to its flush's return (the fault
+/// layer runs the flush in a task of its own, which journals the end
+/// whether or not the call that drew it was given up on); to `u64::MAX`
+/// while that task has not ended.
 fn restarts(history: &History) -> Vec<(u64, u64)> {
     let ends: std::collections::HashMap<u64, u64> = history
         .journal
         .iter()
         .filter_map(|e| match e.event {
-            JournalEvent::Restarted {
-                started,
-                completed: true,
-            } => Some((started, e.seq)),
+            JournalEvent::Restarted { started, .. } => Some((started, e.seq)),
             _ => None,
         })
         .collect();
@@ -586,25 +584,25 @@ fn restarts(history: &History) -> Vec<(u64, u64)> {
 /// True when a store restart explains that `key` holds, or a read
 /// returned, `got` though a write of a newer version began at tick
 /// `newer_from`. The restart's flush may have landed after that write
-/// reached the store, erasing its entry and the mark that orders the
-/// key's writes; and a write or load that obtained `got` was in flight
-/// across the restart, so its store call may have landed after the flush,
-/// with no mark left to refuse it. No store refuses that without marks
-/// that outlive it (docs/BOUNDS.md), so it is measured, not promised.
+/// reached the store, erasing its entry and the write mark that orders
+/// the key's versioned writes; and a `write_through` of `got` was in
+/// flight across the restart, so its store call may have landed after the
+/// flush, with no mark left to refuse it. No store refuses that without
+/// marks that outlive it (docs/BOUNDS.md), so it is measured, not promised.
+///
+/// Only a `write_through` counts as the source: a load's fill is fenced
+/// by its lease (or the fence of an `update`), which the flush erases too,
+/// so a fill landing after a restart is a defect, not this case; a `set`
+/// holds the row lock across its database write and its store call, so
+/// no newer write overlaps it; a cache-aside write puts no value in the
+/// cache.
 pub(crate) fn across_restart(history: &History, key: u64, got: Option<u64>, newer_from: u64) -> bool {
-    let obtained = |s: &super::record::KeyState| s.key == key && s.row().map(|r| r.version) == got;
     let sources: Vec<(u64, u64)> = history
         .ops
         .iter()
-        .filter(|o| o.wrote(key).is_some_and(|s| obtained(&s)))
+        .filter(|o| matches!(o.op, Op::WriteThrough(_)))
+        .filter(|o| o.wrote(key).is_some_and(|s| s.row().map(|r| r.version) == got))
         .map(|o| (o.start, o.end))
-        .chain(
-            history
-                .loads
-                .iter()
-                .filter(|l| l.read.iter().any(obtained))
-                .map(|l| (l.start, l.end.unwrap_or(u64::MAX))),
-        )
         .collect();
     restarts(history)
         .into_iter()
@@ -977,9 +975,12 @@ mod tests {
         // The flush returned at tick 20, after op2's write (10..15) may
         // have reached the store; op1 (1..30) was in flight across it.
         assert_eq!(verdicts(&finding((1, 30), Some((5, 20, true)))), [(false, true)]);
-        // The flush never returned (its call was dropped): it may land
-        // any time after tick 5.
-        assert_eq!(verdicts(&finding((1, 30), Some((5, 6, false)))), [(false, true)]);
+        // The flush's task had not ended when the program did: the span
+        // is open.
+        let mut open = finding((1, 30), Some((5, 20, true)));
+        open.journal
+            .retain(|e| !matches!(e.event, JournalEvent::Restarted { .. }));
+        assert_eq!(verdicts(&open), [(false, true)]);
     }
 
     #[test]
@@ -994,6 +995,75 @@ mod tests {
         assert_eq!(verdicts(&finding((1, 4), Some((5, 20, true)))), [(true, false)]);
         // The stale writer began (tick 21) after the flush returned (20).
         assert_eq!(verdicts(&finding((21, 30), Some((5, 20, true)))), [(true, false)]);
+        // The restart's task was dropped (its runtime shut down) at tick 6,
+        // before the newer write began: the span ends there.
+        assert_eq!(verdicts(&finding((1, 30), Some((5, 6, false)))), [(true, false)]);
+    }
+
+    fn read_at(id: u64, start: u64, got: u64) -> OpRecord {
+        op(
+            id,
+            Op::Fetch(KEY),
+            start,
+            start + 1,
+            Outcome::Read {
+                values: vec![(KEY, Some(got))],
+                source: Some(aside::Source::Hit),
+                none_is_absent: true,
+            },
+        )
+    }
+
+    /// `finding`'s restart (ticks 5..20) and newer write (v3, 10..15),
+    /// with `source` standing for where v2 came from, and a read of v2.
+    fn with_source(ops: Vec<OpRecord>, loads: Vec<LoadRecord>) -> History {
+        let mut history = finding((1, 30), Some((5, 20, true)));
+        history.ops = ops;
+        history.ops.push(write_through(2, 3, 10, 15));
+        history.ops.push(read_at(3, 40, 2));
+        history.loads = loads;
+        history
+    }
+
+    /// Found in review: a load's fill or a cache-aside write cannot put v2
+    /// back after the flush (the lease and the fence are gone with it), so
+    /// neither excuses a stale read.
+    #[test]
+    fn only_a_write_through_in_flight_across_a_restart_excuses_a_stale_read() {
+        let load = LoadRecord {
+            id: 0,
+            instance: 1,
+            handle: 0,
+            op: 7,
+            background: false,
+            kind: LoadKind::Cached,
+            keys: vec![KEY],
+            start: 3,
+            end: Some(30),
+            start_ms: 3.0,
+            end_ms: Some(30.0),
+            read: vec![state(2, 2)],
+            failed: false,
+            dropped: false,
+        };
+        assert_eq!(verdicts(&with_source(Vec::new(), vec![load])), [(true, false)]);
+        let invalidate = op(
+            1,
+            Op::Invalidate(KEY, crate::history::program::Change::Update),
+            1,
+            30,
+            Outcome::Write {
+                states: vec![state(2, 2)],
+                cache_op: true,
+                ok: true,
+                error: None,
+            },
+        );
+        assert_eq!(verdicts(&with_source(vec![invalidate], Vec::new())), [(true, false)]);
+        assert_eq!(
+            verdicts(&with_source(vec![write_through(1, 2, 1, 30)], Vec::new())),
+            [(false, true)]
+        );
     }
 
     #[test]

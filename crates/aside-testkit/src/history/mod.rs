@@ -43,8 +43,8 @@
 //!   agree with the database. I3: at most one load per key per instance at
 //!   a time, unless a write, restart or store fault in between explains a
 //!   second flight. I1 and I2 are not promised across a store restart that
-//!   erased a newer write and its mark while an older write of the key was
-//!   in flight across it (`check::across_restart`: measured, not failed).
+//!   erased a newer write and its mark while an older `write_through` of
+//!   the key was in flight across it (`check::across_restart`: measured, not failed).
 //!   I4: no value (tombstone) is served past its TTL
 //!   (negative TTL) once the database moved on. Liveness: no operation
 //!   hangs, quiescence is reached.

@@ -28,7 +28,12 @@
 //!    database holds the newer row already: its writer committed before
 //!    step 1) and moves the CAS the newer writer holds, whose step 4 then
 //!    goes back to step 2. The price: a newer row that had already landed
-//!    is deleted too, one miss. Found by the history checker on memcached
+//!    is deleted too, one miss; the delete is a plain `md`, so a value kept
+//!    stale by a keep-stale invalidation goes as well (its readers load
+//!    instead of being served it stale); and each refusal moves the CAS
+//!    the newer writer holds, which costs that writer one of its
+//!    `MAX_ATTEMPTS` (32) goes at steps 2 to 4, so 32 refusals inside its
+//!    window make its write fail (the engine then invalidates the key). Found by the history checker on memcached
 //!    (seed 2081519008801623306, docs/HISTORY.md); the interleaving tests
 //!    below start from a cached row and check that no refused write
 //!    leaves an older row behind.
@@ -543,6 +548,18 @@ mod tests {
         }
     }
 
+    /// A store on `server` whose bounds a loaded machine cannot miss: the
+    /// explorer makes thousands of round trips, and one timed out at the
+    /// default 250 ms under a parallel build (found in review).
+    async fn explorer_store(server: &aside_testkit::MemcachedServer) -> MemcachedStore {
+        let config = super::super::MemcachedConfig {
+            connect_timeout: Duration::from_secs(60),
+            response_timeout: Duration::from_secs(60),
+            ..Default::default()
+        };
+        MemcachedStore::connect_with(&server.addr(), config).await.unwrap()
+    }
+
     /// Rows 1 and 2 written through, and a reader's late fill.
     fn writers_and_a_reader(key: &str) -> Vec<Actor> {
         vec![
@@ -592,7 +609,7 @@ mod tests {
     #[tokio::test]
     async fn every_interleaving_of_two_writers_and_an_invalidation_keeps_the_versions_in_order() {
         let server = aside_testkit::MemcachedServer::start();
-        let store = MemcachedStore::connect(&server.addr()).await.unwrap();
+        let store = explorer_store(&server).await;
         let deleting = |key: &str| {
             vec![
                 Actor::writer(key, 1),
@@ -626,7 +643,7 @@ mod tests {
     #[tokio::test]
     async fn every_interleaving_of_two_writers_and_a_readers_late_fill_keeps_the_versions_in_order() {
         let server = aside_testkit::MemcachedServer::start();
-        let store = MemcachedStore::connect(&server.addr()).await.unwrap();
+        let store = explorer_store(&server).await;
         let runs = explore(&store, "wr", writers_and_a_reader, true).await;
         println!("writers and a reader: {runs} schedules");
         assert!(runs >= 2772, "{runs} schedules");
@@ -640,7 +657,7 @@ mod tests {
     #[tokio::test]
     async fn every_interleaving_over_a_cached_row_leaves_no_row_older_than_a_refused_write() {
         let server = aside_testkit::MemcachedServer::start();
-        let store = MemcachedStore::connect(&server.addr()).await.unwrap();
+        let store = explorer_store(&server).await;
         let runs = explore(&store, &format!("{PREFILLED}wr"), writers_and_a_reader, true).await;
         println!("writers and a reader over a cached row: {runs} schedules");
         assert!(runs >= 2772, "{runs} schedules");
@@ -653,7 +670,7 @@ mod tests {
     #[tokio::test]
     async fn every_interleaving_of_an_older_writer_and_a_versioned_invalidation_leaves_no_older_row() {
         let server = aside_testkit::MemcachedServer::start();
-        let store = MemcachedStore::connect(&server.addr()).await.unwrap();
+        let store = explorer_store(&server).await;
         let actors = |key: &str| {
             vec![
                 Actor::writer(key, 1),
@@ -677,7 +694,7 @@ mod tests {
     #[tokio::test]
     async fn a_lost_mark_never_makes_the_newest_write_report_itself_superseded() {
         let server = aside_testkit::MemcachedServer::start();
-        let store = MemcachedStore::connect(&server.addr()).await.unwrap();
+        let store = explorer_store(&server).await;
         let actors = |key: &str| {
             vec![
                 Actor::writer(key, 1),
@@ -693,7 +710,7 @@ mod tests {
     #[tokio::test]
     async fn a_mark_that_is_not_a_version_is_an_error_not_a_write() {
         let server = aside_testkit::MemcachedServer::start();
-        let store = MemcachedStore::connect(&server.addr()).await.unwrap();
+        let store = explorer_store(&server).await;
         store
             .set("k#wv", Bytes::from_static(b"not a number"), Duration::from_secs(60))
             .await
