@@ -33,10 +33,11 @@
 //!    instead of being served it stale); and each refusal moves the CAS
 //!    the newer writer holds, which costs that writer one of its
 //!    `MAX_ATTEMPTS` (32) goes at steps 2 to 4, so 32 refusals inside its
-//!    window make its write fail (the engine then invalidates the key). Found by the history checker on memcached
-//!    (seed 2081519008801623306, docs/HISTORY.md); the interleaving tests
-//!    below start from a cached row and check that no refused write
-//!    leaves an older row behind.
+//!    window make its write fail (the engine then invalidates the key).
+//!    Found by the history checker on memcached (seed
+//!    2081519008801623306, docs/HISTORY.md); the interleaving tests below
+//!    start from a cached row and check that no refused write leaves an
+//!    older row behind.
 //!
 //! **Why no older row can land after a newer one.** Say writer B (newer)
 //! stored at step 4 before writer A (older) stores at its step 4. If B's
