@@ -8,14 +8,16 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use aside::store::Store;
-use aside::store::redis::RedisStore;
 use aside::{Aside, MemoryStore, Namespace, Strategy};
 use aside_testkit::RedisServer;
 use common::{DbDown, Instrumented};
 
 fn counted(store: impl Store, strategy: Strategy) -> (Namespace<u64, String>, Arc<AtomicUsize>) {
     let calls = Arc::new(AtomicUsize::new(0));
-    let aside = Aside::builder().store(Instrumented::new(store, calls.clone())).build();
+    let aside = Aside::builder()
+        .store(Instrumented::new(store, calls.clone()))
+        .op_timeout(common::PATIENT)
+        .build();
     (
         aside.namespace::<u64, String>("n").strategy(strategy).build().unwrap(),
         calls,
@@ -98,7 +100,7 @@ async fn hundred_keys_on_memory() {
 async fn hundred_keys_on_redis_in_one_round_trip() {
     let server = RedisServer::start();
     for strategy in Strategy::all() {
-        let store = RedisStore::connect(&server.url()).await.unwrap();
+        let store = common::patient_redis(&server.url()).await;
         hundred_keys(store, strategy).await;
         let mut conn = common::redis_conn(&server.url()).await;
         let _: () = redis::cmd("FLUSHDB").query_async(&mut conn).await.unwrap();

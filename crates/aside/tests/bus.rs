@@ -7,15 +7,15 @@ mod common;
 use std::time::Duration;
 
 use aside::bus::redis::RedisBus;
-use aside::store::redis::RedisStore;
 use aside::{Aside, Namespace, Source};
 use aside_testkit::RedisServer;
 use common::{Db, User, eventually};
 
 async fn engine(url: &str) -> (Aside, Namespace<u64, User>) {
     let aside = Aside::builder()
-        .store(RedisStore::connect(url).await.unwrap())
+        .store(common::patient_redis(url).await)
         .bus(RedisBus::connect(url).await.unwrap())
+        .op_timeout(common::PATIENT)
         .build();
     let users = common::users_with_l1(&aside);
     (aside, users)
@@ -142,8 +142,9 @@ mod over_nats {
 
     async fn engine(redis_url: &str, nats_url: &str) -> (Aside, Namespace<u64, User>) {
         let aside = Aside::builder()
-            .store(RedisStore::connect(redis_url).await.unwrap())
+            .store(common::patient_redis(redis_url).await)
             .bus(NatsBus::connect(nats_url).await.unwrap())
+            .op_timeout(common::PATIENT)
             .build();
         let users = aside
             .namespace::<u64, User>("user")

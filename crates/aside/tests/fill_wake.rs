@@ -88,8 +88,8 @@ async fn a_busy_reader_is_woken(holder: &dyn Store, waiter: &dyn Store, key: &st
 #[tokio::test]
 async fn redis_wakes_a_reader_in_another_process_on_every_end_of_a_lease() {
     let server = RedisServer::start();
-    let holder = RedisStore::connect(&server.url()).await.unwrap();
-    let waiter = RedisStore::connect(&server.url()).await.unwrap();
+    let holder = common::patient_redis(&server.url()).await;
+    let waiter = common::patient_redis(&server.url()).await;
     for (i, end) in ENDS.into_iter().enumerate() {
         a_busy_reader_is_woken(&holder, &waiter, &format!("k{i}"), end).await;
     }
@@ -129,7 +129,7 @@ impl Published {
 #[tokio::test]
 async fn redis_publishes_only_what_a_reader_waits_for() {
     let server = RedisServer::start();
-    let store = RedisStore::connect(&server.url()).await.unwrap();
+    let store = common::patient_redis(&server.url()).await;
     let mut published = Published::listen(&server).await;
 
     let unwatched = LeaseToken::random();
@@ -152,7 +152,7 @@ async fn redis_publishes_only_what_a_reader_waits_for() {
 #[tokio::test]
 async fn a_lease_that_ran_out_leaves_no_mark_behind() {
     let server = RedisServer::start();
-    let store = RedisStore::connect(&server.url()).await.unwrap();
+    let store = common::patient_redis(&server.url()).await;
     let mut published = Published::listen(&server).await;
 
     // A stale value (so the entry outlives its lease), a short lease that a
@@ -207,10 +207,7 @@ async fn a_user_without_channel_rights_keeps_its_writes_and_polls() {
         .await
         .unwrap();
     let url = format!("redis://app:app-pw@127.0.0.1:{}/", server.port());
-    let (holder, waiter) = (
-        RedisStore::connect(&url).await.unwrap(),
-        RedisStore::connect(&url).await.unwrap(),
-    );
+    let (holder, waiter) = (common::patient_redis(&url).await, common::patient_redis(&url).await);
     assert!(!waiter.watch_fill("k").unwrap().is_live());
     for (i, end) in ENDS.into_iter().enumerate() {
         let key = format!("k{i}");
@@ -245,7 +242,7 @@ fn a_store_moved_to_a_new_runtime_gets_its_notifications_back() {
             async move { live }
         })
         .await;
-        let other = RedisStore::connect(&server.url()).await.unwrap();
+        let other = common::patient_redis(&server.url()).await;
         eventually("the store's connection is back", WOKEN_WITHIN, || {
             let store = store.clone();
             async move { store.ping().await.is_ok() }
@@ -345,9 +342,9 @@ async fn a_waiter_elsewhere_answers_the_instant_the_fill_lands() {
 async fn a_cluster_wakes_a_reader_subscribed_on_another_node() {
     let cluster = aside_testkit::cluster::RedisCluster::start();
     let urls = cluster.urls();
-    let holder = RedisStore::connect_cluster(&urls).await.unwrap();
+    let holder = common::patient_cluster(&urls).await;
     // The waiter subscribes on the first node it is given: node 0.
-    let waiter = RedisStore::connect_cluster(&urls).await.unwrap();
+    let waiter = common::patient_cluster(&urls).await;
     for (i, end) in ENDS.into_iter().enumerate() {
         let key = (0..)
             .map(|n| format!("c{i}-{n}"))

@@ -8,7 +8,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use aside::store::redis::RedisStore;
 use aside::{Aside, MemoryStore, Source};
 use aside_testkit::RedisServer;
 use common::{Db, Instrumented, User};
@@ -17,7 +16,8 @@ use common::{Db, Instrumented, User};
 async fn l1_hits_skip_the_store_and_invalidation_evicts_them() {
     let server = RedisServer::start();
     let aside = Aside::builder()
-        .store(RedisStore::connect(&server.url()).await.unwrap())
+        .store(common::patient_redis(&server.url()).await)
+        .op_timeout(common::PATIENT)
         .build();
     let users = aside
         .namespace::<u64, User>("user")
@@ -48,7 +48,8 @@ async fn a_fill_racing_an_invalidation_does_not_install_the_old_value() {
     let calls = Arc::new(AtomicUsize::new(0));
     let mut store = Instrumented::new(MemoryStore::new(), calls.clone());
     store.peek_gate = Some(gate.clone());
-    let aside = Aside::builder().store(store).build();
+    // The gated read must wait for the test, not time out into a load.
+    let aside = Aside::builder().store(store).op_timeout(common::PATIENT).build();
     let users = aside
         .namespace::<u64, User>("user")
         .l1(1_000, Duration::from_secs(60))

@@ -13,7 +13,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use aside::MemoryStore;
-use aside::store::redis::RedisStore;
 use aside::store::{LeaseOutcome, LeaseToken, Store};
 use aside_testkit::RedisServer;
 use bytes::Bytes;
@@ -233,7 +232,7 @@ fn fenced_fills_leave_no_stale_entry_on_memory_keeping_stale_values() {
 fn fenced_fills_leave_no_stale_entry_on_redis() {
     let server = RedisServer::start();
     let rt = runtime();
-    let store: Arc<dyn Store> = Arc::new(rt.block_on(RedisStore::connect(&server.url())).unwrap());
+    let store: Arc<dyn Store> = Arc::new(rt.block_on(common::patient_redis(&server.url())));
     check_invariant(&rt, store, 128, None);
 }
 
@@ -241,8 +240,8 @@ fn fenced_fills_leave_no_stale_entry_on_redis() {
 fn on_memcached(keep_stale: Option<Duration>) {
     let server = aside_testkit::MemcachedServer::start();
     let rt = runtime();
-    let store = rt.block_on(aside::store::memcached::MemcachedStore::connect(&server.addr()));
-    check_invariant(&rt, Arc::new(store.unwrap()), 128, keep_stale);
+    let store = rt.block_on(common::patient_memcached(&server.addr()));
+    check_invariant(&rt, Arc::new(store), 128, keep_stale);
 }
 
 #[cfg(feature = "memcached")]

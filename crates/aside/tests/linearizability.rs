@@ -7,12 +7,13 @@
 //! `invalidate`, finds violations: it can fail, and plain invalidation
 //! keeps only its weaker promise.
 
+mod common;
+
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use aside::store::redis::RedisStore;
 use aside::{Aside, FetchOptions, Namespace};
 use aside_testkit::RedisServer;
 use aside_testkit::linearizability::{self, Access, Operation};
@@ -89,7 +90,7 @@ impl World {
 }
 
 async fn namespace(url: &str, name: &str) -> Namespace<u64, u64> {
-    let store = RedisStore::connect(url).await.unwrap();
+    let store = common::patient_redis(url).await;
     Aside::builder()
         .store(store)
         .op_timeout(Duration::from_secs(10))

@@ -29,6 +29,12 @@ async fn aside_on(server: &MemcachedServer) -> Aside {
         .build()
 }
 
+/// As [`aside_on`], for the tests that count hits and loads rather than
+/// ride out an outage: no store call is given up on (`common::PATIENT`).
+async fn patient_aside_on(server: &MemcachedServer) -> Aside {
+    common::patient_aside(common::patient_memcached(&server.addr()).await)
+}
+
 /// One connection at most, so a connection that went back to the pool
 /// half-read would be the one the next call gets.
 fn one_connection(response_timeout: Duration) -> MemcachedConfig {
@@ -45,7 +51,7 @@ fn b(s: &str) -> Bytes {
 #[tokio::test]
 async fn miss_then_hit_then_invalidate_for_every_strategy() {
     let server = MemcachedServer::start();
-    common::miss_hit_invalidate_every_strategy(&aside_on(&server).await).await;
+    common::miss_hit_invalidate_every_strategy(&patient_aside_on(&server).await).await;
 }
 
 /// Readers keep answering from the database, with zero errors, while
@@ -110,7 +116,7 @@ async fn health_checks_replace_connections_a_restart_broke() {
 #[tokio::test]
 async fn values_over_the_item_size_limit_are_refused() {
     let server = MemcachedServer::start();
-    let store = MemcachedStore::connect(&server.addr()).await.unwrap();
+    let store = common::patient_memcached(&server.addr()).await;
     let key = "big:1";
     let limit = store.max_value_len(key);
     assert!(limit > 1_000_000 && limit < 1024 * 1024, "{limit}");
@@ -134,7 +140,7 @@ async fn values_over_the_item_size_limit_are_refused() {
 #[tokio::test]
 async fn bad_keys_are_refused_and_long_keys_hashed() {
     let server = MemcachedServer::start();
-    let store = MemcachedStore::connect(&server.addr()).await.unwrap();
+    let store = common::patient_memcached(&server.addr()).await;
     for bad in ["a b", "a\r\nflush_all", "tab\there"] {
         assert!(
             matches!(store.set(bad, b("x"), TTL).await, Err(StoreError::Refused { .. })),
@@ -206,7 +212,7 @@ async fn values_past_their_ttl_are_reloaded_though_memcached_still_holds_them() 
     use aside::Source;
     use common::{Db, User};
     let server = MemcachedServer::start();
-    let aside = aside_on(&server).await;
+    let aside = patient_aside_on(&server).await;
     let ns = aside
         .namespace::<u64, User>("short")
         .ttl(Duration::from_millis(100))
@@ -230,7 +236,7 @@ async fn values_past_their_ttl_are_reloaded_though_memcached_still_holds_them() 
         ns.get(&1).await.unwrap().is_none() && ns.get(&2).await.unwrap().is_none()
     })
     .await;
-    let store = MemcachedStore::connect(&server.addr()).await.unwrap();
+    let store = common::patient_memcached(&server.addr()).await;
     assert!(
         store.get_entry("short:1").await.unwrap().is_some(),
         "memcached still holds the expired entry (whole-second TTLs)"
@@ -249,7 +255,7 @@ async fn stale_values_are_served_while_another_engine_loads() {
     use aside::Source;
     use common::{Db, User};
     let server = MemcachedServer::start();
-    let (a, b) = (aside_on(&server).await, aside_on(&server).await);
+    let (a, b) = (patient_aside_on(&server).await, patient_aside_on(&server).await);
     let profile = |aside: &Aside| {
         aside
             .namespace::<u64, User>("profile")

@@ -11,7 +11,6 @@ mod common;
 use std::process::Command;
 use std::time::Duration;
 
-use aside::store::redis::RedisStore;
 use aside::{Aside, Strategy};
 use aside_testkit::RedisServer;
 
@@ -23,11 +22,12 @@ const MEMCACHED_ENV: &str = "ASIDE_MULTI_PROCESS_CHILD_MEMCACHED";
 const TEST_NAME: &str = "four_processes_load_a_missing_hot_key_once";
 
 async fn child(url: &str) {
-    let builder = Aside::builder();
+    // A store call that timed out would be a miss, and its reader a second load.
+    let builder = Aside::builder().op_timeout(common::PATIENT);
     let builder = match std::env::var(MEMCACHED_ENV) {
         #[cfg(feature = "memcached")]
-        Ok(addr) => builder.store(aside::store::memcached::MemcachedStore::connect(&addr).await.unwrap()),
-        _ => builder.store(RedisStore::connect(url).await.unwrap()),
+        Ok(addr) => builder.store(common::patient_memcached(&addr).await),
+        _ => builder.store(common::patient_redis(url).await),
     };
     let aside = builder.build();
     let hot = aside
@@ -94,9 +94,7 @@ async fn four_processes_on_memcached_load_a_missing_hot_key_once() {
     )
     .await;
     use aside::store::Store;
-    let store = aside::store::memcached::MemcachedStore::connect(&memcached.addr())
-        .await
-        .unwrap();
+    let store = common::patient_memcached(&memcached.addr()).await;
     let cached = store.get_entry("hot:key").await.unwrap();
     assert!(cached.is_some(), "the children cached in memcached");
 }

@@ -8,10 +8,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-#[cfg(feature = "memcached")]
-use aside::store::memcached::MemcachedStore;
-use aside::store::redis::RedisStore;
-use aside::{Aside, EarlyRefresh, ErrorKind, MemoryStore, Namespace, Source, Store, Strategy};
+use aside::{Aside, EarlyRefresh, ErrorKind, MemoryStore, Namespace, Source, Stampede, Store, Strategy};
 use aside_testkit::RedisServer;
 use common::{DbDown, eventually};
 
@@ -27,7 +24,7 @@ fn counting_loader(
 }
 
 async fn negative_caching(store: impl Store, strategy: Strategy) {
-    let aside = Aside::builder().store(store).build();
+    let aside = Aside::builder().store(store).op_timeout(common::PATIENT).build();
     let cached = aside
         .namespace::<u64, String>("neg")
         .strategy(strategy)
@@ -83,14 +80,14 @@ async fn negative_caching_on_memory_and_redis() {
     let memcached = aside_testkit::MemcachedServer::start();
     for strategy in [Strategy::Lease, Strategy::Delete] {
         negative_caching(MemoryStore::new(), strategy).await;
-        negative_caching(RedisStore::connect(&server.url()).await.unwrap(), strategy).await;
+        negative_caching(common::patient_redis(&server.url()).await, strategy).await;
         #[cfg(feature = "memcached")]
-        negative_caching(MemcachedStore::connect(&memcached.addr()).await.unwrap(), strategy).await;
+        negative_caching(common::patient_memcached(&memcached.addr()).await, strategy).await;
     }
 }
 
 async fn fail_safe(store: impl Store, strategy: Strategy) {
-    let aside = Aside::builder().store(store).build();
+    let aside = Aside::builder().store(store).op_timeout(common::PATIENT).build();
     let build = |name: &str, fail_safe: bool| {
         let b = aside
             .namespace::<u64, String>(name)
@@ -150,9 +147,9 @@ async fn fail_safe_serves_the_expired_value_when_the_loader_fails() {
     let memcached = aside_testkit::MemcachedServer::start();
     for strategy in [Strategy::Lease, Strategy::Delete] {
         fail_safe(MemoryStore::new(), strategy).await;
-        fail_safe(RedisStore::connect(&server.url()).await.unwrap(), strategy).await;
+        fail_safe(common::patient_redis(&server.url()).await, strategy).await;
         #[cfg(feature = "memcached")]
-        fail_safe(MemcachedStore::connect(&memcached.addr()).await.unwrap(), strategy).await;
+        fail_safe(common::patient_memcached(&memcached.addr()).await, strategy).await;
     }
 }
 
@@ -172,16 +169,86 @@ async fn a_slow_loader_times_out() {
     assert_eq!(aside.stats().load_errors, 1);
 }
 
-async fn early_refresh(store: impl Store) {
+/// A loader of `"v2"` that counts its calls in `refreshes` and answers
+/// only once `release` lets it.
+fn held_loader(
+    release: &Arc<tokio::sync::Semaphore>,
+    refreshes: &Arc<AtomicUsize>,
+) -> impl FnMut() -> futures::future::BoxFuture<'static, Result<Option<String>, DbDown>> + Send + 'static {
+    let (release, refreshes) = (release.clone(), refreshes.clone());
+    move || {
+        let (release, refreshes) = (release.clone(), refreshes.clone());
+        Box::pin(async move {
+            refreshes.fetch_add(1, Ordering::SeqCst);
+            release.acquire().await.unwrap().forget();
+            Ok(Some("v2".to_string()))
+        })
+    }
+}
+
+/// `n` readers of `key`, whose value (`"v1"`) is due for refresh, started
+/// at once by a barrier; a refresh loads `"v2"` once released. Checks that
+/// `n - 1` of them are served the current value while the refresh is held
+/// (bounded: a reader that waited for the refresh would wait forever, as
+/// it is released only after), that one refreshed, and nobody else loaded.
+async fn readers_of_a_due_value(ns: &Namespace<u64, String>, key: u64, n: usize) {
+    let start = Arc::new(tokio::sync::Barrier::new(n));
+    let release = Arc::new(tokio::sync::Semaphore::new(0));
+    let refreshes = Arc::new(AtomicUsize::new(0));
+    let readers: Vec<_> = (0..n)
+        .map(|_| {
+            let (ns, start, release, refreshes) = (ns.clone(), start.clone(), release.clone(), refreshes.clone());
+            tokio::spawn(async move {
+                start.wait().await;
+                ns.fetch(&key, held_loader(&release, &refreshes)).await.unwrap()
+            })
+        })
+        .collect();
+    let what = format!("key {key}: {} readers served the current value", n - 1);
+    eventually(&what, Duration::from_secs(60), || {
+        let served = readers.iter().filter(|r| r.is_finished()).count();
+        async move { served >= n - 1 }
+    })
+    .await;
+    release.add_permits(n);
+    let mut sources = Vec::new();
+    for r in readers {
+        let f = r.await.unwrap();
+        sources.push((f.value.unwrap(), f.source));
+    }
+    assert_eq!(
+        refreshes.load(Ordering::SeqCst),
+        1,
+        "key {key}: one refresh for {n} readers"
+    );
+    assert_eq!(
+        sources.iter().filter(|(v, s)| v == "v1" && *s == Source::Hit).count(),
+        n - 1,
+        "key {key}: {sources:?}"
+    );
+    assert!(
+        sources.contains(&("v2".to_string(), Source::Loaded)),
+        "key {key}: {sources:?}"
+    );
+}
+
+async fn early_refresh(store: impl Store, stampede: Stampede) {
     // The latency rule off: a store slowed by a loaded host must not be
     // skipped here, or every reader would load (and wait for the release).
     let patient = aside::BreakerConfig::default().slow_call(Duration::from_secs(3600));
-    let aside = Aside::builder().store(store).breaker(patient).build();
+    // And no store call given up on: a read that timed out would be a miss,
+    // and its reader would load too (CI's loaded machine did that once).
+    let aside = Aside::builder()
+        .store(store)
+        .breaker(patient)
+        .op_timeout(common::PATIENT)
+        .build();
     // Due from the start (after 0 % of the TTL): every read draws a refresh.
     let ns = aside
-        .namespace::<u64, String>("early")
+        .namespace::<u64, String>(&format!("early-{stampede:?}"))
         .ttl(Duration::from_secs(60))
         .early_refresh(EarlyRefresh::AfterFraction(0.0))
+        .stampede(stampede)
         .build()
         .unwrap();
     let calls = Arc::new(AtomicUsize::new(0));
@@ -191,43 +258,7 @@ async fn early_refresh(store: impl Store) {
 
     // Twenty readers at once while the refresh loads: one loads, the others
     // get the current value at once.
-    let release = Arc::new(tokio::sync::Semaphore::new(0));
-    let refreshes = Arc::new(AtomicUsize::new(0));
-    let mut readers = Vec::new();
-    for _ in 0..20 {
-        let (ns, release, refreshes) = (ns.clone(), release.clone(), refreshes.clone());
-        readers.push(tokio::spawn(async move {
-            ns.fetch(&1, || {
-                let (release, refreshes) = (release.clone(), refreshes.clone());
-                async move {
-                    refreshes.fetch_add(1, Ordering::SeqCst);
-                    release.acquire().await.unwrap().forget();
-                    Ok::<_, DbDown>(Some("v2".to_string()))
-                }
-            })
-            .await
-            .unwrap()
-        }));
-    }
-    // Bounded: a reader that waited for the refresh would wait forever
-    // (the refresh is released only after this).
-    aside_testkit::eventually("19 readers served the current value", Duration::from_secs(60), || {
-        let served_current = readers.iter().filter(|r| r.is_finished()).count();
-        async move { served_current >= 19 }
-    })
-    .await;
-    release.add_permits(20);
-    let mut sources = Vec::new();
-    for r in readers {
-        let f = r.await.unwrap();
-        sources.push((f.value.unwrap(), f.source));
-    }
-    assert_eq!(refreshes.load(Ordering::SeqCst), 1, "one refresh for twenty readers");
-    assert_eq!(
-        sources.iter().filter(|(v, s)| v == "v1" && *s == Source::Hit).count(),
-        19
-    );
-    assert!(sources.contains(&("v2".to_string(), Source::Loaded)));
+    readers_of_a_due_value(&ns, 1, 20).await;
     assert_eq!(
         ns.get(&1).await.unwrap().as_deref(),
         Some("v2"),
@@ -237,15 +268,33 @@ async fn early_refresh(store: impl Store) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn early_refresh_loads_once_and_nobody_waits() {
-    early_refresh(MemoryStore::new()).await;
     let server = RedisServer::start();
-    early_refresh(RedisStore::connect(&server.url()).await.unwrap()).await;
-    // On memcached the refresh lease is the `R` flag's win.
     #[cfg(feature = "memcached")]
-    {
-        let memcached = aside_testkit::MemcachedServer::start();
-        early_refresh(MemcachedStore::connect(&memcached.addr()).await.unwrap()).await;
+    let memcached = aside_testkit::MemcachedServer::start();
+    for stampede in STAMPEDES {
+        early_refresh(MemoryStore::new(), stampede).await;
+        early_refresh(common::patient_redis(&server.url()).await, stampede).await;
+        // On memcached the refresh lease is the `R` flag's win.
+        #[cfg(feature = "memcached")]
+        early_refresh(common::patient_memcached(&memcached.addr()).await, stampede).await;
     }
+}
+
+/// Every way of coalescing loads: under each, readers holding a value due
+/// for refresh keep it while one of them refreshes (under `LockSleep` they
+/// waited for the lock, and the refresh, before).
+const STAMPEDES: [Stampede; 3] = [Stampede::Coalesce, Stampede::LockSleep, Stampede::None];
+
+/// The same, with every read of the store answering later than the default
+/// operation bound (250 ms), as a loaded host can make it: no reader may
+/// give up on its read and load beside the refresh.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn early_refresh_loads_once_when_every_read_of_the_store_is_slow() {
+    let store = common::Instrumented::new(MemoryStore::new(), Arc::new(AtomicUsize::new(0)));
+    for read in ["peek_entry", "lookup_or_lease", "lease_for_refresh", "add"] {
+        store.hooks.answer_late(read, Duration::from_millis(300));
+    }
+    early_refresh(store, Stampede::Coalesce).await;
 }
 
 #[tokio::test]
@@ -253,7 +302,8 @@ async fn per_call_options_skip_or_refresh_the_cache() {
     let server = RedisServer::start();
     for strategy in Strategy::all() {
         let aside = Aside::builder()
-            .store(RedisStore::connect(&server.url()).await.unwrap())
+            .store(common::patient_redis(&server.url()).await)
+            .op_timeout(common::PATIENT)
             .build();
         let ns = aside
             .namespace::<u64, String>(&format!("opt-{strategy}"))
@@ -356,7 +406,8 @@ async fn owned_loaders_refresh_in_the_background() {
     for aside in [
         Aside::builder().build(),
         Aside::builder()
-            .store(RedisStore::connect(&server.url()).await.unwrap())
+            .store(common::patient_redis(&server.url()).await)
+            .op_timeout(common::PATIENT)
             .build(),
     ] {
         let ns = aside
@@ -372,18 +423,7 @@ async fn owned_loaders_refresh_in_the_background() {
         let release = Arc::new(tokio::sync::Semaphore::new(0));
         let refreshes = Arc::new(AtomicUsize::new(0));
         for _ in 0..20 {
-            let (release, refreshes) = (release.clone(), refreshes.clone());
-            let f = ns
-                .fetch_owned(&1, move || {
-                    let (release, refreshes) = (release.clone(), refreshes.clone());
-                    async move {
-                        refreshes.fetch_add(1, Ordering::SeqCst);
-                        release.acquire().await.unwrap().forget();
-                        Ok::<_, DbDown>(Some("v2".to_string()))
-                    }
-                })
-                .await
-                .unwrap();
+            let f = ns.fetch_owned(&1, held_loader(&release, &refreshes)).await.unwrap();
             assert_eq!(
                 (f.value.as_deref(), f.source),
                 (Some("v1"), Source::Hit),
@@ -441,4 +481,30 @@ async fn a_soft_timeout_serves_the_expired_value_and_the_load_still_fills() {
         ns.get(&1).await.unwrap().as_deref() == Some("v2")
     })
     .await;
+}
+
+/// Readers that find a value due for refresh all at once, released by a
+/// barrier so that they race for the refresh: in each of many rounds
+/// exactly one refreshes and every other one is served the current value
+/// without waiting for it. A reader that checked for a running refresh,
+/// found none, and then met the one just started joined it and waited
+/// (CI's `early_refresh_loads_once_and_nobody_waits`, on a loaded machine).
+/// More worker threads than cores, so that the system preempts readers
+/// mid-read as a loaded machine does: without the fix (`try_lead`) this
+/// failed in each of three runs (at round 27 in the one that named it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 8)]
+async fn racing_readers_of_a_due_value_never_wait_for_its_refresh() {
+    let aside = Aside::builder().op_timeout(common::PATIENT).build();
+    let ns = aside
+        .namespace::<u64, String>("due")
+        .ttl(Duration::from_secs(60))
+        .early_refresh(EarlyRefresh::AfterFraction(0.0))
+        .build()
+        .unwrap();
+    for round in 0..200u64 {
+        ns.get_or_load(&round, || async { Ok::<_, DbDown>(Some("v1".to_string())) })
+            .await
+            .unwrap();
+        readers_of_a_due_value(&ns, round, 16).await;
+    }
 }

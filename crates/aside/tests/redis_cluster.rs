@@ -23,22 +23,22 @@ async fn store_on(cluster: &RedisCluster) -> RedisStore {
     store
 }
 
+/// As [`store_on`], for the tests that check answers and counts rather
+/// than a failover: no command is given up on (`common::PATIENT`).
+async fn patient_store_on(cluster: &RedisCluster) -> RedisStore {
+    let store = common::patient_cluster(&cluster.urls()).await;
+    assert!(store.is_cluster());
+    store
+}
+
 async fn aside_on(cluster: &RedisCluster) -> Aside {
-    Aside::builder()
-        .store(store_on(cluster).await)
-        .breaker(
-            BreakerConfig::default()
-                .failure_threshold(3)
-                .open_for(Duration::from_millis(200)),
-        )
-        .op_timeout(Duration::from_millis(500))
-        .build()
+    common::patient_aside(patient_store_on(cluster).await)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_store_contract_holds_on_a_cluster() {
     let cluster = RedisCluster::start();
-    aside_testkit::store_contract::run_all(&store_on(&cluster).await).await;
+    aside_testkit::store_contract::run_all(&patient_store_on(&cluster).await).await;
 }
 
 /// Every strategy and the article's lock: their companion keys (counter,
@@ -59,7 +59,7 @@ async fn get_or_load_and_invalidate_work_for_every_strategy_on_a_cluster() {
     assert_eq!(read(&locked, &db, 1).await.1, Source::Hit);
 
     // A Versioned namespace's counter and data sit in the entry's slot.
-    let store = store_on(&cluster).await;
+    let store = patient_store_on(&cluster).await;
     let full = "s-versioned:1";
     let counter = aside::key::version_key(full);
     let version: u64 = String::from_utf8(store.get(&counter).await.unwrap().expect("the counter exists").to_vec())
@@ -120,7 +120,7 @@ fn node_counts(cluster: &RedisCluster, i: usize) -> (u64, u64) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_batch_of_100_keys_costs_one_round_trip_per_node() {
     let cluster = RedisCluster::start();
-    let store = store_on(&cluster).await;
+    let store = patient_store_on(&cluster).await;
     let keys: Vec<String> = (0..100).map(|i| format!("b:{i}")).collect();
     let slots: std::collections::HashSet<u16> = keys.iter().map(|k| key_slot(k)).collect();
     assert_eq!(slots.len(), 100, "the keys are in 100 different slots");

@@ -23,6 +23,12 @@ async fn aside_on(server: &RedisServer) -> Aside {
         .build()
 }
 
+/// As [`aside_on`], for the tests that count hits, loads and errors rather
+/// than ride out an outage: no store call is given up on (`common::PATIENT`).
+async fn patient_aside_on(server: &RedisServer) -> Aside {
+    common::patient_aside(common::patient_redis(&server.url()).await)
+}
+
 fn users(aside: &Aside, strategy: Strategy) -> Namespace<u64, User> {
     aside
         .namespace::<u64, User>("user:profile")
@@ -34,13 +40,13 @@ fn users(aside: &Aside, strategy: Strategy) -> Namespace<u64, User> {
 #[tokio::test]
 async fn miss_then_hit_then_invalidate_for_every_strategy() {
     let server = RedisServer::start();
-    common::miss_hit_invalidate_every_strategy(&aside_on(&server).await).await;
+    common::miss_hit_invalidate_every_strategy(&patient_aside_on(&server).await).await;
 }
 
 #[tokio::test]
 async fn entries_expire_after_their_ttl() {
     let server = RedisServer::start();
-    let aside = aside_on(&server).await;
+    let aside = patient_aside_on(&server).await;
     let ns = aside
         .namespace::<u64, User>("short")
         .ttl(Duration::from_millis(100))
@@ -70,7 +76,7 @@ async fn raw_mode_shares_keys_with_the_articles_python_code() {
         .query_async(&mut conn)
         .await
         .unwrap();
-    let aside = aside_on(&server).await;
+    let aside = patient_aside_on(&server).await;
     let ns = aside.namespace::<u64, User>("user:profile").raw().build().unwrap();
     let db = Db::default();
     let (user, source) = read(&ns, &db, 1001).await;
@@ -110,7 +116,7 @@ async fn raw_mode_shares_keys_with_the_articles_python_code() {
 async fn corrupt_bytes_are_a_clean_miss_and_are_replaced() {
     let server = RedisServer::start();
     let mut conn = common::redis_conn(&server.url()).await;
-    let aside = aside_on(&server).await;
+    let aside = patient_aside_on(&server).await;
     let db = Db::with_users(2);
     let lease_ns = users(&aside, Strategy::Lease);
     let delete_ns = aside
@@ -145,7 +151,7 @@ async fn corrupt_bytes_are_a_clean_miss_and_are_replaced() {
 #[tokio::test]
 async fn oversized_values_are_returned_but_not_cached() {
     let server = RedisServer::start();
-    let aside = aside_on(&server).await;
+    let aside = patient_aside_on(&server).await;
     let ns = aside
         .namespace::<u64, User>("small")
         .max_value_bytes(64)
@@ -160,7 +166,7 @@ async fn oversized_values_are_returned_but_not_cached() {
 #[tokio::test]
 async fn bad_keys_are_refused_and_long_keys_hashed() {
     let server = RedisServer::start();
-    let aside = aside_on(&server).await;
+    let aside = patient_aside_on(&server).await;
     let ns = aside.namespace::<str, String>("k").build().unwrap();
     let err = ns
         .get_or_load("a\r\nFLUSHALL", || async { Ok::<_, common::DbDown>(Some("x".into())) })
@@ -268,7 +274,7 @@ async fn a_hung_store_is_skipped_by_the_breaker_then_probed_back() {
 async fn a_key_of_the_wrong_type_is_a_miss_not_a_sick_store() {
     let server = RedisServer::start();
     let mut conn = common::redis_conn(&server.url()).await;
-    let aside = aside_on(&server).await;
+    let aside = patient_aside_on(&server).await;
     let db = Db::with_users(2);
     let lease_ns = users(&aside, Strategy::Lease);
     let delete_ns = aside
@@ -336,7 +342,7 @@ async fn connect_errors_never_show_a_password() {
 #[tokio::test]
 async fn a_hit_on_redis_is_one_hget() {
     let server = RedisServer::start();
-    let aside = aside_on(&server).await;
+    let aside = patient_aside_on(&server).await;
     let ns = users(&aside, Strategy::Lease);
     let db = Db::with_users(3);
     assert_eq!(read(&ns, &db, 1).await.1, Source::Loaded);

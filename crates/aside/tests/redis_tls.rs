@@ -21,9 +21,12 @@ const PASSWORD: &str = "s3cret-Pa55word";
 /// 500 ms; the bound is generous for a loaded machine).
 const FAILS_WITHIN: Duration = Duration::from_secs(20);
 
+/// The default settings with `tls`, and commands that may take
+/// `common::PATIENT` to answer (a connect is bounded by its own timeout).
 fn config(tls: RedisTls) -> RedisConfig {
     let mut config = RedisConfig::default();
     config.tls = tls;
+    config.response_timeout = common::PATIENT;
     config
 }
 
@@ -71,7 +74,10 @@ async fn fails_naming(url: &str, tls: RedisTls, causes: &[&str]) -> String {
 }
 
 async fn aside_on(url: &str, tls: RedisTls) -> Aside {
-    Aside::builder().store(connect(url, tls).await.unwrap()).build()
+    Aside::builder()
+        .store(connect(url, tls).await.unwrap())
+        .op_timeout(common::PATIENT)
+        .build()
 }
 
 #[tokio::test]
@@ -111,7 +117,8 @@ async fn mtls_works_with_a_client_certificate_and_fails_clearly_without() {
     let server = SecureRedisServer::start(SecureOptions::tls().client_auth(ClientAuth::Required));
     let store = connect(&server.url(), with_client_cert(&server)).await.unwrap();
     store.ping().await.unwrap();
-    common::miss_hit_invalidate_every_strategy(&Aside::builder().store(store).build()).await;
+    let aside = Aside::builder().store(store).op_timeout(common::PATIENT).build();
+    common::miss_hit_invalidate_every_strategy(&aside).await;
     // Without one, the server ends the handshake (TLS 1.3 reports it on
     // the first read, so the connect's first command fails).
     fails_naming(&server.url(), trusting(&server), &["client certificate"]).await;
@@ -187,7 +194,8 @@ async fn an_acl_user_runs_the_whole_lease_cycle_over_tls() {
     .await;
 
     // And the engine on it, every strategy.
-    common::miss_hit_invalidate_every_strategy(&Aside::builder().store(store).build()).await;
+    let aside = Aside::builder().store(store).op_timeout(common::PATIENT).build();
+    common::miss_hit_invalidate_every_strategy(&aside).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -203,6 +211,7 @@ async fn the_bus_delivers_an_invalidation_over_tls_with_an_acl_user() {
         let aside = Aside::builder()
             .store(connect(&url, tls.clone()).await.unwrap())
             .bus(RedisBus::connect_with(&url, "aside:invalidations", &tls).await.unwrap())
+            .op_timeout(common::PATIENT)
             .build();
         let users = common::users_with_l1(&aside);
         (aside, users)

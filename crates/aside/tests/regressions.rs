@@ -10,7 +10,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use aside::store::redis::RedisStore;
 use aside::{Aside, FetchOptions, MemoryStore, Namespace, Source, Store, Strategy};
 use aside_testkit::RedisServer;
 use common::{Db, DbDown, Instrumented, User, eventually};
@@ -141,8 +140,9 @@ async fn defect_02_set_reaches_other_processes_l1() {
     let mut instances = Vec::new();
     for _ in 0..2 {
         let aside = Aside::builder()
-            .store(RedisStore::connect(&server.url()).await.unwrap())
+            .store(common::patient_redis(&server.url()).await)
             .bus(aside::bus::redis::RedisBus::connect(&server.url()).await.unwrap())
+            .op_timeout(common::PATIENT)
             .build();
         let ns = users(&aside, Strategy::Lease, true);
         instances.push((aside, ns));
@@ -309,7 +309,8 @@ async fn defect_07_batch_loads_honour_the_load_timeout() {
 async fn defect_09_version_counters_outlive_their_data() {
     let server = RedisServer::start();
     let aside = Aside::builder()
-        .store(RedisStore::connect(&server.url()).await.unwrap())
+        .store(common::patient_redis(&server.url()).await)
+        .op_timeout(common::PATIENT)
         .build();
     let ns = aside
         .namespace::<u64, User>("user")

@@ -268,8 +268,11 @@ impl Bus for LocalBus {
 }
 
 fn aside(store: impl Store, bus: Option<LocalBus>) -> Aside {
+    // Patient: a call held by the test waits for its release rather than
+    // time out into another path (the store's own failures are the test's).
     let builder = Aside::builder()
         .store(store)
+        .op_timeout(common::PATIENT)
         .breaker(BreakerConfig::default().failure_threshold(1_000));
     match bus {
         Some(bus) => builder.bus(bus).build(),

@@ -4,9 +4,10 @@
 //! that implements only the methods `Store` requires (the lease state
 //! machine), as a store author would.
 
+mod common;
+
 use std::time::Duration;
 
-use aside::store::redis::RedisStore;
 use aside::store::{EntryView, FillOutcome, LeaseOutcome, LeaseToken, Store, StoreError, StoreResult};
 use aside::{Aside, ErrorKind, MemoryStore, Stampede, Strategy};
 use aside_testkit::RedisServer;
@@ -17,16 +18,14 @@ aside_testkit::store_contract_tests!(memory, async { (MemoryStore::new(), ()) })
 
 aside_testkit::store_contract_tests!(redis_server, async {
     let server = RedisServer::start();
-    let store = RedisStore::connect(&server.url()).await.unwrap();
+    let store = common::patient_redis(&server.url()).await;
     (store, server)
 });
 
 #[cfg(feature = "memcached")]
 aside_testkit::store_contract_tests!(memcached_server, async {
     let server = aside_testkit::MemcachedServer::start();
-    let store = aside::store::memcached::MemcachedStore::connect(&server.addr())
-        .await
-        .unwrap();
+    let store = common::patient_memcached(&server.addr()).await;
     (store, server)
 });
 
@@ -38,7 +37,7 @@ aside_testkit::store_contract_tests!(memcached_two_servers, async {
         aside_testkit::MemcachedServer::start(),
     );
     let addrs = format!("{},{}", servers.0.addr(), servers.1.addr());
-    let store = aside::store::memcached::MemcachedStore::connect(&addrs).await.unwrap();
+    let store = common::patient_memcached(&addrs).await;
     (store, servers)
 });
 

@@ -15,7 +15,6 @@ mod common;
 use std::sync::Arc;
 use std::sync::atomic::AtomicUsize;
 
-use aside::store::redis::RedisStore;
 use aside::{Aside, MemoryStore, Namespace, Store, Strategy, WriteThrough};
 use aside_testkit::RedisServer;
 use common::{Db, DbDown, Instrumented, User};
@@ -104,10 +103,7 @@ async fn every_order_leaves_the_newer_row(store: Arc<dyn Store>, base: u64) {
 #[tokio::test]
 async fn every_order_of_two_writers_and_an_invalidation_leaves_the_newer_row_on_memcached() {
     let server = aside_testkit::MemcachedServer::start();
-    let store = aside::store::memcached::MemcachedStore::connect(&server.addr())
-        .await
-        .unwrap();
-    let store: Arc<dyn Store> = Arc::new(store);
+    let store: Arc<dyn Store> = Arc::new(common::patient_memcached(&server.addr()).await);
     every_order_leaves_the_newer_row(store.clone(), 0).await;
     versions_past_2_to_the_53_compare_exactly(store).await;
 }
@@ -120,7 +116,7 @@ async fn every_order_of_two_writers_and_an_invalidation_leaves_the_newer_row_in_
 #[tokio::test]
 async fn every_order_of_two_writers_and_an_invalidation_leaves_the_newer_row_on_redis() {
     let server = RedisServer::start();
-    let store: Arc<dyn Store> = Arc::new(RedisStore::connect(&server.url()).await.unwrap());
+    let store: Arc<dyn Store> = Arc::new(common::patient_redis(&server.url()).await);
     every_order_leaves_the_newer_row(store.clone(), 0).await;
     versions_past_2_to_the_53_compare_exactly(store).await;
 }
@@ -179,11 +175,7 @@ async fn concurrent_writers_end_at_the_highest_version() {
     #[cfg(feature = "memcached")]
     let memcached = aside_testkit::MemcachedServer::start();
     #[cfg(feature = "memcached")]
-    stores.push(Arc::new(
-        aside::store::memcached::MemcachedStore::connect(&memcached.addr())
-            .await
-            .unwrap(),
-    ));
+    stores.push(Arc::new(common::patient_memcached(&memcached.addr()).await));
     for store in stores {
         let name = store.name();
         for round in 0..20u64 {
@@ -300,16 +292,14 @@ async fn a_failed_newer_write_is_not_undone_by_an_older_one_in_memory() {
 #[tokio::test]
 async fn a_failed_newer_write_is_not_undone_by_an_older_one_on_redis() {
     let server = RedisServer::start();
-    a_failed_newer_write_is_not_undone_by_an_older_one(RedisStore::connect(&server.url()).await.unwrap()).await;
+    a_failed_newer_write_is_not_undone_by_an_older_one(common::patient_redis(&server.url()).await).await;
 }
 
 #[cfg(feature = "memcached")]
 #[tokio::test]
 async fn a_failed_newer_write_is_not_undone_by_an_older_one_on_memcached() {
     let server = aside_testkit::MemcachedServer::start();
-    let store = aside::store::memcached::MemcachedStore::connect(&server.addr())
-        .await
-        .unwrap();
+    let store = common::patient_memcached(&server.addr()).await;
     a_failed_newer_write_is_not_undone_by_an_older_one(store).await;
 }
 

@@ -308,7 +308,10 @@ impl<V: Clone + Send + Sync + 'static> NsInner<V> {
                     self.load_missing(full, version, &mut loader, &AtomicU64::new(0), current, down)
                         .await?
                 }
-                Stampede::LockSleep => self.load_under_lock(full, &mut loader).await?,
+                Stampede::LockSleep => match current.filter(|c| !c.expired) {
+                    Some(due) => self.refresh_under_lock(full, version, &mut loader, due).await?,
+                    None => self.load_under_lock(full, &mut loader).await?,
+                },
                 Stampede::Coalesce => {
                     // Versioned data is coalesced per version: a reader that
                     // saw a newer version never joins a load of an older one.
@@ -316,21 +319,33 @@ impl<V: Clone + Send + Sync + 'static> NsInner<V> {
                         Some(v) => Self::versioned_key(full, v),
                         None => full.to_owned(),
                     };
+                    if let Some(due) = current.as_ref().filter(|c| !c.expired) {
+                        // A refresh: this reader leads it, or keeps the value
+                        // it has while another runs here; it never waits for
+                        // one. Checked and started in one step: a reader that
+                        // checked, found none, then met the flight another
+                        // had just started joined it and waited for it.
+                        let Some(leader) = self.flight.try_lead(&flight_key) else {
+                            let fetched = Fetched {
+                                value: due.value.clone(),
+                                source: Source::Hit,
+                            };
+                            return Ok((fetched, due.expires_at_ms));
+                        };
+                        let shared = self
+                            .load_missing(full, version, &mut loader, leader.tag(), current, down)
+                            .await;
+                        leader.publish(shared.clone());
+                        let settled = shared?;
+                        let fetched = Fetched {
+                            value: settled.value,
+                            source: settled.source,
+                        };
+                        return Ok((fetched, settled.expires_at_ms));
+                    }
                     // Join the in-process load unless its lease is no longer
                     // the entry's: an invalidation revoked it, so its result
                     // cannot be cached and a fresh load should start now.
-                    if let Some(current) = &current
-                        && !current.expired
-                        && self.flight.contains(&flight_key)
-                    {
-                        // A refresh is already running here: keep the value
-                        // we have rather than wait for it.
-                        let fetched = Fetched {
-                            value: current.value.clone(),
-                            source: Source::Hit,
-                        };
-                        return Ok((fetched, current.expires_at_ms));
-                    }
                     // Declined only when the lookup saw another lease than
                     // the flight's: that one was revoked and replaced, so its
                     // fill will be refused. A lookup that saw no lease most
@@ -340,13 +355,7 @@ impl<V: Clone + Send + Sync + 'static> NsInner<V> {
                     // have been revoked meanwhile, its `settled_at` sends this
                     // caller round again (below): the join costs time, never
                     // freshness.
-                    //
-                    // A reader holding a value due for refresh never waits:
-                    // it joins only a flight whose lease it saw, as before,
-                    // and otherwise tries the refresh lease itself, which
-                    // answers at once with the value it has.
-                    let refreshing = current.as_ref().is_some_and(|c| !c.expired);
-                    let join = |held: u64| held == NO_LEASE_YET || lease.map_or(!refreshing, |t| t.0 == held);
+                    let join = |held: u64| held == NO_LEASE_YET || lease.is_none_or(|t| t.0 == held);
                     let loader = &mut loader;
                     let (shared, role) = self
                         .flight
@@ -459,6 +468,42 @@ impl<V: Clone + Send + Sync + 'static> NsInner<V> {
             settled_at,
             expires_at_ms: None,
         })
+    }
+
+    /// Under the stampede lock, a value due for early refresh: whoever sets
+    /// the lock refreshes it (as every refresh is made: under the strategy's
+    /// refresh lease, fenced), the others, and a caller that cannot reach the
+    /// store, keep the value they have. Nobody sleeps: the lock decides only
+    /// who refreshes, and each caller already has an answer. Before, a due
+    /// value took the miss path, whose lookup found it still there: no
+    /// refresh was ever made, and the losers slept on the lock.
+    async fn refresh_under_lock<F, Fut, E>(
+        &self,
+        full: &str,
+        version: Option<u64>,
+        loader: &mut F,
+        due: Current<V>,
+    ) -> Shared<V>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = std::result::Result<Option<V>, E>>,
+        E: std::error::Error + Send + Sync + 'static,
+    {
+        let lock_key = crate::key::lock_key(full);
+        let locked = self
+            .call(self.core.store.add(&lock_key, Bytes::from_static(b"1"), LOCK_TTL))
+            .await;
+        let current = Some(due);
+        if !matches!(locked, Ok(true)) {
+            return Ok(self
+                .fall_back(&current)
+                .expect("a value due for refresh is not expired"));
+        }
+        let settled = self
+            .load_missing(full, version, loader, &AtomicU64::new(0), current, false)
+            .await;
+        let _ = self.call(self.core.store.delete(&lock_key)).await;
+        settled
     }
 
     /// The article's stampede lock, kept as a baseline: whoever sets the lock

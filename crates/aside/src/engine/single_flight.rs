@@ -174,26 +174,46 @@ impl<T: Clone> SingleFlight<T> {
             Some(f) if join(f.tag.load(std::sync::atomic::Ordering::Acquire)) => {
                 Begin::Wait(Waiter { rx: f.rx.clone() })
             }
-            _ => {
-                let (tx, rx) = watch::channel(None);
-                let tag = Arc::new(AtomicU64::new(0));
-                map.insert(
-                    key.to_owned(),
-                    Flight {
-                        rx: rx.clone(),
-                        tag: tag.clone(),
-                    },
-                );
-                Begin::Lead(Leader {
-                    guard: LeaderGuard {
-                        flight: self,
-                        key: key.to_owned(),
-                        rx,
-                    },
-                    tx,
-                    tag,
-                })
-            }
+            _ => Begin::Lead(self.start(&mut map, key)),
+        }
+    }
+
+    /// Starts a flight of `key` and makes the caller its leader, unless one
+    /// is running: then `None`, and the running flight is neither joined
+    /// nor replaced. For a caller that has an answer of its own and must
+    /// not wait for another's work: a reader holding a value due for
+    /// refresh leads the refresh, or keeps its value.
+    ///
+    /// # Concurrent calls
+    /// The check and the start are one step under the map's lock, so of
+    /// the callers racing for an idle key exactly one leads. A check with
+    /// [`SingleFlight::contains`] followed by [`SingleFlight::begin`] was
+    /// not: a flight started between the two was joined, and its caller
+    /// waited for the refresh it meant to skip.
+    pub fn try_lead(&self, key: &str) -> Option<Leader<'_, T>> {
+        let mut map = self.in_flight.lock().unwrap_or_else(|e| e.into_inner());
+        (!map.contains_key(key)).then(|| self.start(&mut map, key))
+    }
+
+    /// Registers a new flight of `key` in `map` (replacing any) and returns its leader.
+    fn start(&self, map: &mut HashMap<String, Flight<T>>, key: &str) -> Leader<'_, T> {
+        let (tx, rx) = watch::channel(None);
+        let tag = Arc::new(AtomicU64::new(0));
+        map.insert(
+            key.to_owned(),
+            Flight {
+                rx: rx.clone(),
+                tag: tag.clone(),
+            },
+        );
+        Leader {
+            guard: LeaderGuard {
+                flight: self,
+                key: key.to_owned(),
+                rx,
+            },
+            tx,
+            tag,
         }
     }
 
@@ -258,6 +278,25 @@ mod tests {
         assert_eq!(runs.load(Ordering::SeqCst), 1);
         assert_eq!(leaders, 1);
         assert!(flight.is_empty());
+    }
+
+    /// `try_lead` starts a flight only on an idle key, and never joins nor
+    /// replaces a running one: its waiters still get its result, and the
+    /// key is idle again once it ends (or its leader is dropped).
+    #[tokio::test]
+    async fn try_lead_leads_only_an_idle_key() {
+        let flight = SingleFlight::<u32>::default();
+        let first = flight.try_lead("k").expect("an idle key");
+        assert!(flight.try_lead("k").is_none(), "a running flight is not replaced");
+        let Begin::Wait(waiter) = flight.begin("k", |_| true) else {
+            panic!("the running flight was replaced")
+        };
+        assert!(flight.try_lead("other").is_some(), "another key is idle");
+        first.publish(7);
+        assert_eq!(waiter.wait().await, Some(7));
+        let again = flight.try_lead("k").expect("idle once the flight ended");
+        drop(again);
+        assert!(flight.try_lead("k").is_some(), "idle once its leader is dropped");
     }
 
     #[tokio::test]
