@@ -11,9 +11,11 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 use aside::bus::redis::RedisBus;
-use aside::store::memcached::MemcachedStore;
+use aside::store::memcached::{MemcachedConfig, MemcachedStore};
 use aside::store::redis::{RedisConfig, RedisStore, RedisTls};
 use aside::{Aside, AsideBuilder, MemoryStore, Store};
 use aside_testkit::fault::MemoryBus;
@@ -88,13 +90,15 @@ impl RedisTarget {
         Ok(tls)
     }
 
-    /// The store's settings: the defaults, with these TLS settings.
+    /// The store's settings: the defaults, with these TLS settings and
+    /// this process's [`op_timeout`].
     ///
     /// # Errors
     /// When a TLS file cannot be read.
     pub fn config(&self) -> Result<RedisConfig> {
         let mut config = RedisConfig::default();
         config.tls = self.tls()?;
+        config.response_timeout = op_timeout();
         Ok(config)
     }
 
@@ -170,6 +174,29 @@ pub struct StoreArgs {
     /// The master name the Sentinels of --redis-sentinel monitor.
     #[arg(long, value_name = "NAME", requires = "redis_sentinel")]
     pub redis_master: Option<String>,
+
+    /// Bound on each store operation, in milliseconds, and on each Redis
+    /// command's or memcached request's answer: past it a read counts as a
+    /// miss (the database answers) and a write as failed. Raise it on a
+    /// loaded machine, where the default can be missed.
+    #[arg(long, value_name = "MS", env = "ASIDE_OP_TIMEOUT_MS", default_value_t = DEFAULT_OP_TIMEOUT_MS,
+          value_parser = clap::value_parser!(u64).range(1..=3_600_000))]
+    pub op_timeout_ms: u64,
+}
+
+/// aside's default operation bound, in milliseconds.
+const DEFAULT_OP_TIMEOUT_MS: u64 = aside::DEFAULT_OP_TIMEOUT.as_millis() as u64;
+
+/// This process's `--op-timeout-ms`.
+///
+/// Why process-wide: every store and `Aside` a subcommand builds takes it,
+/// through many paths (each scenario, the stampede's workers, `serve`),
+/// and a process runs one subcommand. [`StoreArgs::choice`] sets it.
+static OP_TIMEOUT_MS: AtomicU64 = AtomicU64::new(DEFAULT_OP_TIMEOUT_MS);
+
+/// The bound on each store operation of this process (`--op-timeout-ms`).
+pub fn op_timeout() -> Duration {
+    Duration::from_millis(OP_TIMEOUT_MS.load(Ordering::Relaxed))
 }
 
 impl std::fmt::Debug for StoreArgs {
@@ -181,13 +208,16 @@ impl std::fmt::Debug for StoreArgs {
             .field("memcached", &self.memcached)
             .field("redis_sentinel", &self.redis_sentinel.as_deref().map(redact::urls))
             .field("redis_master", &self.redis_master)
+            .field("op_timeout_ms", &self.op_timeout_ms)
             .finish()
     }
 }
 
 impl StoreArgs {
-    /// The store these flags name.
+    /// The store these flags name; also makes `--op-timeout-ms` this
+    /// process's bound ([`op_timeout`]).
     pub fn choice(&self) -> StoreChoice {
+        OP_TIMEOUT_MS.store(self.op_timeout_ms, Ordering::Relaxed);
         if let Some(urls) = &self.redis_cluster {
             let nodes = urls
                 .split(',')
@@ -274,9 +304,18 @@ impl StoreChoice {
         }
     }
 
-    /// The flags that name this store to another process (empty for the
-    /// in-process store, which no other process can reach).
+    /// The flags that name this store to another process, with this
+    /// process's `--op-timeout-ms` (none for the in-process store, which no
+    /// other process can reach).
     pub fn flags(&self) -> Vec<String> {
+        let mut flags = self.store_flags();
+        if !flags.is_empty() {
+            flags.extend(["--op-timeout-ms".to_owned(), op_timeout().as_millis().to_string()]);
+        }
+        flags
+    }
+
+    fn store_flags(&self) -> Vec<String> {
         match self {
             StoreChoice::Memory(_) => Vec::new(),
             StoreChoice::Redis(target) => target.flags(),
@@ -343,7 +382,7 @@ impl StoreChoice {
     /// # Errors
     /// When Redis or memcached cannot be reached.
     pub async fn builder(&self, prefix: &str) -> Result<AsideBuilder> {
-        let builder = Aside::builder().prefix(prefix);
+        let builder = Aside::builder().prefix(prefix).op_timeout(op_timeout());
         Ok(match self {
             StoreChoice::Memory(store) => builder.shared_store(store.clone()),
             // The store's error names the server, its password masked.
@@ -358,15 +397,24 @@ impl StoreChoice {
             }
             StoreChoice::RedisSentinel { sentinels, master } => {
                 let urls: Vec<&str> = sentinels.split(',').map(str::trim).collect();
-                builder.store(RedisStore::connect_sentinel(&urls, master).await?)
+                let mut config = RedisConfig::default();
+                config.response_timeout = op_timeout();
+                builder.store(RedisStore::connect_sentinel_with(&urls, master, config).await?)
             }
             StoreChoice::Memcached(addrs) => builder.store(
-                MemcachedStore::connect(addrs)
+                MemcachedStore::connect_with(addrs, memcached_config())
                     .await
                     .context(format_args!("cannot connect to memcached at {}", redact::urls(addrs)))?,
             ),
         })
     }
+}
+
+/// memcached's settings: the defaults, with this process's [`op_timeout`].
+fn memcached_config() -> MemcachedConfig {
+    let mut config = MemcachedConfig::default();
+    config.response_timeout = op_timeout();
+    config
 }
 
 /// A key prefix unique to one run of `scenario`, so runs sharing a server

@@ -5,8 +5,14 @@ use std::process::Command;
 
 use aside_testkit::cluster::RedisCluster;
 
+/// The bound on each store operation of the runs (`--op-timeout-ms`): they
+/// check counts (loads, hits, store errors), which a call past the 250 ms
+/// default on a loaded machine turns into a miss or an error.
+const PATIENT_MS: &str = "60000";
+
 fn demo_json(args: &[&str]) -> serde_json::Value {
     let out = Command::new(env!("CARGO_BIN_EXE_aside"))
+        .env("ASIDE_OP_TIMEOUT_MS", PATIENT_MS)
         .args(["demo", "--json"])
         .args(args)
         .output()
@@ -74,6 +80,7 @@ fn demo_race_stampede_and_chaos_run_on_a_cluster() {
 #[test]
 fn redis_cluster_conflicts_with_redis() {
     let out = Command::new(env!("CARGO_BIN_EXE_aside"))
+        .env("ASIDE_OP_TIMEOUT_MS", PATIENT_MS)
         .args([
             "demo",
             "--redis",

@@ -9,10 +9,16 @@ use std::time::Duration;
 
 use aside_testkit::tls::{ClientAuth, SecureOptions, SecureRedisServer, TestCa};
 
+/// The bound on each store operation of the runs (`--op-timeout-ms`): they
+/// check counts (loads, hits, store errors), which a call past the 250 ms
+/// default on a loaded machine turns into a miss or an error.
+const PATIENT_MS: &str = "60000";
+
 const PASSWORD: &str = "Cli-s3cret-pw";
 
 fn aside(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_aside"))
+        .env("ASIDE_OP_TIMEOUT_MS", PATIENT_MS)
         .args(args)
         .output()
         .expect("the aside binary runs")

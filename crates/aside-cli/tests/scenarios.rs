@@ -5,8 +5,14 @@ use std::process::Command;
 
 use aside_testkit::{MemcachedServer, RedisServer};
 
+/// The bound on each store operation of the runs (`--op-timeout-ms`): they
+/// check counts (loads, hits, store errors), which a call past the 250 ms
+/// default on a loaded machine turns into a miss or an error.
+const PATIENT_MS: &str = "60000";
+
 fn scenario_json(args: &[&str]) -> serde_json::Value {
     let out = Command::new(env!("CARGO_BIN_EXE_aside"))
+        .env("ASIDE_OP_TIMEOUT_MS", PATIENT_MS)
         .args(["demo", "--json"])
         .args(args)
         .output()
@@ -14,6 +20,40 @@ fn scenario_json(args: &[&str]) -> serde_json::Value {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "demo failed: {stderr}");
     serde_json::from_slice(&out.stdout).expect("stdout is one JSON object")
+}
+
+/// `--op-timeout-ms` (or `ASIDE_OP_TIMEOUT_MS`) is the run's bound, and
+/// the report says which was used; a bound of 0 is refused before running.
+#[test]
+fn the_operation_bound_comes_from_the_flag_or_the_environment() {
+    let bound = |env: Option<&str>, args: &[&str]| {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_aside"));
+        command.env_remove("ASIDE_OP_TIMEOUT_MS");
+        if let Some(ms) = env {
+            command.env("ASIDE_OP_TIMEOUT_MS", ms);
+        }
+        let out = command
+            .args(["demo", "--json", "--scenario", "stampede", "--clients", "4"])
+            .args(args)
+            .output()
+            .expect("the aside binary runs");
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        let report: Option<serde_json::Value> = serde_json::from_slice(&out.stdout).ok();
+        (out.status.success(), report.map(|r| r["op_timeout_ms"].clone()), stderr)
+    };
+    let (ok, ms, stderr) = bound(None, &[]);
+    assert!(ok, "{stderr}");
+    assert_eq!(ms, Some(250.into()), "aside's default");
+    assert_eq!(bound(None, &["--op-timeout-ms", "1234"]).1, Some(1234.into()));
+    assert_eq!(bound(Some("4321"), &[]).1, Some(4321.into()));
+    assert_eq!(
+        bound(Some("4321"), &["--op-timeout-ms", "1234"]).1,
+        Some(1234.into()),
+        "the flag wins"
+    );
+    let (ok, _, stderr) = bound(None, &["--op-timeout-ms", "0"]);
+    assert!(!ok);
+    assert!(stderr.contains("--op-timeout-ms"), "{stderr}");
 }
 
 fn results(report: &serde_json::Value) -> &Vec<serde_json::Value> {
@@ -141,6 +181,7 @@ fn stampede_over_processes_on_memcached_loads_once_with_aside() {
 #[test]
 fn stampede_over_processes_needs_a_shared_store() {
     let out = Command::new(env!("CARGO_BIN_EXE_aside"))
+        .env("ASIDE_OP_TIMEOUT_MS", PATIENT_MS)
         .args(["demo", "--json", "--scenario", "stampede", "--processes", "2"])
         .output()
         .expect("the aside binary runs");

@@ -113,6 +113,8 @@ pub struct Setting {
 struct Report<'a, T> {
     scenario: &'static str,
     store: &'static str,
+    /// The bound on each store operation the run used (`--op-timeout-ms`).
+    op_timeout_ms: u64,
     results: &'a [T],
 }
 
@@ -138,6 +140,7 @@ impl Setting {
         let report = Report {
             scenario,
             store,
+            op_timeout_ms: u64::try_from(crate::store::op_timeout().as_millis()).unwrap_or(u64::MAX),
             results,
         };
         if let Some(path) = &self.report {
