@@ -37,7 +37,7 @@ use std::time::Duration;
 
 use aside::bus::{Bus, BusEvent, Invalidation};
 use aside::store::{
-    Decoder, EntryView, Fill, FillOutcome, FillWatch, Held, LeaseOutcome, LeaseToken, SharedView, Store, StoreError,
+    Decoder, EntryView, Fill, FillOutcome, FillWatch, LeaseOutcome, LeaseToken, SharedView, Store, StoreError,
     StoreResult, VersionedPut,
 };
 use async_trait::async_trait;
@@ -958,7 +958,7 @@ impl Store for FaultStore {
     }
 
     /// As [`Store::peek_shared`].
-    fn get_shared(&self, key: &str, decode: Decoder<'_>) -> Option<Option<Held>> {
+    fn get_shared(&self, key: &str, decode: Decoder<'_>) -> Option<SharedView> {
         if !self.shared_reads {
             return None;
         }

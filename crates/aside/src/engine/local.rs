@@ -134,7 +134,7 @@ impl<V: Clone + Send + Sync + 'static> NsInner<V> {
     }
 
     /// [`crate::store::Store::get_shared`] with this namespace's decoder.
-    pub(crate) fn get_shared(&self, key: &str) -> Option<Option<Held>> {
+    pub(crate) fn get_shared(&self, key: &str) -> Option<SharedView> {
         self.core.store.get_shared(key, &|b: &Bytes| self.decode_shared(b))
     }
 
@@ -172,22 +172,27 @@ impl<V: Clone + Send + Sync + 'static> NsInner<V> {
         if self.core.retry.is_pending(full) {
             return None;
         }
-        let held = match self.strategy {
-            Strategy::Lease => match self.peek_shared(full)? {
-                SharedView {
-                    value: Some(held),
-                    stale: false,
-                    ..
-                } => held,
-                _ => return None,
-            },
-            _ => self.get_shared(full)??,
+        let view = match self.strategy {
+            Strategy::Lease => self.peek_shared(full)?,
+            _ => self.get_shared(full)?,
         };
-        let Held::Decoded(shared) = held else { return None };
+        let SharedView {
+            value: Some(Held::Decoded(shared)),
+            stale: false,
+            read_at,
+            ..
+        } = view
+        else {
+            return None;
+        };
         let decoded = self.own_entry(shared.as_ref())?;
         // What `freshness` says of it without early refresh, which this
-        // path never has (see `local_hit_for`).
-        if decoded.fresh_until.is_some_and(|until| Instant::now() >= until) {
+        // path never has (see `local_hit_for`), at the time the store read
+        // it (no second clock read when the store tells it).
+        if decoded
+            .fresh_until
+            .is_some_and(|until| read_at.unwrap_or_else(Instant::now) >= until)
+        {
             return None;
         }
         self.record(Event::Hit);

@@ -79,6 +79,7 @@ impl<V: Clone + Send + Sync + 'static> NsInner<V> {
                     value: Some(held),
                     stale: false,
                     lease,
+                    ..
                 } => match self.entry_of(full, held).await {
                     Some(entry) => self.judge(entry, None, lease),
                     None => plain_miss(),
@@ -119,7 +120,7 @@ impl<V: Clone + Send + Sync + 'static> NsInner<V> {
         // Only the data key heals: deleting the counter would take it
         // back to version 0, where an old row may still be.
         let read = match self.get_shared(&data_key) {
-            Some(held) => Ok(held),
+            Some(view) => Ok(view.value),
             None => self.call(store.get(&data_key)).await.map(|b| b.map(Held::Bytes)),
         };
         let entry = match read {
@@ -144,7 +145,7 @@ impl<V: Clone + Send + Sync + 'static> NsInner<V> {
     async fn read_cached_plain(&self, full: &str) -> Cached<V> {
         let store = &self.core.store;
         let read = match self.get_shared(full) {
-            Some(held) => Ok(held),
+            Some(view) => Ok(view.value),
             None => self.call(store.get(full)).await.map(|b| b.map(Held::Bytes)),
         };
         let entry = match read {
@@ -190,7 +191,7 @@ impl<V: Clone + Send + Sync + 'static> NsInner<V> {
                 fulls.first().and_then(|f| self.get_shared(f)).map(|_| {
                     fulls
                         .iter()
-                        .map(|full| (self.get_shared(full).flatten(), None))
+                        .map(|full| (self.get_shared(full).and_then(|view| view.value), None))
                         .collect::<Vec<_>>()
                 })
             }

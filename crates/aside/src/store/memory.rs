@@ -83,7 +83,30 @@ impl Timed {
 
 struct SlotExpiry;
 
+thread_local! {
+    /// The instant moka's last lookup on this thread read the clock at,
+    /// left by [`SlotExpiry::expire_after_read`] (see [`MemoryStore::lookup`]).
+    static READ_AT: std::cell::Cell<Option<std::time::Instant>> = const { std::cell::Cell::new(None) };
+}
+
 impl moka::Expiry<Arc<str>, Timed> for SlotExpiry {
+    /// Keeps the expiry, and leaves the time of the read for the hit.
+    ///
+    /// moka reads the clock on every lookup, to expire entries, and calls
+    /// this on every entry it finds, with that time. Handing it on saves
+    /// the hit a second clock read to judge the value's freshness.
+    fn expire_after_read(
+        &self,
+        _: &Arc<str>,
+        _: &Timed,
+        read_at: std::time::Instant,
+        duration_until_expiry: Option<Duration>,
+        _: std::time::Instant,
+    ) -> Option<Duration> {
+        READ_AT.set(Some(read_at));
+        duration_until_expiry
+    }
+
     fn expire_after_create(&self, _: &Arc<str>, v: &Timed, _: std::time::Instant) -> Option<Duration> {
         v.ttl.or(v.at_least)
     }
@@ -288,16 +311,35 @@ impl MemoryStore {
         }
     }
 
+    /// The slot of `key` as held, without the lock, and the instant moka
+    /// read the clock at to find it unexpired (`None` when it found none).
+    ///
+    /// Why a thread-local and not a clock read of our own: the lookup and
+    /// [`SlotExpiry::expire_after_read`], which leaves the instant, run
+    /// synchronously on this thread, so the instant taken right after the
+    /// lookup is the one of this lookup (cleared first, so never an older
+    /// one's), and any instant within the call is as good a time of the
+    /// read as one taken after it.
+    fn lookup(&self, key: &str) -> (Option<Timed>, Option<std::time::Instant>) {
+        READ_AT.set(None);
+        let found = self.cache.get(key);
+        (found, READ_AT.take())
+    }
+
     /// The entry of `key` as held, without the lock.
     fn view(&self, key: &str) -> SharedView {
-        match self.cache.get(key) {
-            Some(Timed {
-                slot: Slot::Entry { value, stale, lease },
-                ..
-            }) => SharedView {
+        match self.lookup(key) {
+            (
+                Some(Timed {
+                    slot: Slot::Entry { value, stale, lease },
+                    ..
+                }),
+                read_at,
+            ) => SharedView {
                 value,
                 stale,
                 lease: lease.filter(|(_, deadline)| *deadline > Instant::now()).map(|(t, _)| t),
+                read_at,
             },
             _ => SharedView::default(),
         }
@@ -343,13 +385,20 @@ impl Store for MemoryStore {
         Some(view)
     }
 
-    fn get_shared(&self, key: &str, decode: Decoder<'_>) -> Option<Option<Held>> {
-        Some(match self.cache.get(key) {
-            Some(Timed {
-                slot: Slot::Plain(held),
-                ..
-            }) => Some(self.decoded(key, held, decode)),
-            _ => None,
+    fn get_shared(&self, key: &str, decode: Decoder<'_>) -> Option<SharedView> {
+        Some(match self.lookup(key) {
+            (
+                Some(Timed {
+                    slot: Slot::Plain(held),
+                    ..
+                }),
+                read_at,
+            ) => SharedView {
+                value: Some(self.decoded(key, held, decode)),
+                read_at,
+                ..SharedView::default()
+            },
+            _ => SharedView::default(),
         })
     }
 
@@ -911,10 +960,8 @@ mod tests {
         // Plain values (the `Delete` strategies) alike.
         store.set("p", Bytes::from_static(b"v1"), TTL).await.unwrap();
         for _ in 0..5 {
-            assert!(matches!(
-                store.get_shared("p", &decoder(&decodes)),
-                Some(Some(Held::Decoded(_)))
-            ));
+            let view = store.get_shared("p", &decoder(&decodes)).expect("local");
+            assert!(is_decoded(&view));
         }
         assert_eq!(
             decodes.load(std::sync::atomic::Ordering::SeqCst),
@@ -924,6 +971,41 @@ mod tests {
         // A byte-level reader gets the bytes back.
         assert_eq!(store.get("p").await.unwrap().as_deref(), Some(&b"v1"[..]));
         assert_eq!(store.peek_entry("k").await.unwrap().value.as_deref(), Some(&b"v1"[..]));
+    }
+
+    /// Issue 17: a lookup hands on the instant moka read the clock at to
+    /// find the entry, so the hit reads no clock of its own: an instant of
+    /// this lookup (within the call), on both reads, and none for a miss.
+    /// Fails if the instant is not handed on.
+    #[tokio::test]
+    async fn a_lookup_hands_on_the_instant_it_read_the_clock_at() {
+        let store = MemoryStore::new();
+        let decodes = std::sync::atomic::AtomicUsize::new(0);
+        store.put_entry("k", Bytes::from_static(b"v1"), TTL).await.unwrap();
+        store.set("p", Bytes::from_static(b"v1"), TTL).await.unwrap();
+        for _ in 0..3 {
+            for plain in [false, true] {
+                let before = std::time::Instant::now();
+                let view = if plain {
+                    store.get_shared("p", &decoder(&decodes))
+                } else {
+                    store.peek_shared("k", &decoder(&decodes))
+                }
+                .expect("local");
+                let after = std::time::Instant::now();
+                let read_at = view.read_at.expect("a hit tells when it read");
+                assert!(
+                    before <= read_at && read_at <= after,
+                    "{before:?} {read_at:?} {after:?}"
+                );
+                let miss = if plain {
+                    store.get_shared("absent", &decoder(&decodes))
+                } else {
+                    store.peek_shared("absent", &decoder(&decodes))
+                };
+                assert_eq!(miss.expect("local").read_at, None);
+            }
+        }
     }
 
     /// Issue 17: swapping bytes for their decoded form keeps the entry's
