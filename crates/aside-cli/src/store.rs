@@ -17,7 +17,7 @@ use std::time::Duration;
 use aside::bus::redis::RedisBus;
 use aside::store::memcached::{MemcachedConfig, MemcachedStore};
 use aside::store::redis::{RedisConfig, RedisStore, RedisTls};
-use aside::{Aside, AsideBuilder, MemoryStore, Store};
+use aside::{Aside, AsideBuilder, BreakerConfig, MemoryStore, Store};
 use aside_testkit::fault::MemoryBus;
 
 use crate::error::{Context, Result};
@@ -197,6 +197,14 @@ static OP_TIMEOUT_MS: AtomicU64 = AtomicU64::new(DEFAULT_OP_TIMEOUT_MS);
 /// The bound on each store operation of this process (`--op-timeout-ms`).
 pub fn op_timeout() -> Duration {
     Duration::from_millis(OP_TIMEOUT_MS.load(Ordering::Relaxed))
+}
+
+/// What the breaker's latency rule counts as a slow call: the same share
+/// of [`op_timeout`] as aside's defaults (150 ms of 250), so that raising
+/// the bound for a loaded machine does not leave the rule opening the
+/// breaker (and readers loading) on the calls it now waits for.
+fn slow_call() -> Duration {
+    op_timeout() * 3 / 5
 }
 
 impl std::fmt::Debug for StoreArgs {
@@ -382,7 +390,10 @@ impl StoreChoice {
     /// # Errors
     /// When Redis or memcached cannot be reached.
     pub async fn builder(&self, prefix: &str) -> Result<AsideBuilder> {
-        let builder = Aside::builder().prefix(prefix).op_timeout(op_timeout());
+        let builder = Aside::builder()
+            .prefix(prefix)
+            .op_timeout(op_timeout())
+            .breaker(BreakerConfig::default().slow_call(slow_call()));
         Ok(match self {
             StoreChoice::Memory(store) => builder.shared_store(store.clone()),
             // The store's error names the server, its password masked.

@@ -17,6 +17,7 @@ fn counted(store: impl Store, strategy: Strategy) -> (Namespace<u64, String>, Ar
     let aside = Aside::builder()
         .store(Instrumented::new(store, calls.clone()))
         .op_timeout(common::PATIENT)
+        .breaker(common::patient_breaker())
         .build();
     (
         aside.namespace::<u64, String>("n").strategy(strategy).build().unwrap(),

@@ -16,6 +16,7 @@ async fn engine(url: &str) -> (Aside, Namespace<u64, User>) {
         .store(common::patient_redis(url).await)
         .bus(RedisBus::connect(url).await.unwrap())
         .op_timeout(common::PATIENT)
+        .breaker(common::patient_breaker())
         .build();
     let users = common::users_with_l1(&aside);
     (aside, users)
@@ -145,6 +146,7 @@ mod over_nats {
             .store(common::patient_redis(redis_url).await)
             .bus(NatsBus::connect(nats_url).await.unwrap())
             .op_timeout(common::PATIENT)
+            .breaker(common::patient_breaker())
             .build();
         let users = aside
             .namespace::<u64, User>("user")

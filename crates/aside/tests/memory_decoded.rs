@@ -313,3 +313,42 @@ async fn cached_keys_read_in_batches_through_the_fault_layer_are_all_hits() {
         );
     }
 }
+
+/// A value first read after its logical expiry, while the store still
+/// holds it (fail-safe keeps it past its TTL), is not a fresh hit: the
+/// loader is asked, on every strategy that reads decoded values. The hit
+/// judged freshness at the instant of its lookup, which comes before the
+/// decode, and the decode gave an expired entry a deadline of its own
+/// decoding time: the entry was served as fresh (fails without
+/// `FreshUntil::Past`).
+#[tokio::test]
+async fn a_value_first_read_after_its_expiry_is_not_a_fresh_hit() {
+    const LIFE: Duration = Duration::from_millis(50);
+    for strategy in [Strategy::Lease, Strategy::Delete] {
+        let store = MemoryStore::new();
+        let aside = on(&store);
+        let ns = aside
+            .namespace::<u64, Profile>(&format!("expired-{strategy}"))
+            .strategy(strategy)
+            .ttl(LIFE)
+            .jitter(0.0)
+            .fail_safe(Duration::from_secs(60), Duration::from_secs(1))
+            .build()
+            .unwrap();
+        assert_eq!(load(&ns, profile(1)).await, Some(profile(1)));
+        let filled = std::time::Instant::now();
+        // Past its life on every clock, and never read meanwhile (so never decoded).
+        while let Some(left) = (filled + LIFE * 2).checked_duration_since(std::time::Instant::now()) {
+            tokio::time::sleep(left).await;
+        }
+        let fetched = ns
+            .fetch(&1, || async { Ok::<_, std::io::Error>(Some(profile(2))) })
+            .await
+            .unwrap();
+        assert_eq!(
+            (fetched.value, fetched.source),
+            (Some(profile(2)), aside::Source::Loaded),
+            "{strategy}: the expired value was served"
+        );
+    }
+}

@@ -23,7 +23,9 @@ const TEST_NAME: &str = "four_processes_load_a_missing_hot_key_once";
 
 async fn child(url: &str) {
     // A store call that timed out would be a miss, and its reader a second load.
-    let builder = Aside::builder().op_timeout(common::PATIENT);
+    let builder = Aside::builder()
+        .op_timeout(common::PATIENT)
+        .breaker(common::patient_breaker());
     let builder = match std::env::var(MEMCACHED_ENV) {
         #[cfg(feature = "memcached")]
         Ok(addr) => builder.store(common::patient_memcached(&addr).await),

@@ -24,7 +24,11 @@ fn counting_loader(
 }
 
 async fn negative_caching(store: impl Store, strategy: Strategy) {
-    let aside = Aside::builder().store(store).op_timeout(common::PATIENT).build();
+    let aside = Aside::builder()
+        .store(store)
+        .op_timeout(common::PATIENT)
+        .breaker(common::patient_breaker())
+        .build();
     let cached = aside
         .namespace::<u64, String>("neg")
         .strategy(strategy)
@@ -87,7 +91,11 @@ async fn negative_caching_on_memory_and_redis() {
 }
 
 async fn fail_safe(store: impl Store, strategy: Strategy) {
-    let aside = Aside::builder().store(store).op_timeout(common::PATIENT).build();
+    let aside = Aside::builder()
+        .store(store)
+        .op_timeout(common::PATIENT)
+        .breaker(common::patient_breaker())
+        .build();
     let build = |name: &str, fail_safe: bool| {
         let b = aside
             .namespace::<u64, String>(name)
@@ -235,7 +243,7 @@ async fn readers_of_a_due_value(ns: &Namespace<u64, String>, key: u64, n: usize)
 async fn early_refresh(store: impl Store, stampede: Stampede) {
     // The latency rule off: a store slowed by a loaded host must not be
     // skipped here, or every reader would load (and wait for the release).
-    let patient = aside::BreakerConfig::default().slow_call(Duration::from_secs(3600));
+    let patient = common::patient_breaker();
     // And no store call given up on: a read that timed out would be a miss,
     // and its reader would load too (CI's loaded machine did that once).
     let aside = Aside::builder()
@@ -304,6 +312,7 @@ async fn per_call_options_skip_or_refresh_the_cache() {
         let aside = Aside::builder()
             .store(common::patient_redis(&server.url()).await)
             .op_timeout(common::PATIENT)
+            .breaker(common::patient_breaker())
             .build();
         let ns = aside
             .namespace::<u64, String>(&format!("opt-{strategy}"))
@@ -408,6 +417,7 @@ async fn owned_loaders_refresh_in_the_background() {
         Aside::builder()
             .store(common::patient_redis(&server.url()).await)
             .op_timeout(common::PATIENT)
+            .breaker(common::patient_breaker())
             .build(),
     ] {
         let ns = aside
@@ -494,7 +504,10 @@ async fn a_soft_timeout_serves_the_expired_value_and_the_load_still_fills() {
 /// failed in each of three runs (at round 27 in the one that named it).
 #[tokio::test(flavor = "multi_thread", worker_threads = 8)]
 async fn racing_readers_of_a_due_value_never_wait_for_its_refresh() {
-    let aside = Aside::builder().op_timeout(common::PATIENT).build();
+    let aside = Aside::builder()
+        .op_timeout(common::PATIENT)
+        .breaker(common::patient_breaker())
+        .build();
     let ns = aside
         .namespace::<u64, String>("due")
         .ttl(Duration::from_secs(60))

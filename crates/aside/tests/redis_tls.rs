@@ -77,6 +77,7 @@ async fn aside_on(url: &str, tls: RedisTls) -> Aside {
     Aside::builder()
         .store(connect(url, tls).await.unwrap())
         .op_timeout(common::PATIENT)
+        .breaker(common::patient_breaker())
         .build()
 }
 
@@ -117,7 +118,11 @@ async fn mtls_works_with_a_client_certificate_and_fails_clearly_without() {
     let server = SecureRedisServer::start(SecureOptions::tls().client_auth(ClientAuth::Required));
     let store = connect(&server.url(), with_client_cert(&server)).await.unwrap();
     store.ping().await.unwrap();
-    let aside = Aside::builder().store(store).op_timeout(common::PATIENT).build();
+    let aside = Aside::builder()
+        .store(store)
+        .op_timeout(common::PATIENT)
+        .breaker(common::patient_breaker())
+        .build();
     common::miss_hit_invalidate_every_strategy(&aside).await;
     // Without one, the server ends the handshake (TLS 1.3 reports it on
     // the first read, so the connect's first command fails).
@@ -194,7 +199,11 @@ async fn an_acl_user_runs_the_whole_lease_cycle_over_tls() {
     .await;
 
     // And the engine on it, every strategy.
-    let aside = Aside::builder().store(store).op_timeout(common::PATIENT).build();
+    let aside = Aside::builder()
+        .store(store)
+        .op_timeout(common::PATIENT)
+        .breaker(common::patient_breaker())
+        .build();
     common::miss_hit_invalidate_every_strategy(&aside).await;
 }
 
@@ -212,6 +221,7 @@ async fn the_bus_delivers_an_invalidation_over_tls_with_an_acl_user() {
             .store(connect(&url, tls.clone()).await.unwrap())
             .bus(RedisBus::connect_with(&url, "aside:invalidations", &tls).await.unwrap())
             .op_timeout(common::PATIENT)
+            .breaker(common::patient_breaker())
             .build();
         let users = common::users_with_l1(&aside);
         (aside, users)

@@ -143,6 +143,7 @@ async fn defect_02_set_reaches_other_processes_l1() {
             .store(common::patient_redis(&server.url()).await)
             .bus(aside::bus::redis::RedisBus::connect(&server.url()).await.unwrap())
             .op_timeout(common::PATIENT)
+            .breaker(common::patient_breaker())
             .build();
         let ns = users(&aside, Strategy::Lease, true);
         instances.push((aside, ns));
@@ -311,6 +312,7 @@ async fn defect_09_version_counters_outlive_their_data() {
     let aside = Aside::builder()
         .store(common::patient_redis(&server.url()).await)
         .op_timeout(common::PATIENT)
+        .breaker(common::patient_breaker())
         .build();
     let ns = aside
         .namespace::<u64, User>("user")

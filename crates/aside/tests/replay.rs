@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use aside::bus::{Bus, BusEvent, Invalidation};
 use aside::store::{EntryView, FillOutcome, LeaseOutcome, LeaseToken, Store, StoreError, StoreResult};
-use aside::{Aside, BreakerConfig, MemoryStore, Namespace, Strategy};
+use aside::{Aside, MemoryStore, Namespace, Strategy};
 use async_trait::async_trait;
 use bytes::Bytes;
 use common::{Db, User, eventually};
@@ -273,7 +273,7 @@ fn aside(store: impl Store, bus: Option<LocalBus>) -> Aside {
     let builder = Aside::builder()
         .store(store)
         .op_timeout(common::PATIENT)
-        .breaker(BreakerConfig::default().failure_threshold(1_000));
+        .breaker(common::patient_breaker().failure_threshold(1_000));
     match bus {
         Some(bus) => builder.bus(bus).build(),
         None => builder.build(),

@@ -113,8 +113,10 @@ pub struct Setting {
 struct Report<'a, T> {
     scenario: &'static str,
     store: &'static str,
-    /// The bound on each store operation the run used (`--op-timeout-ms`).
-    op_timeout_ms: u64,
+    /// The bound on each store operation the run used (`--op-timeout-ms`);
+    /// not for `chaos`, whose programs set their own.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    op_timeout_ms: Option<u64>,
     results: &'a [T],
 }
 
@@ -140,7 +142,8 @@ impl Setting {
         let report = Report {
             scenario,
             store,
-            op_timeout_ms: u64::try_from(crate::store::op_timeout().as_millis()).unwrap_or(u64::MAX),
+            op_timeout_ms: (scenario != "chaos")
+                .then(|| u64::try_from(crate::store::op_timeout().as_millis()).unwrap_or(u64::MAX)),
             results,
         };
         if let Some(path) = &self.report {

@@ -47,8 +47,8 @@ pub(crate) struct Decoded<V> {
     /// The length of the bytes it was decoded from.
     len: usize,
     /// When the entry stops being fresh (its logical expiry), on the
-    /// monotonic clock; `None` when it never does. Worked out once, at
-    /// decode: a hit then compares it with `Instant::now()` instead of
+    /// monotonic clock. Worked out once, at decode: a hit then compares
+    /// it with the instant of its read instead of
     /// reading the wall clock and converting it to Unix milliseconds,
     /// which cost about twice as much (`scripts/profile-hits memory`).
     /// A wall-clock jump after the decode therefore does not move it for
@@ -57,7 +57,35 @@ pub(crate) struct Decoded<V> {
     /// monotonic clock stops while suspended (Linux, macOS), so that this
     /// path may serve the entry as fresh for up to the suspend's length
     /// past its logical expiry.
-    fresh_until: Option<Instant>,
+    fresh_until: FreshUntil,
+}
+
+/// [`Decoded::fresh_until`].
+#[derive(Debug, Clone, Copy)]
+enum FreshUntil {
+    /// The entry never stops being fresh.
+    Forever,
+    /// Fresh while the clock is before this instant.
+    Until(Instant),
+    /// Already past its logical expiry when decoded. Not an instant in
+    /// the past: the read that decodes an entry took its time before the
+    /// decode, so only an instant before that read's would do, and the
+    /// clock may not reach back that far (the entry expired before the
+    /// machine booted, say). With `Instant::now()` here, an entry first
+    /// read after its expiry (fail-safe keeps it in the store) was served
+    /// as a fresh hit.
+    Past,
+}
+
+impl FreshUntil {
+    /// True when the entry is fresh at `now`.
+    fn at(self, now: impl FnOnce() -> Instant) -> bool {
+        match self {
+            FreshUntil::Forever => true,
+            FreshUntil::Until(until) => now() < until,
+            FreshUntil::Past => false,
+        }
+    }
 }
 
 impl<V: Send + Sync + 'static> SharedEntry for Decoded<V> {
@@ -87,16 +115,22 @@ impl<V: Clone + Send + Sync + 'static> NsInner<V> {
     /// not decode (the caller's byte path then counts and deletes them).
     pub(crate) fn decode_shared(&self, bytes: &Bytes) -> Option<Arc<dyn SharedEntry>> {
         let entry = self.decode(bytes).ok()?;
-        let fresh_until = entry.expires_at_ms().map(|at| {
-            // At the precision of the wall clock, not of whole milliseconds:
-            // `freshness` calls the entry expired from `at` on exactly.
-            let since_epoch = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
-            let left = Duration::from_millis(at).saturating_sub(since_epoch);
-            // Cannot overflow: `u64::MAX` ms is some 1.8e16 s, well within
-            // the monotonic clock's signed 64-bit seconds (the test
-            // `an_expiry_at_the_end_of_time_is_served_and_panics_nowhere`).
-            Instant::now() + left
-        });
+        let fresh_until = match entry.expires_at_ms() {
+            None => FreshUntil::Forever,
+            Some(at) => {
+                // At the precision of the wall clock, not of whole
+                // milliseconds: `freshness` calls the entry expired from
+                // `at` on exactly.
+                let since_epoch = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+                match Duration::from_millis(at).checked_sub(since_epoch) {
+                    // Cannot overflow: `u64::MAX` ms is some 1.8e16 s, well
+                    // within the monotonic clock's signed 64-bit seconds (the
+                    // test `an_expiry_at_the_end_of_time_is_served_and_panics_nowhere`).
+                    Some(left) if !left.is_zero() => FreshUntil::Until(Instant::now() + left),
+                    _ => FreshUntil::Past,
+                }
+            }
+        };
         Some(Arc::new(Decoded {
             entry,
             fresh_until,
@@ -189,10 +223,7 @@ impl<V: Clone + Send + Sync + 'static> NsInner<V> {
         // What `freshness` says of it without early refresh, which this
         // path never has (see `local_hit_for`), at the time the store read
         // it (no second clock read when the store tells it).
-        if decoded
-            .fresh_until
-            .is_some_and(|until| read_at.unwrap_or_else(Instant::now) >= until)
-        {
+        if !decoded.fresh_until.at(|| read_at.unwrap_or_else(Instant::now)) {
             return None;
         }
         self.record(Event::Hit);

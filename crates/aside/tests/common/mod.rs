@@ -89,6 +89,13 @@ pub async fn memory_and_redis(url: &str) -> [Arc<dyn Store>; 2] {
 /// reader loads, which such a test counts as a defect.
 pub const PATIENT: Duration = Duration::from_secs(60);
 
+/// A breaker that counts no call slow (its latency rule off), for tests
+/// that count loads: a loaded host slows calls, and an open breaker skips
+/// the store, so its readers load.
+pub fn patient_breaker() -> aside::BreakerConfig {
+    aside::BreakerConfig::default().slow_call(PATIENT)
+}
+
 /// An `Aside` over `store` for the tests that count hits, loads and errors
 /// rather than ride out an outage: no store call is given up on
 /// ([`PATIENT`]) nor counted slow, and failures open the breaker after 3
@@ -97,10 +104,9 @@ pub fn patient_aside(store: impl Store) -> aside::Aside {
     aside::Aside::builder()
         .store(store)
         .breaker(
-            aside::BreakerConfig::default()
+            patient_breaker()
                 .failure_threshold(3)
-                .open_for(Duration::from_millis(200))
-                .slow_call(PATIENT),
+                .open_for(Duration::from_millis(200)),
         )
         .op_timeout(PATIENT)
         .build()
