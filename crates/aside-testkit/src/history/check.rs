@@ -362,10 +362,25 @@ fn promises<'a>(history: &'a History, config: &NsConfig) -> Vec<(&'a OpRecord, u
                                 && l.end_ms.is_none_or(|e| e > o.start_ms - TTL_SLACK_MS)
                         })
                 };
+                // A cached write of the key while the refresh ran (a
+                // `write_through`, a `set`, an invalidation) revokes the
+                // refresh lease, and its fill is refused, as every fill is
+                // fenced: what is cached then is that write's, which its
+                // own promise (I1) covers, even when the refresh loaded a
+                // newer row (a silent write, which promises nothing).
+                let unwritten = |key: u64| {
+                    !history.ops.iter().any(|w| {
+                        w.id != o.id
+                            && w.start < o.end
+                            && w.end > o.start
+                            && matches!(&w.outcome, Outcome::Write { states, cache_op: true, .. }
+                                if states.iter().any(|s| s.key == key))
+                    })
+                };
                 out.extend(
                     values
                         .iter()
-                        .filter(|(k, _)| alone(*k))
+                        .filter(|(k, _)| alone(*k) && unwritten(*k))
                         .filter_map(|(k, v)| v.map(|v| (o, *k, v, Promise::Refresh))),
                 );
             }
@@ -968,6 +983,54 @@ mod tests {
             .inspect(|v| assert_eq!(v.invariant, Invariant::I1, "{v}"))
             .map(|v| (v.promised, v.across_restart))
             .collect()
+    }
+
+    /// The memcached finding (seed 2081519008801623306): a `write_through`
+    /// of v11 (ticks 10..20) overlaps a forced refresh (15..40) that loaded
+    /// v12, written to the database without an invalidation; the write
+    /// revoked the refresh lease, so a later read (50..51) of the
+    /// refresher's instance returns v11. Not an I1Refresh violation: the
+    /// refresh's fill was fenced. Without the overlapping write (it ended
+    /// at tick 12, before the refresh began at 15) it still is one.
+    #[test]
+    fn a_forced_refresh_overlapped_by_a_cached_write_promises_nothing() {
+        let history = |write: (u64, u64), refresh_from: u64| {
+            let refresh = op(
+                3,
+                Op::FetchForceRefresh(KEY),
+                refresh_from,
+                40,
+                Outcome::Read {
+                    values: vec![(KEY, Some(12))],
+                    source: Some(aside::Source::Loaded),
+                    none_is_absent: true,
+                },
+            );
+            let read = op(
+                5,
+                Op::Fetch(KEY),
+                50,
+                51,
+                Outcome::Read {
+                    values: vec![(KEY, Some(11))],
+                    source: Some(aside::Source::Hit),
+                    none_is_absent: true,
+                },
+            );
+            History {
+                ops: vec![write_through(2, 11, write.0, write.1), refresh, read],
+                loads: Vec::new(),
+                deliveries: Vec::new(),
+                journal: Vec::new(),
+                db: vec![vec![state(10, 0), state(11, write.0 + 1), state(12, 14)]],
+                full_keys: vec!["ns:1".to_owned()],
+                origins: vec![None, None],
+            }
+        };
+        let refresh_verdicts =
+            |h: &History| -> Vec<Invariant> { stale_reads(h, &config(), 0.0).iter().map(|v| v.invariant).collect() };
+        assert_eq!(refresh_verdicts(&history((10, 20), 15)), []);
+        assert_eq!(refresh_verdicts(&history((10, 12), 15)), [Invariant::I1Refresh]);
     }
 
     #[test]
