@@ -202,8 +202,9 @@ pub fn op_timeout() -> Duration {
 /// What the breaker's latency rule counts as a slow call: the same share
 /// of [`op_timeout`] as aside's defaults (150 ms of 250), so that raising
 /// the bound for a loaded machine does not leave the rule opening the
-/// breaker (and readers loading) on the calls it now waits for.
-fn slow_call() -> Duration {
+/// breaker (and readers loading) on the calls it now waits for. `serve`'s
+/// `/healthz` calls the store slow by the same threshold.
+pub fn slow_call() -> Duration {
     op_timeout() * 3 / 5
 }
 
@@ -432,4 +433,17 @@ fn memcached_config() -> MemcachedConfig {
 /// never meet each other's keys (and nothing is flushed).
 pub fn run_prefix(scenario: &str) -> String {
     format!("aside-{scenario}:{:08x}:", rand::random::<u32>())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// With the default bound, a slow call is the breaker's default one:
+    /// `/healthz` and the breaker agree with what they were before the flag.
+    #[test]
+    fn the_default_bound_keeps_the_breakers_default_slow_call() {
+        assert_eq!(op_timeout(), aside::DEFAULT_OP_TIMEOUT);
+        assert_eq!(slow_call(), BreakerConfig::default().slow_call);
+    }
 }

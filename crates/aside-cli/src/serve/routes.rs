@@ -370,7 +370,7 @@ async fn healthz(State(state): Shared) -> Response {
     };
     let store = checked.store;
     let breaker = state.aside.breaker_status();
-    let slow = store.is_ok() && checked.store_latency > aside::BreakerConfig::default().slow_call;
+    let slow = store.is_ok() && checked.store_latency > crate::store::slow_call();
     let (status, code) = match (database, store) {
         (Err(_), _) => ("unavailable", StatusCode::SERVICE_UNAVAILABLE),
         (Ok(()), Err(_)) => ("degraded", StatusCode::OK),

@@ -363,25 +363,34 @@ fn promises<'a>(history: &'a History, config: &NsConfig) -> Vec<(&'a OpRecord, u
                         })
                 };
                 // A cached write of the key while the refresh ran (a
-                // `write_through`, a `set`, an invalidation) revokes the
-                // refresh lease, and its fill is refused, as every fill is
-                // fenced: what is cached then is that write's, which its
-                // own promise (I1) covers, even when the refresh loaded a
-                // newer row (a silent write, which promises nothing).
-                let unwritten = |key: u64| {
-                    !history.ops.iter().any(|w| {
-                        w.id != o.id
-                            && w.start < o.end
-                            && w.end > o.start
-                            && matches!(&w.outcome, Outcome::Write { states, cache_op: true, .. }
-                                if states.iter().any(|s| s.key == key))
-                    })
+                // `write_through`, a `set`, an invalidation) may revoke the
+                // refresh lease, and then its fill is refused, as every
+                // fill is fenced: what is cached is that write's, even when
+                // the refresh loaded a newer row (a silent write, which
+                // promises nothing). The refresh then promises no more than
+                // the oldest such write's version: lowered, not dropped, so
+                // a read older than both still fails (and a failed write,
+                // which may or may not have reached the store, lowers it
+                // alike).
+                let fenced_to = |key: u64, version: u64| {
+                    history
+                        .ops
+                        .iter()
+                        .filter(|w| w.id != o.id && w.start < o.end && w.end > o.start)
+                        .filter_map(|w| match &w.outcome {
+                            Outcome::Write {
+                                states, cache_op: true, ..
+                            } => Some(states.iter().filter(|s| s.key == key).map(|s| s.version)),
+                            _ => None,
+                        })
+                        .flatten()
+                        .fold(version, u64::min)
                 };
                 out.extend(
                     values
                         .iter()
-                        .filter(|(k, _)| alone(*k) && unwritten(*k))
-                        .filter_map(|(k, v)| v.map(|v| (o, *k, v, Promise::Refresh))),
+                        .filter(|(k, _)| alone(*k))
+                        .filter_map(|(k, v)| v.map(|v| (o, *k, fenced_to(*k, v), Promise::Refresh))),
                 );
             }
             _ => {}
@@ -990,11 +999,14 @@ mod tests {
     /// v12, written to the database without an invalidation; the write
     /// revoked the refresh lease, so a later read (50..51) of the
     /// refresher's instance returns v11. Not an I1Refresh violation: the
-    /// refresh's fill was fenced. Without the overlapping write (it ended
-    /// at tick 12, before the refresh began at 15) it still is one.
+    /// refresh's fill was fenced, and it promises v11 only. A read of v10
+    /// still is one (the promise is lowered, not dropped), also when the
+    /// overlapping write failed; and without the overlapping write (it
+    /// ended at tick 12, before the refresh began at 15) a read of v11 is.
     #[test]
-    fn a_forced_refresh_overlapped_by_a_cached_write_promises_nothing() {
-        let history = |write: (u64, u64), refresh_from: u64| {
+    fn a_forced_refresh_overlapped_by_a_cached_write_promises_only_that_write() {
+        let history = |write: (u64, u64), got: u64, write_ok: bool| {
+            let refresh_from = 15;
             let refresh = op(
                 3,
                 Op::FetchForceRefresh(KEY),
@@ -1012,25 +1024,31 @@ mod tests {
                 50,
                 51,
                 Outcome::Read {
-                    values: vec![(KEY, Some(11))],
+                    values: vec![(KEY, Some(got))],
                     source: Some(aside::Source::Hit),
                     none_is_absent: true,
                 },
             );
+            let mut write = write_through(2, 11, write.0, write.1);
+            if let Outcome::Write { ok, .. } = &mut write.outcome {
+                *ok = write_ok;
+            }
             History {
-                ops: vec![write_through(2, 11, write.0, write.1), refresh, read],
+                ops: vec![write, refresh, read],
                 loads: Vec::new(),
                 deliveries: Vec::new(),
                 journal: Vec::new(),
-                db: vec![vec![state(10, 0), state(11, write.0 + 1), state(12, 14)]],
+                db: vec![vec![state(10, 0), state(11, 11), state(12, 14)]],
                 full_keys: vec!["ns:1".to_owned()],
                 origins: vec![None, None],
             }
         };
         let refresh_verdicts =
             |h: &History| -> Vec<Invariant> { stale_reads(h, &config(), 0.0).iter().map(|v| v.invariant).collect() };
-        assert_eq!(refresh_verdicts(&history((10, 20), 15)), []);
-        assert_eq!(refresh_verdicts(&history((10, 12), 15)), [Invariant::I1Refresh]);
+        assert_eq!(refresh_verdicts(&history((10, 20), 11, true)), []);
+        assert_eq!(refresh_verdicts(&history((10, 20), 10, true)), [Invariant::I1]);
+        assert_eq!(refresh_verdicts(&history((10, 20), 10, false)), [Invariant::I1Refresh]);
+        assert_eq!(refresh_verdicts(&history((10, 12), 11, true)), [Invariant::I1Refresh]);
     }
 
     #[test]

@@ -91,7 +91,7 @@ const EPOCH_STRIPES: usize = 64;
 /// An entry that may live the whole TTL (the common case: an L1's TTL is
 /// shorter than its values' lives) has no deadline of its own (`None`):
 /// moka's `time_to_live`, counted from the insert, already bounds it, and
-/// its hits read no clock (a read is 40–70 ns on a virtual machine, a
+/// its hits read no clock beside the one moka's lookup reads (a read is 40–70 ns on a virtual machine, a
 /// sixth of the hit: `scripts/time-hits`, `l1_profile:l1-short-ttl`).
 #[derive(Clone)]
 struct Local<V> {
