@@ -14,10 +14,8 @@ use common::{DbDown, Instrumented};
 
 fn counted(store: impl Store, strategy: Strategy) -> (Namespace<u64, String>, Arc<AtomicUsize>) {
     let calls = Arc::new(AtomicUsize::new(0));
-    let aside = Aside::builder()
+    let aside = common::patient_builder()
         .store(Instrumented::new(store, calls.clone()))
-        .op_timeout(common::PATIENT)
-        .breaker(common::patient_breaker())
         .build();
     (
         aside.namespace::<u64, String>("n").strategy(strategy).build().unwrap(),

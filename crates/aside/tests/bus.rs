@@ -12,11 +12,9 @@ use aside_testkit::RedisServer;
 use common::{Db, User, eventually};
 
 async fn engine(url: &str) -> (Aside, Namespace<u64, User>) {
-    let aside = Aside::builder()
+    let aside = common::patient_builder()
         .store(common::patient_redis(url).await)
         .bus(RedisBus::connect(url).await.unwrap())
-        .op_timeout(common::PATIENT)
-        .breaker(common::patient_breaker())
         .build();
     let users = common::users_with_l1(&aside);
     (aside, users)
@@ -142,11 +140,9 @@ mod over_nats {
     use aside_testkit::NatsServer;
 
     async fn engine(redis_url: &str, nats_url: &str) -> (Aside, Namespace<u64, User>) {
-        let aside = Aside::builder()
+        let aside = common::patient_builder()
             .store(common::patient_redis(redis_url).await)
             .bus(NatsBus::connect(nats_url).await.unwrap())
-            .op_timeout(common::PATIENT)
-            .breaker(common::patient_breaker())
             .build();
         let users = aside
             .namespace::<u64, User>("user")

@@ -15,10 +15,8 @@ use common::{Db, Instrumented, User};
 #[tokio::test]
 async fn l1_hits_skip_the_store_and_invalidation_evicts_them() {
     let server = RedisServer::start();
-    let aside = Aside::builder()
+    let aside = common::patient_builder()
         .store(common::patient_redis(&server.url()).await)
-        .op_timeout(common::PATIENT)
-        .breaker(common::patient_breaker())
         .build();
     let users = aside
         .namespace::<u64, User>("user")
@@ -50,11 +48,7 @@ async fn a_fill_racing_an_invalidation_does_not_install_the_old_value() {
     let mut store = Instrumented::new(MemoryStore::new(), calls.clone());
     store.peek_gate = Some(gate.clone());
     // The gated read must wait for the test, not time out into a load.
-    let aside = Aside::builder()
-        .store(store)
-        .op_timeout(common::PATIENT)
-        .breaker(common::patient_breaker())
-        .build();
+    let aside = common::patient_builder().store(store).build();
     let users = aside
         .namespace::<u64, User>("user")
         .l1(1_000, Duration::from_secs(60))

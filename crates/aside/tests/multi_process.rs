@@ -11,7 +11,7 @@ mod common;
 use std::process::Command;
 use std::time::Duration;
 
-use aside::{Aside, Strategy};
+use aside::Strategy;
 use aside_testkit::RedisServer;
 
 const PROCESSES: usize = 4;
@@ -23,9 +23,7 @@ const TEST_NAME: &str = "four_processes_load_a_missing_hot_key_once";
 
 async fn child(url: &str) {
     // A store call that timed out would be a miss, and its reader a second load.
-    let builder = Aside::builder()
-        .op_timeout(common::PATIENT)
-        .breaker(common::patient_breaker());
+    let builder = common::patient_builder();
     let builder = match std::env::var(MEMCACHED_ENV) {
         #[cfg(feature = "memcached")]
         Ok(addr) => builder.store(common::patient_memcached(&addr).await),

@@ -24,11 +24,7 @@ fn counting_loader(
 }
 
 async fn negative_caching(store: impl Store, strategy: Strategy) {
-    let aside = Aside::builder()
-        .store(store)
-        .op_timeout(common::PATIENT)
-        .breaker(common::patient_breaker())
-        .build();
+    let aside = common::patient_builder().store(store).build();
     let cached = aside
         .namespace::<u64, String>("neg")
         .strategy(strategy)
@@ -91,11 +87,7 @@ async fn negative_caching_on_memory_and_redis() {
 }
 
 async fn fail_safe(store: impl Store, strategy: Strategy) {
-    let aside = Aside::builder()
-        .store(store)
-        .op_timeout(common::PATIENT)
-        .breaker(common::patient_breaker())
-        .build();
+    let aside = common::patient_builder().store(store).build();
     let build = |name: &str, fail_safe: bool| {
         let b = aside
             .namespace::<u64, String>(name)
@@ -241,16 +233,11 @@ async fn readers_of_a_due_value(ns: &Namespace<u64, String>, key: u64, n: usize)
 }
 
 async fn early_refresh(store: impl Store, stampede: Stampede) {
-    // The latency rule off: a store slowed by a loaded host must not be
-    // skipped here, or every reader would load (and wait for the release).
-    let patient = common::patient_breaker();
-    // And no store call given up on: a read that timed out would be a miss,
-    // and its reader would load too (CI's loaded machine did that once).
-    let aside = Aside::builder()
-        .store(store)
-        .breaker(patient)
-        .op_timeout(common::PATIENT)
-        .build();
+    // No store call given up on nor counted slow: a read that timed out
+    // would be a miss, and a store skipped by the breaker's latency rule
+    // would make every reader load, each waiting for the release (CI's
+    // loaded machine did that once).
+    let aside = common::patient_builder().store(store).build();
     // Due from the start (after 0 % of the TTL): every read draws a refresh.
     let ns = aside
         .namespace::<u64, String>(&format!("early-{stampede:?}"))
@@ -309,10 +296,8 @@ async fn early_refresh_loads_once_when_every_read_of_the_store_is_slow() {
 async fn per_call_options_skip_or_refresh_the_cache() {
     let server = RedisServer::start();
     for strategy in Strategy::all() {
-        let aside = Aside::builder()
+        let aside = common::patient_builder()
             .store(common::patient_redis(&server.url()).await)
-            .op_timeout(common::PATIENT)
-            .breaker(common::patient_breaker())
             .build();
         let ns = aside
             .namespace::<u64, String>(&format!("opt-{strategy}"))
@@ -414,10 +399,8 @@ async fn owned_loaders_refresh_in_the_background() {
     let server = RedisServer::start();
     for aside in [
         Aside::builder().build(),
-        Aside::builder()
+        common::patient_builder()
             .store(common::patient_redis(&server.url()).await)
-            .op_timeout(common::PATIENT)
-            .breaker(common::patient_breaker())
             .build(),
     ] {
         let ns = aside
@@ -504,10 +487,7 @@ async fn a_soft_timeout_serves_the_expired_value_and_the_load_still_fills() {
 /// failed in each of three runs (at round 27 in the one that named it).
 #[tokio::test(flavor = "multi_thread", worker_threads = 8)]
 async fn racing_readers_of_a_due_value_never_wait_for_its_refresh() {
-    let aside = Aside::builder()
-        .op_timeout(common::PATIENT)
-        .breaker(common::patient_breaker())
-        .build();
+    let aside = common::patient_builder().build();
     let ns = aside
         .namespace::<u64, String>("due")
         .ttl(Duration::from_secs(60))

@@ -74,10 +74,8 @@ async fn fails_naming(url: &str, tls: RedisTls, causes: &[&str]) -> String {
 }
 
 async fn aside_on(url: &str, tls: RedisTls) -> Aside {
-    Aside::builder()
+    common::patient_builder()
         .store(connect(url, tls).await.unwrap())
-        .op_timeout(common::PATIENT)
-        .breaker(common::patient_breaker())
         .build()
 }
 
@@ -118,11 +116,7 @@ async fn mtls_works_with_a_client_certificate_and_fails_clearly_without() {
     let server = SecureRedisServer::start(SecureOptions::tls().client_auth(ClientAuth::Required));
     let store = connect(&server.url(), with_client_cert(&server)).await.unwrap();
     store.ping().await.unwrap();
-    let aside = Aside::builder()
-        .store(store)
-        .op_timeout(common::PATIENT)
-        .breaker(common::patient_breaker())
-        .build();
+    let aside = common::patient_builder().store(store).build();
     common::miss_hit_invalidate_every_strategy(&aside).await;
     // Without one, the server ends the handshake (TLS 1.3 reports it on
     // the first read, so the connect's first command fails).
@@ -199,11 +193,7 @@ async fn an_acl_user_runs_the_whole_lease_cycle_over_tls() {
     .await;
 
     // And the engine on it, every strategy.
-    let aside = Aside::builder()
-        .store(store)
-        .op_timeout(common::PATIENT)
-        .breaker(common::patient_breaker())
-        .build();
+    let aside = common::patient_builder().store(store).build();
     common::miss_hit_invalidate_every_strategy(&aside).await;
 }
 
@@ -217,11 +207,9 @@ async fn the_bus_delivers_an_invalidation_over_tls_with_an_acl_user() {
     let url = server.url();
     let tls = with_client_cert(&server);
     let engine = || async {
-        let aside = Aside::builder()
+        let aside = common::patient_builder()
             .store(connect(&url, tls.clone()).await.unwrap())
             .bus(RedisBus::connect_with(&url, "aside:invalidations", &tls).await.unwrap())
-            .op_timeout(common::PATIENT)
-            .breaker(common::patient_breaker())
             .build();
         let users = common::users_with_l1(&aside);
         (aside, users)

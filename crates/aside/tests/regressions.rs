@@ -139,11 +139,9 @@ async fn defect_02_set_reaches_other_processes_l1() {
     let server = RedisServer::start();
     let mut instances = Vec::new();
     for _ in 0..2 {
-        let aside = Aside::builder()
+        let aside = common::patient_builder()
             .store(common::patient_redis(&server.url()).await)
             .bus(aside::bus::redis::RedisBus::connect(&server.url()).await.unwrap())
-            .op_timeout(common::PATIENT)
-            .breaker(common::patient_breaker())
             .build();
         let ns = users(&aside, Strategy::Lease, true);
         instances.push((aside, ns));
@@ -309,10 +307,8 @@ async fn defect_07_batch_loads_honour_the_load_timeout() {
 #[tokio::test]
 async fn defect_09_version_counters_outlive_their_data() {
     let server = RedisServer::start();
-    let aside = Aside::builder()
+    let aside = common::patient_builder()
         .store(common::patient_redis(&server.url()).await)
-        .op_timeout(common::PATIENT)
-        .breaker(common::patient_breaker())
         .build();
     let ns = aside
         .namespace::<u64, User>("user")

@@ -270,9 +270,8 @@ impl Bus for LocalBus {
 fn aside(store: impl Store, bus: Option<LocalBus>) -> Aside {
     // Patient: a call held by the test waits for its release rather than
     // time out into another path (the store's own failures are the test's).
-    let builder = Aside::builder()
+    let builder = common::patient_builder()
         .store(store)
-        .op_timeout(common::PATIENT)
         .breaker(common::patient_breaker().failure_threshold(1_000));
     match bus {
         Some(bus) => builder.bus(bus).build(),

@@ -259,7 +259,7 @@ impl<V: Clone + Send + Sync + 'static> NsInner<V> {
                 None => self.read_cached(full).await,
             };
             let down = matches!(looked, Cached::Down);
-            let (version, lease, current) = match looked {
+            let (version, lease, mut current) = match looked {
                 Cached::Hit(value, expires) => {
                     // Found on a second look, after waiting for another
                     // caller's load: served by that load, not a plain hit.
@@ -308,7 +308,7 @@ impl<V: Clone + Send + Sync + 'static> NsInner<V> {
                     self.load_missing(full, version, &mut loader, &AtomicU64::new(0), current, down)
                         .await?
                 }
-                Stampede::LockSleep => match current.filter(|c| !c.expired) {
+                Stampede::LockSleep => match current.take_if(|c| !c.expired) {
                     Some(due) => self.refresh_under_lock(full, version, &mut loader, due).await?,
                     None => self.load_under_lock(full, &mut loader).await?,
                 },
@@ -319,67 +319,48 @@ impl<V: Clone + Send + Sync + 'static> NsInner<V> {
                         Some(v) => Self::versioned_key(full, v),
                         None => full.to_owned(),
                     };
-                    if let Some(due) = current.as_ref().filter(|c| !c.expired) {
-                        // A refresh: this reader leads it, or keeps the value
-                        // it has while another runs here; it never waits for
-                        // one. Checked and started in one step: a reader that
-                        // checked, found none, then met the flight another
-                        // had just started joined it and waited for it.
-                        let Some(leader) = self.flight.try_lead(&flight_key) else {
-                            let fetched = Fetched {
-                                value: due.value.clone(),
-                                source: Source::Hit,
-                            };
-                            return Ok((fetched, due.expires_at_ms));
-                        };
-                        let shared = self
-                            .load_missing(full, version, &mut loader, leader.tag(), current, down)
+                    if let Some(due) = current.take_if(|c| !c.expired) {
+                        self.refresh_coalesced(full, version, &flight_key, &mut loader, due, down)
+                            .await?
+                    } else {
+                        // Join the in-process load unless its lease is no longer
+                        // the entry's: an invalidation revoked it, so its result
+                        // cannot be cached and a fresh load should start now.
+                        // Declined only when the lookup saw another lease than
+                        // the flight's: that one was revoked and replaced, so its
+                        // fill will be refused. A lookup that saw no lease most
+                        // likely ran before the leader's grant; leading instead
+                        // would find the key busy and poll the store for a load
+                        // running in this very process. Should the flight's lease
+                        // have been revoked meanwhile, its `settled_at` sends this
+                        // caller round again (below): the join costs time, never
+                        // freshness.
+                        let join = |held: u64| held == NO_LEASE_YET || lease.is_none_or(|t| t.0 == held);
+                        let loader = &mut loader;
+                        let (shared, role) = self
+                            .flight
+                            .run_tagged(&flight_key, join, |held| async move {
+                                self.load_missing(full, version, loader, &held, current, down).await
+                            })
                             .await;
-                        leader.publish(shared.clone());
                         let settled = shared?;
-                        let fetched = Fetched {
-                            value: settled.value,
-                            source: settled.source,
-                        };
-                        return Ok((fetched, settled.expires_at_ms));
-                    }
-                    // Join the in-process load unless its lease is no longer
-                    // the entry's: an invalidation revoked it, so its result
-                    // cannot be cached and a fresh load should start now.
-                    // Declined only when the lookup saw another lease than
-                    // the flight's: that one was revoked and replaced, so its
-                    // fill will be refused. A lookup that saw no lease most
-                    // likely ran before the leader's grant; leading instead
-                    // would find the key busy and poll the store for a load
-                    // running in this very process. Should the flight's lease
-                    // have been revoked meanwhile, its `settled_at` sends this
-                    // caller round again (below): the join costs time, never
-                    // freshness.
-                    let join = |held: u64| held == NO_LEASE_YET || lease.is_none_or(|t| t.0 == held);
-                    let loader = &mut loader;
-                    let (shared, role) = self
-                        .flight
-                        .run_tagged(&flight_key, join, |held| async move {
-                            self.load_missing(full, version, loader, &held, current, down).await
-                        })
-                        .await;
-                    let settled = shared?;
-                    if role == Role::Waiter {
-                        if settled.settled_at <= began {
-                            // Settled before this read began: it may predate an
-                            // invalidation this read must observe. Look again.
-                            continue;
+                        if role == Role::Waiter {
+                            if settled.settled_at <= began {
+                                // Settled before this read began: it may predate an
+                                // invalidation this read must observe. Look again.
+                                continue;
+                            }
+                            self.record(Event::Coalesced);
+                            if settled.source == Source::Loaded {
+                                let fetched = Fetched {
+                                    value: settled.value,
+                                    source: Source::Coalesced,
+                                };
+                                return Ok((fetched, settled.expires_at_ms));
+                            }
                         }
-                        self.record(Event::Coalesced);
-                        if settled.source == Source::Loaded {
-                            let fetched = Fetched {
-                                value: settled.value,
-                                source: Source::Coalesced,
-                            };
-                            return Ok((fetched, settled.expires_at_ms));
-                        }
+                        settled
                     }
-                    settled
                 }
             };
             let fetched = Fetched {
@@ -490,20 +471,55 @@ impl<V: Clone + Send + Sync + 'static> NsInner<V> {
         E: std::error::Error + Send + Sync + 'static,
     {
         let lock_key = crate::key::lock_key(full);
-        let locked = self
-            .call(self.core.store.add(&lock_key, Bytes::from_static(b"1"), LOCK_TTL))
-            .await;
-        let current = Some(due);
-        if !matches!(locked, Ok(true)) {
-            return Ok(self
-                .fall_back(&current)
-                .expect("a value due for refresh is not expired"));
+        if !matches!(self.take_lock(&lock_key).await, Ok(true)) {
+            return Ok(Self::kept(&due));
         }
-        let settled = self
-            .load_missing(full, version, loader, &AtomicU64::new(0), current, false)
+        let no_tag = AtomicU64::new(0);
+        let refresh = self.load_missing(full, version, loader, &no_tag, Some(due), false);
+        self.holding_lock(&lock_key, refresh).await
+    }
+
+    /// Under single-flight, a value due for early refresh: this caller
+    /// leads the refresh, or keeps the value it has while another runs in
+    /// this process; it never waits for one. Checked and started in one
+    /// step ([`super::single_flight::SingleFlight::try_lead`]): a reader
+    /// that checked, found none, then met the flight another had just
+    /// started joined it and waited for it.
+    async fn refresh_coalesced<F, Fut, E>(
+        &self,
+        full: &str,
+        version: Option<u64>,
+        flight_key: &str,
+        loader: &mut F,
+        due: Current<V>,
+        down: bool,
+    ) -> Shared<V>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = std::result::Result<Option<V>, E>>,
+        E: std::error::Error + Send + Sync + 'static,
+    {
+        let Some(leader) = self.flight.try_lead(flight_key) else {
+            return Ok(Self::kept(&due));
+        };
+        let shared = self
+            .load_missing(full, version, loader, leader.tag(), Some(due), down)
             .await;
-        let _ = self.call(self.core.store.delete(&lock_key)).await;
-        settled
+        leader.publish(shared.clone());
+        shared
+    }
+
+    /// Sets the stampede lock `lock_key`: `Ok(true)` when this caller now holds it.
+    async fn take_lock(&self, lock_key: &str) -> Result<bool> {
+        self.call(self.core.store.add(lock_key, Bytes::from_static(b"1"), LOCK_TTL))
+            .await
+    }
+
+    /// Runs `work` holding the stampede lock `lock_key`, then gives it back.
+    async fn holding_lock<T>(&self, lock_key: &str, work: impl Future<Output = T>) -> T {
+        let out = work.await;
+        let _ = self.call(self.core.store.delete(lock_key)).await;
+        out
     }
 
     /// The article's stampede lock, kept as a baseline: whoever sets the lock
@@ -525,17 +541,12 @@ impl<V: Clone + Send + Sync + 'static> NsInner<V> {
                     expires_at_ms,
                 });
             }
-            match self
-                .call(self.core.store.add(&lock_key, Bytes::from_static(b"1"), LOCK_TTL))
-                .await
-            {
+            match self.take_lock(&lock_key).await {
                 Ok(false) => tokio::time::sleep(LOCK_RETRY).await,
                 Ok(true) => {
-                    let settled = self
-                        .load_missing(full, None, loader, &AtomicU64::new(0), None, false)
-                        .await;
-                    let _ = self.call(self.core.store.delete(&lock_key)).await;
-                    return settled;
+                    let no_tag = AtomicU64::new(0);
+                    let load = self.load_missing(full, None, loader, &no_tag, None, false);
+                    return self.holding_lock(&lock_key, load).await;
                 }
                 Err(_) => return self.load_uncached(loader, &None).await,
             }

@@ -97,12 +97,19 @@ impl<V: Clone + Send + Sync + 'static> NsInner<V> {
                 expires_at_ms: current.expires_at_ms,
             });
         }
-        Some(Settled {
+        Some(Self::kept(current))
+    }
+
+    /// A value still valid (due for refresh, not expired), served as the
+    /// hit it is by a caller that does not refresh it. Stamped 0 as
+    /// [`NsInner::fall_back`] stamps what it serves.
+    pub(crate) fn kept(current: &Current<V>) -> Settled<V> {
+        Settled {
             value: current.value.clone(),
             source: Source::Hit,
-            settled_at,
+            settled_at: 0,
             expires_at_ms: current.expires_at_ms,
-        })
+        }
     }
 
     /// After fail-safe served an expired value because the loader failed,

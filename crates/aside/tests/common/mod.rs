@@ -96,19 +96,24 @@ pub fn patient_breaker() -> aside::BreakerConfig {
     aside::BreakerConfig::default().slow_call(PATIENT)
 }
 
+/// A builder of an `Aside` that gives up on no store call ([`PATIENT`])
+/// and counts none slow ([`patient_breaker`]).
+pub fn patient_builder() -> aside::AsideBuilder {
+    aside::Aside::builder().op_timeout(PATIENT).breaker(patient_breaker())
+}
+
 /// An `Aside` over `store` for the tests that count hits, loads and errors
 /// rather than ride out an outage: no store call is given up on
 /// ([`PATIENT`]) nor counted slow, and failures open the breaker after 3
 /// for 200 ms.
 pub fn patient_aside(store: impl Store) -> aside::Aside {
-    aside::Aside::builder()
+    patient_builder()
         .store(store)
         .breaker(
             patient_breaker()
                 .failure_threshold(3)
                 .open_for(Duration::from_millis(200)),
         )
-        .op_timeout(PATIENT)
         .build()
 }
 
