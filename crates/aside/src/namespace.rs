@@ -31,7 +31,13 @@ use crate::telemetry;
 pub struct FetchOptions {
     /// Neither read nor fill the cache: ask the loader.
     pub skip_cache: bool,
-    /// Do not read the cache; load and replace the cached value.
+    /// Do not read the cache; load and replace the cached value. When the
+    /// reloaded value cannot be cached (the store fails or the breaker is
+    /// open, a write revoked the refresh's lease, the value is over the
+    /// size limit), the key is invalidated instead, queued for replay if
+    /// the store is away, so that the older value does not outlive the
+    /// refresh (`a_forced_refresh_the_store_did_not_take_leaves_no_older_value_behind`
+    /// in `tests/regressions.rs`).
     pub force_refresh: bool,
 }
 

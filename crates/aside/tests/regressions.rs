@@ -1444,3 +1444,74 @@ async fn an_expiry_at_the_end_of_time_is_served_and_panics_nowhere() {
         assert_eq!((fetched.value, fetched.source), (Some(User::new(1, 7)), Source::Hit));
     }
 }
+
+/// Every store operation a forced refresh (and the invalidation behind it)
+/// may call, for the "store down" case below.
+const EVERY_REFRESH_OP: [&str; 10] = [
+    "lease_for_refresh",
+    "lookup_or_lease",
+    "fill",
+    "release",
+    "set",
+    "get",
+    "incr",
+    "peek_entry",
+    "invalidate",
+    "delete",
+];
+
+/// Found by the history checker (I1Refresh, seed 9080711965920293202, the
+/// memory store and Redis, `lease+keep-stale`): a forced refresh whose
+/// value did not reach the store (the breaker had opened, in that run)
+/// returned the reloaded row, and the store kept the older one, which the
+/// next read of the same process returned as a hit. A refresh that loaded
+/// a value it could not fill now invalidates the key, and queues that for
+/// replay when the store is away. Two cases per strategy: only the write
+/// of the refreshed value fails (the invalidation lands at once), and the
+/// whole store is down during the refresh (the invalidation is queued; the
+/// process reads around the store until it is replayed, then the store no
+/// longer holds the old row).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forced_refresh_the_store_did_not_take_leaves_no_older_value_behind() {
+    for strategy in [Strategy::Lease, Strategy::Delete, Strategy::Versioned] {
+        let refill = if strategy == Strategy::Lease { "fill" } else { "set" };
+        for whole_store in [false, true] {
+            let case = format!("{strategy:?}, whole store down: {whole_store}");
+            let (store, hooks) = gated();
+            let aside = common::patient_builder()
+                .shared_store(store)
+                .breaker(common::patient_breaker().failure_threshold(1_000))
+                .build();
+            let ns = users(&aside, strategy, false);
+            let db = Db::with_users(1);
+            assert_eq!(read(&ns, &db, 1).await, Some(User::new(1, 0)), "{case}");
+
+            // A change the cache was not told of: the refresh is what tells it.
+            db.put(User::new(1, 1));
+            let failing: &[&'static str] = if whole_store { &EVERY_REFRESH_OP } else { &[refill] };
+            failing.iter().for_each(|op| hooks.fail(op));
+            let refreshed = refresh(&ns, &db, 1).await;
+            assert_eq!(
+                (refreshed.value, refreshed.source),
+                (Some(User::new(1, 1)), Source::Loaded),
+                "{case}"
+            );
+            // Read while the store is still down: around it, not the old row.
+            if whole_store {
+                assert_eq!(read(&ns, &db, 1).await, Some(User::new(1, 1)), "{case}: store down");
+            }
+            failing.iter().for_each(|op| hooks.heal(op));
+            eventually("the invalidation is replayed", Duration::from_secs(60), || async {
+                aside.stats().invalidations_pending == 0
+            })
+            .await;
+            let after = ns.fetch(&1, || db.get(1)).await.unwrap();
+            assert_eq!(
+                after.value,
+                Some(User::new(1, 1)),
+                "{case}: the older row was served after the refresh"
+            );
+            assert_eq!(after.source, Source::Loaded, "{case}");
+        }
+    }
+}

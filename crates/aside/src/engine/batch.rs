@@ -365,8 +365,12 @@ impl<V: Clone + Send + Sync + 'static> NsInner<V> {
                 }
             }
         }
-        if !sets.is_empty() {
-            let _ = self.call(store.set_many(sets)).await;
+        if !sets.is_empty() && self.call(store.set_many(sets)).await.is_err() {
+            for (i, filled) in outcome.iter_mut().enumerate() {
+                if to_load[i] && !lease_mode {
+                    *filled = FillOutcome::Refused;
+                }
+            }
         }
         held.iter_mut().for_each(HeldLease::disarm);
         for (i, Led { key, leader, .. }) in led.into_iter().enumerate() {
@@ -376,6 +380,7 @@ impl<V: Clone + Send + Sync + 'static> NsInner<V> {
                     source: Source::Coalesced,
                     settled_at: looked_at,
                     expires_at_ms: found.expiries.get(&key).copied(),
+                    filled: false,
                 }));
                 continue;
             }
@@ -393,6 +398,7 @@ impl<V: Clone + Send + Sync + 'static> NsInner<V> {
                 source: Source::Loaded,
                 settled_at,
                 expires_at_ms: None,
+                filled: outcome[i] == FillOutcome::Stored,
             }));
             found.insert(key, value, None);
         }

@@ -414,6 +414,7 @@ impl<V: Clone + Send + Sync + 'static> NsInner<V> {
                 source: Source::Loaded,
                 settled_at,
                 expires_at_ms: None,
+                filled: false,
             }),
             Err(e) => self.fall_back(current).ok_or(e),
         }
@@ -440,14 +441,16 @@ impl<V: Clone + Send + Sync + 'static> NsInner<V> {
                 return Ok(served);
             }
         };
-        if let Ok(Some((bytes, ttl))) = self.encode(value.as_ref(), took) {
-            let _ = self.call(self.core.store.set(key, bytes, ttl)).await;
-        }
+        let filled = match self.encode(value.as_ref(), took) {
+            Ok(Some((bytes, ttl))) => self.call(self.core.store.set(key, bytes, ttl)).await.is_ok(),
+            _ => false,
+        };
         Ok(Settled {
             value,
             source: Source::Loaded,
             settled_at,
             expires_at_ms: None,
+            filled,
         })
     }
 
@@ -539,6 +542,7 @@ impl<V: Clone + Send + Sync + 'static> NsInner<V> {
                     source: Source::Coalesced,
                     settled_at,
                     expires_at_ms,
+                    filled: false,
                 });
             }
             match self.take_lock(&lock_key).await {
@@ -592,6 +596,7 @@ impl<V: Clone + Send + Sync + 'static> NsInner<V> {
                                 source: Source::Coalesced,
                                 settled_at,
                                 expires_at_ms,
+                                filled: false,
                             });
                         }
                         // Past its logical expiry but still held by a store
@@ -636,6 +641,7 @@ impl<V: Clone + Send + Sync + 'static> NsInner<V> {
                             source: Source::Stale,
                             settled_at,
                             expires_at_ms: None,
+                            filled: false,
                         });
                     }
                     if started.elapsed() >= self.lease_wait {
@@ -689,30 +695,31 @@ impl<V: Clone + Send + Sync + 'static> NsInner<V> {
     ) -> Settled<V> {
         let store = &self.core.store;
         let encoded = self.encode(value.as_ref(), took).ok().flatten();
-        let loaded = |settled_at| Settled {
+        let loaded = |settled_at, filled| Settled {
             value,
             source: Source::Loaded,
             settled_at,
             expires_at_ms: None,
+            filled,
         };
         let Some((bytes, ttl)) = encoded else {
             let _ = self.call(store.release(full, token)).await;
-            return loaded(load_began);
+            return loaded(load_began, false);
         };
         let fill_began = self.next_seq();
         match self.call(store.fill(full, token, bytes, ttl)).await {
-            Ok(FillOutcome::Stored) => loaded(fill_began),
+            Ok(FillOutcome::Stored) => loaded(fill_began, true),
             Ok(FillOutcome::Refused) => {
                 self.record(Event::FillRefused);
                 crate::telemetry::record_fill_refused();
-                loaded(load_began)
+                loaded(load_began, false)
             }
             Err(_) => {
                 // The store refused the value (over its item limit) or did
                 // not answer: give the lease back, or every reader of the key
                 // waits out its TTL for a fill that never comes.
                 let _ = self.call(store.release(full, token)).await;
-                loaded(load_began)
+                loaded(load_began, false)
             }
         }
     }

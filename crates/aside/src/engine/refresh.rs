@@ -38,6 +38,16 @@ impl<V: Clone + Send + Sync + 'static> NsInner<V> {
 
     /// Reloads and replaces the cached value (per-call `force_refresh`),
     /// fenced like every fill.
+    ///
+    /// A reloaded value that did not reach the store (the store failed or
+    /// was skipped by the breaker, the fill was refused, the value is over
+    /// the size limit) leaves the old one cached, which later reads would
+    /// serve although this call returned a newer one. So the key is then
+    /// invalidated as a write invalidates it, queued for replay if the
+    /// store is away, and this process's reads skip the store until the
+    /// replay lands. The history checker's I1Refresh found it (seed
+    /// 9080711965920293202: a refresh under an open breaker, then a hit on
+    /// the value it had replaced).
     pub(crate) async fn fetch_refreshed<F, Fut, E>(&self, full: &str, mut loader: F) -> Result<Fetched<V>>
     where
         F: FnMut() -> Fut,
@@ -56,8 +66,14 @@ impl<V: Clone + Send + Sync + 'static> NsInner<V> {
         } else {
             // If another caller holds the key's lease, the leased load
             // behind the refresh lease may hand us their result.
-            self.reload(full, loader, &AtomicU64::new(0), Replacing::Anything)
-                .await?
+            let settled = self
+                .reload(full, loader, &AtomicU64::new(0), Replacing::Anything)
+                .await?;
+            if settled.source == Source::Loaded && !settled.filled {
+                // Its error is the store's, already queued for replay.
+                let _ = self.invalidate_all(&[full.to_owned()]).await;
+            }
+            settled
         };
         let fetched = Fetched {
             value: settled.value,
@@ -95,6 +111,7 @@ impl<V: Clone + Send + Sync + 'static> NsInner<V> {
                 source: Source::Stale,
                 settled_at,
                 expires_at_ms: current.expires_at_ms,
+                filled: false,
             });
         }
         Some(Self::kept(current))
@@ -109,6 +126,7 @@ impl<V: Clone + Send + Sync + 'static> NsInner<V> {
             source: Source::Hit,
             settled_at: 0,
             expires_at_ms: current.expires_at_ms,
+            filled: false,
         }
     }
 
