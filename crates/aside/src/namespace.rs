@@ -34,10 +34,15 @@ pub struct FetchOptions {
     /// Do not read the cache; load and replace the cached value. When the
     /// reloaded value cannot be cached (the store fails or the breaker is
     /// open, a write revoked the refresh's lease, the value is over the
-    /// size limit), the key is invalidated instead, queued for replay if
-    /// the store is away, so that the older value does not outlive the
-    /// refresh (`a_forced_refresh_the_store_did_not_take_leaves_no_older_value_behind`
-    /// in `tests/regressions.rs`).
+    /// size limit, the loader found nothing and negative caching is off),
+    /// the key is invalidated instead, queued for replay if the store is
+    /// away (this `Aside`'s reads of the key skip the store until then), so
+    /// that the older value does not outlive the refresh
+    /// (`a_forced_refresh_the_store_did_not_take_leaves_no_older_value_behind`
+    /// in `tests/regressions.rs`). Under [`Strategy::Lease`], while another
+    /// caller holds the key's lease, the refresh may instead answer with
+    /// that caller's fill or the value the store holds
+    /// ([`Source::Coalesced`]), or a stale copy ([`Source::Stale`]).
     pub force_refresh: bool,
 }
 
@@ -1130,8 +1135,8 @@ impl<K: Display + ?Sized, V: Clone + Send + Sync + 'static> NamespaceBuilder<K, 
     /// or braces, a raw namespace with the lease strategy, a zero TTL or
     /// lease TTL, a duration over [`MAX_DURATION`], a jitter outside
     /// `[0, 1)` (NaN included), an early-refresh parameter out of range, or
-    /// a strategy other than [`Strategy::Lease`] (or [`Stampede::LockSleep`])
-    /// on a store without plain values ([`Store::supports_plain_values`](crate::Store::supports_plain_values)).
+    /// a strategy other than [`Strategy::Lease`] on a store without plain
+    /// values ([`Store::supports_plain_values`](crate::Store::supports_plain_values)).
     pub fn build(self) -> Result<Namespace<K, V>> {
         key::check_namespace(&self.settings.name)?;
         key::check_namespace(&self.settings.core.prefix)?;
@@ -1146,12 +1151,9 @@ impl<K: Display + ?Sized, V: Clone + Send + Sync + 'static> NamespaceBuilder<K, 
             (true, None) => Strategy::Delete,
             (_, chosen) => chosen.unwrap_or_default(),
         };
-        let needs_plain_values = match (strategy, self.settings.stampede) {
-            (Strategy::Lease, Stampede::LockSleep) => {
-                Some("the article's stampede lock (Stampede::LockSleep)".to_owned())
-            }
-            (Strategy::Lease, _) => None,
-            (other, _) => Some(format!("the {other} strategy")),
+        let needs_plain_values = match strategy {
+            Strategy::Lease => None,
+            other => Some(format!("the {other} strategy")),
         };
         if let Some(user) = needs_plain_values
             && !self.settings.core.store.supports_plain_values()

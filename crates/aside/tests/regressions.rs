@@ -1466,23 +1466,40 @@ const EVERY_REFRESH_OP: [&str; 10] = [
 /// returned the reloaded row, and the store kept the older one, which the
 /// next read of the same process returned as a hit. A refresh that loaded
 /// a value it could not fill now invalidates the key, and queues that for
-/// replay when the store is away. Two cases per strategy: only the write
-/// of the refreshed value fails (the invalidation lands at once), and the
-/// whole store is down during the refresh (the invalidation is queued; the
-/// process reads around the store until it is replayed, then the store no
-/// longer holds the old row).
+/// replay when the store is away.
+///
+/// Per strategy (and for `Lease` also with a stale copy kept, the failing
+/// run's shape): only the write of the refreshed value fails
+/// (the invalidation lands at once); or the whole store is down during
+/// the refresh, then back but for the operation that invalidates (the
+/// queued invalidation cannot land yet: the process reads around the
+/// store, not the old row it still holds), then wholly back (the replay
+/// has removed the old row).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_forced_refresh_the_store_did_not_take_leaves_no_older_value_behind() {
-    for strategy in [Strategy::Lease, Strategy::Delete, Strategy::Versioned] {
-        let refill = if strategy == Strategy::Lease { "fill" } else { "set" };
+    let shapes = [
+        (Strategy::Lease, "fill", "invalidate", false),
+        (Strategy::Lease, "fill", "invalidate", true),
+        (Strategy::Delete, "set", "delete", false),
+        (Strategy::Versioned, "set", "incr", false),
+    ];
+    for (strategy, refill, invalidating, keep_stale) in shapes {
         for whole_store in [false, true] {
-            let case = format!("{strategy:?}, whole store down: {whole_store}");
+            let case = format!("{strategy:?}, stale copy kept: {keep_stale}, whole store down: {whole_store}");
             let (store, hooks) = gated();
             let aside = common::patient_builder()
                 .shared_store(store)
                 .breaker(common::patient_breaker().failure_threshold(1_000))
                 .build();
-            let ns = users(&aside, strategy, false);
+            let builder = aside.namespace::<u64, User>("user").strategy(strategy);
+            let ns = if keep_stale {
+                builder
+                    .serve_stale_while_loading(Duration::from_secs(60))
+                    .build()
+                    .unwrap()
+            } else {
+                builder.build().unwrap()
+            };
             let db = Db::with_users(1);
             assert_eq!(read(&ns, &db, 1).await, Some(User::new(1, 0)), "{case}");
 
@@ -1496,12 +1513,21 @@ async fn a_forced_refresh_the_store_did_not_take_leaves_no_older_value_behind() 
                 (Some(User::new(1, 1)), Source::Loaded),
                 "{case}"
             );
-            // Read while the store is still down: around it, not the old row.
             if whole_store {
-                assert_eq!(read(&ns, &db, 1).await, Some(User::new(1, 1)), "{case}: store down");
+                failing
+                    .iter()
+                    .filter(|op| **op != invalidating)
+                    .for_each(|op| hooks.heal(op));
+                let meanwhile = ns.fetch(&1, || db.get(1)).await.unwrap();
+                assert_eq!(
+                    (meanwhile.value, meanwhile.source),
+                    (Some(User::new(1, 1)), Source::Loaded),
+                    "{case}: read before the invalidation landed"
+                );
+                assert!(aside.stats().invalidations_pending > 0, "{case}");
+                hooks.heal(invalidating);
             }
-            failing.iter().for_each(|op| hooks.heal(op));
-            eventually("the invalidation is replayed", Duration::from_secs(60), || async {
+            eventually("the invalidation is replayed", common::PATIENT, || async {
                 aside.stats().invalidations_pending == 0
             })
             .await;
@@ -1514,4 +1540,118 @@ async fn a_forced_refresh_the_store_did_not_take_leaves_no_older_value_behind() 
             assert_eq!(after.source, Source::Loaded, "{case}");
         }
     }
+}
+
+/// A spawned `get_or_load` of user 1 whose loader signals `started`, then
+/// waits for a permit of `go` before it reads `db`.
+fn read_held_in_its_loader(
+    ns: &Namespace<u64, User>,
+    db: &Db,
+) -> (
+    Arc<tokio::sync::Notify>,
+    Arc<tokio::sync::Semaphore>,
+    tokio::task::JoinHandle<aside::Result<Option<User>>>,
+) {
+    let (started, go) = (
+        Arc::new(tokio::sync::Notify::new()),
+        Arc::new(tokio::sync::Semaphore::new(0)),
+    );
+    let read = {
+        let (ns, db, started, go) = (ns.clone(), db.clone(), started.clone(), go.clone());
+        tokio::spawn(async move {
+            ns.get_or_load(&1, move || {
+                let (db, started, go) = (db.clone(), started.clone(), go.clone());
+                async move {
+                    started.notify_one();
+                    go.acquire().await.unwrap().forget();
+                    db.get(1).await
+                }
+            })
+            .await
+        })
+    };
+    (started, go, read)
+}
+
+/// The article's stampede lock (`Stampede::LockSleep`) was set with `add`
+/// and deleted by key when its holder's load ended, with nothing in
+/// between: a holder cancelled mid-load left the lock for its whole TTL
+/// (5 s, every reader of the key asleep meanwhile), and a holder whose
+/// load outlived the TTL deleted the lock that another caller had taken
+/// since. It is now a lease on the lock key, held by a guard that gives it
+/// back when its holder is cancelled, and given back by its token only.
+/// `Delete` strategy, so that the lock's is the only lease in play.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_stampede_lock_is_given_back_by_its_holder_alone() {
+    let memory = MemoryStore::new();
+    let instrumented = Instrumented::new(memory.clone(), Arc::new(AtomicUsize::new(0)));
+    let hooks = instrumented.hooks.clone();
+    let gated: Arc<dyn Store> = Arc::new(instrumented);
+    let plain: Arc<dyn Store> = Arc::new(memory.clone());
+    let locked = |store: &Arc<dyn Store>| {
+        patient(store)
+            .namespace::<u64, User>("user")
+            .strategy(Strategy::Delete)
+            .stampede(aside::Stampede::LockSleep)
+            .build()
+            .unwrap()
+    };
+    let lock_key = aside::key::lock_key("user:1");
+    // Held: a lease on the lock key (now), or a plain value (the `add` before).
+    let lock_held = || async {
+        memory.peek_entry(&lock_key).await.unwrap() != aside::store::EntryView::default()
+            || matches!(memory.get(&lock_key).await, Ok(Some(_)))
+    };
+
+    // A holder that is cancelled while it loads gives the lock back.
+    let holder = locked(&gated);
+    let started = Arc::new(tokio::sync::Notify::new());
+    let task = {
+        let (holder, started) = (holder.clone(), started.clone());
+        tokio::spawn(async move {
+            holder
+                .get_or_load(&1, move || {
+                    let started = started.clone();
+                    async move {
+                        started.notify_one();
+                        std::future::pending::<Result<Option<User>, DbDown>>().await
+                    }
+                })
+                .await
+        })
+    };
+    tokio::time::timeout(common::PATIENT, started.notified())
+        .await
+        .expect("the holder never loaded");
+    assert!(lock_held().await, "the holder holds the lock");
+    let release = hooks.pause_answer("release");
+    task.abort();
+    tokio::time::timeout(common::PATIENT, release.reached.notified())
+        .await
+        .expect("the cancelled holder never gave the lock back");
+    assert!(!lock_held().await, "the lock is free once given back");
+    release.release();
+
+    // A holder whose lock ran out does not give back the lock taken since.
+    let (first, second) = (locked(&plain), locked(&plain));
+    let db = Db::with_users(1);
+    let (first_started, first_go, first_read) = read_held_in_its_loader(&first, &db);
+    tokio::time::timeout(common::PATIENT, first_started.notified())
+        .await
+        .expect("the first holder never loaded");
+    // What its TTL running out does.
+    memory.delete(&lock_key).await.unwrap();
+    let (second_started, second_go, second_read) = read_held_in_its_loader(&second, &db);
+    tokio::time::timeout(common::PATIENT, second_started.notified())
+        .await
+        .expect("the second caller never took the lock");
+    first_go.add_permits(1);
+    assert_eq!(first_read.await.unwrap().unwrap(), Some(User::new(1, 0)));
+    assert!(
+        lock_held().await,
+        "the first holder gave back the lock the second holds"
+    );
+    second_go.add_permits(1);
+    assert_eq!(second_read.await.unwrap().unwrap(), Some(User::new(1, 0)));
+    assert!(!lock_held().await, "the second holder gave its lock back");
 }

@@ -46,6 +46,11 @@ impl HeldLease {
         }
     }
 
+    /// The key and the token of the lease held.
+    pub(crate) fn lease(&self) -> (&str, LeaseToken) {
+        (&self.key, self.token)
+    }
+
     /// The lease was filled or given back: nothing to do on drop.
     pub(crate) fn disarm(&mut self) {
         self.armed = false;

@@ -474,12 +474,12 @@ impl<V: Clone + Send + Sync + 'static> NsInner<V> {
         E: std::error::Error + Send + Sync + 'static,
     {
         let lock_key = crate::key::lock_key(full);
-        if !matches!(self.take_lock(&lock_key).await, Ok(true)) {
+        let Ok(Some(lock)) = self.take_lock(&lock_key).await else {
             return Ok(Self::kept(&due));
-        }
+        };
         let no_tag = AtomicU64::new(0);
         let refresh = self.load_missing(full, version, loader, &no_tag, Some(due), false);
-        self.holding_lock(&lock_key, refresh).await
+        self.holding_lock(lock, refresh).await
     }
 
     /// Under single-flight, a value due for early refresh: this caller
@@ -512,16 +512,42 @@ impl<V: Clone + Send + Sync + 'static> NsInner<V> {
         shared
     }
 
-    /// Sets the stampede lock `lock_key`: `Ok(true)` when this caller now holds it.
-    async fn take_lock(&self, lock_key: &str) -> Result<bool> {
-        self.call(self.core.store.add(lock_key, Bytes::from_static(b"1"), LOCK_TTL))
-            .await
+    /// Sets the stampede lock `lock_key`: `Ok(Some(lock))` when this caller
+    /// now holds it, `Ok(None)` when another does.
+    ///
+    /// Why a lease on the lock key and not the article's `add` and `delete`:
+    /// a lease is given back only by its token ([`crate::Store::release`]),
+    /// so a holder whose load outlived [`LOCK_TTL`] cannot delete the lock
+    /// another caller took since; and the lock is held by a [`HeldLease`],
+    /// which gives it back when its holder is cancelled mid-load, instead
+    /// of leaving every reader of the key asleep until the TTL ran out.
+    /// It also needs no plain values, so it works on a lease-only store.
+    async fn take_lock(&self, lock_key: &str) -> Result<Option<HeldLease>> {
+        let offered = LeaseToken::random();
+        // As in `load_with_lease`: a lost reply may hide a granted lease.
+        let mut offered_lease = self.hold(lock_key, offered);
+        let outcome = self
+            .call(self.core.store.lookup_or_lease(lock_key, offered, LOCK_TTL))
+            .await;
+        if outcome.is_ok() {
+            offered_lease.disarm();
+        }
+        drop(offered_lease);
+        match outcome? {
+            LeaseOutcome::Granted { token, .. } => Ok(Some(self.hold(lock_key, token))),
+            // Held by another caller; a value under the lock key is a lock
+            // set by an older version of aside with `add`, held too.
+            LeaseOutcome::Busy { .. } | LeaseOutcome::Hit(_) => Ok(None),
+        }
     }
 
-    /// Runs `work` holding the stampede lock `lock_key`, then gives it back.
-    async fn holding_lock<T>(&self, lock_key: &str, work: impl Future<Output = T>) -> T {
+    /// Runs `work` holding the stampede lock `lock`, then gives it back
+    /// (from the guard, if this caller is cancelled meanwhile).
+    async fn holding_lock<T>(&self, mut lock: HeldLease, work: impl Future<Output = T>) -> T {
         let out = work.await;
-        let _ = self.call(self.core.store.delete(lock_key)).await;
+        let (key, token) = lock.lease();
+        let _ = self.call(self.core.store.release(key, token)).await;
+        lock.disarm();
         out
     }
 
@@ -546,11 +572,11 @@ impl<V: Clone + Send + Sync + 'static> NsInner<V> {
                 });
             }
             match self.take_lock(&lock_key).await {
-                Ok(false) => tokio::time::sleep(LOCK_RETRY).await,
-                Ok(true) => {
+                Ok(None) => tokio::time::sleep(LOCK_RETRY).await,
+                Ok(Some(lock)) => {
                     let no_tag = AtomicU64::new(0);
                     let load = self.load_missing(full, None, loader, &no_tag, None, false);
-                    return self.holding_lock(&lock_key, load).await;
+                    return self.holding_lock(lock, load).await;
                 }
                 Err(_) => return self.load_uncached(loader, &None).await,
             }

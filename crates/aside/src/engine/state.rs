@@ -92,8 +92,13 @@ pub enum WriteThrough {
 pub enum Stampede {
     /// No protection: every miss runs the loader (the naive pattern; a baseline).
     None,
-    /// The article's lock: `SET lock NX EX 5`; the others sleep 100 ms and
-    /// retry. A baseline to compare against, not a recommendation.
+    /// The article's lock: one caller sets the key's lock for 5 s and
+    /// loads; the others sleep 100 ms and retry. A baseline to compare
+    /// against, not a recommendation. The lock is a lease on the lock key
+    /// rather than the article's `SET NX` and `DEL`, so that only its
+    /// holder gives it back, and a holder cancelled mid-load gives it back
+    /// at once (`the_stampede_lock_is_given_back_by_its_holder_alone` in
+    /// `tests/regressions.rs`).
     LockSleep,
     /// Single-flight in the process, plus the lease across processes with
     /// [`Strategy::Lease`] (the default).

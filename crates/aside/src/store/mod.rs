@@ -14,8 +14,7 @@
 //!   with `name`, are the methods a store must implement.
 //! - **Plain** operations (`get`, `set`, `add`, `incr`) on plain values,
 //!   used by the `Delete`, `DoubleDelete` and `Versioned` strategies, the
-//!   raw mode that shares keys with other programs, and the article's
-//!   stampede lock. They are provided methods that fail with
+//!   raw mode that shares keys with other programs. They are provided methods that fail with
 //!   [`StoreError::Unsupported`]; a store that implements them says so with
 //!   [`Store::supports_plain_values`], and a namespace that needs them is
 //!   refused at build time on a store that does not.
@@ -517,8 +516,8 @@ pub trait Store: Send + Sync + 'static {
 
     /// True when the store implements the plain-value operations
     /// ([`Store::get`], [`Store::set`], [`Store::add`], [`Store::incr`]),
-    /// which the `Delete`, `DoubleDelete` and `Versioned` strategies, raw
-    /// namespaces and the article's stampede lock need. The default is
+    /// which the `Delete`, `DoubleDelete` and `Versioned` strategies and raw
+    /// namespaces need. The default is
     /// false, and those methods then fail with [`StoreError::Unsupported`];
     /// a namespace that would call them is refused at
     /// [`NamespaceBuilder::build`](crate::NamespaceBuilder::build) with an

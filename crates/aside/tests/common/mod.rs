@@ -366,7 +366,9 @@ impl<S: Store> Store for Instrumented<S> {
     async fn release(&self, key: &str, token: LeaseToken) -> StoreResult<()> {
         self.tick();
         self.hooks.enter("release").await?;
-        self.inner.release(key, token).await
+        let released = self.inner.release(key, token).await;
+        self.hooks.leave("release").await;
+        released
     }
     async fn put_entry(&self, key: &str, value: Bytes, ttl: Duration) -> StoreResult<()> {
         self.tick();
