@@ -1655,3 +1655,74 @@ async fn the_stampede_lock_is_given_back_by_its_holder_alone() {
     assert_eq!(second_read.await.unwrap().unwrap(), Some(User::new(1, 0)));
     assert!(!lock_held().await, "the second holder gave its lock back");
 }
+
+/// Found by the history checker once its programs drew the stampede lock
+/// (I3, seed 2244211270109259384 on memcached, `versioned+lock-sleep`;
+/// reproduced with the `add`-based lock as well): with the store
+/// unreachable (a breaker opened by injected faults), no reader could take
+/// the lock and each loaded on its own, so loads of one key overlapped in
+/// one process, and in an outage every reader of a hot key reached the
+/// database at once. They now go through the process's single-flight, as
+/// under `Stampede::Coalesce`: never two at a time. On a current-thread
+/// runtime a reader that made its last store call has joined or started a
+/// load before the test runs again, so the loads are let go only once
+/// every reader has.
+#[tokio::test(flavor = "current_thread")]
+async fn the_stampede_lock_coalesces_loads_while_the_store_is_down() {
+    const READERS: usize = 8;
+    for strategy in [Strategy::Lease, Strategy::Delete, Strategy::Versioned] {
+        let store = Instrumented::new(MemoryStore::new(), Arc::new(AtomicUsize::new(0)));
+        let hooks = store.hooks.clone();
+        let aside = common::patient_builder()
+            .store(store)
+            .breaker(common::patient_breaker().failure_threshold(1_000))
+            .build();
+        let ns = aside
+            .namespace::<u64, User>("user")
+            .strategy(strategy)
+            .stampede(aside::Stampede::LockSleep)
+            .build()
+            .unwrap();
+        // The lock's `lookup_or_lease` is every reader's last store call
+        // before it loads or joins a load, and the only one of that name.
+        for op in ["lookup_or_lease", "get", "peek_entry", "peek_fresh", "incr"] {
+            hooks.fail(op);
+        }
+        let db = Db::with_users(1);
+        let gate = Arc::new(tokio::sync::Semaphore::new(0));
+        let (loading, most) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+        let readers: Vec<_> = (0..READERS)
+            .map(|_| {
+                let (ns, db, gate, loading, most) =
+                    (ns.clone(), db.clone(), gate.clone(), loading.clone(), most.clone());
+                tokio::spawn(async move {
+                    ns.get_or_load(&1, move || {
+                        let (db, gate, loading, most) = (db.clone(), gate.clone(), loading.clone(), most.clone());
+                        async move {
+                            most.fetch_max(loading.fetch_add(1, Ordering::SeqCst) + 1, Ordering::SeqCst);
+                            let _pass = gate.acquire().await.unwrap();
+                            // A load takes time: others may come meanwhile.
+                            tokio::task::yield_now().await;
+                            loading.fetch_sub(1, Ordering::SeqCst);
+                            db.get(1).await
+                        }
+                    })
+                    .await
+                })
+            })
+            .collect();
+        eventually("every reader tried the lock", common::PATIENT, || async {
+            hooks.calls_of("lookup_or_lease") >= READERS
+        })
+        .await;
+        gate.add_permits(tokio::sync::Semaphore::MAX_PERMITS);
+        for reader in readers {
+            assert_eq!(reader.await.unwrap().unwrap(), Some(User::new(1, 0)), "{strategy:?}");
+        }
+        assert_eq!(
+            most.load(Ordering::SeqCst),
+            1,
+            "{strategy:?}: loads of one key overlapped"
+        );
+    }
+}

@@ -343,23 +343,13 @@ impl<V: Clone + Send + Sync + 'static> NsInner<V> {
                                 self.load_missing(full, version, loader, &held, current, down).await
                             })
                             .await;
-                        let settled = shared?;
-                        if role == Role::Waiter {
-                            if settled.settled_at <= began {
-                                // Settled before this read began: it may predate an
-                                // invalidation this read must observe. Look again.
-                                continue;
-                            }
-                            self.record(Event::Coalesced);
-                            if settled.source == Source::Loaded {
-                                let fetched = Fetched {
-                                    value: settled.value,
-                                    source: Source::Coalesced,
-                                };
-                                return Ok((fetched, settled.expires_at_ms));
-                            }
+                        match role {
+                            Role::Leader => shared?,
+                            Role::Waiter => match self.as_waiter(shared?, began) {
+                                Some(settled) => settled,
+                                None => continue,
+                            },
                         }
-                        settled
                     }
                 }
             };
@@ -369,6 +359,24 @@ impl<V: Clone + Send + Sync + 'static> NsInner<V> {
             };
             return Ok((fetched, settled.expires_at_ms));
         }
+    }
+
+    /// What a single-flight waiter takes of its leader's result: `None` when
+    /// it settled before the waiter's read began (`began`), since it may
+    /// predate an invalidation that read must observe: the waiter looks
+    /// again. A load the waiter takes is reported as coalesced.
+    fn as_waiter(&self, settled: Settled<V>, began: u64) -> Option<Settled<V>> {
+        if settled.settled_at <= began {
+            return None;
+        }
+        self.record(Event::Coalesced);
+        Some(match settled.source {
+            Source::Loaded => Settled {
+                source: Source::Coalesced,
+                ..settled
+            },
+            _ => settled,
+        })
     }
 
     /// Runs the loader, timing it and bounding it by the load timeout; its
@@ -552,7 +560,10 @@ impl<V: Clone + Send + Sync + 'static> NsInner<V> {
     }
 
     /// The article's stampede lock, kept as a baseline: whoever sets the lock
-    /// loads; the others sleep a fixed 100 ms and look again.
+    /// loads; the others sleep a fixed 100 ms and look again. Without a
+    /// store to hold the lock, loads coalesce in the process
+    /// (`the_stampede_lock_coalesces_loads_while_the_store_is_down` in
+    /// `tests/regressions.rs`).
     async fn load_under_lock<F, Fut, E>(&self, full: &str, loader: &mut F) -> Shared<V>
     where
         F: FnMut() -> Fut,
@@ -578,7 +589,27 @@ impl<V: Clone + Send + Sync + 'static> NsInner<V> {
                     let load = self.load_missing(full, None, loader, &no_tag, None, false);
                     return self.holding_lock(lock, load).await;
                 }
-                Err(_) => return self.load_uncached(loader, &None).await,
+                Err(_) => {
+                    // No lock can be taken while the store is down or
+                    // skipped by the breaker. Every caller loading would be
+                    // the stampede the lock is there to stop, in the very
+                    // outage that leaves the database alone: loads of the
+                    // key coalesce in this process instead, as under
+                    // `Stampede::Coalesce`. A waiter takes only a load that
+                    // began after its own read, as there.
+                    let load = &mut *loader;
+                    let (shared, role) = self
+                        .flight
+                        .run_tagged(full, |_| true, |_| self.load_uncached(load, &None))
+                        .await;
+                    match role {
+                        Role::Leader => return shared,
+                        Role::Waiter => match self.as_waiter(shared?, settled_at) {
+                            Some(settled) => return Ok(settled),
+                            None => continue,
+                        },
+                    }
+                }
             }
         }
     }

@@ -181,6 +181,7 @@ pub struct Hooks {
     failing: Mutex<std::collections::HashSet<&'static str>>,
     late: Mutex<HashMap<&'static str, Duration>>,
     twice: Mutex<std::collections::HashSet<&'static str>>,
+    entered: Mutex<HashMap<&'static str, usize>>,
 }
 
 type PausedOp = (&'static str, Arc<tokio::sync::Notify>, Arc<tokio::sync::Semaphore>);
@@ -251,7 +252,13 @@ impl Hooks {
         self.failing.lock().unwrap().remove(op);
     }
 
+    /// How many calls of `op` reached this wrapper.
+    pub fn calls_of(&self, op: &'static str) -> usize {
+        self.entered.lock().unwrap().get(op).copied().unwrap_or(0)
+    }
+
     async fn enter(&self, op: &'static str) -> StoreResult<()> {
+        *self.entered.lock().unwrap().entry(op).or_default() += 1;
         wait_if_paused(&self.pause, op).await;
         if self.failing.lock().unwrap().contains(op) {
             return Err(aside::store::StoreError::connection(format!("{op} failed by the test")));
