@@ -788,7 +788,7 @@ pub(crate) fn load_overlaps(history: &History) -> Overlaps {
                 let explained = history
                     .ops
                     .iter()
-                    .any(|o| o.op.is_write() && o.op.keys().contains(&key) && o.start < to && o.end > from)
+                    .any(|o| o.op.may_invalidate() && o.op.keys().contains(&key) && o.start < to && o.end > from)
                     || faults.iter().any(|s| *s > from && *s < to)
                     || abandoned
                         .iter()
@@ -935,6 +935,7 @@ mod tests {
             op_timeout_ms: 1_000,
             twin_namespaces: false,
             shared_reads: false,
+            stampede_lock: false,
         }
     }
 
@@ -1049,6 +1050,76 @@ mod tests {
         assert_eq!(refresh_verdicts(&history((10, 20), 10, true)), [Invariant::I1]);
         assert_eq!(refresh_verdicts(&history((10, 20), 10, false)), [Invariant::I1Refresh]);
         assert_eq!(refresh_verdicts(&history((10, 12), 11, true)), [Invariant::I1Refresh]);
+    }
+
+    /// Redis, seed 9226257326717103232 (`versioned`): a forced refresh
+    /// (ticks 5..40) that loaded nothing, with negative caching off,
+    /// invalidated the key, which under `Versioned` moves its version; a
+    /// reader that looked up after the move started a second load beside
+    /// one of the older version (10..30 and 20..35, one instance). Its
+    /// invalidation explains the overlap as a write's would; without an
+    /// overlapping forced refresh (or write) the overlap is a violation.
+    #[test]
+    fn a_forced_refresh_explains_loads_overlapping_beside_it() {
+        let load = |id: usize, op: u64, start: u64, end: u64| LoadRecord {
+            id,
+            instance: 0,
+            handle: 0,
+            op,
+            background: false,
+            kind: LoadKind::Cached,
+            keys: vec![KEY],
+            start,
+            end: Some(end),
+            start_ms: start as f64,
+            end_ms: Some(end as f64),
+            read: vec![state(1, start)],
+            failed: false,
+            dropped: false,
+        };
+        let read = |id: u64, start: u64, end: u64| {
+            op(
+                id,
+                Op::Fetch(KEY),
+                start,
+                end,
+                Outcome::Read {
+                    values: vec![(KEY, Some(1))],
+                    source: Some(aside::Source::Loaded),
+                    none_is_absent: true,
+                },
+            )
+        };
+        let history = |refresh: Option<(u64, u64)>| {
+            let mut ops = vec![read(2, 8, 31), read(4, 18, 36)];
+            if let Some((start, end)) = refresh {
+                ops.push(op(
+                    6,
+                    Op::FetchForceRefresh(KEY),
+                    start,
+                    end,
+                    Outcome::Read {
+                        values: vec![(KEY, None)],
+                        source: Some(aside::Source::Loaded),
+                        none_is_absent: true,
+                    },
+                ));
+            }
+            History {
+                ops,
+                loads: vec![load(0, 2, 10, 30), load(1, 4, 20, 35)],
+                deliveries: Vec::new(),
+                journal: Vec::new(),
+                db: vec![vec![state(1, 0)]],
+                full_keys: vec!["ns:1".to_owned()],
+                origins: vec![None, None],
+            }
+        };
+        assert_eq!(load_overlaps(&history(Some((5, 40)))).violations.len(), 0);
+        assert_eq!(load_overlaps(&history(Some((5, 40)))).excused, 1);
+        assert_eq!(load_overlaps(&history(None)).violations.len(), 1);
+        // A refresh over before the earlier read began explains nothing.
+        assert_eq!(load_overlaps(&history(Some((1, 4)))).violations.len(), 1);
     }
 
     #[test]

@@ -425,6 +425,9 @@ fn build_namespace(
     if let Some(t) = c.load_timeout_ms {
         b = b.load_timeout(ms(t));
     }
+    if c.stampede_lock {
+        b = b.stampede(aside::Stampede::LockSleep);
+    }
     b.build()
 }
 
