@@ -773,6 +773,20 @@ pub(crate) fn load_overlaps(history: &History) -> Overlaps {
         })
         .collect();
     let op_start = |op: u64| history.ops.iter().find(|o| o.id == op).map_or(0, |o| o.start);
+    // A write; or a forced refresh that ran its loader, which it does
+    // before it invalidates what it could not cache (one answered from
+    // the cache or another caller's load invalidates nothing).
+    let invalidates = |o: &OpRecord| {
+        o.op.is_write()
+            || (o.op.may_invalidate()
+                && matches!(
+                    o.outcome,
+                    Outcome::Read {
+                        source: Some(aside::Source::Loaded),
+                        ..
+                    }
+                ))
+    };
     for key in keys {
         let of_key: Vec<&&LoadRecord> = loads.iter().filter(|l| l.keys.contains(&key)).collect();
         for (i, a) in of_key.iter().enumerate() {
@@ -788,7 +802,7 @@ pub(crate) fn load_overlaps(history: &History) -> Overlaps {
                 let explained = history
                     .ops
                     .iter()
-                    .any(|o| o.op.may_invalidate() && o.op.keys().contains(&key) && o.start < to && o.end > from)
+                    .any(|o| invalidates(o) && o.op.keys().contains(&key) && o.start < to && o.end > from)
                     || faults.iter().any(|s| *s > from && *s < to)
                     || abandoned
                         .iter()
@@ -1090,7 +1104,7 @@ mod tests {
                 },
             )
         };
-        let history = |refresh: Option<(u64, u64)>| {
+        let refreshed = |refresh: Option<(u64, u64)>, source: aside::Source| {
             let mut ops = vec![read(2, 8, 31), read(4, 18, 36)];
             if let Some((start, end)) = refresh {
                 ops.push(op(
@@ -1100,7 +1114,7 @@ mod tests {
                     end,
                     Outcome::Read {
                         values: vec![(KEY, None)],
-                        source: Some(aside::Source::Loaded),
+                        source: Some(source),
                         none_is_absent: true,
                     },
                 ));
@@ -1115,11 +1129,15 @@ mod tests {
                 origins: vec![None, None],
             }
         };
+        let history = |refresh| refreshed(refresh, aside::Source::Loaded);
         assert_eq!(load_overlaps(&history(Some((5, 40)))).violations.len(), 0);
         assert_eq!(load_overlaps(&history(Some((5, 40)))).excused, 1);
         assert_eq!(load_overlaps(&history(None)).violations.len(), 1);
-        // A refresh over before the earlier read began explains nothing.
+        // A refresh over before the earlier read began explains nothing,
+        // nor one that ran no loader (it invalidates nothing).
         assert_eq!(load_overlaps(&history(Some((1, 4)))).violations.len(), 1);
+        let coalesced = refreshed(Some((5, 40)), aside::Source::Coalesced);
+        assert_eq!(load_overlaps(&coalesced).violations.len(), 1);
     }
 
     #[test]

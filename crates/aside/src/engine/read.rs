@@ -310,7 +310,7 @@ impl<V: Clone + Send + Sync + 'static> NsInner<V> {
                 }
                 Stampede::LockSleep => match current.take_if(|c| !c.expired) {
                     Some(due) => self.refresh_under_lock(full, version, &mut loader, due).await?,
-                    None => self.load_under_lock(full, &mut loader).await?,
+                    None => self.load_under_lock(full, &mut loader, down).await?,
                 },
                 Stampede::Coalesce => {
                     // Versioned data is coalesced per version: a reader that
@@ -543,8 +543,10 @@ impl<V: Clone + Send + Sync + 'static> NsInner<V> {
         drop(offered_lease);
         match outcome? {
             LeaseOutcome::Granted { token, .. } => Ok(Some(self.hold(lock_key, token))),
-            // Held by another caller; a value under the lock key is a lock
-            // set by an older version of aside with `add`, held too.
+            // Held by another caller. (A lock an older aside set with `add`
+            // is a plain value, which the stores answer with an error or,
+            // the memory store, replace: during a rolling upgrade the two
+            // versions do not see each other's locks for those 5 s.)
             LeaseOutcome::Busy { .. } | LeaseOutcome::Hit(_) => Ok(None),
         }
     }
@@ -554,8 +556,10 @@ impl<V: Clone + Send + Sync + 'static> NsInner<V> {
     async fn holding_lock<T>(&self, mut lock: HeldLease, work: impl Future<Output = T>) -> T {
         let out = work.await;
         let (key, token) = lock.lease();
-        let _ = self.call(self.core.store.release(key, token)).await;
-        lock.disarm();
+        if self.call(self.core.store.release(key, token)).await.is_ok() {
+            lock.disarm();
+        }
+        // Else the guard tries once more, in the background.
         out
     }
 
@@ -564,52 +568,63 @@ impl<V: Clone + Send + Sync + 'static> NsInner<V> {
     /// store to hold the lock, loads coalesce in the process
     /// (`the_stampede_lock_coalesces_loads_while_the_store_is_down` in
     /// `tests/regressions.rs`).
-    async fn load_under_lock<F, Fut, E>(&self, full: &str, loader: &mut F) -> Shared<V>
+    async fn load_under_lock<F, Fut, E>(&self, full: &str, loader: &mut F, down: bool) -> Shared<V>
     where
         F: FnMut() -> Fut,
         Fut: Future<Output = std::result::Result<Option<V>, E>>,
         E: std::error::Error + Send + Sync + 'static,
     {
         let lock_key = crate::key::lock_key(full);
+        // Taken once: any load that began after it is fresh enough for
+        // this read, so a waiter sent round again takes the next load
+        // instead of each waiter loading in turn.
+        let began = self.next_seq();
+        let mut down = down;
         loop {
-            let settled_at = self.next_seq();
-            if let Cached::Hit(value, expires_at_ms) = self.read_cached(full).await {
-                return Ok(Settled {
-                    value,
-                    source: Source::Coalesced,
-                    settled_at,
-                    expires_at_ms,
-                    filled: false,
-                });
-            }
-            match self.take_lock(&lock_key).await {
-                Ok(None) => tokio::time::sleep(LOCK_RETRY).await,
-                Ok(Some(lock)) => {
-                    let no_tag = AtomicU64::new(0);
-                    let load = self.load_missing(full, None, loader, &no_tag, None, false);
-                    return self.holding_lock(lock, load).await;
-                }
-                Err(_) => {
-                    // No lock can be taken while the store is down or
-                    // skipped by the breaker. Every caller loading would be
-                    // the stampede the lock is there to stop, in the very
-                    // outage that leaves the database alone: loads of the
-                    // key coalesce in this process instead, as under
-                    // `Stampede::Coalesce`. A waiter takes only a load that
-                    // began after its own read, as there.
-                    let load = &mut *loader;
-                    let (shared, role) = self
-                        .flight
-                        .run_tagged(full, |_| true, |_| self.load_uncached(load, &None))
-                        .await;
-                    match role {
-                        Role::Leader => return shared,
-                        Role::Waiter => match self.as_waiter(shared?, settled_at) {
-                            Some(settled) => return Ok(settled),
-                            None => continue,
-                        },
+            if !down {
+                match self.read_cached(full).await {
+                    Cached::Hit(value, expires_at_ms) => {
+                        return Ok(Settled {
+                            value,
+                            source: Source::Coalesced,
+                            settled_at: began,
+                            expires_at_ms,
+                            filled: false,
+                        });
                     }
+                    Cached::Down => down = true,
+                    Cached::Miss { .. } => match self.take_lock(&lock_key).await {
+                        Ok(None) => {
+                            tokio::time::sleep(LOCK_RETRY).await;
+                            continue;
+                        }
+                        Ok(Some(lock)) => {
+                            let no_tag = AtomicU64::new(0);
+                            let load = self.load_missing(full, None, loader, &no_tag, None, false);
+                            return self.holding_lock(lock, load).await;
+                        }
+                        Err(_) => down = true,
+                    },
                 }
+            }
+            // No lock can be taken while the store is down or skipped by
+            // the breaker, and the store is not asked again for this read.
+            // Every caller loading would be the stampede the lock is there
+            // to stop, in the very outage that leaves the database alone:
+            // loads of the key go through this process's single-flight
+            // instead, as under `Stampede::Coalesce`, one at a time, and a
+            // waiter takes the first that began after its read.
+            let load = &mut *loader;
+            let (shared, role) = self
+                .flight
+                .run_tagged(full, |_| true, |_| self.load_uncached(load, &None))
+                .await;
+            match role {
+                Role::Leader => return shared,
+                Role::Waiter => match self.as_waiter(shared?, began) {
+                    Some(settled) => return Ok(settled),
+                    None => continue,
+                },
             }
         }
     }

@@ -97,8 +97,10 @@ pub enum Stampede {
     /// against, not a recommendation. The lock is a lease on the lock key
     /// rather than the article's `SET NX` and `DEL`, so that only its
     /// holder gives it back, and a holder cancelled mid-load gives it back
-    /// at once (`the_stampede_lock_is_given_back_by_its_holder_alone` in
-    /// `tests/regressions.rs`).
+    /// from a guard, in the background, rather than leave it for its TTL
+    /// (`the_stampede_lock_is_given_back_by_its_holder_alone` in
+    /// `tests/regressions.rs`). With the store unreachable, loads go
+    /// through the process's single-flight instead.
     LockSleep,
     /// Single-flight in the process, plus the lease across processes with
     /// [`Strategy::Lease`] (the default).
