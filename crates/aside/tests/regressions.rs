@@ -1662,9 +1662,12 @@ async fn the_stampede_lock_is_given_back_by_its_holder_alone() {
     assert!(!lock_held().await, "the second holder gave its lock back");
 }
 
-/// A `LockSleep` namespace of users (`strategy`) in a patient `Aside`
+/// A namespace of users (`strategy`, `stampede`) in a patient `Aside`
 /// whose breaker stays closed, over a memory store behind hooks.
-fn locked_over_hooks(strategy: Strategy) -> (MemoryStore, Arc<common::Hooks>, Namespace<u64, User>) {
+fn over_hooks(
+    strategy: Strategy,
+    stampede: aside::Stampede,
+) -> (MemoryStore, Arc<common::Hooks>, Namespace<u64, User>) {
     let memory = MemoryStore::new();
     let store = Instrumented::new(memory.clone(), Arc::new(AtomicUsize::new(0)));
     let hooks = store.hooks.clone();
@@ -1675,10 +1678,72 @@ fn locked_over_hooks(strategy: Strategy) -> (MemoryStore, Arc<common::Hooks>, Na
     let ns = aside
         .namespace::<u64, User>("user")
         .strategy(strategy)
-        .stampede(aside::Stampede::LockSleep)
+        .stampede(stampede)
         .build()
         .unwrap();
     (memory, hooks, ns)
+}
+
+/// The lookups a read makes first, by strategy.
+const READS: [&str; 3] = ["get", "peek_entry", "peek_fresh"];
+
+/// Eight readers of one key while the store cannot serve them: the whole
+/// store down (`whole_store`), or only the stampede lock out of reach.
+/// Returns the most loads that ran at once, the loads, and the store calls
+/// each reader made last before it loaded or joined a load (its first
+/// lookups, or its lock's `lookup_or_lease`, the only one of that name).
+/// On a current-thread runtime a reader that made that call has joined or
+/// started a load before the test runs again, so the loads are let go
+/// only once every reader has.
+async fn readers_while_the_store_is_down(
+    strategy: Strategy,
+    stampede: aside::Stampede,
+    whole_store: bool,
+) -> (usize, u64, usize) {
+    const READERS: usize = 8;
+    let (_, hooks, ns) = over_hooks(strategy, stampede);
+    hooks.fail("lookup_or_lease");
+    if whole_store {
+        READS.iter().chain(&["incr"]).for_each(|op| hooks.fail(op));
+    }
+    let last_calls = || {
+        if whole_store {
+            READS.iter().map(|op| hooks.calls_of(op)).sum::<usize>()
+        } else {
+            hooks.calls_of("lookup_or_lease")
+        }
+    };
+    let db = Db::with_users(1);
+    let gate = Arc::new(tokio::sync::Semaphore::new(0));
+    let (loading, most) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let readers: Vec<_> = (0..READERS)
+        .map(|_| {
+            let (ns, db, gate, loading, most) = (ns.clone(), db.clone(), gate.clone(), loading.clone(), most.clone());
+            tokio::spawn(async move {
+                ns.get_or_load(&1, move || {
+                    let (db, gate, loading, most) = (db.clone(), gate.clone(), loading.clone(), most.clone());
+                    async move {
+                        most.fetch_max(loading.fetch_add(1, Ordering::SeqCst) + 1, Ordering::SeqCst);
+                        let _pass = gate.acquire().await.unwrap();
+                        // A load takes time: others may come meanwhile.
+                        tokio::task::yield_now().await;
+                        loading.fetch_sub(1, Ordering::SeqCst);
+                        db.get(1).await
+                    }
+                })
+                .await
+            })
+        })
+        .collect();
+    eventually("every reader made its last store call", common::PATIENT, || async {
+        last_calls() >= READERS
+    })
+    .await;
+    gate.add_permits(tokio::sync::Semaphore::MAX_PERMITS);
+    for reader in readers {
+        assert_eq!(reader.await.unwrap().unwrap(), Some(User::new(1, 0)));
+    }
+    (most.load(Ordering::SeqCst), db.queries(), last_calls())
 }
 
 /// Found by the history checker once its programs drew the stampede lock
@@ -1692,72 +1757,33 @@ fn locked_over_hooks(strategy: Strategy) -> (MemoryStore, Arc<common::Hooks>, Na
 /// first load that began after its read began (two loads for eight readers
 /// whose reads all began before the first load ended). Two ways in: only
 /// the lock cannot be taken, or the whole store is down (then the read
-/// does not try the lock at all). On a current-thread runtime a reader
-/// that made its last store call has joined or started a load before the
-/// test runs again, so the loads are let go only once every reader has.
+/// does not try the lock at all, and asks the store nothing more).
 #[tokio::test(flavor = "current_thread")]
 async fn the_stampede_lock_coalesces_loads_while_the_store_is_down() {
-    const READERS: usize = 8;
-    const READS: [&str; 3] = ["get", "peek_entry", "peek_fresh"];
     for strategy in [Strategy::Lease, Strategy::Delete, Strategy::Versioned] {
         for whole_store in [false, true] {
             let case = format!("{strategy:?}, whole store down: {whole_store}");
-            let (_, hooks, ns) = locked_over_hooks(strategy);
-            // Each reader's last store call before it loads or joins a
-            // load: the lock's `lookup_or_lease` (the only one of that
-            // name), or with the store down its first lookup.
-            hooks.fail("lookup_or_lease");
-            if whole_store {
-                READS.iter().chain(&["incr"]).for_each(|op| hooks.fail(op));
-            }
-            let last_calls = || {
-                if whole_store {
-                    READS.iter().map(|op| hooks.calls_of(op)).sum::<usize>()
-                } else {
-                    hooks.calls_of("lookup_or_lease")
-                }
-            };
-            let db = Db::with_users(1);
-            let gate = Arc::new(tokio::sync::Semaphore::new(0));
-            let (loading, most) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
-            let readers: Vec<_> = (0..READERS)
-                .map(|_| {
-                    let (ns, db, gate, loading, most) =
-                        (ns.clone(), db.clone(), gate.clone(), loading.clone(), most.clone());
-                    tokio::spawn(async move {
-                        ns.get_or_load(&1, move || {
-                            let (db, gate, loading, most) = (db.clone(), gate.clone(), loading.clone(), most.clone());
-                            async move {
-                                most.fetch_max(loading.fetch_add(1, Ordering::SeqCst) + 1, Ordering::SeqCst);
-                                let _pass = gate.acquire().await.unwrap();
-                                // A load takes time: others may come meanwhile.
-                                tokio::task::yield_now().await;
-                                loading.fetch_sub(1, Ordering::SeqCst);
-                                db.get(1).await
-                            }
-                        })
-                        .await
-                    })
-                })
-                .collect();
-            eventually("every reader made its last store call", common::PATIENT, || async {
-                last_calls() >= READERS
-            })
-            .await;
-            gate.add_permits(tokio::sync::Semaphore::MAX_PERMITS);
-            for reader in readers {
-                assert_eq!(reader.await.unwrap().unwrap(), Some(User::new(1, 0)), "{case}");
-            }
-            assert_eq!(most.load(Ordering::SeqCst), 1, "{case}: loads of one key overlapped");
-            assert_eq!(db.queries(), 2, "{case}: loads for {READERS} readers");
-            // Once a read found the store down, or the lock out of reach,
-            // it asks the store nothing more.
-            assert_eq!(
-                last_calls(),
-                READERS,
-                "{case}: store calls after the store was found down"
-            );
+            let (most, loads, calls) =
+                readers_while_the_store_is_down(strategy, aside::Stampede::LockSleep, whole_store).await;
+            assert_eq!(most, 1, "{case}: loads of one key overlapped");
+            assert_eq!(loads, 2, "{case}: loads for 8 readers");
+            assert_eq!(calls, 8, "{case}: store calls after the store was found down");
         }
+    }
+}
+
+/// Found in review: under single-flight (the default), with the store down,
+/// a waiter took a load only if it began after the waiter's latest look,
+/// taken afresh each time round, so every waiter rejected the load it had
+/// waited for, and readers of a key loaded one after another, each waiting
+/// for all the loads before its own: eight loads in turn for eight
+/// readers. A waiter now takes the first load that began after its read.
+#[tokio::test(flavor = "current_thread")]
+async fn loads_while_the_store_is_down_take_no_turns_under_single_flight() {
+    for strategy in [Strategy::Lease, Strategy::Delete, Strategy::Versioned] {
+        let (most, loads, _) = readers_while_the_store_is_down(strategy, aside::Stampede::Coalesce, true).await;
+        assert_eq!(most, 1, "{strategy:?}: loads of one key overlapped");
+        assert_eq!(loads, 2, "{strategy:?}: loads for 8 readers");
     }
 }
 
@@ -1767,7 +1793,7 @@ async fn the_stampede_lock_coalesces_loads_while_the_store_is_down() {
 /// runs only once this test yields, after it has healed the store.
 #[tokio::test(flavor = "current_thread")]
 async fn a_stampede_lock_whose_release_failed_is_given_back_by_its_guard() {
-    let (memory, hooks, ns) = locked_over_hooks(Strategy::Delete);
+    let (memory, hooks, ns) = over_hooks(Strategy::Delete, aside::Stampede::LockSleep);
     let db = Db::with_users(1);
     hooks.fail("release");
     assert_eq!(read(&ns, &db, 1).await, Some(User::new(1, 0)));

@@ -253,6 +253,7 @@ impl<V: Clone + Send + Sync + 'static> NsInner<V> {
     {
         let mut first_look = true;
         let mut first = Some(first);
+        let mut began_at = None;
         loop {
             let looked = match first.take() {
                 Some(looked) => looked,
@@ -295,9 +296,15 @@ impl<V: Clone + Send + Sync + 'static> NsInner<V> {
                 };
                 return Ok((fetched, current.expires_at_ms));
             }
-            // Taken after the lookup, so hits pay no shared atomic; a later
-            // `began` only makes a waiter more careful about what it takes.
-            let began = self.next_seq();
+            // Taken after the first lookup, so hits pay no shared atomic (a
+            // later `began` only makes a waiter more careful about what it
+            // takes); and once, so that a waiter sent round again takes the
+            // next load that began after its read. Taken afresh each round,
+            // it made every waiter reject every load already running: with
+            // the store down, readers of a key loaded one after another,
+            // each waiting for all the loads before its own
+            // (`loads_while_the_store_is_down_take_no_turns_under_single_flight`).
+            let began = *began_at.get_or_insert_with(|| self.next_seq());
             if first_look {
                 let refresh_only = current.as_ref().is_some_and(|c| !c.expired);
                 self.record(if refresh_only { Event::Hit } else { Event::Miss });
