@@ -3,7 +3,7 @@
 //! Owns the stampede's runs, results and table: `clients` readers released
 //! together (a barrier, not a sleep) ask for a key that is not cached while
 //! the loader takes `db-read-delay-ms`. Modes: `none` (every miss loads),
-//! `lock-sleep` (the article's `SET NX EX 5` lock with 100 ms sleeps) and
+//! `lock-sleep` (the article's 5 s lock with 100 ms sleeps) and
 //! `aside` (single-flight and a lease). The readers run in this process
 //! ([`readers`]), or with `--processes N` in N worker processes sharing the
 //! store ([`workers`]), whose queries and latencies are merged: there a

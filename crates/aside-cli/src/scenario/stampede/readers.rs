@@ -24,7 +24,7 @@ pub const MODES: [&str; 3] = ["none", "lock-sleep", "aside"];
 const HOT_KEY: u64 = 1;
 
 /// The namespace the readers of `mode` read through on `cache`: `none`
-/// (every miss loads), `lock-sleep` (the article's `SET NX EX 5` lock with
+/// (every miss loads), `lock-sleep` (the article's 5 s lock with
 /// 100 ms sleeps) or `aside` (single-flight and a lease).
 ///
 /// # Errors
