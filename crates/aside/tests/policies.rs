@@ -501,3 +501,23 @@ async fn racing_readers_of_a_due_value_never_wait_for_its_refresh() {
         readers_of_a_due_value(&ns, round, 16).await;
     }
 }
+
+/// Under the stampede lock, a `Versioned` value is cached: the lock's
+/// holder was given no version to cache its load under, so nothing was
+/// cached and every read loaded (noted by the review of pass six).
+#[tokio::test]
+async fn the_stampede_lock_caches_a_versioned_value() {
+    let aside = common::patient_builder().build();
+    let ns = aside
+        .namespace::<u64, String>("versioned")
+        .strategy(Strategy::Versioned)
+        .stampede(Stampede::LockSleep)
+        .build()
+        .unwrap();
+    let calls = Arc::new(AtomicUsize::new(0));
+    let first = ns.fetch(&1, counting_loader(&calls, Ok(Some("v1")))).await.unwrap();
+    let second = ns.fetch(&1, counting_loader(&calls, Ok(Some("v1")))).await.unwrap();
+    assert_eq!((first.source, second.source), (Source::Loaded, Source::Hit));
+    assert_eq!(second.value.as_deref(), Some("v1"));
+    assert_eq!(calls.load(Ordering::SeqCst), 1, "one load");
+}

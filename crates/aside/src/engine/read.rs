@@ -600,14 +600,17 @@ impl<V: Clone + Send + Sync + 'static> NsInner<V> {
                         });
                     }
                     Cached::Down => down = true,
-                    Cached::Miss { .. } => match self.take_lock(&lock_key).await {
+                    // The version the lookup saw goes to the load: a
+                    // `Versioned` value is cached under it (without it, the
+                    // holder's value was never cached).
+                    Cached::Miss { version, .. } => match self.take_lock(&lock_key).await {
                         Ok(None) => {
                             tokio::time::sleep(LOCK_RETRY).await;
                             continue;
                         }
                         Ok(Some(lock)) => {
                             let no_tag = AtomicU64::new(0);
-                            let load = self.load_missing(full, None, loader, &no_tag, None, false);
+                            let load = self.load_missing(full, version, loader, &no_tag, None, false);
                             return self.holding_lock(lock, load).await;
                         }
                         Err(_) => down = true,
