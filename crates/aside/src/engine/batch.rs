@@ -365,12 +365,8 @@ impl<V: Clone + Send + Sync + 'static> NsInner<V> {
                 }
             }
         }
-        if !sets.is_empty() && self.call(store.set_many(sets)).await.is_err() {
-            for (i, filled) in outcome.iter_mut().enumerate() {
-                if to_load[i] && !lease_mode {
-                    *filled = FillOutcome::Refused;
-                }
-            }
+        if !sets.is_empty() {
+            let _ = self.call(store.set_many(sets)).await;
         }
         held.iter_mut().for_each(HeldLease::disarm);
         for (i, Led { key, leader, .. }) in led.into_iter().enumerate() {
@@ -398,7 +394,8 @@ impl<V: Clone + Send + Sync + 'static> NsInner<V> {
                 source: Source::Loaded,
                 settled_at,
                 expires_at_ms: None,
-                filled: outcome[i] == FillOutcome::Stored,
+                // An unconditional `set` is not known to have landed.
+                filled: lease_mode && outcome[i] == FillOutcome::Stored,
             }));
             found.insert(key, value, None);
         }

@@ -538,16 +538,10 @@ impl<V: Clone + Send + Sync + 'static> NsInner<V> {
     /// of leaving every reader of the key asleep until the TTL ran out.
     /// It also needs no plain values, so it works on a lease-only store.
     async fn take_lock(&self, lock_key: &str) -> Result<Option<HeldLease>> {
-        let offered = LeaseToken::random();
-        // As in `load_with_lease`: a lost reply may hide a granted lease.
-        let mut offered_lease = self.hold(lock_key, offered);
+        let store = &self.core.store;
         let outcome = self
-            .call(self.core.store.lookup_or_lease(lock_key, offered, LOCK_TTL))
+            .offering_lease(lock_key, |offered| store.lookup_or_lease(lock_key, offered, LOCK_TTL))
             .await;
-        if outcome.is_ok() {
-            offered_lease.disarm();
-        }
-        drop(offered_lease);
         match outcome? {
             LeaseOutcome::Granted { token, .. } => Ok(Some(self.hold(lock_key, token))),
             // Held by another caller. (A lock an older aside set with `add`
@@ -653,20 +647,13 @@ impl<V: Clone + Send + Sync + 'static> NsInner<V> {
         let mut dropped_expired = false;
         loop {
             let settled_at = self.next_seq();
-            let offered = LeaseToken::random();
-            // Held from before the call: if its reply is lost to the timeout,
-            // or this caller is cancelled during it, the store may have
-            // granted the offered lease, and nobody else would release it.
-            let mut offered_lease = self.hold(full, offered);
             // Armed before the lookup, so a lease that ends between a busy
             // answer and the wait below still wakes this reader.
             let fill_watch = store.watch_fill(full);
-            let outcome = self.call(store.lookup_or_lease(full, offered, self.lease_ttl)).await;
+            let outcome = self
+                .offering_lease(full, |offered| store.lookup_or_lease(full, offered, self.lease_ttl))
+                .await;
             let fill_watch = fill_watch.filter(|_| matches!(outcome, Ok(LeaseOutcome::Busy { .. })));
-            if outcome.is_ok() {
-                offered_lease.disarm();
-            }
-            drop(offered_lease);
             match outcome {
                 Ok(LeaseOutcome::Hit(bytes)) => {
                     if let Some(entry) = self.decode_hit(full, &bytes).await {
@@ -815,6 +802,24 @@ impl<V: Clone + Send + Sync + 'static> NsInner<V> {
     /// for themselves after the lease wait meanwhile).
     pub(crate) fn renewal_bound(&self) -> Duration {
         self.load_timeout.unwrap_or(UNTIMED_LOADER_RENEWAL).max(self.lease_wait)
+    }
+
+    /// Calls `ask` with a token it offers the store for `key`'s lease,
+    /// held from before the call: if the reply is lost to the timeout, or
+    /// this caller is cancelled during the call, the store may have granted
+    /// the offered lease, and nobody else would release it. A store that
+    /// mints its own tokens (memcached) returns the one it granted.
+    pub(crate) async fn offering_lease<T, Fut>(&self, key: &str, ask: impl FnOnce(LeaseToken) -> Fut) -> Result<T>
+    where
+        Fut: Future<Output = crate::store::StoreResult<T>>,
+    {
+        let offered = LeaseToken::random();
+        let mut offered_lease = self.hold(key, offered);
+        let outcome = self.call(ask(offered)).await;
+        if outcome.is_ok() {
+            offered_lease.disarm();
+        }
+        outcome
     }
 
     /// A guard that releases `token`'s lease if this caller is cancelled

@@ -189,14 +189,9 @@ impl<V: Clone + Send + Sync + 'static> NsInner<V> {
         E: std::error::Error + Send + Sync + 'static,
     {
         let store = &self.core.store;
-        let offered = LeaseToken::random();
-        // As in `load_with_lease`: a lost reply may hide a granted lease.
-        let mut offered_lease = self.hold(full, offered);
-        let granted = self.call(store.lease_for_refresh(full, offered, self.lease_ttl)).await;
-        if granted.is_ok() {
-            offered_lease.disarm();
-        }
-        drop(offered_lease);
+        let granted = self
+            .offering_lease(full, |offered| store.lease_for_refresh(full, offered, self.lease_ttl))
+            .await;
         match granted {
             Ok(Some(token)) => {
                 held.store(token.0, Ordering::Release);

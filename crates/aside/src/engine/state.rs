@@ -58,8 +58,9 @@ pub(crate) struct Settled<V> {
     /// life is at least the namespace's shortest TTL.
     pub(crate) expires_at_ms: Option<u64>,
     /// This caller's own fill or `set` of the value landed in the store.
-    /// False when it was refused, failed or never made, and for a value
-    /// that came from the store or another caller. A forced refresh that
+    /// False when it was refused, failed or never made, when not known (a
+    /// batch's `set_many`), and for a value that came from the store or
+    /// another caller. A forced refresh that
     /// loaded a value it could not fill invalidates the key
     /// (`NsInner::fetch_refreshed`).
     pub(crate) filled: bool,
