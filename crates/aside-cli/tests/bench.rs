@@ -156,13 +156,20 @@ fn outage_reads_skip_the_blackholed_store_once_the_breaker_opens() {
     assert_eq!(report["op_timeout_ms"], 250);
     let results = report["results"].as_array().expect("results");
     assert_eq!(results.len(), 2, "one row per concurrency: {report}");
-    for (row, concurrency) in results.iter().zip([1, 4]) {
+    for (row, concurrency) in results.iter().zip([1u64, 4]) {
         assert_eq!(row["concurrency"], concurrency);
         assert_eq!(row["rounds"], 2);
         assert_eq!(row["store_calls_while_open"], 0, "a read reached the store: {row}");
         let reads = row["reads"].as_u64().expect("reads");
         assert_eq!(reads, 2 * 300, "{row}");
-        assert_eq!(row["db_queries"], reads, "every read went to the database: {row}");
+        // Every read is answered by the database: its own load, or one it
+        // shared with the concurrent readers of its key (since 371cec6,
+        // waiters take a load that began after their read, store down or not).
+        let queries = row["db_queries"].as_u64().expect("db_queries");
+        assert!(
+            queries <= reads && queries * concurrency >= reads,
+            "every read went to the database, by a load shared by at most {concurrency} readers: {row}"
+        );
         for field in ["db_p50_us", "db_p99_us", "aside_p50_us", "aside_p99_us"] {
             assert!(row[field].as_f64().expect(field) > 0.0, "{field}: {row}");
         }

@@ -24,7 +24,9 @@
 //! `tests/bench.rs`) to check: how many reads of the measured passes
 //! reached the store (`store_calls_while_open`, counted as store errors
 //! and slow calls: 0 when the breaker kept every read off it) and how many
-//! database queries they made (`db_queries`, equal to `reads`). A breaker
+//! database queries they made (`db_queries`: at most `reads`, fewer when
+//! concurrent readers of one key shared a load, at least `reads` over the
+//! concurrency). A breaker
 //! that closed during the passes fails the run.
 
 use std::sync::Arc;
@@ -72,7 +74,8 @@ pub struct OutageResult {
     /// Store calls made (and failed or timed out) during the measured
     /// aside passes: 0 when the open breaker kept every read off the store.
     pub store_calls_while_open: u64,
-    /// Database queries during the measured aside passes (equal to the reads).
+    /// Database queries during the measured aside passes: at most the
+    /// reads, fewer when concurrent readers of a key shared a load.
     pub db_queries: u64,
     /// Reads in the measured aside passes.
     pub reads: u64,
