@@ -110,3 +110,89 @@ async fn a_writer_without_an_l1_evicts_its_peers_l1() {
         .unwrap();
     assert_eq!(after, Some(2), "the peer's L1 kept the value the writer invalidated");
 }
+
+/// The Ttl finding of docs/HISTORY.md (seed 10219504313322879561): a value
+/// just loaded went into the L1 for its whole TTL counted from the insert,
+/// so a store write that hung between the load and the insert extended its
+/// life by that write's time. Its L1 copy is now bounded by the TTL from
+/// the load's end, on every path that loads: a single read under `Lease`
+/// (the write is a `fill`) and under `Delete` and `Versioned` (a `set`),
+/// and a batch (`fill_many`, `set_many`). Each write is held 300 ms; a read
+/// 450 ms after the load (TTL 400 ms) must not be an L1 hit (without the
+/// bound the copy lived until 700 ms).
+#[tokio::test]
+async fn an_l1_copy_of_a_load_lives_its_ttl_from_the_load_not_the_insert() {
+    use aside::Strategy;
+    const TTL: Duration = Duration::from_millis(400);
+    const WRITE_HELD: Duration = Duration::from_millis(300);
+    const READ_AT: Duration = Duration::from_millis(450);
+    let mut late = Vec::new();
+    let cases = [
+        (Strategy::Lease, false, "fill"),
+        (Strategy::Delete, false, "set"),
+        (Strategy::Versioned, false, "set"),
+        (Strategy::Lease, true, "fill_many"),
+        (Strategy::Delete, true, "set_many"),
+    ];
+    for (strategy, batch, write) in cases {
+        let store = Instrumented::new(MemoryStore::new(), Arc::new(AtomicUsize::new(0)));
+        let hooks = store.hooks.clone();
+        let aside = common::patient_builder().store(store).build();
+        let users = aside
+            .namespace::<u64, User>("user")
+            .strategy(strategy)
+            .ttl(TTL)
+            .jitter(0.0)
+            .l1(1_000, TTL)
+            .build()
+            .unwrap();
+        let loaded_at = Arc::new(std::sync::Mutex::new(None));
+        let held = hooks.pause_next(write);
+        let reader = {
+            let (users, loaded_at) = (users.clone(), loaded_at.clone());
+            tokio::spawn(async move {
+                if batch {
+                    let loaded = users
+                        .get_many_or_load(&[1], |keys: Vec<u64>| {
+                            let loaded_at = loaded_at.clone();
+                            async move {
+                                *loaded_at.lock().unwrap() = Some(std::time::Instant::now());
+                                Ok::<_, common::DbDown>(keys.into_iter().map(|k| (k, User::new(k, 0))).collect())
+                            }
+                        })
+                        .await
+                        .unwrap();
+                    assert_eq!(loaded.get(&1), Some(&User::new(1, 0)));
+                } else {
+                    let f = users
+                        .fetch(&1, || async {
+                            *loaded_at.lock().unwrap() = Some(std::time::Instant::now());
+                            Ok::<_, common::DbDown>(Some(User::new(1, 0)))
+                        })
+                        .await
+                        .unwrap();
+                    assert_eq!(f.source, Source::Loaded);
+                }
+            })
+        };
+        held.reached.notified().await;
+        tokio::time::sleep(WRITE_HELD).await;
+        held.release();
+        reader.await.unwrap();
+        let loaded_at = loaded_at.lock().unwrap().expect("the loader ran");
+        tokio::time::sleep(READ_AT.saturating_sub(loaded_at.elapsed())).await;
+        let l1_hits = aside.stats().l1_hits;
+        let f = users
+            .fetch(&1, || async { Ok::<_, common::DbDown>(Some(User::new(1, 1))) })
+            .await
+            .unwrap();
+        assert!(f.value.is_some());
+        if aside.stats().l1_hits != l1_hits {
+            late.push(format!("{strategy:?} (batch: {batch}) after {:?}", loaded_at.elapsed()));
+        }
+    }
+    assert!(
+        late.is_empty(),
+        "the L1 served copies past their TTL of {TTL:?} from the load: {late:?}"
+    );
+}

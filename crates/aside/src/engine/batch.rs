@@ -297,6 +297,8 @@ impl<V: Clone + Send + Sync + 'static> NsInner<V> {
             }
         };
         let took = started.elapsed() / u32::try_from(loaded.len().max(1)).unwrap_or(u32::MAX);
+        // Stamped before the store is written, as on the single-key path.
+        let (found_expiry, absent_expiry) = (self.loaded_expiry(true), self.loaded_expiry(false));
         let fill_began = self.read_seq.fetch_add(1, Ordering::SeqCst);
         let mut fills = Vec::new();
         let mut sets = Vec::new();
@@ -389,15 +391,16 @@ impl<V: Clone + Send + Sync + 'static> NsInner<V> {
             } else {
                 load_began
             };
+            let expires_at_ms = if value.is_some() { found_expiry } else { absent_expiry };
             leader.publish(Ok(Settled {
                 value: value.clone(),
                 source: Source::Loaded,
                 settled_at,
-                expires_at_ms: None,
+                expires_at_ms,
                 // An unconditional `set` is not known to have landed.
                 filled: lease_mode && outcome[i] == FillOutcome::Stored,
             }));
-            found.insert(key, value, None);
+            found.insert(key, value, expires_at_ms);
         }
         Ok(())
     }

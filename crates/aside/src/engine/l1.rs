@@ -237,6 +237,20 @@ impl<V: Clone + Send + Sync + 'static> NsInner<V> {
         l1.install(full, value, epoch, life);
     }
 
+    /// When (Unix ms) an L1 copy of a value loaded just now must be gone:
+    /// [`NsInner::shortest_life`] from now. Called as the load ends, before
+    /// the store is written, so that a slow write (a store call that hangs
+    /// until its bound) does not add its time to the copy's life: bounded
+    /// from the insert, the copy outlived the load's TTL by that call
+    /// (docs/HISTORY.md, the Ttl finding on seed 10219504313322879561;
+    /// `tests/l1.rs` `an_l1_copy_of_a_load_lives_its_ttl_from_the_load_not_the_insert`).
+    /// `None` without an L1, which is the only reader of it.
+    pub(crate) fn loaded_expiry(&self, found: bool) -> Option<u64> {
+        self.l1.as_ref()?;
+        let life = u64::try_from(self.shortest_life(found).as_millis()).unwrap_or(u64::MAX);
+        Some(crate::envelope::unix_ms().saturating_add(life))
+    }
+
     /// The least logical life a value just loaded is stored with: the TTL
     /// less its jitter, or the negative TTL of a tombstone.
     fn shortest_life(&self, found: bool) -> Duration {

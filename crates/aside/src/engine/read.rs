@@ -425,10 +425,10 @@ impl<V: Clone + Send + Sync + 'static> NsInner<V> {
         let settled_at = self.next_seq();
         match self.run_loader(loader).await {
             Ok((value, _)) => Ok(Settled {
+                expires_at_ms: self.loaded_expiry(value.is_some()),
                 value,
                 source: Source::Loaded,
                 settled_at,
-                expires_at_ms: None,
                 filled: false,
             }),
             Err(e) => self.fall_back(current).ok_or(e),
@@ -456,6 +456,7 @@ impl<V: Clone + Send + Sync + 'static> NsInner<V> {
                 return Ok(served);
             }
         };
+        let expires_at_ms = self.loaded_expiry(value.is_some());
         let filled = match self.encode(value.as_ref(), took) {
             Ok(Some((bytes, ttl))) => self.call(self.core.store.set(key, bytes, ttl)).await.is_ok(),
             _ => false,
@@ -464,7 +465,7 @@ impl<V: Clone + Send + Sync + 'static> NsInner<V> {
             value,
             source: Source::Loaded,
             settled_at,
-            expires_at_ms: None,
+            expires_at_ms,
             filled,
         })
     }
@@ -763,12 +764,13 @@ impl<V: Clone + Send + Sync + 'static> NsInner<V> {
         load_began: u64,
     ) -> Settled<V> {
         let store = &self.core.store;
+        let expires_at_ms = self.loaded_expiry(value.is_some());
         let encoded = self.encode(value.as_ref(), took).ok().flatten();
         let loaded = |settled_at, filled| Settled {
             value,
             source: Source::Loaded,
             settled_at,
-            expires_at_ms: None,
+            expires_at_ms,
             filled,
         };
         let Some((bytes, ttl)) = encoded else {

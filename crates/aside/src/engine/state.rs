@@ -53,9 +53,11 @@ pub(crate) struct Settled<V> {
     /// load that settled the value. A caller whose read began later may have
     /// begun after an invalidation the value predates, so it must not take it.
     pub(crate) settled_at: u64,
-    /// The value's logical expiry (Unix ms) when it came from a stored
-    /// entry whose header says so; `None` for a value just loaded, whose
-    /// life is at least the namespace's shortest TTL.
+    /// When (Unix ms) an L1 copy of the value must be gone: the stored
+    /// entry's logical expiry when its header has one; for a value just
+    /// loaded, its shortest TTL from the load's end
+    /// ([`NsInner::loaded_expiry`]). `None` otherwise (the L1 then counts
+    /// the shortest TTL from its insert), and always without an L1.
     pub(crate) expires_at_ms: Option<u64>,
     /// This caller's own fill or `set` of the value landed in the store.
     /// False when it was refused, failed or never made, when not known (a
