@@ -965,6 +965,12 @@ impl Store for FaultStore {
         self.inner().get_shared(key, decode)
     }
 
+    fn adopt_decoded(&self, key: &str, bytes: &Bytes, decode: Decoder<'_>) {
+        if self.shared_reads {
+            self.inner().adopt_decoded(key, bytes, decode);
+        }
+    }
+
     async fn get(&self, key: &str) -> StoreResult<Option<Bytes>> {
         self.run("get", key, |s| async move { s.get(key).await }).await
     }

@@ -225,7 +225,10 @@ pub struct Stats {
     /// Queued invalidations dropped (queue full, or not replayed within
     /// [`crate::Aside::shutdown`]'s bound).
     pub invalidations_dropped: u64,
-    /// Reads answered by an L1 (included in `hits`).
+    /// Reads answered by an L1. Those of reads that may load (`fetch`,
+    /// `get_or_load`, `get_many_or_load`, ...) count in `hits` too; a
+    /// cache-only read (`peek`, `get` without a loader) counts no hit or
+    /// miss, and its L1 hits only here.
     pub l1_hits: u64,
     /// Invalidations waiting in the queue now.
     pub invalidations_pending: u64,

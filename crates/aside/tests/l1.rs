@@ -117,16 +117,14 @@ async fn a_writer_without_an_l1_evicts_its_peers_l1() {
 /// life by that write's time. Its L1 copy is now bounded by the TTL from
 /// the load's end, on every path that loads: a single read under `Lease`
 /// (the write is a `fill`) and under `Delete` and `Versioned` (a `set`),
-/// and a batch (`fill_many`, `set_many`). Each write is held 300 ms; a read
-/// 450 ms after the load (TTL 400 ms) must not be an L1 hit (without the
-/// bound the copy lived until 700 ms).
+/// and a batch (`fill_many`, `set_many`). Each write is held 300 ms; the
+/// copy must serve a read before 550 ms from the load (TTL 600 ms) and not
+/// a read 750 ms after it (without the bound it lived until 900 ms).
+/// A case whose reads a busy machine delayed past those windows proves
+/// nothing either way, and runs again (at most 3 times).
 #[tokio::test]
 async fn an_l1_copy_of_a_load_lives_its_ttl_from_the_load_not_the_insert() {
     use aside::Strategy;
-    const TTL: Duration = Duration::from_millis(400);
-    const WRITE_HELD: Duration = Duration::from_millis(300);
-    const READ_AT: Duration = Duration::from_millis(450);
-    let mut late = Vec::new();
     let cases = [
         (Strategy::Lease, false, "fill"),
         (Strategy::Delete, false, "set"),
@@ -134,65 +132,105 @@ async fn an_l1_copy_of_a_load_lives_its_ttl_from_the_load_not_the_insert() {
         (Strategy::Lease, true, "fill_many"),
         (Strategy::Delete, true, "set_many"),
     ];
+    let mut failures = Vec::new();
     for (strategy, batch, write) in cases {
-        let store = Instrumented::new(MemoryStore::new(), Arc::new(AtomicUsize::new(0)));
-        let hooks = store.hooks.clone();
-        let aside = common::patient_builder().store(store).build();
-        let users = aside
-            .namespace::<u64, User>("user")
-            .strategy(strategy)
-            .ttl(TTL)
-            .jitter(0.0)
-            .l1(1_000, TTL)
-            .build()
-            .unwrap();
-        let loaded_at = Arc::new(std::sync::Mutex::new(None));
-        let held = hooks.pause_next(write);
-        let reader = {
-            let (users, loaded_at) = (users.clone(), loaded_at.clone());
-            tokio::spawn(async move {
-                if batch {
-                    let loaded = users
-                        .get_many_or_load(&[1], |keys: Vec<u64>| {
-                            let loaded_at = loaded_at.clone();
-                            async move {
-                                *loaded_at.lock().unwrap() = Some(std::time::Instant::now());
-                                Ok::<_, common::DbDown>(keys.into_iter().map(|k| (k, User::new(k, 0))).collect())
-                            }
-                        })
-                        .await
-                        .unwrap();
-                    assert_eq!(loaded.get(&1), Some(&User::new(1, 0)));
-                } else {
-                    let f = users
-                        .fetch(&1, || async {
-                            *loaded_at.lock().unwrap() = Some(std::time::Instant::now());
-                            Ok::<_, common::DbDown>(Some(User::new(1, 0)))
-                        })
-                        .await
-                        .unwrap();
-                    assert_eq!(f.source, Source::Loaded);
-                }
-            })
-        };
-        held.reached.notified().await;
-        tokio::time::sleep(WRITE_HELD).await;
-        held.release();
-        reader.await.unwrap();
-        let loaded_at = loaded_at.lock().unwrap().expect("the loader ran");
-        tokio::time::sleep(READ_AT.saturating_sub(loaded_at.elapsed())).await;
-        let l1_hits = aside.stats().l1_hits;
-        let f = users
-            .fetch(&1, || async { Ok::<_, common::DbDown>(Some(User::new(1, 1))) })
-            .await
-            .unwrap();
-        assert!(f.value.is_some());
-        if aside.stats().l1_hits != l1_hits {
-            late.push(format!("{strategy:?} (batch: {batch}) after {:?}", loaded_at.elapsed()));
+        let mut outcome = Err(String::new());
+        for _ in 0..3 {
+            outcome = l1_life_after_a_held_write(strategy, batch, write).await;
+            if !matches!(&outcome, Err(why) if why.starts_with("inconclusive")) {
+                break;
+            }
+        }
+        if let Err(why) = outcome {
+            failures.push(format!("{strategy:?} (batch: {batch}): {why}"));
         }
     }
-    assert!(
-        late.is_empty(),
-        "the L1 served copies past their TTL of {TTL:?} from the load: {late:?}"
-    );
+    assert!(failures.is_empty(), "{failures:#?}");
+}
+
+/// One case of `an_l1_copy_of_a_load_lives_its_ttl_from_the_load_not_the_insert`:
+/// `Err` with why, starting "inconclusive" when the machine was too slow
+/// to tell.
+async fn l1_life_after_a_held_write(strategy: aside::Strategy, batch: bool, write: &'static str) -> Result<(), String> {
+    const TTL: Duration = Duration::from_millis(600);
+    const WRITE_HELD: Duration = Duration::from_millis(300);
+    const LATE_READ: Duration = Duration::from_millis(750);
+    // The copy's life is counted in whole milliseconds: it may end a
+    // little before the TTL.
+    const EARLY_BY: Duration = Duration::from_millis(50);
+    let store = Instrumented::new(MemoryStore::new(), Arc::new(AtomicUsize::new(0)));
+    let hooks = store.hooks.clone();
+    let aside = common::patient_builder().store(store).build();
+    let users = aside
+        .namespace::<u64, User>("user")
+        .strategy(strategy)
+        .ttl(TTL)
+        .jitter(0.0)
+        .l1(1_000, TTL)
+        .build()
+        .unwrap();
+    let loaded_at = Arc::new(std::sync::Mutex::new(None));
+    let held = hooks.pause_next(write);
+    let reader = {
+        let (users, loaded_at) = (users.clone(), loaded_at.clone());
+        tokio::spawn(async move {
+            if batch {
+                let loaded = users
+                    .get_many_or_load(&[1], |keys: Vec<u64>| {
+                        let loaded_at = loaded_at.clone();
+                        async move {
+                            *loaded_at.lock().unwrap() = Some(std::time::Instant::now());
+                            Ok::<_, common::DbDown>(keys.into_iter().map(|k| (k, User::new(k, 0))).collect())
+                        }
+                    })
+                    .await
+                    .unwrap();
+                assert_eq!(loaded.get(&1), Some(&User::new(1, 0)));
+            } else {
+                let f = users
+                    .fetch(&1, || async {
+                        *loaded_at.lock().unwrap() = Some(std::time::Instant::now());
+                        Ok::<_, common::DbDown>(Some(User::new(1, 0)))
+                    })
+                    .await
+                    .unwrap();
+                assert_eq!(f.source, Source::Loaded);
+            }
+        })
+    };
+    held.reached.notified().await;
+    tokio::time::sleep(WRITE_HELD).await;
+    held.release();
+    reader.await.unwrap();
+    let loaded_at = loaded_at.lock().unwrap().expect("the loader ran");
+    let read = || users.fetch(&1, || async { Ok::<_, common::DbDown>(Some(User::new(1, 1))) });
+
+    // The copy was installed, and serves while its life lasts.
+    let l1_hits = aside.stats().l1_hits;
+    read().await.unwrap();
+    if loaded_at.elapsed() >= TTL - EARLY_BY {
+        return Err(format!(
+            "inconclusive: the early read ended {:?} after the load",
+            loaded_at.elapsed()
+        ));
+    }
+    if aside.stats().l1_hits != l1_hits + 1 {
+        return Err(format!(
+            "no L1 hit {:?} after the load: nothing installed",
+            loaded_at.elapsed()
+        ));
+    }
+
+    tokio::time::sleep(LATE_READ.saturating_sub(loaded_at.elapsed())).await;
+    let l1_hits = aside.stats().l1_hits;
+    let began = loaded_at.elapsed();
+    let f = read().await.unwrap();
+    assert!(f.value.is_some());
+    if aside.stats().l1_hits != l1_hits {
+        return Err(format!("an L1 hit {began:?} after the load, past its TTL of {TTL:?}"));
+    }
+    if began >= WRITE_HELD + TTL {
+        return Err(format!("inconclusive: the late read began {began:?} after the load"));
+    }
+    Ok(())
 }

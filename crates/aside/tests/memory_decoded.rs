@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use aside::store::Store;
+use aside::store::{Held, Store};
 use aside::{Aside, Codec, Json, MemoryStore, MessagePack, Namespace, Strategy};
 use aside_testkit::fault::{FaultPlan, FaultRates, FaultStore};
 use bytes::Bytes;
@@ -58,34 +58,69 @@ async fn load<V: Clone + Send + Sync + 'static>(ns: &Namespace<u64, V>, value: V
     .expect("read")
 }
 
-/// A second hit must not decode: fails if the hit path decodes every time.
+/// A memory store and a namespace `p` on it whose codec counts decodes.
+fn counted(strategy: Strategy) -> (MemoryStore, Namespace<u64, Profile>, Counting) {
+    let decodes = Counting::default();
+    let store = MemoryStore::new();
+    let ns = on(&store)
+        .namespace::<u64, Profile>("p")
+        .ttl(TTL)
+        .codec(decodes.clone())
+        .strategy(strategy)
+        .build()
+        .unwrap();
+    (store, ns, decodes)
+}
+
+/// A value is decoded once, not at each hit: fails if the hit path decodes
+/// every time.
 #[tokio::test]
-async fn hits_after_the_first_do_not_decode() {
+async fn hits_do_not_decode() {
     for strategy in [Strategy::Lease, Strategy::Delete] {
-        let decodes = Counting::default();
-        let store = MemoryStore::new();
-        let ns = on(&store)
-            .namespace::<u64, Profile>("p")
-            .ttl(TTL)
-            .codec(decodes.clone())
-            .strategy(strategy)
-            .build()
-            .unwrap();
+        let (_store, ns, decodes) = counted(strategy);
         assert_eq!(load(&ns, profile(1)).await, Some(profile(1)));
-        let after_fill = decodes.0.load(Ordering::SeqCst);
         for _ in 0..10 {
             assert_eq!(load(&ns, profile(9)).await, Some(profile(1)), "a hit");
         }
         assert_eq!(
-            decodes.0.load(Ordering::SeqCst) - after_fill,
+            decodes.0.load(Ordering::SeqCst),
             1,
-            "{strategy:?}: 10 hits should decode once (the first), not each time"
+            "{strategy:?}: a load and 10 hits should decode once, not at each hit"
         );
         assert_eq!(ns.get(&1).await.unwrap(), Some(profile(1)));
+        assert_eq!(decodes.0.load(Ordering::SeqCst), 1, "{strategy:?}: get decoded");
+    }
+}
+
+/// A load's write is kept decoded from the write on
+/// (`Store::adopt_decoded`): the slot holds the decoded value before any
+/// read, and its bytes are gone. Fails without the adoption: the slot
+/// holds the bytes until a first hit decodes them.
+#[tokio::test]
+async fn a_loaded_value_is_kept_decoded_from_its_write_on() {
+    for strategy in [Strategy::Lease, Strategy::Delete] {
+        let (store, ns, decodes) = counted(strategy);
+        assert_eq!(load(&ns, profile(1)).await, Some(profile(1)));
+        // An entry under `Lease`, a plain value under the others.
+        let view = match strategy {
+            Strategy::Lease => store.peek_shared("p:1", &|_| None),
+            _ => store.get_shared("p:1", &|_| None),
+        }
+        .expect("a memory store answers");
+        assert!(
+            matches!(view.value, Some(Held::Decoded(_))),
+            "{strategy:?}: the slot holds the written bytes, not the decoded value"
+        );
         assert_eq!(
-            decodes.0.load(Ordering::SeqCst) - after_fill,
+            decodes.0.load(Ordering::SeqCst),
             1,
-            "{strategy:?}: get decoded"
+            "{strategy:?}: decoded once, for the store"
+        );
+        assert_eq!(load(&ns, profile(9)).await, Some(profile(1)), "a hit");
+        assert_eq!(
+            decodes.0.load(Ordering::SeqCst),
+            1,
+            "{strategy:?}: the first hit decoded"
         );
     }
 }

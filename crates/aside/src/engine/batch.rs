@@ -124,7 +124,11 @@ impl<V: Clone + Send + Sync + 'static> NsInner<V> {
         }
         if !remaining.is_empty() {
             let keys: Vec<K> = remaining.into_iter().map(|(k, _)| k).collect();
-            found.values.extend(self.run_batch_loader(&mut loader, keys).await?);
+            let loaded = self.run_batch_loader(&mut loader, keys).await?;
+            let expires_at_ms = self.loaded_expiry(true);
+            for (key, value) in loaded {
+                found.insert(key, Some(value), expires_at_ms);
+            }
         }
         Ok(found)
     }

@@ -231,7 +231,10 @@ impl<V: Clone + Send + Sync + 'static> NsInner<V> {
             return;
         }
         let life = match expires_at_ms {
-            Some(at) => Duration::from_millis(at.saturating_sub(crate::envelope::unix_ms())),
+            // Within the longest life the value can have: an expiry stamped
+            // in wall-clock time must not grow by a step of the clock back.
+            Some(at) => Duration::from_millis(at.saturating_sub(crate::envelope::unix_ms()))
+                .min(self.longest_life(value.is_some())),
             None => self.shortest_life(value.is_some()),
         };
         l1.install(full, value, epoch, life);
@@ -256,6 +259,16 @@ impl<V: Clone + Send + Sync + 'static> NsInner<V> {
     fn shortest_life(&self, found: bool) -> Duration {
         if found {
             self.ttl.mul_f64(1.0 - self.jitter.clamp(0.0, 0.999))
+        } else {
+            self.negative_ttl.unwrap_or(Duration::ZERO)
+        }
+    }
+
+    /// The most logical life a value just loaded is stored with: the TTL
+    /// plus its jitter, or the negative TTL of a tombstone.
+    fn longest_life(&self, found: bool) -> Duration {
+        if found {
+            self.ttl.mul_f64(1.0 + self.jitter.clamp(0.0, 0.999))
         } else {
             self.negative_ttl.unwrap_or(Duration::ZERO)
         }

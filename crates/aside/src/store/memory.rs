@@ -191,7 +191,8 @@ pub struct MemoryStore {
     /// Keyed by full key, hashed with foldhash ([`key_hasher`]). A
     /// [`SmolStr`] holds a key of up to 23 bytes inline: one allocation per
     /// entry fewer than an `Arc<str>` (moka puts its key behind a
-    /// reference count of its own), and none for a write's lookup of it.
+    /// reference count of its own), and none for a write's lookup of a key
+    /// that short.
     cache: Cache<SmolStr, Timed, foldhash::fast::SeedableRandomState>,
     /// Readers waiting for a lease to end, woken by the writes that end it.
     wakes: FillWakes,
@@ -435,6 +436,12 @@ impl Store for MemoryStore {
         Some(view)
     }
 
+    fn adopt_decoded(&self, key: &str, bytes: &Bytes, decode: Decoder<'_>) {
+        // What a first hit does (`decoded`): kept only if it encodes back
+        // to these bytes, and only while the slot holds them.
+        let _ = self.decoded(key, Held::Bytes(bytes.clone()), decode);
+    }
+
     fn get_shared(&self, key: &str, decode: Decoder<'_>) -> Option<SharedView> {
         Some(match self.lookup(key) {
             (
@@ -520,7 +527,8 @@ impl Store for MemoryStore {
             return Ok(LeaseOutcome::Hit(value));
         }
         let now = Instant::now();
-        let granted = Some(Lease::new(token, crate::engine::deadline_from(now, lease_ttl)));
+        // Boxed in the arms that grant it only: a hit or a busy key allocates nothing.
+        let granted = || Some(Lease::new(token, crate::engine::deadline_from(now, lease_ttl)));
         Ok(self.compute(key, |current| match current {
             Some(Slot::Entry {
                 value: Some(v),
@@ -530,7 +538,7 @@ impl Store for MemoryStore {
                 Some(bytes) => (Op::Nop, LeaseOutcome::Hit(bytes)),
                 // Cannot be given back as bytes: as good as absent.
                 None => (
-                    entry(None, false, granted, Some(lease_ttl)),
+                    entry(None, false, granted(), Some(lease_ttl)),
                     LeaseOutcome::Granted { token, stale: None },
                 ),
             },
@@ -551,12 +559,12 @@ impl Store for MemoryStore {
             }) => {
                 let stale = v.to_bytes();
                 (
-                    entry(Some(v), true, granted, None),
+                    entry(Some(v), true, granted(), None),
                     LeaseOutcome::Granted { token, stale },
                 )
             }
             _ => (
-                entry(None, false, granted, Some(lease_ttl)),
+                entry(None, false, granted(), Some(lease_ttl)),
                 LeaseOutcome::Granted { token, stale: None },
             ),
         }))

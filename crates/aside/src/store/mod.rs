@@ -595,6 +595,16 @@ pub trait Store: Send + Sync + 'static {
         None
     }
 
+    /// Offers the decoded form of `bytes`, which this process has just
+    /// written to `key` (a fill or a `set` the store acknowledged), to a
+    /// store that keeps decoded values ([`Store::shares_decoded`]): it may
+    /// keep it in their place as it would at the key's first hit, under
+    /// the same conditions (the slot still holds those very bytes, and the
+    /// decoded value encodes back to them). The default does nothing.
+    fn adopt_decoded(&self, key: &str, bytes: &Bytes, decode: Decoder<'_>) {
+        let _ = (key, bytes, decode);
+    }
+
     /// Reads an entry's value without taking a lease: `(value, stale)`.
     async fn get_entry(&self, key: &str) -> StoreResult<Option<(Bytes, bool)>> {
         let view = self.peek_entry(key).await?;
