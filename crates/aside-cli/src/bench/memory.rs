@@ -13,7 +13,7 @@
 //! | subject | what holds the profiles |
 //! |---|---|
 //! | `moka` | a raw `moka::sync::Cache<u64, User>`: the floor |
-//! | `aside-memory` | a `MemoryStore` filled by `get_or_load`, then read once more (values as aside keeps them once hit: decoded) |
+//! | `aside-memory` | a `MemoryStore` filled by `get_or_load`, then read once more (values kept decoded, from the load's write on) |
 //! | `aside-l1` | an L1 (`.l1(..)`) filled by `get_or_load` over a `MemoryStore` of no capacity |
 //!
 //! The L1 is measured alone: its store is a `MemoryStore` that keeps
@@ -157,8 +157,8 @@ pub async fn worker(args: WorkerArgs) -> Result<()> {
                 .build()
                 .map_err(|e| CliError::new(format!("cannot build the namespace: {e}")))?;
             fill(&ns, n).await?;
-            // One hit each, as a cache in use has had: the store keeps a
-            // value decoded from its first hit on (in place of its bytes).
+            // One hit each, as a cache in use has had (the store keeps a
+            // loaded value decoded from its write on, in place of its bytes).
             let hits = aside.stats().hits;
             hit_all(&ns, n).await?;
             expect_count("the store's hits", aside.stats().hits - hits, n)?;

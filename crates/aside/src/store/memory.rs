@@ -19,7 +19,10 @@
 //! Values are kept decoded ([`Held::Decoded`]): the first hit of a value
 //! written as bytes decodes it and swaps the slot to the decoded entry (the
 //! bytes are dropped), so later hits clone the value out of it and decode
-//! nothing. Readers that speak bytes get them encoded again on demand.
+//! nothing. A namespace's single-key load hands the store the decoded form
+//! right after its write lands ([`Store::adopt_decoded`]), so those values
+//! are decoded from the write on. Readers that speak bytes get them encoded
+//! again on demand.
 //!
 //! Lease deadlines use `tokio::time::Instant`, so tests can drive lease
 //! expiry with `tokio::time::pause()`; value TTLs are moka's (the real
@@ -173,7 +176,8 @@ impl moka::Expiry<SmolStr, Timed> for SlotExpiry {
 /// Cloning is cheap and clones share the same cache, so two [`crate::Aside`]
 /// instances can share one `MemoryStore` as two services share one Redis.
 ///
-/// Values are held decoded after their first hit: a hit clones the value
+/// Values are held decoded after their first hit, or from their write on
+/// when a namespace's load wrote them: a hit clones the value
 /// out of the shared decoded entry and decodes nothing, so for a value type
 /// that is cheap to clone (an `Arc<T>`, say) the value is shared, not
 /// copied, per hit. Readers of bytes (another value type on the same key,
@@ -344,7 +348,8 @@ impl MemoryStore {
     /// bytes fine, but its re-encoding drops what it does not know, and a
     /// slot swapped to it would serve the shorter bytes to the namespace
     /// that wrote them. Such a reader gets its value and the slot keeps its
-    /// bytes. The cost is one encode per first hit of a fill, not per hit.
+    /// bytes. The cost is one encode per first hit of a fill (or per
+    /// adoption of a load's write), not per hit.
     fn decoded(&self, key: &str, held: Held, decode: Decoder<'_>) -> Held {
         match held {
             Held::Bytes(bytes) => match decode(&bytes) {
@@ -1030,6 +1035,56 @@ mod tests {
         // A byte-level reader gets the bytes back.
         assert_eq!(store.get("p").await.unwrap().as_deref(), Some(&b"v1"[..]));
         assert_eq!(store.peek_entry("k").await.unwrap().value.as_deref(), Some(&b"v1"[..]));
+    }
+
+    /// Issue 17: `adopt_decoded` swaps only the very bytes the caller
+    /// wrote, and only while the slot holds them: after a delete the key
+    /// stays absent, after a newer write that write stays as it is (equal
+    /// bytes in another buffer included), and on a leased entry the lease
+    /// stays. Fails if the adoption swaps by key alone, or writes a slot
+    /// it does not find.
+    #[tokio::test]
+    async fn an_adoption_takes_only_the_bytes_still_written() {
+        let store = MemoryStore::new();
+        let decodes = std::sync::atomic::AtomicUsize::new(0);
+        let shared = |key: &str| store.get_shared(key, &|_| None).expect("local");
+        let (a, b) = (Bytes::from(b"a".to_vec()), Bytes::from(b"b".to_vec()));
+
+        store.set("gone", a.clone(), TTL).await.unwrap();
+        store.delete("gone").await.unwrap();
+        store.adopt_decoded("gone", &a, &decoder(&decodes));
+        assert!(
+            shared("gone").value.is_none(),
+            "the adoption brought a deleted key back"
+        );
+
+        store.set("newer", a.clone(), TTL).await.unwrap();
+        store.set("newer", b.clone(), TTL).await.unwrap();
+        store.adopt_decoded("newer", &a, &decoder(&decodes));
+        let view = shared("newer");
+        assert!(
+            matches!(&view.value, Some(Held::Bytes(held)) if held == &b),
+            "the adoption replaced a newer write: {:?}",
+            view.value.map(|v| v.to_bytes())
+        );
+
+        store.set("same", a.clone(), TTL).await.unwrap();
+        // Equal bytes, another buffer: not what this caller wrote.
+        store.adopt_decoded("same", &Bytes::from(b"a".to_vec()), &decoder(&decodes));
+        assert!(!is_decoded(&shared("same")), "adopted bytes another write put there");
+        store.adopt_decoded("same", &a, &decoder(&decodes));
+        assert!(is_decoded(&shared("same")), "the written bytes were not adopted");
+
+        store.put_entry("leased", a.clone(), TTL).await.unwrap();
+        let token = store
+            .lease_for_refresh("leased", LeaseToken::random(), Duration::from_secs(5))
+            .await
+            .unwrap()
+            .expect("refresh lease");
+        store.adopt_decoded("leased", &a, &decoder(&decodes));
+        let view = store.peek_shared("leased", &|_| None).expect("local");
+        assert!(is_decoded(&view), "the leased entry was not adopted");
+        assert_eq!(view.lease, Some(token), "the adoption dropped the lease");
     }
 
     /// Issue 17: a lookup hands on the instant moka read the clock at to

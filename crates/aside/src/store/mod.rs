@@ -601,6 +601,11 @@ pub trait Store: Send + Sync + 'static {
     /// keep it in their place as it would at the key's first hit, under
     /// the same conditions (the slot still holds those very bytes, and the
     /// decoded value encodes back to them). The default does nothing.
+    ///
+    /// The engine calls it after the write of a single-key load (a lease's
+    /// fill, and the `set` of the other strategies, refreshes included),
+    /// not after batch writes or a caller's own `set`: those values are
+    /// decoded at their first hit.
     fn adopt_decoded(&self, key: &str, bytes: &Bytes, decode: Decoder<'_>) {
         let _ = (key, bytes, decode);
     }
