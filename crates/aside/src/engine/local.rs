@@ -131,7 +131,8 @@ impl<V: Send + Sync + 'static> SharedEntry for Decoded<V> {
 
 impl<V: Clone + Send + Sync + 'static> NsInner<V> {
     /// Decodes `bytes` into what a local store keeps; `None` when they do
-    /// not decode (the caller's byte path then counts and deletes them).
+    /// not decode (the caller's byte path then counts and deletes them), or
+    /// are 4 GiB or more (kept as bytes, and decoded by that path per read).
     pub(crate) fn decode_shared(&self, bytes: &Bytes) -> Option<Arc<dyn SharedEntry>> {
         let len = u32::try_from(bytes.len()).ok()?;
         let entry = self.decode(bytes).ok()?;
@@ -285,7 +286,8 @@ mod tests {
     /// three strings) fits 136 bytes, so that with its reference counts its
     /// allocation is 160 bytes, not 176 (`aside bench --scenario memory`).
     /// Fails if the header goes back into an `Option` or the length into a
-    /// `usize`.
+    /// `usize`. The sizes are a 64-bit target's.
+    #[cfg(target_pointer_width = "64")]
     #[test]
     fn a_decoded_entry_fits_its_allocation() {
         type Profile = (i64, String, String, String);
