@@ -234,14 +234,14 @@ impl<V: Clone + Send + Sync + 'static> NsInner<V> {
             // Within the longest life the value can have: an expiry stamped
             // in wall-clock time must not grow by a step of the clock back.
             Some(at) => Duration::from_millis(at.saturating_sub(crate::envelope::unix_ms()))
-                .min(self.longest_life(value.is_some())),
-            None => self.shortest_life(value.is_some()),
+                .min(self.life(value.is_some(), 1.0)),
+            None => self.life(value.is_some(), -1.0),
         };
         l1.install(full, value, epoch, life);
     }
 
     /// When (Unix ms) an L1 copy of a value loaded just now must be gone:
-    /// [`NsInner::shortest_life`] from now. Called as the load ends, before
+    /// the shortest life ([`NsInner::life`]) from now. Called as the load ends, before
     /// the store is written, so that a slow write (a store call that hangs
     /// until its bound) does not add its time to the copy's life: bounded
     /// from the insert, the copy outlived the load's TTL by that call
@@ -250,25 +250,16 @@ impl<V: Clone + Send + Sync + 'static> NsInner<V> {
     /// `None` without an L1, which is the only reader of it.
     pub(crate) fn loaded_expiry(&self, found: bool) -> Option<u64> {
         self.l1.as_ref()?;
-        let life = u64::try_from(self.shortest_life(found).as_millis()).unwrap_or(u64::MAX);
+        let life = u64::try_from(self.life(found, -1.0).as_millis()).unwrap_or(u64::MAX);
         Some(crate::envelope::unix_ms().saturating_add(life))
     }
 
-    /// The least logical life a value just loaded is stored with: the TTL
-    /// less its jitter, or the negative TTL of a tombstone.
-    fn shortest_life(&self, found: bool) -> Duration {
+    /// The least (`jitter_sign` -1) or most (+1) logical life a value just
+    /// loaded is stored with: the TTL less or plus its jitter, or the
+    /// negative TTL of a tombstone.
+    fn life(&self, found: bool, jitter_sign: f64) -> Duration {
         if found {
-            self.ttl.mul_f64(1.0 - self.jitter.clamp(0.0, 0.999))
-        } else {
-            self.negative_ttl.unwrap_or(Duration::ZERO)
-        }
-    }
-
-    /// The most logical life a value just loaded is stored with: the TTL
-    /// plus its jitter, or the negative TTL of a tombstone.
-    fn longest_life(&self, found: bool) -> Duration {
-        if found {
-            self.ttl.mul_f64(1.0 + self.jitter.clamp(0.0, 0.999))
+            self.ttl.mul_f64(1.0 + jitter_sign * self.jitter.clamp(0.0, 0.999))
         } else {
             self.negative_ttl.unwrap_or(Duration::ZERO)
         }
